@@ -1,0 +1,42 @@
+"""Comparison helpers for the parity tests."""
+from __future__ import annotations
+
+import torch
+
+# (atol, rtol) for a fast path against the float64 reference, by the lowest
+# precision among the inputs. bf16 storage rounds to 8 bits of mantissa.
+TOLERANCES = {
+    torch.float32: (1e-5, 1e-4),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1.5e-2, 1.5e-2),
+}
+
+
+def tolerance(*dtypes: torch.dtype) -> tuple[float, float]:
+    order = [torch.bfloat16, torch.float16, torch.float32]
+    for dt in order:
+        if dt in dtypes:
+            return TOLERANCES[dt]
+    return TOLERANCES[torch.float32]
+
+
+def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float) -> None:
+    """allclose after casting to float64, with a message naming the worst element."""
+    a = actual.detach().to(torch.float64).cpu()
+    e = expected.detach().to(torch.float64).cpu()
+    assert a.shape == e.shape, f"{name}: shape {tuple(a.shape)} != expected {tuple(e.shape)}"
+    assert torch.isfinite(a).all(), f"{name}: non-finite values at {torch.nonzero(~torch.isfinite(a))[:5].tolist()}"
+    err = (a - e).abs()
+    bound = atol + rtol * e.abs()
+    if (err > bound).any():
+        worst = torch.argmax(err - bound)
+        idx = tuple(int(i) for i in torch.unravel_index(worst, a.shape)) if a.dim() else ()
+        raise AssertionError(
+            f"{name}: {(err > bound).sum().item()} of {a.numel()} elements out of tolerance "
+            f"(atol={atol}, rtol={rtol}); worst at {idx}: got {a[idx].item():.8g}, expected {e[idx].item():.8g}"
+        )
+
+
+def unit_rows(n: int, d: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    x = torch.randn(n, d, dtype=torch.float64, device=device)
+    return (x / x.norm(dim=1, keepdim=True)).to(dtype)

@@ -1,0 +1,200 @@
+"""CRDLoss against RepDistiller's formulation (rdkernels.losses.reference.crd),
+run in float64: loss, gradients, banks and Z over consecutive steps."""
+import types
+
+import pytest
+import torch
+
+from conftest import DEVICE, backends
+from helpers import assert_close
+import rdkernels
+from rdkernels.losses.reference.crd import CRDLoss as ReferenceCRDLoss
+
+S_DIM, T_DIM, N_DATA, FEAT = 24, 40, 60, 32
+
+
+def make_pair(backend, nce_k=16, bank_dtype=torch.float32, feat=FEAT):
+    fused = rdkernels.CRDLoss(S_DIM, T_DIM, N_DATA, feat_dim=feat, nce_k=nce_k, nce_t=0.07, nce_m=0.5,
+                              backend=backend, bank_dtype=bank_dtype).to(DEVICE)
+    reference = ReferenceCRDLoss(S_DIM, T_DIM, N_DATA, feat_dim=feat, nce_k=nce_k, nce_t=0.07, nce_m=0.5)
+    reference.load_state_dict({k: v.double() for k, v in fused.state_dict().items()})
+    return fused, reference.double().to(DEVICE)
+
+
+def batch(b, k, generator=None):
+    f_s = torch.randn(b, S_DIM, device=DEVICE)
+    f_t = torch.randn(b, T_DIM, device=DEVICE)
+    idx = torch.randperm(N_DATA, device=DEVICE)[:b]
+    contrast_idx = torch.randint(0, N_DATA, (b, k + 1), device=DEVICE)
+    contrast_idx[:, 0] = idx
+    return f_s, f_t, idx, contrast_idx
+
+
+def step(module, f_s, f_t, idx, contrast_idx, dtype):
+    module.zero_grad()
+    f_s = f_s.detach().to(dtype).clone().requires_grad_()
+    f_t = f_t.detach().to(dtype).clone().requires_grad_()
+    loss = module(f_s, f_t, idx, contrast_idx)
+    loss.backward()
+    grads = {n: p.grad for n, p in module.named_parameters()}
+    return loss.detach(), f_s.grad, f_t.grad, grads
+
+
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
+@pytest.mark.parametrize("b,k", [(1, 7), (8, 33), (13, 64)])
+def test_steps_match_reference(backend, b, k):
+    fused, reference = make_pair(backend)
+    for step_no in range(3):
+        inputs = batch(b, k)
+        loss, gs, gt, grads = step(fused, *inputs, torch.float32)
+        r_loss, r_gs, r_gt, r_grads = step(reference, *inputs, torch.float64)
+        assert_close(f"step {step_no} loss", loss, r_loss, atol=1e-4, rtol=1e-5)
+        assert_close(f"step {step_no} d f_s", gs, r_gs, atol=1e-6, rtol=1e-4)
+        assert_close(f"step {step_no} d f_t", gt, r_gt, atol=1e-6, rtol=1e-4)
+        for name in grads:
+            assert_close(f"step {step_no} d {name}", grads[name], r_grads[name], atol=1e-6, rtol=1e-4)
+        for buf in ("memory_v1", "memory_v2", "params"):
+            assert_close(f"step {step_no} {buf}", getattr(fused.contrast, buf), getattr(reference.contrast, buf),
+                         atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
+def test_z_set_once_then_frozen(backend):
+    fused, _ = make_pair(backend)
+    assert (fused.contrast.params[2:4] == -1).all()
+    step(fused, *batch(4, 16), torch.float32)
+    z = fused.contrast.params[2:4].clone()
+    assert (z > 0).all()
+    step(fused, *batch(4, 16), torch.float32)
+    assert torch.equal(fused.contrast.params[2:4], z)
+
+
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
+def test_no_gradient_through_z(backend):
+    """On the first step (the one that sets Z) the gradients equal those of a
+    twin that was given the same Z as a constant beforehand."""
+    fused, _ = make_pair(backend)
+    initial = _state(fused)
+    inputs = batch(6, 20)
+    loss, gs, gt, grads = step(fused, *inputs, torch.float32)
+    twin, _ = make_pair(backend)
+    twin.load_state_dict(initial)
+    with torch.no_grad():
+        twin.contrast.params[2:4] = fused.contrast.params[2:4]
+    twin.load_state_dict(twin.state_dict())  # re-read params on the host
+    t_loss, t_gs, t_gt, t_grads = step(twin, *inputs, torch.float32)
+    assert_close("loss", loss, t_loss, atol=1e-6, rtol=1e-6)
+    assert_close("d f_s", gs, t_gs, atol=1e-7, rtol=1e-5)
+    assert_close("d f_t", gt, t_gt, atol=1e-7, rtol=1e-5)
+    for name in grads:
+        assert_close(f"d {name}", grads[name], t_grads[name], atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
+def test_banks_updated_after_scoring(backend):
+    """The positives' rows change only after they are scored: the loss equals
+    the reference's, whose update follows the scores, and the rows move."""
+    fused, reference = make_pair(backend)
+    f_s, f_t, idx, cidx = batch(5, 10)
+    before = fused.contrast.memory_v1[idx].clone()
+    loss, *_ = step(fused, f_s, f_t, idx, cidx, torch.float32)
+    r_loss, *_ = step(reference, f_s, f_t, idx, cidx, torch.float64)
+    assert_close("loss", loss, r_loss, atol=1e-4, rtol=1e-5)
+    assert not torch.allclose(fused.contrast.memory_v1[idx], before)
+    norms = fused.contrast.memory_v1[idx].norm(dim=1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+
+
+def test_sampling_on_device():
+    fused = rdkernels.CRDLoss(S_DIM, T_DIM, N_DATA, feat_dim=FEAT, nce_k=50).to(DEVICE)
+    f_s, f_t, idx, _ = batch(7, 50)
+    torch.manual_seed(3)
+    loss = fused(f_s, f_t, idx)
+    assert loss.shape == () and torch.isfinite(loss)
+    from rdkernels.memory import sample_uniform
+    torch.manual_seed(3)
+    drawn = sample_uniform(idx, 50, N_DATA)
+    assert drawn.shape == (7, 51) and torch.equal(drawn[:, 0], idx)
+    assert drawn.min() >= 0 and drawn.max() < N_DATA
+
+
+def test_accepts_repdistiller_opt():
+    opt = types.SimpleNamespace(s_dim=S_DIM, t_dim=T_DIM, feat_dim=FEAT, nce_k=32, nce_t=0.1, nce_m=0.3,
+                                n_data=N_DATA)
+    crd = rdkernels.CRDLoss(opt)
+    assert crd.nce_k == 32 and crd.contrast.params.tolist()[1] == pytest.approx(0.1)
+    assert crd.contrast.params.tolist()[4] == pytest.approx(0.3)
+
+
+def test_state_dict_keys_match_repdistiller():
+    keys = set(rdkernels.CRDLoss(S_DIM, T_DIM, N_DATA, feat_dim=FEAT).state_dict())
+    assert keys == {"embed_s.linear.weight", "embed_s.linear.bias", "embed_t.linear.weight",
+                    "embed_t.linear.bias", "contrast.params", "contrast.memory_v1", "contrast.memory_v2"}
+
+
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
+def test_resume_from_reference_checkpoint(backend):
+    """A checkpoint of the reference module (Z already set) continues exactly."""
+    fused, reference = make_pair(backend)
+    step(reference, *batch(6, 12), torch.float64)
+    fused.load_state_dict({k: v.float() for k, v in reference.state_dict().items()})
+    inputs = batch(6, 12)
+    loss, *_ = step(fused, *inputs, torch.float32)
+    r_loss, *_ = step(reference, *inputs, torch.float64)
+    assert_close("loss after resume", loss, r_loss, atol=1e-4, rtol=1e-5)
+    assert_close("Z", fused.contrast.params[2:4], reference.contrast.params[2:4], atol=0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
+def test_bf16_bank_close_to_fp32(backend):
+    fused32, _ = make_pair(backend)
+    fused16 = rdkernels.CRDLoss(S_DIM, T_DIM, N_DATA, feat_dim=FEAT, nce_k=16, backend=backend,
+                                bank_dtype=torch.bfloat16).to(DEVICE)
+    fused16.load_state_dict(fused32.state_dict())
+    assert fused16.contrast.memory_v1.dtype == torch.bfloat16
+    for _ in range(2):
+        inputs = batch(8, 24)
+        l32, g32, *_ = step(fused32, *inputs, torch.float32)
+        l16, g16, *_ = step(fused16, *inputs, torch.float32)
+        assert_close("bf16-bank loss", l16, l32, atol=0.05, rtol=0.02)
+        assert_close("bf16-bank grad", g16, g32, atol=0.05 * g32.abs().max().item(), rtol=0.05)
+
+
+def _state(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+BAD = [
+    (lambda f_s, f_t, idx, c: (f_s[:3], f_t, idx, c), ValueError, "f_t has size 5 in dimension 0"),
+    (lambda f_s, f_t, idx, c: (f_s[:, :10], f_t, idx, c), ValueError, "f_s must be"),
+    (lambda f_s, f_t, idx, c: (f_s, f_t.double(), idx, c), TypeError, "f_t must have dtype"),
+    (lambda f_s, f_t, idx, c: (f_s, f_t, idx.float(), c), TypeError, "idx must have dtype"),
+    (lambda f_s, f_t, idx, c: (f_s, f_t, idx[:4], c), ValueError, "idx has size 4"),
+    (lambda f_s, f_t, idx, c: (f_s, f_t, idx + N_DATA, c), ValueError, "idx holds values in"),
+    (lambda f_s, f_t, idx, c: (f_s, f_t, idx, c + N_DATA), ValueError, "contrast_idx holds values in"),
+    (lambda f_s, f_t, idx, c: (f_s, f_t, idx, c[:, :1].contiguous()), ValueError, "at least 2 columns"),
+    (lambda f_s, f_t, idx, c: (f_s, f_t, idx, c.t().contiguous().t()), ValueError, "contrast_idx must be contiguous"),
+    (lambda f_s, f_t, idx, c: (f_s, f_t, idx, c[:4]), ValueError, "contrast_idx has size 4"),
+    (lambda f_s, f_t, idx, c: (f_s, f_t, idx, c.unsqueeze(0)), ValueError, "contrast_idx must have 2 dimensions"),
+]
+
+
+@pytest.mark.parametrize("already_stepped", [False, True])
+@pytest.mark.parametrize("mutate,error,match", BAD, ids=[m for _, _, m in BAD])
+def test_bad_input_leaves_banks_and_z(mutate, error, match, already_stepped):
+    crd = rdkernels.CRDLoss(S_DIM, T_DIM, N_DATA, feat_dim=FEAT, nce_k=8).to(DEVICE)
+    if already_stepped:
+        step(crd, *batch(5, 8), torch.float32)
+    before = _state(crd)
+    with pytest.raises(error, match=match):
+        crd(*mutate(*batch(5, 8)))
+    after = crd.state_dict()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match="n_data must be a positive int"):
+        rdkernels.CRDLoss(S_DIM, T_DIM, 0)
+    with pytest.raises(ValueError, match="nce_t must be positive"):
+        rdkernels.CRDLoss(S_DIM, T_DIM, N_DATA, nce_t=0)

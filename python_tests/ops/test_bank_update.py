@@ -1,0 +1,85 @@
+"""bank_update_ on every backend against the float64 reference."""
+import pytest
+import torch
+
+from conftest import DEVICE, backends
+from helpers import assert_close
+from rdkernels.ops import bank_update_
+from rdkernels.ops.bank_update import bank_update_reference_
+
+
+def _expected(bank, index, values, momentum):
+    out = bank.to(torch.float64).clone()
+    bank_update_reference_(out, index, values.to(torch.float64), momentum)
+    return out
+
+
+@pytest.mark.parametrize("backend", backends("bank_update"))
+@pytest.mark.parametrize("batch,dim", [(1, 64), (7, 96), (33, 128), (16, 256)])
+@pytest.mark.parametrize("bank_dtype,value_dtype", [
+    (torch.float32, torch.float32), (torch.float32, torch.float16),
+    (torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16)])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_matches_reference(backend, batch, dim, bank_dtype, value_dtype, index_dtype):
+    n_rows = 3 * batch + 5
+    bank = torch.randn(n_rows, dim, device=DEVICE).to(bank_dtype)
+    index = torch.randperm(n_rows, device=DEVICE)[:batch].to(index_dtype)
+    values = torch.randn(batch, dim, device=DEVICE).to(value_dtype)
+    expected = _expected(bank, index, values, 0.5)
+    bank_update_(bank, index, values, 0.5, backend=backend)
+    # one bf16 rounding of the stored row; fp32 rows to float rounding
+    atol = 8e-3 if bank_dtype == torch.bfloat16 else 1e-6
+    assert_close("bank", bank, expected, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("backend", backends("bank_update"))
+def test_duplicates_last_occurrence_wins(backend):
+    bank = torch.randn(6, 64, device=DEVICE)
+    before = bank.clone()
+    index = torch.tensor([2, 4, 2, 2, 5], device=DEVICE)
+    values = torch.randn(5, 64, device=DEVICE)
+    bank_update_(bank, index, values, 0.25, backend=backend)
+    mixed = 0.25 * before[2].double() + 0.75 * values[3].double()  # the last 2, against the old row
+    assert_close("row 2", bank[2], mixed / mixed.norm(), atol=1e-6, rtol=0)
+    untouched = [0, 1, 3]
+    assert torch.equal(bank[untouched], before[untouched])
+
+
+@pytest.mark.parametrize("backend", backends("bank_update"))
+def test_rows_are_unit_norm_and_others_untouched(backend):
+    bank = torch.randn(50, 128, device=DEVICE) * 3
+    before = bank.clone()
+    index = torch.tensor([0, 49, 17], device=DEVICE)
+    bank_update_(bank, index, torch.randn(3, 128, device=DEVICE), 0.9, backend=backend)
+    assert torch.allclose(bank[index].norm(dim=1), torch.ones(3, device=DEVICE), atol=1e-6)
+    rest = torch.ones(50, dtype=torch.bool, device=DEVICE)
+    rest[index] = False
+    assert torch.equal(bank[rest], before[rest])
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(index=torch.tensor([0, 10])), "index holds values in"),
+    (dict(index=torch.tensor([-1, 0])), "index holds values in"),
+    (dict(index=torch.tensor([0.0, 1.0])), "index must have dtype"),
+    (dict(values=torch.randn(3, 16)), "values has size 3 in dimension 0"),
+    (dict(values=torch.randn(2, 8)), "values has size 8 in dimension 1"),
+    (dict(values=torch.randn(16, 2).t()), "values must be contiguous"),
+    (dict(bank=torch.randn(10, 16, dtype=torch.float64)), "bank must have dtype"),
+    (dict(momentum=1.5), "momentum must lie in"),
+    (dict(index=torch.zeros(2, 1, dtype=torch.long)), "index must have 1 dimensions"),
+])
+def test_bad_input_raises_and_leaves_bank(bad, match):
+    args = dict(bank=torch.randn(10, 16), index=torch.tensor([0, 1]), values=torch.randn(2, 16), momentum=0.5)
+    args.update(bad)
+    before = args["bank"].clone()
+    with pytest.raises((ValueError, TypeError), match=match):
+        bank_update_(**args)
+    assert torch.equal(args["bank"], before)
+
+
+def test_version_counter_bumps():
+    """Autograd must see the mutation, so a backward that saved the bank fails loudly."""
+    bank = torch.randn(10, 16)
+    v0 = bank._version
+    bank_update_(bank, torch.tensor([1]), torch.randn(1, 16), 0.5)
+    assert bank._version > v0

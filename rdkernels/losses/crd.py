@@ -1,0 +1,141 @@
+"""CRDLoss: contrastive representation distillation (Tian et al., 2019) on the
+fused ops, with RepDistiller's semantics and checkpoint layout.
+
+Per step, for student features f_s and teacher features f_t:
+
+1. v_s = embed_s(f_s), v_t = embed_t(f_t): Linear + L2 normalisation.
+2. Scores of the student anchor v_s against the teacher bank (memory_v2) and of
+   the teacher anchor v_t against the student bank (memory_v1), rows idx.
+3. On the very first call only, Z_v1 and Z_v2 are set to mean(exp(s)) * n_data
+   of those scores and frozen (no gradient flows through Z, ever).
+4. loss = NCE(student anchor) + NCE(teacher anchor).
+5. Then (never before scoring) both banks get the momentum update at the
+   dataset indices: memory_v1 <- v_s, memory_v2 <- v_t.
+
+The gradient of each NCE term is computed in the same gather pass as the loss,
+so the bank update in step 5 cannot corrupt the backward pass.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from rdkernels._validation import FLOAT_DTYPES, INDEX_DTYPES, check_dim, check_index_ranges, check_tensor
+from rdkernels.losses._embed import Embed
+from rdkernels.memory import init_bank_, sample_uniform
+from rdkernels.ops import bank_contrast, bank_update_, estimate_nce_z
+
+_OPT_FIELDS = ("s_dim", "t_dim", "n_data", "feat_dim", "nce_k", "nce_t", "nce_m")
+
+
+class ContrastMemory(nn.Module):
+    """The two banks and ``params = [K, T, Z_v1, Z_v2, momentum]`` (Z = -1 until
+    set), under RepDistiller's buffer names so its checkpoints load as they are."""
+
+    def __init__(self, feat_dim: int, n_data: int, nce_k: int, nce_t: float, nce_m: float,
+                 bank_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.n_data, self.nce_k = n_data, nce_k
+        self.register_buffer("params", torch.tensor([float(nce_k), nce_t, -1.0, -1.0, nce_m]))
+        self.register_buffer("memory_v1", init_bank_(torch.empty(n_data, feat_dim)).to(bank_dtype))
+        self.register_buffer("memory_v2", init_bank_(torch.empty(n_data, feat_dim)).to(bank_dtype))
+        # (T, momentum) read from params once and kept on the host, so a step
+        # costs no device sync; None again whenever a state_dict is loaded.
+        self._host_params = None
+        self.register_load_state_dict_post_hook(ContrastMemory._forget_host_params)
+
+    @staticmethod
+    def _forget_host_params(module, incompatible_keys) -> None:
+        module._host_params = None
+
+    def _read_params(self, v_s, v_t, idx, backend) -> tuple[float, float]:
+        """(T, momentum); on the first call also sets any unset Z (CRD's rule:
+        mean of exp(s) over all B*(K+1) scores times n_data, then frozen)."""
+        if self._host_params is not None:
+            return self._host_params
+        _, temperature, z_v1, z_v2, momentum = self.params.tolist()
+        with torch.no_grad():
+            if z_v1 < 0:  # student anchor against the teacher bank
+                self.params[2] = estimate_nce_z(v_s.detach(), self.memory_v2, idx, temperature=temperature,
+                                                n_data=self.n_data, backend=backend, check_indices=False)[0]
+            if z_v2 < 0:  # teacher anchor against the student bank
+                self.params[3] = estimate_nce_z(v_t.detach(), self.memory_v1, idx, temperature=temperature,
+                                                n_data=self.n_data, backend=backend, check_indices=False)[0]
+        self._host_params = (temperature, momentum)
+        return self._host_params
+
+    def forward(self, v_s, v_t, index, idx, backend=None, strategy="auto"):
+        """NCE(student anchor) + NCE(teacher anchor), then the bank updates.
+        Indices must have been range-checked by the caller."""
+        temperature, momentum = self._read_params(v_s, v_t, idx, backend)
+        kw = dict(temperature=temperature, epilogue="nce", n_data=self.n_data, backend=backend,
+                  strategy=strategy, check_indices=False)
+        loss_s = bank_contrast(v_s, self.memory_v2, idx, z=self.params[2:3], **kw)
+        loss_t = bank_contrast(v_t, self.memory_v1, idx, z=self.params[3:4], **kw)
+        bank_update_(self.memory_v1, index, v_s.detach(), momentum, backend=backend, check_indices=False)
+        bank_update_(self.memory_v2, index, v_t.detach(), momentum, backend=backend, check_indices=False)
+        return loss_s + loss_t
+
+
+class CRDLoss(nn.Module):
+    """Contrastive representation distillation loss.
+
+    ``CRDLoss(s_dim, t_dim, n_data, feat_dim=128, nce_k=16384, nce_t=0.07, nce_m=0.5)``
+    or ``CRDLoss(opt)`` with RepDistiller's ``opt`` (s_dim, t_dim, feat_dim,
+    nce_k, nce_t, nce_m, n_data). ``forward(f_s, f_t, idx, contrast_idx=None)``:
+    ``idx`` [B] are the samples' dataset indices; ``contrast_idx`` [B, K+1] the
+    bank rows to contrast with (column 0 the positive); if None, K = nce_k
+    negatives are drawn uniformly on the device.
+
+    Keyword-only extras: ``bank_dtype`` (float32 | bfloat16 storage),
+    ``backend`` (per-module override of rdkernels.set_backend), ``strategy``.
+    """
+
+    def __init__(self, s_dim=None, t_dim=None, n_data=None, feat_dim=128, nce_k=16384, nce_t=0.07, nce_m=0.5,
+                 *, bank_dtype: torch.dtype = torch.float32, backend: str | None = None, strategy: str = "auto"):
+        super().__init__()
+        if s_dim is not None and not isinstance(s_dim, int) and all(hasattr(s_dim, f) for f in _OPT_FIELDS):
+            opt = s_dim
+            s_dim, t_dim, n_data, feat_dim, nce_k, nce_t, nce_m = (getattr(opt, f) for f in _OPT_FIELDS)
+        for name, value in (("s_dim", s_dim), ("t_dim", t_dim), ("n_data", n_data), ("feat_dim", feat_dim),
+                            ("nce_k", nce_k)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not (isinstance(nce_t, (int, float)) and nce_t > 0):
+            raise ValueError(f"nce_t must be positive, got {nce_t!r}")
+        if not 0.0 <= nce_m <= 1.0:
+            raise ValueError(f"nce_m must lie in [0, 1], got {nce_m!r}")
+        self.s_dim, self.t_dim, self.n_data, self.nce_k = s_dim, t_dim, n_data, nce_k
+        self.backend, self.strategy = backend, strategy
+        self.embed_s = Embed(s_dim, feat_dim)
+        self.embed_t = Embed(t_dim, feat_dim)
+        self.contrast = ContrastMemory(feat_dim, n_data, nce_k, float(nce_t), float(nce_m), bank_dtype)
+
+    def _validate(self, f_s, f_t, idx, contrast_idx) -> None:
+        check_tensor("f_s", f_s, dtypes=FLOAT_DTYPES, contiguous=False)
+        check_tensor("f_t", f_t, dtypes=FLOAT_DTYPES, device=f_s.device, contiguous=False)
+        if f_s.dim() < 2 or math.prod(f_s.shape[1:]) != self.s_dim:
+            raise ValueError(f"f_s must be [B, {self.s_dim}] (or reshape to it), got shape {tuple(f_s.shape)}")
+        if f_t.dim() < 2 or math.prod(f_t.shape[1:]) != self.t_dim:
+            raise ValueError(f"f_t must be [B, {self.t_dim}] (or reshape to it), got shape {tuple(f_t.shape)}")
+        check_dim("f_t", f_t, 0, f_s.shape[0], "f_s's batch size")
+        check_tensor("idx", idx, ndim=1, dtypes=INDEX_DTYPES, device=f_s.device)
+        check_dim("idx", idx, 0, f_s.shape[0], "f_s's batch size")
+        if contrast_idx is not None:
+            check_tensor("contrast_idx", contrast_idx, ndim=2, dtypes=INDEX_DTYPES, device=f_s.device)
+            check_dim("contrast_idx", contrast_idx, 0, f_s.shape[0], "f_s's batch size")
+            if contrast_idx.shape[1] < 2:
+                raise ValueError("contrast_idx must have at least 2 columns (the positive and a negative), "
+                                 f"got shape {tuple(contrast_idx.shape)}")
+        check_index_ranges({"idx": idx, "contrast_idx": contrast_idx}, self.n_data)
+
+    def forward(self, f_s: torch.Tensor, f_t: torch.Tensor, idx: torch.Tensor,
+                contrast_idx: torch.Tensor | None = None) -> torch.Tensor:
+        self._validate(f_s, f_t, idx, contrast_idx)
+        if contrast_idx is None:
+            contrast_idx = sample_uniform(idx, self.nce_k, self.n_data)
+        v_s = self.embed_s(f_s)
+        v_t = self.embed_t(f_t)
+        return self.contrast(v_s, v_t, idx, contrast_idx, backend=self.backend, strategy=self.strategy)

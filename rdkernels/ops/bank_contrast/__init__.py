@@ -1,0 +1,244 @@
+"""bank_contrast: score queries against sampled memory-bank rows, with a loss epilogue.
+
+For query q[B, d], bank M[N, d] and idx[B, K+1] (column 0 the positive), the
+scores are s[b, k] = <M[idx[b, k]], q[b]> / T. Epilogues:
+
+* ``"softmax"``: InfoNCE, cross-entropy with the positive at column 0;
+* ``"nce"``: CRD's NCE loss (RepDistiller's ContrastLoss) on x = exp(s) / Z;
+* ``"scores"``: s itself, differentiable through the query.
+
+The gathered [B, K+1, d] rows are never materialised by the fast paths, and the
+gradient flows to the query only (the bank is a buffer). For the loss
+epilogues the gradient is computed in the forward pass: CRD updates the bank
+between forward and backward, so a backward that re-read the bank would see
+the new positive rows. The ``scores`` backward does re-read the bank; if the
+bank was changed in place in between, autograd raises instead of returning a
+wrong gradient.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rdkernels import backend as _backend
+from rdkernels._validation import (BANK_DTYPES, FLOAT_DTYPES, INDEX_DTYPES, check_dim, check_index_range,
+                                   check_positive, check_tensor)
+from rdkernels.ops.bank_contrast.cost_model import choose_strategy
+from rdkernels.ops.bank_contrast.dense import (bank_contrast_loss_dense_torch, bank_scores_backward_dense_torch,
+                                               bank_scores_dense_torch)
+from rdkernels.ops.bank_contrast.reference import (bank_contrast_loss_torch, bank_contrast_reference,
+                                                   bank_scores_backward_torch, bank_scores_torch, reduce_rows)
+
+__all__ = ["bank_contrast", "estimate_nce_z", "bank_contrast_reference"]
+
+EPILOGUES = ("nce", "softmax", "scores")
+REDUCTIONS = ("mean", "sum", "none")
+STRATEGIES = ("auto", "gather", "dense")
+_CUDA_OP = "bank_contrast"
+
+
+# --------------------------------------------------------------------------- ops
+
+@torch.library.custom_op("rdkernels::bank_contrast_loss", mutates_args=())
+def _loss_op(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, z: torch.Tensor, temperature: float,
+             epilogue: str, n_data: int, backend: str, check_indices: bool,
+             strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if check_indices:
+        check_index_range("idx", idx, bank.shape[0])
+    if strategy == "dense":
+        if backend == "cuda":
+            from rdkernels.ops.bank_contrast.cuda import bank_contrast_loss_dense_cuda as impl
+        elif backend == "triton":
+            from rdkernels.ops.bank_contrast.triton_dense import bank_contrast_loss_dense_triton as impl
+        else:
+            impl = bank_contrast_loss_dense_torch
+        return impl(query, bank, idx, z, temperature, epilogue, n_data)
+    if backend == "cuda":
+        from rdkernels.ops.bank_contrast.cuda import bank_contrast_loss_cuda as impl
+    elif backend == "triton":
+        from rdkernels.ops.bank_contrast.triton import bank_contrast_loss_triton as impl
+    else:
+        impl = bank_contrast_loss_torch
+    return impl(query, bank, idx, z, temperature, epilogue, n_data)
+
+
+@_loss_op.register_fake
+def _(query, bank, idx, z, temperature, epilogue, n_data, backend, check_indices, strategy):
+    batch, dim = query.shape
+    return query.new_empty(batch, dtype=torch.float32), query.new_empty(batch, dim, dtype=torch.float32)
+
+
+def _loss_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+    ctx.query_dtype = inputs[0].dtype
+
+
+def _loss_backward(ctx, grad_rows, grad_dq):
+    (dq,) = ctx.saved_tensors
+    grad_query = (grad_rows[:, None] * dq).to(ctx.query_dtype)
+    return grad_query, None, None, None, None, None, None, None, None, None
+
+
+_loss_op.register_autograd(_loss_backward, setup_context=_loss_setup)
+
+
+@torch.library.custom_op("rdkernels::bank_scores", mutates_args=())
+def _scores_op(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, temperature: float,
+               backend: str, check_indices: bool, strategy: str) -> torch.Tensor:
+    if check_indices:
+        check_index_range("idx", idx, bank.shape[0])
+    if strategy == "dense":  # every backend: one GEMM (cuBLAS on a GPU) + a gather of scalar scores
+        return bank_scores_dense_torch(query, bank, idx, temperature)
+    if backend == "cuda":
+        from rdkernels.ops.bank_contrast.cuda import bank_scores_cuda
+        return bank_scores_cuda(query, bank, idx, temperature)
+    if backend == "triton":
+        from rdkernels.ops.bank_contrast.triton import bank_scores_triton
+        return bank_scores_triton(query, bank, idx, temperature)
+    return bank_scores_torch(query, bank, idx, temperature)
+
+
+@_scores_op.register_fake
+def _(query, bank, idx, temperature, backend, check_indices, strategy):
+    return query.new_empty(idx.shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("rdkernels::bank_scores_backward", mutates_args=())
+def _scores_backward_op(grad_scores: torch.Tensor, query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor,
+                        temperature: float, backend: str, strategy: str) -> torch.Tensor:
+    if strategy == "dense":  # scatter-add of the score gradients + one GEMM
+        return bank_scores_backward_dense_torch(grad_scores, bank, idx, temperature)
+    if backend == "cuda":
+        from rdkernels.ops.bank_contrast.cuda import bank_scores_backward_cuda
+        return bank_scores_backward_cuda(grad_scores, query, bank, idx, temperature)
+    if backend == "triton":
+        from rdkernels.ops.bank_contrast.triton import bank_scores_backward_triton
+        return bank_scores_backward_triton(grad_scores, query, bank, idx, temperature)
+    return bank_scores_backward_torch(grad_scores, bank, idx, temperature)
+
+
+@_scores_backward_op.register_fake
+def _(grad_scores, query, bank, idx, temperature, backend, strategy):
+    return query.new_empty(query.shape, dtype=torch.float32)
+
+
+def _scores_setup(ctx, inputs, output):
+    query, bank, idx, temperature, backend, _, strategy = inputs
+    ctx.save_for_backward(query, bank, idx)  # the version check guards against bank updates
+    ctx.temperature, ctx.backend, ctx.strategy = temperature, backend, strategy
+
+
+def _scores_backward(ctx, grad_scores):
+    query, bank, idx = ctx.saved_tensors
+    grad = _scores_backward_op(grad_scores.contiguous(), query, bank, idx, ctx.temperature, ctx.backend,
+                               ctx.strategy)
+    return grad.to(query.dtype), None, None, None, None, None, None
+
+
+_scores_op.register_autograd(_scores_backward, setup_context=_scores_setup)
+
+
+# --------------------------------------------------------------- public entry
+
+def _validate(query, bank, idx, temperature, epilogue, z, n_data, reduction, strategy):
+    if epilogue not in EPILOGUES:
+        raise ValueError(f"epilogue must be one of {EPILOGUES}, got {epilogue!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    check_tensor("query", query, ndim=2, dtypes=FLOAT_DTYPES)
+    check_tensor("bank", bank, ndim=2, dtypes=BANK_DTYPES, device=query.device)
+    check_tensor("idx", idx, ndim=2, dtypes=INDEX_DTYPES, device=query.device)
+    check_dim("bank", bank, 1, query.shape[1], "query's embedding size")
+    check_dim("idx", idx, 0, query.shape[0], "query's batch size")
+    check_positive("temperature", temperature)
+    if epilogue == "nce":
+        if idx.shape[1] < 2:
+            raise ValueError("idx must have at least 2 columns (the positive and one negative) for the nce epilogue")
+        if z is None:
+            raise ValueError("z is required for the nce epilogue (see rdkernels.ops.estimate_nce_z)")
+        check_tensor("z", z, dtypes=(torch.float32,), device=query.device, contiguous=False)
+        if z.numel() != 1:
+            raise ValueError(f"z must hold one value, got shape {tuple(z.shape)}")
+        if not isinstance(n_data, int) or n_data <= 0:
+            raise ValueError(f"n_data must be a positive int for the nce epilogue, got {n_data!r}")
+
+
+def _resolve(query, backend):
+    name = _backend.resolve(query.device, _CUDA_OP, backend)
+    if name != "torch" and query.shape[1] > 1024:
+        raise ValueError(f"query has {query.shape[1]} columns; the {name} backend supports up to 1024 "
+                         "(use backend='torch')")
+    return name
+
+
+def _choose(strategy, query, bank, idx, backend_name):
+    """The concrete strategy for this call (see cost_model.py for ``"auto"``)."""
+    if strategy != "auto":
+        return strategy
+    return choose_strategy(query.shape[0], idx.shape[1], bank.shape[0], query.shape[1], bank.dtype,
+                           query.device, backend_name)
+
+
+def bank_contrast(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, *, temperature: float,
+                  epilogue: str = "softmax", z: torch.Tensor | None = None, n_data: int | None = None,
+                  reduction: str = "mean", backend: str | None = None, strategy: str = "auto",
+                  check_indices: bool = True) -> torch.Tensor:
+    """Contrast ``query`` against bank rows ``bank[idx]`` (column 0 the positive).
+
+    Args:
+        query: [B, d] float32/bfloat16/float16; receives the gradient.
+        bank: [N, d] float32/bfloat16, a buffer (no gradient).
+        idx: [B, K+1] int32/int64 row ids into ``bank``.
+        temperature: T in s = <M[idx], q> / T.
+        epilogue: ``"softmax"`` (InfoNCE), ``"nce"`` (CRD) or ``"scores"``.
+        z: the NCE normaliser Z, a one-element float32 tensor on the device.
+        n_data: dataset size; Pn = 1 / n_data in the NCE loss.
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"`` over the batch (loss epilogues).
+        backend: override the global backend choice for this call.
+        strategy: ``"gather"`` (stream the sampled rows), ``"dense"`` (score the
+            whole bank with a matrix multiply and weight each bank row by how often
+            it was sampled; reads the bank once) or ``"auto"`` (a cost model picks
+            per call, see ``cost_model.py``). Both give the same result to float
+            rounding.
+        check_indices: range-check ``idx`` (one host sync); pass False when the
+            caller has checked already. ``RDKERNELS_CHECK_INDICES=0`` turns all
+            such checks off.
+
+    Returns:
+        The loss (0-dim for mean/sum, [B] for none), or s[B, K+1] for ``"scores"``;
+        always float32.
+    """
+    _validate(query, bank, idx, temperature, epilogue, z, n_data, reduction, strategy)
+    name = _resolve(query, backend)
+    strategy = _choose(strategy, query, bank, idx, name)
+    if epilogue == "scores":
+        return _scores_op(query, bank, idx, float(temperature), name, check_indices, strategy)
+    if z is None:
+        z = query.new_ones(1, dtype=torch.float32)  # unused by softmax; keeps the op schema fixed
+    rows, _ = _loss_op(query, bank, idx, z.reshape(1), float(temperature), epilogue, int(n_data or 1), name,
+                       check_indices, strategy)
+    return reduce_rows(rows, reduction)
+
+
+@torch.no_grad()
+def estimate_nce_z(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, *, temperature: float,
+                   n_data: int, backend: str | None = None, check_indices: bool = True) -> torch.Tensor:
+    """CRD's normaliser: mean of exp(s) over all B*(K+1) entries, times n_data.
+
+    Computed in log space from the softmax epilogue's per-row logsumexp (so it
+    cannot overflow), on the device, without a host sync. No gradient.
+    """
+    _validate(query, bank, idx, temperature, "softmax", None, None, "none", "auto")
+    if not isinstance(n_data, int) or n_data <= 0:
+        raise ValueError(f"n_data must be a positive int, got {n_data!r}")
+    name = _resolve(query, backend)
+    ones = query.new_ones(1, dtype=torch.float32)
+    rows, _ = _loss_op(query, bank, idx, ones, float(temperature), "softmax", 1, name, check_indices,
+                       _choose("auto", query, bank, idx, name))
+    s0 = (bank[idx[:, 0].long()].float() * query.float()).sum(dim=1) / temperature
+    row_lse = rows + s0
+    log_mean = torch.logsumexp(row_lse, dim=0) - math.log(idx.numel())
+    return (log_mean.exp() * n_data).reshape(1)

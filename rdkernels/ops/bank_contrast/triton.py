@@ -1,0 +1,207 @@
+"""Triton kernels for bank contrast, gather strategy.
+
+One program per (query row, column split). It walks its columns of ``idx`` in
+tiles of BLOCK_K, gathers those bank rows straight from the bank (never
+materialising the [B, K+1, d] tensor), scores them against the query and
+applies the epilogue on the fly:
+
+* NCE (CRD): per-column loss terms and d loss / d s, accumulated into dq;
+* SOFTMAX (InfoNCE): online max / sum of exp, with the probability-weighted
+  row sum rescaled as the max moves (flash-style);
+* SCORES: write s itself;
+* SCORES_BWD: dq = sum_k grad_s[k] * w_k / T.
+
+Splitting the columns keeps the GPU busy at small batch (B = 64 rows alone
+would fill half an H100). Each split writes partial results; a few torch ops
+on [B, splits, d] combine them (softmax needs a rescale by the split maxima).
+Narrow types are loaded and converted to fp32 before any arithmetic.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from rdkernels.backend import triton_interpreter_enabled
+from rdkernels.ops.bank_contrast.reference import nce_constants
+
+NCE, SOFTMAX, SCORES, SCORES_BWD = 0, 1, 2, 3
+_EPILOGUES = {"nce": NCE, "softmax": SOFTMAX}
+MAX_DIM = 1024
+
+
+@triton.jit
+def _softplus(x):
+    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def bank_contrast_kernel(
+    q_ptr, bank_ptr, idx_ptr, z_ptr, grad_ptr,
+    out_ptr, dq_ptr, max_ptr, sum_ptr,
+    n_cols, dim, cols_per_split,
+    stride_q, stride_bank, stride_idx,
+    inv_t, log_c, log_mpn_c,
+    EPILOGUE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    n_splits = tl.num_programs(1)
+    d = tl.arange(0, BLOCK_D)
+    d_mask = d < dim
+    q = tl.load(q_ptr + row * stride_q + d, mask=d_mask, other=0.0).to(tl.float32)
+    start = split * cols_per_split
+    stop = tl.minimum(start + cols_per_split, n_cols)
+
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    loss = 0.0
+    run_max = -float("inf")
+    run_sum = 0.0
+    log_z = 0.0
+    if EPILOGUE == NCE:
+        log_z = tl.log(tl.load(z_ptr).to(tl.float32))
+
+    for k0 in range(start, stop, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = k < stop
+        rows = tl.load(idx_ptr + row * stride_idx + k, mask=k_mask, other=0).to(tl.int64)
+        w = tl.load(bank_ptr + rows[:, None] * stride_bank + d[None, :],
+                    mask=k_mask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
+        s = tl.sum(w * q[None, :], axis=1) * inv_t
+        if EPILOGUE == SCORES:
+            tl.store(out_ptr + row * n_cols + k, s, mask=k_mask)
+        elif EPILOGUE == SCORES_BWD:
+            g = tl.load(grad_ptr + row * n_cols + k, mask=k_mask, other=0.0).to(tl.float32)
+            acc += tl.sum((g * inv_t)[:, None] * w, axis=0)
+        elif EPILOGUE == SOFTMAX:
+            s = tl.where(k_mask, s, -float("inf"))
+            new_max = tl.maximum(run_max, tl.max(s, axis=0))
+            scale = tl.exp(run_max - new_max)
+            p = tl.exp(s - new_max)
+            run_sum = run_sum * scale + tl.sum(p, axis=0)
+            acc = acc * scale + tl.sum(p[:, None] * w, axis=0)
+            run_max = new_max
+        else:  # NCE in log space: log x = s - log Z; column 0 is the positive
+            log_x = s - log_z
+            is_pos = k == 0
+            t = tl.where(is_pos, log_c - log_x, log_x - log_c)
+            term = tl.where(is_pos, _softplus(t), _softplus(t) - log_mpn_c)
+            loss += tl.sum(tl.where(k_mask, term, 0.0), axis=0)
+            sig = 1.0 / (1.0 + tl.exp(-t))
+            g = tl.where(k_mask, tl.where(is_pos, -sig, sig), 0.0) * inv_t
+            acc += tl.sum(g[:, None] * w, axis=0)
+
+    part = row * n_splits + split
+    if EPILOGUE != SCORES:
+        tl.store(dq_ptr + part * dim + d, acc, mask=d_mask)
+    if EPILOGUE == NCE:
+        tl.store(out_ptr + part, loss)
+    if EPILOGUE == SOFTMAX:
+        tl.store(max_ptr + part, run_max)
+        tl.store(sum_ptr + part, run_sum)
+
+
+def launch_config(dim: int) -> dict:
+    block_d = max(16, triton.next_power_of_2(dim))
+    # ~8K fp32 elements per gathered tile: 64 registers a thread at 4 warps.
+    return dict(BLOCK_D=block_d, BLOCK_K=max(16, 8192 // block_d), num_warps=4)
+
+
+def _splits(batch: int, n_cols: int, block_k: int, device: torch.device) -> tuple[int, int]:
+    """(number of column splits, columns per split, a multiple of BLOCK_K)."""
+    tiles = triton.cdiv(n_cols, block_k)
+    if device.type == "cuda":
+        programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        want = max(1, min(tiles, triton.cdiv(programs, batch)))
+    else:  # interpreter: few programs, but still exercise the split combine
+        want = min(tiles, 3)
+    cols = triton.cdiv(tiles, want) * block_k
+    return triton.cdiv(n_cols, cols), cols
+
+
+def _launch(epilogue_code, query, bank, idx, *, temperature, z=None, grad=None, n_data=1):
+    batch, n_cols = idx.shape
+    dim = query.shape[1]
+    cfg = launch_config(dim)
+    n_splits, cols = _splits(batch, n_cols, cfg["BLOCK_K"], query.device)
+    f32 = dict(device=query.device, dtype=torch.float32)
+    dq = torch.empty(batch, n_splits, dim, **f32) if epilogue_code != SCORES else None
+    if epilogue_code == SCORES:
+        out = torch.empty(batch, n_cols, **f32)
+    elif epilogue_code == NCE:
+        out = torch.empty(batch, n_splits, **f32)
+    else:
+        out = None
+    run_max = torch.empty(batch, n_splits, **f32) if epilogue_code == SOFTMAX else None
+    run_sum = torch.empty(batch, n_splits, **f32) if epilogue_code == SOFTMAX else None
+    # Pointers an epilogue never reads get a placeholder rather than None, so every
+    # launch compiles the one specialisation that aot_variants() lists.
+    unused = torch.empty(1, **f32)
+    z, grad, out, dq, run_max, run_sum = (unused if t is None else t for t in (z, grad, out, dq, run_max, run_sum))
+    log_c, log_mpn_c = nce_constants(n_cols - 1, n_data) if epilogue_code == NCE else (0.0, 0.0)
+    bank_contrast_kernel[(batch, n_splits)](
+        query, bank, idx, z, grad, out, dq, run_max, run_sum,
+        n_cols, dim, cols, query.stride(0), bank.stride(0), idx.stride(0),
+        1.0 / temperature, log_c, log_mpn_c,
+        EPILOGUE=epilogue_code, **cfg,
+    )
+    return out, dq, run_max, run_sum
+
+
+def bank_contrast_loss_triton(query, bank, idx, z, temperature, epilogue, n_data):
+    """(row_loss[B], dq[B, d]) in fp32, as bank_contrast_loss_torch."""
+    code = _EPILOGUES[epilogue]
+    out, dq_parts, run_max, run_sum = _launch(code, query, bank, idx, temperature=temperature, z=z,
+                                              n_data=n_data)
+    if code == NCE:
+        return out.sum(dim=1), dq_parts.sum(dim=1)
+    # combine the splits' online-softmax states
+    top = run_max.max(dim=1, keepdim=True).values
+    scale = torch.exp(run_max - top)
+    total = (run_sum * scale).sum(dim=1)
+    weighted = (dq_parts * scale[:, :, None]).sum(dim=1)
+    w0 = bank[idx[:, 0].long()].float()
+    s0 = (w0 * query.float()).sum(dim=1) / temperature
+    loss = top.squeeze(1) + total.log() - s0
+    dq = (weighted / total[:, None] - w0) / temperature
+    return loss, dq
+
+
+def bank_scores_triton(query, bank, idx, temperature):
+    return _launch(SCORES, query, bank, idx, temperature=temperature)[0]
+
+
+def bank_scores_backward_triton(grad_scores, query, bank, idx, temperature):
+    grad = grad_scores.float().contiguous()
+    return _launch(SCORES_BWD, query, bank, idx, temperature=temperature, grad=grad)[1].sum(dim=1)
+
+
+_TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
+                 torch.int32: "i32", torch.int64: "i64"}
+
+
+def aot_variants() -> list[dict]:
+    """Every specialisation the dispatcher can launch, for the ahead-of-time check."""
+    variants = []
+    for dim in (64, 128, 256, 512, 1024):
+        cfg = launch_config(dim)
+        for epi_name, code in (("nce", NCE), ("softmax", SOFTMAX), ("scores", SCORES), ("scores_bwd", SCORES_BWD)):
+            for q_dt in (torch.float32, torch.bfloat16, torch.float16):
+                for bank_dt in (torch.float32, torch.bfloat16):
+                    for idx_dt in (torch.int32, torch.int64):
+                        sig = {
+                            "q_ptr": "*" + _TRITON_TYPES[q_dt], "bank_ptr": "*" + _TRITON_TYPES[bank_dt],
+                            "idx_ptr": "*" + _TRITON_TYPES[idx_dt], "z_ptr": "*fp32", "grad_ptr": "*fp32",
+                            "out_ptr": "*fp32", "dq_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32",
+                            "n_cols": "i32", "dim": "i32", "cols_per_split": "i32",
+                            "stride_q": "i32", "stride_bank": "i32", "stride_idx": "i32",
+                            "inv_t": "fp32", "log_c": "fp32", "log_mpn_c": "fp32",
+                        }
+                        variants.append(dict(
+                            name=f"bank_contrast[{epi_name},d{cfg['BLOCK_D']},q={_TRITON_TYPES[q_dt]},"
+                                 f"bank={_TRITON_TYPES[bank_dt]},idx={_TRITON_TYPES[idx_dt]}]",
+                            kernel=bank_contrast_kernel, signature=sig,
+                            constexprs=dict(EPILOGUE=code, BLOCK_K=cfg["BLOCK_K"], BLOCK_D=cfg["BLOCK_D"]),
+                            num_warps=cfg["num_warps"], num_stages=3))
+    from rdkernels.ops.bank_contrast.triton_dense import aot_variants as dense_variants
+    return variants + dense_variants()

@@ -1,0 +1,57 @@
+"""bank_update_: in-place momentum update of memory-bank rows.
+
+    bank[index[b]] = normalize(momentum * bank[index[b]] + (1 - momentum) * values[b])
+
+Duplicate ids in ``index`` are deterministic: the last occurrence wins, mixed
+with the row as it was before the call. No autograd: the bank is a buffer.
+"""
+from __future__ import annotations
+
+import torch
+
+from rdkernels import backend as _backend
+from rdkernels._validation import (BANK_DTYPES, FLOAT_DTYPES, INDEX_DTYPES, check_dim,
+                                   check_in_unit_interval, check_index_range, check_tensor)
+from rdkernels.ops.bank_update.reference import bank_update_reference_
+
+__all__ = ["bank_update_", "bank_update_reference_"]
+
+
+def _validate(bank, index, values, momentum) -> None:
+    check_tensor("bank", bank, ndim=2, dtypes=BANK_DTYPES)
+    check_tensor("index", index, ndim=1, dtypes=INDEX_DTYPES, device=bank.device)
+    check_tensor("values", values, ndim=2, dtypes=FLOAT_DTYPES, device=bank.device)
+    check_dim("values", values, 0, index.shape[0], "index's length")
+    check_dim("values", values, 1, bank.shape[1], "the bank's row width")
+    check_in_unit_interval("momentum", momentum)
+
+
+@torch.library.custom_op("rdkernels::bank_update_", mutates_args=("bank",))
+def _bank_update_op(bank: torch.Tensor, index: torch.Tensor, values: torch.Tensor, momentum: float,
+                    backend: str, check_indices: bool) -> None:
+    if check_indices:
+        check_index_range("index", index, bank.shape[0])
+    if backend == "cuda":
+        from rdkernels.ops.bank_update.cuda import bank_update_cuda_
+        bank_update_cuda_(bank, index, values, momentum)
+    elif backend == "triton":
+        from rdkernels.ops.bank_update.triton import bank_update_triton_
+        bank_update_triton_(bank, index, values, momentum)
+    else:
+        bank_update_reference_(bank, index, values, momentum)
+
+
+@_bank_update_op.register_fake
+def _(bank, index, values, momentum, backend, check_indices) -> None:
+    return None
+
+
+def bank_update_(bank: torch.Tensor, index: torch.Tensor, values: torch.Tensor, momentum: float,
+                 *, backend: str | None = None, check_indices: bool = True) -> torch.Tensor:
+    """Update ``bank`` in place and return it. ``values`` may carry autograd
+    history; it is detached (the bank is a buffer). ``check_indices=False``
+    skips the range check of ``index`` (one host sync) for callers that made it."""
+    _validate(bank, index, values, momentum)
+    name = _backend.resolve(bank.device, "bank_update", backend)
+    _bank_update_op(bank, index, values.detach(), float(momentum), name, check_indices)
+    return bank
