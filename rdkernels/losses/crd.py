@@ -22,6 +22,7 @@ import math
 import torch
 from torch import nn
 
+from rdkernels import distributed
 from rdkernels._validation import FLOAT_DTYPES, INDEX_DTYPES, check_dim, check_index_ranges, check_tensor
 from rdkernels.losses._embed import Embed
 from rdkernels.memory import init_bank_, sample_uniform
@@ -35,9 +36,11 @@ class ContrastMemory(nn.Module):
     set), under RepDistiller's buffer names so its checkpoints load as they are."""
 
     def __init__(self, feat_dim: int, n_data: int, nce_k: int, nce_t: float, nce_m: float,
-                 bank_dtype: torch.dtype = torch.float32):
+                 bank_dtype: torch.dtype = torch.float32, z_momentum: float | None = None,
+                 sync_banks: bool | str = "auto", process_group=None):
         super().__init__()
         self.n_data, self.nce_k = n_data, nce_k
+        self.z_momentum, self.sync_banks, self.process_group = z_momentum, sync_banks, process_group
         self.register_buffer("params", torch.tensor([float(nce_k), nce_t, -1.0, -1.0, nce_m]))
         self.register_buffer("memory_v1", init_bank_(torch.empty(n_data, feat_dim)).to(bank_dtype))
         self.register_buffer("memory_v2", init_bank_(torch.empty(n_data, feat_dim)).to(bank_dtype))
@@ -50,32 +53,46 @@ class ContrastMemory(nn.Module):
     def _forget_host_params(module, incompatible_keys) -> None:
         module._host_params = None
 
-    def _read_params(self, v_s, v_t, idx, backend) -> tuple[float, float]:
+    def _batch_z(self, v_s, v_t, idx, temperature, backend, check_indices, synced):
+        """[Z_v1, Z_v2] of this batch (mean of exp(s) times n_data), averaged
+        over the global batch when the banks are synchronised."""
+        kw = dict(temperature=temperature, n_data=self.n_data, backend=backend, check_indices=check_indices)
+        z = torch.cat([estimate_nce_z(v_s.detach(), self.memory_v2, idx, **kw),   # student anchor, teacher bank
+                       estimate_nce_z(v_t.detach(), self.memory_v1, idx, **kw)])  # teacher anchor, student bank
+        return distributed.weighted_mean(z, idx.numel(), self.process_group) if synced else z
+
+    def _read_params(self, v_s, v_t, idx, backend, check_indices, synced) -> tuple[float, float]:
         """(T, momentum); on the first call also sets any unset Z (CRD's rule:
         mean of exp(s) over all B*(K+1) scores times n_data, then frozen)."""
         if self._host_params is not None:
             return self._host_params
         _, temperature, z_v1, z_v2, momentum = self.params.tolist()
-        with torch.no_grad():
-            if z_v1 < 0:  # student anchor against the teacher bank
-                self.params[2] = estimate_nce_z(v_s.detach(), self.memory_v2, idx, temperature=temperature,
-                                                n_data=self.n_data, backend=backend, check_indices=False)[0]
-            if z_v2 < 0:  # teacher anchor against the student bank
-                self.params[3] = estimate_nce_z(v_t.detach(), self.memory_v1, idx, temperature=temperature,
-                                                n_data=self.n_data, backend=backend, check_indices=False)[0]
+        if z_v1 < 0 or z_v2 < 0:
+            with torch.no_grad():
+                z = self._batch_z(v_s, v_t, idx, temperature, backend, check_indices, synced)
+                self.params[2:4] = torch.where(self.params[2:4] < 0, z, self.params[2:4])
         self._host_params = (temperature, momentum)
         return self._host_params
 
-    def forward(self, v_s, v_t, index, idx, backend=None, strategy="auto"):
-        """NCE(student anchor) + NCE(teacher anchor), then the bank updates.
-        Indices must have been range-checked by the caller."""
-        temperature, momentum = self._read_params(v_s, v_t, idx, backend)
+    def forward(self, v_s, v_t, index, idx, backend=None, strategy="auto", check_indices=True):
+        """NCE(student anchor) + NCE(teacher anchor), then the bank updates."""
+        synced = distributed.active(self.process_group, self.sync_banks)
+        temperature, momentum = self._read_params(v_s, v_t, idx, backend, check_indices, synced)
         kw = dict(temperature=temperature, epilogue="nce", n_data=self.n_data, backend=backend,
-                  strategy=strategy, check_indices=False)
+                  strategy=strategy, check_indices=check_indices)
         loss_s = bank_contrast(v_s, self.memory_v2, idx, z=self.params[2:3], **kw)
         loss_t = bank_contrast(v_t, self.memory_v1, idx, z=self.params[3:4], **kw)
-        bank_update_(self.memory_v1, index, v_s.detach(), momentum, backend=backend, check_indices=False)
-        bank_update_(self.memory_v2, index, v_t.detach(), momentum, backend=backend, check_indices=False)
+        with torch.no_grad():
+            if self.z_momentum is not None:  # EMA of Z, from the banks as scored
+                z = self._batch_z(v_s, v_t, idx, temperature, backend, False, synced)
+                self.params[2:4] = self.z_momentum * self.params[2:4] + (1.0 - self.z_momentum) * z
+            v_s, v_t = v_s.detach(), v_t.detach()
+            if synced:  # every rank applies the global batch's update, in rank order
+                group = self.process_group
+                index = distributed.all_gather_cat(index, group)
+                v_s, v_t = distributed.all_gather_cat(v_s, group), distributed.all_gather_cat(v_t, group)
+            bank_update_(self.memory_v1, index, v_s, momentum, backend=backend, check_indices=check_indices)
+            bank_update_(self.memory_v2, index, v_t, momentum, backend=backend, check_indices=check_indices)
         return loss_s + loss_t
 
 
@@ -89,12 +106,28 @@ class CRDLoss(nn.Module):
     bank rows to contrast with (column 0 the positive); if None, K = nce_k
     negatives are drawn uniformly on the device.
 
-    Keyword-only extras: ``bank_dtype`` (float32 | bfloat16 storage),
-    ``backend`` (per-module override of rdkernels.set_backend), ``strategy``.
+    Keyword-only extras:
+
+    * ``bank_dtype``: float32 (default) or bfloat16 bank storage (half the bytes
+      moved; arithmetic stays fp32).
+    * ``z_momentum``: None (default) keeps the reference's Z, set once from the
+      first batch. A value such as 0.99 instead tracks Z as an exponential moving
+      average of each batch's estimate, taken after scoring (one extra gather
+      pass per direction per step).
+    * ``sync_banks``: "auto" (default) keeps the banks identical on every rank
+      when torch.distributed is initialised with more than one rank (see
+      rdkernels.distributed); True requires it; False keeps per-rank banks as
+      the reference code does. ``process_group`` selects the group.
+    * ``backend``: per-module override of rdkernels.set_backend; ``strategy``.
+
+    With ``torch.compile``, run one step eagerly first (it sets Z and reads the
+    hyper-parameters to the host), then compile; ``fullgraph=True`` works.
     """
 
     def __init__(self, s_dim=None, t_dim=None, n_data=None, feat_dim=128, nce_k=16384, nce_t=0.07, nce_m=0.5,
-                 *, bank_dtype: torch.dtype = torch.float32, backend: str | None = None, strategy: str = "auto"):
+                 *, bank_dtype: torch.dtype = torch.float32, z_momentum: float | None = None,
+                 sync_banks: bool | str = "auto", process_group=None, backend: str | None = None,
+                 strategy: str = "auto"):
         super().__init__()
         if s_dim is not None and not isinstance(s_dim, int) and all(hasattr(s_dim, f) for f in _OPT_FIELDS):
             opt = s_dim
@@ -107,11 +140,16 @@ class CRDLoss(nn.Module):
             raise ValueError(f"nce_t must be positive, got {nce_t!r}")
         if not 0.0 <= nce_m <= 1.0:
             raise ValueError(f"nce_m must lie in [0, 1], got {nce_m!r}")
+        if z_momentum is not None and not 0.0 <= z_momentum < 1.0:
+            raise ValueError(f"z_momentum must be None or lie in [0, 1), got {z_momentum!r}")
+        if sync_banks not in (True, False, "auto"):
+            raise ValueError(f"sync_banks must be True, False or 'auto', got {sync_banks!r}")
         self.s_dim, self.t_dim, self.n_data, self.nce_k = s_dim, t_dim, n_data, nce_k
         self.backend, self.strategy = backend, strategy
         self.embed_s = Embed(s_dim, feat_dim)
         self.embed_t = Embed(t_dim, feat_dim)
-        self.contrast = ContrastMemory(feat_dim, n_data, nce_k, float(nce_t), float(nce_m), bank_dtype)
+        self.contrast = ContrastMemory(feat_dim, n_data, nce_k, float(nce_t), float(nce_m), bank_dtype,
+                                       z_momentum=z_momentum, sync_banks=sync_banks, process_group=process_group)
 
     def _validate(self, f_s, f_t, idx, contrast_idx) -> None:
         check_tensor("f_s", f_s, dtypes=FLOAT_DTYPES, contiguous=False)
@@ -138,4 +176,7 @@ class CRDLoss(nn.Module):
             contrast_idx = sample_uniform(idx, self.nce_k, self.n_data)
         v_s = self.embed_s(f_s)
         v_t = self.embed_t(f_t)
-        return self.contrast(v_s, v_t, idx, contrast_idx, backend=self.backend, strategy=self.strategy)
+        # Eagerly, _validate checked every index with one sync. Under torch.compile
+        # that check is skipped and the ops make it inside their opaque bodies.
+        return self.contrast(v_s, v_t, idx, contrast_idx, backend=self.backend, strategy=self.strategy,
+                             check_indices=torch.compiler.is_compiling())
