@@ -1,0 +1,192 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import rdkernels
+from harness_helpers import require_loss, single_thread, tiny_config  # noqa: F401 (autouse fixture)
+from rdkernels.backend import triton_interpreter_enabled
+from rdkernels.harness.__main__ import main
+from rdkernels.harness.distillers import DISTILLERS, build_distiller
+from rdkernels.harness.train import Trainer, lr_at
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+@pytest.mark.parametrize("name", DISTILLERS)
+def test_each_distiller_trains(name, impl):
+    require_loss(name, impl)
+    trainer = Trainer(tiny_config(distill=name, impl=impl, max_steps=3))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    state_before = {k: v.clone() for k, v in trainer.criterion.state_dict().items()}
+    trainer.run()
+    assert trainer.step == 3 and len(trainer.history) == 3
+    for row in trainer.history:
+        assert all(torch.isfinite(torch.tensor(v)) for k, v in row.items() if k.startswith("loss"))
+    if name != "kd":
+        assert all(row["loss_feat"] != 0 for row in trainer.history)
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    # banks / queues move during training; the teacher does not
+    changed = [k for k, v in trainer.criterion.state_dict().items() if not torch.equal(v, state_before[k])]
+    if name in ("crd", "wcord"):
+        assert any("memory" in k for k in changed), changed
+    if name == "rrd":
+        assert any("queue" in k for k in changed), changed
+
+
+@pytest.mark.parametrize("name", ["crd", "wcord", "dcd", "rrd"])
+def test_fused_and_reference_losses_start_from_the_same_state(name):
+    require_loss(name, "fused")
+    require_loss(name, "reference")
+    a = build_distiller(name, "reference", s_dim=8, t_dim=8, n_data=32, seed=4)
+    b = build_distiller(name, "fused", s_dim=8, t_dim=8, n_data=32, seed=4)
+    c = build_distiller(name, "fused", s_dim=8, t_dim=8, n_data=32, seed=5)
+    sa, sb, sc = a.feature_loss.state_dict(), b.feature_loss.state_dict(), c.feature_loss.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)  # the seed matters
+    assert a.needs_contrast_idx == b.needs_contrast_idx == (name in ("crd", "wcord"))
+
+
+def _params(trainer):
+    return [p.detach().clone() for p in trainer.model.parameters()] + \
+           [v.clone() for v in trainer.criterion.state_dict().values()]
+
+
+@pytest.mark.parametrize("name,sampling,amp", [("crd", "device", None), ("crd", "workers", None),
+                                               ("crd", "loss", None), ("crd", "device", "float16"),
+                                               ("rrd", "device", None), ("dcd", "device", "bfloat16"),
+                                               ("wcord", "device", None)])
+def test_resume_continues_bit_for_bit(tmp_path, name, sampling, amp):
+    require_loss(name, "fused")
+    # steps_per_epoch = 8: stop mid-epoch (5) so the resume also restarts the batch order mid-way
+    cfg = tiny_config(distill=name, impl="fused", sampling=sampling, max_steps=7, amp=amp is not None,
+                      amp_dtype=amp or "bfloat16")
+    straight = Trainer(cfg)
+    straight.run(7)
+    first = Trainer(dataclasses.replace(cfg, out=str(tmp_path)))
+    first.run(5)
+    ckpt = tmp_path / "last.pt"
+    assert ckpt.exists()
+    del first
+    torch.manual_seed(12345)  # a fresh process would not share the RNG position
+    resumed = Trainer.resume(ckpt)
+    assert resumed.step == 5
+    resumed.run(2)
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history[5:]]
+    for a, b in zip(_params(straight), _params(resumed)):
+        assert torch.equal(a, b)
+    for (k, a), b in zip(straight.optimizer.state_dict()["state"].items(),
+                         resumed.optimizer.state_dict()["state"].values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    # the CSV log holds each step once
+    steps = [int(line.split(",")[0]) for line in (tmp_path / "log.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, 8))
+
+
+@pytest.mark.parametrize("mode", ["exact", "relax"])
+def test_worker_sampling_does_not_depend_on_worker_count(mode):
+    require_loss("crd", "fused")
+    runs = []
+    for workers in (0, 2):
+        trainer = Trainer(tiny_config(distill="crd", sampling="workers", mode=mode, workers=workers, max_steps=3))
+        trainer.run()
+        runs.append([r["loss"] for r in trainer.history])
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+def test_amp_training_is_finite(impl):
+    require_loss("crd", impl)
+    trainer = Trainer(tiny_config(distill="crd", impl=impl, amp=True, max_steps=3))
+    trainer.run()
+    assert all(torch.isfinite(torch.tensor([r["loss"], r["loss_feat"]])).all() for r in trainer.history)
+
+
+def test_resume_across_an_epoch_boundary(tmp_path):
+    require_loss("crd", "fused")
+    cfg = tiny_config(distill="crd", max_steps=10, save_every=4)
+    straight = Trainer(cfg)
+    straight.run()
+    Trainer(dataclasses.replace(cfg, out=str(tmp_path))).run(8)  # exactly one epoch
+    resumed = Trainer.resume(tmp_path / "last.pt")
+    resumed.run()
+    assert resumed.step == 10
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history[8:]]
+
+
+@pytest.mark.parametrize("name", ["crd", "dcd", "rrd", "wcord"])
+def test_reference_and_fused_training_agree_under_the_interpreter(name, monkeypatch):
+    """20 training steps, fused losses on the Triton kernels (interpreter on CPU)."""
+    require_loss(name, "fused")
+    require_loss(name, "reference")
+    launches = []
+    if triton_interpreter_enabled():  # count kernel launches, to know the Triton path really ran
+        from triton.runtime.interpreter import InterpretedFunction
+        run = InterpretedFunction.run
+        monkeypatch.setattr(InterpretedFunction, "run",
+                            lambda self, *a, **k: (launches.append(1), run(self, *a, **k))[1])
+    histories = {}
+    for impl in ("reference", "fused"):
+        cfg = tiny_config(distill=name, impl=impl, max_steps=20, epochs=3,
+                          backend="triton" if impl == "fused" else "auto")
+        trainer = Trainer(cfg)
+        trainer.run()
+        rdkernels.set_backend("auto")
+        histories[impl] = trainer.history
+    ref = torch.tensor([[r["loss"], r["loss_feat"]] for r in histories["reference"]])
+    fused = torch.tensor([[r["loss"], r["loss_feat"]] for r in histories["fused"]])
+    assert ref.shape == (20, 2)
+    torch.testing.assert_close(fused, ref, rtol=2e-4, atol=2e-4)
+    if triton_interpreter_enabled():
+        assert len(launches) >= 20, "the fused run launched no Triton kernels"
+
+
+def test_lr_schedule_is_the_reference_step_schedule():
+    cfg = tiny_config()
+    assert [lr_at(cfg, e) for e in (0, 149)] == [0.05, 0.05]
+    assert lr_at(cfg, 150) == pytest.approx(0.005)
+    assert lr_at(cfg, 180) == pytest.approx(0.0005)
+    assert lr_at(cfg, 239) == pytest.approx(0.00005)
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="distill"):
+        Trainer(tiny_config(distill="fitnet"))
+    with pytest.raises(ValueError, match="sampling"):
+        Trainer(tiny_config(distill="crd", sampling="host"))
+
+
+def test_cli_teacher_then_distill_then_compare(tmp_path, capsys):
+    require_loss("crd", "fused")
+    require_loss("crd", "reference")
+    tiny = ["--synthetic-n", "32", "--synthetic-test-n", "8", "--num-classes", "2", "--image-size", "16",
+            "--batch-size", "4", "--device", "cpu", "--no-progress"]
+    teacher = tmp_path / "teacher"
+    assert main(["train-teacher", "--arch", "resnet8_tiny", "--epochs", "1", "--out", str(teacher), *tiny]) == 0
+    assert (teacher / "last.pt").exists() and (teacher / "eval.csv").exists()
+    summary = json.loads((teacher / "summary.json").read_text())
+    assert summary["final_step"] == 8 and summary["eval"] is not None
+    student = tmp_path / "student"
+    distill = ["distill", "--arch", "resnet8_tiny", "--teacher-arch", "resnet8_tiny", "--teacher",
+               str(teacher / "last.pt"), "--distill", "crd", "--nce_k", "16", "--feat_dim", "16", *tiny]
+    assert main([*distill, "--max-steps", "3", "--out", str(student)]) == 0
+    assert main(["distill", "--resume", str(student / "last.pt"), "--max-steps", "5", "--no-progress"]) == 0
+    assert json.loads((student / "summary.json").read_text())["final_step"] == 5
+    with pytest.raises(ValueError, match="teacher checkpoint"):
+        main([*distill, "--teacher-arch", "resnet8", "--max-steps", "1"])
+    results = tmp_path / "results"
+    assert main(["compare", "--arch", "resnet8_tiny", "--teacher-arch", "resnet8_tiny", "--distill", "crd,dcd",
+                 "--nce_k", "16", "--feat_dim", "16", "--steps", "6", "--warmup", "2",
+                 "--results", str(results), *tiny]) == 0
+    (json_path,) = results.glob("train_crd_resnet8_tiny_resnet8_tiny_cpu*.json")
+    report = json.loads(json_path.read_text())
+    assert set(report["runs"]) == {"reference", "fused", "kd"}
+    for run in report["runs"].values():
+        assert len(run["loss"]) == 6 and run["steps_per_s"] > 0
+    assert report["runs"]["fused"]["step_ratio_vs_kd"] > 0
+    assert report["max_abs_loss_diff"] < 1e-3
+    assert json_path.with_suffix(".png").stat().st_size > 10_000
+    assert "fused vs reference" in capsys.readouterr().out
+    assert len(list(results.glob("train_dcd_*.png"))) == 1
+    with pytest.raises(SystemExit):
+        main(["compare", "--distill", "crd,fitnet"])

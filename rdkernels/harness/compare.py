@@ -1,0 +1,162 @@
+"""Full-training speed comparison: the same distillation with ``--impl reference``
+and ``--impl fused``, plus a KD-only run, for a fixed number of steps.
+
+Reports steps/s (after a warm-up), peak device memory, the distiller-step /
+KD-step time ratio of each implementation, and both loss curves, as a JSON file
+and a PNG, both named with the device.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import gc
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from rdkernels.harness import data as hdata
+from rdkernels.harness.train import Trainer, TrainConfig, command_line, device_name, resolve_device, versions
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+
+def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str | Path = "benchmarks/results",
+            plot: bool = True) -> dict:
+    """Run ``cfg.distill`` with both impls and a KD-only run for ``steps`` steps each.
+
+    All three runs share the seed, data, batch order, teacher and student
+    initialisation; the two impls also share the loss's initial state and the
+    contrast indices, so their loss curves should lie on top of each other.
+    """
+    if cfg.distill in (None, "kd"):
+        raise ValueError("compare needs a representation distiller: --distill crd|wcord|dcd|rrd")
+    if steps <= warmup:
+        raise ValueError(f"steps ({steps}) must exceed warmup ({warmup})")
+    device = resolve_device(cfg.device)
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    train_set, test_set = hdata.load_dataset(
+        cfg.data, synthetic_n=cfg.synthetic_n, synthetic_test_n=cfg.synthetic_test_n,
+        num_classes=cfg.num_classes, image_size=cfg.image_size, seed=cfg.seed)
+    runs = {
+        "reference": dataclasses.replace(cfg, impl="reference"),
+        "fused": dataclasses.replace(cfg, impl="fused"),
+        "kd": dataclasses.replace(cfg, distill="kd", impl="fused", gamma=None, alpha=None, beta=None),
+    }
+    results = {}
+    for name, run_cfg in runs.items():
+        run_cfg = dataclasses.replace(run_cfg, max_steps=steps, out=None, eval_every_epoch=False)
+        trainer = Trainer(run_cfg, train_set=train_set, test_set=test_set)
+        summary = trainer.run(steps, timing_warmup=warmup)
+        results[name] = {
+            "impl": run_cfg.impl,
+            "distill": run_cfg.distill,
+            "steps_per_s": summary["steps_per_s"],
+            "ms_per_step": 1000.0 / summary["steps_per_s"] if summary["steps_per_s"] else None,
+            "peak_memory_bytes": summary["peak_memory_bytes"],
+            "loss": [row["loss"] for row in trainer.history],
+            "loss_feat": [row.get("loss_feat", 0.0) for row in trainer.history],
+            "loss_ce": [row["loss_ce"] for row in trainer.history],
+        }
+        del trainer
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    kd_ms = results["kd"]["ms_per_step"]
+    for name in ("reference", "fused"):
+        ms = results[name]["ms_per_step"]
+        results[name]["step_ratio_vs_kd"] = ms / kd_ms if ms and kd_ms else None
+    ref_ms, fused_ms = results["reference"]["ms_per_step"], results["fused"]["ms_per_step"]
+    dev_name = device_name(device)
+    report = {
+        "device": dev_name,
+        "versions": versions(),
+        "command": command_line(),
+        "started_utc": started,
+        "config": cfg.to_dict(),
+        "steps": steps,
+        "warmup": warmup,
+        "speedup_fused_vs_reference": ref_ms / fused_ms if ref_ms and fused_ms else None,
+        "max_abs_loss_diff": max((abs(a - b) for a, b in zip(results["reference"]["loss"], results["fused"]["loss"])),
+                                 default=None),
+        "runs": results,
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"train_{cfg.distill}_{cfg.teacher_arch}_{cfg.arch}_{_slug(dev_name)}"
+    json_path = out_dir / f"{stem}.json"
+    with open(json_path, "w") as fh:
+        json.dump(report, fh, indent=2)
+    report["json"] = str(json_path)
+    if plot:
+        report["png"] = str(plot_report(report, out_dir / f"{stem}.png"))
+    print(format_report(report))
+    return report
+
+
+def _setting(cfg: dict) -> str:
+    text = f"{cfg['teacher_arch']} -> {cfg['arch']}, batch {cfg['batch_size']}"
+    if cfg["distill"] in ("crd", "wcord"):
+        text += f", K={cfg['loss']['nce_k']}"
+    elif cfg["distill"] == "rrd":
+        text += f", queue {cfg['loss']['nce_k']}"
+    return text + (f", AMP {cfg['amp_dtype']}" if cfg["amp"] else "")
+
+
+def format_report(report: dict) -> str:
+    """A small text table of the three runs."""
+    cfg = report["config"]
+    lines = [f"{cfg['distill']}: {_setting(cfg)}, {report['steps']} steps ({report['warmup']} warm-up) "
+             f"on {report['device']}",
+             f"{'run':<10} {'steps/s':>9} {'ms/step':>9} {'peak MiB':>9} {'x KD step':>10}"]
+    for name, r in report["runs"].items():
+        sps = f"{r['steps_per_s']:.2f}" if r["steps_per_s"] else "-"
+        ms = f"{r['ms_per_step']:.1f}" if r["ms_per_step"] else "-"
+        mem = f"{r['peak_memory_bytes'] / 2**20:.0f}" if r["peak_memory_bytes"] else "-"
+        ratio = r.get("step_ratio_vs_kd")
+        lines.append(f"{name:<10} {sps:>9} {ms:>9} {mem:>9} {(f'{ratio:.2f}' if ratio else '-'):>10}")
+    if report["speedup_fused_vs_reference"]:
+        lines.append(f"fused vs reference: step-time speed-up {report['speedup_fused_vs_reference']:.2f}x; "
+                     f"max |loss difference| over the run {report['max_abs_loss_diff']:.3g}")
+    return "\n".join(lines)
+
+
+def plot_report(report: dict, path: str | Path) -> Path:
+    """Loss curves of both impls (total and distiller term) and the step times, one PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = report["runs"]
+    cfg = report["config"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for name, style in (("reference", dict(color="tab:blue", lw=2.2, alpha=0.6)),
+                        ("fused", dict(color="tab:orange", lw=1.0, ls="--"))):
+        steps = range(1, len(runs[name]["loss"]) + 1)
+        axes[0].plot(steps, runs[name]["loss"], label=f"{cfg['distill']} {name}", **style)
+        axes[1].plot(steps, runs[name]["loss_feat"], label=f"{cfg['distill']} {name}", **style)
+    axes[0].set(title="total training loss", xlabel="step", ylabel="loss")
+    axes[1].set(title=f"{cfg['distill']} term", xlabel="step")
+    for ax in axes[:2]:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    names = list(runs)
+    ms = [runs[n]["ms_per_step"] or 0.0 for n in names]
+    bars = axes[2].bar(names, ms, color=["tab:blue", "tab:orange", "tab:gray"])
+    for bar, n in zip(bars, names):
+        mem = runs[n]["peak_memory_bytes"]
+        label = f"{bar.get_height():.1f} ms" + (f"\n{mem / 2**20:.0f} MiB" if mem else "")
+        axes[2].annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                         ha="center", va="bottom", fontsize=9)
+    axes[2].set(title="time per training step", ylabel="ms")
+    axes[2].margins(y=0.25)
+    fig.suptitle(f"{cfg['distill']}: {_setting(cfg)}, on {report['device']}")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

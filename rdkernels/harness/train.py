@@ -1,0 +1,525 @@
+"""Training loops: teacher training and student distillation, with the
+reference's SGD schedule, optional AMP, CSV/JSON logs, checkpoints and exact resume.
+
+A run is described by a :class:`TrainConfig`; :class:`Trainer` owns the models,
+criterion, optimiser and every random stream, so ``Trainer.load_checkpoint``
+followed by ``run`` continues a run bit for bit (same losses, same parameters).
+
+Random streams: the batch order and the worker-side sampling seeds are pure
+functions of (seed, epoch) (:func:`rdkernels.harness.data.epoch_order`);
+augmentation and device-side contrast sampling draw from one generator on the
+training device; the losses' own sampling draws from torch's global RNG. All
+generator states go into the checkpoint.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rdkernels.harness import data as hdata
+from rdkernels.harness.distillers import DEFAULT_WEIGHTS, DISTILLERS, IMPLS, LossOptions, build_distiller
+from rdkernels.harness.models import build_model
+
+SAMPLINGS = ("device", "workers", "loss")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a run (saved in checkpoints and logs)."""
+
+    arch: str = "resnet8x4"                  # the model being trained (student, or the teacher in train-teacher)
+    distill: str | None = None               # None: plain CE training (teacher); else one of DISTILLERS
+    impl: str = "fused"                      # reference | fused
+    teacher_arch: str = "resnet32x4"
+    teacher: str | None = None               # teacher checkpoint; None: a randomly initialised teacher (timing only)
+    gamma: float | None = None               # -r: CE weight    (None: the reference's value for the method)
+    alpha: float | None = None               # -a: KD weight
+    beta: float | None = None                # -b: distiller weight
+    loss: LossOptions = dataclasses.field(default_factory=LossOptions)
+    mode: str = "exact"                      # contrast sampling: exact | relax
+    sampling: str = "device"                 # device | workers (reference: numpy in DataLoader workers) | loss
+    workers: int = 8
+    data: str | None = None                  # CIFAR-100 python-pickle folder; None: synthetic
+    synthetic_n: int = 50_000
+    synthetic_test_n: int = 10_000
+    num_classes: int = 100
+    image_size: int = 32
+    batch_size: int = 64
+    epochs: int = 240
+    max_steps: int | None = None             # stop after this many steps in total (benchmarks, tests)
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_decay_epochs: tuple[int, ...] = (150, 180, 210)
+    lr_decay_rate: float = 0.1
+    amp: bool = False
+    amp_dtype: str = "bfloat16"              # bfloat16 | float16 (float16 adds a GradScaler)
+    device: str = "auto"
+    backend: str = "auto"                    # rdkernels backend for --impl fused
+    deterministic: bool = False              # cuDNN deterministic algorithms instead of benchmark mode
+    index_checks: bool = True                # False: skip the losses' index range checks (one host sync each)
+    seed: int = 0
+    out: str | None = None                   # run folder: log.csv, summary.json, checkpoints
+    log_every: int = 10
+    save_every: int | None = None            # steps between checkpoints (also at every epoch end)
+    eval_every_epoch: bool = True
+    progress: bool = True
+
+    def weights(self) -> tuple[float, float, float]:
+        g, a, b = DEFAULT_WEIGHTS[self.distill or "none"]
+        return (g if self.gamma is None else self.gamma, a if self.alpha is None else self.alpha,
+                b if self.beta is None else self.beta)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["loss"] = LossOptions(**d.get("loss", {}))
+        d["lr_decay_epochs"] = tuple(d.get("lr_decay_epochs", ()))
+        return cls(**d)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    """GPU name, or the CPU model and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"cpu {model} ({os.cpu_count()} cores)"
+
+
+def versions() -> dict:
+    """Versions that matter for a timing (saved in every summary)."""
+    import platform
+    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "triton": None, "numpy": np.__version__}
+    try:
+        import triton
+        out["triton"] = triton.__version__
+    except Exception:
+        pass
+    try:
+        from rdkernels import _C  # noqa: F401
+        out["rdkernels_cuda_extension"] = True
+    except Exception:
+        out["rdkernels_cuda_extension"] = False
+    return out
+
+
+def command_line() -> str:
+    return " ".join(["python", "-m", "rdkernels.harness", *sys.argv[1:]])
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """The reference's step schedule: x lr_decay_rate after each decay epoch
+    (epochs counted from 0 here, from 1 there: ``epoch > 150`` there is ``epoch >= 150`` here)."""
+    return cfg.lr * cfg.lr_decay_rate ** sum(epoch >= m for m in cfg.lr_decay_epochs)
+
+
+def _rng_state(gen: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+             "sampler": gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    gen.set_state(state["sampler"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_teacher_weights(model: torch.nn.Module, path: str, arch: str) -> None:
+    """Load a train-teacher checkpoint (or a bare state_dict; RepDistiller's {'model': ...} too)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(ckpt, dict) and ckpt.get("arch") not in (None, arch):
+        raise ValueError(f"teacher checkpoint {path!r} holds a {ckpt['arch']!r}, but teacher_arch is {arch!r}")
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
+    model.load_state_dict(state)
+
+
+class Trainer:
+    """One training run: ``Trainer(cfg).run()``; ``load_checkpoint`` to resume."""
+
+    def __init__(self, cfg: TrainConfig, *, train_set: hdata.ImageSet | None = None,
+                 test_set: hdata.ImageSet | None = None):
+        if cfg.distill is not None and cfg.distill not in DISTILLERS:
+            raise ValueError(f"distill must be one of {DISTILLERS} or None, got {cfg.distill!r}")
+        if cfg.impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {cfg.impl!r}")
+        if cfg.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {cfg.sampling!r}")
+        if cfg.mode not in hdata.SAMPLING_MODES:
+            raise ValueError(f"mode must be one of {hdata.SAMPLING_MODES}, got {cfg.mode!r}")
+        if cfg.amp_dtype not in ("bfloat16", "float16"):
+            raise ValueError(f"amp_dtype must be bfloat16 or float16, got {cfg.amp_dtype!r}")
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda":
+            # the reference sets cudnn.benchmark; exact resume on a GPU needs deterministic kernels instead
+            torch.backends.cudnn.benchmark = not cfg.deterministic
+            torch.backends.cudnn.deterministic = cfg.deterministic
+        if not cfg.index_checks:
+            # the harness's samplers only produce valid rows, so the check is redundant
+            os.environ["RDKERNELS_CHECK_INDICES"] = "0"
+        if cfg.impl == "fused" and cfg.backend != "auto":
+            import rdkernels
+            rdkernels.set_backend(cfg.backend)
+
+        if train_set is None:
+            train_set, test_set = hdata.load_dataset(
+                cfg.data, synthetic_n=cfg.synthetic_n, synthetic_test_n=cfg.synthetic_test_n,
+                num_classes=cfg.num_classes, image_size=cfg.image_size, seed=cfg.seed)
+        self.train_set, self.test_set = train_set, test_set
+        self.num_classes = train_set.num_classes
+        self.n_data = len(train_set)
+        self.steps_per_epoch = hdata.steps_per_epoch(self.n_data, cfg.batch_size)
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"batch_size {cfg.batch_size} exceeds the {self.n_data} training images")
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps) if cfg.epochs else cfg.max_steps
+
+        # Models first, from the run seed, so every impl starts from the same weights.
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.arch, self.num_classes).to(self.device)
+        self.teacher = None
+        self.criterion = None
+        params = list(self.model.parameters())
+        if cfg.distill is not None:
+            self.teacher = build_model(cfg.teacher_arch, self.num_classes)
+            if cfg.teacher:
+                load_teacher_weights(self.teacher, cfg.teacher, cfg.teacher_arch)
+            self.teacher.to(self.device).eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+            self.criterion = build_distiller(
+                cfg.distill, cfg.impl, s_dim=self.model.feat_dim, t_dim=self.teacher.feat_dim,
+                n_data=self.n_data, opt=cfg.loss, seed=cfg.seed + 1).to(self.device)
+            # the loss's trainable heads (CRD's embeddings, DCD's tau and bias) train with the student
+            params += [p for p in self.criterion.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.amp_dtype = getattr(torch, cfg.amp_dtype)
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.amp and self.amp_dtype == torch.float16 else None
+
+        self.gen = torch.Generator(device=self.device)
+        self.gen.manual_seed(cfg.seed + 2)
+        torch.manual_seed(cfg.seed + 3)
+        self.step = 0
+
+        self.needs_contrast = self.criterion is not None and self.criterion.needs_contrast_idx
+        self.images_dev = None
+        self.contrast_sampler = None
+        if cfg.sampling != "workers":
+            self.images_dev = train_set.images.to(self.device)
+            self.labels_dev = train_set.labels.to(self.device)
+            if self.needs_contrast and cfg.sampling == "device":
+                self.contrast_sampler = hdata.DeviceContrastSampler(
+                    self.labels_dev, self.num_classes, cfg.loss.nce_k, cfg.mode, self.device)
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------ data
+    def _batches(self, epoch: int, start: int):
+        """(images_uint8, labels, index, contrast_idx or None) on the device, from batch ``start`` of ``epoch``."""
+        cfg, dev = self.cfg, self.device
+        if cfg.sampling == "workers":
+            k = cfg.loss.nce_k if self.needs_contrast else 0
+            dataset = hdata.InstanceSampleDataset(self.train_set, k=k, mode=cfg.mode)
+            sampler = hdata.EpochBatchSampler(self.n_data, cfg.batch_size, cfg.seed, epoch, start)
+            # its own generator: building the loader must not draw from the global RNG,
+            # or a run resumed mid-epoch would see a shifted stream
+            loader_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
+                                                 pin_memory=dev.type == "cuda", generator=loader_gen)
+            for item in loader:
+                img, y, idx = (t.to(dev, non_blocking=True) for t in item[:3])
+                cidx = item[3].to(dev, non_blocking=True) if len(item) > 3 else None
+                yield img, y, idx, cidx
+            return
+        order, _ = hdata.epoch_order(self.n_data, cfg.seed, epoch)
+        bs = cfg.batch_size
+        for b in range(start, self.steps_per_epoch):
+            idx = torch.from_numpy(order[b * bs:(b + 1) * bs]).to(dev, non_blocking=True)
+            cidx = self.contrast_sampler.sample(idx, self.gen) if self.contrast_sampler is not None else None
+            yield self.images_dev[idx], self.labels_dev[idx], idx, cidx
+
+    # ------------------------------------------------------------ one step
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.cfg.amp)
+
+    def train_step(self, images, labels, index, contrast_idx) -> dict[str, torch.Tensor]:
+        """One SGD step; returns the loss terms as 0-dim tensors (not synced)."""
+        cfg = self.cfg
+        x = hdata.augment(images, self.gen, train=True)
+        self.model.train()
+        gamma, alpha, beta = cfg.weights()
+        with self._autocast():
+            feat_s, logit_s = self.model(x)
+            loss_ce = F.cross_entropy(logit_s, labels)
+            out = {"loss_ce": loss_ce}
+            loss = gamma * loss_ce
+            if self.criterion is not None:
+                with torch.no_grad():
+                    feat_t, logit_t = self.teacher(x)
+                loss_kd, loss_feat = self.criterion(feat_s, feat_t.detach(), logit_s, logit_t.detach(),
+                                                    index, contrast_idx)
+                loss = loss + alpha * loss_kd + beta * loss_feat
+                out["loss_kd"], out["loss_feat"] = loss_kd, loss_feat
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        out["loss"] = loss
+        return {k: v.detach().float() for k, v in out.items()}
+
+    # ------------------------------------------------------------ loop
+    def run(self, steps: int | None = None, *, timing_warmup: int = 0) -> dict:
+        """Train until ``self.step`` reaches ``self.total_steps`` (or ``steps`` more steps).
+
+        Returns a summary: steps run, steps/s over the steps after ``timing_warmup``,
+        peak device memory, last losses, test accuracy if evaluated.
+        """
+        cfg = self.cfg
+        end = self.total_steps if steps is None else min(self.total_steps, self.step + steps)
+        out_dir = Path(cfg.out) if cfg.out else None
+        if out_dir:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _truncate_log(out_dir / "log.csv", self.step)
+            if self.step == 0 and (out_dir / "eval.csv").exists():
+                (out_dir / "eval.csv").unlink()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        bar = _progress(total=end, initial=self.step, enabled=cfg.progress,
+                        desc=f"{cfg.distill or 'teacher'}/{cfg.impl}" if cfg.distill else f"train {cfg.arch}")
+        pending: list[tuple[int, int, float, dict]] = []
+        start_step = self.step
+        t_timing = None
+        eval_result = None
+        t0 = time.perf_counter()
+        while self.step < end:
+            epoch, b = divmod(self.step, self.steps_per_epoch)
+            lr = lr_at(cfg, epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            for images, labels, index, cidx in self._batches(epoch, b):
+                if self.step - start_step == timing_warmup:
+                    _sync(self.device)
+                    t_timing = time.perf_counter()
+                terms = self.train_step(images, labels, index, cidx)
+                self.step += 1
+                pending.append((self.step, epoch, lr, terms))
+                if len(pending) >= cfg.log_every or self.step == end:
+                    self._flush(pending, out_dir, bar)
+                    pending = []
+                if cfg.save_every and out_dir and self.step % cfg.save_every == 0:
+                    self.save_checkpoint(out_dir / "last.pt")
+                if self.step >= end:
+                    break
+            if self.step % self.steps_per_epoch == 0:  # an epoch ended
+                if cfg.eval_every_epoch and self.test_set is not None and len(self.test_set):
+                    eval_result = self.evaluate()
+                    self._log_eval(epoch, eval_result, out_dir, bar)
+                if out_dir:
+                    self.save_checkpoint(out_dir / "last.pt")
+        self._flush(pending, out_dir, bar)
+        _sync(self.device)
+        t_end = time.perf_counter()
+        if bar is not None:
+            bar.close()
+        timed = self.step - start_step - timing_warmup
+        summary = {
+            "config": cfg.to_dict(),
+            "device": device_name(self.device),
+            "versions": versions(),
+            "command": command_line(),
+            "steps": self.step - start_step,
+            "final_step": self.step,
+            "wall_s": t_end - t0,
+            "timed_steps": max(timed, 0),
+            "steps_per_s": timed / (t_end - t_timing) if t_timing is not None and timed > 0 else None,
+            "peak_memory_bytes": torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None,
+            "last": self.history[-1] if self.history else None,
+            "eval": eval_result,
+        }
+        if out_dir:
+            self.save_checkpoint(out_dir / "last.pt")
+            with open(out_dir / "summary.json", "w") as fh:
+                json.dump(summary, fh, indent=2, default=str)
+        return summary
+
+    def _flush(self, pending, out_dir, bar) -> None:
+        if not pending:
+            return
+        keys = list(pending[0][3].keys())
+        # one device->host copy per log interval, not one sync per step
+        values = torch.stack([torch.stack([t[k] for k in keys]) for *_, t in pending]).cpu().tolist()
+        rows = []
+        for (step, epoch, lr, _), vals in zip(pending, values):
+            row = {"step": step, "epoch": epoch, "lr": lr, **dict(zip(keys, vals))}
+            rows.append(row)
+        self.history.extend(rows)
+        if out_dir:
+            path = out_dir / "log.csv"
+            new = not path.exists()
+            with open(path, "a", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
+                if new:
+                    writer.writeheader()
+                writer.writerows(rows)
+        if bar is not None:
+            bar.update(len(pending))
+            bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", lr=f"{rows[-1]['lr']:.4g}")
+
+    def _log_eval(self, epoch, result, out_dir, bar) -> None:
+        msg = f"epoch {epoch}: test acc {result['acc']:.2f}% loss {result['loss']:.4f}"
+        if bar is not None:
+            bar.write(msg)
+        else:
+            print(msg)
+        if out_dir:
+            with open(out_dir / "eval.csv", "a") as fh:
+                fh.write(f"{epoch},{self.step},{result['acc']:.4f},{result['loss']:.6f}\n")
+
+    @torch.no_grad()
+    def evaluate(self, batch_size: int = 256) -> dict:
+        """Top-1 accuracy (%) and mean CE of the trained model on the test set."""
+        self.model.eval()
+        correct, total, loss = 0, 0, 0.0
+        for s in range(0, len(self.test_set), batch_size):
+            img = self.test_set.images[s:s + batch_size].to(self.device)
+            y = self.test_set.labels[s:s + batch_size].to(self.device)
+            with self._autocast():
+                _, logits = self.model(hdata.augment(img, train=False))
+            loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+            total += y.numel()
+        self.model.train()
+        return {"acc": 100.0 * correct / total, "loss": loss / total}
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": "rdkernels.harness/1",
+            "config": self.cfg.to_dict(),
+            "step": self.step,
+            "arch": self.cfg.arch,
+            "model": self.model.state_dict(),
+            "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+            # the loss's own keys (RepDistiller's for CRD): heads, banks, Z, queues
+            "criterion": self.criterion.feature_loss.state_dict()
+            if self.criterion is not None and self.criterion.feature_loss is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": _rng_state(self.gen),
+        }
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Write atomically, so an interrupted save never leaves a broken checkpoint."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.teacher is not None and state.get("teacher") is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        if state.get("criterion") is not None:
+            if self.criterion is None or self.criterion.feature_loss is None:
+                raise ValueError("checkpoint has a distillation loss state but this run has no such loss")
+            self.criterion.feature_loss.load_state_dict(state["criterion"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        _set_rng_state(state["rng"], self.gen)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.load_state_dict(_to_device(state, self.device))
+
+    @classmethod
+    def resume(cls, path: str | Path, **overrides) -> "Trainer":
+        """A trainer rebuilt from the config stored in checkpoint ``path``, at its step."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        cfg = TrainConfig.from_dict(state["config"])
+        if state.get("teacher") is not None and cfg.teacher and not os.path.exists(cfg.teacher):
+            cfg = dataclasses.replace(cfg, teacher=None)  # the checkpoint carries the teacher's weights
+        cfg = dataclasses.replace(cfg, **overrides)
+        trainer = cls(cfg)
+        trainer.load_state_dict(_to_device(state, trainer.device))
+        return trainer
+
+
+def _to_device(state, device):
+    """Move tensors to ``device`` except RNG states, which must stay CPU ByteTensors."""
+    out = dict(state)
+    for key in ("model", "teacher", "criterion"):
+        if out.get(key) is not None:
+            out[key] = {k: v.to(device) if torch.is_tensor(v) else v for k, v in out[key].items()}
+    return out
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows past ``step`` (a fresh run: all; a resumed run: those after its checkpoint)."""
+    if not path.exists():
+        return
+    if step == 0:
+        path.unlink()
+        return
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(r for r in rows if int(r["step"]) <= step)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _progress(total: int, initial: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=True)
