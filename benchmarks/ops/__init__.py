@@ -1,0 +1,1 @@
+"""One module per op: implementations, input makers, floors, sweeps."""
