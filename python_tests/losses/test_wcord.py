@@ -1,0 +1,150 @@
+"""WCoRDLoss against its plain-PyTorch formulation (rdkernels.losses.reference.wcord),
+run in float64: loss, gradients and banks over consecutive steps, on every backend."""
+import pytest
+import torch
+
+from conftest import DEVICE, backends
+from helpers import assert_close
+import rdkernels
+from rdkernels.losses.reference.wcord import WCoRDLoss as ReferenceWCoRDLoss
+
+S_DIM, T_DIM, N_DATA, FEAT = 12, 20, 40, 16
+
+
+def make_pair(backend, **kw):
+    args = dict(feat_dim=FEAT, nce_k=9, nce_t=0.1, nce_m=0.5, eps=0.1, iters=30)
+    args.update(kw)
+    fused = rdkernels.WCoRDLoss(S_DIM, T_DIM, N_DATA, backend=backend, **args).to(DEVICE)
+    reference = ReferenceWCoRDLoss(S_DIM, T_DIM, N_DATA, **args)
+    reference.load_state_dict({k: v.double() for k, v in fused.state_dict().items()})
+    return fused, reference.double().to(DEVICE)
+
+
+def batch(b, k):
+    f_s = torch.randn(b, S_DIM, device=DEVICE)
+    f_t = torch.randn(b, T_DIM, device=DEVICE)
+    idx = torch.randperm(N_DATA, device=DEVICE)[:b]
+    contrast_idx = torch.randint(0, N_DATA, (b, k + 1), device=DEVICE)
+    contrast_idx[:, 0] = idx
+    return f_s, f_t, idx, contrast_idx
+
+
+def step(module, f_s, f_t, idx, contrast_idx, dtype):
+    module.zero_grad()
+    f_s = f_s.detach().to(dtype).clone().requires_grad_()
+    f_t = f_t.detach().to(dtype).clone().requires_grad_()
+    loss = module(f_s, f_t, idx, contrast_idx)
+    loss.backward()
+    return loss.detach(), f_s.grad, f_t.grad, {n: p.grad for n, p in module.named_parameters()}
+
+
+@pytest.mark.parametrize("backend", backends("sinkhorn"))
+@pytest.mark.parametrize("b,cost,gp_weight", [(6, "cosine", 0.0), (1, "cosine", 0.0), (5, "sqeuclidean", 0.5)])
+def test_steps_match_reference(backend, b, cost, gp_weight):
+    fused, reference = make_pair(backend, cost=cost, gp_weight=gp_weight, lambda_local=2.0)
+    for step_no in range(2):
+        inputs = batch(b, 9)
+        loss, gs, gt, grads = step(fused, *inputs, torch.float32)
+        r_loss, r_gs, r_gt, r_grads = step(reference, *inputs, torch.float64)
+        assert_close(f"step {step_no} loss", loss, r_loss, atol=1e-5, rtol=1e-5)
+        assert_close(f"step {step_no} d f_s", gs, r_gs, atol=1e-6, rtol=1e-4)
+        assert_close(f"step {step_no} d f_t", gt, r_gt, atol=1e-6, rtol=1e-4)
+        for name in grads:
+            assert_close(f"step {step_no} d {name}", grads[name], r_grads[name], atol=1e-6, rtol=1e-4)
+        for bank in ("memory_s", "memory_t"):
+            assert_close(f"step {step_no} {bank}", getattr(fused, bank).memory, getattr(reference, bank).memory,
+                         atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("part", ["global", "local"])
+def test_parts_separately(part):
+    """Each part alone matches the reference (so neither hides an error in the other)."""
+    kw = dict(lambda_global=1.0, lambda_local=0.0) if part == "global" else dict(lambda_global=0.0, lambda_local=1.0)
+    fused, reference = make_pair("torch", **kw)
+    inputs = batch(7, 9)
+    loss, gs, gt, _ = step(fused, *inputs, torch.float32)
+    r_loss, r_gs, r_gt, _ = step(reference, *inputs, torch.float64)
+    assert_close("loss", loss, r_loss, atol=1e-5, rtol=1e-5)
+    assert_close("d f_s", gs, r_gs, atol=1e-6, rtol=1e-4)
+    assert loss > 0
+
+
+def test_local_part_is_entropic_ot_of_the_embeddings():
+    fused, _ = make_pair("torch", lambda_global=0.0, eps=0.05, iters=200)
+    f_s, f_t, idx, cidx = batch(8, 9)
+    loss = fused(f_s, f_t, idx, cidx)
+    v_s, v_t = fused.embed_s(f_s), fused.embed_t(f_t)
+    C = (1.0 - v_s @ v_t.t()).double()
+    res = rdkernels.ops.sinkhorn(C[None].contiguous(), eps=0.05, max_iters=200, backend="torch")
+    assert_close("local", loss, res.cost[0], atol=1e-5, rtol=1e-5)
+    # and it lies between the best assignment cost and the mean cost
+    assert C.min(dim=1).values.mean() - 1e-6 <= loss <= C.mean() + 1e-6
+
+
+def test_training_lowers_the_loss():
+    torch.manual_seed(0)
+    n = 32
+    x = torch.randn(n, T_DIM, device=DEVICE)
+    teacher = torch.nn.Linear(T_DIM, T_DIM).to(DEVICE).requires_grad_(False)
+    student = torch.nn.Linear(T_DIM, S_DIM).to(DEVICE)
+    crit = rdkernels.WCoRDLoss(S_DIM, T_DIM, n, feat_dim=FEAT, nce_k=15, nce_t=0.1, eps=0.1, iters=30,
+                               gp_weight=0.1).to(DEVICE)
+    opt = torch.optim.Adam(list(student.parameters()) + list(crit.parameters()), lr=1e-2)
+    idx = torch.arange(n, device=DEVICE)
+    losses = []
+    for _ in range(20):
+        loss = crit(student(x), teacher(x), idx)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+
+
+def test_state_dict_keys_match_reference():
+    fused, reference = make_pair("torch")
+    assert set(fused.state_dict()) == set(reference.state_dict()) == {
+        "embed_s.linear.weight", "embed_s.linear.bias", "embed_t.linear.weight", "embed_t.linear.bias",
+        "memory_s.memory", "memory_t.memory"}
+
+
+def test_samples_negatives_when_not_given():
+    fused = rdkernels.WCoRDLoss(S_DIM, T_DIM, N_DATA, feat_dim=FEAT, nce_k=5).to(DEVICE)
+    f_s, f_t, idx, _ = batch(4, 5)
+    loss = fused(f_s.requires_grad_(), f_t, idx)
+    loss.backward()
+    assert torch.isfinite(loss) and f_s.grad is not None
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(cost="l1"), "cost must be one of"),
+    (dict(eps=0.0), "eps must be a positive"),
+    (dict(iters=0), "iters must be a positive int"),
+    (dict(gp_weight=-1.0), "gp_weight must be a finite number"),
+    (dict(nce_m=2.0), "nce_m must lie in"),
+])
+def test_bad_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        rdkernels.WCoRDLoss(S_DIM, T_DIM, N_DATA, **kw)
+
+
+@pytest.mark.parametrize("which,match", [
+    ("f_s", "f_s must be"), ("idx_range", "idx holds values in"), ("idx_len", "idx has size"),
+    ("cidx", "contrast_idx must have at least 2 columns")])
+def test_bad_inputs_leave_banks_untouched(which, match):
+    fused = rdkernels.WCoRDLoss(S_DIM, T_DIM, N_DATA, feat_dim=FEAT, nce_k=5).to(DEVICE)
+    before = {k: v.clone() for k, v in fused.state_dict().items()}
+    f_s, f_t, idx, cidx = batch(4, 5)
+    if which == "f_s":
+        f_s = torch.randn(4, S_DIM + 1, device=DEVICE)
+    elif which == "idx_range":
+        idx = idx.clone()
+        idx[0] = N_DATA
+    elif which == "idx_len":
+        idx = idx[:3]
+    else:
+        cidx = cidx[:, :1].contiguous()
+    with pytest.raises((ValueError, TypeError), match=match):
+        fused(f_s, f_t, idx, cidx)
+    for k, v in fused.state_dict().items():
+        assert torch.equal(v, before[k])

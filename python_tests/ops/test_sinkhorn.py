@@ -1,0 +1,287 @@
+"""sinkhorn: the reference against an independent float64 solver and the LP optimum,
+every fast path against the float64 reference, the envelope gradient, bad inputs."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import DEVICE, backends
+from helpers import assert_close
+from rdkernels.backend import BackendUnavailable
+from rdkernels.ops import SinkhornResult, sinkhorn
+from rdkernels.ops.sinkhorn import sinkhorn_reference
+
+try:
+    from scipy.optimize import linprog
+except ImportError:  # pragma: no cover - scipy is optional
+    linprog = None
+
+
+def _marginal(P, n, uniform, dtype=torch.float32):
+    if uniform:
+        return torch.full((P, n), 1.0 / n, dtype=dtype, device=DEVICE)
+    x = torch.rand(P, n, dtype=torch.float64, device=DEVICE) + 0.2
+    return (x / x.sum(dim=1, keepdim=True)).to(dtype)
+
+
+def _scaling_solver(C, a, b, eps, iters=2000, tol=1e-12):
+    """Plain Sinkhorn-Knopp on the Gibbs kernel in numpy float64 (no log domain)."""
+    K = np.exp(-C / eps)
+    u, v = np.ones_like(a), np.ones_like(b)
+    for _ in range(iters):
+        u = a / (K @ v)
+        v = b / (K.T @ u)
+        plan = u[:, None] * K * v[None, :]
+        if np.abs(plan.sum(1) - a).sum() < tol:
+            break
+    return plan
+
+
+def _lp_optimum(C, a, b):
+    n, m = C.shape
+    if linprog is not None:
+        A = np.zeros((n + m, n * m))
+        for i in range(n):
+            A[i, i * m:(i + 1) * m] = 1
+        for j in range(m):
+            A[n + j, j::m] = 1
+        res = linprog(C.ravel(), A_eq=A, b_eq=np.concatenate([a, b]), bounds=(0, None), method="highs")
+        assert res.success
+        return res.fun
+    # Square, uniform marginals: the optimum is a permutation (Birkhoff).
+    assert n == m and np.allclose(a, 1 / n) and np.allclose(b, 1 / n)
+    return min(C[range(n), perm].sum() / n for perm in itertools.permutations(range(n)))
+
+
+# ---- the reference against independent solvers ---------------------------------
+
+@pytest.mark.parametrize("eps", [1.0, 0.1])
+@pytest.mark.parametrize("uniform", [True, False])
+def test_reference_matches_scaling_solver(eps, uniform):
+    P, n, m = 3, 6, 9
+    C = torch.rand(P, n, m, dtype=torch.float64, device=DEVICE) * 4
+    a, b = _marginal(P, n, uniform, torch.float64), _marginal(P, m, uniform, torch.float64)
+    res = sinkhorn(C, a, b, eps=eps, max_iters=20000, tol=1e-12, return_plan=True, backend="torch")
+    assert isinstance(res, SinkhornResult)
+    for p in range(P):
+        expected = _scaling_solver(C[p].cpu().numpy(), a[p].cpu().numpy(), b[p].cpu().numpy(), eps)
+        assert_close("plan", res.plan[p], torch.from_numpy(expected), atol=1e-9, rtol=1e-6)
+        assert_close("cost", res.cost[p], torch.tensor((expected * C[p].cpu().numpy()).sum()), atol=1e-9, rtol=1e-7)
+    # marginals at convergence, and the geomloss form of the plan
+    assert (res.plan.sum(2) - a).abs().max() < 1e-6
+    assert (res.plan.sum(1) - b).abs().max() < 1e-10
+    rebuilt = a[:, :, None] * b[:, None, :] * torch.exp((res.f[:, :, None] + res.g[:, None, :] - C) / eps)
+    assert_close("plan from f, g", rebuilt, res.plan, atol=1e-12, rtol=1e-9)
+
+
+def test_cost_approaches_lp_optimum():
+    """<plan, C> -> the LP optimum as eps shrinks (gap <= eps * log(n m))."""
+    n, m = 5, 4
+    C = torch.rand(2, n, m, dtype=torch.float64, device=DEVICE) * 4
+    a, b = _marginal(2, n, False, torch.float64), _marginal(2, m, False, torch.float64)
+    for p in range(2):
+        lp = _lp_optimum(C[p].cpu().numpy(), a[p].cpu().numpy(), b[p].cpu().numpy())
+        gaps = []
+        for eps in (0.1, 0.01, 0.002):
+            res = sinkhorn(C[p:p + 1], a[p:p + 1], b[p:p + 1], eps=eps, max_iters=50000, tol=1e-8, backend="torch")
+            gap = float(res.cost[0]) - lp
+            assert gap > -1e-8, "the entropic plan is feasible, so its cost cannot beat the LP optimum"
+            assert gap <= eps * math.log(n * m) + 1e-8
+            gaps.append(gap)
+        assert gaps[-1] < 5e-3 and gaps[-1] <= gaps[0]
+
+
+def test_lp_optimum_permutation_square_uniform():
+    """Tiny square problems with uniform marginals: the limit is the best assignment."""
+    n, eps = 4, 1e-2
+    C = torch.rand(1, n, n, dtype=torch.float64, device=DEVICE) * 4
+    best = min(C[0, range(n), list(perm)].sum().item() / n for perm in itertools.permutations(range(n)))
+    # Degenerate (vertex) optima converge slowly at small eps: allow the marginal slack in the bound.
+    res = sinkhorn(C, eps=eps, max_iters=5000, tol=1e-6, backend="torch")
+    assert abs(float(res.cost[0]) - best) < eps * math.log(n * n) + 1e-4
+
+
+# ---- fast paths against the float64 reference ------------------------------------
+
+# (P, n, m, eps, cost dtype, iterations): every listed P, n, m, eps and dtype at least
+# once, large P only with small problems (the interpreter runs programs one by one).
+# Paths: n, m <= 64-ish tiles -> resident kernel, up to 256 -> streamed, above -> tiled.
+SWEEP = [
+    (1, 1, 3, 1.0, torch.float32, 20),
+    (7, 3, 64, 0.1, torch.bfloat16, 15),
+    (64, 3, 1, 0.01, torch.float32, 4),
+    (64, 3, 3, 0.1, torch.bfloat16, 3),
+    (7, 64, 64, 0.1, torch.float32, 10),
+    (1, 64, 100, 0.01, torch.float32, 15),
+    (7, 100, 64, 1.0, torch.bfloat16, 4),
+    (1, 256, 3, 0.1, torch.float32, 10),
+    (1, 3, 256, 0.01, torch.bfloat16, 10),
+    (1, 256, 100, 0.1, torch.float32, 4),
+    (1, 300, 64, 0.1, torch.float32, 4),
+    (7, 3, 300, 0.01, torch.bfloat16, 4),
+    (1, 300, 256, 1.0, torch.float32, 2),
+]
+
+
+def _f64_reference(C, a, b, eps, iters, tol=None):
+    return sinkhorn_reference(C.to(torch.float64), a.double(), b.double(), eps, iters, tol, 10, True)
+
+
+@pytest.mark.parametrize("backend", backends("sinkhorn"))
+@pytest.mark.parametrize("P,n,m,eps,dtype,iters", SWEEP,
+                         ids=[f"P{c[0]}-{c[1]}x{c[2]}-eps{c[3]}-{str(c[4])[6:]}" for c in SWEEP])
+def test_matches_reference(backend, P, n, m, eps, dtype, iters):
+    C = (torch.rand(P, n, m, device=DEVICE) * 4).to(dtype)
+    a, b = _marginal(P, n, False), _marginal(P, m, False)
+    f, g, total, plan, n_iters = _f64_reference(C, a, b, eps, iters)
+    res = sinkhorn(C, a, b, eps=eps, max_iters=iters, return_plan=True, backend=backend)
+    # fp32 arithmetic against float64 on the same (possibly bf16-rounded) costs;
+    # f, g are compared through f/eps, the quantity the iterations work with.
+    assert_close("f/eps", res.f / eps, f / eps, atol=2e-3, rtol=2e-5)
+    assert_close("g/eps", res.g / eps, g / eps, atol=2e-3, rtol=2e-5)
+    assert_close("cost", res.cost, total, atol=1e-5, rtol=2e-4)
+    assert_close("plan", res.plan, plan, atol=1e-7, rtol=2e-3)
+    assert torch.equal(res.n_iters.cpu(), n_iters.cpu())
+    assert res.f.dtype == res.g.dtype == res.cost.dtype == torch.float32
+
+
+@pytest.mark.parametrize("backend", backends("sinkhorn"))
+@pytest.mark.parametrize("n,m,eps_list,iters", [(6, 9, (1.0, 0.5, 0.3, 0.2, 0.1), 60), (300, 3, (2.0, 0.7), 25)],
+                         ids=["fused", "tiled"])
+def test_early_stop_on_device(backend, n, m, eps_list, iters):
+    """Each problem stops on its own at the first iteration with row error <= tol."""
+    P, tol = len(eps_list), 1e-4
+    C = torch.rand(P, n, m, device=DEVICE) * 4
+    a, b = _marginal(P, n, False), _marginal(P, m, False)
+    ref_iters = []
+    for p, eps in enumerate(eps_list):
+        ref = _f64_reference(C[p:p + 1], a[p:p + 1], b[p:p + 1], eps, iters, tol)
+        res = sinkhorn(C[p:p + 1], a[p:p + 1], b[p:p + 1], eps=eps, max_iters=iters, tol=tol,
+                       return_plan=True, backend=backend, check_every=3)
+        # the stopping test compares fp32 against float64 errors: a borderline case may differ by one
+        assert abs(int(res.n_iters[0]) - int(ref[4][0])) <= 1
+        if int(res.n_iters[0]) < iters:
+            err = (res.plan.sum(2) - a[p:p + 1]).abs().sum()
+            assert err <= tol * 1.01
+        assert_close("cost", res.cost, ref[2], atol=5e-4, rtol=1e-3)
+        ref_iters.append(int(ref[4][0]))
+    assert min(ref_iters) < iters and len(set(ref_iters)) > 1
+    # batched, one eps: problems stop at different iterations, the same as the reference's
+    res = sinkhorn(C, a, b, eps=eps_list[1], max_iters=iters, tol=tol, backend=backend)
+    ref = _f64_reference(C, a, b, eps_list[1], iters, tol)
+    assert (res.n_iters.cpu() - ref[4].cpu()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("backend", backends("sinkhorn"))
+def test_small_eps_stable_fp32(backend):
+    """eps = 1e-3 with costs in [0, 4]: log-domain updates stay finite in fp32."""
+    C = torch.rand(2, 5, 7, device=DEVICE) * 4
+    a, b = _marginal(2, 5, False), _marginal(2, 7, False)
+    res = sinkhorn(C, a, b, eps=1e-3, max_iters=30, return_plan=True, backend=backend)
+    f, g, total, plan, _ = _f64_reference(C, a, b, 1e-3, 30)
+    assert torch.isfinite(res.f).all() and torch.isfinite(res.g).all() and torch.isfinite(res.plan).all()
+    assert_close("cost", res.cost, total, atol=5e-3, rtol=5e-3)
+    assert_close("plan col sums", res.plan.sum(1), b, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("backend", backends("sinkhorn"))
+def test_zero_mass_rows(backend):
+    C = torch.rand(2, 4, 5, device=DEVICE)
+    a = torch.tensor([[0.5, 0.0, 0.25, 0.25], [0.0, 0.0, 0.0, 1.0]], device=DEVICE)
+    b = _marginal(2, 5, False)
+    res = sinkhorn(C, a, b, eps=0.1, max_iters=50, return_plan=True, backend=backend)
+    ref = _f64_reference(C, a, b, 0.1, 50)
+    assert torch.equal(res.plan[a == 0], torch.zeros_like(res.plan[a == 0]))
+    assert_close("cost", res.cost, ref[2], atol=1e-5, rtol=1e-4)
+    assert_close("plan", res.plan, ref[3], atol=1e-6, rtol=1e-3)
+
+
+def test_shared_marginals_and_defaults():
+    C = torch.rand(3, 4, 6, device=DEVICE)
+    res = sinkhorn(C, torch.full((4,), 0.25, device=DEVICE), None, max_iters=7, backend="torch")
+    ref = sinkhorn_reference(C, torch.full((3, 4), 0.25), torch.full((3, 6), 1 / 6), 0.05, 7)
+    assert_close("cost", res.cost, ref[2], atol=1e-7, rtol=1e-6)
+    assert res.plan is None and res.n_iters.tolist() == [7, 7, 7]
+
+
+# ---- gradient ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", backends("sinkhorn"))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gradient_is_the_plan(backend, dtype):
+    C = (torch.rand(3, 5, 300 if backend == "torch" else 7, device=DEVICE) * 4).to(dtype).requires_grad_()
+    a, b = _marginal(3, C.shape[1], False), _marginal(3, C.shape[2], False)
+    res = sinkhorn(C, a, b, eps=0.1, max_iters=20, return_plan=True, backend=backend)
+    w = torch.rand(3, device=DEVICE)
+    (res.cost * w).sum().backward()
+    assert C.grad.dtype == dtype
+    tol = (2e-2, 1e-2) if dtype == torch.bfloat16 else (1e-7, 1e-5)
+    assert_close("dC", C.grad, w[:, None, None] * res.plan, atol=tol[0] * 1e-3, rtol=tol[1])
+    assert not res.f.requires_grad and not res.plan.requires_grad
+
+
+def test_gradient_matches_finite_differences_of_entropic_value():
+    """d/dC of the entropic OT value <a, f> + <b, g> equals the plan (envelope theorem)."""
+    P, n, m, eps = 2, 4, 5, 0.2
+    C = torch.rand(P, n, m, dtype=torch.float64, device=DEVICE) * 2
+    a, b = _marginal(P, n, False, torch.float64), _marginal(P, m, False, torch.float64)
+
+    def value(Cx):
+        r = sinkhorn(Cx, a, b, eps=eps, max_iters=20000, tol=1e-14, backend="torch")
+        return (a * r.f).sum(1) + (b * r.g).sum(1)
+
+    Cg = C.clone().requires_grad_()
+    res = sinkhorn(Cg, a, b, eps=eps, max_iters=20000, tol=1e-14, return_plan=True, backend="torch")
+    res.cost.sum().backward()
+    assert_close("grad = plan", Cg.grad, res.plan, atol=1e-14, rtol=1e-12)
+    E = torch.randn_like(C)
+    h = 1e-5
+    fd = (value(C + h * E) - value(C - h * E)) / (2 * h)
+    assert_close("finite differences", fd, (res.plan * E).sum((1, 2)), atol=1e-8, rtol=1e-6)
+
+
+def test_opcheck():
+    from rdkernels.ops.sinkhorn import _sinkhorn_op
+    C = torch.rand(2, 3, 4, device=DEVICE, requires_grad=True)
+    a, b = _marginal(2, 3, True), _marginal(2, 4, True)
+    torch.library.opcheck(_sinkhorn_op, (C, a, b, 0.1, 5, -1.0, 10, False, "torch"))
+
+
+# ---- bad inputs --------------------------------------------------------------------
+
+def _args(**kw):
+    args = dict(cost=torch.rand(2, 3, 4), a=None, b=None, eps=0.1)
+    args.update(kw)
+    return args
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(cost=torch.rand(3, 4)), "cost must have 3 dimensions"),
+    (dict(cost=torch.randint(0, 3, (2, 3, 4))), "cost must have dtype"),
+    (dict(cost=torch.rand(2, 4, 3).transpose(1, 2)), "cost must be contiguous"),
+    (dict(cost=torch.tensor([[[0.0, float("nan")]]])), "cost holds NaN or inf"),
+    (dict(cost=torch.tensor([[[0.0, float("inf")]]])), "cost holds NaN or inf"),
+    (dict(a=torch.tensor([0.5, 0.6, -0.1])), "a holds negative"),
+    (dict(b=torch.tensor([[0.5, 0.5, 0.5, -0.5]] * 2)), "b holds negative"),
+    (dict(a=torch.tensor([0.5, 0.3, 0.3])), "equal total mass"),
+    (dict(a=torch.zeros(3), b=torch.zeros(4)), "zero total mass"),
+    (dict(a=torch.full((4,), 0.25)), "a has 4 entries"),
+    (dict(b=torch.full((3, 4), 0.25)), r"b must have shape \(2, 4\)"),
+    (dict(a=torch.full((3,), 1 / 3, dtype=torch.float16)), "a must have dtype"),
+    (dict(a=torch.tensor([float("nan"), 0.5, 0.5])), "a holds NaN"),
+    (dict(eps=0.0), "eps must be a positive"),
+    (dict(eps=-1.0), "eps must be a positive"),
+    (dict(eps=float("nan")), "eps must be a positive"),
+    (dict(max_iters=0), "max_iters must be a positive int"),
+    (dict(tol=-1.0), "tol must be None or a finite number"),
+])
+def test_bad_input_raises(bad, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        sinkhorn(**_args(**bad))
+
+
+def test_float64_on_kernel_backend_raises():
+    with pytest.raises(BackendUnavailable, match="float64"):
+        sinkhorn(torch.rand(1, 2, 2, dtype=torch.float64), backend="triton")

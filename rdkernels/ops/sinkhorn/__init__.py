@@ -1,0 +1,189 @@
+"""sinkhorn: batched log-domain entropic optimal transport.
+
+    res = sinkhorn(cost[P,n,m], a=None, b=None, eps=0.05, max_iters=100, tol=None)
+    res.f[P,n], res.g[P,m]      dual potentials, plan_ij = a_i b_j exp((f_i + g_j - C_ij)/eps)
+    res.cost[P]                 <plan, C> (the entropy term excluded)
+    res.plan[P,n,m]             only with return_plan=True
+    res.n_iters[P]              (f, g) updates each problem ran
+
+``eps`` is POT's ``reg``. Iteration, stopping rule and potentials are defined in
+``reference.py``; every backend follows the same rule (fp32 rounding can move a
+borderline early stop by one iteration).
+
+Gradient: only ``res.cost`` is differentiable, and only with respect to
+``cost``. The converged plan is treated as a constant, d res.cost / d C = plan
+(by the envelope theorem this is the exact gradient of the entropic OT value
+<a, f> + <b, g>); the iterations are never unrolled through autograd. ``a``
+and ``b`` get no gradient; f, g and the plan are returned detached.
+
+Backends: the torch reference; Triton and CUDA kernels that run every
+iteration of a problem in one launch (one program / CTA per problem) when
+n, m <= 256, and a tiled path (two launches per iteration) for larger
+problems. float64 costs always run the reference (the kernels compute in fp32).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+
+from rdkernels import backend as _backend
+from rdkernels._validation import check_positive, check_tensor
+from rdkernels.ops.sinkhorn.reference import plan_from_potentials, sinkhorn_reference
+
+__all__ = ["SinkhornResult", "sinkhorn", "sinkhorn_reference", "plan_from_potentials"]
+
+COST_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+MARGINAL_DTYPES = (torch.float32, torch.float64)
+# Relative tolerance on sum(a) == sum(b).
+MASS_RTOL = 1e-5
+
+
+class SinkhornResult(NamedTuple):
+    f: torch.Tensor
+    g: torch.Tensor
+    cost: torch.Tensor
+    plan: Optional[torch.Tensor]
+    n_iters: torch.Tensor
+
+
+def _marginal(name: str, x, P: int, size: int, ref: torch.Tensor) -> torch.Tensor:
+    dt = torch.float64 if ref.dtype == torch.float64 else torch.float32
+    if x is None:
+        return torch.full((P, size), 1.0 / size, dtype=dt, device=ref.device)
+    check_tensor(name, x, dtypes=MARGINAL_DTYPES, device=ref.device, contiguous=False)
+    if x.dim() == 1:
+        if x.shape[0] != size:
+            raise ValueError(f"{name} has {x.shape[0]} entries but the cost has {size} in that dimension")
+        x = x.expand(P, size)
+    elif x.dim() == 2:
+        if tuple(x.shape) != (P, size):
+            raise ValueError(f"{name} must have shape ({P}, {size}) (or ({size},)), got {tuple(x.shape)}")
+    else:
+        raise ValueError(f"{name} must have 1 or 2 dimensions, got shape {tuple(x.shape)}")
+    return x.to(dt).contiguous()
+
+
+def _validate(cost, a, b, eps, max_iters, tol, check_every):
+    check_tensor("cost", cost, ndim=3, dtypes=COST_DTYPES)
+    P, n, m = cost.shape
+    if n * m >= 2**31:
+        raise ValueError(f"cost has {n} x {m} entries per problem; at most 2**31 - 1 are supported")
+    check_positive("eps", eps)
+    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
+        raise ValueError(f"max_iters must be a positive int, got {max_iters!r}")
+    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+        raise ValueError(f"check_every must be a positive int, got {check_every!r}")
+    if tol is not None and not (isinstance(tol, (int, float)) and 0 <= tol < math.inf):
+        raise ValueError(f"tol must be None or a finite number >= 0, got {tol!r}")
+    given = [name for name, x in (("a", a), ("b", b)) if x is not None]
+    a = _marginal("a", a, P, n, cost)
+    b = _marginal("b", b, P, m, cost)
+    # Value checks cost one host sync each; they guard against silent NaNs.
+    # Uniform marginals (a, b = None) are valid by construction and skip theirs.
+    if not bool(torch.isfinite(cost).all()):
+        raise ValueError("cost holds NaN or inf entries; every cost must be finite")
+    if not given:
+        return a, b
+    for name, x in (("a", a), ("b", b)):
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} holds NaN or inf entries")
+        if bool((x < 0).any()):
+            raise ValueError(f"{name} holds negative entries; marginals must be nonnegative")
+    mass_a, mass_b = a.sum(dim=1), b.sum(dim=1)
+    if not bool((mass_a > 0).all()):
+        raise ValueError("a has a problem with zero total mass; every marginal needs positive mass")
+    if not bool((mass_b > 0).all()):
+        raise ValueError("b has a problem with zero total mass; every marginal needs positive mass")
+    rel = ((mass_a - mass_b).abs() / torch.maximum(mass_a, mass_b)).max()
+    if float(rel) > MASS_RTOL:
+        raise ValueError(f"a and b must have equal total mass per problem (relative difference {float(rel):.3g} "
+                         f"exceeds {MASS_RTOL:g}); normalise them")
+    return a, b
+
+
+@torch.library.custom_op("rdkernels::sinkhorn", mutates_args=())
+def _sinkhorn_op(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, max_iters: int, tol: float,
+                 check_every: int, return_plan: bool, backend: str
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    tol_ = None if tol < 0 else tol
+    if backend == "cuda":
+        from rdkernels.ops.sinkhorn.cuda import sinkhorn_cuda as run
+    elif backend == "triton":
+        from rdkernels.ops.sinkhorn.triton import sinkhorn_triton as run
+    else:
+        run = sinkhorn_reference
+    f, g, total, plan, n_iters = run(cost, a, b, eps, max_iters, tol_, check_every, return_plan)
+    if plan is None:
+        plan = f.new_empty(0)
+    return f, g, total, plan, n_iters
+
+
+@_sinkhorn_op.register_fake
+def _(cost, a, b, eps, max_iters, tol, check_every, return_plan, backend):
+    P, n, m = cost.shape
+    dt = torch.float64 if cost.dtype == torch.float64 else torch.float32
+    f = cost.new_empty((P, n), dtype=dt)
+    plan = cost.new_empty((P, n, m) if return_plan else (0,), dtype=dt)
+    return (f, cost.new_empty((P, m), dtype=dt), cost.new_empty((P,), dtype=dt), plan,
+            cost.new_empty((P,), dtype=torch.int32))
+
+
+def _setup_context(ctx, inputs, output):
+    cost, a, b, eps = inputs[:4]
+    f, g = output[0], output[1]
+    ctx.save_for_backward(cost, a, b, f, g)
+    ctx.eps = eps
+
+
+def _backward(ctx, grad_f, grad_g, grad_cost, grad_plan, grad_iters):
+    cost, a, b, f, g = ctx.saved_tensors
+    grad_C = None
+    if ctx.needs_input_grad[0] and grad_cost is not None:
+        # Envelope gradient: the plan, recomputed from the potentials, is a constant.
+        plan = plan_from_potentials(cost, a, b, f, g, ctx.eps)
+        grad_C = (grad_cost.to(plan.dtype)[:, None, None] * plan).to(cost.dtype)
+    return grad_C, None, None, None, None, None, None, None, None
+
+
+_sinkhorn_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor | None = None, *,
+             eps: float = 0.05, max_iters: int = 100, tol: float | None = None, return_plan: bool = False,
+             check_every: int = 10, backend: str | None = None) -> SinkhornResult:
+    """Batched log-domain Sinkhorn for P entropic OT problems.
+
+    Args:
+        cost: [P, n, m] float32, bfloat16, float16 or float64 costs (finite).
+        a, b: marginals [P, n] / [P, m] (or [n] / [m], shared by every problem),
+            nonnegative, with equal total mass per problem. ``None`` = uniform 1/n, 1/m.
+        eps: entropic regularisation (POT's ``reg``), > 0. In fp32 the log-domain
+            updates stay stable down to eps = 1e-3 for costs in [0, 4]; small eps
+            needs many more iterations.
+        max_iters: iteration cap (one iteration = an f and a g update).
+        tol: stop a problem once its row-marginal L1 error is <= tol (the columns are
+            exact after each g update). ``None``: run max_iters iterations.
+        return_plan: also return the [P, n, m] plan.
+        check_every: with tol, the host reads the per-problem "done" flags once every
+            this many iterations (the fused kernels need no host reads at all).
+        backend: "auto" | "cuda" | "triton" | "torch" (default: the global choice).
+
+    Returns:
+        SinkhornResult(f, g, cost, plan, n_iters). Only ``cost`` carries a gradient,
+        to the cost matrix: d cost / d C = plan.
+    """
+    a, b = _validate(cost, a, b, eps, max_iters, tol, check_every)
+    if cost.dtype == torch.float64:
+        name = "torch"
+        if backend in ("cuda", "triton"):
+            raise _backend.BackendUnavailable(
+                f"backend {backend!r} cannot run sinkhorn on float64 costs (its kernels compute in float32); "
+                "use float32/bfloat16 costs or backend='torch'")
+    else:
+        name = _backend.resolve(cost.device, "sinkhorn", backend)
+    f, g, total, plan, n_iters = _sinkhorn_op(cost, a, b, float(eps), int(max_iters),
+                                              -1.0 if tol is None else float(tol), int(check_every),
+                                              bool(return_plan), name)
+    return SinkhornResult(f.detach(), g.detach(), total, plan.detach() if return_plan else None, n_iters)
