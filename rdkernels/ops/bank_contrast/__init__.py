@@ -107,7 +107,7 @@ def _(query, bank, idx, temperature, backend, check_indices, strategy):
 @torch.library.custom_op("rdkernels::bank_scores_backward", mutates_args=())
 def _scores_backward_op(grad_scores: torch.Tensor, query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor,
                         temperature: float, backend: str, strategy: str) -> torch.Tensor:
-    if strategy == "dense":  # scatter-add of the score gradients + one GEMM
+    if strategy == "dense":  # score gradients summed over the sampled rows (dense.py)
         return bank_scores_backward_dense_torch(grad_scores, bank, idx, temperature)
     if backend == "cuda":
         from rdkernels.ops.bank_contrast.cuda import bank_scores_backward_cuda

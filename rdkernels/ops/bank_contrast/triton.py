@@ -26,6 +26,8 @@ from rdkernels.backend import triton_interpreter_enabled
 from rdkernels.ops.bank_contrast.reference import nce_constants
 
 NCE, SOFTMAX, SCORES, SCORES_BWD = 0, 1, 2, 3
+# the same codes as kernel-visible globals (compiled code reads only constexpr globals)
+_NCE_C, _SOFTMAX_C, _SCORES_C, _SCORES_BWD_C = (tl.constexpr(c) for c in (NCE, SOFTMAX, SCORES, SCORES_BWD))
 _EPILOGUES = {"nce": NCE, "softmax": SOFTMAX}
 MAX_DIM = 1024
 
@@ -58,7 +60,7 @@ def bank_contrast_kernel(
     run_max = -float("inf")
     run_sum = 0.0
     log_z = 0.0
-    if EPILOGUE == NCE:
+    if EPILOGUE == _NCE_C:
         log_z = tl.log(tl.load(z_ptr).to(tl.float32))
 
     for k0 in range(start, stop, BLOCK_K):
@@ -68,12 +70,12 @@ def bank_contrast_kernel(
         w = tl.load(bank_ptr + rows[:, None] * stride_bank + d[None, :],
                     mask=k_mask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
         s = tl.sum(w * q[None, :], axis=1) * inv_t
-        if EPILOGUE == SCORES:
+        if EPILOGUE == _SCORES_C:
             tl.store(out_ptr + row * n_cols + k, s, mask=k_mask)
-        elif EPILOGUE == SCORES_BWD:
+        elif EPILOGUE == _SCORES_BWD_C:
             g = tl.load(grad_ptr + row * n_cols + k, mask=k_mask, other=0.0).to(tl.float32)
             acc += tl.sum((g * inv_t)[:, None] * w, axis=0)
-        elif EPILOGUE == SOFTMAX:
+        elif EPILOGUE == _SOFTMAX_C:
             s = tl.where(k_mask, s, -float("inf"))
             new_max = tl.maximum(run_max, tl.max(s, axis=0))
             scale = tl.exp(run_max - new_max)
@@ -92,19 +94,20 @@ def bank_contrast_kernel(
             acc += tl.sum(g[:, None] * w, axis=0)
 
     part = row * n_splits + split
-    if EPILOGUE != SCORES:
+    if EPILOGUE != _SCORES_C:
         tl.store(dq_ptr + part * dim + d, acc, mask=d_mask)
-    if EPILOGUE == NCE:
+    if EPILOGUE == _NCE_C:
         tl.store(out_ptr + part, loss)
-    if EPILOGUE == SOFTMAX:
+    if EPILOGUE == _SOFTMAX_C:
         tl.store(max_ptr + part, run_max)
         tl.store(sum_ptr + part, run_sum)
 
 
 def launch_config(dim: int) -> dict:
     block_d = max(16, triton.next_power_of_2(dim))
-    # ~8K fp32 elements per gathered tile: 64 registers a thread at 4 warps.
-    return dict(BLOCK_D=block_d, BLOCK_K=max(16, 8192 // block_d), num_warps=4)
+    # ~4K fp32 elements per gathered tile (32 registers a thread at 4 warps): 8K spilled
+    # in the NCE and scores-backward epilogues (ptxas -v, sm_80/sm_90); 8 warps at d = 1024.
+    return dict(BLOCK_D=block_d, BLOCK_K=max(16, 4096 // block_d), num_warps=4 if block_d <= 512 else 8)
 
 
 def _splits(batch: int, n_cols: int, block_k: int, device: torch.device) -> tuple[int, int]:

@@ -1,0 +1,645 @@
+// Bank contrast: queries q[B, d] scored against memory-bank rows M[N, d] at
+// idx[B, K+1] (column 0 the positive), s = <M[idx], q> / T, with a loss
+// epilogue. Two strategies (rdkernels/ops/bank_contrast/cost_model.py picks):
+//
+// * gather (bank_gather_kernel): one block per (query row, column split).
+//   Each warp is cut into groups of `lpr` lanes; a group scores one bank row
+//   at a time, each lane holding NV 16-byte vectors of it, and keeps U rows
+//   in flight to cover latency. Per column the epilogue runs on the group's
+//   score: NCE terms and d loss / d s (log space), an online softmax, the
+//   score itself, or the scores' backward. The block then merges its groups
+//   (softmax: rescaled by the block max) and writes one partial per
+//   (row, split); a few torch ops merge the splits (rdkernels/ops/bank_contrast/cuda.py).
+//
+// * dense (bank_dense_kernel): flash-attention-shaped. One block of 4 warps
+//   per (64 query rows, split of the bank); it streams 64-row bank tiles
+//   through shared memory once. Per tile, each warp computes its 16 x 64
+//   score tile with mma.sync m16n8k8 TF32 in 3xTF32 (hi/lo splits: fp32
+//   accuracy on tensor cores; a bf16 bank is exact in TF32, so its lo part is
+//   skipped), rebuilds the tile's sample counts from the rows' sorted
+//   negatives (shared-memory atomics, so repeated ids count with
+//   multiplicity), applies the epilogue in registers, and accumulates
+//   dq += coef @ tile with a second 3xTF32 mma. No [B, N] matrix exists.
+//   The positive column is merged by the caller.
+//
+// Accumulation is always fp32. Launch configurations are listed next to each launcher.
+#include "bank_contrast.h"
+#include "common.cuh"
+
+#include <cmath>
+
+namespace rdk {
+namespace {
+
+enum Epilogue : int { kNce = 0, kSoftmax = 1, kScores = 2, kScoresBwd = 3 };
+
+constexpr int kGatherThreads = 128;
+
+// 16-byte vectors of bank elements.
+template <typename BankT> struct Vec16;
+template <> struct Vec16<float> {
+  static constexpr int n = 4;
+  __device__ static void unpack(const uint4& v, float* out) {
+    out[0] = __uint_as_float(v.x); out[1] = __uint_as_float(v.y);
+    out[2] = __uint_as_float(v.z); out[3] = __uint_as_float(v.w);
+  }
+};
+template <> struct Vec16<__nv_bfloat16> {
+  static constexpr int n = 8;
+  __device__ static void unpack(const uint4& v, float* out) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      out[2 * i] = __uint_as_float(w[i] << 16);
+      out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+  }
+};
+
+__device__ __forceinline__ float softplus(float x) { return fmaxf(x, 0.f) + log1pf(__expf(-fabsf(x))); }
+
+// Load the VEC elements of one bank row that start at `col`: one 16-byte load
+// when the row is aligned, else element by element (masked by dim).
+template <typename BankT>
+__device__ __forceinline__ uint4 load_vec(const BankT* row, int col, int dim, bool vec_ok) {
+  constexpr int VEC = Vec16<BankT>::n;
+  uint4 v = make_uint4(0u, 0u, 0u, 0u);
+  if (col >= dim) return v;
+  if (vec_ok) return __ldg(reinterpret_cast<const uint4*>(row + col));
+  BankT tmp[VEC];
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) tmp[i] = (col + i < dim) ? row[col + i] : from_float<BankT>(0.f);
+  memcpy(&v, tmp, sizeof(v));
+  return v;
+}
+
+template <typename BankT, typename IdxT, int NV, int EPI>
+__global__ void __launch_bounds__(kGatherThreads)
+bank_gather_kernel(const float* __restrict__ query, const BankT* __restrict__ bank, const IdxT* __restrict__ idx,
+                   const float* __restrict__ z, const float* __restrict__ grad, float* __restrict__ out,
+                   float* __restrict__ dq, float* __restrict__ max_out, float* __restrict__ sum_out, int n_cols,
+                   int dim, int cols_per_split, int lpr, bool vec_ok, int64_t stride_bank, int64_t stride_idx,
+                   float inv_t, float log_c, float log_mpn_c) {
+  constexpr int VEC = Vec16<BankT>::n;
+  constexpr int E = NV * VEC;             // bank elements per lane
+  constexpr int U = NV >= 4 ? 1 : 4 / NV;  // rows in flight per group
+  extern __shared__ float smem[];          // [dim] dq accumulator, then 2 floats per warp
+  float* sm_acc = smem;
+  float* sm_red = smem + dim;
+
+  const int64_t row = blockIdx.x;
+  const int split = blockIdx.y, n_splits = gridDim.y;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int sub = lane & (lpr - 1);
+  const int group = threadIdx.x / lpr;
+  const int n_groups = blockDim.x / lpr;
+  const int start = split * cols_per_split;
+  const int stop = min(start + cols_per_split, n_cols);
+
+  float qv[E], acc[E];
+#pragma unroll
+  for (int v = 0; v < NV; ++v) {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      const int c = (sub + v * lpr) * VEC + i;
+      qv[v * VEC + i] = c < dim ? query[row * dim + c] : 0.f;
+      acc[v * VEC + i] = 0.f;
+    }
+  }
+  for (int k = threadIdx.x; k < dim; k += blockDim.x) sm_acc[k] = 0.f;
+  float loss = 0.f, run_max = -INFINITY, run_sum = 0.f;
+  const float log_z = EPI == kNce ? logf(*z) : 0.f;
+  const IdxT* idx_row = idx + row * stride_idx;
+
+  // Block-uniform trip count, so the group shuffles below never diverge.
+  for (int base = start; base < stop; base += n_groups * U) {
+    uint4 raw[U][NV];
+    int cols[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      cols[u] = base + u * n_groups + group;
+      const bool live = cols[u] < stop;
+      const BankT* brow = bank + (live ? static_cast<int64_t>(idx_row[cols[u]]) : 0) * stride_bank;
+#pragma unroll
+      for (int v = 0; v < NV; ++v) {
+        raw[u][v] = live ? load_vec<BankT>(brow, (sub + v * lpr) * VEC, dim, vec_ok) : make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float w[E];
+#pragma unroll
+      for (int v = 0; v < NV; ++v) Vec16<BankT>::unpack(raw[u][v], w + v * VEC);
+      float dot = 0.f;
+#pragma unroll
+      for (int i = 0; i < E; ++i) dot = fmaf(w[i], qv[i], dot);
+      for (int off = lpr >> 1; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+      const int col = cols[u];
+      if (col >= stop) continue;
+      const float s = dot * inv_t;
+      if (EPI == kScores) {
+        if (sub == 0) out[row * n_cols + col] = s;
+      } else if (EPI == kScoresBwd) {
+        const float g = grad[row * n_cols + col] * inv_t;
+#pragma unroll
+        for (int i = 0; i < E; ++i) acc[i] = fmaf(g, w[i], acc[i]);
+      } else if (EPI == kSoftmax) {
+        const float new_max = fmaxf(run_max, s);
+        const float scale = __expf(run_max - new_max);
+        const float p = __expf(s - new_max);
+        run_sum = run_sum * scale + p;
+#pragma unroll
+        for (int i = 0; i < E; ++i) acc[i] = fmaf(p, w[i], acc[i] * scale);
+        run_max = new_max;
+      } else {  // NCE in log space: log x = s - log Z; column 0 is the positive
+        const bool is_pos = col == 0;
+        const float log_x = s - log_z;
+        const float t = is_pos ? log_c - log_x : log_x - log_c;
+        const float sp = softplus(t);
+        loss += is_pos ? sp : sp - log_mpn_c;
+        const float sig = 1.f / (1.f + __expf(-t));
+        const float g = (is_pos ? -sig : sig) * inv_t;
+#pragma unroll
+        for (int i = 0; i < E; ++i) acc[i] = fmaf(g, w[i], acc[i]);
+      }
+    }
+  }
+  if (EPI == kScores) return;
+
+  const int64_t part = row * n_splits + split;
+  if (EPI == kSoftmax) {
+    // rescale every group to the block's max before summing
+    float m = run_max;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    __syncthreads();
+    if (lane == 0) sm_red[warp] = m;
+    __syncthreads();
+    float block_max = -INFINITY;
+    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) block_max = fmaxf(block_max, sm_red[w]);
+    const float scale = run_max == -INFINITY ? 0.f : __expf(run_max - block_max);
+    run_sum *= scale;
+#pragma unroll
+    for (int i = 0; i < E; ++i) acc[i] *= scale;
+    loss = run_sum;  // summed below like the NCE loss
+    if (threadIdx.x == 0) max_out[part] = block_max;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int v = 0; v < NV; ++v) {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      const int c = (sub + v * lpr) * VEC + i;
+      if (c < dim) atomicAdd(&sm_acc[c], acc[v * VEC + i]);
+    }
+  }
+  float total = 0.f;
+  if (EPI == kNce || EPI == kSoftmax) total = block_sum(sub == 0 ? loss : 0.f, sm_red + 32);
+  __syncthreads();
+  for (int k = threadIdx.x; k < dim; k += blockDim.x) dq[part * dim + k] = sm_acc[k];
+  if (threadIdx.x == 0) {
+    if (EPI == kNce) out[part] = total;
+    if (EPI == kSoftmax) sum_out[part] = total;
+  }
+}
+
+// NV (16-byte vectors per lane) and lanes per row for a row of `dim` elements.
+template <typename BankT>
+void gather_shape(int64_t dim, int* nv, int* lpr) {
+  constexpr int VEC = Vec16<BankT>::n;
+  const int64_t vectors = (dim + VEC - 1) / VEC;
+  *nv = vectors <= 32 ? 1 : (vectors <= 64 ? 2 : (vectors <= 128 ? 4 : 8));
+  const int64_t lanes = (vectors + *nv - 1) / *nv;
+  int l = 1;
+  while (l < lanes) l <<= 1;
+  *lpr = l;
+}
+
+template <typename BankT, typename IdxT, int NV>
+void launch_gather_nv(int epilogue, dim3 grid, size_t smem, cudaStream_t stream, const float* q, const BankT* bank,
+                      const IdxT* idx, const float* z, const float* grad, float* out, float* dq, float* mx,
+                      float* sm, int n_cols, int dim, int cols, int lpr, bool vec_ok, int64_t stride_bank,
+                      int64_t stride_idx, float inv_t, float log_c, float log_mpn_c) {
+#define RDK_GATHER(EPI)                                                                                        \
+  bank_gather_kernel<BankT, IdxT, NV, EPI><<<grid, kGatherThreads, smem, stream>>>(                           \
+      q, bank, idx, z, grad, out, dq, mx, sm, n_cols, dim, cols, lpr, vec_ok, stride_bank, stride_idx, inv_t, \
+      log_c, log_mpn_c)
+  switch (epilogue) {
+    case kNce: RDK_GATHER(kNce); break;
+    case kSoftmax: RDK_GATHER(kSoftmax); break;
+    case kScores: RDK_GATHER(kScores); break;
+    case kScoresBwd: RDK_GATHER(kScoresBwd); break;
+    default: throw std::runtime_error("rdkernels._C.bank_contrast: unknown epilogue code " + std::to_string(epilogue));
+  }
+#undef RDK_GATHER
+}
+
+template <typename BankT, typename IdxT>
+void launch_gather(int epilogue, dim3 grid, cudaStream_t stream, const float* q, const void* bank, const void* idx,
+                   const float* z, const float* grad, float* out, float* dq, float* mx, float* sm, int n_cols,
+                   int dim, int cols, int64_t stride_bank, int64_t stride_idx, float inv_t, float log_c,
+                   float log_mpn_c) {
+  constexpr int VEC = Vec16<BankT>::n;
+  int nv, lpr;
+  gather_shape<BankT>(dim, &nv, &lpr);
+  const bool vec_ok = dim % VEC == 0 && stride_bank % VEC == 0 && reinterpret_cast<uintptr_t>(bank) % 16 == 0;
+  const size_t smem = (dim + 32 + 32) * sizeof(float);
+  auto* b = static_cast<const BankT*>(bank);
+  auto* ix = static_cast<const IdxT*>(idx);
+  switch (nv) {
+    case 1: launch_gather_nv<BankT, IdxT, 1>(epilogue, grid, smem, stream, q, b, ix, z, grad, out, dq, mx, sm, n_cols, dim, cols, lpr, vec_ok, stride_bank, stride_idx, inv_t, log_c, log_mpn_c); break;
+    case 2: launch_gather_nv<BankT, IdxT, 2>(epilogue, grid, smem, stream, q, b, ix, z, grad, out, dq, mx, sm, n_cols, dim, cols, lpr, vec_ok, stride_bank, stride_idx, inv_t, log_c, log_mpn_c); break;
+    case 4: launch_gather_nv<BankT, IdxT, 4>(epilogue, grid, smem, stream, q, b, ix, z, grad, out, dq, mx, sm, n_cols, dim, cols, lpr, vec_ok, stride_bank, stride_idx, inv_t, log_c, log_mpn_c); break;
+    default:  // only fp32 rows need 8 vectors a lane (bf16 d <= 1024 fits in 4)
+      if constexpr (sizeof(BankT) == 4) launch_gather_nv<BankT, IdxT, 8>(epilogue, grid, smem, stream, q, b, ix, z, grad, out, dq, mx, sm, n_cols, dim, cols, lpr, vec_ok, stride_bank, stride_idx, inv_t, log_c, log_mpn_c); break;
+  }
+}
+
+// ----------------------------------------------------------------------------- dense
+
+constexpr int kBM = 64;      // query rows per block (16 per warp)
+constexpr int kBN = 64;      // bank rows per tile
+constexpr int kWarps = 4;
+constexpr int kDenseThreads = kWarps * 32;
+constexpr int kDenseMaxDim = 128;
+static_assert(kBM == kBN, "load_tile copies kBN rows for the query block too");
+
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}
+
+__device__ __forceinline__ void split_tf32(float x, uint32_t& hi, uint32_t& lo) {
+  hi = to_tf32(x);
+  lo = to_tf32(x - __uint_as_float(hi));
+}
+
+// c += a @ b for one m16n8k8 TF32 tile (fp32 accumulate).
+__device__ __forceinline__ void mma_tf32(float* c, const uint32_t* a, const uint32_t* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// 3xTF32: (a_hi + a_lo)(b_hi + b_lo) without the lo*lo term; b_lo is zero
+// (and skipped) when the bank is bf16, which TF32 holds exactly.
+template <bool B_EXACT>
+__device__ __forceinline__ void mma_3xtf32(float* c, const float* a, const float* b) {
+  uint32_t ah[4], al[4], bh[2], bl[2];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) split_tf32(a[i], ah[i], al[i]);
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    if (B_EXACT) {
+      bh[i] = __float_as_uint(b[i]);
+    } else {
+      split_tf32(b[i], bh[i], bl[i]);
+    }
+  }
+  mma_tf32(c, al, bh);
+  if (!B_EXACT) mma_tf32(c, ah, bl);
+  mma_tf32(c, ah, bh);
+}
+
+template <int DP>
+struct DenseSmem {
+  static constexpr int ld = DP + 4;       // padded rows: conflict-free fragment loads
+  static constexpr int ldc = kBN + 4;
+  static constexpr size_t q_floats = kBM * ld;
+  static constexpr size_t w_floats = kBN * ld;
+  static constexpr size_t c_floats = kBM * ldc;   // per-warp 16 x 64 coefficient tiles
+  static constexpr size_t cnt_ints = kBM * kBN;
+  static constexpr size_t bytes = (q_floats + w_floats + c_floats) * sizeof(float) + cnt_ints * sizeof(int);
+};
+
+// Copy `n_rows` rows x DP columns (zero beyond dim / n_valid) into shared memory as fp32.
+template <typename T, int DP>
+__device__ __forceinline__ void load_tile(float* dst, const T* src, int64_t first, int n_valid, int dim,
+                                          int64_t stride, bool vec4) {
+  constexpr int ld = DenseSmem<DP>::ld;
+  if (vec4) {
+    constexpr int per_row = DP / 4;
+    for (int i = threadIdx.x; i < kBN * per_row; i += kDenseThreads) {
+      const int r = i / per_row, c = (i % per_row) * 4;
+      float v[4] = {0.f, 0.f, 0.f, 0.f};
+      if (r < n_valid && c < dim) {
+        const T* p = src + (first + r) * stride + c;
+        if constexpr (sizeof(T) == 4) {
+          const float4 x = __ldg(reinterpret_cast<const float4*>(p));
+          v[0] = x.x; v[1] = x.y; v[2] = x.z; v[3] = x.w;
+        } else {
+          const uint2 x = __ldg(reinterpret_cast<const uint2*>(p));
+          v[0] = __uint_as_float(x.x << 16); v[1] = __uint_as_float(x.x & 0xffff0000u);
+          v[2] = __uint_as_float(x.y << 16); v[3] = __uint_as_float(x.y & 0xffff0000u);
+        }
+      }
+      *reinterpret_cast<float4*>(dst + r * ld + c) = make_float4(v[0], v[1], v[2], v[3]);
+    }
+  } else {
+    for (int i = threadIdx.x; i < kBN * DP; i += kDenseThreads) {
+      const int r = i / DP, c = i % DP;
+      dst[r * ld + c] = (r < n_valid && c < dim) ? to_float(src[(first + r) * stride + c]) : 0.f;
+    }
+  }
+}
+
+template <typename BankT, int DP, int EPI>
+__global__ void __launch_bounds__(kDenseThreads)
+bank_dense_kernel(const float* __restrict__ query, const BankT* __restrict__ bank, const int* __restrict__ ids,
+                  const int* __restrict__ offsets, const float* __restrict__ z, float* __restrict__ loss_out,
+                  float* __restrict__ dq, float* __restrict__ max_out, float* __restrict__ sum_out, int batch,
+                  int n_bank, int dim, int n_neg, int n_tiles, int tiles_per_split, int64_t stride_bank,
+                  int64_t stride_offs, float inv_t, float log_c, float log_mpn_c, bool vec4_q, bool vec4_bank) {
+  using S = DenseSmem<DP>;
+  constexpr bool B_EXACT = sizeof(BankT) == 2;
+  constexpr int NT = DP / 8;  // n-tiles of dq per warp
+  extern __shared__ float4 smem4[];
+  float* qs = reinterpret_cast<float*>(smem4);
+  float* ws = qs + S::q_floats;
+  float* cs = ws + S::w_floats;
+  int* cnt = reinterpret_cast<int*>(cs + S::c_floats);
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int row0 = blockIdx.x * kBM;
+  const int split = blockIdx.y, n_splits = gridDim.y;
+  const int wrow = warp * 16;  // this warp's first row within the block
+  float* cw = cs + wrow * S::ldc;
+  int* cntw = cnt + wrow * kBN;
+
+  load_tile<float, DP>(qs, query, row0, min(kBM, batch - row0), dim, dim, vec4_q);
+
+  float oacc[NT][4];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) oacc[j][0] = oacc[j][1] = oacc[j][2] = oacc[j][3] = 0.f;
+  float run_max[2] = {-INFINITY, -INFINITY}, run_sum[2] = {0.f, 0.f}, loss[2] = {0.f, 0.f};
+  const float log_z = EPI == kNce ? logf(*z) : 0.f;
+
+  const int t_start = split * tiles_per_split;
+  const int t_stop = min(t_start + tiles_per_split, n_tiles);
+  for (int tile = t_start; tile < t_stop; ++tile) {
+    const int64_t j0 = static_cast<int64_t>(tile) * kBN;
+    __syncthreads();  // every warp is done with the previous tile
+    load_tile<BankT, DP>(ws, bank, j0, static_cast<int>(n_bank - j0 < kBN ? n_bank - j0 : kBN), dim, stride_bank, vec4_bank);
+    for (int i = lane; i < 16 * kBN; i += 32) cntw[i] = 0;
+    __syncthreads();
+
+    // Sample counts of this warp's 16 rows in this tile, from the sorted negatives.
+    // The rows' segments are concatenated (a warp scan of their lengths) and the
+    // lanes stride over the concatenation, so the id loads are independent.
+    {
+      int lo = 0, len = 0;
+      if (lane < 16 && row0 + wrow + lane < batch) {
+        const int64_t o = static_cast<int64_t>(row0 + wrow + lane) * stride_offs + tile;
+        lo = offsets[o];
+        len = offsets[o + 1] - lo;
+      }
+      int incl = len;
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const int v = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += v;
+      }
+      const int excl = incl - len;
+      const int total = __shfl_sync(0xffffffffu, incl, 31);
+      for (int base = 0; base < total; base += 32) {  // warp-uniform trip count
+        const int p = base + lane;
+        int r = 0;  // the row whose segment holds p: largest r with excl[r] <= p
+#pragma unroll
+        for (int step = 8; step > 0; step >>= 1) {
+          if (__shfl_sync(0xffffffffu, excl, r + step) <= p) r += step;
+        }
+        const int seg_lo = __shfl_sync(0xffffffffu, lo, r);
+        const int seg_excl = __shfl_sync(0xffffffffu, excl, r);
+        if (p < total) {
+          const int64_t row = row0 + wrow + r;
+          atomicAdd(&cntw[r * kBN + (ids[row * n_neg + seg_lo + (p - seg_excl)] - j0)], 1);
+        }
+      }
+    }
+
+    // scores: s[16 x 64] = q_w[16 x DP] . tile^T
+    float sacc[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) sacc[j][0] = sacc[j][1] = sacc[j][2] = sacc[j][3] = 0.f;
+#pragma unroll 1
+    for (int k0 = 0; k0 < DP; k0 += 8) {
+      const float a[4] = {qs[(wrow + g) * S::ld + k0 + t], qs[(wrow + g + 8) * S::ld + k0 + t],
+                          qs[(wrow + g) * S::ld + k0 + t + 4], qs[(wrow + g + 8) * S::ld + k0 + t + 4]};
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float b[2] = {ws[(j * 8 + g) * S::ld + k0 + t], ws[(j * 8 + g) * S::ld + k0 + t + 4]};
+        mma_3xtf32<B_EXACT>(sacc[j], a, b);
+      }
+    }
+    __syncwarp();  // counts complete
+
+    // epilogue: thread holds rows g, g+8 and columns j*8 + 2t + {0, 1}
+    float scale[2] = {1.f, 1.f};
+    if (EPI == kSoftmax) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float m = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            if (cntw[(g + 8 * h) * kBN + j * 8 + 2 * t + c] > 0) m = fmaxf(m, sacc[j][2 * h + c] * inv_t);
+          }
+        }
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+        const float new_max = fmaxf(run_max[h], m);
+        const float safe = new_max == -INFINITY ? 0.f : new_max;
+        scale[h] = __expf(run_max[h] - safe);
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int n = cntw[(g + 8 * h) * kBN + j * 8 + 2 * t + c];
+            const float p = n > 0 ? n * __expf(sacc[j][2 * h + c] * inv_t - safe) : 0.f;
+            cw[(g + 8 * h) * S::ldc + j * 8 + 2 * t + c] = p;
+            sum += p;
+          }
+        }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        run_sum[h] = run_sum[h] * scale[h] + sum;
+        run_max[h] = new_max;
+      }
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        oacc[j][0] *= scale[0]; oacc[j][1] *= scale[0];
+        oacc[j][2] *= scale[1]; oacc[j][3] *= scale[1];
+      }
+    } else {  // NCE negatives in log space: t = log x - log c
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int n = cntw[(g + 8 * h) * kBN + j * 8 + 2 * t + c];
+            float coef = 0.f;
+            if (n > 0) {
+              const float tt = sacc[j][2 * h + c] * inv_t - log_z - log_c;
+              loss[h] += n * (softplus(tt) - log_mpn_c);
+              coef = n * inv_t / (1.f + __expf(-tt));
+            }
+            cw[(g + 8 * h) * S::ldc + j * 8 + 2 * t + c] = coef;
+          }
+        }
+      }
+    }
+    __syncwarp();  // coefficient tile complete
+
+    // dq[16 x DP] += coef[16 x 64] . tile[64 x DP]
+#pragma unroll 1
+    for (int k0 = 0; k0 < kBN; k0 += 8) {
+      const float a[4] = {cw[g * S::ldc + k0 + t], cw[(g + 8) * S::ldc + k0 + t], cw[g * S::ldc + k0 + t + 4],
+                          cw[(g + 8) * S::ldc + k0 + t + 4]};
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        const float b[2] = {ws[(k0 + t) * S::ld + j * 8 + g], ws[(k0 + t + 4) * S::ld + j * 8 + g]};
+        mma_3xtf32<B_EXACT>(oacc[j], a, b);
+      }
+    }
+  }
+
+  // partials of rows g and g+8 of this warp
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t row = row0 + wrow + g + 8 * h;
+    float l = loss[h];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    if (row >= batch) continue;
+    const int64_t part = row * n_splits + split;
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int col = j * 8 + 2 * t + c;
+        if (col < dim) dq[part * dim + col] = oacc[j][2 * h + c];
+      }
+    }
+    if (t == 0) {
+      if (EPI == kNce) {
+        loss_out[part] = l;
+      } else {
+        max_out[part] = run_max[h];
+        sum_out[part] = run_sum[h];
+      }
+    }
+  }
+}
+
+template <typename BankT, int DP>
+void launch_dense_dp(int epilogue, dim3 grid, cudaStream_t stream, const float* q, const BankT* bank, const int* ids,
+                     const int* offs, const float* z, float* loss, float* dq, float* mx, float* sm, int batch,
+                     int n_bank, int dim, int n_neg, int n_tiles, int per, int64_t stride_bank, int64_t stride_offs,
+                     float inv_t, float log_c, float log_mpn_c, bool vec4_q, bool vec4_bank) {
+  const size_t smem = DenseSmem<DP>::bytes;
+#define RDK_DENSE(EPI)                                                                                        \
+  do {                                                                                                        \
+    auto kernel = bank_dense_kernel<BankT, DP, EPI>;                                                          \
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));        \
+    kernel<<<grid, kDenseThreads, smem, stream>>>(q, bank, ids, offs, z, loss, dq, mx, sm, batch, n_bank, dim, \
+                                                  n_neg, n_tiles, per, stride_bank, stride_offs, inv_t, log_c, \
+                                                  log_mpn_c, vec4_q, vec4_bank);                              \
+  } while (0)
+  if (epilogue == kNce) {
+    RDK_DENSE(kNce);
+  } else if (epilogue == kSoftmax) {
+    RDK_DENSE(kSoftmax);
+  } else {
+    throw std::runtime_error("rdkernels._C.bank_contrast_dense: epilogue must be 0 (nce) or 1 (softmax)");
+  }
+#undef RDK_DENSE
+}
+
+template <typename BankT>
+void launch_dense(int epilogue, dim3 grid, cudaStream_t stream, const float* q, const void* bank, const int* ids,
+                  const int* offs, const float* z, float* loss, float* dq, float* mx, float* sm, int batch,
+                  int n_bank, int dim, int n_neg, int n_tiles, int per, int64_t stride_bank, int64_t stride_offs,
+                  float inv_t, float log_c, float log_mpn_c) {
+  const int align = sizeof(BankT) == 4 ? 16 : 8;
+  const bool vec4_q = dim % 4 == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0;
+  const bool vec4_bank = dim % 4 == 0 && stride_bank % 4 == 0 && reinterpret_cast<uintptr_t>(bank) % align == 0;
+  auto* b = static_cast<const BankT*>(bank);
+  if (dim <= 64) {
+    launch_dense_dp<BankT, 64>(epilogue, grid, stream, q, b, ids, offs, z, loss, dq, mx, sm, batch, n_bank, dim, n_neg,
+                               n_tiles, per, stride_bank, stride_offs, inv_t, log_c, log_mpn_c, vec4_q, vec4_bank);
+  } else {
+    launch_dense_dp<BankT, 128>(epilogue, grid, stream, q, b, ids, offs, z, loss, dq, mx, sm, batch, n_bank, dim,
+                                n_neg, n_tiles, per, stride_bank, stride_offs, inv_t, log_c, log_mpn_c, vec4_q,
+                                vec4_bank);
+  }
+}
+
+}  // namespace
+
+// Gather launch: grid (B, n_splits), 128 threads, dynamic smem (dim + 64) floats.
+void bank_contrast(uintptr_t query, uintptr_t bank, int bank_dtype, uintptr_t idx, int idx_dtype, uintptr_t z,
+                   uintptr_t grad, uintptr_t out, uintptr_t dq, uintptr_t run_max, uintptr_t run_sum, int64_t batch,
+                   int64_t n_cols, int64_t dim, int64_t cols_per_split, int64_t n_splits, int64_t stride_bank,
+                   int64_t stride_idx, float inv_t, float log_c, float log_mpn_c, int epilogue, uintptr_t stream) {
+  if (batch == 0 || n_cols == 0) return;
+  if (dim > 1024) throw std::runtime_error("rdkernels._C.bank_contrast: dim must be <= 1024");
+  const dim3 grid(static_cast<unsigned>(batch), static_cast<unsigned>(n_splits));
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  auto* q = reinterpret_cast<const float*>(query);
+  auto* zp = reinterpret_cast<const float*>(z);
+  auto* gp = reinterpret_cast<const float*>(grad);
+  auto* op = reinterpret_cast<float*>(out);
+  auto* dp = reinterpret_cast<float*>(dq);
+  auto* mp = reinterpret_cast<float*>(run_max);
+  auto* sp = reinterpret_cast<float*>(run_sum);
+  const void* b = reinterpret_cast<const void*>(bank);
+  const void* ix = reinterpret_cast<const void*>(idx);
+  const int nc = static_cast<int>(n_cols), d = static_cast<int>(dim), cps = static_cast<int>(cols_per_split);
+#define RDK_ARGS epilogue, grid, s, q, b, ix, zp, gp, op, dp, mp, sp, nc, d, cps, stride_bank, stride_idx, inv_t, log_c, log_mpn_c
+  if (bank_dtype == kFloat32 && idx_dtype == kInt64) launch_gather<float, int64_t>(RDK_ARGS);
+  else if (bank_dtype == kFloat32 && idx_dtype == kInt32) launch_gather<float, int32_t>(RDK_ARGS);
+  else if (bank_dtype == kBFloat16 && idx_dtype == kInt64) launch_gather<__nv_bfloat16, int64_t>(RDK_ARGS);
+  else if (bank_dtype == kBFloat16 && idx_dtype == kInt32) launch_gather<__nv_bfloat16, int32_t>(RDK_ARGS);
+  else if (bank_dtype != kFloat32 && bank_dtype != kBFloat16) throw bad_dtype("bank", bank_dtype);
+  else throw bad_dtype("idx", idx_dtype);
+#undef RDK_ARGS
+  check_launch("bank_contrast");
+}
+
+// Dense launch: grid (ceil(B / 64), n_splits), 128 threads, dynamic smem
+// DenseSmem<64 or 128>::bytes (~60 / ~93 KB; opted in above 48 KB).
+void bank_contrast_dense(uintptr_t query, uintptr_t bank, int bank_dtype, uintptr_t ids, uintptr_t offsets,
+                         uintptr_t z, uintptr_t loss, uintptr_t dq, uintptr_t run_max, uintptr_t run_sum,
+                         int64_t batch, int64_t n_bank, int64_t dim, int64_t n_neg, int64_t n_tiles,
+                         int64_t tiles_per_split, int64_t n_splits, int64_t stride_bank, int64_t stride_offs,
+                         float inv_t, float log_c, float log_mpn_c, int epilogue, uintptr_t stream) {
+  if (batch == 0) return;
+  if (dim > kDenseMaxDim) throw std::runtime_error("rdkernels._C.bank_contrast_dense: dim must be <= 128");
+  const dim3 grid(static_cast<unsigned>((batch + kBM - 1) / kBM), static_cast<unsigned>(n_splits));
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+#define RDK_ARGS                                                                                              \
+  epilogue, grid, s, reinterpret_cast<const float*>(query), reinterpret_cast<const void*>(bank),             \
+      reinterpret_cast<const int*>(ids), reinterpret_cast<const int*>(offsets), reinterpret_cast<const float*>(z), \
+      reinterpret_cast<float*>(loss), reinterpret_cast<float*>(dq), reinterpret_cast<float*>(run_max),        \
+      reinterpret_cast<float*>(run_sum), static_cast<int>(batch), static_cast<int>(n_bank), static_cast<int>(dim), \
+      static_cast<int>(n_neg), static_cast<int>(n_tiles), static_cast<int>(tiles_per_split), stride_bank,     \
+      stride_offs, inv_t, log_c, log_mpn_c
+  if (bank_dtype == kFloat32) launch_dense<float>(RDK_ARGS);
+  else if (bank_dtype == kBFloat16) launch_dense<__nv_bfloat16>(RDK_ARGS);
+  else throw bad_dtype("bank", bank_dtype);
+#undef RDK_ARGS
+  check_launch("bank_contrast_dense");
+}
+
+int dense_block_m() { return kBM; }
+int dense_block_n() { return kBN; }
+int dense_max_dim() { return kDenseMaxDim; }
+
+}  // namespace rdk

@@ -1,0 +1,204 @@
+"""bank_contrast: every backend x strategy (gather, dense) against the float64 reference.
+
+The dense strategy scores the whole bank and applies the sampled multiplicities
+in its epilogue; these tests pin that it counts repeated ids (and a positive
+that also appears among the negatives) exactly as the gather strategy does.
+On a CPU the Triton kernels run under the interpreter (fp32 dots only); the
+CUDA cases skip without a GPU.
+"""
+import pytest
+import torch
+from conftest import DEVICE, backends
+from helpers import assert_close, tolerance, unit_rows
+
+from rdkernels.ops.bank_contrast import STRATEGIES, bank_contrast, bank_contrast_reference, estimate_nce_z
+from rdkernels.ops.bank_contrast.cost_model import choose_strategy, estimate_times
+from rdkernels.ops.bank_contrast.dense import build_csr
+
+TEMPERATURE = 0.07
+STRATEGY_PARAMS = ["gather", "dense"]
+# (B, K, N, d): ragged K, B = 1, every d the brief names; N small for the interpreter
+SHAPES = [(5, 37, 200, 64), (1, 20, 200, 128), (17, 50, 200, 96), (7, 30, 150, 256)]
+
+
+def _inputs(batch, k, n, dim, q_dtype=torch.float32, bank_dtype=torch.float32, idx_dtype=torch.int64):
+    query = unit_rows(batch, dim, device=DEVICE).to(q_dtype)
+    bank = unit_rows(n, dim, device=DEVICE).to(bank_dtype)
+    idx = torch.randint(0, n, (batch, k + 1), device=DEVICE).to(idx_dtype)
+    return query, bank, idx
+
+
+def _z(query, bank, idx, n_data):
+    return estimate_nce_z(query.float(), bank.float(), idx, temperature=TEMPERATURE, n_data=n_data, backend="torch")
+
+
+def _check(backend, strategy, epilogue, query, bank, idx, atol, rtol):
+    n = bank.shape[0]
+    z = _z(query, bank, idx, n) if epilogue == "nce" else None
+    q64 = query.detach().to(torch.float64).requires_grad_()
+    ref = bank_contrast_reference(q64, bank.to(torch.float64), idx, temperature=TEMPERATURE, epilogue=epilogue,
+                                  z=None if z is None else z.to(torch.float64), n_data=n, reduction="none")
+    weights = torch.rand(ref.shape, dtype=torch.float64, device=DEVICE) + 0.5
+    (ref * weights).sum().backward()
+
+    q = query.detach().clone().requires_grad_()
+    out = bank_contrast(q, bank, idx, temperature=TEMPERATURE, epilogue=epilogue, z=z, n_data=n, reduction="none",
+                        backend=backend, strategy=strategy)
+    assert out.dtype == torch.float32
+    # losses are sums of K+1 terms: scale the tolerance with the row's magnitude
+    scale = 1.0 if epilogue == "scores" else ref.abs().max().item()
+    assert_close(f"{epilogue} value", out, ref, atol * max(1.0, scale), rtol)
+    (out * weights.float()).sum().backward()
+    assert q.grad.dtype == query.dtype
+    gscale = max(1.0, q64.grad.abs().max().item())
+    assert_close(f"{epilogue} grad", q.grad, q64.grad, atol * gscale, rtol)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}_K{}_N{}_d{}".format(*s))
+@pytest.mark.parametrize("epilogue", ["nce", "softmax", "scores"])
+@pytest.mark.parametrize("strategy", STRATEGY_PARAMS)
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
+def test_matches_reference(backend, strategy, epilogue, shape):
+    query, bank, idx = _inputs(*shape)
+    _check(backend, strategy, epilogue, query, bank, idx, 1e-5, 1e-4)
+
+
+@pytest.mark.parametrize("dtypes", [(torch.bfloat16, torch.bfloat16, torch.int32),
+                                    (torch.float16, torch.float32, torch.int64),
+                                    (torch.float32, torch.bfloat16, torch.int32)],
+                         ids=["bf16-bf16-i32", "fp16-fp32-i64", "fp32-bf16-i32"])
+@pytest.mark.parametrize("epilogue", ["nce", "softmax", "scores"])
+@pytest.mark.parametrize("strategy", STRATEGY_PARAMS)
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
+def test_dtypes(backend, strategy, epilogue, dtypes):
+    q_dtype, bank_dtype, idx_dtype = dtypes
+    query, bank, idx = _inputs(6, 41, 160, 128, q_dtype, bank_dtype, idx_dtype)
+    atol, rtol = tolerance(q_dtype, bank_dtype)
+    _check(backend, strategy, epilogue, query, bank, idx, atol, rtol)
+
+
+@pytest.mark.parametrize("strategy", STRATEGY_PARAMS)
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
+def test_nce_constant_terms(backend, strategy):
+    """n_data >> K makes m*Pn comparable to eps, so log(m*Pn / c) is far from 0
+    and every negative's constant term is checked, not only its slope."""
+    query, bank, idx = _inputs(3, 30, 100, 64)
+    n_data = 10**9
+    z = torch.tensor([5.0], device=DEVICE)
+    q64 = query.to(torch.float64).requires_grad_()
+    ref = bank_contrast_reference(q64, bank.to(torch.float64), idx, temperature=TEMPERATURE, epilogue="nce",
+                                  z=z.to(torch.float64), n_data=n_data, reduction="sum")
+    ref.backward()
+    q = query.clone().requires_grad_()
+    out = bank_contrast(q, bank, idx, temperature=TEMPERATURE, epilogue="nce", z=z, n_data=n_data, reduction="sum",
+                        backend=backend, strategy=strategy)
+    out.backward()
+    assert_close("loss", out, ref, 1e-5 * max(1.0, abs(ref.item())), 1e-4)
+    assert_close("grad", q.grad, q64.grad, 1e-5 * max(1.0, q64.grad.abs().max().item()), 1e-4)
+
+
+def _duplicate_idx(batch, k, n):
+    idx = torch.randint(0, n, (batch, k + 1), device=DEVICE)
+    idx[0, 1:] = 17                    # one bank row drawn K times (K > 255: no 8-bit count can hold it)
+    idx[0, 0] = 17                     # ... and it is the positive too
+    idx[1, 5:40] = idx[1, 0]           # the positive repeated among the negatives
+    idx[2, 1::2] = 3                   # half the negatives on one row, the rest random
+    idx[3, :] = n - 1                  # last bank row (last, partial tile) everywhere
+    return idx
+
+
+@pytest.mark.parametrize("epilogue", ["nce", "softmax", "scores"])
+@pytest.mark.parametrize("strategy", STRATEGY_PARAMS)
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
+def test_duplicates_count_with_multiplicity(backend, strategy, epilogue):
+    batch, k, n, dim = 5, 300, 131, 64
+    query, bank, _ = _inputs(batch, k, n, dim)
+    _check(backend, strategy, epilogue, query, bank, _duplicate_idx(batch, k, n), 1e-5, 1e-4)
+
+
+@pytest.mark.parametrize("epilogue", ["nce", "softmax"])
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
+def test_strategies_agree(backend, epilogue):
+    """gather and dense give the same loss and gradient on the same backend."""
+    query, bank, idx = _inputs(9, 45, 180, 64)
+    z = _z(query, bank, idx, 180)
+    results = []
+    for strategy in STRATEGY_PARAMS:
+        q = query.clone().requires_grad_()
+        loss = bank_contrast(q, bank, idx, temperature=TEMPERATURE, epilogue=epilogue, z=z, n_data=180,
+                             backend=backend, strategy=strategy)
+        loss.backward()
+        results.append((loss.detach(), q.grad))
+    assert_close("loss", results[1][0], results[0][0], 1e-5, 1e-5)
+    assert_close("grad", results[1][1], results[0][1], 1e-6, 1e-4)
+
+
+@pytest.mark.parametrize("strategy", STRATEGY_PARAMS)
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
+def test_softmax_positive_only(backend, strategy):
+    """K = 0: the softmax loss is exactly 0 (one column), with zero gradient."""
+    query, bank, idx = _inputs(4, 0, 100, 64)
+    q = query.clone().requires_grad_()
+    loss = bank_contrast(q, bank, idx, temperature=TEMPERATURE, epilogue="softmax", reduction="sum",
+                         backend=backend, strategy=strategy)
+    loss.backward()
+    assert abs(loss.item()) < 1e-5
+    assert q.grad.abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
+def test_auto_strategy_runs_and_matches(backend):
+    query, bank, idx = _inputs(8, 60, 120, 64)
+    chosen = choose_strategy(8, 61, 120, 64, bank.dtype, DEVICE, backend)
+    auto = bank_contrast(query, bank, idx, temperature=TEMPERATURE, backend=backend, strategy="auto")
+    explicit = bank_contrast(query, bank, idx, temperature=TEMPERATURE, backend=backend, strategy=chosen)
+    other = bank_contrast(query, bank, idx, temperature=TEMPERATURE, backend=backend,
+                          strategy="gather" if chosen == "dense" else "dense")
+    assert torch.equal(auto, explicit)
+    assert_close("auto vs the other strategy", auto, other, 1e-5, 1e-5)
+
+
+def test_cost_model_picks_by_workload():
+    cuda = torch.device("cuda")
+    # CIFAR-100: every bank row sampled ~21 times a step
+    assert choose_strategy(64, 16385, 50_000, 128, torch.float32, cuda) == "dense"
+    assert choose_strategy(64, 16385, 50_000, 128, torch.bfloat16, cuda) == "dense"
+    # ImageNet bank, small batch: B*K/N < 1
+    assert choose_strategy(32, 16385, 1_281_167, 128, torch.float32, cuda) == "gather"
+    assert choose_strategy(8, 4097, 1_281_167, 128, torch.float32, cuda) == "gather"
+    # CPU, the dense-target config of the benchmarks
+    assert choose_strategy(64, 4097, 50_000, 128, torch.float32, torch.device("cpu"), "torch") == "dense"
+    assert choose_strategy(4, 65, 1_000_000, 128, torch.float32, torch.device("cpu"), "torch") == "gather"
+    t_gather, t_dense = estimate_times(64, 16385, 50_000, 128, torch.float32, cuda, "cuda")
+    assert t_gather > 4 * t_dense
+
+
+def test_strategy_is_validated():
+    query, bank, idx = _inputs(2, 5, 20, 64)
+    assert STRATEGIES == ("auto", "gather", "dense")
+    with pytest.raises(ValueError, match="strategy"):
+        bank_contrast(query, bank, idx, temperature=TEMPERATURE, strategy="sparse")
+
+
+def test_csr_layout():
+    idx = torch.tensor([[0, 5, 1, 5, 70, 64], [3, 63, 64, 0, 0, 127]], device=DEVICE)
+    ids, offsets = build_csr(idx, 130, 64)
+    assert ids.dtype == torch.int32 and offsets.dtype == torch.int32
+    assert ids.tolist() == [[1, 5, 5, 64, 70], [0, 0, 63, 64, 127]]
+    assert offsets.tolist() == [[0, 3, 5, 5], [0, 3, 5, 5]]
+
+
+def test_opcheck_dense_ops():
+    """The dense strategy through the custom ops' schema, fake and autograd registrations."""
+    from rdkernels.ops.bank_contrast import _loss_op, _scores_op
+    query, bank, idx = _inputs(3, 9, 40, 32)
+    values = dict(query=query.clone().requires_grad_(), bank=bank, idx=idx, z=torch.tensor([40.0], device=DEVICE),
+                  temperature=TEMPERATURE, n_data=40, backend="torch", check_indices=True, strategy="dense")
+
+    def opcheck(op, **extra):
+        names = [a.name for a in op._opoverload._schema.arguments]
+        torch.library.opcheck(op, tuple({**values, **extra}[n] for n in names))
+
+    for epilogue in ("nce", "softmax"):
+        opcheck(_loss_op, epilogue=epilogue)
+    opcheck(_scores_op)

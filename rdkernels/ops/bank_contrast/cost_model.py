@@ -1,0 +1,87 @@
+"""Choose the execution strategy of bank contrast: ``gather`` or ``dense``.
+
+Both strategies compute the same loss and gradient (to float rounding):
+
+* gather streams the B*(K+1) sampled bank rows, so it moves
+  ``B * (K+1) * d * e`` bytes (e = bytes per bank element), as random
+  row-sized reads;
+* dense multiplies the queries with the whole bank (tensor cores where there
+  are some) and applies the sampled multiplicities in the epilogue, so it
+  reads the bank ``ceil(B / rows_per_pass)`` times (``N * d * e`` bytes each,
+  sequentially; rows_per_pass is the kernel's query block: 64 for CUDA, 16
+  for Triton, all rows for torch), does ``4 * B * N * d`` flops (scores, then
+  dq), and pays a per-sample index cost: the fused kernels sort the B*K
+  negative ids per row (the CSR they walk), torch gathers the scalar scores
+  and scatter-adds their gradients.
+
+The model estimates both times from per-device constants and picks the
+smaller::
+
+    t_gather = B*(K+1)*d*e / bw_gather
+    t_dense  = ceil(B / rows_per_pass) * N*d*e / bw_stream
+               + 4*B*N*d / flops
+               + B*K * t_index
+               + extra_dense_bytes / bw_stream      # torch: the [B, N] scores and coefficients
+               + t_launch
+
+The constants are coarse (they only have to find the side of a cross-over
+that is far from 1 in the workloads that matter): on CIFAR-100 (B=64,
+K=16384, N=50 000) every bank row is sampled about 21 times a step and
+dense wins by an order of magnitude; on ImageNet with small batches
+(N=1.28 M, B*K/N < ~4) gathering wins. ``strategy="gather" | "dense"`` in
+:func:`rdkernels.ops.bank_contrast` overrides the choice.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["DeviceRates", "choose_strategy", "estimate_times"]
+
+
+@dataclass(frozen=True)
+class DeviceRates:
+    bw_gather: float      # bytes/s of random bank-row reads (rows of 128-512 bytes)
+    bw_stream: float      # bytes/s of sequential bank reads
+    flops: float          # dense-matmul flop/s at the bank's precision (fp32 accumulate)
+    t_index: float       # seconds per sampled index (sort + tile offsets, or gather + scatter-add)
+    t_launch: float       # fixed cost of the dense path's extra launches
+
+
+# H100/H200-class GPU. bw_gather is below HBM bandwidth: 512-byte rows scattered
+# over the bank use sectors well but defeat prefetching; the dense kernel's
+# 3xTF32 tensor-core rate, conservatively.
+_CUDA = DeviceRates(bw_gather=1.2e12, bw_stream=2.5e12, flops=2.5e14, t_index=3e-11, t_launch=2e-5)
+# A few CPU cores: gathering materialises [B, chunk, d] and runs batched
+# matrix-vector products (memory bound); the dense path is an MKL/oneDNN GEMM.
+_CPU = DeviceRates(bw_gather=2.5e9, bw_stream=1.5e10, flops=1.0e11, t_index=2e-8, t_launch=1e-4)
+# query rows that share one read of the bank (the dense kernels' BLOCK_M)
+_ROWS_PER_PASS = {"cuda": 64, "triton": 16, "torch": 1 << 30}
+
+
+def _rates(device: torch.device) -> DeviceRates:
+    return _CUDA if device.type == "cuda" else _CPU
+
+
+def estimate_times(batch: int, n_cols: int, n_bank: int, dim: int, bank_dtype: torch.dtype,
+                   device: torch.device, backend: str = "triton") -> tuple[float, float]:
+    """(t_gather, t_dense) in seconds, as modelled above. ``n_cols`` = K + 1."""
+    r = _rates(torch.device(device))
+    e = torch.empty((), dtype=bank_dtype).element_size()
+    negatives = max(n_cols - 1, 0)
+    t_gather = batch * n_cols * dim * e / r.bw_gather
+    passes = math.ceil(batch / _ROWS_PER_PASS.get(backend, 64))
+    # the torch formulation writes and re-reads fp32 scores and coefficients [B, N]
+    extra = 4 * 4 * batch * n_bank if backend == "torch" else 0
+    t_dense = (passes * n_bank * dim * e / r.bw_stream + 4.0 * batch * n_bank * dim / r.flops
+               + batch * negatives * r.t_index + extra / r.bw_stream + r.t_launch)
+    return t_gather, t_dense
+
+
+def choose_strategy(batch: int, n_cols: int, n_bank: int, dim: int, bank_dtype: torch.dtype,
+                    device: torch.device, backend: str = "triton") -> str:
+    """``"dense"`` when the model says it is faster, else ``"gather"``."""
+    t_gather, t_dense = estimate_times(batch, n_cols, n_bank, dim, bank_dtype, device, backend)
+    return "dense" if t_dense < t_gather else "gather"

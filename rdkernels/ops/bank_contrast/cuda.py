@@ -1,0 +1,113 @@
+"""rdkernels._C wrappers for bank contrast (gather and dense strategies).
+
+The kernels take a float32 query (converting B*d elements here costs nothing
+next to the bank traffic) and write per-(row, split) partials in the Triton
+kernels' layout, merged here by a few torch ops. The dense kernel covers
+d <= 128 (its dq accumulator lives in registers); wider rows run the
+pure-PyTorch dense formulation instead (cuBLAS GEMMs + gathered scalar
+scores, dense.py): a documented composition with the same math.
+"""
+from __future__ import annotations
+
+import torch
+
+from rdkernels.backend import cuda_extension
+from rdkernels.ops._cuda_common import dtype_code, stream_of
+from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, build_csr, combine_dense_partials
+from rdkernels.ops.bank_contrast.reference import nce_constants
+
+NCE, SOFTMAX, SCORES, SCORES_BWD = 0, 1, 2, 3
+_EPILOGUES = {"nce": NCE, "softmax": SOFTMAX}
+_GATHER_THREADS = 128
+
+
+def _gather_splits(batch: int, n_cols: int, device: torch.device) -> tuple[int, int]:
+    """(splits, columns per split): enough blocks for 4 per SM, >= 64 columns each."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    want = max(1, min(-(-n_cols // 64), -(-4 * sms // batch)))
+    cols = -(-n_cols // want)
+    return -(-n_cols // cols), cols
+
+
+def _gather(code, query, bank, idx, *, temperature, z=None, grad=None, n_data=1):
+    batch, n_cols = idx.shape
+    dim = query.shape[1]
+    q = query.float().contiguous()
+    n_splits, cols = _gather_splits(batch, n_cols, query.device)
+    f32 = dict(device=query.device, dtype=torch.float32)
+    out = dq = run_max = run_sum = None
+    if code == SCORES:
+        out = torch.empty(batch, n_cols, **f32)
+    else:
+        dq = torch.empty(batch, n_splits, dim, **f32)
+    if code == NCE:
+        out = torch.empty(batch, n_splits, **f32)
+    if code == SOFTMAX:
+        run_max = torch.empty(batch, n_splits, **f32)
+        run_sum = torch.empty(batch, n_splits, **f32)
+    log_c, log_mpn_c = nce_constants(n_cols - 1, n_data) if code == NCE else (0.0, 0.0)
+    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    cuda_extension().bank_contrast(
+        q.data_ptr(), bank.data_ptr(), dtype_code(bank), idx.data_ptr(), dtype_code(idx), ptr(z), ptr(grad),
+        ptr(out), ptr(dq), ptr(run_max), ptr(run_sum), batch, n_cols, dim, cols, n_splits,
+        bank.stride(0), idx.stride(0), 1.0 / temperature, log_c, log_mpn_c, code, stream_of(query))
+    return out, dq, run_max, run_sum
+
+
+def bank_contrast_loss_cuda(query, bank, idx, z, temperature, epilogue, n_data):
+    """(row_loss[B], dq[B, d]) fp32, gather strategy."""
+    code = _EPILOGUES[epilogue]
+    out, dq_parts, run_max, run_sum = _gather(code, query, bank, idx, temperature=temperature, z=z, n_data=n_data)
+    if code == NCE:
+        return out.sum(dim=1), dq_parts.sum(dim=1)
+    top = run_max.max(dim=1, keepdim=True).values
+    scale = torch.exp(run_max - top)
+    total = (run_sum * scale).sum(dim=1)
+    weighted = (dq_parts * scale[:, :, None]).sum(dim=1)
+    w0 = bank[idx[:, 0].long()].float()
+    s0 = (w0 * query.float()).sum(dim=1) / temperature
+    loss = top.squeeze(1) + total.log() - s0
+    dq = (weighted / total[:, None] - w0) / temperature
+    return loss, dq
+
+
+def bank_scores_cuda(query, bank, idx, temperature):
+    return _gather(SCORES, query, bank, idx, temperature=temperature)[0]
+
+
+def bank_scores_backward_cuda(grad_scores, query, bank, idx, temperature):
+    grad = grad_scores.float().contiguous()
+    return _gather(SCORES_BWD, query, bank, idx, temperature=temperature, grad=grad)[1].sum(dim=1)
+
+
+def bank_contrast_loss_dense_cuda(query, bank, idx, z, temperature, epilogue, n_data):
+    """(row_loss[B], dq[B, d]) fp32, dense strategy (tensor cores, 3xTF32)."""
+    ext = cuda_extension()
+    batch, n_cols = idx.shape
+    n_bank, dim = bank.shape
+    if dim > ext.dense_max_dim():  # wider rows: cuBLAS GEMMs + gathered scalar scores
+        return bank_contrast_loss_dense_torch(query, bank, idx, z, temperature, epilogue, n_data)
+    block_m, block_n = ext.dense_block_m(), ext.dense_block_n()
+    ids, offsets = build_csr(idx, n_bank, block_n)
+    n_tiles = offsets.shape[1] - 1
+    m_blocks = -(-batch // block_m)
+    sms = torch.cuda.get_device_properties(query.device).multi_processor_count
+    want = max(1, min(n_tiles, -(-2 * sms // m_blocks)))
+    per = -(-n_tiles // want)
+    n_splits = -(-n_tiles // per)
+    f32 = dict(device=query.device, dtype=torch.float32)
+    code = _EPILOGUES[epilogue]
+    dq_parts = torch.empty(batch, n_splits, dim, **f32)
+    loss_parts = torch.empty(batch, n_splits, **f32) if code == NCE else None
+    max_parts = torch.empty(batch, n_splits, **f32) if code == SOFTMAX else None
+    sum_parts = torch.empty(batch, n_splits, **f32) if code == SOFTMAX else None
+    log_c, log_mpn_c = nce_constants(n_cols - 1, n_data) if code == NCE else (0.0, 0.0)
+    q = query.float().contiguous()
+    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    ext.bank_contrast_dense(
+        q.data_ptr(), bank.data_ptr(), dtype_code(bank), ptr(ids), offsets.data_ptr(), z.data_ptr(),
+        ptr(loss_parts), dq_parts.data_ptr(), ptr(max_parts), ptr(sum_parts), batch, n_bank, dim,
+        max(n_cols - 1, 1), n_tiles, per, n_splits, bank.stride(0), offsets.stride(0),
+        1.0 / temperature, log_c, log_mpn_c, code, stream_of(query))
+    return combine_dense_partials(epilogue, query, bank, idx, z, temperature, n_data, loss_parts, dq_parts,
+                                  max_parts, sum_parts)

@@ -1,0 +1,186 @@
+"""Dense strategy for bank contrast: score the queries against the whole bank.
+
+When B*K is large against N (CIFAR-100: B=64, K=16384, N=50 000, every bank
+row sampled ~21 times a step), reading the bank once and scoring every
+(query, bank row) pair with a matrix multiply moves ~20x fewer bytes than
+gathering the B*(K+1) sampled rows. The sampled columns are then applied as
+multiplicities: for query row b,
+
+    softmax:  lse_b = log( exp(s[b, pos_b]) + sum_j neg(b, j) * exp(s[b, j]) )
+    nce:      loss_b = pos_term(s[b, pos_b]) + sum_j neg(b, j) * neg_term(s[b, j])
+    dq_b      = sum_j coef(b, j) * M[j] / T
+
+where neg(b, j) is how many of idx[b, 1:] equal j. Column 0 (the positive) is
+always handled apart, by one gathered row per query, so a positive that also
+appears among the negatives is counted exactly as the gather strategy counts
+it (once as the positive, once per negative occurrence).
+
+Multiplicities. A [B, N] count matrix would be B*N entries (3.2 M at CIFAR,
+328 M at ImageNet B=256), written and re-read every step, and a compact dtype
+(uint8) would overflow when one id is drawn more than 255 times in a row. The
+fused kernels instead take the negatives of each row **sorted** (a per-row
+CSR: ``sorted_ids[B, K]`` int32 plus ``tile_offsets[B, n_tiles+1]`` int32, the
+first position of each BLOCK_N-wide bank tile in each sorted row). That is
+B*K + B*N/BLOCK_N ints (the size of idx itself), exact for any multiplicity,
+and a kernel finds the entries of its (row block, bank tile) by two loads.
+
+This module holds the pure-PyTorch dense formulation (the torch backend's
+dense strategy and the best pure-PyTorch formulation of the op: a matmul of
+the queries with the bank, a gather of scalar scores at idx, a closed-form
+epilogue, then dq from the score gradients: scatter-add + a second matmul on
+a GPU, a weighted embedding_bag on a CPU), the CSR builder, and the split
+combine shared by the Triton and CUDA dense kernels.
+"""
+from __future__ import annotations
+
+import torch
+
+from rdkernels.ops.bank_contrast.reference import nce_constants
+
+__all__ = ["bank_contrast_loss_dense_torch", "bank_scores_dense_torch", "bank_scores_backward_dense_torch",
+           "build_csr", "combine_dense_partials"]
+
+_CHUNK_ELEMS = 1 << 24  # fp32 elements of one [rows, N] score chunk (64 MB)
+
+
+def _row_chunks(batch: int, n_bank: int):
+    step = max(1, _CHUNK_ELEMS // max(1, n_bank))
+    for start in range(0, batch, step):
+        yield start, min(batch, start + step)
+
+
+def _bank_f32(bank: torch.Tensor) -> torch.Tensor:
+    # fp32 scores from a bf16 bank: a bf16 GEMM would round the scores to bf16.
+    return bank if bank.dtype == torch.float32 else bank.float()
+
+
+def _epilogue_grad(s: torch.Tensor, epilogue: str, log_z, n_data: int):
+    """(row_loss[b], d row_loss / d s[b, k]) from the gathered scalar scores s[b, K+1].
+
+    Few full passes over s (it is B*(K+1) elements): every column is first
+    treated as a negative, then column 0 is corrected on a [B] vector.
+    """
+    s0 = s[:, 0].clone()
+    if epilogue == "softmax":
+        top = s.amax(dim=1, keepdim=True)
+        g = s.sub_(top).exp_()                       # s is a scratch gather: reuse it
+        total = g.sum(dim=1)
+        loss = top.squeeze(1) + total.log() - s0
+        g.div_(total[:, None])
+        g[:, 0] -= 1.0
+        return loss, g
+    log_c, log_mpn_c = nce_constants(s.shape[1] - 1, n_data)
+    t = s.sub_(log_z + log_c)                        # log x - log c, every column
+    loss = torch.nn.functional.softplus(t).sum(dim=1) - (s.shape[1] - 1) * log_mpn_c
+    t0 = t[:, 0].clone()
+    g = torch.sigmoid_(t)
+    # column 0 is the positive: its term is softplus(-t0), its gradient -sigmoid(-t0)
+    loss += torch.nn.functional.softplus(-t0) - torch.nn.functional.softplus(t0)
+    g[:, 0] = -torch.sigmoid(-t0)
+    return loss, g
+
+
+def _weighted_rows(g, idx_l, m, scores):
+    """sum_k g[b, k] * m[idx[b, k]] for a chunk of rows (repeated ids add up).
+
+    On a GPU: scatter-add g into the [rows, N] buffer ``scores`` (no longer
+    needed) and one GEMM with the bank (reads the bank once, tensor cores). On a
+    CPU, where a GEMM of [rows, N] x [N, d] costs far more than its bytes,
+    ``embedding_bag`` with per-sample weights sums the sampled rows without
+    materialising them (B*K*d multiply-adds instead of B*N*d).
+    """
+    if m.device.type == "cpu":
+        return torch.nn.functional.embedding_bag(idx_l, m, per_sample_weights=g, mode="sum")
+    return torch.mm(scores.zero_().scatter_add_(1, idx_l, g), m)
+
+
+def bank_contrast_loss_dense_torch(query, bank, idx, z, temperature, epilogue, n_data):
+    """Dense torch formulation of the nce/softmax epilogues: (row_loss[B], dq[B, d]) fp32.
+
+    Per chunk of query rows (at most 16 M scores): S = q M^T / T (one GEMM over
+    the whole bank), s = S[idx] (a gather of scalar scores), the epilogue on s
+    in closed form, then dq = sum_k (d loss / d s[b, k]) M[idx[b, k]] / T
+    (see _weighted_rows). Repeated ids are gathered and summed once per
+    occurrence, so duplicates count with multiplicity.
+    """
+    q = query.float()
+    m = _bank_f32(bank)
+    idx_l = idx.long()
+    inv_t = 1.0 / temperature
+    log_z = z.float().reshape(()).log() if epilogue == "nce" else None
+    loss = torch.empty(q.shape[0], device=q.device, dtype=torch.float32)
+    dq = torch.empty_like(q)
+    q_t = q * inv_t          # scale the B x d queries, not the B x N scores
+    for b0, b1 in _row_chunks(q.shape[0], m.shape[0]):
+        scores = torch.mm(q_t[b0:b1], m.t())
+        s = scores.gather(1, idx_l[b0:b1])
+        loss[b0:b1], g = _epilogue_grad(s, epilogue, log_z, n_data)
+        dq[b0:b1] = _weighted_rows(g, idx_l[b0:b1], m, scores).mul_(inv_t)
+    return loss, dq
+
+
+def bank_scores_dense_torch(query, bank, idx, temperature):
+    """s[B, K+1] = (q M^T / T)[idx], per chunk of query rows."""
+    q = query.float()
+    m = _bank_f32(bank)
+    out = torch.empty(idx.shape, device=q.device, dtype=torch.float32)
+    idx_l = idx.long()
+    for b0, b1 in _row_chunks(q.shape[0], m.shape[0]):
+        out[b0:b1] = torch.mm(q[b0:b1], m.t()).gather(1, idx_l[b0:b1])
+    return out.mul_(1.0 / temperature)
+
+
+def bank_scores_backward_dense_torch(grad_scores, bank, idx, temperature):
+    """dq = sum_k grad_scores[b, k] M[idx[b, k]] / T, per chunk of query rows."""
+    m = _bank_f32(bank)
+    g = grad_scores.float()
+    idx_l = idx.long()
+    batch = idx.shape[0]
+    dq = torch.empty(batch, m.shape[1], device=m.device, dtype=torch.float32)
+    for b0, b1 in _row_chunks(batch, m.shape[0]):
+        buf = None if m.device.type == "cpu" else torch.empty(b1 - b0, m.shape[0], device=m.device)
+        dq[b0:b1] = _weighted_rows(g[b0:b1].contiguous(), idx_l[b0:b1], m, buf)
+    return dq.mul_(1.0 / temperature)
+
+
+# ------------------------------------------------ shared by the fused dense kernels
+
+def build_csr(idx: torch.Tensor, n_bank: int, block_n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row CSR of the negatives idx[:, 1:] over bank tiles of ``block_n`` rows.
+
+    Returns ``sorted_ids[B, K]`` int32 (each row ascending) and
+    ``tile_offsets[B, n_tiles + 1]`` int32, where the entries of row b that fall
+    in bank tile t are ``sorted_ids[b, tile_offsets[b, t]:tile_offsets[b, t+1]]``.
+    """
+    batch = idx.shape[0]
+    negatives = idx[:, 1:].to(torch.int32)
+    sorted_ids = torch.sort(negatives, dim=1).values.contiguous()
+    n_tiles = -(-n_bank // block_n)
+    bounds = torch.arange(0, n_tiles + 1, device=idx.device, dtype=torch.int32) * block_n
+    offsets = torch.searchsorted(sorted_ids, bounds.expand(batch, -1).contiguous(), out_int32=True)
+    return sorted_ids, offsets.contiguous()
+
+
+def combine_dense_partials(epilogue, query, bank, idx, z, temperature, n_data, loss_parts, dq_parts,
+                           max_parts=None, sum_parts=None):
+    """Merge the dense kernels' per-split partials over the negatives with the
+    positive column (one gathered row per query). Partials: ``dq_parts[B, S, d]``;
+    nce: ``loss_parts[B, S]``; softmax: running ``max_parts``/``sum_parts[B, S]``
+    of the multiplicity-weighted exp (max = -inf where a split saw no negative)."""
+    inv_t = 1.0 / temperature
+    w0 = bank[idx[:, 0].long()].float()
+    s0 = (w0 * query.float()).sum(dim=1) * inv_t
+    if epilogue == "nce":
+        log_c, _ = nce_constants(idx.shape[1] - 1, n_data)
+        t0 = log_c - (s0 - z.float().reshape(()).log())
+        loss = loss_parts.sum(dim=1) + torch.nn.functional.softplus(t0)
+        dq = dq_parts.sum(dim=1) - (torch.sigmoid(t0) * inv_t)[:, None] * w0
+        return loss, dq
+    top = torch.maximum(max_parts.max(dim=1).values, s0)
+    scale = torch.exp(max_parts - top[:, None])                # exp(-inf) = 0 for empty splits
+    p0 = torch.exp(s0 - top)
+    total = (sum_parts * scale).sum(dim=1) + p0
+    weighted = (dq_parts * scale[:, :, None]).sum(dim=1) + p0[:, None] * w0
+    loss = top + total.log() - s0
+    dq = (weighted / total[:, None] - w0) * inv_t
+    return loss, dq

@@ -1,0 +1,237 @@
+"""Triton kernel for bank contrast, dense strategy (see dense.py for the math).
+
+Flash-attention-shaped: one program per (block of BLOCK_M query rows, split
+of the bank). It streams its bank tiles of BLOCK_N rows once; per tile
+
+* ``s = q @ tile^T / T`` on tensor cores (fp32 via 3xTF32, bf16 natively when
+  both operands are bf16; fp32 accumulation),
+* the multiplicity tile ``cnt[BLOCK_M, BLOCK_N]`` is rebuilt from the per-row
+  CSR of sorted negatives: each row's entries in this tile are contiguous, so
+  the program walks them one position at a time for all its rows at once
+  (the loop runs max-entries-per-row times, ~K*BLOCK_N/N),
+* the epilogue weights each (row, bank row) pair by its count: NCE terms and
+  d loss / d s, or the online softmax's max / sum, rescaled flash-style,
+* ``acc += coef @ tile`` (the dq GEMM), so no [B, N] matrix ever exists.
+
+Rows wider than 128 run the pure-PyTorch dense formulation instead (cuBLAS
+GEMMs on a GPU, see dense.py): the kernel's register budget does not hold
+them without spills.
+
+The positive (column 0) is left to the combine (dense.combine_dense_partials),
+which also merges the splits. Narrow types are loaded, then converted to
+fp32 unless both dot operands are bf16 on a GPU; under the interpreter every
+dot is fp32 (its bf16 dot is garbage).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from rdkernels.backend import triton_interpreter_enabled
+from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, build_csr, combine_dense_partials
+from rdkernels.ops.bank_contrast.reference import nce_constants
+
+NCE, SOFTMAX = 0, 1
+# the same codes as kernel-visible globals (jitted code reads only constexpr globals)
+_NCE_C, _SOFTMAX_C = tl.constexpr(NCE), tl.constexpr(SOFTMAX)
+_EPILOGUES = {"nce": NCE, "softmax": SOFTMAX}
+BLOCK_N = 32
+
+
+@triton.jit
+def _softplus(x):
+    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def bank_contrast_dense_kernel(
+    q_ptr, bank_ptr, ids_ptr, offs_ptr, z_ptr,
+    loss_ptr, dq_ptr, max_ptr, sum_ptr,
+    batch, n_bank, dim, n_neg, n_tiles, tiles_per_split,
+    stride_q, stride_bank, stride_offs,
+    inv_t, log_c, log_mpn_c,
+    EPILOGUE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BF16_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    split = tl.program_id(1)
+    n_splits = tl.num_programs(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < batch
+    rows64 = rows.to(tl.int64)
+    d = tl.arange(0, BLOCK_D)
+    d_mask = d < dim
+    q = tl.load(q_ptr + rows64[:, None] * stride_q + d[None, :], mask=row_mask[:, None] & d_mask[None, :],
+                other=0.0)
+    if BF16_DOT:
+        q = q.to(tl.bfloat16)
+    else:
+        q = q.to(tl.float32)
+    log_z = 0.0
+    if EPILOGUE == _NCE_C:
+        log_z = tl.log(tl.load(z_ptr).to(tl.float32))
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    loss = tl.zeros([BLOCK_M], dtype=tl.float32)
+    run_max = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)
+    run_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    n_col = tl.arange(0, BLOCK_N)
+
+    t_start = split * tiles_per_split
+    t_stop = tl.minimum(t_start + tiles_per_split, n_tiles)
+    for t in range(t_start, t_stop):
+        j = t * BLOCK_N + n_col
+        j_mask = j < n_bank
+        w = tl.load(bank_ptr + j.to(tl.int64)[:, None] * stride_bank + d[None, :],
+                    mask=j_mask[:, None] & d_mask[None, :], other=0.0)
+        if BF16_DOT:
+            w = w.to(tl.bfloat16)
+        else:
+            w = w.to(tl.float32)
+        s = tl.dot(q, tl.trans(w), input_precision=DOT_PRECISION) * inv_t          # [BLOCK_M, BLOCK_N]
+
+        # multiplicities of this tile from the rows' sorted negatives
+        e_lo = tl.load(offs_ptr + rows64 * stride_offs + t, mask=row_mask, other=0)
+        e_hi = tl.load(offs_ptr + rows64 * stride_offs + t + 1, mask=row_mask, other=0)
+        n_e = e_hi - e_lo
+        cnt = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+        for e in range(0, tl.max(n_e, axis=0)):
+            live = e < n_e
+            col = tl.load(ids_ptr + rows64 * n_neg + e_lo + e, mask=live, other=-1) - t * BLOCK_N
+            cnt += (col[:, None] == n_col[None, :]).to(tl.int32)
+        has = cnt > 0
+        cnt_f = cnt.to(tl.float32)
+
+        if EPILOGUE == _SOFTMAX_C:
+            tile_max = tl.max(tl.where(has, s, -float("inf")), axis=1)
+            new_max = tl.maximum(run_max, tile_max)
+            safe = tl.where(new_max == -float("inf"), 0.0, new_max)
+            scale = tl.exp(run_max - safe)
+            coef = tl.where(has, cnt_f * tl.exp(s - safe[:, None]), 0.0)
+            run_sum = run_sum * scale + tl.sum(coef, axis=1)
+            acc = acc * scale[:, None]
+            run_max = new_max
+        else:  # NCE negatives, in log space: t = log x - log c
+            tt = s - log_z - log_c
+            loss += tl.sum(tl.where(has, cnt_f * (_softplus(tt) - log_mpn_c), 0.0), axis=1)
+            coef = tl.where(has, cnt_f / (1.0 + tl.exp(-tt)), 0.0) * inv_t
+        if BF16_DOT:
+            acc += tl.dot(coef.to(tl.bfloat16), w, input_precision=DOT_PRECISION)
+        else:
+            acc += tl.dot(coef, w, input_precision=DOT_PRECISION)
+
+    part = rows64 * n_splits + split
+    tl.store(dq_ptr + part[:, None] * dim + d[None, :], acc, mask=row_mask[:, None] & d_mask[None, :])
+    if EPILOGUE == _NCE_C:
+        tl.store(loss_ptr + part, loss, mask=row_mask)
+    else:
+        tl.store(max_ptr + part, run_max, mask=row_mask)
+        tl.store(sum_ptr + part, run_sum, mask=row_mask)
+
+
+MAX_DIM = 128
+
+
+def launch_config(dim: int) -> dict:
+    """BLOCK_M = 16: with 3xTF32 dots Triton keeps hi/lo copies of the query, the
+    tile and the coefficients in registers; 16 x 32 tiles at d <= 128 compile
+    without spills on sm_90 (ptxas -v: ~210-230 registers), 32- or 64-row blocks
+    and d = 256 do not. Query rows share each bank tile through L2."""
+    block_d = max(16, triton.next_power_of_2(dim))
+    return dict(BLOCK_M=16, BLOCK_N=BLOCK_N, BLOCK_D=block_d, num_warps=4, num_stages=2)
+
+
+def _splits(m_blocks: int, n_tiles: int, device: torch.device) -> tuple[int, int]:
+    if device.type == "cuda":
+        programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+        want = max(1, min(n_tiles, triton.cdiv(programs, m_blocks)))
+    else:  # interpreter: few programs, but still exercise the split combine
+        want = min(n_tiles, 3)
+    per = triton.cdiv(n_tiles, want)
+    return triton.cdiv(n_tiles, per), per
+
+
+def _use_bf16_dot(q_dtype, bank_dtype, block_d: int) -> bool:
+    # Native bf16 dots only when both operands are bf16 (an fp32 query rounded to
+    # bf16 would lose accuracy). At BLOCK_D = 64 ptxas (sm_90) caps that variant
+    # at 128 registers and spills; the 3xTF32 variant there does not.
+    return q_dtype == torch.bfloat16 and bank_dtype == torch.bfloat16 and block_d >= 128
+
+
+def _dot_mode(query, bank, block_d) -> tuple[bool, str]:
+    if triton_interpreter_enabled() or query.device.type != "cuda":
+        return False, "ieee"
+    if _use_bf16_dot(query.dtype, bank.dtype, block_d):
+        return True, "tf32"   # ignored for bf16 operands
+    return False, "tf32x3"
+
+
+def bank_contrast_loss_dense_triton(query, bank, idx, z, temperature, epilogue, n_data):
+    """(row_loss[B], dq[B, d]) fp32, as bank_contrast_loss_torch, dense strategy."""
+    batch, n_cols = idx.shape
+    n_bank, dim = bank.shape
+    if dim > MAX_DIM:  # wider rows: cuBLAS GEMMs + gathered scalar scores (dense.py)
+        return bank_contrast_loss_dense_torch(query, bank, idx, z, temperature, epilogue, n_data)
+    cfg = launch_config(dim)
+    ids, offsets = build_csr(idx, n_bank, cfg["BLOCK_N"])
+    n_tiles = offsets.shape[1] - 1
+    m_blocks = triton.cdiv(batch, cfg["BLOCK_M"])
+    n_splits, per = _splits(m_blocks, n_tiles, query.device)
+    f32 = dict(device=query.device, dtype=torch.float32)
+    code = _EPILOGUES[epilogue]
+    dq_parts = torch.empty(batch, n_splits, dim, **f32)
+    loss_parts = torch.empty(batch, n_splits, **f32) if code == NCE else None
+    max_parts = torch.empty(batch, n_splits, **f32) if code == SOFTMAX else None
+    sum_parts = torch.empty(batch, n_splits, **f32) if code == SOFTMAX else None
+    unused = torch.empty(1, **f32)
+    log_c, log_mpn_c = nce_constants(n_cols - 1, n_data) if code == NCE else (0.0, 0.0)
+    bf16_dot, precision = _dot_mode(query, bank, cfg["BLOCK_D"])
+    bank_contrast_dense_kernel[(m_blocks, n_splits)](
+        query, bank, ids, offsets, z,
+        unused if loss_parts is None else loss_parts, dq_parts,
+        unused if max_parts is None else max_parts, unused if sum_parts is None else sum_parts,
+        batch, n_bank, dim, max(n_cols - 1, 1), n_tiles, per,
+        query.stride(0), bank.stride(0), offsets.stride(0),
+        1.0 / temperature, log_c, log_mpn_c,
+        EPILOGUE=code, BF16_DOT=bf16_dot, DOT_PRECISION=precision, **cfg,
+    )
+    return combine_dense_partials(epilogue, query, bank, idx, z, temperature, n_data, loss_parts, dq_parts,
+                                  max_parts, sum_parts)
+
+
+_TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def aot_variants() -> list[dict]:
+    """Every specialisation bank_contrast_loss_dense_triton can launch."""
+    variants = []
+    for dim in (64, 128):
+        cfg = launch_config(dim)
+        for epi_name, code in (("nce", NCE), ("softmax", SOFTMAX)):
+            for q_dt in (torch.float32, torch.bfloat16, torch.float16):
+                for bank_dt in (torch.float32, torch.bfloat16):
+                    bf16_dot = _use_bf16_dot(q_dt, bank_dt, cfg["BLOCK_D"])
+                    sig = {
+                        "q_ptr": "*" + _TRITON_TYPES[q_dt], "bank_ptr": "*" + _TRITON_TYPES[bank_dt],
+                        "ids_ptr": "*i32", "offs_ptr": "*i32", "z_ptr": "*fp32",
+                        "loss_ptr": "*fp32", "dq_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32",
+                        "batch": "i32", "n_bank": "i32", "dim": "i32", "n_neg": "i32", "n_tiles": "i32",
+                        "tiles_per_split": "i32", "stride_q": "i32", "stride_bank": "i32", "stride_offs": "i32",
+                        "inv_t": "fp32", "log_c": "fp32", "log_mpn_c": "fp32",
+                    }
+                    variants.append(dict(
+                        name=f"bank_contrast_dense[{epi_name},d{cfg['BLOCK_D']},q={_TRITON_TYPES[q_dt]},"
+                             f"bank={_TRITON_TYPES[bank_dt]}]",
+                        kernel=bank_contrast_dense_kernel, signature=sig,
+                        constexprs=dict(EPILOGUE=code, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+                                        BLOCK_D=cfg["BLOCK_D"], BF16_DOT=bf16_dot,
+                                        DOT_PRECISION="tf32" if bf16_dot else "tf32x3"),
+                        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
+    # integers the dispatcher can pass as 1 (B = 1; one tile per split) are their own specialisation
+    for v in [v for v in variants if "d128,q=fp32,bank=fp32" in v["name"]]:
+        for arg in ("batch", "tiles_per_split"):
+            one = dict(v, name=v["name"][:-1] + f",{arg}=1]", signature=dict(v["signature"], **{arg: "constexpr"}),
+                       constexprs=dict(v["constexprs"], **{arg: 1}))
+            variants.append(one)
+    return variants
