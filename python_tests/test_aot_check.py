@@ -1,0 +1,55 @@
+"""tools/aot_check.py compiles a real op for sm_90 without a GPU and reads ptxas' numbers."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = ROOT / "tools" / "aot_check.py"
+
+triton = pytest.importorskip("triton")
+_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+
+pytestmark = pytest.mark.skipif(not any((_BIN / n).is_file() for n in ("ptxas", "ptxas-blackwell")),
+                                reason="Triton's package ships no ptxas")
+
+
+def _run(tmp_path, *args):
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)  # conftest sets it; the tool needs real JIT functions
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    return subprocess.run([sys.executable, str(TOOL), *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_bank_update_compiles_for_sm90(tmp_path):
+    out = tmp_path / "aot.json"
+    # The smallest and largest tile (4 and 8 warps) keep the test short; CI compiles all.
+    proc = _run(tmp_path, "--arch", "90", "--ops", "bank_update", "--variants", r"\[D=(16|1024),",
+                "--json", str(out), "--jobs", "1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    from rdkernels.ops.bank_update.triton import aot_variants
+    wanted = [v["name"] for v in aot_variants() if v["name"].startswith(("bank_update_kernel[D=16,",
+                                                                         "bank_update_kernel[D=1024,"))]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == wanted and len(wanted) > 12
+    assert {r["num_warps"] for r in rows} == {4, 8}
+    for row in rows:
+        assert row["arch"] == 90 and row["status"] == "ok", row
+        assert 0 < row["regs"] <= 255
+        assert row["spill_stores"] == row["spill_loads"] == 0
+        assert row["triton_shared"] >= 0
+    # The printed table carries the same rows, register column filled in.
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("bank_update_kernel[")]
+    assert len(lines) == len(rows)
+    assert all(ln.split()[1] == "sm_90" and ln.split()[4].isdigit() for ln in lines)
+
+
+def test_bad_variant_is_reported(tmp_path):
+    proc = _run(tmp_path, "--ops", "no_such_op")
+    assert proc.returncode == 2
+    assert "no_such_op" in proc.stderr
