@@ -67,8 +67,8 @@ import math
 import torch
 from torch import nn
 
-from rdkernels._validation import FLOAT_DTYPES, INDEX_DTYPES, check_dim, check_index_ranges, check_tensor
 from rdkernels.losses._embed import Embed
+from rdkernels.losses._inputs import check_bank_loss_inputs
 from rdkernels.memory import MemoryBank
 from rdkernels.ops import sinkhorn
 
@@ -125,22 +125,7 @@ class WCoRDLoss(nn.Module):
         self.memory_t = MemoryBank(n_data, feat_dim, momentum=nce_m, dtype=bank_dtype)  # scored by v_s
 
     def _validate(self, f_s, f_t, idx, contrast_idx) -> None:
-        check_tensor("f_s", f_s, dtypes=FLOAT_DTYPES, contiguous=False)
-        check_tensor("f_t", f_t, dtypes=FLOAT_DTYPES, device=f_s.device, contiguous=False)
-        if f_s.dim() < 2 or math.prod(f_s.shape[1:]) != self.s_dim:
-            raise ValueError(f"f_s must be [B, {self.s_dim}] (or reshape to it), got shape {tuple(f_s.shape)}")
-        if f_t.dim() < 2 or math.prod(f_t.shape[1:]) != self.t_dim:
-            raise ValueError(f"f_t must be [B, {self.t_dim}] (or reshape to it), got shape {tuple(f_t.shape)}")
-        check_dim("f_t", f_t, 0, f_s.shape[0], "f_s's batch size")
-        check_tensor("idx", idx, ndim=1, dtypes=INDEX_DTYPES, device=f_s.device)
-        check_dim("idx", idx, 0, f_s.shape[0], "f_s's batch size")
-        if contrast_idx is not None:
-            check_tensor("contrast_idx", contrast_idx, ndim=2, dtypes=INDEX_DTYPES, device=f_s.device)
-            check_dim("contrast_idx", contrast_idx, 0, f_s.shape[0], "f_s's batch size")
-            if contrast_idx.shape[1] < 2:
-                raise ValueError("contrast_idx must have at least 2 columns (the positive and a negative), "
-                                 f"got shape {tuple(contrast_idx.shape)}")
-        check_index_ranges({"idx": idx, "contrast_idx": contrast_idx}, self.n_data)
+        check_bank_loss_inputs(f_s, f_t, idx, contrast_idx, s_dim=self.s_dim, t_dim=self.t_dim, n_data=self.n_data)
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor, idx: torch.Tensor,
                 contrast_idx: torch.Tensor | None = None) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 from rdkernels.backend import cuda_extension
 from rdkernels.ops._cuda_common import dtype_code, stream_of
 from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, build_csr, combine_dense_partials
+from rdkernels.ops.bank_contrast.partials import combine_gather_partials
 from rdkernels.ops.bank_contrast.reference import nce_constants
 
 NCE, SOFTMAX, SCORES, SCORES_BWD = 0, 1, 2, 3
@@ -56,19 +57,8 @@ def _gather(code, query, bank, idx, *, temperature, z=None, grad=None, n_data=1)
 
 def bank_contrast_loss_cuda(query, bank, idx, z, temperature, epilogue, n_data):
     """(row_loss[B], dq[B, d]) fp32, gather strategy."""
-    code = _EPILOGUES[epilogue]
-    out, dq_parts, run_max, run_sum = _gather(code, query, bank, idx, temperature=temperature, z=z, n_data=n_data)
-    if code == NCE:
-        return out.sum(dim=1), dq_parts.sum(dim=1)
-    top = run_max.max(dim=1, keepdim=True).values
-    scale = torch.exp(run_max - top)
-    total = (run_sum * scale).sum(dim=1)
-    weighted = (dq_parts * scale[:, :, None]).sum(dim=1)
-    w0 = bank[idx[:, 0].long()].float()
-    s0 = (w0 * query.float()).sum(dim=1) / temperature
-    loss = top.squeeze(1) + total.log() - s0
-    dq = (weighted / total[:, None] - w0) / temperature
-    return loss, dq
+    parts = _gather(_EPILOGUES[epilogue], query, bank, idx, temperature=temperature, z=z, n_data=n_data)
+    return combine_gather_partials(epilogue, query, bank, idx, temperature, *parts)
 
 
 def bank_scores_cuda(query, bank, idx, temperature):

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rdkernels.backend import triton_interpreter_enabled
+from rdkernels.ops.bank_contrast.partials import combine_gather_partials
 from rdkernels.ops.bank_contrast.reference import nce_constants
 
 NCE, SOFTMAX, SCORES, SCORES_BWD = 0, 1, 2, 3
@@ -153,21 +153,8 @@ def _launch(epilogue_code, query, bank, idx, *, temperature, z=None, grad=None, 
 
 def bank_contrast_loss_triton(query, bank, idx, z, temperature, epilogue, n_data):
     """(row_loss[B], dq[B, d]) in fp32, as bank_contrast_loss_torch."""
-    code = _EPILOGUES[epilogue]
-    out, dq_parts, run_max, run_sum = _launch(code, query, bank, idx, temperature=temperature, z=z,
-                                              n_data=n_data)
-    if code == NCE:
-        return out.sum(dim=1), dq_parts.sum(dim=1)
-    # combine the splits' online-softmax states
-    top = run_max.max(dim=1, keepdim=True).values
-    scale = torch.exp(run_max - top)
-    total = (run_sum * scale).sum(dim=1)
-    weighted = (dq_parts * scale[:, :, None]).sum(dim=1)
-    w0 = bank[idx[:, 0].long()].float()
-    s0 = (w0 * query.float()).sum(dim=1) / temperature
-    loss = top.squeeze(1) + total.log() - s0
-    dq = (weighted / total[:, None] - w0) / temperature
-    return loss, dq
+    parts = _launch(_EPILOGUES[epilogue], query, bank, idx, temperature=temperature, z=z, n_data=n_data)
+    return combine_gather_partials(epilogue, query, bank, idx, temperature, *parts)
 
 
 def bank_scores_triton(query, bank, idx, temperature):

@@ -1,0 +1,28 @@
+"""Input checks shared by the memory-bank losses (CRD, WCoRD)."""
+from __future__ import annotations
+
+import math
+
+from rdkernels._validation import FLOAT_DTYPES, INDEX_DTYPES, check_dim, check_index_ranges, check_tensor
+
+
+def check_bank_loss_inputs(f_s, f_t, idx, contrast_idx, *, s_dim: int, t_dim: int, n_data: int) -> None:
+    """f_s [B, s_dim], f_t [B, t_dim] (or reshapeable), idx [B] and contrast_idx
+    [B, K+1] (K >= 1, or None) in [0, n_data): every error names the argument.
+    All indices are range-checked with one host sync (skipped under torch.compile)."""
+    check_tensor("f_s", f_s, dtypes=FLOAT_DTYPES, contiguous=False)
+    check_tensor("f_t", f_t, dtypes=FLOAT_DTYPES, device=f_s.device, contiguous=False)
+    if f_s.dim() < 2 or math.prod(f_s.shape[1:]) != s_dim:
+        raise ValueError(f"f_s must be [B, {s_dim}] (or reshape to it), got shape {tuple(f_s.shape)}")
+    if f_t.dim() < 2 or math.prod(f_t.shape[1:]) != t_dim:
+        raise ValueError(f"f_t must be [B, {t_dim}] (or reshape to it), got shape {tuple(f_t.shape)}")
+    check_dim("f_t", f_t, 0, f_s.shape[0], "f_s's batch size")
+    check_tensor("idx", idx, ndim=1, dtypes=INDEX_DTYPES, device=f_s.device)
+    check_dim("idx", idx, 0, f_s.shape[0], "f_s's batch size")
+    if contrast_idx is not None:
+        check_tensor("contrast_idx", contrast_idx, ndim=2, dtypes=INDEX_DTYPES, device=f_s.device)
+        check_dim("contrast_idx", contrast_idx, 0, f_s.shape[0], "f_s's batch size")
+        if contrast_idx.shape[1] < 2:
+            raise ValueError("contrast_idx must have at least 2 columns (the positive and a negative), "
+                             f"got shape {tuple(contrast_idx.shape)}")
+    check_index_ranges({"idx": idx, "contrast_idx": contrast_idx}, n_data)
