@@ -1,0 +1,14 @@
+#pragma once
+#include <cstdint>
+
+namespace rdk {
+// See shared_bank_contrast.cu. Pointers are device addresses; stream is a cudaStream_t.
+// Writes per-split statistics stats[5, splits, batch] (base-2 m_s, l_s, m_t, l_t, cross) and,
+// with need_grad, acc[2, splits, batch, dim]; rdkernels/ops/shared_bank_contrast/merge.py merges them.
+constexpr int kSbcRowsPerBlock = 16;
+constexpr int kSbcTile = 32;
+constexpr int kSbcMaxDim = 512;
+void shared_bank_contrast(uintptr_t q_s, uintptr_t q_t, int q_dtype, uintptr_t queue, int queue_dtype, int64_t batch,
+                          int64_t n_rows, int64_t dim, int64_t splits, int64_t rows_per_split, float scale_s,
+                          float scale_t, uintptr_t stats, uintptr_t acc, bool need_grad, uintptr_t stream);
+}  // namespace rdk

@@ -1,0 +1,183 @@
+"""RRDLoss (fused) against the reference formulation, step by step, queue state included."""
+import pytest
+import torch
+
+import rdkernels
+from conftest import DEVICE, backends
+from helpers import assert_close
+from rdkernels.losses import RRDLoss
+from rdkernels.losses._queue import fifo_enqueue_
+from rdkernels.losses.reference.rrd import RRDLoss as ReferenceRRD
+
+
+def _pair(s_dim=24, t_dim=40, queue_size=50, **kwargs):
+    fused = RRDLoss(s_dim, t_dim, feat_dim=16, queue_size=queue_size, **kwargs).to(DEVICE)
+    ref = ReferenceRRD(s_dim, t_dim, feat_dim=16, queue_size=queue_size, **kwargs)
+    ref.load_state_dict(fused.state_dict())
+    return fused, ref.double().to(DEVICE)
+
+
+@pytest.mark.parametrize("backend", backends("shared_bank_contrast"))
+@pytest.mark.parametrize("enqueue", ["before", "after"])
+@pytest.mark.parametrize("batch,queue_size", [(7, 50), (16, 16), (20, 12)])
+def test_steps_match_reference(backend, enqueue, batch, queue_size):
+    """Several steps: loss, student-projection gradient, queue and pointer, with wrap-around
+    (7 does not divide 50) and batches larger than the queue."""
+    fused, ref = _pair(queue_size=queue_size, enqueue=enqueue)
+    with rdkernels.use_backend(backend):
+        for step in range(3):
+            f_s, f_t = torch.randn(batch, 24, device=DEVICE), torch.randn(batch, 40, device=DEVICE)
+            loss = fused(f_s, f_t)
+            expected = ref(f_s.double(), f_t.double())
+            fused.zero_grad()
+            ref.zero_grad()
+            loss.backward()
+            expected.backward()
+            assert_close(f"loss step {step}", loss, expected, 5e-4, 1e-4)
+            for name in ("weight", "bias"):
+                assert_close(f"embed_s.{name} grad", getattr(fused.embed_s, name).grad,
+                             getattr(ref.embed_s, name).grad, 5e-4, 1e-3)
+            assert fused.embed_t.weight.grad is None  # faithful default: teacher projection frozen
+            assert_close("queue", fused.queue, ref.queue, 1e-6, 1e-6)
+            assert torch.equal(fused.ptr, ref.ptr)
+    assert int(fused.ptr) == (3 * batch) % queue_size
+
+
+def test_enqueue_before_includes_own_teacher_embedding():
+    """With enqueue='before' the batch's teacher rows sit in the queue when scoring."""
+    fused = RRDLoss(8, 8, feat_dim=16, queue_size=10, enqueue="before").to(DEVICE)
+    f = torch.randn(4, 8, device=DEVICE)
+    fused(f, f)
+    z_t = torch.nn.functional.normalize(fused.embed_t(f), dim=1)
+    assert_close("queue[0:4]", fused.queue[:4], z_t, 1e-6, 1e-6)
+    assert int(fused.ptr) == 4
+
+
+def test_fifo_enqueue_wraps_and_keeps_last_rows():
+    queue = torch.zeros(5, 2)
+    ptr = torch.tensor([3])
+    keys = torch.arange(14, dtype=torch.float32).reshape(7, 2)
+    fifo_enqueue_(queue, ptr, keys)
+    # rows written in order 3,4,0,1,2,3,4: the last five keys (2..6) survive at 0,1,2,3,4
+    assert torch.equal(queue[[0, 1, 2, 3, 4]], keys[[2, 3, 4, 5, 6]])
+    assert int(ptr) == (3 + 7) % 5
+
+
+def test_queue_init_is_column_normalised():
+    torch.manual_seed(1)
+    loss = RRDLoss(8, 8, feat_dim=16, queue_size=64)
+    assert_close("column norms", loss.queue.norm(dim=0), torch.ones(16), 1e-5, 0)
+    assert loss.queue.shape == (64, 16) and loss.ptr.dtype == torch.long and loss.ptr.shape == (1,)
+
+
+def test_state_dict_keys_and_reference_checkpoint_load():
+    fused = RRDLoss(8, 12, feat_dim=16, queue_size=32)
+    assert set(fused.state_dict()) == {"embed_s.weight", "embed_s.bias", "embed_t.weight", "embed_t.bias",
+                                       "queue", "ptr"}
+    # the public code wraps the FIFO loss in RRDLoss.memory and names the pointer queue_ptr
+    source = RRDLoss(8, 12, feat_dim=16, queue_size=32)
+    checkpoint = {f"memory.{k}": v.clone() for k, v in source.state_dict().items() if k != "ptr"}
+    checkpoint["memory.queue_ptr"] = torch.tensor([5])
+    fused.load_state_dict(checkpoint)
+    assert torch.equal(fused.queue, source.queue) and int(fused.ptr) == 5
+    assert torch.equal(fused.embed_t.weight, source.embed_t.weight)
+
+
+def test_train_teacher_projection_option():
+    fused, ref = _pair(queue_size=30, train_teacher_proj=True)
+    f_s, f_t = torch.randn(6, 24, device=DEVICE), torch.randn(6, 40, device=DEVICE)
+    loss = fused(f_s, f_t)
+    expected = ref(f_s.double(), f_t.double())
+    loss.backward()
+    expected.backward()
+    assert_close("loss", loss, expected, 5e-4, 1e-4)
+    assert_close("embed_t.weight grad", fused.embed_t.weight.grad, ref.embed_t.weight.grad, 5e-4, 1e-3)
+    assert_close("embed_s.weight grad", fused.embed_s.weight.grad, ref.embed_s.weight.grad, 5e-4, 1e-3)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda m: m(torch.randn(4, 7), torch.randn(4, 12)), "f_s has 7 features"),
+    (lambda m: m(torch.randn(4, 8), torch.randn(3, 12)), "f_t has size 3 in dimension 0"),
+    (lambda m: m(torch.randn(4, 8), torch.randn(4, 13)), "f_t has 13 features"),
+    (lambda m: m(torch.randn(4, 8).long(), torch.randn(4, 12)), "f_s must have dtype"),
+    (lambda m: m(torch.randn(8), torch.randn(4, 12)), "f_s must have a batch dimension"),
+])
+def test_bad_input_leaves_queue_untouched(call, match):
+    loss = RRDLoss(8, 12, feat_dim=16, queue_size=32)
+    before = {k: v.clone() for k, v in loss.state_dict().items()}
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(loss)
+    for k, v in loss.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(enqueue="middle"), "enqueue must be one of"),
+    (dict(tau_s=0.0), "tau_s must be a positive"),
+    (dict(queue_size=0), "queue_size must be"),
+])
+def test_bad_constructor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RRDLoss(8, 8, **kwargs)
+
+
+def test_accepts_4d_features_and_half_queue():
+    """Pooled feature maps are flattened; a bf16 queue (module.to(bf16)) still scores in fp32."""
+    loss = RRDLoss(8 * 2 * 2, 12, feat_dim=16, queue_size=32)
+    out = loss(torch.randn(3, 8, 2, 2), torch.randn(3, 12))
+    assert out.dim() == 0 and torch.isfinite(out)
+    loss.queue = loss.queue.bfloat16()
+    out = loss(torch.randn(3, 8, 2, 2), torch.randn(3, 12))
+    assert torch.isfinite(out) and loss.queue.dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------- momentum-bank variant
+
+from rdkernels.losses import RRDMomentumLoss  # noqa: E402
+from rdkernels.losses.reference.rrd import RRDMomentumLoss as ReferenceRRDMomentum  # noqa: E402
+
+
+@pytest.mark.parametrize("backend", backends("bank_update"))
+def test_momentum_variant_matches_reference(backend):
+    """Three steps: loss, student-projection gradient, both banks and Z (unique indices:
+    the reference's index_copy_ leaves duplicates undefined)."""
+    n_data, k, batch = 40, 6, 5
+    fused = RRDMomentumLoss(24, 40, n_data, feat_dim=16, nce_k=k, tau_s=0.5, tau_t=1.0).to(DEVICE)
+    ref = ReferenceRRDMomentum(24, 40, n_data, feat_dim=16, nce_k=k, tau_s=0.5, tau_t=1.0)
+    ref.load_state_dict(fused.state_dict())
+    ref = ref.double().to(DEVICE)
+    with rdkernels.use_backend(backend):
+        for step in range(3):
+            f_s, f_t = torch.randn(batch, 24, device=DEVICE), torch.randn(batch, 40, device=DEVICE)
+            idx = torch.randperm(n_data, device=DEVICE)[:batch]
+            contrast_idx = torch.randint(0, n_data, (batch, k + 1), device=DEVICE)
+            contrast_idx[:, 0] = idx
+            loss = fused(f_s, f_t, idx, contrast_idx)
+            expected = ref(f_s.double(), f_t.double(), idx, contrast_idx)
+            fused.zero_grad()
+            ref.zero_grad()
+            loss.backward()  # after the in-forward bank update: must not re-read the banks
+            expected.backward()
+            assert_close(f"loss step {step}", loss, expected, 1e-5, 1e-5)
+            assert_close("embed_s.weight grad", fused.embed_s.weight.grad, ref.embed_s.weight.grad, 1e-5, 1e-3)
+            assert_close("student bank", fused.memory_s.memory, ref.memory_s.memory, 1e-6, 1e-5)
+            assert_close("teacher bank", fused.memory_t.memory, ref.memory_t.memory, 1e-6, 1e-5)
+            assert_close("params", fused.params, ref.params, 1e-6, 1e-5)
+
+
+def test_momentum_variant_samples_and_loads_reference_keys():
+    loss = RRDMomentumLoss(8, 12, n_data=30, feat_dim=16, nce_k=4)
+    assert set(loss.state_dict()) == {"embed_s.weight", "embed_s.bias", "embed_t.weight", "embed_t.bias",
+                                      "memory_s.memory", "memory_t.memory", "params"}
+    out = loss(torch.randn(3, 8), torch.randn(3, 12), torch.tensor([0, 5, 29]))  # negatives sampled
+    assert torch.isfinite(out) and (loss.params[2:4] > 0).all()
+    other = RRDMomentumLoss(8, 12, n_data=30, feat_dim=16, nce_k=4)
+    checkpoint = {"memory." + k.replace("memory_s.memory", "contrast.memory_v1")
+                  .replace("memory_t.memory", "contrast.memory_v2").replace("params", "contrast.params"): v
+                  for k, v in loss.state_dict().items()}
+    other.load_state_dict(checkpoint)
+    assert torch.equal(other.memory_t.memory, loss.memory_t.memory) and torch.equal(other.params, loss.params)
+    with pytest.raises(ValueError, match="idx holds values in"):
+        before = loss.memory_s.memory.clone()
+        loss(torch.randn(3, 8), torch.randn(3, 12), torch.tensor([0, 5, 30]))
+    assert torch.equal(loss.memory_s.memory, before)

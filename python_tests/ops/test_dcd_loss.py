@@ -1,0 +1,143 @@
+"""dcd_loss (the fused DCD op) on every backend against the float64 autograd reference."""
+import pytest
+import torch
+
+from conftest import DEVICE, backends
+from helpers import assert_close, tolerance, unit_rows
+from rdkernels.ops import dcd_loss
+from rdkernels.ops.dcd import _dcd_op, dcd_reference
+from rdkernels.ops.dcd.reference import dcd_fwd_reference
+
+
+def _inputs(batch, dim, dtype=torch.float32, tau=1.0, bias=0.0):
+    z_s = unit_rows(batch, dim, dtype, DEVICE).requires_grad_()
+    z_t = unit_rows(batch, dim, dtype, DEVICE).requires_grad_()
+    tau = torch.tensor(tau, device=DEVICE, requires_grad=True)
+    bias = torch.tensor(bias, device=DEVICE, requires_grad=True)
+    return z_s, z_t, tau, bias
+
+
+def _expected(z_s, z_t, tau, bias, alpha=0.5, upstream=1.0):
+    leaves = [t.detach().double().requires_grad_() for t in (z_s, z_t, tau, bias)]
+    loss = dcd_reference(*leaves, alpha=alpha)
+    (loss * upstream).backward()
+    return loss.detach(), [t.grad for t in leaves]
+
+
+def _check(loss, inputs, expected, dtype):
+    exp_loss, exp_grads = expected
+    assert loss.dtype == torch.float32 and loss.dim() == 0
+    assert_close("loss", loss, exp_loss, 2e-5, 1e-5)
+    atol, rtol = tolerance(dtype)
+    for name, t, g in zip(("z_s", "z_t", "tau", "bias"), inputs, exp_grads):
+        assert t.grad.dtype == t.dtype and t.grad.shape == t.shape
+        # tau's and bias's gradients are sums over B^2 terms: fp32 summation error
+        assert_close(f"d{name}", t.grad, g, atol if t.dim() else 1e-5, rtol)
+
+
+@pytest.mark.parametrize("backend", backends("dcd_loss"))
+@pytest.mark.parametrize("batch,dim", [(1, 64), (5, 96), (37, 128), (64, 32), (16, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_matches_reference(backend, batch, dim, dtype):
+    inputs = _inputs(batch, dim, dtype, tau=0.7, bias=-0.2)
+    loss = dcd_loss(*inputs, backend=backend)
+    (loss * 1.3).backward()
+    _check(loss, inputs, _expected(*inputs, upstream=1.3), dtype)
+
+
+@pytest.mark.parametrize("backend", backends("dcd_loss"))
+@pytest.mark.parametrize("tau,alpha", [(2.5, 0.5), (-1.0, 1.0), (1.0, 0.0), (2.302585, 2.0)])
+def test_clamp_and_alpha(backend, tau, alpha):
+    """exp(2.5) > 10: the clamp zeroes d tau (as torch.clamp's gradient does); alpha scales the KL."""
+    inputs = _inputs(12, 64, tau=tau, bias=0.5)
+    loss = dcd_loss(*inputs, alpha=alpha, backend=backend)
+    loss.backward()
+    _check(loss, inputs, _expected(*inputs, alpha=alpha), torch.float32)
+    if tau > 2.4:
+        assert inputs[2].grad.item() == 0.0
+
+
+def test_closed_form_gradient_matches_autograd():
+    """The torch backend's closed-form gradient (the kernels' formula) vs autograd, float64."""
+    z_s, z_t = unit_rows(9, 16, torch.float64), unit_rows(9, 16, torch.float64)
+    tau, bias = torch.tensor(0.8, dtype=torch.float64), torch.tensor(0.3, dtype=torch.float64)
+    loss, *grads = dcd_fwd_reference(z_s, z_t, tau, bias, 0.5, 10.0, True)
+    exp_loss, exp_grads = _expected(z_s, z_t, tau, bias)
+    assert_close("loss", loss, exp_loss, 1e-12, 1e-12)
+    for g, e in zip(grads, exp_grads):
+        assert_close("grad", g, e, 1e-12, 1e-10)
+
+
+@pytest.mark.parametrize("backend", backends("dcd_loss"))
+def test_forward_only_and_partial_grads(backend):
+    inputs = _inputs(8, 32)
+    with torch.no_grad():
+        plain = dcd_loss(*inputs, backend=backend)
+    assert plain.grad_fn is None
+    z_s, z_t, tau, bias = (t.detach() for t in inputs)
+    z_s.requires_grad_()
+    loss = dcd_loss(z_s, z_t, tau, bias, backend=backend)  # only z_s learns
+    loss.backward()
+    exp_loss, exp_grads = _expected(z_s, z_t, tau, bias)
+    assert_close("loss", plain, exp_loss, 2e-5, 1e-5)
+    assert_close("dz_s", z_s.grad, exp_grads[0], *tolerance(torch.float32))
+
+
+def test_wide_embeddings():
+    """auto falls back past the fused kernels' widths; an explicit request says why."""
+    inputs = _inputs(6, 300)
+    loss = dcd_loss(*inputs)
+    assert_close("loss", loss, _expected(*inputs)[0], 2e-5, 1e-5)
+    from rdkernels.backend import BackendUnavailable, available_backends
+    if "triton" in available_backends(DEVICE, "dcd_loss"):
+        with pytest.raises(BackendUnavailable, match="embedding width"):
+            dcd_loss(*inputs, backend="triton")
+
+
+def test_reference_gradcheck():
+    args = [torch.randn(4, 6, dtype=torch.float64, requires_grad=True),
+            torch.randn(4, 6, dtype=torch.float64, requires_grad=True),
+            torch.tensor(0.4, dtype=torch.float64, requires_grad=True),
+            torch.tensor(0.1, dtype=torch.float64, requires_grad=True)]
+    assert torch.autograd.gradcheck(lambda *a: dcd_reference(*a, alpha=0.5), args)
+
+
+def test_opcheck_torch_backend():
+    z_s, z_t, tau, bias = _inputs(4, 16)
+    torch.library.opcheck(_dcd_op, (z_s, z_t, tau, bias, 0.5, 10.0, True, "torch"),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(z_s=torch.randn(4, 16, dtype=torch.float64)), "z_s must have dtype"),
+    (dict(z_t=torch.randn(3, 16)), "z_t has size 3 in dimension 0"),
+    (dict(z_t=torch.randn(4, 8)), "z_t has size 8 in dimension 1"),
+    (dict(z_t=torch.randn(4, 16, dtype=torch.float16)), "z_t must have the same dtype"),
+    (dict(z_s=torch.randn(16, 4).t(), z_t=torch.randn(4, 16)), "z_s must be contiguous"),
+    (dict(z_s=torch.randn(0, 16), z_t=torch.randn(0, 16)), "z_s is empty"),
+    (dict(tau=torch.ones(2)), "tau must hold one element"),
+    (dict(bias=torch.tensor(1, dtype=torch.int64)), "bias must have dtype"),
+    (dict(tau=1.0), "tau must be a torch.Tensor"),
+    (dict(alpha=-1.0), "alpha must be"),
+])
+def test_bad_input_raises(bad, match):
+    args = dict(z_s=torch.randn(4, 16), z_t=torch.randn(4, 16), tau=torch.tensor(1.0), bias=torch.tensor(0.0))
+    args.update(bad)
+    kwargs = {k: args.pop(k) for k in ("alpha",) if k in args}
+    with pytest.raises((ValueError, TypeError), match=match):
+        dcd_loss(args["z_s"], args["z_t"], args["tau"], args["bias"], **kwargs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("batch", [64, 256, 1000, 1500])
+def test_gpu_large_batch(backend, batch):
+    from rdkernels.backend import available_backends
+    if backend not in available_backends(DEVICE, "dcd_loss"):
+        pytest.skip(f"{backend} unavailable")
+    if backend == "cuda" and batch > 1024:
+        pytest.skip("the CUDA kernel takes B <= 1024")
+    inputs = _inputs(batch, 128, tau=1.2, bias=0.1)
+    loss = dcd_loss(*inputs, backend=backend)
+    loss.backward()
+    _check(loss, inputs, _expected(*inputs), torch.float32)

@@ -1,0 +1,77 @@
+"""DCD (Giakoumoglou & Stathaki 2024): Discriminative and Consistent Distillation."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rdkernels._validation import FLOAT_DTYPES, check_dim, check_tensor
+from rdkernels.ops.dcd import dcd_loss
+
+
+def _check_features(name: str, f: torch.Tensor, width: int, what: str) -> None:
+    check_tensor(name, f, dtypes=FLOAT_DTYPES, contiguous=False)
+    if f.dim() < 2:
+        raise ValueError(f"{name} must have a batch dimension and features, got shape {tuple(f.shape)}")
+    if f[0].numel() != width:
+        raise ValueError(f"{name} has {f[0].numel()} features per sample but the loss was built with {what}={width}")
+
+
+def _check_pair(f_s: torch.Tensor, f_t: torch.Tensor, s_dim: int, t_dim: int) -> None:
+    _check_features("f_s", f_s, s_dim, "s_dim")
+    _check_features("f_t", f_t, t_dim, "t_dim")
+    if f_t.device != f_s.device:
+        raise ValueError(f"f_t is on {f_t.device} but must be on {f_s.device} like f_s")
+    check_dim("f_t", f_t, 0, f_s.shape[0], "f_s's batch size")
+
+
+def _embed(linear: nn.Linear, f: torch.Tensor) -> torch.Tensor:
+    return F.normalize(linear(f.reshape(f.shape[0], -1)), dim=1)
+
+
+class DCDLoss(nn.Module):
+    """DCD: in-batch contrast of student and teacher embeddings, plus consistency.
+
+    ``embed_s``/``embed_t`` are plain ``nn.Linear`` projections followed by L2
+    normalisation; the logits are ``clamp(exp(tau), 0, max_scale) * z_s z_t^T + bias``
+    over the batch (the diagonal holds the positives) and
+
+        loss = CE(logits, arange(B)) + alpha * KL(colsoftmax(logits)^T || rowsoftmax(logits))
+
+    ``tau`` and ``bias`` are learnable scalars (initial scale e^1 ~ 2.72). The
+    loss and all gradients come from one fused op (:func:`rdkernels.ops.dcd_loss`).
+    Checkpoints of the reference code (keys ``params.tau``, ``params.b``) load as
+    they are.
+
+    Forward: ``loss = dcd(f_s, f_t)`` with features [B, s_dim] and [B, t_dim].
+    """
+
+    def __init__(self, s_dim: int, t_dim: int, feat_dim: int = 128, init_tau: float = 1.0,
+                 init_bias: float = 0.0, alpha: float = 0.5, max_scale: float = 10.0):
+        super().__init__()
+        self.s_dim, self.t_dim, self.feat_dim = int(s_dim), int(t_dim), int(feat_dim)
+        self.alpha = float(alpha)
+        self.max_scale = float(max_scale)
+        self.embed_s = nn.Linear(s_dim, feat_dim)
+        self.embed_t = nn.Linear(t_dim, feat_dim)
+        self.tau = nn.Parameter(torch.tensor(float(init_tau)))
+        self.bias = nn.Parameter(torch.tensor(float(init_bias)))
+        self.register_load_state_dict_pre_hook(_load_reference_keys)
+
+    def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+        _check_pair(f_s, f_t, self.s_dim, self.t_dim)
+        z_s = _embed(self.embed_s, f_s)
+        z_t = _embed(self.embed_t, f_t)
+        if z_t.dtype != z_s.dtype:  # e.g. one side computed outside autocast
+            z_t = z_t.to(z_s.dtype)
+        return dcd_loss(z_s, z_t, self.tau, self.bias, alpha=self.alpha, max_scale=self.max_scale)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, max_scale={self.max_scale}"
+
+
+def _load_reference_keys(module, state_dict, prefix, *args) -> None:
+    """Rename the reference code's ``params.tau`` / ``params.b`` to ``tau`` / ``bias``."""
+    for old, new in (("params.tau", "tau"), ("params.b", "bias")):
+        if prefix + old in state_dict and prefix + new not in state_dict:
+            state_dict[prefix + new] = state_dict.pop(prefix + old)

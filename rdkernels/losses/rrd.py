@@ -1,0 +1,227 @@
+"""RRD (Giakoumoglou & Stathaki 2024): Relational Representation Distillation."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rdkernels._validation import check_positive
+from rdkernels.losses._queue import fifo_enqueue_
+from rdkernels.losses.dcd import _check_pair, _embed
+from rdkernels.ops.shared_bank_contrast import shared_bank_contrast, validate_shared_bank_contrast
+
+ENQUEUE_MODES = ("before", "after")
+
+
+def init_queue(queue_size: int, feat_dim: int) -> torch.Tensor:
+    """The reference initialisation: ``randn(N, d)`` normalised along dim 0.
+
+    Note the axis: each *column* has unit norm, so the initial rows are short
+    (norm ~ sqrt(d / N), 0.088 for 128 x 16384). Real teacher embeddings (unit
+    rows) replace them after N / B steps.
+    """
+    return F.normalize(torch.randn(queue_size, feat_dim), dim=0)
+
+
+class RRDLoss(nn.Module):
+    """RRD with a FIFO queue of teacher embeddings.
+
+        loss = -mean_b sum_k softmax(z_t Q^T / tau_t)_k * log_softmax(z_s Q^T / tau_s)_k
+
+    ``embed_s``/``embed_t`` are plain ``nn.Linear`` projections followed by L2
+    normalisation. The queue ``queue`` [queue_size, feat_dim] holds teacher
+    embeddings, written FIFO at ``ptr``; any batch size works (no
+    queue_size % B == 0 requirement). ``enqueue="before"`` (the current public
+    code) writes the batch's teacher embeddings before scoring, so each row's
+    own teacher embedding is in the queue; ``"after"`` (the earlier code) scores
+    first. The scoring is one fused op (:func:`rdkernels.ops.shared_bank_contrast`,
+    no [B, queue_size] matrix); its gradient flows to the student side only.
+
+    The reference never trains ``embed_t`` (the teacher side is detached, so the
+    queue holds teacher features through a fixed random projection): that is the
+    default. ``train_teacher_proj=True`` lets the teacher projection learn
+    through the softmax of ``z_t`` (its logits against the detached queue); that
+    path materialises the teacher logits [B, queue_size] in torch.
+
+    Checkpoints of the reference code (``memory.`` prefix, ``queue_ptr``) load
+    as they are. Forward: ``loss = rrd(f_s, f_t)``.
+    """
+
+    def __init__(self, s_dim: int, t_dim: int, feat_dim: int = 128, queue_size: int = 16384,
+                 tau_s: float = 0.02, tau_t: float = 0.1, enqueue: str = "before",
+                 train_teacher_proj: bool = False):
+        super().__init__()
+        check_positive("tau_s", tau_s)
+        check_positive("tau_t", tau_t)
+        if enqueue not in ENQUEUE_MODES:
+            raise ValueError(f"enqueue must be one of {ENQUEUE_MODES}, got {enqueue!r}")
+        if int(queue_size) < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size!r}")
+        self.s_dim, self.t_dim, self.feat_dim = int(s_dim), int(t_dim), int(feat_dim)
+        self.queue_size = int(queue_size)
+        self.tau_s, self.tau_t = float(tau_s), float(tau_t)
+        self.enqueue = enqueue
+        self.train_teacher_proj = bool(train_teacher_proj)
+        self.embed_s = nn.Linear(s_dim, feat_dim)
+        self.embed_t = nn.Linear(t_dim, feat_dim)
+        self.register_buffer("queue", init_queue(self.queue_size, self.feat_dim))
+        self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))
+        self.register_load_state_dict_pre_hook(_load_reference_keys)
+
+    def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+        _check_pair(f_s, f_t, self.s_dim, self.t_dim)
+        z_s = _embed(self.embed_s, f_s)
+        if self.train_teacher_proj:
+            z_t = _embed(self.embed_t, f_t)
+        else:
+            with torch.no_grad():
+                z_t = _embed(self.embed_t, f_t)
+        if z_t.dtype != z_s.dtype:
+            z_t = z_t.to(z_s.dtype)
+        # Every check runs before the queue changes, so a bad call leaves it intact.
+        validate_shared_bank_contrast(z_s, z_t, self.queue, self.tau_s, self.tau_t, "mean")
+        if self.enqueue == "before":
+            fifo_enqueue_(self.queue, self.ptr, z_t)
+        loss = shared_bank_contrast(z_s, z_t.detach(), self.queue, tau_s=self.tau_s, tau_t=self.tau_t,
+                                    reduction="mean")
+        if self.train_teacher_proj and z_t.requires_grad:
+            loss = loss + _teacher_term(z_s.detach(), z_t, self.queue.detach(), self.tau_s, self.tau_t)
+        if self.enqueue == "after":
+            fifo_enqueue_(self.queue, self.ptr, z_t)
+        return loss
+
+    def extra_repr(self) -> str:
+        return (f"queue_size={self.queue_size}, tau_s={self.tau_s}, tau_t={self.tau_t}, "
+                f"enqueue={self.enqueue!r}, train_teacher_proj={self.train_teacher_proj}")
+
+
+def _teacher_term(z_s, z_t, queue, tau_s, tau_t):
+    """Zero-valued term whose gradient is d loss / d z_t (student side constant)."""
+    dt = torch.float32 if z_t.dtype != torch.float64 else torch.float64
+    log_p_s = torch.log_softmax(z_s.to(dt) @ queue.to(dt).t() / tau_s, dim=1)
+    p_t = torch.softmax(z_t.to(dt) @ queue.to(dt).t() / tau_t, dim=1)
+    term = -(p_t * log_p_s).sum(dim=1).mean()
+    return term - term.detach()
+
+
+def _load_reference_keys(module, state_dict, prefix, *args) -> None:
+    """Rename the reference code's keys: ``memory.X`` -> ``X``, ``queue_ptr`` -> ``ptr``."""
+    for key in [k for k in state_dict if k.startswith(prefix + "memory.")]:
+        new = prefix + key[len(prefix + "memory."):]
+        if new not in state_dict:
+            state_dict[new] = state_dict.pop(key)
+    if prefix + "queue_ptr" in state_dict and prefix + "ptr" not in state_dict:
+        state_dict[prefix + "ptr"] = state_dict.pop(prefix + "queue_ptr").reshape(1).long()
+
+
+class _AttachGradient(torch.autograd.Function):
+    """value (no graph) + a precomputed d value / d x: backward returns grad * dx."""
+
+    @staticmethod
+    def forward(ctx, value, x, dx):
+        ctx.save_for_backward(dx)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (dx,) = ctx.saved_tensors
+        return None, (grad * dx).to(dx.dtype), None
+
+
+class RRDMomentumLoss(nn.Module):
+    """RRD with momentum memory banks instead of the FIFO queue (the public code's
+    ``memory_type="momentum"``): CRD's two banks, scored at sampled rows.
+
+        s_s = <M_t[idx], z_s> / nce_t,   s_t = <M_s[idx], z_t> / nce_t   (rows idx[B, K+1])
+        x   = exp(s) / Z  (Z frozen on the first call, as CRD)
+        loss = -mean_b sum_k softmax(x_t / tau_t)_k * log_softmax(x_s / tau_s)_k
+
+    As in the reference, the softmaxes act on the exponentiated, Z-normalised
+    scores (x is ~1e-5, so the loss stays close to log(K + 1)); this is kept
+    for faithfulness. After scoring, both banks get the momentum update at
+    ``idx`` (student bank with z_s, teacher bank with z_t). The banks are
+    :class:`rdkernels.MemoryBank` (``memory_s``: the reference's ``memory_v1``,
+    ``memory_t``: ``memory_v2``); the scores come from the fused bank-contrast op
+    (no [B, K+1, d] gather), and the gradient to z_s is computed before the banks
+    change. Reference checkpoints (``memory.contrast.*``) load as they are.
+
+    Forward: ``loss = rrd(f_s, f_t, idx, contrast_idx=None)``; ``contrast_idx``
+    None samples K uniform negatives on the device.
+    """
+
+    def __init__(self, s_dim: int, t_dim: int, n_data: int, feat_dim: int = 128, nce_k: int = 16384,
+                 nce_t: float = 0.07, nce_m: float = 0.5, tau_s: float = 0.02, tau_t: float = 0.1):
+        super().__init__()
+        from rdkernels.memory import MemoryBank
+
+        for name, value in (("nce_t", nce_t), ("tau_s", tau_s), ("tau_t", tau_t)):
+            check_positive(name, value)
+        self.s_dim, self.t_dim, self.feat_dim = int(s_dim), int(t_dim), int(feat_dim)
+        self.n_data, self.nce_k = int(n_data), int(nce_k)
+        self.nce_t, self.tau_s, self.tau_t = float(nce_t), float(tau_s), float(tau_t)
+        self.embed_s = nn.Linear(s_dim, feat_dim)
+        self.embed_t = nn.Linear(t_dim, feat_dim)
+        self.memory_s = MemoryBank(self.n_data, self.feat_dim, momentum=nce_m)
+        self.memory_t = MemoryBank(self.n_data, self.feat_dim, momentum=nce_m)
+        # [K, T, Z_s, Z_t, momentum] as the reference's ContrastMemory.params; Z = -1 until set
+        self.register_buffer("params", torch.tensor([float(nce_k), float(nce_t), -1.0, -1.0, float(nce_m)]))
+        self.register_load_state_dict_pre_hook(_load_reference_momentum_keys)
+
+    def forward(self, f_s: torch.Tensor, f_t: torch.Tensor, idx: torch.Tensor,
+                contrast_idx: torch.Tensor | None = None) -> torch.Tensor:
+        from rdkernels._validation import INDEX_DTYPES, check_index_range, check_tensor
+
+        _check_pair(f_s, f_t, self.s_dim, self.t_dim)
+        bank_device = self.memory_s.memory.device
+        check_tensor("idx", idx, ndim=1, dtypes=INDEX_DTYPES, device=bank_device, contiguous=False)
+        check_dim_ = f_s.shape[0]
+        if idx.shape[0] != check_dim_:
+            raise ValueError(f"idx has {idx.shape[0]} entries but the batch has {check_dim_} rows")
+        check_index_range("idx", idx, self.n_data)
+        if contrast_idx is None:
+            contrast_idx = self.memory_s.sample(idx, self.nce_k)
+        else:
+            check_tensor("contrast_idx", contrast_idx, ndim=2, dtypes=INDEX_DTYPES, device=bank_device)
+            if contrast_idx.shape[0] != check_dim_:
+                raise ValueError(f"contrast_idx has {contrast_idx.shape[0]} rows but the batch has {check_dim_}")
+            check_index_range("contrast_idx", contrast_idx, self.n_data)
+        z_s = _embed(self.embed_s, f_s)
+        with torch.no_grad():
+            z_t = _embed(self.embed_t, f_t)
+        need_grad = torch.is_grad_enabled() and z_s.requires_grad
+
+        with torch.no_grad():
+            s_t = self.memory_s.contrast(z_t.to(z_s.dtype), contrast_idx, temperature=self.nce_t,
+                                         epilogue="scores")
+        with torch.enable_grad() if need_grad else torch.no_grad():
+            q = z_s.detach().requires_grad_(need_grad)
+            s_s = self.memory_t.contrast(q, contrast_idx, temperature=self.nce_t, epilogue="scores")
+            with torch.no_grad():  # Z: set once from the first batch, then a constant
+                n = float(self.n_data)
+                z_new = torch.stack([s_s.float().exp().mean() * n, s_t.float().exp().mean() * n])
+                self.params[2:4] = torch.where(self.params[2:4] < 0, z_new.to(self.params.dtype), self.params[2:4])
+            x_s = s_s.float().exp() / self.params[2].float()
+            x_t = s_t.float().exp() / self.params[3].float()
+            loss = -(torch.softmax(x_t / self.tau_t, dim=1) * torch.log_softmax(x_s / self.tau_s, dim=1)).sum(1).mean()
+            dq = torch.autograd.grad(loss, q)[0] if need_grad else None
+
+        self.memory_s.update_(idx, z_s.detach())
+        self.memory_t.update_(idx, z_t)
+        if dq is None:
+            return loss.detach()
+        return _AttachGradient.apply(loss.detach(), z_s, dq)
+
+    def extra_repr(self) -> str:
+        return f"n_data={self.n_data}, nce_k={self.nce_k}, nce_t={self.nce_t}, tau_s={self.tau_s}, tau_t={self.tau_t}"
+
+
+def _load_reference_momentum_keys(module, state_dict, prefix, *args) -> None:
+    """``memory.contrast.memory_v1/v2`` -> ``memory_s/t.memory``, ``memory.contrast.params`` -> ``params``,
+    ``memory.embed_*`` -> ``embed_*``."""
+    renames = {"memory.contrast.memory_v1": "memory_s.memory", "memory.contrast.memory_v2": "memory_t.memory",
+               "memory.contrast.params": "params"}
+    for old, new in renames.items():
+        if prefix + old in state_dict and prefix + new not in state_dict:
+            state_dict[prefix + new] = state_dict.pop(prefix + old)
+    for key in [k for k in state_dict if k.startswith(prefix + "memory.embed_")]:
+        state_dict[prefix + key[len(prefix + "memory."):]] = state_dict.pop(key)

@@ -1,0 +1,142 @@
+"""dcd_loss: DCD's in-batch contrast + consistency loss, fused.
+
+    scale = clamp(exp(tau), 0, max_scale);  L = scale * z_s z_t^T + bias  (B x B)
+    loss  = CE(L, arange(B)) + alpha * KL(colsoftmax(L)^T || rowsoftmax(L)), batchmean
+
+The fused backends compute the loss and the gradients to z_s, z_t, tau and bias
+in the forward, in one launch that computes the logits once, and backward only scales them.
+The Triton kernel takes any batch size (d <= 128); the CUDA kernel B <= 1024,
+d <= 256; other shapes go to the next backend under ``auto``.
+"""
+from __future__ import annotations
+
+import torch
+
+from rdkernels import backend as _backend
+from rdkernels._validation import FLOAT_DTYPES, check_dim, check_tensor
+from rdkernels.ops.dcd.reference import dcd_fwd_reference, dcd_reference
+
+__all__ = ["dcd_loss", "dcd_reference", "validate_dcd"]
+
+MAX_FUSED_BATCH = 1024  # CUDA: the [16, B] logit strips live in shared memory (2*16*B + 2*16*d floats)
+MAX_CUDA_DIM = 256
+MAX_FUSED_DIM = 128  # Triton: [16, d] accumulators in registers (any batch size)
+
+
+def _resolve(z_s: torch.Tensor, requested: str | None) -> str:
+    """The backend that runs this call; under ``auto`` shapes a fused kernel cannot
+    take move down to the next backend, an explicit request raises instead."""
+    name = _backend.resolve(z_s.device, "dcd_loss", requested)
+    batch, dim = z_s.shape
+    explicit = (requested or _backend.get_backend()) != "auto"
+    if name == "cuda" and (batch > MAX_FUSED_BATCH or dim > MAX_CUDA_DIM):
+        if explicit:
+            raise _backend.BackendUnavailable(
+                f"backend 'cuda' cannot run dcd_loss: it takes batch <= {MAX_FUSED_BATCH} and embedding "
+                f"width <= {MAX_CUDA_DIM}, got {batch} x {dim}")
+        name = "triton" if _backend.triton_unavailable_reason(z_s.device) is None else "torch"
+    if name == "triton" and dim > MAX_FUSED_DIM:
+        if explicit:
+            raise _backend.BackendUnavailable(
+                f"backend 'triton' cannot run dcd_loss: embedding width {dim} > {MAX_FUSED_DIM}")
+        name = "torch"
+    return name
+
+
+def validate_dcd(z_s, z_t, tau, bias, alpha=0.5, max_scale=10.0) -> None:
+    check_tensor("z_s", z_s, ndim=2, dtypes=FLOAT_DTYPES)
+    check_tensor("z_t", z_t, ndim=2, dtypes=FLOAT_DTYPES, device=z_s.device)
+    check_dim("z_t", z_t, 0, z_s.shape[0], "z_s's batch size")
+    check_dim("z_t", z_t, 1, z_s.shape[1], "z_s's embedding width")
+    if z_t.dtype != z_s.dtype:
+        raise TypeError(f"z_t must have the same dtype as z_s ({z_s.dtype}), got {z_t.dtype}")
+    for name, t in (("tau", tau), ("bias", bias)):
+        check_tensor(name, t, dtypes=(torch.float32, torch.float64), device=z_s.device, contiguous=False)
+        if t.numel() != 1:
+            raise ValueError(f"{name} must hold one element, got shape {tuple(t.shape)}")
+    if not (isinstance(alpha, (int, float)) and alpha >= 0 and alpha == alpha and alpha != float("inf")):
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+    if not (isinstance(max_scale, (int, float)) and max_scale > 0 and max_scale == max_scale):
+        raise ValueError(f"max_scale must be a positive number, got {max_scale!r}")
+
+
+def _clamped_scale(tau: torch.Tensor, max_scale: float):
+    """(scale, d scale / d tau) as torch.clamp(exp(tau), 0, max_scale) differentiates."""
+    e = tau.detach().float().reshape(()).exp()
+    inside = (e >= 0) & (e <= max_scale)
+    return e.clamp(0, max_scale), torch.where(inside, e, torch.zeros_like(e))
+
+
+@torch.library.custom_op("rdkernels::dcd_loss", mutates_args=())
+def _dcd_op(z_s: torch.Tensor, z_t: torch.Tensor, tau: torch.Tensor, bias: torch.Tensor, alpha: float,
+            max_scale: float, need_grad: bool, backend: str
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if backend == "torch":
+        out = dcd_fwd_reference(z_s, z_t, tau, bias, alpha, max_scale, need_grad)
+        loss, rest = out[0].float(), [t.float() for t in out[1:]]
+        if need_grad:
+            rest[2] = rest[2].reshape(())
+            rest[3] = rest[3].reshape(())
+        return (loss, *rest)
+    scale, dscale_dtau = _clamped_scale(tau, max_scale)
+    params = torch.stack([scale, bias.detach().float().reshape(())]).contiguous()
+    if backend == "cuda":
+        from rdkernels.ops.dcd.cuda import dcd_cuda
+        loss, dzs, dzt, dscale, dbias = dcd_cuda(z_s, z_t, params, alpha, need_grad)
+    else:
+        from rdkernels.ops.dcd.triton import dcd_triton
+        loss, dzs, dzt, dscale, dbias = dcd_triton(z_s, z_t, params, alpha, need_grad)
+    if need_grad:
+        return loss, dzs, dzt, dscale * dscale_dtau, dbias
+    return loss, dzs, dzt, dscale, dbias
+
+
+@_dcd_op.register_fake
+def _(z_s, z_t, tau, bias, alpha, max_scale, need_grad, backend):
+    loss = z_s.new_empty((), dtype=torch.float32)
+    if need_grad:
+        return (loss, z_s.new_empty(z_s.shape, dtype=torch.float32), z_t.new_empty(z_t.shape, dtype=torch.float32),
+                loss.new_empty(()), loss.new_empty(()))
+    empty = z_s.new_empty(0, dtype=torch.float32)
+    return loss, empty, empty, empty, empty
+
+
+def _setup_context(ctx, inputs, output):
+    z_s, z_t, tau, bias = inputs[:4]
+    ctx.meta = [(t.dtype, t.shape) for t in (z_s, z_t, tau, bias)]
+    ctx.need_grad = inputs[6]
+    ctx.save_for_backward(*output[1:])
+
+
+def _backward(ctx, grad_loss, *unused):
+    if not ctx.need_grad:
+        raise RuntimeError("dcd_loss was called with need_grad=False; no gradient was computed")
+    grads = []
+    for g, (dtype, shape) in zip(ctx.saved_tensors, ctx.meta):
+        grads.append((grad_loss * g).reshape(shape).to(dtype))
+    return (*grads, None, None, None, None)
+
+
+_dcd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def dcd_loss(z_s: torch.Tensor, z_t: torch.Tensor, tau: torch.Tensor, bias: torch.Tensor, *,
+             alpha: float = 0.5, max_scale: float = 10.0, backend: str | None = None) -> torch.Tensor:
+    """DCD loss of in-batch logits ``clamp(exp(tau), 0, max_scale) * z_s z_t^T + bias``.
+
+    Args:
+        z_s, z_t: [B, d] embeddings (float32, bfloat16 or float16, same dtype); the
+            row index is the positive pair.
+        tau, bias: one-element float32 tensors (learnable); ``scale = exp(tau)``.
+        alpha: weight of the consistency KL (0.5 in DCD).
+        max_scale: the clamp on exp(tau) (10: effective temperature >= 0.1).
+        backend: force ``"cuda" | "triton" | "torch"``; default per :mod:`rdkernels.backend`.
+
+    Returns:
+        0-dim float32 loss; gradients flow to all four tensors.
+    """
+    validate_dcd(z_s, z_t, tau, bias, alpha, max_scale)
+    name = _resolve(z_s, backend)
+    need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (z_s, z_t, tau, bias))
+    out = _dcd_op(z_s, z_t, tau, bias, float(alpha), float(max_scale), bool(need_grad), name)
+    return out[0]

@@ -1,0 +1,122 @@
+"""shared_bank_contrast: queries against every row of a shared queue (RRD, MoCo-style).
+
+    loss[b] = -sum_k softmax(q_t[b] Q^T / tau_t)_k * log_softmax(q_s[b] Q^T / tau_s)_k
+
+Fused GEMM + two online softmaxes + their cross-entropy, flash-style: no [B, N]
+matrix in memory. The gradient flows to ``q_s`` only: the teacher query and the
+queue are constants (RRD detaches both). dq_s is computed in the forward and
+only scaled in backward, so the queue may be overwritten between forward and
+backward (RRD's enqueue-after-scoring) without corrupting the gradient.
+"""
+from __future__ import annotations
+
+import torch
+
+from rdkernels import backend as _backend
+from rdkernels._validation import FLOAT_DTYPES, check_dim, check_positive, check_tensor
+from rdkernels.ops.shared_bank_contrast.reference import (shared_bank_contrast_fwd_reference,
+                                                          shared_bank_contrast_reference)
+
+__all__ = ["shared_bank_contrast", "shared_bank_contrast_reference", "validate_shared_bank_contrast"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def validate_shared_bank_contrast(q_s, q_t, queue, tau_s, tau_t, reduction="none") -> None:
+    """All checks of :func:`shared_bank_contrast`; raise before anything runs."""
+    check_tensor("q_s", q_s, ndim=2, dtypes=FLOAT_DTYPES)
+    check_tensor("q_t", q_t, ndim=2, dtypes=FLOAT_DTYPES, device=q_s.device)
+    check_tensor("queue", queue, ndim=2, dtypes=FLOAT_DTYPES, device=q_s.device)
+    check_dim("q_t", q_t, 0, q_s.shape[0], "q_s's batch size")
+    check_dim("q_t", q_t, 1, q_s.shape[1], "q_s's embedding width")
+    check_dim("queue", queue, 1, q_s.shape[1], "q_s's embedding width")
+    if q_t.dtype != q_s.dtype:
+        raise TypeError(f"q_t must have the same dtype as q_s ({q_s.dtype}), got {q_t.dtype}")
+    check_positive("tau_s", tau_s)
+    check_positive("tau_t", tau_t)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+MAX_TRITON_DIM = 128  # [16, d] fp32 tiles in registers (d = 256 spills on sm_90)
+MAX_CUDA_DIM = 512    # [4 rows x 2 x d / 32] accumulators per lane
+
+
+def _resolve(q_s: torch.Tensor, requested: str | None) -> str:
+    """The backend that runs this call; under ``auto`` widths a fused kernel cannot
+    take move to the next backend, an explicit request raises instead."""
+    name = _backend.resolve(q_s.device, "shared_bank_contrast", requested)
+    dim = q_s.shape[1]
+    limit = {"cuda": MAX_CUDA_DIM, "triton": MAX_TRITON_DIM}.get(name)
+    if limit is not None and dim > limit:
+        if (requested or _backend.get_backend()) != "auto":
+            raise _backend.BackendUnavailable(
+                f"backend {name!r} cannot run shared_bank_contrast: embedding width {dim} > {limit}")
+        name = "torch"
+    return name
+
+
+@torch.library.custom_op("rdkernels::shared_bank_contrast", mutates_args=())
+def _shared_bank_contrast_op(q_s: torch.Tensor, q_t: torch.Tensor, queue: torch.Tensor, tau_s: float,
+                             tau_t: float, need_grad: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "cuda":
+        from rdkernels.ops.shared_bank_contrast.cuda import shared_bank_contrast_cuda
+        return shared_bank_contrast_cuda(q_s, q_t, queue, tau_s, tau_t, need_grad)
+    if backend == "triton":
+        from rdkernels.ops.shared_bank_contrast.triton import shared_bank_contrast_triton
+        return shared_bank_contrast_triton(q_s, q_t, queue, tau_s, tau_t, need_grad)
+    loss, dq = shared_bank_contrast_fwd_reference(q_s, q_t, queue, tau_s, tau_t, need_grad)
+    return loss.float(), dq.float()
+
+
+@_shared_bank_contrast_op.register_fake
+def _(q_s, q_t, queue, tau_s, tau_t, need_grad, backend):
+    loss = q_s.new_empty(q_s.shape[0], dtype=torch.float32)
+    dq = q_s.new_empty(q_s.shape if need_grad else (0,), dtype=torch.float32)
+    return loss, dq
+
+
+def _setup_context(ctx, inputs, output):
+    q_s = inputs[0]
+    ctx.q_dtype = q_s.dtype
+    ctx.need_grad = inputs[5]
+    ctx.save_for_backward(output[1])
+
+
+def _backward(ctx, grad_loss, grad_dq):
+    (dq,) = ctx.saved_tensors
+    if not ctx.need_grad:
+        raise RuntimeError("shared_bank_contrast was called with need_grad=False; no gradient was computed")
+    grad_q_s = (grad_loss.unsqueeze(1) * dq).to(ctx.q_dtype)
+    return grad_q_s, None, None, None, None, None, None
+
+
+_shared_bank_contrast_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def shared_bank_contrast(q_s: torch.Tensor, q_t: torch.Tensor, queue: torch.Tensor, *, tau_s: float,
+                         tau_t: float, reduction: str = "none", backend: str | None = None) -> torch.Tensor:
+    """Cross-entropy between the teacher's and the student's softmax over a shared queue.
+
+    Args:
+        q_s: [B, d] student queries (float32, bfloat16 or float16); receives the gradient.
+        q_t: [B, d] teacher queries, same dtype as ``q_s``; treated as a constant.
+        queue: [N, d] shared bank (float32, bfloat16 or float16); a constant.
+        tau_s, tau_t: student and teacher temperatures.
+        reduction: ``"none"`` (per-row loss [B], the default), ``"mean"`` or ``"sum"``.
+        backend: force ``"cuda" | "triton" | "torch"``; default per :mod:`rdkernels.backend`.
+
+    Returns:
+        float32 loss, [B] or 0-dim. Any N works (no N % B constraint); nothing of
+        size [B, N] is materialised by the fused backends.
+    """
+    validate_shared_bank_contrast(q_s, q_t, queue, tau_s, tau_t, reduction)
+    name = _resolve(q_s, backend)
+    need_grad = bool(q_s.requires_grad and torch.is_grad_enabled())
+    loss, _ = _shared_bank_contrast_op(q_s, q_t.detach(), queue.detach(), float(tau_s), float(tau_t),
+                                       need_grad, name)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
