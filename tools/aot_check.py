@@ -428,11 +428,12 @@ def format_summary(rows: list[dict]) -> str:
     for (op, kernel, arch), rs in groups.items():
         ok = [r for r in rs if r["regs"] is not None]
         worst = lambda key: max((r[key] for r in ok), default="-")  # noqa: E731
-        bad = sum(r["status"] != "ok" for r in rs)
+        errors = sum(r["status"] == "error" for r in rs)
+        spilling = sum(r["status"] == "spill" for r in rs)
         seconds = sum(r["seconds"] or 0 for r in rs)
         lines.append(f"{op}.{kernel} sm_{arch}: {len(rs)} variants, max regs {worst('regs')}, "
                      f"max spill {worst('spill_stores')}/{worst('spill_loads')} B, "
-                     f"max shared {worst('shared_total')} B, {bad} failing, {seconds:.1f} s")
+                     f"max shared {worst('shared_total')} B, {errors} errors, {spilling} spilling, {seconds:.1f} s")
     return "\n".join(lines)
 
 
