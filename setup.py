@@ -86,7 +86,7 @@ setup(
     install_requires=["torch>=2.4", "numpy"],
     extras_require={
         "triton": ["triton>=3.0"],
-        "test": ["pytest", "triton>=3.0"],
+        "test": ["pytest", "pytest-xdist", "scipy", "triton>=3.0"],
         "bench": ["matplotlib", "tqdm", "pot", "geomloss"],
         "harness": ["tqdm", "matplotlib"],
     },

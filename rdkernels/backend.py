@@ -15,7 +15,6 @@ with the reason; ``auto`` never fails for lack of a GPU.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from typing import Iterator
 
@@ -64,13 +63,19 @@ def triton_interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
+# Import probes, done once. A plain dict rather than functools.lru_cache so that
+# torch.compile traces the lookups without warnings.
+_probes: dict = {}
+
+
 def _triton_import_error() -> str | None:
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install
-        return f"triton cannot be imported ({exc})"
-    return None
+    if "triton" not in _probes:
+        try:
+            import triton  # noqa: F401
+            _probes["triton"] = None
+        except Exception as exc:  # ImportError, or a broken install
+            _probes["triton"] = f"triton cannot be imported ({exc})"
+    return _probes["triton"]
 
 
 def triton_unavailable_reason(device: torch.device) -> str | None:
@@ -88,13 +93,14 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     return f"Triton has no backend for device type {device.type!r}"
 
 
-@functools.lru_cache(maxsize=None)
 def _cuda_extension():
-    try:
-        from rdkernels import _C
-    except ImportError as exc:
-        return None, f"the CUDA extension rdkernels._C is not built ({exc})"
-    return _C, None
+    if "cuda" not in _probes:
+        try:
+            from rdkernels import _C
+            _probes["cuda"] = (_C, None)
+        except ImportError as exc:
+            _probes["cuda"] = (None, f"the CUDA extension rdkernels._C is not built ({exc})")
+    return _probes["cuda"]
 
 
 def cuda_extension():

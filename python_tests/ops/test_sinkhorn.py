@@ -78,6 +78,8 @@ def test_reference_matches_scaling_solver(eps, uniform):
 
 def test_cost_approaches_lp_optimum():
     """<plan, C> -> the LP optimum as eps shrinks (gap <= eps * log(n m))."""
+    if linprog is None:
+        pytest.skip("needs scipy's linprog for a non-square, non-uniform LP optimum")
     n, m = 5, 4
     C = torch.rand(2, n, m, dtype=torch.float64, device=DEVICE) * 4
     a, b = _marginal(2, n, False, torch.float64), _marginal(2, m, False, torch.float64)
