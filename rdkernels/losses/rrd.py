@@ -147,6 +147,9 @@ class RRDMomentumLoss(nn.Module):
 
     Forward: ``loss = rrd(f_s, f_t, idx, contrast_idx=None)``; ``contrast_idx``
     None samples K uniform negatives on the device.
+
+    ``torch.compile(fullgraph=True)`` works from the first step: Z is set on the
+    device (no host read) and the index checks move into the ops under compile.
     """
 
     def __init__(self, s_dim: int, t_dim: int, n_data: int, feat_dim: int = 128, nce_k: int = 16384,
@@ -189,30 +192,52 @@ class RRDMomentumLoss(nn.Module):
         with torch.no_grad():
             z_t = _embed(self.embed_t, f_t)
         need_grad = torch.is_grad_enabled() and z_s.requires_grad
+        # The indices were range-checked above with one sync; under torch.compile that
+        # check is skipped and the ops make it inside their opaque bodies instead.
+        checks = torch.compiler.is_compiling()
+        kw = dict(temperature=self.nce_t, epilogue="scores", check_indices=checks)
 
         with torch.no_grad():
-            s_t = self.memory_s.contrast(z_t.to(z_s.dtype), contrast_idx, temperature=self.nce_t,
-                                         epilogue="scores")
-        with torch.enable_grad() if need_grad else torch.no_grad():
-            q = z_s.detach().requires_grad_(need_grad)
-            s_s = self.memory_t.contrast(q, contrast_idx, temperature=self.nce_t, epilogue="scores")
-            with torch.no_grad():  # Z: set once from the first batch, then a constant
-                n = float(self.n_data)
-                z_new = torch.stack([s_s.float().exp().mean() * n, s_t.float().exp().mean() * n])
-                self.params[2:4] = torch.where(self.params[2:4] < 0, z_new.to(self.params.dtype), self.params[2:4])
+            s_t = self.memory_s.contrast(z_t.to(z_s.dtype), contrast_idx, **kw)
+            s_s = self.memory_t.contrast(z_s.detach(), contrast_idx, **kw)
+            # Z: set once from the first batch, then a constant
+            n = float(self.n_data)
+            z_new = torch.stack([s_s.float().exp().mean() * n, s_t.float().exp().mean() * n])
+            self.params[2:4] = torch.where(self.params[2:4] < 0, z_new.to(self.params.dtype), self.params[2:4])
             x_s = s_s.float().exp() / self.params[2].float()
             x_t = s_t.float().exp() / self.params[3].float()
-            loss = -(torch.softmax(x_t / self.tau_t, dim=1) * torch.log_softmax(x_s / self.tau_s, dim=1)).sum(1).mean()
-            dq = torch.autograd.grad(loss, q)[0] if need_grad else None
+            log_p_s = torch.log_softmax(x_s / self.tau_s, dim=1)
+            p_t = torch.softmax(x_t / self.tau_t, dim=1)
+            loss = -(p_t * log_p_s).sum(1).mean()
+            # d loss / d z_s, taken now because the bank update below changes the rows
+            # the scores' backward would read. Written out (the chain rule through the
+            # softmax cross-entropy and exp(s) / Z) rather than torch.autograd.grad, which
+            # torch.compile cannot trace; the bank part is the scores op's own backward.
+            dq = None
+            if need_grad:
+                p_rows = p_t.sum(dim=1, keepdim=True)  # 1 up to rounding, kept as autograd has it
+                grad_s = x_s * (log_p_s.exp() * p_rows - p_t) / (x_s.shape[0] * self.tau_s)
+                dq = _scores_query_grad(grad_s, z_s.detach(), self.memory_t.memory, contrast_idx, self.nce_t)
 
-        self.memory_s.update_(idx, z_s.detach())
-        self.memory_t.update_(idx, z_t)
+        self.memory_s.update_(idx, z_s.detach(), check_indices=checks)
+        self.memory_t.update_(idx, z_t, check_indices=checks)
         if dq is None:
-            return loss.detach()
-        return _AttachGradient.apply(loss.detach(), z_s, dq)
+            return loss
+        return _AttachGradient.apply(loss, z_s, dq)
 
     def extra_repr(self) -> str:
         return f"n_data={self.n_data}, nce_k={self.nce_k}, nce_t={self.nce_t}, tau_s={self.tau_s}, tau_t={self.tau_t}"
+
+
+def _scores_query_grad(grad_scores, query, bank, idx, temperature):
+    """d/d query of sum(grad_scores * s) for s = bank_contrast(..., epilogue="scores"),
+    on the same backend and strategy as the forward scores."""
+    from rdkernels.ops.bank_contrast import _choose, _resolve, _scores_backward_op
+
+    name = _resolve(query, None)
+    strategy = _choose("auto", query, bank, idx, name)
+    grad = _scores_backward_op(grad_scores.contiguous(), query, bank, idx, float(temperature), name, strategy)
+    return grad.to(query.dtype)
 
 
 def _load_reference_momentum_keys(module, state_dict, prefix, *args) -> None:

@@ -80,12 +80,21 @@ def _validate(cost, a, b, eps, max_iters, tol, check_every):
     given = [name for name, x in (("a", a), ("b", b)) if x is not None]
     a = _marginal("a", a, P, n, cost)
     b = _marginal("b", b, P, m, cost)
-    # Value checks cost one host sync each; they guard against silent NaNs.
-    # Uniform marginals (a, b = None) are valid by construction and skip theirs.
+    # Value checks cost one host sync each; they guard against silent NaNs. Under
+    # torch.compile they cannot run here (a host read breaks the graph), so the op
+    # makes them inside its opaque body instead.
+    if not torch.compiler.is_compiling():
+        _check_values(cost, a, b, bool(given))
+    return a, b
+
+
+def _check_values(cost, a, b, marginals: bool) -> None:
+    """Finite costs; with ``marginals``, finite nonnegative a, b of equal positive mass.
+    Uniform marginals (a, b = None) are valid by construction and skip theirs."""
     if not bool(torch.isfinite(cost).all()):
         raise ValueError("cost holds NaN or inf entries; every cost must be finite")
-    if not given:
-        return a, b
+    if not marginals:
+        return
     for name, x in (("a", a), ("b", b)):
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} holds NaN or inf entries")
@@ -100,13 +109,14 @@ def _validate(cost, a, b, eps, max_iters, tol, check_every):
     if float(rel) > MASS_RTOL:
         raise ValueError(f"a and b must have equal total mass per problem (relative difference {float(rel):.3g} "
                          f"exceeds {MASS_RTOL:g}); normalise them")
-    return a, b
 
 
 @torch.library.custom_op("rdkernels::sinkhorn", mutates_args=())
 def _sinkhorn_op(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, max_iters: int, tol: float,
-                 check_every: int, return_plan: bool, backend: str
+                 check_every: int, return_plan: bool, backend: str, check_values: int = 0
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if check_values:  # 1: the cost, 2: the cost and given marginals (see sinkhorn())
+        _check_values(cost, a, b, check_values > 1)
     tol_ = None if tol < 0 else tol
     if backend == "cuda":
         from rdkernels.ops.sinkhorn.cuda import sinkhorn_cuda as run
@@ -121,7 +131,7 @@ def _sinkhorn_op(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: floa
 
 
 @_sinkhorn_op.register_fake
-def _(cost, a, b, eps, max_iters, tol, check_every, return_plan, backend):
+def _(cost, a, b, eps, max_iters, tol, check_every, return_plan, backend, check_values=0):
     P, n, m = cost.shape
     dt = torch.float64 if cost.dtype == torch.float64 else torch.float32
     f = cost.new_empty((P, n), dtype=dt)
@@ -144,7 +154,7 @@ def _backward(ctx, grad_f, grad_g, grad_cost, grad_plan, grad_iters):
         # Envelope gradient: the plan, recomputed from the potentials, is a constant.
         plan = plan_from_potentials(cost, a, b, f, g, ctx.eps)
         grad_C = (grad_cost.to(plan.dtype)[:, None, None] * plan).to(cost.dtype)
-    return grad_C, None, None, None, None, None, None, None, None
+    return grad_C, None, None, None, None, None, None, None, None, None
 
 
 _sinkhorn_op.register_autograd(_backward, setup_context=_setup_context)
@@ -174,6 +184,7 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
         SinkhornResult(f, g, cost, plan, n_iters). Only ``cost`` carries a gradient,
         to the cost matrix: d cost / d C = plan.
     """
+    given = (a is not None) or (b is not None)
     a, b = _validate(cost, a, b, eps, max_iters, tol, check_every)
     if cost.dtype == torch.float64:
         name = "torch"
@@ -185,5 +196,6 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
         name = _backend.resolve(cost.device, "sinkhorn", backend)
     f, g, total, plan, n_iters = _sinkhorn_op(cost, a, b, float(eps), int(max_iters),
                                               -1.0 if tol is None else float(tol), int(check_every),
-                                              bool(return_plan), name)
+                                              bool(return_plan), name,
+                                              (2 if given else 1) if torch.compiler.is_compiling() else 0)
     return SinkhornResult(f.detach(), g.detach(), total, plan.detach() if return_plan else None, n_iters)
