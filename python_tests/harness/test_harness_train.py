@@ -116,7 +116,8 @@ def test_resume_across_an_epoch_boundary(tmp_path):
 
 @pytest.mark.parametrize("name", ["crd", "dcd", "rrd", "wcord"])
 def test_reference_and_fused_training_agree_under_the_interpreter(name, monkeypatch):
-    """20 training steps, fused losses on the Triton kernels (interpreter on CPU)."""
+    """20 training steps, fused losses on the Triton kernels (the interpreter on CPU,
+    compiled kernels on a GPU)."""
     require_loss(name, "fused")
     require_loss(name, "reference")
     launches = []
@@ -127,7 +128,7 @@ def test_reference_and_fused_training_agree_under_the_interpreter(name, monkeypa
                             lambda self, *a, **k: (launches.append(1), run(self, *a, **k))[1])
     histories = {}
     for impl in ("reference", "fused"):
-        cfg = tiny_config(distill=name, impl=impl, max_steps=20, epochs=3,
+        cfg = tiny_config(distill=name, impl=impl, max_steps=20, epochs=3, device="auto",
                           backend="triton" if impl == "fused" else "auto")
         trainer = Trainer(cfg)
         trainer.run()

@@ -89,7 +89,8 @@ def test_cost_approaches_lp_optimum():
         for eps in (0.1, 0.01, 0.002):
             res = sinkhorn(C[p:p + 1], a[p:p + 1], b[p:p + 1], eps=eps, max_iters=50000, tol=1e-8, backend="torch")
             gap = float(res.cost[0]) - lp
-            assert gap > -1e-8, "the entropic plan is feasible, so its cost cannot beat the LP optimum"
+            # feasible, so it cannot beat the LP optimum (up to linprog's own tolerance)
+            assert gap > -1e-7, "the entropic plan is feasible, so its cost cannot beat the LP optimum"
             assert gap <= eps * math.log(n * m) + 1e-8
             gaps.append(gap)
         assert gaps[-1] < 5e-3 and gaps[-1] <= gaps[0]
@@ -203,7 +204,8 @@ def test_zero_mass_rows(backend):
 def test_shared_marginals_and_defaults():
     C = torch.rand(3, 4, 6, device=DEVICE)
     res = sinkhorn(C, torch.full((4,), 0.25, device=DEVICE), None, max_iters=7, backend="torch")
-    ref = sinkhorn_reference(C, torch.full((3, 4), 0.25), torch.full((3, 6), 1 / 6), 0.05, 7)
+    ref = sinkhorn_reference(C, torch.full((3, 4), 0.25, device=DEVICE), torch.full((3, 6), 1 / 6, device=DEVICE),
+                             0.05, 7)
     assert_close("cost", res.cost, ref[2], atol=1e-7, rtol=1e-6)
     assert res.plan is None and res.n_iters.tolist() == [7, 7, 7]
 
