@@ -161,16 +161,19 @@ def test_auto_strategy_runs_and_matches(backend):
 def test_cost_model_picks_by_workload():
     cuda = torch.device("cuda")
     # CIFAR-100: every bank row sampled ~21 times a step
-    assert choose_strategy(64, 16385, 50_000, 128, torch.float32, cuda) == "dense"
-    assert choose_strategy(64, 16385, 50_000, 128, torch.bfloat16, cuda) == "dense"
+    # CIFAR at B=64: dense moves 20x fewer bytes, but its host-side work (measured on
+    # an H100, eager) costs more than gather's whole call; at larger batches dense wins.
+    assert choose_strategy(64, 16385, 50_000, 128, torch.float32, cuda) == "gather"
+    assert choose_strategy(512, 16385, 50_000, 128, torch.float32, cuda) == "dense"
+    assert choose_strategy(2048, 16385, 50_000, 128, torch.bfloat16, cuda) == "dense"  # half the gather bytes
     # ImageNet bank, small batch: B*K/N < 1
     assert choose_strategy(32, 16385, 1_281_167, 128, torch.float32, cuda) == "gather"
     assert choose_strategy(8, 4097, 1_281_167, 128, torch.float32, cuda) == "gather"
     # CPU, the dense-target config of the benchmarks
     assert choose_strategy(64, 4097, 50_000, 128, torch.float32, torch.device("cpu"), "torch") == "dense"
     assert choose_strategy(4, 65, 1_000_000, 128, torch.float32, torch.device("cpu"), "torch") == "gather"
-    t_gather, t_dense = estimate_times(64, 16385, 50_000, 128, torch.float32, cuda, "cuda")
-    assert t_gather > 4 * t_dense
+    t_gather, t_dense = estimate_times(1024, 16385, 50_000, 128, torch.float32, cuda, "cuda")
+    assert t_gather > 2 * t_dense
 
 
 def test_strategy_is_validated():

@@ -24,11 +24,12 @@ smaller::
                + extra_dense_bytes / bw_stream      # torch: the [B, N] scores and coefficients
                + t_launch
 
-The constants are coarse (they only have to find the side of a cross-over
-that is far from 1 in the workloads that matter): on CIFAR-100 (B=64,
-K=16384, N=50 000) every bank row is sampled about 21 times a step and
-dense wins by an order of magnitude; on ImageNet with small batches
-(N=1.28 M, B*K/N < ~4) gathering wins. ``strategy="gather" | "dense"`` in
+The constants are coarse. By bytes alone, dense wins on CIFAR-100 (B=64,
+K=16384, N=50 000: every bank row is sampled about 21 times a step), but on an
+H100 in eager mode its fixed host-side cost (sorting the negatives, building
+the CSR, more launches) outweighs that at B=64, so the model picks gather there
+and dense from B ~ 256 up; on ImageNet with small batches (N=1.28 M,
+B*K/N < ~4) gathering wins outright. ``strategy="gather" | "dense"`` in
 :func:`rdkernels.ops.bank_contrast` overrides the choice.
 """
 from __future__ import annotations
@@ -53,7 +54,11 @@ class DeviceRates:
 # H100/H200-class GPU. bw_gather is below HBM bandwidth: 512-byte rows scattered
 # over the bank use sectors well but defeat prefetching; the dense kernel's
 # 3xTF32 tensor-core rate, conservatively.
-_CUDA = DeviceRates(bw_gather=1.2e12, bw_stream=2.5e12, flops=2.5e14, t_index=3e-11, t_launch=2e-5)
+# t_index and t_launch are measured on an H100 in eager mode (fwd + bwd, B=64,
+# K=16384, N=50 000): the per-row sort of the negatives costs ~115 us (1.1e-10 s
+# per id), and the dense path's host-side work (CSR, launches, merge) ~1 ms more
+# than gather's; end to end gather took 0.51 ms (Triton) and dense 1.46 ms there.
+_CUDA = DeviceRates(bw_gather=1.2e12, bw_stream=2.5e12, flops=2.5e14, t_index=1.1e-10, t_launch=1e-3)
 # A few CPU cores: gathering materialises [B, chunk, d] and runs batched
 # matrix-vector products (memory bound); the dense path is an MKL/oneDNN GEMM.
 _CPU = DeviceRates(bw_gather=2.5e9, bw_stream=1.5e10, flops=1.0e11, t_index=2e-8, t_launch=1e-4)
