@@ -31,17 +31,10 @@ import triton.language as tl
 from rdkernels.backend import triton_interpreter_enabled
 from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, build_csr, combine_dense_partials
 from rdkernels.ops.bank_contrast.reference import nce_constants
+# the epilogue codes and the softplus helper are the gather kernel's
+from rdkernels.ops.bank_contrast.triton import _EPILOGUES, _NCE_C, _SOFTMAX_C, NCE, SOFTMAX, _softplus
 
-NCE, SOFTMAX = 0, 1
-# the same codes as kernel-visible globals (jitted code reads only constexpr globals)
-_NCE_C, _SOFTMAX_C = tl.constexpr(NCE), tl.constexpr(SOFTMAX)
-_EPILOGUES = {"nce": NCE, "softmax": SOFTMAX}
 BLOCK_N = 32
-
-
-@triton.jit
-def _softplus(x):
-    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
 
 
 @triton.jit
