@@ -36,6 +36,7 @@ EPILOGUES = ("nce", "softmax", "scores")
 REDUCTIONS = ("mean", "sum", "none")
 STRATEGIES = ("auto", "gather", "dense")
 _CUDA_OP = "bank_contrast"
+MAX_FUSED_DIM = 1024  # widest query the Triton and CUDA gather kernels take (one register tile per row)
 
 
 # --------------------------------------------------------------------------- ops
@@ -168,8 +169,8 @@ def _validate(query, bank, idx, temperature, epilogue, z, n_data, reduction, str
 
 def _resolve(query, backend):
     name = _backend.resolve(query.device, _CUDA_OP, backend)
-    if name != "torch" and query.shape[1] > 1024:
-        raise ValueError(f"query has {query.shape[1]} columns; the {name} backend supports up to 1024 "
+    if name != "torch" and query.shape[1] > MAX_FUSED_DIM:
+        raise ValueError(f"query has {query.shape[1]} columns; the {name} backend supports up to {MAX_FUSED_DIM} "
                          "(use backend='torch')")
     return name
 

@@ -29,7 +29,6 @@ NCE, SOFTMAX, SCORES, SCORES_BWD = 0, 1, 2, 3
 # the same codes as kernel-visible globals (compiled code reads only constexpr globals)
 _NCE_C, _SOFTMAX_C, _SCORES_C, _SCORES_BWD_C = (tl.constexpr(c) for c in (NCE, SOFTMAX, SCORES, SCORES_BWD))
 _EPILOGUES = {"nce": NCE, "softmax": SOFTMAX}
-MAX_DIM = 1024
 
 
 @triton.jit
