@@ -33,18 +33,22 @@ PYBIND11_MODULE(_C, m) {
         py::arg("bank"), py::arg("bank_dtype"), py::arg("dim"), py::arg("index"), py::arg("index_dtype"),
         py::arg("values"), py::arg("values_dtype"), py::arg("batch"), py::arg("momentum"), py::arg("stream"));
   m.def("shared_bank_contrast", &rdk::shared_bank_contrast,
-        "Per-split online-softmax statistics of queries against a shared queue (RRD)", py::arg("q_s"),
+        "Queries against a shared queue (RRD): per-split online-softmax statistics, merged into loss and dq",
+        py::arg("q_s"),
         py::arg("q_t"), py::arg("q_dtype"), py::arg("queue"), py::arg("queue_dtype"), py::arg("batch"),
         py::arg("n_rows"), py::arg("dim"), py::arg("splits"), py::arg("rows_per_split"), py::arg("scale_s"),
-        py::arg("scale_t"), py::arg("stats"), py::arg("acc"), py::arg("need_grad"), py::arg("stream"));
-  m.def("dcd_loss", &rdk::dcd_loss, "Fused DCD loss and gradients (per-block partials)", py::arg("z_s"),
-        py::arg("z_t"), py::arg("z_dtype"), py::arg("batch"), py::arg("dim"), py::arg("params"), py::arg("alpha"),
-        py::arg("stats"), py::arg("local"), py::arg("part"), py::arg("need_grad"), py::arg("stream"));
+        py::arg("scale_t"), py::arg("inv_tau_s"), py::arg("stats"), py::arg("acc"), py::arg("loss"), py::arg("dq"),
+        py::arg("need_grad"), py::arg("stream"));
+  m.def("dcd_loss", &rdk::dcd_loss, "Fused DCD loss and its gradients to z_s, z_t, tau and bias",
+        py::arg("z_s"), py::arg("z_t"), py::arg("z_dtype"), py::arg("batch"), py::arg("dim"), py::arg("params"),
+        py::arg("max_scale"), py::arg("alpha"), py::arg("stats"), py::arg("local"), py::arg("part"),
+        py::arg("loss"), py::arg("dzs"), py::arg("dzt"), py::arg("dtau"), py::arg("dbias"), py::arg("need_grad"),
+        py::arg("stream"));
   m.def("sinkhorn", &rdk::sinkhorn,
         "Batched log-domain Sinkhorn, one CTA per problem running every iteration (n, m <= 256)",
         py::arg("cost"), py::arg("cost_dtype"), py::arg("log_a"), py::arg("log_b"), py::arg("a"), py::arg("f"),
         py::arg("g"), py::arg("total"), py::arg("plan"), py::arg("n_iters"), py::arg("problems"), py::arg("n"),
-        py::arg("m"), py::arg("eps"), py::arg("tol"), py::arg("max_iters"), py::arg("check"), py::arg("stream"));
+        py::arg("m"), py::arg("eps"), py::arg("tol"), py::arg("max_iters"), py::arg("check"), py::arg("registers"), py::arg("stream"));
   m.def("sinkhorn_rows", &rdk::sinkhorn_rows, "Tiled Sinkhorn: f update (and row-marginal error) for every row",
         py::arg("cost"), py::arg("cost_dtype"), py::arg("log_b"), py::arg("G"), py::arg("F"), py::arg("F_new"),
         py::arg("a"), py::arg("err"), py::arg("done"), py::arg("problems"), py::arg("n"), py::arg("m"),

@@ -33,7 +33,7 @@ __device__ __forceinline__ float warp_max_f(float v) {
 template <typename T>
 __global__ void __launch_bounds__(kThreads) dcd_kernel(const T* __restrict__ z_s, const T* __restrict__ z_t,
                                                        int batch, int dim, const float* __restrict__ params,
-                                                       float alpha, float* __restrict__ stats,
+                                                       float max_scale, float alpha, float* __restrict__ stats,
                                                        float* __restrict__ local, float* __restrict__ part,
                                                        bool need_grad) {
   extern __shared__ float smem[];
@@ -45,7 +45,7 @@ __global__ void __launch_bounds__(kThreads) dcd_kernel(const T* __restrict__ z_s
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int row0 = blockIdx.x * kDcdRows;
   const int n_blocks = gridDim.x;
-  const float scale = params[0], bias = params[1];
+  const float scale = fminf(expf(params[0]), max_scale), bias = params[1];  // params = (tau, bias)
   const float inv_b = 1.f / static_cast<float>(batch);
 
   for (int i = threadIdx.x; i < kDcdRows * dim; i += kThreads) {
@@ -182,9 +182,48 @@ __global__ void __launch_bounds__(kThreads) dcd_kernel(const T* __restrict__ z_s
   }
 }
 
+// Sums the blocks' partials: block b writes dz_s[b], dz_t[b] = (local + sum of parts) * scale;
+// block 0 also writes the loss, d tau (through the clamp of exp(tau)) and d bias.
+__global__ void __launch_bounds__(kThreads) dcd_finish_kernel(
+    const float* __restrict__ stats, const float* __restrict__ local, const float* __restrict__ part,
+    const float* __restrict__ params, int n_blocks, int batch, int dim, float max_scale, float alpha,
+    float* __restrict__ loss, float* __restrict__ dzs, float* __restrict__ dzt, float* __restrict__ dtau,
+    float* __restrict__ dbias) {
+  const float e = expf(params[0]);
+  if (blockIdx.x == 0 && threadIdx.x < 32) {
+    float v[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int p = threadIdx.x; p < n_blocks; p += 32) {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) v[k] += stats[p * 4 + k];
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k) v[k] = warp_sum(v[k]);
+    if (threadIdx.x == 0) {
+      *loss = (v[0] + alpha * v[1]) / static_cast<float>(batch);
+      if (dtau != nullptr) {
+        *dtau = v[2] * (e <= max_scale ? e : 0.f);  // torch.clamp passes the gradient inside [0, max]
+        *dbias = v[3];
+      }
+    }
+  }
+  if (dzs == nullptr) return;
+  const float scale = fminf(e, max_scale);
+  const int64_t b = blockIdx.x, bd = static_cast<int64_t>(batch) * dim, plane = n_blocks * bd;
+  for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+    const int64_t at = b * dim + c;
+    float vs = local[at], vt = local[bd + at];
+    for (int p = 0; p < n_blocks; ++p) {
+      vs += part[p * bd + at];
+      vt += part[plane + p * bd + at];
+    }
+    dzs[at] = vs * scale;
+    dzt[at] = vt * scale;
+  }
+}
+
 template <typename T>
-void launch(const void* z_s, const void* z_t, int batch, int dim, const float* params, float alpha, float* stats,
-            float* local, float* part, bool need_grad, cudaStream_t stream) {
+void launch(const void* z_s, const void* z_t, int batch, int dim, const float* params, float max_scale, float alpha,
+            float* stats, float* local, float* part, bool need_grad, cudaStream_t stream) {
   auto kernel = dcd_kernel<T>;
   const size_t smem = (2 * static_cast<size_t>(kDcdRows) * batch + 2 * static_cast<size_t>(kDcdRows) * dim +
                        kWarps * 4) * sizeof(float);
@@ -193,13 +232,14 @@ void launch(const void* z_s, const void* z_t, int batch, int dim, const float* p
   }
   const int blocks = (batch + kDcdRows - 1) / kDcdRows;
   kernel<<<blocks, kThreads, smem, stream>>>(static_cast<const T*>(z_s), static_cast<const T*>(z_t), batch, dim,
-                                             params, alpha, stats, local, part, need_grad);
+                                             params, max_scale, alpha, stats, local, part, need_grad);
 }
 
 }  // namespace
 
-void dcd_loss(uintptr_t z_s, uintptr_t z_t, int z_dtype, int64_t batch, int64_t dim, uintptr_t params, float alpha,
-              uintptr_t stats, uintptr_t local, uintptr_t part, bool need_grad, uintptr_t stream) {
+void dcd_loss(uintptr_t z_s, uintptr_t z_t, int z_dtype, int64_t batch, int64_t dim, uintptr_t params,
+              float max_scale, float alpha, uintptr_t stats, uintptr_t local, uintptr_t part, uintptr_t loss,
+              uintptr_t dzs, uintptr_t dzt, uintptr_t dtau, uintptr_t dbias, bool need_grad, uintptr_t stream) {
   if (batch == 0) return;
   if (batch > kDcdMaxBatch || dim > kDcdMaxDim) {
     throw std::runtime_error("dcd_loss: the CUDA kernel supports batch <= 1024 and dim <= 256");
@@ -213,12 +253,18 @@ void dcd_loss(uintptr_t z_s, uintptr_t z_t, int z_dtype, int64_t batch, int64_t 
   auto s = reinterpret_cast<cudaStream_t>(stream);
   const int b = static_cast<int>(batch), d = static_cast<int>(dim);
   switch (z_dtype) {
-    case kFloat32: launch<float>(zs, zt, b, d, pr, alpha, st, lo, pa, need_grad, s); break;
-    case kBFloat16: launch<__nv_bfloat16>(zs, zt, b, d, pr, alpha, st, lo, pa, need_grad, s); break;
-    case kFloat16: launch<__half>(zs, zt, b, d, pr, alpha, st, lo, pa, need_grad, s); break;
+    case kFloat32: launch<float>(zs, zt, b, d, pr, max_scale, alpha, st, lo, pa, need_grad, s); break;
+    case kBFloat16: launch<__nv_bfloat16>(zs, zt, b, d, pr, max_scale, alpha, st, lo, pa, need_grad, s); break;
+    case kFloat16: launch<__half>(zs, zt, b, d, pr, max_scale, alpha, st, lo, pa, need_grad, s); break;
     default: throw bad_dtype("z_s", z_dtype);
   }
   check_launch("dcd_loss");
+  const int blocks = (b + kDcdRows - 1) / kDcdRows;
+  auto out = [](uintptr_t p) { return reinterpret_cast<float*>(p); };
+  dcd_finish_kernel<<<need_grad ? b : 1, kThreads, 0, s>>>(
+      st, lo, pa, pr, blocks, b, d, max_scale, alpha, out(loss), need_grad ? out(dzs) : nullptr,
+      need_grad ? out(dzt) : nullptr, need_grad ? out(dtau) : nullptr, need_grad ? out(dbias) : nullptr);
+  check_launch("dcd_finish");
 }
 
 }  // namespace rdk

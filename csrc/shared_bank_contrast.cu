@@ -11,7 +11,9 @@
 //   acc_s = sum_k exp2(s_k - m_s) Q_k,  acc_t = sum_k exp2(t_k - m_t) Q_k
 // in registers, rescaled whenever the running max moves (exact online softmax). The
 // queries are pre-scaled by log2(e) / tau, so all statistics are base 2. Per split the
-// block writes (m_s, l_s, m_t, l_t, cross, acc_s, acc_t); a few torch ops merge splits.
+// block writes (m_s, l_s, m_t, l_t, cross, acc_s, acc_t); a second kernel, launched
+// by the same call, merges the splits per row (a log-sum-exp merge, flash-decoding style)
+// into loss[b] and dq_s[b].
 #include "common.cuh"
 #include "shared_bank_contrast.h"
 
@@ -28,6 +30,59 @@ __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
   return v;
+}
+
+// One block per query row: warp 0 merges the split statistics and leaves each split's
+// weight w / sum in shared memory; then every thread merges its columns of dq_s.
+__global__ void __launch_bounds__(kThreads) shared_bank_merge_kernel(
+    const float* __restrict__ stats, const float* __restrict__ acc, int64_t batch, int64_t splits, int dim,
+    float inv_tau_s, float* __restrict__ loss, float* __restrict__ dq) {
+  extern __shared__ float weights[];  // [2][splits]: w_s / sum_s, then w_t / sum_t
+  const int64_t b = blockIdx.x;
+  const int64_t plane = splits * batch;
+  const float* m_s = stats + b;
+  const float* l_s = stats + plane + b;
+  const float* m_t = stats + 2 * plane + b;
+  const float* l_t = stats + 3 * plane + b;
+  const float* cross = stats + 4 * plane + b;
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    float big_s = -INFINITY, big_t = -INFINITY;
+    for (int64_t s = lane; s < splits; s += 32) {
+      big_s = fmaxf(big_s, m_s[s * batch]);
+      big_t = fmaxf(big_t, m_t[s * batch]);
+    }
+    big_s = warp_max(big_s);
+    big_t = warp_max(big_t);
+    float sum_s = 0.f, sum_t = 0.f, cross_sum = 0.f;
+    for (int64_t s = lane; s < splits; s += 32) {
+      const float w_s = exp2f(m_s[s * batch] - big_s), w_t = exp2f(m_t[s * batch] - big_t);
+      weights[s] = w_s;
+      weights[splits + s] = w_t;
+      sum_s += l_s[s * batch] * w_s;
+      sum_t += l_t[s * batch] * w_t;
+      cross_sum += cross[s * batch] * w_t;
+    }
+    sum_s = warp_sum(sum_s);
+    sum_t = warp_sum(sum_t);
+    cross_sum = warp_sum(cross_sum);
+    for (int64_t s = lane; s < splits; s += 32) {
+      weights[s] /= sum_s;
+      weights[splits + s] /= sum_t;
+    }
+    if (lane == 0) loss[b] = (big_s + log2f(sum_s) - cross_sum / sum_t) * 0.6931471805599453f;
+  }
+  if (dq == nullptr) return;  // uniform: no thread reaches the barrier
+  __syncthreads();
+  const int64_t acc_plane = plane * dim;
+  for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+    float v = 0.f;
+    for (int64_t s = 0; s < splits; ++s) {
+      const int64_t off = (s * batch + b) * dim + c;
+      v += acc[off] * weights[s] - acc[acc_plane + off] * weights[splits + s];
+    }
+    dq[b * dim + c] = v * inv_tau_s;
+  }
 }
 
 template <typename QT, typename BT, int DPL>  // DPL: dimensions per lane, d <= 32 * DPL
@@ -193,7 +248,8 @@ void launch_queue(int queue_dtype, const void* q_s, const void* q_t, const void*
 
 void shared_bank_contrast(uintptr_t q_s, uintptr_t q_t, int q_dtype, uintptr_t queue, int queue_dtype, int64_t batch,
                           int64_t n_rows, int64_t dim, int64_t splits, int64_t rows_per_split, float scale_s,
-                          float scale_t, uintptr_t stats, uintptr_t acc, bool need_grad, uintptr_t stream) {
+                          float scale_t, float inv_tau_s, uintptr_t stats, uintptr_t acc, uintptr_t loss,
+                          uintptr_t dq, bool need_grad, uintptr_t stream) {
   if (batch == 0 || n_rows == 0) return;
   if (dim > kSbcMaxDim) throw std::runtime_error("shared_bank_contrast: dim > 512 is not supported by the CUDA kernel");
   const void* qs_p = reinterpret_cast<const void*>(q_s);
@@ -210,6 +266,15 @@ void shared_bank_contrast(uintptr_t q_s, uintptr_t q_t, int q_dtype, uintptr_t q
     default: throw bad_dtype("q_s", q_dtype);
   }
   check_launch("shared_bank_contrast");
+  const size_t merge_smem = 2 * static_cast<size_t>(splits) * sizeof(float);
+  if (merge_smem > 48 * 1024) {
+    cudaFuncSetAttribute(shared_bank_merge_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         static_cast<int>(merge_smem));
+  }
+  shared_bank_merge_kernel<<<static_cast<unsigned>(batch), kThreads, merge_smem, s>>>(
+      stats_p, acc_p, batch, splits, d, inv_tau_s, reinterpret_cast<float*>(loss),
+      need_grad ? reinterpret_cast<float*>(dq) : nullptr);
+  check_launch("shared_bank_merge");
 }
 
 }  // namespace rdk

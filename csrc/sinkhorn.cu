@@ -2,7 +2,14 @@
 //
 //   f_i = -eps LSE_j(log b_j + (g_j - C_ij)/eps),   g_j = -eps LSE_i(log a_i + (f_i - C_ij)/eps)
 //
-// Fused path (n, m <= 256): one CTA per problem runs every iteration. The cost
+// Register path (n, m <= 128): one CTA of 16 warps per problem runs every
+// iteration with the cost tile in registers. Warp w owns rows [w R, w R + R),
+// lane l columns l, l + 32, ..., so the row update (f) is a warp-shuffle
+// log-sum-exp with no barrier; the column update (g) is a per-thread LSE over
+// the warp's R rows, then a merge of the 16 warps' (max, sum) pairs through
+// shared memory: two barriers per iteration (three with the convergence test).
+//
+// Fused path (other n, m <= 256): one CTA per problem runs every iteration. The cost
 // tile is copied once into shared memory in its storage type (bf16 stays bf16,
 // lossless); if an fp32 tile does not fit (256 x 256 x 4 B > 227 KiB), the rows
 // that do not fit are read from global memory (L2) instead. The row update is a
@@ -145,6 +152,187 @@ __global__ void __launch_bounds__(kThreads) sinkhorn_fused_kernel(
   for (int j = tid; j < m; j += kThreads) g_out[p * m + j] = G[j] * eps;
 }
 
+// ---- register path ----------------------------------------------------------
+
+constexpr int kRegWarps = 16;
+constexpr int kRegThreads = kRegWarps * 32;
+constexpr int kRegMaxRows = 8 * kRegWarps;  // R <= 8 rows per warp
+constexpr int kRegMaxCols = 4 * 32;         // CPL <= 4 columns per lane
+
+__device__ __forceinline__ float warp_max_f(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// R rows per warp (n <= 16 R), CPL columns per lane (m <= 32 CPL). Potentials are
+// kept divided by eps; lbg_j = log b_j + G_j is what the row update needs.
+template <typename T, int R, int CPL>
+__global__ void __launch_bounds__(kRegThreads, 1) sinkhorn_regs_kernel(
+    const T* __restrict__ cost, const float* __restrict__ log_a, const float* __restrict__ log_b,
+    const float* __restrict__ a_in, float* __restrict__ f_out, float* __restrict__ g_out,
+    float* __restrict__ total_out, float* __restrict__ plan_out, int* __restrict__ iters_out, int n, int m,
+    float eps, float tol, int max_iters, int check) {
+  constexpr int COLS = 32 * CPL;
+  __shared__ float part_max[kRegWarps][COLS];
+  __shared__ float part_sum[kRegWarps][COLS];
+  __shared__ float lbg_sh[COLS];
+  __shared__ float g_sh[COLS];
+  __shared__ float red[kRegWarps];
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t p = blockIdx.x;
+  const int64_t nm = static_cast<int64_t>(n) * m;
+  const T* C = cost + p * nm;
+  const float inv_eps = 1.f / eps;
+
+  float cs[R][CPL], la[R], av[R], F[R], lbg[CPL], lb[CPL];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int i = warp * R + r;
+    la[r] = i < n ? log_a[p * n + i] : kNegBig;
+    av[r] = i < n ? a_in[p * n + i] : 0.f;
+    F[r] = 0.f;
+#pragma unroll
+    for (int c = 0; c < CPL; ++c) {
+      const int j = lane + 32 * c;
+      cs[r][c] = (i < n && j < m) ? to_float(C[static_cast<int64_t>(i) * m + j]) * inv_eps : 0.f;
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < CPL; ++c) {
+    const int j = lane + 32 * c;
+    lb[c] = j < m ? log_b[p * m + j] : kNegBig;
+    lbg[c] = lb[c];  // G = 0
+  }
+
+  int it = 0;
+  for (; it < max_iters; ++it) {
+    // Row update: F_new_i = -LSE_j(lbg_j - C_ij / eps), a warp per R rows.
+    float fn[R];
+    float err = 0.f;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      float mx = kNegBig;
+#pragma unroll
+      for (int c = 0; c < CPL; ++c) mx = fmaxf(mx, lbg[c] - cs[r][c]);
+      mx = warp_max_f(mx);
+      float s = 0.f;
+#pragma unroll
+      for (int c = 0; c < CPL; ++c) s += __expf(lbg[c] - cs[r][c] - mx);
+      s = warp_sum(s);
+      fn[r] = (warp * R + r < n) ? -(mx + __logf(s)) : 0.f;
+      err += av[r] * fabsf(__expf(F[r] - fn[r]) - 1.f);
+    }
+    if (check && it > 0) {
+      // Row-marginal L1 error of the current plan; the same value in every thread.
+      if (lane == 0) red[warp] = err;
+      __syncthreads();
+      float total = 0.f;
+#pragma unroll
+      for (int w = 0; w < kRegWarps; ++w) total += red[w];
+      if (total <= tol) break;  // uniform across the block
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) F[r] = fn[r];
+    // Column update: each thread's LSE over its warp's rows, then a merge across warps.
+#pragma unroll
+    for (int c = 0; c < CPL; ++c) {
+      float mx = kNegBig;
+#pragma unroll
+      for (int r = 0; r < R; ++r) mx = fmaxf(mx, la[r] + F[r] - cs[r][c]);
+      float s = 0.f;
+#pragma unroll
+      for (int r = 0; r < R; ++r) s += __expf(la[r] + F[r] - cs[r][c] - mx);
+      part_max[warp][lane + 32 * c] = mx;
+      part_sum[warp][lane + 32 * c] = s;
+    }
+    __syncthreads();
+    if (threadIdx.x < COLS) {
+      const int j = threadIdx.x;
+      float mx = kNegBig;
+#pragma unroll
+      for (int w = 0; w < kRegWarps; ++w) mx = fmaxf(mx, part_max[w][j]);
+      float s = 0.f;
+#pragma unroll
+      for (int w = 0; w < kRegWarps; ++w) s += part_sum[w][j] * __expf(part_max[w][j] - mx);
+      const float g = -(mx + __logf(s));
+      g_sh[j] = g;
+      lbg_sh[j] = j < m ? log_b[p * m + j] + g : kNegBig;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int c = 0; c < CPL; ++c) lbg[c] = lbg_sh[lane + 32 * c];
+  }
+
+  // <plan, C>, the plan on request, and the potentials.
+  float acc = 0.f;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int i = warp * R + r;
+#pragma unroll
+    for (int c = 0; c < CPL; ++c) {
+      const int j = lane + 32 * c;
+      if (i < n && j < m) {
+        const float pl = __expf(la[r] + F[r] + lbg[c] - cs[r][c]);
+        acc += pl * cs[r][c] * eps;
+        if (plan_out != nullptr) plan_out[p * nm + static_cast<int64_t>(i) * m + j] = pl;
+      }
+    }
+  }
+  acc = warp_sum(acc);
+  __syncthreads();  // red may still be read by the last convergence test
+  if (lane == 0) red[warp] = acc;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.f;
+    for (int w = 0; w < kRegWarps; ++w) total += red[w];
+    total_out[p] = total;
+    iters_out[p] = it;
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int i = warp * R + r;
+    if (lane == 0 && i < n) f_out[p * n + i] = F[r] * eps;
+  }
+  for (int j = threadIdx.x; j < m; j += kRegThreads) g_out[p * m + j] = (it == 0 ? 0.f : g_sh[j]) * eps;
+}
+
+template <typename T, int R, int CPL>
+void launch_regs(const void* cost, const float* log_a, const float* log_b, const float* a, float* f, float* g,
+                 float* total, float* plan, int* n_iters, int64_t P, int64_t n, int64_t m, float eps, float tol,
+                 int64_t max_iters, bool check, cudaStream_t stream) {
+  sinkhorn_regs_kernel<T, R, CPL><<<static_cast<unsigned>(P), kRegThreads, 0, stream>>>(
+      static_cast<const T*>(cost), log_a, log_b, a, f, g, total, plan, n_iters, static_cast<int>(n),
+      static_cast<int>(m), eps, tol, static_cast<int>(max_iters), check ? 1 : 0);
+}
+
+template <typename T, int R>
+void launch_regs_cols(const void* cost, const float* log_a, const float* log_b, const float* a, float* f,
+                      float* g, float* total, float* plan, int* n_iters, int64_t P, int64_t n, int64_t m, float eps,
+                      float tol, int64_t max_iters, bool check, cudaStream_t stream) {
+  if (m <= 32) {
+    launch_regs<T, R, 1>(cost, log_a, log_b, a, f, g, total, plan, n_iters, P, n, m, eps, tol, max_iters, check, stream);
+  } else if (m <= 64) {
+    launch_regs<T, R, 2>(cost, log_a, log_b, a, f, g, total, plan, n_iters, P, n, m, eps, tol, max_iters, check, stream);
+  } else {
+    launch_regs<T, R, 4>(cost, log_a, log_b, a, f, g, total, plan, n_iters, P, n, m, eps, tol, max_iters, check, stream);
+  }
+}
+
+template <typename T>
+void launch_registers(const void* cost, const float* log_a, const float* log_b, const float* a, float* f, float* g,
+                      float* total, float* plan, int* n_iters, int64_t P, int64_t n, int64_t m, float eps, float tol,
+                      int64_t max_iters, bool check, cudaStream_t stream) {
+  if (n <= 2 * kRegWarps) {
+    launch_regs_cols<T, 2>(cost, log_a, log_b, a, f, g, total, plan, n_iters, P, n, m, eps, tol, max_iters, check, stream);
+  } else if (n <= 4 * kRegWarps) {
+    launch_regs_cols<T, 4>(cost, log_a, log_b, a, f, g, total, plan, n_iters, P, n, m, eps, tol, max_iters, check, stream);
+  } else {
+    launch_regs_cols<T, 8>(cost, log_a, log_b, a, f, g, total, plan, n_iters, P, n, m, eps, tol, max_iters, check, stream);
+  }
+}
+
 // ---- tiled path -------------------------------------------------------------
 
 template <typename T>
@@ -241,7 +429,7 @@ void check_problems(int64_t P, const char* what) {
 
 void sinkhorn(uintptr_t cost, int cost_dtype, uintptr_t log_a, uintptr_t log_b, uintptr_t a, uintptr_t f,
               uintptr_t g, uintptr_t total, uintptr_t plan, uintptr_t n_iters, int64_t problems, int64_t n,
-              int64_t m, float eps, float tol, int64_t max_iters, bool check, uintptr_t stream) {
+              int64_t m, float eps, float tol, int64_t max_iters, bool check, bool registers, uintptr_t stream) {
   if (problems == 0) return;
   if (n > kMaxFused || m > kMaxFused) throw std::runtime_error("sinkhorn: the fused kernel needs n, m <= 256");
   auto s = reinterpret_cast<cudaStream_t>(stream);
@@ -254,6 +442,16 @@ void sinkhorn(uintptr_t cost, int cost_dtype, uintptr_t log_a, uintptr_t log_b, 
   auto* pp = reinterpret_cast<float*>(plan);
   auto* ip = reinterpret_cast<int*>(n_iters);
   const void* c = reinterpret_cast<const void*>(cost);
+  if (registers && n <= kRegMaxRows && m <= kRegMaxCols) {
+    switch (cost_dtype) {
+      case kFloat32: launch_registers<float>(c, la, lb, ap, fp, gp, tp, pp, ip, problems, n, m, eps, tol, max_iters, check, s); break;
+      case kBFloat16: launch_registers<__nv_bfloat16>(c, la, lb, ap, fp, gp, tp, pp, ip, problems, n, m, eps, tol, max_iters, check, s); break;
+      case kFloat16: launch_registers<__half>(c, la, lb, ap, fp, gp, tp, pp, ip, problems, n, m, eps, tol, max_iters, check, s); break;
+      default: throw bad_dtype("cost", cost_dtype);
+    }
+    check_launch("sinkhorn");
+    return;
+  }
   switch (cost_dtype) {
     case kFloat32: launch_fused<float>(c, la, lb, ap, fp, gp, tp, pp, ip, problems, n, m, eps, tol, max_iters, check, s); break;
     case kBFloat16: launch_fused<__nv_bfloat16>(c, la, lb, ap, fp, gp, tp, pp, ip, problems, n, m, eps, tol, max_iters, check, s); break;

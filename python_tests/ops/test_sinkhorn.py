@@ -150,6 +150,44 @@ def test_matches_reference(backend, P, n, m, eps, dtype, iters):
     assert res.f.dtype == res.g.dtype == res.cost.dtype == torch.float32
 
 
+# The CUDA register-resident kernel (n, m <= 128; RDKERNELS_SINKHORN_REGISTERS=1):
+# every (rows per warp, columns per lane) instantiation, ragged edges, all dtypes.
+REGISTER_SWEEP = [
+    (3, 1, 1, 1.0, torch.float32, 20),
+    (7, 32, 32, 0.1, torch.float32, 15),
+    (5, 17, 50, 0.01, torch.bfloat16, 10),
+    (4, 33, 64, 0.1, torch.float16, 10),
+    (64, 64, 100, 0.05, torch.float32, 30),
+    (9, 100, 31, 0.1, torch.float32, 10),
+    (64, 128, 128, 0.05, torch.float32, 100),
+    (2, 128, 65, 0.01, torch.bfloat16, 25),
+]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA register kernel needs a GPU")
+@pytest.mark.parametrize("P,n,m,eps,dtype,iters", REGISTER_SWEEP,
+                         ids=[f"P{c[0]}-{c[1]}x{c[2]}-eps{c[3]}-{str(c[4])[6:]}" for c in REGISTER_SWEEP])
+def test_cuda_register_kernel_matches_reference(monkeypatch, P, n, m, eps, dtype, iters):
+    from rdkernels.backend import available_backends
+    if "cuda" not in available_backends(DEVICE, "sinkhorn"):
+        pytest.skip("the CUDA extension is not built")
+    monkeypatch.setenv("RDKERNELS_SINKHORN_REGISTERS", "1")
+    C = (torch.rand(P, n, m, device=DEVICE) * 4).to(dtype)
+    a, b = _marginal(P, n, False), _marginal(P, m, False)
+    f, g, total, plan, n_iters = _f64_reference(C, a, b, eps, iters)
+    res = sinkhorn(C, a, b, eps=eps, max_iters=iters, return_plan=True, backend="cuda")
+    assert_close("f/eps", res.f / eps, f / eps, atol=2e-3, rtol=2e-5)
+    assert_close("g/eps", res.g / eps, g / eps, atol=2e-3, rtol=2e-5)
+    assert_close("cost", res.cost, total, atol=1e-5, rtol=2e-4)
+    assert_close("plan", res.plan, plan, atol=1e-7, rtol=2e-3)
+    assert torch.equal(res.n_iters.cpu(), n_iters.cpu())
+    # the on-device early stop, per problem
+    tol = 1e-4
+    ref = _f64_reference(C, a, b, eps, iters, tol)
+    res = sinkhorn(C, a, b, eps=eps, max_iters=iters, tol=tol, backend="cuda")
+    assert (res.n_iters.cpu() - ref[4].cpu()).abs().max() <= 1
+
+
 @pytest.mark.parametrize("backend", backends("sinkhorn"))
 @pytest.mark.parametrize("n,m,eps_list,iters", [(6, 9, (1.0, 0.5, 0.3, 0.2, 0.1), 60), (300, 3, (2.0, 0.7), 25)],
                          ids=["fused", "tiled"])
@@ -284,6 +322,17 @@ def _args(**kw):
 def test_bad_input_raises(bad, match):
     with pytest.raises((ValueError, TypeError), match=match):
         sinkhorn(**_args(**bad))
+
+
+def test_check_inputs_false_skips_the_value_checks():
+    """The value checks (one host sync) can be skipped; the shape checks cannot."""
+    C = torch.tensor([[[0.0, float("nan")]]])
+    with pytest.raises(ValueError, match="cost holds NaN"):
+        sinkhorn(C, eps=0.1, backend="torch")
+    res = sinkhorn(C, eps=0.1, max_iters=3, backend="torch", check_inputs=False)
+    assert torch.isnan(res.cost).all()
+    with pytest.raises(ValueError, match="cost must have 3 dimensions"):
+        sinkhorn(torch.rand(3, 4), eps=0.1, check_inputs=False)
 
 
 def test_float64_on_kernel_backend_raises():

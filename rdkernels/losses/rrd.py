@@ -232,11 +232,11 @@ class RRDMomentumLoss(nn.Module):
 def _scores_query_grad(grad_scores, query, bank, idx, temperature):
     """d/d query of sum(grad_scores * s) for s = bank_contrast(..., epilogue="scores"),
     on the same backend and strategy as the forward scores."""
-    from rdkernels.ops.bank_contrast import _choose, _resolve, _scores_backward_op
+    from rdkernels.ops.bank_contrast import _choose, _resolve, scores_query_grad
 
     name = _resolve(query, None)
     strategy = _choose("auto", query, bank, idx, name)
-    grad = _scores_backward_op(grad_scores.contiguous(), query, bank, idx, float(temperature), name, strategy)
+    grad = scores_query_grad(grad_scores.contiguous(), query, bank, idx, float(temperature), name, strategy)
     return grad.to(query.dtype)
 
 

@@ -121,7 +121,10 @@ class WCoRDLoss(nn.Module):
     uniformly on the device. See the module docstring for the objective.
 
     Keyword-only extras: ``tol`` (Sinkhorn early stop), ``bank_dtype`` (float32 or
-    bfloat16 banks), ``backend`` (per-module override of rdkernels.set_backend).
+    bfloat16 banks), ``backend`` (per-module override of rdkernels.set_backend),
+    ``check_costs`` (True: a NaN or inf in the batch's OT cost raises a clear error,
+    at the price of one host sync per step; False skips it, and a NaN feature then
+    shows as a NaN loss).
 
     State: ``embed_s.linear.*``, ``embed_t.linear.*``, ``memory_s.memory`` (student
     bank), ``memory_t.memory`` (teacher bank).
@@ -134,14 +137,15 @@ class WCoRDLoss(nn.Module):
     def __init__(self, s_dim: int, t_dim: int, n_data: int, feat_dim: int = 128, nce_k: int = 16384,
                  nce_t: float = 0.07, nce_m: float = 0.5, lambda_global: float = 1.0, lambda_local: float = 1.0,
                  eps: float = 0.05, iters: int = 100, cost: str = "cosine", gp_weight: float = 0.0, *,
-                 tol: float | None = None, bank_dtype: torch.dtype = torch.float32, backend: str | None = None):
+                 tol: float | None = None, bank_dtype: torch.dtype = torch.float32, backend: str | None = None,
+                 check_costs: bool = True):
         super().__init__()
         _check_args(s_dim, t_dim, n_data, feat_dim, nce_k, nce_t, nce_m, lambda_global, lambda_local, eps, iters,
                     cost, gp_weight)
         self.s_dim, self.t_dim, self.n_data, self.nce_k = s_dim, t_dim, n_data, nce_k
         self.nce_t, self.lambda_global, self.lambda_local = float(nce_t), float(lambda_global), float(lambda_local)
         self.eps, self.iters, self.cost, self.gp_weight, self.tol = float(eps), iters, cost, float(gp_weight), tol
-        self.backend = backend
+        self.backend, self.check_costs = backend, bool(check_costs)
         self.embed_s = Embed(s_dim, feat_dim)
         self.embed_t = Embed(t_dim, feat_dim)
         self.memory_s = MemoryBank(n_data, feat_dim, momentum=nce_m, dtype=bank_dtype)  # scored by v_t
@@ -168,7 +172,7 @@ class WCoRDLoss(nn.Module):
         if self.lambda_local:
             C = pairwise_cost(v_s.float(), v_t.float(), self.cost)
             res = sinkhorn(C[None].contiguous(), eps=self.eps, max_iters=self.iters, tol=self.tol,
-                           backend=self.backend)
+                           backend=self.backend, check_inputs=self.check_costs)
             loss = loss + self.lambda_local * res.cost[0]
         if self.gp_weight:
             loss = loss + self.gp_weight * critic_gradient_penalty(self.embed_s, self.embed_t, f_s, f_t)

@@ -22,6 +22,7 @@ import math
 import torch
 
 from rdkernels import backend as _backend
+from rdkernels.ops._eager import eager_or_compiled
 from rdkernels._validation import (BANK_DTYPES, FLOAT_DTYPES, INDEX_DTYPES, check_dim, check_index_range,
                                    check_positive, check_tensor)
 from rdkernels.ops.bank_contrast.cost_model import choose_strategy
@@ -41,8 +42,7 @@ MAX_FUSED_DIM = 1024  # widest query the Triton and CUDA gather kernels take (on
 
 # --------------------------------------------------------------------------- ops
 
-@torch.library.custom_op("rdkernels::bank_contrast_loss", mutates_args=())
-def _loss_op(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, z: torch.Tensor, temperature: float,
+def _loss_impl(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, z: torch.Tensor, temperature: float,
              epilogue: str, n_data: int, backend: str, check_indices: bool,
              strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
     if check_indices:
@@ -64,6 +64,9 @@ def _loss_op(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, z: torc
     return impl(query, bank, idx, z, temperature, epilogue, n_data)
 
 
+_loss_op = torch.library.custom_op("rdkernels::bank_contrast_loss", _loss_impl, mutates_args=())
+
+
 @_loss_op.register_fake
 def _(query, bank, idx, z, temperature, epilogue, n_data, backend, check_indices, strategy):
     batch, dim = query.shape
@@ -82,10 +85,10 @@ def _loss_backward(ctx, grad_rows, grad_dq):
 
 
 _loss_op.register_autograd(_loss_backward, setup_context=_loss_setup)
+_loss = eager_or_compiled(_loss_op, _loss_impl, _loss_setup, _loss_backward)
 
 
-@torch.library.custom_op("rdkernels::bank_scores", mutates_args=())
-def _scores_op(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, temperature: float,
+def _scores_impl(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, temperature: float,
                backend: str, check_indices: bool, strategy: str) -> torch.Tensor:
     if check_indices:
         check_index_range("idx", idx, bank.shape[0])
@@ -100,13 +103,15 @@ def _scores_op(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, tempe
     return bank_scores_torch(query, bank, idx, temperature)
 
 
+_scores_op = torch.library.custom_op("rdkernels::bank_scores", _scores_impl, mutates_args=())
+
+
 @_scores_op.register_fake
 def _(query, bank, idx, temperature, backend, check_indices, strategy):
     return query.new_empty(idx.shape, dtype=torch.float32)
 
 
-@torch.library.custom_op("rdkernels::bank_scores_backward", mutates_args=())
-def _scores_backward_op(grad_scores: torch.Tensor, query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor,
+def _scores_backward_impl(grad_scores: torch.Tensor, query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor,
                         temperature: float, backend: str, strategy: str) -> torch.Tensor:
     if strategy == "dense":  # score gradients summed over the sampled rows (dense.py)
         return bank_scores_backward_dense_torch(grad_scores, bank, idx, temperature)
@@ -117,6 +122,11 @@ def _scores_backward_op(grad_scores: torch.Tensor, query: torch.Tensor, bank: to
         from rdkernels.ops.bank_contrast.triton import bank_scores_backward_triton
         return bank_scores_backward_triton(grad_scores, query, bank, idx, temperature)
     return bank_scores_backward_torch(grad_scores, bank, idx, temperature)
+
+
+_scores_backward_op = torch.library.custom_op("rdkernels::bank_scores_backward", _scores_backward_impl,
+                                              mutates_args=())
+scores_query_grad = eager_or_compiled(_scores_backward_op, _scores_backward_impl)
 
 
 @_scores_backward_op.register_fake
@@ -132,12 +142,15 @@ def _scores_setup(ctx, inputs, output):
 
 def _scores_backward(ctx, grad_scores):
     query, bank, idx = ctx.saved_tensors
+    # The custom op, not the eager shortcut: AOT autograd traces this backward
+    # with fake tensors, outside dynamo, where is_compiling() is False.
     grad = _scores_backward_op(grad_scores.contiguous(), query, bank, idx, ctx.temperature, ctx.backend,
                                ctx.strategy)
     return grad.to(query.dtype), None, None, None, None, None, None
 
 
 _scores_op.register_autograd(_scores_backward, setup_context=_scores_setup)
+_scores = eager_or_compiled(_scores_op, _scores_impl, _scores_setup, _scores_backward)
 
 
 # --------------------------------------------------------------- public entry
@@ -216,10 +229,10 @@ def bank_contrast(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, *,
     name = _resolve(query, backend)
     strategy = _choose(strategy, query, bank, idx, name)
     if epilogue == "scores":
-        return _scores_op(query, bank, idx, float(temperature), name, check_indices, strategy)
+        return _scores(query, bank, idx, float(temperature), name, check_indices, strategy)
     if z is None:
         z = query.new_ones(1, dtype=torch.float32)  # unused by softmax; keeps the op schema fixed
-    rows, _ = _loss_op(query, bank, idx, z.reshape(1), float(temperature), epilogue, int(n_data or 1), name,
+    rows, _ = _loss(query, bank, idx, z.reshape(1), float(temperature), epilogue, int(n_data or 1), name,
                        check_indices, strategy)
     return reduce_rows(rows, reduction)
 
@@ -237,7 +250,7 @@ def estimate_nce_z(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, *
         raise ValueError(f"n_data must be a positive int, got {n_data!r}")
     name = _resolve(query, backend)
     ones = query.new_ones(1, dtype=torch.float32)
-    rows, _ = _loss_op(query, bank, idx, ones, float(temperature), "softmax", 1, name, check_indices,
+    rows, _ = _loss(query, bank, idx, ones, float(temperature), "softmax", 1, name, check_indices,
                        _choose("auto", query, bank, idx, name))
     s0 = (bank[idx[:, 0].long()].float() * query.float()).sum(dim=1) / temperature
     row_lse = rows + s0

@@ -12,6 +12,7 @@ import torch
 from rdkernels import backend as _backend
 from rdkernels._validation import (BANK_DTYPES, FLOAT_DTYPES, INDEX_DTYPES, check_dim,
                                    check_in_unit_interval, check_index_range, check_tensor)
+from rdkernels.ops._eager import eager_or_compiled
 from rdkernels.ops.bank_update.reference import bank_update_reference_
 
 __all__ = ["bank_update_", "bank_update_reference_"]
@@ -26,8 +27,7 @@ def _validate(bank, index, values, momentum) -> None:
     check_in_unit_interval("momentum", momentum)
 
 
-@torch.library.custom_op("rdkernels::bank_update_", mutates_args=("bank",))
-def _bank_update_op(bank: torch.Tensor, index: torch.Tensor, values: torch.Tensor, momentum: float,
+def _bank_update_impl(bank: torch.Tensor, index: torch.Tensor, values: torch.Tensor, momentum: float,
                     backend: str, check_indices: bool) -> None:
     if check_indices:
         check_index_range("index", index, bank.shape[0])
@@ -39,6 +39,10 @@ def _bank_update_op(bank: torch.Tensor, index: torch.Tensor, values: torch.Tenso
         bank_update_triton_(bank, index, values, momentum)
     else:
         bank_update_reference_(bank, index, values, momentum)
+
+
+_bank_update_op = torch.library.custom_op("rdkernels::bank_update_", _bank_update_impl, mutates_args=("bank",))
+_bank_update = eager_or_compiled(_bank_update_op, _bank_update_impl)
 
 
 @_bank_update_op.register_fake
@@ -53,5 +57,5 @@ def bank_update_(bank: torch.Tensor, index: torch.Tensor, values: torch.Tensor, 
     skips the range check of ``index`` (one host sync) for callers that made it."""
     _validate(bank, index, values, momentum)
     name = _backend.resolve(bank.device, "bank_update", backend)
-    _bank_update_op(bank, index, values.detach(), float(momentum), name, check_indices)
+    _bank_update(bank, index, values.detach(), float(momentum), name, check_indices)
     return bank

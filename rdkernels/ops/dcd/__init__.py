@@ -14,6 +14,7 @@ import torch
 
 from rdkernels import backend as _backend
 from rdkernels._validation import FLOAT_DTYPES, check_dim, check_tensor
+from rdkernels.ops._eager import eager_or_compiled
 from rdkernels.ops.dcd.reference import dcd_fwd_reference, dcd_reference
 
 __all__ = ["dcd_loss", "dcd_reference", "validate_dcd"]
@@ -60,15 +61,7 @@ def validate_dcd(z_s, z_t, tau, bias, alpha=0.5, max_scale=10.0) -> None:
         raise ValueError(f"max_scale must be a positive number, got {max_scale!r}")
 
 
-def _clamped_scale(tau: torch.Tensor, max_scale: float):
-    """(scale, d scale / d tau) as torch.clamp(exp(tau), 0, max_scale) differentiates."""
-    e = tau.detach().float().reshape(()).exp()
-    inside = (e >= 0) & (e <= max_scale)
-    return e.clamp(0, max_scale), torch.where(inside, e, torch.zeros_like(e))
-
-
-@torch.library.custom_op("rdkernels::dcd_loss", mutates_args=())
-def _dcd_op(z_s: torch.Tensor, z_t: torch.Tensor, tau: torch.Tensor, bias: torch.Tensor, alpha: float,
+def _dcd_impl(z_s: torch.Tensor, z_t: torch.Tensor, tau: torch.Tensor, bias: torch.Tensor, alpha: float,
             max_scale: float, need_grad: bool, backend: str
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == "torch":
@@ -78,17 +71,17 @@ def _dcd_op(z_s: torch.Tensor, z_t: torch.Tensor, tau: torch.Tensor, bias: torch
             rest[2] = rest[2].reshape(())
             rest[3] = rest[3].reshape(())
         return (loss, *rest)
-    scale, dscale_dtau = _clamped_scale(tau, max_scale)
-    params = torch.stack([scale, bias.detach().float().reshape(())]).contiguous()
+    # (tau, bias) as fp32 on the device: the kernels take scale = min(exp(tau), max_scale)
+    # and the chain rule through the clamp themselves, so a call is two launches.
+    params = torch.cat([tau.detach().reshape(1), bias.detach().reshape(1)]).float()
     if backend == "cuda":
-        from rdkernels.ops.dcd.cuda import dcd_cuda
-        loss, dzs, dzt, dscale, dbias = dcd_cuda(z_s, z_t, params, alpha, need_grad)
+        from rdkernels.ops.dcd.cuda import dcd_cuda as run
     else:
-        from rdkernels.ops.dcd.triton import dcd_triton
-        loss, dzs, dzt, dscale, dbias = dcd_triton(z_s, z_t, params, alpha, need_grad)
-    if need_grad:
-        return loss, dzs, dzt, dscale * dscale_dtau, dbias
-    return loss, dzs, dzt, dscale, dbias
+        from rdkernels.ops.dcd.triton import dcd_triton as run
+    return run(z_s, z_t, params, max_scale, alpha, need_grad)
+
+
+_dcd_op = torch.library.custom_op("rdkernels::dcd_loss", _dcd_impl, mutates_args=())
 
 
 @_dcd_op.register_fake
@@ -118,6 +111,7 @@ def _backward(ctx, grad_loss, *unused):
 
 
 _dcd_op.register_autograd(_backward, setup_context=_setup_context)
+_dcd = eager_or_compiled(_dcd_op, _dcd_impl, _setup_context, _backward)
 
 
 def dcd_loss(z_s: torch.Tensor, z_t: torch.Tensor, tau: torch.Tensor, bias: torch.Tensor, *,
@@ -138,5 +132,5 @@ def dcd_loss(z_s: torch.Tensor, z_t: torch.Tensor, tau: torch.Tensor, bias: torc
     validate_dcd(z_s, z_t, tau, bias, alpha, max_scale)
     name = _resolve(z_s, backend)
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (z_s, z_t, tau, bias))
-    out = _dcd_op(z_s, z_t, tau, bias, float(alpha), float(max_scale), bool(need_grad), name)
+    out = _dcd(z_s, z_t, tau, bias, float(alpha), float(max_scale), bool(need_grad), name)
     return out[0]

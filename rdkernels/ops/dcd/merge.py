@@ -1,18 +1,27 @@
-"""Summing the per-program results of the fused DCD kernels (Triton and CUDA)."""
+"""Buffers shared by the fused DCD kernels (Triton and CUDA).
+
+Each program (block) of 16 rows writes scratch partials: stats[P, 4] = (sum CE,
+sum KL, sum G*S, sum G) and, for the gradient, local[2, B, d] (its own rows)
+and part[2, P, B, d] (every row; dz / scale). A second kernel of the same call
+sums them into the outputs, in a fixed order (deterministic, no atomics).
+"""
 from __future__ import annotations
 
 import torch
 
 
-def finish(stats: torch.Tensor, local: torch.Tensor | None, part: torch.Tensor | None, params: torch.Tensor,
-           alpha: float, batch: int):
-    """stats [P, 4] = (sum CE, sum KL, sum G*S, sum G); local [2, B, d]; part [2, P, B, d]
-    (dz / scale) -> (loss, dz_s, dz_t, d scale, d bias); the last four empty without local."""
-    totals = stats.sum(dim=0)
-    loss = (totals[0] + alpha * totals[1]) / batch
-    if local is None:
-        return (loss, *(loss.new_empty(0) for _ in range(4)))  # distinct: outputs may not alias
-    scale = params[0]
-    dzs = (local[0] + part[0].sum(dim=0)) * scale
-    dzt = (local[1] + part[1].sum(dim=0)) * scale
-    return loss, dzs, dzt, totals[2].clone(), totals[3].clone()
+def dcd_buffers(z_s: torch.Tensor, n_prog: int, need_grad: bool):
+    """(scratch dict, outputs): outputs = (loss, dz_s, dz_t, d tau, d bias), fp32,
+    the last four distinct empty tensors without need_grad (outputs may not alias)."""
+    batch, dim = z_s.shape
+    f32 = dict(device=z_s.device, dtype=torch.float32)
+    stats = torch.empty(n_prog, 4, **f32)
+    if need_grad:
+        scratch = dict(stats=stats, local=torch.empty(2, batch, dim, **f32),
+                       part=torch.empty(2, n_prog, batch, dim, **f32))
+        out = (torch.empty((), **f32), torch.empty(batch, dim, **f32), torch.empty(batch, dim, **f32),
+               torch.empty((), **f32), torch.empty((), **f32))
+    else:
+        scratch = dict(stats=stats, local=stats, part=stats)
+        out = (torch.empty((), **f32), *(torch.empty(0, **f32) for _ in range(4)))
+    return scratch, out

@@ -15,8 +15,9 @@ Every element of dloss/dL lands in exactly one half, so with dz_s = scale G z_t
 and dz_t = scale G^T z_s each program writes
   local rows J:  G_row z_t -> dz_s[J],  G_col^T z_s -> dz_t[J]        (owned rows)
   all rows:      G_col[:, J] z_t[J] -> dz_s,  G_row[J, :]^T z_s[J] -> dz_t  (a partial)
-and scalars CE_J, KL_J, sum G * S (d scale) and sum G (d bias); a few torch ops
-sum the partials (deterministic, no atomics).
+and scalars CE_J, KL_J, sum G * S (d scale) and sum G (d bias); a second
+kernel sums the partials into the outputs (deterministic, no atomics) and
+applies the chain rule through scale = min(exp(tau), max_scale).
 
 The strips are computed once (``tl.dot`` per strip and column chunk of BLOCK_X,
 K in slices of BLOCK_K) and parked in a per-program scratch (2 * 16 * B floats,
@@ -32,7 +33,7 @@ import triton
 import triton.language as tl
 
 from rdkernels.backend import triton_interpreter_enabled
-from rdkernels.ops.dcd.merge import finish
+from rdkernels.ops.dcd.merge import dcd_buffers
 
 MAX_DIM = 128  # wider: the CUDA kernel (d <= 256) or torch; d = 256 spills ~2 KB here
 BLOCK = 16
@@ -41,14 +42,14 @@ BLOCK = 16
 @triton.jit
 def dcd_kernel(
     zs_ptr, zt_ptr, params_ptr, stats_ptr, scratch_ptr, local_ptr, part_ptr,
-    batch, dim, scratch_ld, stride_zs, stride_zt, inv_batch, alpha,
+    batch, dim, scratch_ld, stride_zs, stride_zt, inv_batch, alpha, max_scale,
     BLOCK: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
     NEED_GRAD: tl.constexpr, DOT_PRECISION: tl.constexpr, GRAD_PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
-    scale = tl.load(params_ptr).to(tl.float32)
-    bias = tl.load(params_ptr + 1).to(tl.float32)
+    scale = tl.minimum(tl.exp(tl.load(params_ptr)), max_scale)  # params = (tau, bias)
+    bias = tl.load(params_ptr + 1)
 
     rows = pid * BLOCK + tl.arange(0, BLOCK)            # y in J
     xr = tl.arange(0, BLOCK_X)
@@ -169,6 +170,49 @@ def dcd_kernel(
             tl.store(local_ptr + out_off * batch * dim + loc, acc, mask=jmask)
 
 
+@triton.jit
+def dcd_finish_kernel(stats_ptr, local_ptr, part_ptr, params_ptr, loss_ptr, dzs_ptr, dzt_ptr, dtau_ptr, dbias_ptr,
+                      n_prog, batch, dim, inv_batch, alpha, max_scale,
+                      NEED_GRAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Program b: dz_s[b], dz_t[b] = (local + the programs' parts) * scale; program 0
+    also the loss, d tau (torch.clamp passes the gradient inside [0, max]) and d bias."""
+    b = tl.program_id(0)
+    e = tl.exp(tl.load(params_ptr))
+    if b == 0:
+        ce = 0.0
+        kl = 0.0
+        gs = 0.0
+        g = 0.0
+        for p0 in range(0, n_prog, BLOCK_P):
+            p = p0 + tl.arange(0, BLOCK_P)
+            pm = p < n_prog
+            ce += tl.sum(tl.load(stats_ptr + p * 4, mask=pm, other=0.0), 0)
+            kl += tl.sum(tl.load(stats_ptr + p * 4 + 1, mask=pm, other=0.0), 0)
+            if NEED_GRAD:
+                gs += tl.sum(tl.load(stats_ptr + p * 4 + 2, mask=pm, other=0.0), 0)
+                g += tl.sum(tl.load(stats_ptr + p * 4 + 3, mask=pm, other=0.0), 0)
+        tl.store(loss_ptr, (ce + alpha * kl) * inv_batch)
+        if NEED_GRAD:
+            tl.store(dtau_ptr, gs * tl.where(e <= max_scale, e, 0.0))
+            tl.store(dbias_ptr, g)
+    if NEED_GRAD:
+        d = tl.arange(0, BLOCK_D)
+        dm = d < dim
+        bd = batch.to(tl.int64) * dim
+        at = b.to(tl.int64) * dim + d
+        vs = tl.load(local_ptr + at, mask=dm, other=0.0)
+        vt = tl.load(local_ptr + bd + at, mask=dm, other=0.0)
+        for p in range(0, n_prog):
+            vs += tl.load(part_ptr + p * bd + at, mask=dm, other=0.0)
+            vt += tl.load(part_ptr + (n_prog + p) * bd + at, mask=dm, other=0.0)
+        scale = tl.minimum(e, max_scale)
+        tl.store(dzs_ptr + at, vs * scale, mask=dm)
+        tl.store(dzt_ptr + at, vt * scale, mask=dm)
+
+
+FINISH_BLOCK_P = 64
+
+
 def launch_config(batch: int, dim: int, device: torch.device) -> dict:
     block_d = max(16, triton.next_power_of_2(dim))
     if device.type != "cuda":  # interpreter: small chunks, so tests cross chunk boundaries
@@ -179,21 +223,17 @@ def launch_config(batch: int, dim: int, device: torch.device) -> dict:
                 num_warps=4 if block_d <= 64 else 8, num_stages=1)
 
 
-def dcd_triton(z_s, z_t, params, alpha: float, need_grad: bool):
-    """params: fp32 [2] = (scale, bias) on the device. Returns (loss, dz_s, dz_t,
-    d scale, d bias) -- the last four empty without need_grad."""
+def dcd_triton(z_s, z_t, params, max_scale: float, alpha: float, need_grad: bool):
+    """params: fp32 [2] = (tau, bias) on the device. Returns (loss, dz_s, dz_t,
+    d tau, d bias) -- the last four empty without need_grad."""
     batch, dim = z_s.shape
     cfg = launch_config(batch, dim, z_s.device)
     n_prog = triton.cdiv(batch, cfg["BLOCK"])
     scratch_ld = triton.cdiv(batch, cfg["BLOCK_X"]) * cfg["BLOCK_X"]
     dev = z_s.device
-    stats = torch.zeros(n_prog, 4, device=dev, dtype=torch.float32)
+    bufs, out = dcd_buffers(z_s, n_prog, need_grad)
+    stats, local, part = bufs["stats"], bufs["local"], bufs["part"]
     scratch = torch.empty(n_prog, 2, cfg["BLOCK"], scratch_ld, device=dev, dtype=torch.float32)
-    if need_grad:
-        local = torch.empty(2, batch, dim, device=dev, dtype=torch.float32)
-        part = torch.empty(2, n_prog, batch, dim, device=dev, dtype=torch.float32)
-    else:
-        local = part = stats
     exact = triton_interpreter_enabled() or dev.type != "cuda"
     # GPU: 3xTF32 for the logits (scale up to 10 magnifies their error); the
     # interpreter computes every dot in exact fp32.
@@ -203,10 +243,14 @@ def dcd_triton(z_s, z_t, params, alpha: float, need_grad: bool):
     precision, grad_precision = ("ieee", "ieee") if exact else ("tf32x3", "ieee")
     dcd_kernel[(n_prog,)](
         z_s, z_t, params, stats, scratch, local, part,
-        batch, dim, scratch_ld, z_s.stride(0), z_t.stride(0), 1.0 / batch, float(alpha),
+        batch, dim, scratch_ld, z_s.stride(0), z_t.stride(0), 1.0 / batch, float(alpha), float(max_scale),
         NEED_GRAD=need_grad, DOT_PRECISION=precision, GRAD_PRECISION=grad_precision, **cfg,
     )
-    return finish(stats, local if need_grad else None, part if need_grad else None, params, alpha, batch)
+    outs = out if need_grad else (out[0],) * 5  # placeholders the kernel never writes
+    dcd_finish_kernel[(batch if need_grad else 1,)](
+        stats, local, part, params, *outs, n_prog, batch, dim, 1.0 / batch, float(alpha), float(max_scale),
+        NEED_GRAD=need_grad, BLOCK_P=FINISH_BLOCK_P, BLOCK_D=cfg["BLOCK_D"], num_warps=4)
+    return out
 
 
 _DTYPE_STR = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -225,11 +269,19 @@ def aot_variants() -> list[dict]:
                     "zs_ptr": f"*{name}", "zt_ptr": f"*{name}", "params_ptr": "*fp32", "stats_ptr": "*fp32",
                     "scratch_ptr": "*fp32", "local_ptr": "*fp32", "part_ptr": "*fp32",
                     "batch": "i32", "dim": "i32", "scratch_ld": "i32", "stride_zs": "i32", "stride_zt": "i32",
-                    "inv_batch": "fp32", "alpha": "fp32",
+                    "inv_batch": "fp32", "alpha": "fp32", "max_scale": "fp32",
                 }
                 constexprs = {k: cfg[k] for k in ("BLOCK", "BLOCK_X", "BLOCK_D", "BLOCK_K")}
                 constexprs.update(NEED_GRAD=need_grad, DOT_PRECISION="tf32x3", GRAD_PRECISION="ieee")
                 out.append({"name": f"dcd_d{dim}_{name}_{'grad' if need_grad else 'fwd'}", "kernel": dcd_kernel,
                             "signature": signature, "constexprs": constexprs,
                             "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
+        for need_grad in (True, False):
+            signature = {k: "*fp32" for k in ("stats_ptr", "local_ptr", "part_ptr", "params_ptr", "loss_ptr",
+                                              "dzs_ptr", "dzt_ptr", "dtau_ptr", "dbias_ptr")}
+            signature.update(n_prog="i32", batch="i32", dim="i32", inv_batch="fp32", alpha="fp32", max_scale="fp32")
+            out.append({"name": f"dcd_finish_d{dim}_{'grad' if need_grad else 'fwd'}", "kernel": dcd_finish_kernel,
+                        "signature": signature,
+                        "constexprs": dict(NEED_GRAD=need_grad, BLOCK_P=FINISH_BLOCK_P, BLOCK_D=cfg["BLOCK_D"]),
+                        "num_warps": 4, "num_stages": 1})
     return out

@@ -14,6 +14,7 @@ import torch
 
 from rdkernels import backend as _backend
 from rdkernels._validation import FLOAT_DTYPES, check_dim, check_positive, check_tensor
+from rdkernels.ops._eager import eager_or_compiled
 from rdkernels.ops.shared_bank_contrast.reference import (shared_bank_contrast_fwd_reference,
                                                           shared_bank_contrast_reference)
 
@@ -56,8 +57,7 @@ def _resolve(q_s: torch.Tensor, requested: str | None) -> str:
     return name
 
 
-@torch.library.custom_op("rdkernels::shared_bank_contrast", mutates_args=())
-def _shared_bank_contrast_op(q_s: torch.Tensor, q_t: torch.Tensor, queue: torch.Tensor, tau_s: float,
+def _shared_bank_contrast_impl(q_s: torch.Tensor, q_t: torch.Tensor, queue: torch.Tensor, tau_s: float,
                              tau_t: float, need_grad: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     if backend == "cuda":
         from rdkernels.ops.shared_bank_contrast.cuda import shared_bank_contrast_cuda
@@ -67,6 +67,10 @@ def _shared_bank_contrast_op(q_s: torch.Tensor, q_t: torch.Tensor, queue: torch.
         return shared_bank_contrast_triton(q_s, q_t, queue, tau_s, tau_t, need_grad)
     loss, dq = shared_bank_contrast_fwd_reference(q_s, q_t, queue, tau_s, tau_t, need_grad)
     return loss.float(), dq.float()
+
+
+_shared_bank_contrast_op = torch.library.custom_op("rdkernels::shared_bank_contrast", _shared_bank_contrast_impl,
+                                                   mutates_args=())
 
 
 @_shared_bank_contrast_op.register_fake
@@ -92,6 +96,8 @@ def _backward(ctx, grad_loss, grad_dq):
 
 
 _shared_bank_contrast_op.register_autograd(_backward, setup_context=_setup_context)
+_shared_bank_contrast = eager_or_compiled(_shared_bank_contrast_op, _shared_bank_contrast_impl, _setup_context,
+                                          _backward)
 
 
 def shared_bank_contrast(q_s: torch.Tensor, q_t: torch.Tensor, queue: torch.Tensor, *, tau_s: float,
@@ -113,7 +119,7 @@ def shared_bank_contrast(q_s: torch.Tensor, q_t: torch.Tensor, queue: torch.Tens
     validate_shared_bank_contrast(q_s, q_t, queue, tau_s, tau_t, reduction)
     name = _resolve(q_s, backend)
     need_grad = bool(q_s.requires_grad and torch.is_grad_enabled())
-    loss, _ = _shared_bank_contrast_op(q_s, q_t.detach(), queue.detach(), float(tau_s), float(tau_t),
+    loss, _ = _shared_bank_contrast(q_s, q_t.detach(), queue.detach(), float(tau_s), float(tau_t),
                                        need_grad, name)
     if reduction == "mean":
         return loss.mean()

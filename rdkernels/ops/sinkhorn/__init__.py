@@ -30,6 +30,7 @@ import torch
 
 from rdkernels import backend as _backend
 from rdkernels._validation import check_positive, check_tensor
+from rdkernels.ops._eager import eager_or_compiled
 from rdkernels.ops.sinkhorn.reference import plan_from_potentials, sinkhorn_reference
 
 __all__ = ["SinkhornResult", "sinkhorn", "sinkhorn_reference", "plan_from_potentials"]
@@ -65,7 +66,7 @@ def _marginal(name: str, x, P: int, size: int, ref: torch.Tensor) -> torch.Tenso
     return x.to(dt).contiguous()
 
 
-def _validate(cost, a, b, eps, max_iters, tol, check_every):
+def _validate(cost, a, b, eps, max_iters, tol, check_every, check_inputs=True):
     check_tensor("cost", cost, ndim=3, dtypes=COST_DTYPES)
     P, n, m = cost.shape
     if n * m >= 2**31:
@@ -83,7 +84,7 @@ def _validate(cost, a, b, eps, max_iters, tol, check_every):
     # Value checks cost one host sync each; they guard against silent NaNs. Under
     # torch.compile they cannot run here (a host read breaks the graph), so the op
     # makes them inside its opaque body instead.
-    if not torch.compiler.is_compiling():
+    if check_inputs and not torch.compiler.is_compiling():
         _check_values(cost, a, b, bool(given))
     return a, b
 
@@ -111,8 +112,7 @@ def _check_values(cost, a, b, marginals: bool) -> None:
                          f"exceeds {MASS_RTOL:g}); normalise them")
 
 
-@torch.library.custom_op("rdkernels::sinkhorn", mutates_args=())
-def _sinkhorn_op(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, max_iters: int, tol: float,
+def _sinkhorn_impl(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, max_iters: int, tol: float,
                  check_every: int, return_plan: bool, backend: str, check_values: int = 0
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if check_values:  # 1: the cost, 2: the cost and given marginals (see sinkhorn())
@@ -128,6 +128,9 @@ def _sinkhorn_op(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: floa
     if plan is None:
         plan = f.new_empty(0)
     return f, g, total, plan, n_iters
+
+
+_sinkhorn_op = torch.library.custom_op("rdkernels::sinkhorn", _sinkhorn_impl, mutates_args=())
 
 
 @_sinkhorn_op.register_fake
@@ -158,11 +161,12 @@ def _backward(ctx, grad_f, grad_g, grad_cost, grad_plan, grad_iters):
 
 
 _sinkhorn_op.register_autograd(_backward, setup_context=_setup_context)
+_sinkhorn = eager_or_compiled(_sinkhorn_op, _sinkhorn_impl, _setup_context, _backward)
 
 
 def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor | None = None, *,
              eps: float = 0.05, max_iters: int = 100, tol: float | None = None, return_plan: bool = False,
-             check_every: int = 10, backend: str | None = None) -> SinkhornResult:
+             check_every: int = 10, backend: str | None = None, check_inputs: bool = True) -> SinkhornResult:
     """Batched log-domain Sinkhorn for P entropic OT problems.
 
     Args:
@@ -179,13 +183,16 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
         check_every: with tol, the host reads the per-problem "done" flags once every
             this many iterations (the fused kernels need no host reads at all).
         backend: "auto" | "cuda" | "triton" | "torch" (default: the global choice).
+        check_inputs: check that the cost is finite and the given marginals are
+            valid (one host sync, which stalls a training step's pipeline); pass
+            False in a hot loop whose inputs are finite by construction.
 
     Returns:
         SinkhornResult(f, g, cost, plan, n_iters). Only ``cost`` carries a gradient,
         to the cost matrix: d cost / d C = plan.
     """
     given = (a is not None) or (b is not None)
-    a, b = _validate(cost, a, b, eps, max_iters, tol, check_every)
+    a, b = _validate(cost, a, b, eps, max_iters, tol, check_every, check_inputs)
     if cost.dtype == torch.float64:
         name = "torch"
         if backend in ("cuda", "triton"):
@@ -194,8 +201,9 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
                 "use float32/bfloat16 costs or backend='torch'")
     else:
         name = _backend.resolve(cost.device, "sinkhorn", backend)
-    f, g, total, plan, n_iters = _sinkhorn_op(cost, a, b, float(eps), int(max_iters),
+    f, g, total, plan, n_iters = _sinkhorn(cost, a, b, float(eps), int(max_iters),
                                               -1.0 if tol is None else float(tol), int(check_every),
                                               bool(return_plan), name,
-                                              (2 if given else 1) if torch.compiler.is_compiling() else 0)
+                                              (2 if given else 1) if check_inputs and torch.compiler.is_compiling()
+                                              else 0)
     return SinkhornResult(f.detach(), g.detach(), total, plan.detach() if return_plan else None, n_iters)

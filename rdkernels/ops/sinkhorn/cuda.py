@@ -1,6 +1,8 @@
 """rdkernels._C wrapper for the batched Sinkhorn solver (csrc/sinkhorn.cu)."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from rdkernels.backend import cuda_extension
@@ -8,6 +10,15 @@ from rdkernels.ops._cuda_common import dtype_code, stream_of
 from rdkernels.ops.sinkhorn._driver import run_tiled
 
 FUSED_MAX = 256  # n, m <= this: one launch, one CTA per problem, every iteration
+REGISTER_MAX = 128  # n, m <= this: the register-resident kernel can run it (see registers_enabled)
+
+
+def registers_enabled() -> bool:
+    """Whether n, m <= 128 problems take the register-resident kernel
+    (csrc/sinkhorn.cu, 16 warps per problem, two barriers per iteration) rather
+    than the shared-memory one. Off by default until it has been validated and
+    timed on a GPU; RDKERNELS_SINKHORN_REGISTERS=1 turns it on."""
+    return os.environ.get("RDKERNELS_SINKHORN_REGISTERS", "0") == "1"
 
 
 class _CudaTiled:
@@ -57,5 +68,5 @@ def _sinkhorn_cuda(cost, a, b, eps, max_iters, tol, check_every, return_plan):
     cuda_extension().sinkhorn(cost.data_ptr(), dtype_code(cost), la.data_ptr(), lb.data_ptr(), a.data_ptr(),
                               f.data_ptr(), g.data_ptr(), total.data_ptr(), 0 if plan is None else plan.data_ptr(),
                               n_iters.data_ptr(), P, n, m, float(eps), float(tol) if tol is not None else 0.0,
-                              max_iters, tol is not None, stream_of(cost))
+                              max_iters, tol is not None, registers_enabled(), stream_of(cost))
     return f, g, total, plan, n_iters
