@@ -185,3 +185,14 @@ def test_replay_and_list(tmp_path, capsys):
     assert (tmp_path / "tiny-bank_update.png").exists()
     assert cli.main(["--list", "--quick"]) == 0
     assert "bank_update: " in capsys.readouterr().out
+
+
+def test_overhead_tool_measures_a_callable_or_says_it_needs_a_gpu():
+    from benchmarks import overhead
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="needs a CUDA device"):
+            overhead.main(["--op", "dcd"])
+        return
+    x = torch.randn(256, 256, device="cuda")
+    r = overhead.measure(lambda: x @ x, iters=5)
+    assert set(r) == {"wall_ms", "host_ms", "gpu_ms"} and all(v > 0 for v in r.values())

@@ -9,6 +9,31 @@ gradient by autodiff through its iterations, so only its forward is checked)
 and geomloss (SamplesLoss, tensorized, batched; it takes points, so the cost is
 built as |x - y|^2 / 2 = 1 - cos of unit vectors, and it returns the dual value
 <a, f> + <b, g>, with its own eps-scaling schedule).
+geomloss-fixed: geomloss at equal iterations. geomloss's own tensorized
+log-domain loop (sinkhorn_loop with softmin_tensorized, the loop behind
+SamplesLoss(backend="tensorized")) run on the same batched cost C [P, n, m]
+with uniform marginals and eps_list = [eps] * iters: no annealing, a single
+scale (no jumps, truncation or extrapolation), debias=False. Conventions match
+rdkernels' exactly: geomloss's softmin is f_i = -eps log sum_j b_j exp((g_j -
+C_ij) / eps) on the matrix as given (the |x - y|^p / p scaling only applies when
+geomloss builds C from points), so eps is POT's reg, and its potentials follow
+plan = a_i b_j exp((f_i + g_j - C_ij) / eps). The loop differs in its updates:
+symmetric (f, g averaged with their Sinkhorn updates, both in parallel), started
+from one softmin at eps, ended by one full parallel step; so at equal iterations
+it sits at a slightly different point of the convergence (<plan, C> within ~1e-5
+relative at 64 x 64, eps 0.05, 100 iterations). Compared with the reference:
+"cost" (<plan, C> of geomloss's plan, computed from its potentials as
+geomloss.ot does) and "dual" (geomloss's sinkhorn_cost, <a, f> + <b, g>); the
+raw potentials carry a different additive constant, so they are not compared.
+Backward: geomloss's own autograd on the dual through its last step (the loop
+runs without autograd), with the transposed cost detached as SamplesLoss does,
+gives d dual / dC = its last plan, the envelope gradient rdkernels computes; it
+equals rdkernels' plan only at convergence (~3e-3 relative to the largest entry
+at 64 x 64, eps 0.05, 100 iterations), so it is timed but only the forward is
+checked.
+
+rdkernels runs with check_inputs=False: its finiteness check costs a host
+sync per call, which the naive loop does not make.
 
 Floor: read C once and write f, g (forward); read C and write dC (backward);
 the 4 elementwise flops per entry and half-iteration are counted at the
@@ -16,12 +41,37 @@ matmul rate, which makes the compute floor loose (exp is slower).
 """
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 from benchmarks import naive
 from benchmarks.ops._common import dtype_of, elt, generator, unit_rows
 from benchmarks.registry import (Case, Floor, Impl, OpBench, cuda_unavailable, module_missing, peer_missing,
                                  register, triton_unavailable)
+
+
+def _geomloss_loop():
+    """geomloss's tensorized Sinkhorn pieces: (sinkhorn_loop, softmin_tensorized,
+    sinkhorn_cost). geomloss >= 0.3 keeps them under _legacy, 0.2 at the top."""
+    for pkg in ("geomloss._legacy", "geomloss"):
+        try:
+            div = importlib.import_module(f"{pkg}.sinkhorn_divergence")
+            samples = importlib.import_module(f"{pkg}.sinkhorn_samples")
+            return div.sinkhorn_loop, samples.softmin_tensorized, div.sinkhorn_cost
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError("geomloss has no tensorized sinkhorn_loop (sinkhorn_divergence / sinkhorn_samples)")
+
+
+def _geomloss_loop_missing(device):
+    reason = peer_missing("geomloss")(device)
+    if reason is None:
+        try:
+            _geomloss_loop()
+        except ImportError as exc:
+            reason = str(exc)
+    return reason
 
 
 @register
@@ -41,7 +91,7 @@ class Sinkhorn(OpBench):
             C, eps, iters = inp["C"], inp["eps"], inp["iters"]
 
             def run():
-                res = sinkhorn(C, eps=eps, max_iters=iters, backend=backend)
+                res = sinkhorn(C, eps=eps, max_iters=iters, backend=backend, check_inputs=False)
                 return {"cost": res.cost, "f": res.f, "g": res.g}
             return run
         return prepare
@@ -83,6 +133,30 @@ class Sinkhorn(OpBench):
         loss = SamplesLoss("sinkhorn", p=2, blur=eps ** 0.5, debias=False, backend="tensorized")
         return lambda: {"dual": loss(xg, y), "grad_targets": [xg]}
 
+    @staticmethod
+    def _geomloss_fixed(inp):
+        sinkhorn_loop, softmin, sinkhorn_cost = _geomloss_loop()
+        C, a, b, eps, iters = inp["C"], inp["a"], inp["b"], inp["eps"], inp["iters"]
+        a, b = a.to(C.dtype), b.to(C.dtype)
+        eps_list = [eps] * iters
+
+        def run():
+            grad_was = torch.is_grad_enabled()   # the loop leaves autograd on
+            try:
+                # C_yx detached (SamplesLoss detaches the other side too): the gradient
+                # to C comes from f's last step only, d <a, f> / dC = plan.
+                _, _, g, f = sinkhorn_loop(softmin, a.log(), b.log(), None, None, C,
+                                           C.detach().transpose(1, 2).contiguous(), eps_list, None,
+                                           debias=False)
+            finally:
+                torch.set_grad_enabled(grad_was)
+            dual = sinkhorn_cost(eps, None, a, b, None, None, g, f, batch=True, debias=False)
+            with torch.no_grad():   # geomloss.ot's plan: a_i b_j exp((f_i + g_j - C_ij) / eps)
+                plan = a[:, :, None] * b[:, None, :] * torch.exp((f[:, :, None] + g[:, None, :] - C) / eps)
+                cost = (plan * C).sum(dim=(1, 2))
+            return {"cost": cost, "dual": dual}
+        return run
+
     def implementations(self):
         return [
             Impl("naive", self._naive, kind="naive", check="forward",
@@ -95,6 +169,10 @@ class Sinkhorn(OpBench):
             Impl("geomloss", self._geomloss, kind="peer", unavailable=peer_missing("geomloss"), check="forward",
                  rtol_scale=10, loss_key="dual",
                  note="geomloss dual value <a,f>+<b,g>, own eps-scaling; gradient to the points"),
+            Impl("geomloss-fixed", self._geomloss_fixed, kind="peer", unavailable=_geomloss_loop_missing,
+                 check="forward", rtol_scale=10, loss_key="dual",
+                 note="geomloss's tensorized loop at fixed eps, same iterations; <plan,C> and dual checked, "
+                      "envelope gradient to C timed only"),
         ]
 
     def reference(self):
@@ -105,8 +183,10 @@ class Sinkhorn(OpBench):
         if size == "tiny":
             grid = [dict(P=2, n=8, m=8, eps=0.1, iters=10)]
         elif size == "quick" or preset is not None:
-            # P=1, 64 x 64: WCoRD's local term at batch 64; P=16: a batch of small problems.
+            # P=1, 64 x 64: WCoRD's local term at batch 64; P=16: a batch of small problems;
+            # P=64, 128 x 128: the headline configuration (64 problems, 100 iterations).
             grid = [dict(P=p, n=64, m=64, eps=0.05, iters=100) for p in (1, 16)]
+            grid.append(dict(P=64, n=128, m=128, eps=0.05, iters=100))
         else:
             # Capped at 4M cost entries: the naive loop's unrolled graph keeps
             # several [P, n, m] tensors per iteration for its backward.

@@ -1,0 +1,102 @@
+"""Host or device: what bounds each implementation of an op (GPU only).
+
+    python -m benchmarks.overhead [--op OP ...] [--preset cifar] [--match TEXT] [--iters 30]
+
+For every implementation of the chosen ops' cases, forward + backward, prints
+
+* wall:  ms per call, back to back (CUDA events around ``iters`` calls);
+* host:  ms of CPU time to issue one call (no sync in between);
+* gpu:   ms of kernel time per call (torch.profiler, device side);
+
+An implementation whose host time is close to its wall time is bound by the
+Python, dispatcher and launch work, not by its kernels: faster kernels would
+not help it, fewer launches would. Index range checks are off, as in the
+timed suite. ``--json PATH`` saves the rows with the device name.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.registry import OP_MODULES, load_ops
+from benchmarks.suite import _index_checks, _mode_fn
+
+
+def _kernel_ms(fn, iters: int) -> float:
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    total_us = sum(e.self_device_time_total for e in prof.key_averages())
+    return total_us / 1e3 / iters
+
+
+def measure(fn, iters: int) -> dict:
+    for _ in range(3):          # JIT, autotune, allocator growth
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    host = (time.perf_counter() - t0) * 1e3 / iters
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    wall = start.elapsed_time(end) / iters
+    return {"wall_ms": wall, "host_ms": host, "gpu_ms": _kernel_ms(fn, iters)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.splitlines()[0])
+    p.add_argument("--op", action="append", choices=OP_MODULES, metavar="OP")
+    p.add_argument("--preset", choices=("cifar", "imagenet"))
+    p.add_argument("--size", choices=("quick", "full"), default="quick")
+    p.add_argument("--match", default=None, help="only cases whose label contains this text")
+    p.add_argument("--impl", action="append", default=None, help="only these implementations (repeatable)")
+    p.add_argument("--iters", type=int, default=30)
+    p.add_argument("--json", default=None, help="also write the rows here")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks.overhead needs a CUDA device")
+    device = torch.device("cuda")
+    ops, _ = load_ops(args.op)
+    rows = []
+    print(f"{'op':<22} {'case':<44} {'impl':<16} {'wall ms':>8} {'host ms':>8} {'gpu ms':>8}")
+    for op in ops:
+        for case in op.cases(args.size, args.preset):
+            if args.match and args.match not in case.label:
+                continue
+            inputs = op.make_inputs(case, device, seed=0)
+            for impl in op.all_implementations():
+                if args.impl and impl.name not in args.impl:
+                    continue
+                if impl.unavailable(device):
+                    continue
+                mode = "fwd+bwd" if op.differentiable else "fwd"
+                try:
+                    with _index_checks(False):
+                        r = measure(_mode_fn(op, impl, inputs, mode), args.iters)
+                except Exception as exc:  # report and go on: one broken impl should not hide the rest
+                    print(f"{op.name:<22} {case.label:<44} {impl.name:<16} failed: {exc}")
+                    continue
+                rows.append(dict(op=op.name, case=case.label, impl=impl.name, mode=mode, **r))
+                print(f"{op.name:<22} {case.label:<44} {impl.name:<16} {r['wall_ms']:8.3f} {r['host_ms']:8.3f} "
+                      f"{r['gpu_ms']:8.3f}", flush=True)
+    if args.json:
+        record = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__,
+                  "iters": args.iters, "rows": rows}
+        with open(args.json, "w") as fh:
+            json.dump(record, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
