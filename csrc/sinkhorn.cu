@@ -427,6 +427,14 @@ void check_problems(int64_t P, const char* what) {
 
 }  // namespace
 
+#define RDK_DISPATCH_COST(dtype, T, ...)                             \
+  switch (dtype) {                                                   \
+    case kFloat32: { using T = float; __VA_ARGS__; break; }          \
+    case kBFloat16: { using T = __nv_bfloat16; __VA_ARGS__; break; } \
+    case kFloat16: { using T = __half; __VA_ARGS__; break; }         \
+    default: throw bad_dtype("cost", dtype);                         \
+  }
+
 void sinkhorn(uintptr_t cost, int cost_dtype, uintptr_t log_a, uintptr_t log_b, uintptr_t a, uintptr_t f,
               uintptr_t g, uintptr_t total, uintptr_t plan, uintptr_t n_iters, int64_t problems, int64_t n,
               int64_t m, float eps, float tol, int64_t max_iters, bool check, bool registers, uintptr_t stream) {
@@ -443,31 +451,15 @@ void sinkhorn(uintptr_t cost, int cost_dtype, uintptr_t log_a, uintptr_t log_b, 
   auto* ip = reinterpret_cast<int*>(n_iters);
   const void* c = reinterpret_cast<const void*>(cost);
   if (registers && n <= kRegMaxRows && m <= kRegMaxCols) {
-    switch (cost_dtype) {
-      case kFloat32: launch_registers<float>(c, la, lb, ap, fp, gp, tp, pp, ip, problems, n, m, eps, tol, max_iters, check, s); break;
-      case kBFloat16: launch_registers<__nv_bfloat16>(c, la, lb, ap, fp, gp, tp, pp, ip, problems, n, m, eps, tol, max_iters, check, s); break;
-      case kFloat16: launch_registers<__half>(c, la, lb, ap, fp, gp, tp, pp, ip, problems, n, m, eps, tol, max_iters, check, s); break;
-      default: throw bad_dtype("cost", cost_dtype);
-    }
-    check_launch("sinkhorn");
-    return;
-  }
-  switch (cost_dtype) {
-    case kFloat32: launch_fused<float>(c, la, lb, ap, fp, gp, tp, pp, ip, problems, n, m, eps, tol, max_iters, check, s); break;
-    case kBFloat16: launch_fused<__nv_bfloat16>(c, la, lb, ap, fp, gp, tp, pp, ip, problems, n, m, eps, tol, max_iters, check, s); break;
-    case kFloat16: launch_fused<__half>(c, la, lb, ap, fp, gp, tp, pp, ip, problems, n, m, eps, tol, max_iters, check, s); break;
-    default: throw bad_dtype("cost", cost_dtype);
+    RDK_DISPATCH_COST(cost_dtype, T,
+        launch_registers<T>(c, la, lb, ap, fp, gp, tp, pp, ip, problems, n, m, eps, tol, max_iters, check, s))
+  } else {
+    RDK_DISPATCH_COST(cost_dtype, T,
+        launch_fused<T>(c, la, lb, ap, fp, gp, tp, pp, ip, problems, n, m, eps, tol, max_iters, check, s))
   }
   check_launch("sinkhorn");
 }
 
-#define RDK_DISPATCH_COST(dtype, T, ...)                             \
-  switch (dtype) {                                                   \
-    case kFloat32: { using T = float; __VA_ARGS__; break; }          \
-    case kBFloat16: { using T = __nv_bfloat16; __VA_ARGS__; break; } \
-    case kFloat16: { using T = __half; __VA_ARGS__; break; }         \
-    default: throw bad_dtype("cost", dtype);                         \
-  }
 
 void sinkhorn_rows(uintptr_t cost, int cost_dtype, uintptr_t log_b, uintptr_t G, uintptr_t F, uintptr_t F_new,
                    uintptr_t a, uintptr_t err, uintptr_t done, int64_t problems, int64_t n, int64_t m,

@@ -132,21 +132,25 @@ def _f64_reference(C, a, b, eps, iters, tol=None):
     return sinkhorn_reference(C.to(torch.float64), a.double(), b.double(), eps, iters, tol, 10, True)
 
 
+def _assert_matches_f64(res, ref, eps):
+    """fp32 arithmetic against float64 on the same (possibly bf16-rounded) costs;
+    f, g are compared through f/eps, the quantity the iterations work with."""
+    f, g, total, plan, n_iters = ref
+    assert_close("f/eps", res.f / eps, f / eps, atol=2e-3, rtol=2e-5)
+    assert_close("g/eps", res.g / eps, g / eps, atol=2e-3, rtol=2e-5)
+    assert_close("cost", res.cost, total, atol=1e-5, rtol=2e-4)
+    assert_close("plan", res.plan, plan, atol=1e-7, rtol=2e-3)
+    assert torch.equal(res.n_iters.cpu(), n_iters.cpu())
+
+
 @pytest.mark.parametrize("backend", backends("sinkhorn"))
 @pytest.mark.parametrize("P,n,m,eps,dtype,iters", SWEEP,
                          ids=[f"P{c[0]}-{c[1]}x{c[2]}-eps{c[3]}-{str(c[4])[6:]}" for c in SWEEP])
 def test_matches_reference(backend, P, n, m, eps, dtype, iters):
     C = (torch.rand(P, n, m, device=DEVICE) * 4).to(dtype)
     a, b = _marginal(P, n, False), _marginal(P, m, False)
-    f, g, total, plan, n_iters = _f64_reference(C, a, b, eps, iters)
     res = sinkhorn(C, a, b, eps=eps, max_iters=iters, return_plan=True, backend=backend)
-    # fp32 arithmetic against float64 on the same (possibly bf16-rounded) costs;
-    # f, g are compared through f/eps, the quantity the iterations work with.
-    assert_close("f/eps", res.f / eps, f / eps, atol=2e-3, rtol=2e-5)
-    assert_close("g/eps", res.g / eps, g / eps, atol=2e-3, rtol=2e-5)
-    assert_close("cost", res.cost, total, atol=1e-5, rtol=2e-4)
-    assert_close("plan", res.plan, plan, atol=1e-7, rtol=2e-3)
-    assert torch.equal(res.n_iters.cpu(), n_iters.cpu())
+    _assert_matches_f64(res, _f64_reference(C, a, b, eps, iters), eps)
     assert res.f.dtype == res.g.dtype == res.cost.dtype == torch.float32
 
 
@@ -174,13 +178,8 @@ def test_cuda_register_kernel_matches_reference(monkeypatch, P, n, m, eps, dtype
     monkeypatch.setenv("RDKERNELS_SINKHORN_REGISTERS", "1")
     C = (torch.rand(P, n, m, device=DEVICE) * 4).to(dtype)
     a, b = _marginal(P, n, False), _marginal(P, m, False)
-    f, g, total, plan, n_iters = _f64_reference(C, a, b, eps, iters)
     res = sinkhorn(C, a, b, eps=eps, max_iters=iters, return_plan=True, backend="cuda")
-    assert_close("f/eps", res.f / eps, f / eps, atol=2e-3, rtol=2e-5)
-    assert_close("g/eps", res.g / eps, g / eps, atol=2e-3, rtol=2e-5)
-    assert_close("cost", res.cost, total, atol=1e-5, rtol=2e-4)
-    assert_close("plan", res.plan, plan, atol=1e-7, rtol=2e-3)
-    assert torch.equal(res.n_iters.cpu(), n_iters.cpu())
+    _assert_matches_f64(res, _f64_reference(C, a, b, eps, iters), eps)
     # the on-device early stop, per problem
     tol = 1e-4
     ref = _f64_reference(C, a, b, eps, iters, tol)
