@@ -14,6 +14,17 @@ from __future__ import annotations
 import torch
 
 
+def fused_buffers(cost, a, b, return_plan):
+    """What a one-launch kernel (Triton or CUDA) reads and writes: (log a, log b,
+    f, g, cost, n_iters, plan or None). f starts at zero (the streamed Triton
+    kernel reads it as the first iterate)."""
+    P, n, m = cost.shape
+    f32 = dict(dtype=torch.float32, device=cost.device)
+    plan = torch.empty(P, n, m, **f32) if return_plan else None
+    return (a.log(), b.log(), torch.zeros(P, n, **f32), torch.empty(P, m, **f32), torch.empty(P, **f32),
+            torch.empty(P, dtype=torch.int32, device=cost.device), plan)
+
+
 def run_tiled(kernels, cost, a, b, eps, max_iters, tol, check_every, return_plan):
     """``kernels`` has rows(lb, G, F, Fn, a, err, done, check), cols(la, F, G, done) and
     plan_cost(la, lb, F, G, rowcost, plan); potentials are passed divided by eps."""

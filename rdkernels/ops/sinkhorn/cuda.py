@@ -7,7 +7,7 @@ import torch
 
 from rdkernels.backend import cuda_extension
 from rdkernels.ops._cuda_common import dtype_code, stream_of
-from rdkernels.ops.sinkhorn._driver import run_tiled
+from rdkernels.ops.sinkhorn._driver import fused_buffers, run_tiled
 
 FUSED_MAX = 256  # n, m <= this: one launch, one CTA per problem, every iteration
 REGISTER_MAX = 128  # n, m <= this: the register-resident kernel can run it (see registers_enabled)
@@ -58,13 +58,7 @@ def _sinkhorn_cuda(cost, a, b, eps, max_iters, tol, check_every, return_plan):
     P, n, m = cost.shape
     if n > FUSED_MAX or m > FUSED_MAX:
         return run_tiled(_CudaTiled(cost, 1.0 / eps), cost, a, b, eps, max_iters, tol, check_every, return_plan)
-    dev = cost.device
-    la, lb = a.log(), b.log()
-    f = torch.empty(P, n, dtype=torch.float32, device=dev)
-    g = torch.empty(P, m, dtype=torch.float32, device=dev)
-    total = torch.empty(P, dtype=torch.float32, device=dev)
-    n_iters = torch.empty(P, dtype=torch.int32, device=dev)
-    plan = torch.empty(P, n, m, dtype=torch.float32, device=dev) if return_plan else None
+    la, lb, f, g, total, n_iters, plan = fused_buffers(cost, a, b, return_plan)
     cuda_extension().sinkhorn(cost.data_ptr(), dtype_code(cost), la.data_ptr(), lb.data_ptr(), a.data_ptr(),
                               f.data_ptr(), g.data_ptr(), total.data_ptr(), 0 if plan is None else plan.data_ptr(),
                               n_iters.data_ptr(), P, n, m, float(eps), float(tol) if tol is not None else 0.0,

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rdkernels.ops.sinkhorn._driver import run_tiled
+from rdkernels.ops.sinkhorn._driver import fused_buffers, run_tiled
 
 # ptxas (sm_90): about 8 fp32 tile elements per thread keep the resident kernel
 # near 100 registers without spills; 64x64 at 16 warps is the largest such tile.
@@ -253,26 +253,21 @@ def fused_config(n: int, m: int) -> dict:
 
 def _launch_fused(cost, a, b, eps, max_iters, tol, return_plan):
     P, n, m = cost.shape
-    dev = cost.device
-    la, lb = a.log(), b.log()
-    f = torch.zeros(P, n, dtype=torch.float32, device=dev)
-    g = torch.empty(P, m, dtype=torch.float32, device=dev)
-    total = torch.empty(P, dtype=torch.float32, device=dev)
-    n_iters = torch.empty(P, dtype=torch.int32, device=dev)
-    plan = torch.empty(P, n, m, dtype=torch.float32, device=dev) if return_plan else total
+    la, lb, f, g, total, n_iters, plan = fused_buffers(cost, a, b, return_plan)
+    plan_arg = total if plan is None else plan  # a placeholder the kernel does not write
     check = int(tol is not None)
     tol_ = float(tol) if tol is not None else 0.0
     cfg = fused_config(n, m)
     if cfg["kernel"] == "resident":
-        _sinkhorn_resident_kernel[(P,)](cost, la, lb, a, f, g, total, plan, n_iters, n, m, float(eps), tol_,
+        _sinkhorn_resident_kernel[(P,)](cost, la, lb, a, f, g, total, plan_arg, n_iters, n, m, float(eps), tol_,
                                         max_iters, check, int(return_plan), BN=cfg["BN"], BM=cfg["BM"],
                                         num_warps=cfg["num_warps"])
     else:
-        fn = torch.empty(P, n, dtype=torch.float32, device=dev)
-        _sinkhorn_streamed_kernel[(P,)](cost, la, lb, a, f, g, fn, total, plan, n_iters, n, m, float(eps), tol_,
+        fn = torch.empty_like(f)
+        _sinkhorn_streamed_kernel[(P,)](cost, la, lb, a, f, g, fn, total, plan_arg, n_iters, n, m, float(eps), tol_,
                                         max_iters, check, int(return_plan), BR=cfg["BR"], BM=cfg["BM"],
                                         num_warps=cfg["num_warps"])
-    return f, g, total, (plan if return_plan else None), n_iters
+    return f, g, total, plan, n_iters
 
 
 class _TritonTiled:
