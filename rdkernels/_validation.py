@@ -24,6 +24,21 @@ def index_checks_enabled() -> bool:
     return os.environ.get("RDKERNELS_CHECK_INDICES", "1") != "0"
 
 
+def host_reads_allowed(t: torch.Tensor) -> bool:
+    """Whether a check may read ``t``'s values on the host right now.
+
+    Not while torch.compile traces (a host read breaks the graph; the ops check
+    inside their opaque bodies instead), and not while a CUDA graph is being
+    captured: a read there is an error, and a check at capture time would only
+    ever see the capture-time values, since a replay runs on whatever the
+    captured buffers hold. Captured steps rely on their inputs being valid by
+    construction, as a run with ``RDKERNELS_CHECK_INDICES=0`` does.
+    """
+    if torch.compiler.is_compiling():
+        return False
+    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
     return ", ".join(str(d).replace("torch.", "") for d in dtypes)
 
@@ -67,9 +82,9 @@ def check_index_range(name: str, idx: torch.Tensor, upper: int) -> None:
 def check_index_ranges(named: dict, upper: int) -> None:
     """Range-check several index tensors with a single host sync."""
     named = {k: v for k, v in named.items() if v is not None and v.numel() > 0}
-    if not index_checks_enabled() or not named or torch.compiler.is_compiling():
-        return  # under torch.compile the ops check inside their (opaque) bodies
-    if any(t.device.type == "meta" or _is_fake(t) for t in named.values()):
+    if not index_checks_enabled() or not named:
+        return
+    if any(t.device.type == "meta" or _is_fake(t) or not host_reads_allowed(t) for t in named.values()):
         return
     bounds = torch.stack([torch.stack(torch.aminmax(t)).long() for t in named.values()]).tolist()
     for name, (lo, hi) in zip(named, bounds):

@@ -33,6 +33,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-decay-rate", "--lr_decay_rate", type=float, default=0.1)
     g.add_argument("--amp", action="store_true", help="mixed precision (autocast)")
     g.add_argument("--amp-dtype", choices=("bfloat16", "float16"), default="bfloat16")
+    g.add_argument("--cuda-graph", action="store_true",
+                   help="record each training step once as a CUDA graph and replay it (takes host time out of "
+                   "the step; float16 AMP and the reference CRD/WCoRD losses cannot be captured)")
+    g.add_argument("--graph-warmup", type=int, default=3, help="eager steps before the step is captured")
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto")
     g.add_argument("--seed", type=int, default=0)
@@ -81,8 +85,8 @@ def _distill_args(p: argparse.ArgumentParser, *, compare: bool = False) -> None:
                    "workers, as the reference), loss (contrast_idx=None: the loss's own uniform sampling)")
     g.add_argument("--workers", type=int, default=8, help="DataLoader workers for --sampling workers")
     g.add_argument("--no-index-checks", action="store_true",
-                   help="skip the fused losses' index range checks (one host sync per call); "
-                   "the harness's samplers only produce valid indices")
+                   help="skip the fused losses' host-synced checks, one sync per call each: index ranges (the "
+                   "harness's samplers only produce valid indices) and WCoRD's finite-cost check")
 
 
 def _config(args, **extra) -> TrainConfig:
@@ -100,7 +104,7 @@ def _config(args, **extra) -> TrainConfig:
         lr_decay_epochs=tuple(int(e) for e in args.lr_decay_epochs.split(",") if e.strip()),
         lr_decay_rate=args.lr_decay_rate, amp=args.amp, amp_dtype=args.amp_dtype, device=args.device,
         seed=args.seed, deterministic=args.deterministic, out=args.out, log_every=args.log_every,
-        save_every=args.save_every,
+        save_every=args.save_every, cuda_graph=args.cuda_graph, graph_warmup=args.graph_warmup,
         eval_every_epoch=not args.no_eval, progress=not args.no_progress, loss=loss)
     for name in ("arch", "teacher_arch", "teacher", "distill", "impl", "backend", "gamma", "alpha", "beta",
                  "mode", "sampling", "workers"):

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from rdkernels.harness import data as hdata
-from rdkernels.harness.train import Trainer, TrainConfig, command_line, device_name, resolve_device, versions
+from rdkernels.harness.train import (Trainer, TrainConfig, command_line, device_name, graph_blocker, resolve_device,
+                                     versions)
 
 
 def _slug(text: str) -> str:
@@ -31,6 +32,11 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     All three runs share the seed, data, batch order, teacher and student
     initialisation; the two impls also share the loss's initial state and the
     contrast indices, so their loss curves should lie on top of each other.
+
+    With ``cfg.cuda_graph`` every run replays its step from a CUDA graph, except
+    a reference whose step cannot be captured (CRD's and WCoRD's read values on
+    the host every step): it runs eagerly, as its users run it, and the report
+    says so.
     """
     if cfg.distill in (None, "kd"):
         raise ValueError("compare needs a representation distiller: --distill crd|wcord|dcd|rrd")
@@ -49,11 +55,16 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     results = {}
     for name, run_cfg in runs.items():
         run_cfg = dataclasses.replace(run_cfg, max_steps=steps, out=None, eval_every_epoch=False)
+        eager_reason = graph_blocker(run_cfg.distill, run_cfg.impl) if run_cfg.cuda_graph else None
+        if eager_reason:
+            run_cfg = dataclasses.replace(run_cfg, cuda_graph=False)
         trainer = Trainer(run_cfg, train_set=train_set, test_set=test_set)
         summary = trainer.run(steps, timing_warmup=warmup)
         results[name] = {
             "impl": run_cfg.impl,
             "distill": run_cfg.distill,
+            "cuda_graph": run_cfg.cuda_graph,
+            "eager_because": eager_reason,
             "steps_per_s": summary["steps_per_s"],
             "ms_per_step": 1000.0 / summary["steps_per_s"] if summary["steps_per_s"] else None,
             "peak_memory_bytes": summary["peak_memory_bytes"],
@@ -88,6 +99,7 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"train_{cfg.distill}_{cfg.teacher_arch}_{cfg.arch}_{_slug(dev_name)}"
+    stem += (f"_amp-{cfg.amp_dtype}" if cfg.amp else "") + ("_cuda-graph" if cfg.cuda_graph else "")
     json_path = out_dir / f"{stem}.json"
     with open(json_path, "w") as fh:
         json.dump(report, fh, indent=2)
@@ -104,7 +116,8 @@ def _setting(cfg: dict) -> str:
         text += f", K={cfg['loss']['nce_k']}"
     elif cfg["distill"] == "rrd":
         text += f", queue {cfg['loss']['nce_k']}"
-    return text + (f", AMP {cfg['amp_dtype']}" if cfg["amp"] else "")
+    text += f", AMP {cfg['amp_dtype']}" if cfg["amp"] else ""
+    return text + (", CUDA graphs" if cfg.get("cuda_graph") else "")
 
 
 def format_report(report: dict) -> str:
@@ -118,7 +131,8 @@ def format_report(report: dict) -> str:
         ms = f"{r['ms_per_step']:.1f}" if r["ms_per_step"] else "-"
         mem = f"{r['peak_memory_bytes'] / 2**20:.0f}" if r["peak_memory_bytes"] else "-"
         ratio = r.get("step_ratio_vs_kd")
-        lines.append(f"{name:<10} {sps:>9} {ms:>9} {mem:>9} {(f'{ratio:.2f}' if ratio else '-'):>10}")
+        note = "  (eager: its step cannot be captured)" if r.get("eager_because") else ""
+        lines.append(f"{name:<10} {sps:>9} {ms:>9} {mem:>9} {(f'{ratio:.2f}' if ratio else '-'):>10}{note}")
     if report["speedup_fused_vs_reference"]:
         lines.append(f"fused vs reference: step-time speed-up {report['speedup_fused_vs_reference']:.2f}x; "
                      f"max |loss difference| over the run {report['max_abs_loss_diff']:.3g}")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from rdkernels.harness import data as hdata
 from rdkernels.harness.distillers import DEFAULT_WEIGHTS, DISTILLERS, IMPLS, LossOptions, build_distiller
+from rdkernels.harness.graphs import GraphedStep
 from rdkernels.harness.models import build_model
 
 SAMPLINGS = ("device", "workers", "loss")
@@ -68,7 +69,9 @@ class TrainConfig:
     device: str = "auto"
     backend: str = "auto"                    # rdkernels backend for --impl fused
     deterministic: bool = False              # cuDNN deterministic algorithms instead of benchmark mode
-    index_checks: bool = True                # False: skip the losses' index range checks (one host sync each)
+    index_checks: bool = True                # False: skip the losses' host-synced checks (index ranges, WCoRD costs)
+    cuda_graph: bool = False                 # replay each step from a CUDA graph (see harness/graphs.py)
+    graph_warmup: int = 3                    # eager steps before the step is captured
     seed: int = 0
     out: str | None = None                   # run folder: log.csv, summary.json, checkpoints
     log_every: int = 10
@@ -183,6 +186,8 @@ class Trainer:
             raise ValueError(f"amp_dtype must be bfloat16 or float16, got {cfg.amp_dtype!r}")
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        if cfg.cuda_graph:
+            _check_graphable(cfg, self.device)
         if self.device.type == "cuda":
             # the reference sets cudnn.benchmark; exact resume on a GPU needs deterministic kernels instead
             torch.backends.cudnn.benchmark = not cfg.deterministic
@@ -226,6 +231,8 @@ class Trainer:
                 n_data=self.n_data, opt=cfg.loss, seed=cfg.seed + 1).to(self.device)
             # the loss's trainable heads (CRD's embeddings, DCD's tau and bias) train with the student
             params += [p for p in self.criterion.parameters() if p.requires_grad]
+            if not cfg.index_checks and hasattr(self.criterion.feature_loss, "check_costs"):
+                self.criterion.feature_loss.check_costs = False  # WCoRD: its OT costs are finite by construction
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.amp_dtype = getattr(torch, cfg.amp_dtype)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.amp and self.amp_dtype == torch.float16 else None
@@ -245,6 +252,7 @@ class Trainer:
                 self.contrast_sampler = hdata.DeviceContrastSampler(
                     self.labels_dev, self.num_classes, cfg.loss.nce_k, cfg.mode, self.device)
         self.history: list[dict] = []
+        self.graphed = GraphedStep(self._step, warmup=cfg.graph_warmup) if cfg.cuda_graph else None
 
     # ------------------------------------------------------------ data
     def _batches(self, epoch: int, start: int):
@@ -273,18 +281,37 @@ class Trainer:
 
     # ------------------------------------------------------------ one step
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.cfg.amp)
+        # autocast's cache of cast weights cannot outlive a graph capture
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.cfg.amp,
+                              cache_enabled=not self.cfg.cuda_graph)
+
+    @property
+    def term_names(self) -> tuple[str, ...]:
+        """The loss terms a step reports, in the order of ``_step``'s output."""
+        if self.criterion is None:
+            return ("loss_ce", "loss")
+        return ("loss_ce", "loss_kd", "loss_feat", "loss")
 
     def train_step(self, images, labels, index, contrast_idx) -> dict[str, torch.Tensor]:
         """One SGD step; returns the loss terms as 0-dim tensors (not synced)."""
-        cfg = self.cfg
+        # augmentation draws from self.gen, so it runs outside the captured step
         x = hdata.augment(images, self.gen, train=True)
+        inputs = (x, labels, index) if contrast_idx is None else (x, labels, index, contrast_idx)
+        if self.graphed is not None:
+            terms = self.graphed(self.optimizer.param_groups[0]["lr"], *inputs)
+        else:
+            terms = self._step(*inputs)
+        return dict(zip(self.term_names, terms.unbind()))
+
+    def _step(self, x, labels, index, contrast_idx=None) -> torch.Tensor:
+        """Forward, backward and the optimizer step on an augmented batch; the loss
+        terms stacked in ``term_names`` order, as float32."""
         self.model.train()
-        gamma, alpha, beta = cfg.weights()
+        gamma, alpha, beta = self.cfg.weights()
         with self._autocast():
             feat_s, logit_s = self.model(x)
             loss_ce = F.cross_entropy(logit_s, labels)
-            out = {"loss_ce": loss_ce}
+            terms = [loss_ce]
             loss = gamma * loss_ce
             if self.criterion is not None:
                 with torch.no_grad():
@@ -292,7 +319,7 @@ class Trainer:
                 loss_kd, loss_feat = self.criterion(feat_s, feat_t.detach(), logit_s, logit_t.detach(),
                                                     index, contrast_idx)
                 loss = loss + alpha * loss_kd + beta * loss_feat
-                out["loss_kd"], out["loss_feat"] = loss_kd, loss_feat
+                terms += [loss_kd, loss_feat]
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -301,8 +328,7 @@ class Trainer:
         else:
             loss.backward()
             self.optimizer.step()
-        out["loss"] = loss
-        return {k: v.detach().float() for k, v in out.items()}
+        return torch.stack([t.detach().float() for t in terms + [loss]])
 
     # ------------------------------------------------------------ loop
     def run(self, steps: int | None = None, *, timing_warmup: int = 0) -> dict:
@@ -462,6 +488,8 @@ class Trainer:
                 raise ValueError("checkpoint has a distillation loss state but this run has no such loss")
             self.criterion.feature_loss.load_state_dict(state["criterion"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.graphed is not None:  # the old graph points at the replaced optimizer state
+            self.graphed = GraphedStep(self._step, warmup=self.cfg.graph_warmup)
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
@@ -482,6 +510,26 @@ class Trainer:
         trainer = cls(cfg)
         trainer.load_state_dict(_to_device(state, trainer.device))
         return trainer
+
+
+def _check_graphable(cfg: TrainConfig, device: torch.device) -> None:
+    """Refuse, with the reason, the runs whose step a CUDA graph cannot hold."""
+    if device.type != "cuda":
+        raise ValueError(f"cuda_graph needs a CUDA device, got {device}")
+    if cfg.amp and cfg.amp_dtype == "float16":
+        raise ValueError("cuda_graph does not work with float16 AMP: its GradScaler reads the inf check on the "
+                         "host every step; use --amp-dtype bfloat16")
+    reason = graph_blocker(cfg.distill, cfg.impl)
+    if reason:
+        raise ValueError(f"cuda_graph cannot capture --distill {cfg.distill} --impl {cfg.impl}: {reason}")
+
+
+def graph_blocker(distill: str | None, impl: str) -> str | None:
+    """Why the step of (distill, impl) cannot be captured, or None if it can."""
+    if impl == "reference" and distill in ("crd", "wcord"):
+        return ("the reference formulation reads params[...].item() on the host every step (as the public "
+                "code does)")
+    return None
 
 
 def _to_device(state, device):

@@ -65,6 +65,9 @@ class ContrastMemory(nn.Module):
         mean of exp(s) over all B*(K+1) scores times n_data, then frozen)."""
         if self._host_params is not None:
             return self._host_params
+        if self.params.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("CRDLoss reads T and momentum (and sets Z) on the host on its first call; run one "
+                               "step outside CUDA graph capture first, as graph warm-up steps do")
         _, temperature, z_v1, z_v2, momentum = self.params.tolist()
         if z_v1 < 0 or z_v2 < 0:
             with torch.no_grad():

@@ -29,7 +29,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from rdkernels import backend as _backend
-from rdkernels._validation import check_positive, check_tensor
+from rdkernels._validation import check_positive, check_tensor, host_reads_allowed
 from rdkernels.ops._eager import eager_or_compiled
 from rdkernels.ops.sinkhorn.reference import plan_from_potentials, sinkhorn_reference
 
@@ -92,6 +92,8 @@ def _validate(cost, a, b, eps, max_iters, tol, check_every, check_inputs=True):
 def _check_values(cost, a, b, marginals: bool) -> None:
     """Finite costs; with ``marginals``, finite nonnegative a, b of equal positive mass.
     Uniform marginals (a, b = None) are valid by construction and skip theirs."""
+    if not host_reads_allowed(cost):  # capturing a CUDA graph: see host_reads_allowed
+        return
     if not bool(torch.isfinite(cost).all()):
         raise ValueError("cost holds NaN or inf entries; every cost must be finite")
     if not marginals:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from rdkernels._validation import host_reads_allowed
+
 
 def fused_buffers(cost, a, b, return_plan):
     """What a one-launch kernel (Triton or CUDA) reads and writes: (log a, log b,
@@ -37,12 +39,14 @@ def run_tiled(kernels, cost, a, b, eps, max_iters, tol, check_every, return_plan
     err = torch.zeros(P, n, dtype=torch.float32, device=dev) if tol is not None else F
     done = torch.zeros(P, dtype=torch.int32, device=dev)
     n_iters = torch.zeros(P, dtype=torch.int32, device=dev)
+    # no early exit while a CUDA graph is captured: finished problems are masked instead
+    poll = host_reads_allowed(cost)
     for it in range(max_iters):
         check = tol is not None and it > 0
         kernels.rows(lb, G, F, Fn, a, err, done, check)
         if check:
             torch.logical_or(done.bool(), err.sum(dim=1) <= tol, out=done)  # no host sync
-            if it % check_every == 0 and bool(done.all()):
+            if it % check_every == 0 and poll and bool(done.all()):
                 break
             F = torch.where(done.bool()[:, None], F, Fn)
         else:
