@@ -7,6 +7,9 @@ For every implementation of the chosen ops' cases, forward + backward, prints
 * wall:  ms per call, back to back (CUDA events around ``iters`` calls);
 * host:  ms of CPU time to issue one call (no sync in between);
 * gpu:   ms of kernel time per call (torch.profiler, device side);
+* graph: ms per call when the call is recorded once as a CUDA graph and
+  replayed (what the call costs inside a captured training step; "-" where
+  the implementation cannot be captured, e.g. it reads values on the host);
 
 An implementation whose host time is close to its wall time is bound by the
 Python, dispatcher and launch work, not by its kernels: faster kernels would
@@ -35,6 +38,31 @@ def _kernel_ms(fn, iters: int) -> float:
     return total_us / 1e3 / iters
 
 
+def _graph_ms(fn, iters: int) -> float | None:
+    """ms per replay of ``fn`` recorded as a CUDA graph; None if it cannot be captured."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture stream, as torch's docs prescribe
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            fn()
+    except RuntimeError:
+        torch.cuda.synchronize()
+        return None
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
 def measure(fn, iters: int) -> dict:
     for _ in range(3):          # JIT, autotune, allocator growth
         fn()
@@ -51,7 +79,7 @@ def measure(fn, iters: int) -> dict:
     end.record()
     torch.cuda.synchronize()
     wall = start.elapsed_time(end) / iters
-    return {"wall_ms": wall, "host_ms": host, "gpu_ms": _kernel_ms(fn, iters)}
+    return {"wall_ms": wall, "host_ms": host, "gpu_ms": _kernel_ms(fn, iters), "graph_ms": _graph_ms(fn, iters)}
 
 
 def main(argv=None) -> int:
@@ -69,7 +97,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda")
     ops, _ = load_ops(args.op)
     rows = []
-    print(f"{'op':<22} {'case':<44} {'impl':<16} {'wall ms':>8} {'host ms':>8} {'gpu ms':>8}")
+    print(f"{'op':<22} {'case':<44} {'impl':<16} {'wall ms':>8} {'host ms':>8} {'gpu ms':>8} {'graph ms':>8}")
     for op in ops:
         for case in op.cases(args.size, args.preset):
             if args.match and args.match not in case.label:
@@ -88,8 +116,9 @@ def main(argv=None) -> int:
                     print(f"{op.name:<22} {case.label:<44} {impl.name:<16} failed: {exc}")
                     continue
                 rows.append(dict(op=op.name, case=case.label, impl=impl.name, mode=mode, **r))
+                graph = "-" if r["graph_ms"] is None else f"{r['graph_ms']:8.3f}"
                 print(f"{op.name:<22} {case.label:<44} {impl.name:<16} {r['wall_ms']:8.3f} {r['host_ms']:8.3f} "
-                      f"{r['gpu_ms']:8.3f}", flush=True)
+                      f"{r['gpu_ms']:8.3f} {graph:>8}", flush=True)
     if args.json:
         record = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__,
                   "iters": args.iters, "rows": rows}

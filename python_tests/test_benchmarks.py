@@ -195,4 +195,6 @@ def test_overhead_tool_measures_a_callable_or_says_it_needs_a_gpu():
         return
     x = torch.randn(256, 256, device="cuda")
     r = overhead.measure(lambda: x @ x, iters=5)
-    assert set(r) == {"wall_ms", "host_ms", "gpu_ms"} and all(v > 0 for v in r.values())
+    assert set(r) == {"wall_ms", "host_ms", "gpu_ms", "graph_ms"} and all(v > 0 for v in r.values())
+    # a call that reads a value on the host cannot be recorded: no graph time, no crash
+    assert overhead.measure(lambda: float((x @ x).sum()), iters=3)["graph_ms"] is None

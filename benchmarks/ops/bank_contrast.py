@@ -80,6 +80,7 @@ class BankContrast(OpBench):
         strategies = self._strategies()
         if len(strategies) > 1:   # a real choice: time each strategy too
             for s in strategies:
+                impls.append(Impl(f"torch:{s}", self._rdk("torch", s)))
                 impls.append(Impl(f"triton:{s}", self._rdk("triton", s), unavailable=triton_unavailable))
                 impls.append(Impl(f"cuda:{s}", self._rdk("cuda", s), unavailable=cuda_unavailable("bank_contrast")))
         return impls
@@ -96,7 +97,8 @@ class BankContrast(OpBench):
             grid = [dict(B=p["B"], K=p["K"], N=p["N"], d=p["d"], dtype=dt, epilogue=ep)
                     for dt in ("float32", "bfloat16") for ep in ("nce", "softmax")]
         elif size == "quick":
-            grid = [dict(B=64, K=k, N=50_000, d=128, dtype="float32", epilogue="nce") for k in (1024, 16_384)]
+            # K=4096 is the CPU target's size (torch backend, dense strategy, vs the naive gather)
+            grid = [dict(B=64, K=k, N=50_000, d=128, dtype="float32", epilogue="nce") for k in (1024, 4096, 16_384)]
         else:
             grid = [dict(B=b, K=k, N=n, d=128, dtype=dt, epilogue="nce")
                     for (b, n) in ((64, 50_000), (256, 1_281_167)) for dt in ("float32", "bfloat16")
