@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rdkernels.backend import cuda_extension
 from rdkernels.ops._cuda_common import dtype_code, stream_of
-from rdkernels.ops.dcd.merge import dcd_buffers
+from rdkernels.ops.dcd.buffers import dcd_buffers
 
 # Must match kDcdRows / kDcdMaxBatch / kDcdMaxDim in csrc/dcd.h.
 ROWS = 16

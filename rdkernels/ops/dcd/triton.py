@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from rdkernels.backend import triton_interpreter_enabled
-from rdkernels.ops.dcd.merge import dcd_buffers
+from rdkernels.ops.dcd.buffers import dcd_buffers
 
 MAX_DIM = 128  # wider: the CUDA kernel (d <= 256) or torch; d = 256 spills ~2 KB here
 BLOCK = 16

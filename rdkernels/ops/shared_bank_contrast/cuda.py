@@ -6,7 +6,7 @@ import torch
 
 from rdkernels.backend import cuda_extension
 from rdkernels.ops._cuda_common import dtype_code, stream_of
-from rdkernels.ops.shared_bank_contrast.merge import LOG2E, num_splits_cuda
+from rdkernels.ops.shared_bank_contrast.splits import LOG2E, num_splits_cuda
 
 # Must match kSbcRowsPerBlock / kSbcTile / kSbcMaxDim in csrc/shared_bank_contrast.h.
 ROWS_PER_BLOCK = 16

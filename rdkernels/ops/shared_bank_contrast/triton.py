@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from rdkernels.backend import triton_interpreter_enabled
-from rdkernels.ops.shared_bank_contrast.merge import LN2, LOG2E
+from rdkernels.ops.shared_bank_contrast.splits import LN2, LOG2E
 
 _LN2 = tl.constexpr(LN2)  # kernel-visible (compiled code reads only constexpr globals)
 MAX_DIM = 128  # wider embeddings: the CUDA kernel (d <= 512) or torch
