@@ -337,3 +337,44 @@ def test_check_inputs_false_skips_the_value_checks():
 def test_float64_on_kernel_backend_raises():
     with pytest.raises(BackendUnavailable, match="float64"):
         sinkhorn(torch.rand(1, 2, 2, dtype=torch.float64), backend="triton")
+
+
+def test_default_marginals_are_made_once_and_shared_read_only():
+    """Uniform marginals come from a small cache, so a default call builds none."""
+    from rdkernels.ops.sinkhorn._driver import _UniformMarginals
+
+    cache = _UniformMarginals(max_entries=2)
+    a = cache.get(3, 5, torch.float32, DEVICE)
+    assert cache.get(3, 5, torch.float32, DEVICE) is a
+    assert torch.equal(a, torch.full((3, 5), 0.2, device=DEVICE))
+    assert torch.equal(cache.log_of(a), a.log())
+    other = torch.full((3, 5), 0.2, device=DEVICE)
+    assert torch.equal(cache.log_of(other), other.log())  # not cached: computed
+    cache.get(3, 5, torch.float64, DEVICE)
+    cache.get(4, 5, torch.float32, DEVICE)  # a third entry evicts the oldest
+    assert cache.get(3, 5, torch.float32, DEVICE) is not a
+
+
+def test_default_marginals_made_under_inference_mode_still_train():
+    cost = torch.rand(2, 6, 7, device=DEVICE)
+    with torch.inference_mode():
+        sinkhorn(cost, eps=0.1, max_iters=5, backend="torch")
+    leaf = cost.clone().requires_grad_(True)
+    res = sinkhorn(leaf, eps=0.1, max_iters=5, backend="torch")
+    res.cost.sum().backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", [p for p in backends("sinkhorn") if p.id != "torch"])
+def test_one_64x64_problem_is_one_kernel_launch(backend):
+    from torch.profiler import ProfilerActivity, profile
+
+    cost = torch.rand(1, 64, 64, device=DEVICE)
+    sinkhorn(cost, backend=backend, check_inputs=False)  # compile, and make the default marginals
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        sinkhorn(cost, backend=backend, check_inputs=False)
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert len(kernels) == 1, kernels

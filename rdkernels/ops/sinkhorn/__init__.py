@@ -31,6 +31,7 @@ import torch
 from rdkernels import backend as _backend
 from rdkernels._validation import check_positive, check_tensor, host_reads_allowed
 from rdkernels.ops._eager import eager_or_compiled
+from rdkernels.ops.sinkhorn._driver import uniform_marginals
 from rdkernels.ops.sinkhorn.reference import plan_from_potentials, sinkhorn_reference
 
 __all__ = ["SinkhornResult", "sinkhorn", "sinkhorn_reference", "plan_from_potentials"]
@@ -52,7 +53,7 @@ class SinkhornResult(NamedTuple):
 def _marginal(name: str, x, P: int, size: int, ref: torch.Tensor) -> torch.Tensor:
     dt = torch.float64 if ref.dtype == torch.float64 else torch.float32
     if x is None:
-        return torch.full((P, size), 1.0 / size, dtype=dt, device=ref.device)
+        return uniform_marginals.get(P, size, dt, ref.device)
     check_tensor(name, x, dtypes=MARGINAL_DTYPES, device=ref.device, contiguous=False)
     if x.dim() == 1:
         if x.shape[0] != size:

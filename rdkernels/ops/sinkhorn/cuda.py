@@ -58,7 +58,7 @@ def _sinkhorn_cuda(cost, a, b, eps, max_iters, tol, check_every, return_plan):
     P, n, m = cost.shape
     if n > FUSED_MAX or m > FUSED_MAX:
         return run_tiled(_CudaTiled(cost, 1.0 / eps), cost, a, b, eps, max_iters, tol, check_every, return_plan)
-    la, lb, f, g, total, n_iters, plan = fused_buffers(cost, a, b, return_plan)
+    la, lb, f, g, total, n_iters, plan = fused_buffers(cost, a, b, return_plan, zero_f=False)  # f: written only
     cuda_extension().sinkhorn(cost.data_ptr(), dtype_code(cost), la.data_ptr(), lb.data_ptr(), a.data_ptr(),
                               f.data_ptr(), g.data_ptr(), total.data_ptr(), 0 if plan is None else plan.data_ptr(),
                               n_iters.data_ptr(), P, n, m, float(eps), float(tol) if tol is not None else 0.0,

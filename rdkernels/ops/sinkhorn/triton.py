@@ -253,11 +253,11 @@ def fused_config(n: int, m: int) -> dict:
 
 def _launch_fused(cost, a, b, eps, max_iters, tol, return_plan):
     P, n, m = cost.shape
-    la, lb, f, g, total, n_iters, plan = fused_buffers(cost, a, b, return_plan)
+    cfg = fused_config(n, m)
+    la, lb, f, g, total, n_iters, plan = fused_buffers(cost, a, b, return_plan, zero_f=cfg["kernel"] == "streamed")
     plan_arg = total if plan is None else plan  # a placeholder the kernel does not write
     check = int(tol is not None)
     tol_ = float(tol) if tol is not None else 0.0
-    cfg = fused_config(n, m)
     if cfg["kernel"] == "resident":
         _sinkhorn_resident_kernel[(P,)](cost, la, lb, a, f, g, total, plan_arg, n_iters, n, m, float(eps), tol_,
                                         max_iters, check, int(return_plan), BN=cfg["BN"], BM=cfg["BM"],
