@@ -14,11 +14,11 @@ import torch
 from rdkernels.backend import cuda_extension
 from rdkernels.ops._cuda_common import dtype_code, stream_of
 from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, build_csr, combine_dense_partials
-from rdkernels.ops.bank_contrast.partials import combine_gather_partials
+from rdkernels.ops.bank_contrast.dense import dense_buffers, dense_splits
+from rdkernels.ops.bank_contrast.partials import EPILOGUE_CODES as _EPILOGUES
+from rdkernels.ops.bank_contrast.partials import NCE, SCORES, SCORES_BWD, combine_gather_partials, gather_buffers
 from rdkernels.ops.bank_contrast.reference import nce_constants
 
-NCE, SOFTMAX, SCORES, SCORES_BWD = 0, 1, 2, 3
-_EPILOGUES = {"nce": NCE, "softmax": SOFTMAX}
 _GATHER_THREADS = 128
 
 
@@ -35,17 +35,7 @@ def _gather(code, query, bank, idx, *, temperature, z=None, grad=None, n_data=1)
     dim = query.shape[1]
     q = query.float().contiguous()
     n_splits, cols = _gather_splits(batch, n_cols, query.device)
-    f32 = dict(device=query.device, dtype=torch.float32)
-    out = dq = run_max = run_sum = None
-    if code == SCORES:
-        out = torch.empty(batch, n_cols, **f32)
-    else:
-        dq = torch.empty(batch, n_splits, dim, **f32)
-    if code == NCE:
-        out = torch.empty(batch, n_splits, **f32)
-    if code == SOFTMAX:
-        run_max = torch.empty(batch, n_splits, **f32)
-        run_sum = torch.empty(batch, n_splits, **f32)
+    out, dq, run_max, run_sum = gather_buffers(code, batch, n_cols, n_splits, dim, query.device)
     log_c, log_mpn_c = nce_constants(n_cols - 1, n_data) if code == NCE else (0.0, 0.0)
     ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
     cuda_extension().bank_contrast(
@@ -80,17 +70,9 @@ def bank_contrast_loss_dense_cuda(query, bank, idx, z, temperature, epilogue, n_
     block_m, block_n = ext.dense_block_m(), ext.dense_block_n()
     ids, offsets = build_csr(idx, n_bank, block_n)
     n_tiles = offsets.shape[1] - 1
-    m_blocks = -(-batch // block_m)
-    sms = torch.cuda.get_device_properties(query.device).multi_processor_count
-    want = max(1, min(n_tiles, -(-2 * sms // m_blocks)))
-    per = -(-n_tiles // want)
-    n_splits = -(-n_tiles // per)
-    f32 = dict(device=query.device, dtype=torch.float32)
+    n_splits, per = dense_splits(-(-batch // block_m), n_tiles, query.device)
     code = _EPILOGUES[epilogue]
-    dq_parts = torch.empty(batch, n_splits, dim, **f32)
-    loss_parts = torch.empty(batch, n_splits, **f32) if code == NCE else None
-    max_parts = torch.empty(batch, n_splits, **f32) if code == SOFTMAX else None
-    sum_parts = torch.empty(batch, n_splits, **f32) if code == SOFTMAX else None
+    loss_parts, dq_parts, max_parts, sum_parts = dense_buffers(code, batch, n_splits, dim, query.device)
     log_c, log_mpn_c = nce_constants(n_cols - 1, n_data) if code == NCE else (0.0, 0.0)
     q = query.float().contiguous()
     ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731

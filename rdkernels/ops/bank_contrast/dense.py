@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import torch
 
+from rdkernels.ops.bank_contrast.partials import NCE, SOFTMAX
 from rdkernels.ops.bank_contrast.reference import nce_constants
 
 __all__ = ["bank_contrast_loss_dense_torch", "bank_scores_dense_torch", "bank_scores_backward_dense_torch",
@@ -159,6 +160,29 @@ def build_csr(idx: torch.Tensor, n_bank: int, block_n: int) -> tuple[torch.Tenso
     bounds = torch.arange(0, n_tiles + 1, device=idx.device, dtype=torch.int32) * block_n
     offsets = torch.searchsorted(sorted_ids, bounds.expand(batch, -1).contiguous(), out_int32=True)
     return sorted_ids, offsets.contiguous()
+
+
+def dense_splits(m_blocks: int, n_tiles: int, device: torch.device) -> tuple[int, int]:
+    """(splits, bank tiles per split) of the fused dense kernels (Triton and CUDA):
+    about two programs per SM; under the interpreter a few, which still
+    exercises the split merge."""
+    if device.type == "cuda":
+        programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+        want = max(1, min(n_tiles, -(-programs // m_blocks)))
+    else:
+        want = min(n_tiles, 3)
+    per = -(-n_tiles // want)
+    return -(-n_tiles // per), per
+
+
+def dense_buffers(code: int, batch: int, n_splits: int, dim: int, device: torch.device):
+    """(loss_parts, dq_parts, max_parts, sum_parts), fp32 [B, splits(, d)], None
+    where epilogue ``code`` writes nothing; merged by combine_dense_partials."""
+    f32 = dict(device=device, dtype=torch.float32)
+    return (torch.empty(batch, n_splits, **f32) if code == NCE else None,
+            torch.empty(batch, n_splits, dim, **f32),
+            torch.empty(batch, n_splits, **f32) if code == SOFTMAX else None,
+            torch.empty(batch, n_splits, **f32) if code == SOFTMAX else None)
 
 
 def combine_dense_partials(epilogue, query, bank, idx, z, temperature, n_data, loss_parts, dq_parts,

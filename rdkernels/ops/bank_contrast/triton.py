@@ -22,13 +22,13 @@ import torch
 import triton
 import triton.language as tl
 
-from rdkernels.ops.bank_contrast.partials import combine_gather_partials
+from rdkernels.ops.bank_contrast.partials import EPILOGUE_CODES as _EPILOGUES
+from rdkernels.ops.bank_contrast.partials import (NCE, SCORES, SCORES_BWD, SOFTMAX, combine_gather_partials,
+                                                  gather_buffers)
 from rdkernels.ops.bank_contrast.reference import nce_constants
 
-NCE, SOFTMAX, SCORES, SCORES_BWD = 0, 1, 2, 3
 # the same codes as kernel-visible globals (compiled code reads only constexpr globals)
 _NCE_C, _SOFTMAX_C, _SCORES_C, _SCORES_BWD_C = (tl.constexpr(c) for c in (NCE, SOFTMAX, SCORES, SCORES_BWD))
-_EPILOGUES = {"nce": NCE, "softmax": SOFTMAX}
 
 
 @triton.jit
@@ -126,19 +126,10 @@ def _launch(epilogue_code, query, bank, idx, *, temperature, z=None, grad=None, 
     dim = query.shape[1]
     cfg = launch_config(dim)
     n_splits, cols = _splits(batch, n_cols, cfg["BLOCK_K"], query.device)
-    f32 = dict(device=query.device, dtype=torch.float32)
-    dq = torch.empty(batch, n_splits, dim, **f32) if epilogue_code != SCORES else None
-    if epilogue_code == SCORES:
-        out = torch.empty(batch, n_cols, **f32)
-    elif epilogue_code == NCE:
-        out = torch.empty(batch, n_splits, **f32)
-    else:
-        out = None
-    run_max = torch.empty(batch, n_splits, **f32) if epilogue_code == SOFTMAX else None
-    run_sum = torch.empty(batch, n_splits, **f32) if epilogue_code == SOFTMAX else None
+    out, dq, run_max, run_sum = gather_buffers(epilogue_code, batch, n_cols, n_splits, dim, query.device)
     # Pointers an epilogue never reads get a placeholder rather than None, so every
     # launch compiles the one specialisation that aot_variants() lists.
-    unused = torch.empty(1, **f32)
+    unused = torch.empty(1, device=query.device, dtype=torch.float32)
     z, grad, out, dq, run_max, run_sum = (unused if t is None else t for t in (z, grad, out, dq, run_max, run_sum))
     log_c, log_mpn_c = nce_constants(n_cols - 1, n_data) if epilogue_code == NCE else (0.0, 0.0)
     bank_contrast_kernel[(batch, n_splits)](

@@ -29,7 +29,8 @@ import triton
 import triton.language as tl
 
 from rdkernels.backend import triton_interpreter_enabled
-from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, build_csr, combine_dense_partials
+from rdkernels.ops.bank_contrast.dense import (bank_contrast_loss_dense_torch, build_csr, combine_dense_partials,
+                                               dense_buffers, dense_splits)
 from rdkernels.ops.bank_contrast.reference import nce_constants
 # the epilogue codes and the softplus helper are the gather kernel's
 from rdkernels.ops.bank_contrast.triton import _EPILOGUES, _NCE_C, _SOFTMAX_C, NCE, SOFTMAX, _softplus
@@ -135,16 +136,6 @@ def launch_config(dim: int) -> dict:
     return dict(BLOCK_M=16, BLOCK_N=BLOCK_N, BLOCK_D=block_d, num_warps=4, num_stages=2)
 
 
-def _splits(m_blocks: int, n_tiles: int, device: torch.device) -> tuple[int, int]:
-    if device.type == "cuda":
-        programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
-        want = max(1, min(n_tiles, triton.cdiv(programs, m_blocks)))
-    else:  # interpreter: few programs, but still exercise the split combine
-        want = min(n_tiles, 3)
-    per = triton.cdiv(n_tiles, want)
-    return triton.cdiv(n_tiles, per), per
-
-
 def _use_bf16_dot(q_dtype, bank_dtype, block_d: int) -> bool:
     # Native bf16 dots only when both operands are bf16 (an fp32 query rounded to
     # bf16 would lose accuracy). At BLOCK_D = 64 ptxas (sm_90) caps that variant
@@ -170,14 +161,10 @@ def bank_contrast_loss_dense_triton(query, bank, idx, z, temperature, epilogue, 
     ids, offsets = build_csr(idx, n_bank, cfg["BLOCK_N"])
     n_tiles = offsets.shape[1] - 1
     m_blocks = triton.cdiv(batch, cfg["BLOCK_M"])
-    n_splits, per = _splits(m_blocks, n_tiles, query.device)
-    f32 = dict(device=query.device, dtype=torch.float32)
+    n_splits, per = dense_splits(m_blocks, n_tiles, query.device)
     code = _EPILOGUES[epilogue]
-    dq_parts = torch.empty(batch, n_splits, dim, **f32)
-    loss_parts = torch.empty(batch, n_splits, **f32) if code == NCE else None
-    max_parts = torch.empty(batch, n_splits, **f32) if code == SOFTMAX else None
-    sum_parts = torch.empty(batch, n_splits, **f32) if code == SOFTMAX else None
-    unused = torch.empty(1, **f32)
+    loss_parts, dq_parts, max_parts, sum_parts = dense_buffers(code, batch, n_splits, dim, query.device)
+    unused = torch.empty(1, device=query.device, dtype=torch.float32)
     log_c, log_mpn_c = nce_constants(n_cols - 1, n_data) if code == NCE else (0.0, 0.0)
     bf16_dot, precision = _dot_mode(query, bank, cfg["BLOCK_D"])
     bank_contrast_dense_kernel[(m_blocks, n_splits)](
