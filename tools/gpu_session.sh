@@ -45,8 +45,9 @@ phase_test() {
 phase_overhead() {
   local dir
   dir=$(device_dir); mkdir -p "$dir"
-  python -m benchmarks.overhead --op dcd --op shared_bank_contrast --op sinkhorn --op bank_contrast \
-    --json "$dir/overhead.json" 2>&1 | tee "$LOGS/overhead.txt"
+  # TRITON_PRINT_AUTOTUNING: the log records which launch candidate won, and each one's time
+  TRITON_PRINT_AUTOTUNING=1 python -m benchmarks.overhead --op dcd --op shared_bank_contrast --op sinkhorn \
+    --op bank_contrast --json "$dir/overhead.json" 2>&1 | tee "$LOGS/overhead.txt"
   python -m benchmarks.overhead --op crd_step --preset cifar --json "$dir/overhead-crd_step-cifar.json" \
     2>&1 | tee -a "$LOGS/overhead.txt"
 }

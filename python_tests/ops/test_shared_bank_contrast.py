@@ -64,6 +64,34 @@ def test_triton_split_merge(splits):
     assert_close("dq_s", dq, exp_grad, 5e-4, 1e-4)
 
 
+def _triton_candidates():
+    from rdkernels.ops.shared_bank_contrast.triton import CANDIDATES, _candidate_tag
+    return [pytest.param(c, id=_candidate_tag(c)) for c in CANDIDATES]
+
+
+@pytest.mark.parametrize("config", _triton_candidates())
+@pytest.mark.parametrize("batch,dim,n_rows", [(20, 128, 200), (5, 48, 70)])
+def test_triton_every_launch_candidate(config, batch, dim, n_rows):
+    """Each configuration the GPU may pick by timing computes the same loss and
+    gradient: tile shapes, 3xTF32 or exact gradient dots (on a GPU), and queue
+    splits that do not fall on its tile boundaries."""
+    from rdkernels.backend import triton_unavailable_reason
+    if triton_unavailable_reason(DEVICE):
+        pytest.skip(triton_unavailable_reason(DEVICE))
+    from rdkernels.ops.shared_bank_contrast.triton import shared_bank_contrast_triton
+    q_s, q_t, queue = _inputs(batch, dim, n_rows)
+    grad = torch.ones(batch, device=DEVICE)
+    exp_loss, exp_grad = _expected(q_s, q_t, queue, grad)
+    for splits in (1, 3):
+        loss, dq = shared_bank_contrast_triton(q_s.detach(), q_t, queue, TAU_S, TAU_T, True,
+                                               num_splits=splits, config=config)
+        assert_close("loss", loss, exp_loss, 5e-4, 1e-4)
+        assert_close("dq_s", dq, exp_grad, 5e-4, 1e-4)
+        fwd_only, _ = shared_bank_contrast_triton(q_s.detach(), q_t, queue, TAU_S, TAU_T, False,
+                                                  num_splits=splits, config=config)
+        assert_close("loss without gradient", fwd_only, exp_loss, 5e-4, 1e-4)
+
+
 @pytest.mark.parametrize("backend", backends("shared_bank_contrast"))
 def test_reductions_and_no_grad(backend):
     q_s, q_t, queue = _inputs(6, 64, 50)

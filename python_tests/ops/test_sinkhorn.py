@@ -187,6 +187,33 @@ def test_cuda_register_kernel_matches_reference(monkeypatch, P, n, m, eps, dtype
     assert (res.n_iters.cpu() - ref[4].cpu()).abs().max() <= 1
 
 
+def _streamed_candidates():
+    from rdkernels.ops.sinkhorn.triton import STREAM_CANDIDATES
+    return [pytest.param(c, id=f"BR{c.kwargs['BR']}-w{c.num_warps}") for c in STREAM_CANDIDATES]
+
+
+@pytest.mark.parametrize("config", _streamed_candidates())
+@pytest.mark.parametrize("P,n,m,eps,dtype", [(3, 100, 60, 0.1, torch.float32), (2, 130, 40, 0.05, torch.bfloat16)])
+def test_triton_streamed_every_launch_candidate(config, P, n, m, eps, dtype):
+    """Each row-block height and warp count the GPU may pick by timing solves the
+    same problem, ragged edges and the on-device early stop included."""
+    from types import SimpleNamespace
+
+    from rdkernels.backend import triton_unavailable_reason
+    from rdkernels.ops.sinkhorn.triton import _fits, _launch_fused, fused_config
+    if triton_unavailable_reason(DEVICE):
+        pytest.skip(triton_unavailable_reason(DEVICE))
+    assert fused_config(n, m)["kernel"] == "streamed"
+    if not _fits(config.kwargs["BR"], config.num_warps, n, fused_config(n, m)["BM"]):
+        pytest.skip("pruned for this size: never timed or launched")
+    C = (torch.rand(P, n, m, device=DEVICE) * 4).to(dtype)
+    a, b = _marginal(P, n, False), _marginal(P, m, False)
+    for tol in (None, 1e-4):
+        f, g, total, plan, n_iters = _launch_fused(C, a.float(), b.float(), eps, 40, tol, True, config=config)
+        res = SimpleNamespace(f=f, g=g, cost=total, plan=plan, n_iters=n_iters)
+        _assert_matches_f64(res, _f64_reference(C, a, b, eps, 40, tol), eps)
+
+
 @pytest.mark.parametrize("backend", backends("sinkhorn"))
 @pytest.mark.parametrize("n,m,eps_list,iters", [(6, 9, (1.0, 0.5, 0.3, 0.2, 0.1), 60), (300, 3, (2.0, 0.7), 25)],
                          ids=["fused", "tiled"])

@@ -26,10 +26,11 @@ query row, merges them (a log-sum-exp merge, flash-decoding style): two
 launches per call instead of a score of small torch ops.
 Narrow types are loaded and converted to fp32 before any arithmetic. On the GPU
 the logit dots use 3xTF32 (TF32 alone errs by ~5e-4 in q.Q, which a student
-temperature of 0.02 magnifies 50-fold into the exponent); the two gradient dots
-P @ Q use TF32 (relative error ~5e-4 of the probability-weighted rows, and
-3xTF32 there would double the registers and spill). Under the interpreter every
-dot is exact fp32.
+temperature of 0.02 magnifies 50-fold into the exponent). The gradient is a
+difference of two probability-weighted sums that nearly cancel, so its dots
+P @ Q run in exact fp32 or in 3xTF32 (TF32 alone cost ~1e-3 relative error on
+an H100), whichever of the launch candidates the GPU times fastest (see
+CANDIDATES). Under the interpreter every dot is exact fp32.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ import triton
 import triton.language as tl
 
 from rdkernels.backend import triton_interpreter_enabled
+from rdkernels.ops._autotune import TunedKernel
 from rdkernels.ops.shared_bank_contrast.splits import LN2, LOG2E
 
 _LN2 = tl.constexpr(LN2)  # kernel-visible (compiled code reads only constexpr globals)
@@ -47,7 +49,7 @@ MAX_DIM = 128  # wider embeddings: the CUDA kernel (d <= 512) or torch
 @triton.jit
 def shared_bank_contrast_kernel(
     qs_ptr, qt_ptr, queue_ptr, stats_ptr, acc_ptr,
-    batch, n_rows, dim, tiles_per_split,
+    batch, n_rows, dim, rows_per_split,
     stride_qs, stride_qt, stride_queue,
     scale_s, scale_t,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -74,8 +76,8 @@ def shared_bank_contrast_kernel(
     acc_s = tl.zeros([BLOCK_B, BLOCK_D], tl.float32)
     acc_t = tl.zeros([BLOCK_B, BLOCK_D], tl.float32)
 
-    start = split * tiles_per_split * BLOCK_N
-    stop = tl.minimum(start + tiles_per_split * BLOCK_N, n_rows)
+    start = split * rows_per_split
+    stop = tl.minimum(start + rows_per_split, n_rows)
     for n0 in range(start, stop, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_mask = n < stop
@@ -167,59 +169,92 @@ def shared_bank_merge_kernel(stats_ptr, acc_ptr, loss_ptr, dq_ptr, batch, splits
 MERGE_BLOCK_S = 16  # splits per step of the merge: [16, d <= 128] fp32 tiles, no spills
 
 
-def launch_config(batch: int, dim: int, device: torch.device) -> dict:
-    """Tiles: 16 query rows x BLOCK_N queue rows x the whole (padded) width. Small
-    row blocks keep the four fp32 [16, d] tiles (q_s, q_t, acc_s, acc_t) in
-    registers; parallelism comes from splitting the queue instead."""
-    block_d = max(16, triton.next_power_of_2(dim))
-    if device.type != "cuda":  # interpreter: small tiles keep numpy's work small
-        return dict(BLOCK_B=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=4, num_stages=1)
-    return dict(BLOCK_B=16, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=2)
+def _candidate(block_b, block_n, grad_precision, num_warps, maxnreg=None):
+    return triton.Config(dict(BLOCK_B=block_b, BLOCK_N=block_n, GRAD_PRECISION=grad_precision),
+                         num_warps=num_warps, num_stages=2, maxnreg=maxnreg)
 
 
-def _num_splits(batch: int, n_rows: int, cfg: dict, device: torch.device) -> int:
-    n_tiles = triton.cdiv(n_rows, cfg["BLOCK_N"])
-    row_blocks = triton.cdiv(batch, cfg["BLOCK_B"])
+# GPU launch candidates, timed per (batch, rows, width, dtype) by the autotuner
+# (rdkernels/ops/_autotune.py). Small row blocks: the query tiles are operands of
+# every dot, so each warp holds them; parallelism comes from splitting the queue.
+# At d = 128 fp32 every variant sits at ~255 registers on sm_90 (8 warps per SM),
+# and the AOT compile shows where the time goes: the exact-fp32 ("ieee") gradient
+# dots are 520 of the 1399 SASS instructions per tile and warp, and hold their
+# operands whole in registers; as 3xTF32 tensor-core dots (still fp32-accurate)
+# the tile is 1008 instructions (and spills ~100 B). Which of these, or a 4-warp
+# variant, wins is a question for the timing. (Capping registers at 128 for 16
+# warps per SM spills ~1 KB per thread inside the loop: not a candidate.) The
+# first candidate is the configuration used before any timing.
+CANDIDATES = [
+    _candidate(16, 32, "ieee", 8),
+    _candidate(16, 32, "tf32x3", 8),
+    _candidate(16, 64, "tf32x3", 8),
+    _candidate(16, 32, "tf32x3", 4),
+    _candidate(16, 64, "ieee", 8),
+]
+ROW_ALIGN = max(c.kwargs["BLOCK_N"] for c in CANDIDATES)  # a split is whole tiles for every candidate
+INTERPRETER_CONFIG = dict(BLOCK_B=16, BLOCK_N=16, GRAD_PRECISION="ieee", num_warps=4, num_stages=1)
+
+
+def _prune(configs: list, args: dict) -> list:
+    """Forward-only calls run no gradient dot: time each tiling once."""
+    if args.get("NEED_GRAD", True):
+        return configs
+    seen, kept = set(), []
+    for c in configs:
+        tiling = (c.kwargs["BLOCK_B"], c.kwargs["BLOCK_N"], c.num_warps, c.maxnreg)
+        if tiling not in seen:
+            seen.add(tiling)
+            kept.append(c)
+    return kept
+
+
+contrast_kernel = TunedKernel(shared_bank_contrast_kernel, CANDIDATES, key=["batch", "n_rows", "dim", "NEED_GRAD"],
+                              prune=_prune)
+
+
+def _num_splits(batch: int, n_rows: int, align: int, device: torch.device) -> int:
+    """Splits of the queue: about two programs per SM at 16 query rows per program."""
     if device.type == "cuda":
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-        want = triton.cdiv(2 * sms, row_blocks)
+        want = triton.cdiv(2 * sms, triton.cdiv(batch, 16))
     else:  # interpreter: few programs, but still exercise the split merge
         want = 2
-    return max(1, min(n_tiles, want))
+    return max(1, min(triton.cdiv(n_rows, align), want))
 
 
 def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, need_grad: bool,
-                                num_splits: int | None = None):
-    """(loss[B] fp32, dq_s[B, d] fp32 or empty). ``num_splits`` overrides the heuristic (tests)."""
+                                num_splits: int | None = None, config: triton.Config | None = None):
+    """(loss[B] fp32, dq_s[B, d] fp32 or empty). ``num_splits`` and ``config``
+    override the split heuristic and the timed launch configuration (tests)."""
     batch, dim = q_s.shape
     n_rows = queue.shape[0]
-    cfg = launch_config(batch, dim, q_s.device)
-    block_n = cfg["BLOCK_N"]
-    n_tiles = triton.cdiv(n_rows, block_n)
-    splits = num_splits or _num_splits(batch, n_rows, cfg, q_s.device)
-    splits = max(1, min(splits, n_tiles))
-    tiles_per_split = triton.cdiv(n_tiles, splits)
-    splits = triton.cdiv(n_tiles, tiles_per_split)  # no empty split
     dev = q_s.device
+    on_gpu = dev.type == "cuda" and not triton_interpreter_enabled()
+    align = ROW_ALIGN if on_gpu else INTERPRETER_CONFIG["BLOCK_N"]
+    splits = num_splits or _num_splits(batch, n_rows, align, dev)
+    splits = max(1, min(splits, triton.cdiv(n_rows, align)))
+    rows_per_split = triton.cdiv(triton.cdiv(n_rows, splits), align) * align
+    splits = triton.cdiv(n_rows, rows_per_split)  # no empty split
     stats = torch.empty(5, splits, batch, device=dev, dtype=torch.float32)
     acc = torch.empty(2, splits, batch, dim, device=dev, dtype=torch.float32) if need_grad else stats
-    exact = triton_interpreter_enabled() or dev.type != "cuda"
-    # The gradient is a difference of two probability-weighted sums that nearly
-    # cancel, so TF32's 10-bit inputs cost ~1e-3 relative error there (seen on an
-    # H100): the gradient products run in exact fp32 ("ieee"); the logits in 3xTF32.
-    precision, grad_precision = ("ieee", "ieee") if exact else ("tf32x3", "ieee")
-    grid = (triton.cdiv(batch, cfg["BLOCK_B"]), splits)
-    shared_bank_contrast_kernel[grid](
+    # The logit dots run in 3xTF32 on the GPU: TF32 alone errs by ~5e-4 in q.Q,
+    # which a temperature of 0.02 magnifies fifty-fold in the exponent. The
+    # interpreter's dots are exact fp32 whatever the precision says.
+    block_d = max(16, triton.next_power_of_2(dim))
+    contrast_kernel.launch(
+        lambda m: (triton.cdiv(batch, m["BLOCK_B"]), splits),
         q_s, q_t, queue, stats, acc,
-        batch, n_rows, dim, tiles_per_split,
+        batch, n_rows, dim, rows_per_split,
         q_s.stride(0), q_t.stride(0), queue.stride(0),
         LOG2E / tau_s, LOG2E / tau_t,
-        NEED_GRAD=need_grad, DOT_PRECISION=precision, GRAD_PRECISION=grad_precision, **cfg,
+        config=config, fallback=None if on_gpu else INTERPRETER_CONFIG,
+        BLOCK_D=block_d, NEED_GRAD=need_grad, DOT_PRECISION="tf32x3" if on_gpu else "ieee",
     )
     loss = torch.empty(batch, device=dev, dtype=torch.float32)
     dq = torch.empty(batch, dim, device=dev, dtype=torch.float32) if need_grad else loss.new_empty(0)
     shared_bank_merge_kernel[(batch,)](stats, acc, loss, dq if need_grad else loss, batch, splits, dim, 1.0 / tau_s,
-                                       NEED_GRAD=need_grad, BLOCK_S=MERGE_BLOCK_S, BLOCK_D=cfg["BLOCK_D"],
+                                       NEED_GRAD=need_grad, BLOCK_S=MERGE_BLOCK_S, BLOCK_D=block_d,
                                        num_warps=4)
     return loss, dq
 
@@ -227,36 +262,46 @@ def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, nee
 _DTYPE_STR = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
+def _candidate_tag(c: triton.Config) -> str:
+    k = c.kwargs
+    tag = f"b{k['BLOCK_B']}n{k['BLOCK_N']}w{c.num_warps}_{k['GRAD_PRECISION']}"
+    return tag + (f"_r{c.maxnreg}" if c.maxnreg else "")
+
+
 def aot_variants() -> list[dict]:
-    """Every configuration the GPU dispatcher launches (BLOCK_D 16..128, three dtypes;
-    the queue in the queries' dtype -- other pairings compile to the same tiles)."""
+    """Every configuration the GPU dispatcher launches: each candidate (forward-only
+    calls: each tiling) at BLOCK_D 16..128 for three dtypes; the queue in the
+    queries' dtype -- other pairings compile to the same tiles."""
     out = []
-    cuda = torch.device("cuda")
     for dim in (16, 32, 64, 128):
-        cfg = launch_config(64, dim, cuda)
+        block_d = max(16, triton.next_power_of_2(dim))
         for dt, name in _DTYPE_STR.items():
             for need_grad in (False, True):
-                signature = {
-                    "qs_ptr": f"*{name}", "qt_ptr": f"*{name}", "queue_ptr": f"*{name}",
-                    "stats_ptr": "*fp32", "acc_ptr": "*fp32",
-                    "batch": "i32", "n_rows": "i32", "dim": "i32", "tiles_per_split": "i32",
-                    "stride_qs": "i32", "stride_qt": "i32", "stride_queue": "i32",
-                    "scale_s": "fp32", "scale_t": "fp32",
-                }
-                constexprs = {k: cfg[k] for k in ("BLOCK_B", "BLOCK_N", "BLOCK_D")}
-                constexprs.update(NEED_GRAD=need_grad, DOT_PRECISION="tf32x3", GRAD_PRECISION="ieee")
-                out.append({
-                    "name": f"shared_bank_contrast_d{dim}_{name}_{'grad' if need_grad else 'fwd'}",
-                    "kernel": shared_bank_contrast_kernel, "signature": signature,
-                    "constexprs": constexprs, "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
-                })
+                for cand in _prune(list(CANDIDATES), {"NEED_GRAD": need_grad}):
+                    signature = {
+                        "qs_ptr": f"*{name}", "qt_ptr": f"*{name}", "queue_ptr": f"*{name}",
+                        "stats_ptr": "*fp32", "acc_ptr": "*fp32",
+                        "batch": "i32", "n_rows": "i32", "dim": "i32", "rows_per_split": "i32",
+                        "stride_qs": "i32", "stride_qt": "i32", "stride_queue": "i32",
+                        "scale_s": "fp32", "scale_t": "fp32",
+                    }
+                    constexprs = dict(cand.kwargs, BLOCK_D=block_d, NEED_GRAD=need_grad, DOT_PRECISION="tf32x3")
+                    variant = {
+                        "name": f"shared_bank_contrast_d{dim}_{name}_{'grad' if need_grad else 'fwd'}_"
+                                + _candidate_tag(cand),
+                        "kernel": shared_bank_contrast_kernel, "signature": signature,
+                        "constexprs": constexprs, "num_warps": cand.num_warps, "num_stages": cand.num_stages,
+                    }
+                    if cand.maxnreg:
+                        variant["options"] = {"maxnreg": cand.maxnreg}
+                    out.append(variant)
         for need_grad in (False, True):
             out.append({
                 "name": f"shared_bank_merge_d{dim}_{'grad' if need_grad else 'fwd'}",
                 "kernel": shared_bank_merge_kernel,
                 "signature": {"stats_ptr": "*fp32", "acc_ptr": "*fp32", "loss_ptr": "*fp32", "dq_ptr": "*fp32",
                               "batch": "i32", "splits": "i32", "dim": "i32", "inv_tau_s": "fp32"},
-                "constexprs": dict(NEED_GRAD=need_grad, BLOCK_S=MERGE_BLOCK_S, BLOCK_D=cfg["BLOCK_D"]),
+                "constexprs": dict(NEED_GRAD=need_grad, BLOCK_S=MERGE_BLOCK_S, BLOCK_D=block_d),
                 "num_warps": 4, "num_stages": 1,
             })
     return out

@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rdkernels.ops._autotune import TunedKernel
 from rdkernels.ops.sinkhorn._driver import fused_buffers, run_tiled
 
 # ptxas (sm_90): about 8 fp32 tile elements per thread keep the resident kernel
@@ -251,7 +252,34 @@ def fused_config(n: int, m: int) -> dict:
     return dict(kernel="streamed", BR=max(16, min(bn, STREAM_TILE // bm)), BM=bm, num_warps=8)
 
 
-def _launch_fused(cost, a, b, eps, max_iters, tol, return_plan):
+# The streamed kernel is bound by latency, not bandwidth: one program per problem
+# walks 2 * ceil(n / BR) dependent row-block steps per iteration (each a
+# max/sum reduction across the program), so taller blocks over more warps cut
+# the sequential steps -- until registers run out. The GPU times these
+# candidates per (n, m); the shipped configuration (fused_config) runs where
+# nothing is timed. ptxas (sm_80/sm_90) keeps a block of up to 8192 elements
+# in registers at 8 warps (32 per thread, ~250 registers) and at 16 warps (16
+# per thread, 128 registers, the cap at that warp count); beyond that, or at 32
+# warps (64 registers per thread), it spills hundreds of bytes.
+STREAM_CANDIDATES = [triton.Config(dict(BR=br), num_warps=w, num_stages=1)
+                     for br, w in ((16, 8), (32, 8), (64, 8), (128, 8), (64, 16), (128, 16), (256, 16))]
+STREAM_MAX_BLOCK = 8192
+
+
+def _fits(br: int, warps: int, n: int, bm: int) -> bool:
+    return br <= _pow2(n) and br * bm <= STREAM_MAX_BLOCK
+
+
+def _prune_streamed(configs: list, args: dict) -> list:
+    return [c for c in configs if _fits(c.kwargs["BR"], c.num_warps, args["n"], args["BM"])]
+
+
+streamed_kernel = TunedKernel(_sinkhorn_streamed_kernel, STREAM_CANDIDATES, key=["n", "m"], prune=_prune_streamed,
+                              reset_to_zero=["f_ptr"])
+
+
+def _launch_fused(cost, a, b, eps, max_iters, tol, return_plan, config: triton.Config | None = None):
+    """``config`` forces a streamed-kernel candidate (tests)."""
     P, n, m = cost.shape
     cfg = fused_config(n, m)
     la, lb, f, g, total, n_iters, plan = fused_buffers(cost, a, b, return_plan, zero_f=cfg["kernel"] == "streamed")
@@ -264,9 +292,9 @@ def _launch_fused(cost, a, b, eps, max_iters, tol, return_plan):
                                         num_warps=cfg["num_warps"])
     else:
         fn = torch.empty_like(f)
-        _sinkhorn_streamed_kernel[(P,)](cost, la, lb, a, f, g, fn, total, plan_arg, n_iters, n, m, float(eps), tol_,
-                                        max_iters, check, int(return_plan), BR=cfg["BR"], BM=cfg["BM"],
-                                        num_warps=cfg["num_warps"])
+        streamed_kernel.launch(lambda meta: (P,), cost, la, lb, a, f, g, fn, total, plan_arg, n_iters, n, m,
+                               float(eps), tol_, max_iters, check, int(return_plan), BM=cfg["BM"], config=config,
+                               fallback=dict(BR=cfg["BR"], num_warps=cfg["num_warps"], num_stages=1))
     return f, g, total, plan, n_iters
 
 
@@ -321,18 +349,27 @@ def aot_variants() -> list[dict]:
             for m in sizes:
                 cfg = fused_config(n, m)
                 if cfg["kernel"] == "resident":
-                    key = ("resident", cfg["BN"], cfg["BM"])
-                    sig = {"C_ptr": ptr, **fused_common, **tail}
-                    kernel, consts = _sinkhorn_resident_kernel, {"BN": cfg["BN"], "BM": cfg["BM"]}
-                else:
-                    key = ("streamed", cfg["BR"], cfg["BM"])
-                    sig = {"C_ptr": ptr, **fused_common, "fn_ptr": "*fp32", **tail}
-                    kernel, consts = _sinkhorn_streamed_kernel, {"BR": cfg["BR"], "BM": cfg["BM"]}
-                if key in seen:
+                    key = ("resident", cfg["BN"], cfg["BM"], cfg["num_warps"])
+                    if key not in seen:
+                        seen.add(key)
+                        out.append(dict(name=f"sinkhorn_resident_{name}_{cfg['BN']}x{cfg['BM']}",
+                                        kernel=_sinkhorn_resident_kernel, signature={"C_ptr": ptr, **fused_common, **tail},
+                                        constexprs={"BN": cfg["BN"], "BM": cfg["BM"]}, num_warps=cfg["num_warps"],
+                                        num_stages=1))
                     continue
-                seen.add(key)
-                out.append(dict(name=f"sinkhorn_{key[0]}_{name}_{key[1]}x{key[2]}", kernel=kernel, signature=sig,
-                                constexprs=consts, num_warps=cfg["num_warps"], num_stages=1))
+                # the shipped configuration and every launch candidate the timing may pick
+                launches = [(cfg["BR"], cfg["num_warps"])] + [
+                    (c.kwargs["BR"], c.num_warps) for c in STREAM_CANDIDATES
+                    if _fits(c.kwargs["BR"], c.num_warps, n, cfg["BM"])]
+                for br, warps in launches:
+                    key = ("streamed", br, cfg["BM"], warps)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    out.append(dict(name=f"sinkhorn_streamed_{name}_{br}x{cfg['BM']}_w{warps}",
+                                    kernel=_sinkhorn_streamed_kernel,
+                                    signature={"C_ptr": ptr, **fused_common, "fn_ptr": "*fp32", **tail},
+                                    constexprs={"BR": br, "BM": cfg["BM"]}, num_warps=warps, num_stages=1))
         tiled = {"BR": TILED_BR, "BC": TILED_BC}
         out.append(dict(name=f"sinkhorn_rows_{name}", kernel=_row_kernel, constexprs=tiled, num_warps=TILED_WARPS,
                         num_stages=1, signature={"C_ptr": ptr, "lb_ptr": "*fp32", "g_ptr": "*fp32", "f_ptr": "*fp32",

@@ -1,0 +1,110 @@
+"""When a tuned kernel times its candidates, and what it launches otherwise.
+
+The timing itself needs a GPU; here a stand-in autotuner records what it is
+asked to run, so the choice between timing and the fixed configuration (the
+interpreter, a capture whose shapes were never timed, RDKERNELS_AUTOTUNE=0, a
+forced config) is checked on any machine.
+"""
+import pytest
+import torch
+import triton
+
+from rdkernels.ops import _autotune
+from rdkernels.ops._autotune import TunedKernel
+from rdkernels.ops.shared_bank_contrast import triton as sbc_triton
+
+CONFIGS = [triton.Config(dict(BLOCK=16), num_warps=4, num_stages=2),
+           triton.Config(dict(BLOCK=32), num_warps=8, num_stages=2)]
+
+
+class FakeLaunch:
+    """Stands in for ``kernel[grid]`` and ``autotuner[grid]``: records each launch."""
+
+    def __init__(self, log, what, best=None):
+        self.log, self.what, self.best_config = log, what, best
+        self.arg_names = ["x", "n", "BLOCK"]
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            shape = grid if isinstance(grid, tuple) else grid(self.best_config.all_kwargs())
+            self.log.append((self.what, shape, kwargs))
+        return launch
+
+
+@pytest.fixture
+def tuned(monkeypatch):
+    """A TunedKernel whose kernel and autotuner are stand-ins, on a "GPU"."""
+    log = []
+    tk = TunedKernel.__new__(TunedKernel)
+    tk.kernel = FakeLaunch(log, "kernel")
+    tk.configs, tk.key, tk._prune, tk._timed = list(CONFIGS), ("n",), None, set()
+    tk.tuner = FakeLaunch(log, "timed", best=CONFIGS[1])
+    monkeypatch.setattr(_autotune, "timing_possible", lambda probe: _autotune.autotune_enabled())
+    return tk, log
+
+
+def _grid(meta):
+    return (64 // meta["BLOCK"],)
+
+
+def test_eager_call_times_and_reuses(tuned):
+    tk, log = tuned
+    x = torch.zeros(4)
+    used = tk.launch(_grid, x, 64)
+    assert log[-1][0] == "timed" and used["BLOCK"] == 32 and log[-1][1] == (2,)
+    tk.launch(_grid, x, 64)
+    assert [entry[0] for entry in log] == ["timed", "timed"]
+
+
+def test_capture_of_an_untimed_shape_runs_the_default(tuned, monkeypatch):
+    tk, log = tuned
+    monkeypatch.setattr(_autotune, "host_reads_allowed", lambda t: False)
+    used = tk.launch(_grid, torch.zeros(4), 64)
+    assert log[-1][0] == "kernel" and used["BLOCK"] == 16 and used["num_warps"] == 4
+    assert log[-1][1] == (4,)
+
+
+def test_capture_after_an_eager_call_reuses_the_timed_choice(tuned, monkeypatch):
+    tk, log = tuned
+    tk.launch(_grid, torch.zeros(4), 64)
+    monkeypatch.setattr(_autotune, "host_reads_allowed", lambda t: False)
+    tk.launch(_grid, torch.zeros(4), 64)
+    assert log[-1][0] == "timed"
+    tk.launch(_grid, torch.zeros(4), 128)          # a new shape key: not timed yet
+    assert log[-1][0] == "kernel"
+    tk.launch(_grid, torch.zeros(4, dtype=torch.float64), 64)  # a new dtype: not timed yet
+    assert log[-1][0] == "kernel"
+
+
+def test_switched_off_forced_and_fallback(tuned, monkeypatch):
+    tk, log = tuned
+    monkeypatch.setenv("RDKERNELS_AUTOTUNE", "0")
+    assert tk.launch(_grid, torch.zeros(4), 64)["BLOCK"] == 16 and log[-1][0] == "kernel"
+    monkeypatch.delenv("RDKERNELS_AUTOTUNE")
+    assert tk.launch(_grid, torch.zeros(4), 64, config=CONFIGS[1])["BLOCK"] == 32 and log[-1][0] == "kernel"
+    monkeypatch.setattr(_autotune, "timing_possible", lambda probe: False)
+    used = tk.launch(_grid, torch.zeros(4), 64, fallback=dict(BLOCK=8, num_warps=1))
+    assert used["BLOCK"] == 8 and log[-1][1] == (8,)
+
+
+def test_cpu_tensors_are_never_timed():
+    assert not _autotune.timing_possible(torch.zeros(1))
+
+
+def test_shared_bank_contrast_candidates():
+    """The first candidate is the configuration shipped before timing; forward-only
+    calls time each tiling once; every candidate's tiles are whole multiples of
+    the split alignment."""
+    first = sbc_triton.CANDIDATES[0]
+    assert (first.kwargs["BLOCK_B"], first.kwargs["BLOCK_N"], first.kwargs["GRAD_PRECISION"],
+            first.num_warps) == (16, 32, "ieee", 8)
+    fwd = sbc_triton.contrast_kernel.candidates(NEED_GRAD=False)
+    tilings = [(c.kwargs["BLOCK_B"], c.kwargs["BLOCK_N"], c.num_warps) for c in fwd]
+    assert len(tilings) == len(set(tilings)) < len(sbc_triton.CANDIDATES)
+    assert sbc_triton.contrast_kernel.candidates(NEED_GRAD=True) == sbc_triton.CANDIDATES
+    assert all(sbc_triton.ROW_ALIGN % c.kwargs["BLOCK_N"] == 0 for c in sbc_triton.CANDIDATES)
+
+
+def test_needs_a_candidate():
+    with pytest.raises(ValueError, match="configs"):
+        TunedKernel(sbc_triton.shared_bank_contrast_kernel, [], key=["batch"])
