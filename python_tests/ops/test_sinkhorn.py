@@ -204,7 +204,7 @@ def test_triton_streamed_every_launch_candidate(config, P, n, m, eps, dtype):
     if triton_unavailable_reason(DEVICE):
         pytest.skip(triton_unavailable_reason(DEVICE))
     assert fused_config(n, m)["kernel"] == "streamed"
-    if not _fits(config.kwargs["BR"], config.num_warps, n, fused_config(n, m)["BM"]):
+    if not _fits(config.kwargs["BR"], n, fused_config(n, m)["BM"]):
         pytest.skip("pruned for this size: never timed or launched")
     C = (torch.rand(P, n, m, device=DEVICE) * 4).to(dtype)
     a, b = _marginal(P, n, False), _marginal(P, m, False)

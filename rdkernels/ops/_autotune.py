@@ -76,9 +76,8 @@ class TunedKernel:
     def default(self) -> triton.Config:
         return self.configs[0]
 
-    def _early_prune(self, configs, named_args, **kwargs):
-        kept = self._prune(list(configs), {**named_args, **kwargs})
-        return kept or [configs[0]]
+    def _early_prune(self, configs, named_args, **kwargs):  # configs: self.configs
+        return self.candidates(**named_args, **kwargs)
 
     def candidates(self, **meta) -> list[triton.Config]:
         """The configurations a call with these keyword arguments would time."""

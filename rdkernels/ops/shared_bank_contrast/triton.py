@@ -169,9 +169,9 @@ def shared_bank_merge_kernel(stats_ptr, acc_ptr, loss_ptr, dq_ptr, batch, splits
 MERGE_BLOCK_S = 16  # splits per step of the merge: [16, d <= 128] fp32 tiles, no spills
 
 
-def _candidate(block_b, block_n, grad_precision, num_warps, maxnreg=None):
+def _candidate(block_b, block_n, grad_precision, num_warps):
     return triton.Config(dict(BLOCK_B=block_b, BLOCK_N=block_n, GRAD_PRECISION=grad_precision),
-                         num_warps=num_warps, num_stages=2, maxnreg=maxnreg)
+                         num_warps=num_warps, num_stages=2)
 
 
 # GPU launch candidates, timed per (batch, rows, width, dtype) by the autotuner
@@ -202,7 +202,7 @@ def _prune(configs: list, args: dict) -> list:
         return configs
     seen, kept = set(), []
     for c in configs:
-        tiling = (c.kwargs["BLOCK_B"], c.kwargs["BLOCK_N"], c.num_warps, c.maxnreg)
+        tiling = (c.kwargs["BLOCK_B"], c.kwargs["BLOCK_N"], c.num_warps)
         if tiling not in seen:
             seen.add(tiling)
             kept.append(c)
@@ -264,8 +264,7 @@ _DTYPE_STR = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp1
 
 def _candidate_tag(c: triton.Config) -> str:
     k = c.kwargs
-    tag = f"b{k['BLOCK_B']}n{k['BLOCK_N']}w{c.num_warps}_{k['GRAD_PRECISION']}"
-    return tag + (f"_r{c.maxnreg}" if c.maxnreg else "")
+    return f"b{k['BLOCK_B']}n{k['BLOCK_N']}w{c.num_warps}_{k['GRAD_PRECISION']}"
 
 
 def aot_variants() -> list[dict]:
@@ -277,7 +276,7 @@ def aot_variants() -> list[dict]:
         block_d = max(16, triton.next_power_of_2(dim))
         for dt, name in _DTYPE_STR.items():
             for need_grad in (False, True):
-                for cand in _prune(list(CANDIDATES), {"NEED_GRAD": need_grad}):
+                for cand in contrast_kernel.candidates(NEED_GRAD=need_grad):
                     signature = {
                         "qs_ptr": f"*{name}", "qt_ptr": f"*{name}", "queue_ptr": f"*{name}",
                         "stats_ptr": "*fp32", "acc_ptr": "*fp32",
@@ -286,15 +285,12 @@ def aot_variants() -> list[dict]:
                         "scale_s": "fp32", "scale_t": "fp32",
                     }
                     constexprs = dict(cand.kwargs, BLOCK_D=block_d, NEED_GRAD=need_grad, DOT_PRECISION="tf32x3")
-                    variant = {
+                    out.append({
                         "name": f"shared_bank_contrast_d{dim}_{name}_{'grad' if need_grad else 'fwd'}_"
                                 + _candidate_tag(cand),
                         "kernel": shared_bank_contrast_kernel, "signature": signature,
                         "constexprs": constexprs, "num_warps": cand.num_warps, "num_stages": cand.num_stages,
-                    }
-                    if cand.maxnreg:
-                        variant["options"] = {"maxnreg": cand.maxnreg}
-                    out.append(variant)
+                    })
         for need_grad in (False, True):
             out.append({
                 "name": f"shared_bank_merge_d{dim}_{'grad' if need_grad else 'fwd'}",

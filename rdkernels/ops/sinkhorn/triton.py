@@ -266,12 +266,12 @@ STREAM_CANDIDATES = [triton.Config(dict(BR=br), num_warps=w, num_stages=1)
 STREAM_MAX_BLOCK = 8192
 
 
-def _fits(br: int, warps: int, n: int, bm: int) -> bool:
+def _fits(br: int, n: int, bm: int) -> bool:
     return br <= _pow2(n) and br * bm <= STREAM_MAX_BLOCK
 
 
 def _prune_streamed(configs: list, args: dict) -> list:
-    return [c for c in configs if _fits(c.kwargs["BR"], c.num_warps, args["n"], args["BM"])]
+    return [c for c in configs if _fits(c.kwargs["BR"], args["n"], args["BM"])]
 
 
 streamed_kernel = TunedKernel(_sinkhorn_streamed_kernel, STREAM_CANDIDATES, key=["n", "m"], prune=_prune_streamed,
@@ -359,8 +359,7 @@ def aot_variants() -> list[dict]:
                     continue
                 # the shipped configuration and every launch candidate the timing may pick
                 launches = [(cfg["BR"], cfg["num_warps"])] + [
-                    (c.kwargs["BR"], c.num_warps) for c in STREAM_CANDIDATES
-                    if _fits(c.kwargs["BR"], c.num_warps, n, cfg["BM"])]
+                    (c.kwargs["BR"], c.num_warps) for c in streamed_kernel.candidates(n=n, BM=cfg["BM"])]
                 for br, warps in launches:
                     key = ("streamed", br, cfg["BM"], warps)
                     if key in seen:
