@@ -16,7 +16,7 @@
 //   through shared memory once. Per tile, each warp computes its 16 x 64
 //   score tile with mma.sync m16n8k8 TF32 in 3xTF32 (hi/lo splits: fp32
 //   accuracy on tensor cores; a bf16 bank is exact in TF32, so its lo part is
-//   skipped), rebuilds the tile's sample counts from the rows' sorted
+//   skipped), rebuilds the tile's sample counts from the rows' CSR of
 //   negatives (shared-memory atomics, so repeated ids count with
 //   multiplicity), applies the epilogue in registers, and accumulates
 //   dq += coef @ tile with a second 3xTF32 mma. No [B, N] matrix exists.
@@ -387,7 +387,7 @@ bank_dense_kernel(const float* __restrict__ query, const BankT* __restrict__ ban
     for (int i = lane; i < 16 * kBN; i += 32) cntw[i] = 0;
     __syncthreads();
 
-    // Sample counts of this warp's 16 rows in this tile, from the sorted negatives.
+    // Sample counts of this warp's 16 rows in this tile, from the CSR (ops/bank_contrast/csr.py).
     // The rows' segments are concatenated (a warp scan of their lengths) and the
     // lanes stride over the concatenation, so the id loads are independent.
     {

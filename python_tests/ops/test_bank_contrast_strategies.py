@@ -9,13 +9,14 @@ CUDA cases skip without a GPU.
 import pytest
 import torch
 from conftest import DEVICE, backends
+from rdkernels.backend import available_backends
 from helpers import assert_close, tolerance, unit_rows
 
 from rdkernels.ops.bank_contrast import STRATEGIES, bank_contrast, bank_contrast_reference, estimate_nce_z
 from rdkernels.ops.bank_contrast.cost_model import choose_strategy, estimate_times
-from rdkernels.ops.bank_contrast.dense import build_csr
 
 TEMPERATURE = 0.07
+triton_runs = "triton" in available_backends(DEVICE, "bank_contrast")
 STRATEGY_PARAMS = ["gather", "dense"]
 # (B, K, N, d): ragged K, B = 1, every d the brief names; N small for the interpreter
 SHAPES = [(5, 37, 200, 64), (1, 20, 200, 128), (17, 50, 200, 96), (7, 30, 150, 256)]
@@ -183,12 +184,52 @@ def test_strategy_is_validated():
         bank_contrast(query, bank, idx, temperature=TEMPERATURE, strategy="sparse")
 
 
+def _csr_by_sorting(idx, n_bank, block_n):
+    """The CSR as a full per-row sort gives it (each segment ascending)."""
+    ids = torch.sort(idx[:, 1:].to(torch.int32), dim=1).values
+    bounds = torch.arange(0, -(-n_bank // block_n) + 1, device=idx.device, dtype=torch.int32) * block_n
+    return ids, torch.searchsorted(ids, bounds.expand(idx.shape[0], -1).contiguous(), out_int32=True)
+
+
+@pytest.mark.skipif(not triton_runs, reason="the CSR builder is a Triton kernel")
 def test_csr_layout():
+    from rdkernels.ops.bank_contrast.csr import build_csr
     idx = torch.tensor([[0, 5, 1, 5, 70, 64], [3, 63, 64, 0, 0, 127]], device=DEVICE)
     ids, offsets = build_csr(idx, 130, 64)
     assert ids.dtype == torch.int32 and offsets.dtype == torch.int32
-    assert ids.tolist() == [[1, 5, 5, 64, 70], [0, 0, 63, 64, 127]]
+    assert torch.sort(ids, dim=1).values.tolist() == [[1, 5, 5, 64, 70], [0, 0, 63, 64, 127]]
     assert offsets.tolist() == [[0, 3, 5, 5], [0, 3, 5, 5]]
+
+
+@pytest.mark.skipif(not triton_runs, reason="the CSR builder is a Triton kernel")
+@pytest.mark.parametrize("batch,k,n_bank,block_n,idx_dtype", [
+    (7, 3000, 500, 32, torch.int32),     # ~190 entries per (row, tile): many atomics on one counter
+    (3, 1500, 100_000, 64, torch.int64),  # most tiles empty
+    (2, 2500, 33, 16, torch.int64),       # ragged last tile
+    (4, 1, 10, 64, torch.int64),          # one negative per row
+])
+def test_csr_matches_a_full_sort(batch, k, n_bank, block_n, idx_dtype):
+    """Same offsets as a full sort; each (row, tile) segment the same multiset of ids."""
+    from rdkernels.ops.bank_contrast.csr import build_csr
+    idx = torch.randint(0, n_bank, (batch, k + 1), device=DEVICE, dtype=idx_dtype)
+    ids, offsets = build_csr(idx, n_bank, block_n)
+    want_ids, want_offsets = _csr_by_sorting(idx, n_bank, block_n)
+    assert torch.equal(offsets, want_offsets)
+    assert torch.equal(torch.sort(ids, dim=1).values, want_ids)
+    tile_of = ids.long() // block_n   # every entry sits in its own tile's segment
+    pos = torch.arange(k, device=DEVICE).expand(batch, -1)
+    assert torch.equal(offsets.long().gather(1, tile_of) <= pos, torch.ones_like(pos, dtype=torch.bool))
+    assert torch.equal(pos < offsets.long().gather(1, tile_of + 1), torch.ones_like(pos, dtype=torch.bool))
+
+
+@pytest.mark.skipif(not triton_runs, reason="the CSR builder is a Triton kernel")
+def test_csr_drops_out_of_range_ids():
+    """With index checks off, a bad id is left out, never written out of bounds."""
+    from rdkernels.ops.bank_contrast.csr import build_csr
+    idx = torch.tensor([[0, 3, 50, -1, 7, 3]], device=DEVICE)
+    ids, offsets = build_csr(idx, 10, 4)
+    assert offsets.tolist() == [[0, 2, 3, 3]]
+    assert sorted(ids[0, :3].tolist()) == [3, 3, 7]
 
 
 def test_opcheck_dense_ops():

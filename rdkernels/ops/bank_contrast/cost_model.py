@@ -10,9 +10,9 @@ Both strategies compute the same loss and gradient (to float rounding):
   reads the bank ``ceil(B / rows_per_pass)`` times (``N * d * e`` bytes each,
   sequentially; rows_per_pass is the kernel's query block: 64 for CUDA, 16
   for Triton, all rows for torch), does ``4 * B * N * d`` flops (scores, then
-  dq), and pays a per-sample index cost: the fused kernels sort the B*K
-  negative ids per row (the CSR they walk), torch gathers the scalar scores
-  and scatter-adds their gradients.
+  dq), and pays a per-sample index cost: the fused kernels group the B*K
+  negative ids by bank tile per row (the CSR they walk, csr.py), torch
+  gathers the scalar scores and scatter-adds their gradients.
 
 The model estimates both times from per-device constants and picks the
 smaller::
@@ -26,9 +26,9 @@ smaller::
 
 The constants are coarse. By bytes alone, dense wins on CIFAR-100 (B=64,
 K=16384, N=50 000: every bank row is sampled about 21 times a step), but on an
-H100 in eager mode its fixed host-side cost (sorting the negatives, building
-the CSR, more launches) outweighs that at B=64, so the model picks gather there
-and dense from B ~ 256 up; on ImageNet with small batches (N=1.28 M,
+H100 in eager mode its fixed host-side cost (then: sorting the negatives,
+building the CSR, more launches) outweighs that at B=64, so the model picks
+gather there and dense from B ~ 256 up; on ImageNet with small batches (N=1.28 M,
 B*K/N < ~4) gathering wins outright. ``strategy="gather" | "dense"`` in
 :func:`rdkernels.ops.bank_contrast` overrides the choice.
 """
@@ -47,7 +47,7 @@ class DeviceRates:
     bw_gather: float      # bytes/s of random bank-row reads (rows of 128-512 bytes)
     bw_stream: float      # bytes/s of sequential bank reads
     flops: float          # dense-matmul flop/s at the bank's precision (fp32 accumulate)
-    t_index: float       # seconds per sampled index (sort + tile offsets, or gather + scatter-add)
+    t_index: float       # seconds per sampled index (the CSR build, or gather + scatter-add)
     t_launch: float       # fixed cost of the dense path's extra launches
 
 
@@ -55,9 +55,12 @@ class DeviceRates:
 # over the bank use sectors well but defeat prefetching; the dense kernel's
 # 3xTF32 tensor-core rate, conservatively.
 # t_index and t_launch are measured on an H100 in eager mode (fwd + bwd, B=64,
-# K=16384, N=50 000): the per-row sort of the negatives costs ~115 us (1.1e-10 s
-# per id), and the dense path's host-side work (CSR, launches, merge) ~1 ms more
-# than gather's; end to end gather took 0.51 ms (Triton) and dense 1.46 ms there.
+# K=16384, N=50 000) with the CSR then built by a per-row sort: the sort cost
+# ~115 us (1.1e-10 s per id), and the dense path's host-side work (CSR, launches,
+# a torch merge) ~1 ms more than gather's; end to end gather took 0.51 ms (Triton)
+# and dense 1.46 ms there. The counting build (csr.py) and the one-launch merge
+# that replaced them should cost less on both counts; until a GPU times them,
+# these measured values stay, so the model errs towards gather.
 _CUDA = DeviceRates(bw_gather=1.2e12, bw_stream=2.5e12, flops=2.5e14, t_index=1.1e-10, t_launch=1e-3)
 # A few CPU cores: gathering materialises [B, chunk, d] and runs batched
 # matrix-vector products (memory bound); the dense path is an MKL/oneDNN GEMM.

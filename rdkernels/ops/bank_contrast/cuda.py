@@ -2,7 +2,10 @@
 
 The kernels take a float32 query (converting B*d elements here costs nothing
 next to the bank traffic) and write per-(row, split) partials in the Triton
-kernels' layout, merged here by a few torch ops. The dense kernel covers
+kernels' layout: the gather partials are merged here by a few torch ops, the
+dense ones by the Triton merge kernel (triton_merge.py), and the dense
+kernel's CSR is built by Triton kernels too (csr.py): both are linear passes
+over [B, K] or [B, splits, d] that the two backends share. The dense kernel covers
 d <= 128 (its dq accumulator lives in registers); wider rows run the
 pure-PyTorch dense formulation instead (cuBLAS GEMMs + gathered scalar
 scores, dense.py): a documented composition with the same math.
@@ -13,11 +16,12 @@ import torch
 
 from rdkernels.backend import cuda_extension
 from rdkernels.ops._cuda_common import dtype_code, stream_of
-from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, build_csr, combine_dense_partials
-from rdkernels.ops.bank_contrast.dense import dense_buffers, dense_splits
+from rdkernels.ops.bank_contrast.csr import build_csr
+from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, dense_buffers, dense_splits
 from rdkernels.ops.bank_contrast.partials import EPILOGUE_CODES as _EPILOGUES
 from rdkernels.ops.bank_contrast.partials import NCE, SCORES, SCORES_BWD, combine_gather_partials, gather_buffers
 from rdkernels.ops.bank_contrast.reference import nce_constants
+from rdkernels.ops.bank_contrast.triton_merge import merge_partials_triton
 
 _GATHER_THREADS = 128
 
@@ -81,5 +85,5 @@ def bank_contrast_loss_dense_cuda(query, bank, idx, z, temperature, epilogue, n_
         ptr(loss_parts), dq_parts.data_ptr(), ptr(max_parts), ptr(sum_parts), batch, n_bank, dim,
         max(n_cols - 1, 1), n_tiles, per, n_splits, bank.stride(0), offsets.stride(0),
         1.0 / temperature, log_c, log_mpn_c, code, stream_of(query))
-    return combine_dense_partials(epilogue, query, bank, idx, z, temperature, n_data, loss_parts, dq_parts,
-                                  max_parts, sum_parts)
+    return merge_partials_triton(epilogue, query, bank, idx, z, temperature, n_data, loss_parts, dq_parts,
+                                 max_parts, sum_parts, positive_in_parts=False)

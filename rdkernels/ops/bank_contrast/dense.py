@@ -18,9 +18,9 @@ it (once as the positive, once per negative occurrence).
 Multiplicities. A [B, N] count matrix would be B*N entries (3.2 M at CIFAR,
 328 M at ImageNet B=256), written and re-read every step, and a compact dtype
 (uint8) would overflow when one id is drawn more than 255 times in a row. The
-fused kernels instead take the negatives of each row **sorted** (a per-row
-CSR: ``sorted_ids[B, K]`` int32 plus ``tile_offsets[B, n_tiles+1]`` int32, the
-first position of each BLOCK_N-wide bank tile in each sorted row). That is
+fused kernels instead take the negatives of each row grouped by bank tile (a
+per-row CSR, csr.py: ``ids[B, K]`` int32 plus ``offsets[B, n_tiles+1]``
+int32, where each BLOCK_N-wide bank tile's entries start). That is
 B*K + B*N/BLOCK_N ints (the size of idx itself), exact for any multiplicity,
 and a kernel finds the entries of its (row block, bank tile) by two loads.
 
@@ -28,8 +28,8 @@ This module holds the pure-PyTorch dense formulation (the torch backend's
 dense strategy and the best pure-PyTorch formulation of the op: a matmul of
 the queries with the bank, a gather of scalar scores at idx, a closed-form
 epilogue, then dq from the score gradients: scatter-add + a second matmul on
-a GPU, a weighted embedding_bag on a CPU), the CSR builder, and the split
-combine shared by the Triton and CUDA dense kernels.
+a GPU, a weighted embedding_bag on a CPU) and the split layout shared by the
+Triton and CUDA dense kernels (merged by triton_merge.py).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from rdkernels.ops.bank_contrast.partials import NCE, SOFTMAX
 from rdkernels.ops.bank_contrast.reference import nce_constants
 
 __all__ = ["bank_contrast_loss_dense_torch", "bank_scores_dense_torch", "bank_scores_backward_dense_torch",
-           "build_csr", "combine_dense_partials"]
+           "dense_splits", "dense_buffers"]
 
 _CHUNK_ELEMS = 1 << 24  # fp32 elements of one [rows, N] score chunk (64 MB)
 
@@ -146,22 +146,6 @@ def bank_scores_backward_dense_torch(grad_scores, bank, idx, temperature):
 
 # ------------------------------------------------ shared by the fused dense kernels
 
-def build_csr(idx: torch.Tensor, n_bank: int, block_n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row CSR of the negatives idx[:, 1:] over bank tiles of ``block_n`` rows.
-
-    Returns ``sorted_ids[B, K]`` int32 (each row ascending) and
-    ``tile_offsets[B, n_tiles + 1]`` int32, where the entries of row b that fall
-    in bank tile t are ``sorted_ids[b, tile_offsets[b, t]:tile_offsets[b, t+1]]``.
-    """
-    batch = idx.shape[0]
-    negatives = idx[:, 1:].to(torch.int32)
-    sorted_ids = torch.sort(negatives, dim=1).values.contiguous()
-    n_tiles = -(-n_bank // block_n)
-    bounds = torch.arange(0, n_tiles + 1, device=idx.device, dtype=torch.int32) * block_n
-    offsets = torch.searchsorted(sorted_ids, bounds.expand(batch, -1).contiguous(), out_int32=True)
-    return sorted_ids, offsets.contiguous()
-
-
 def dense_splits(m_blocks: int, n_tiles: int, device: torch.device) -> tuple[int, int]:
     """(splits, bank tiles per split) of the fused dense kernels (Triton and CUDA):
     about two programs per SM; under the interpreter a few, which still
@@ -177,34 +161,9 @@ def dense_splits(m_blocks: int, n_tiles: int, device: torch.device) -> tuple[int
 
 def dense_buffers(code: int, batch: int, n_splits: int, dim: int, device: torch.device):
     """(loss_parts, dq_parts, max_parts, sum_parts), fp32 [B, splits(, d)], None
-    where epilogue ``code`` writes nothing; merged by combine_dense_partials."""
+    where epilogue ``code`` writes nothing; merged by triton_merge.merge_partials_triton."""
     f32 = dict(device=device, dtype=torch.float32)
     return (torch.empty(batch, n_splits, **f32) if code == NCE else None,
             torch.empty(batch, n_splits, dim, **f32),
             torch.empty(batch, n_splits, **f32) if code == SOFTMAX else None,
             torch.empty(batch, n_splits, **f32) if code == SOFTMAX else None)
-
-
-def combine_dense_partials(epilogue, query, bank, idx, z, temperature, n_data, loss_parts, dq_parts,
-                           max_parts=None, sum_parts=None):
-    """Merge the dense kernels' per-split partials over the negatives with the
-    positive column (one gathered row per query). Partials: ``dq_parts[B, S, d]``;
-    nce: ``loss_parts[B, S]``; softmax: running ``max_parts``/``sum_parts[B, S]``
-    of the multiplicity-weighted exp (max = -inf where a split saw no negative)."""
-    inv_t = 1.0 / temperature
-    w0 = bank[idx[:, 0].long()].float()
-    s0 = (w0 * query.float()).sum(dim=1) * inv_t
-    if epilogue == "nce":
-        log_c, _ = nce_constants(idx.shape[1] - 1, n_data)
-        t0 = log_c - (s0 - z.float().reshape(()).log())
-        loss = loss_parts.sum(dim=1) + torch.nn.functional.softplus(t0)
-        dq = dq_parts.sum(dim=1) - (torch.sigmoid(t0) * inv_t)[:, None] * w0
-        return loss, dq
-    top = torch.maximum(max_parts.max(dim=1).values, s0)
-    scale = torch.exp(max_parts - top[:, None])                # exp(-inf) = 0 for empty splits
-    p0 = torch.exp(s0 - top)
-    total = (sum_parts * scale).sum(dim=1) + p0
-    weighted = (dq_parts * scale[:, :, None]).sum(dim=1) + p0[:, None] * w0
-    loss = top + total.log() - s0
-    dq = (weighted / total[:, None] - w0) * inv_t
-    return loss, dq

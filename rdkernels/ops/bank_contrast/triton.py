@@ -26,6 +26,7 @@ from rdkernels.ops.bank_contrast.partials import EPILOGUE_CODES as _EPILOGUES
 from rdkernels.ops.bank_contrast.partials import (NCE, SCORES, SCORES_BWD, SOFTMAX, combine_gather_partials,
                                                   gather_buffers)
 from rdkernels.ops.bank_contrast.reference import nce_constants
+from rdkernels.ops.bank_contrast.triton_merge import merge_partials_triton
 
 # the same codes as kernel-visible globals (compiled code reads only constexpr globals)
 _NCE_C, _SOFTMAX_C, _SCORES_C, _SCORES_BWD_C = (tl.constexpr(c) for c in (NCE, SOFTMAX, SCORES, SCORES_BWD))
@@ -144,7 +145,9 @@ def _launch(epilogue_code, query, bank, idx, *, temperature, z=None, grad=None, 
 def bank_contrast_loss_triton(query, bank, idx, z, temperature, epilogue, n_data):
     """(row_loss[B], dq[B, d]) in fp32, as bank_contrast_loss_torch."""
     parts = _launch(_EPILOGUES[epilogue], query, bank, idx, temperature=temperature, z=z, n_data=n_data)
-    return combine_gather_partials(epilogue, query, bank, idx, temperature, *parts)
+    if epilogue == "nce":  # two sums
+        return combine_gather_partials(epilogue, query, bank, idx, temperature, *parts)
+    return merge_partials_triton(epilogue, query, bank, idx, z, temperature, n_data, *parts, positive_in_parts=True)
 
 
 def bank_scores_triton(query, bank, idx, temperature):
@@ -183,5 +186,7 @@ def aot_variants() -> list[dict]:
                             kernel=bank_contrast_kernel, signature=sig,
                             constexprs=dict(EPILOGUE=code, BLOCK_K=cfg["BLOCK_K"], BLOCK_D=cfg["BLOCK_D"]),
                             num_warps=cfg["num_warps"], num_stages=3))
+    from rdkernels.ops.bank_contrast.csr import aot_variants as csr_variants
     from rdkernels.ops.bank_contrast.triton_dense import aot_variants as dense_variants
-    return variants + dense_variants()
+    from rdkernels.ops.bank_contrast.triton_merge import aot_variants as merge_variants
+    return variants + dense_variants() + csr_variants() + merge_variants()

@@ -6,9 +6,10 @@ of the bank). It streams its bank tiles of BLOCK_N rows once; per tile
 * ``s = q @ tile^T / T`` on tensor cores (fp32 via 3xTF32, bf16 natively when
   both operands are bf16; fp32 accumulation),
 * the multiplicity tile ``cnt[BLOCK_M, BLOCK_N]`` is rebuilt from the per-row
-  CSR of sorted negatives: each row's entries in this tile are contiguous, so
-  the program walks them one position at a time for all its rows at once
-  (the loop runs max-entries-per-row times, ~K*BLOCK_N/N),
+  CSR of negatives grouped by tile (csr.py): each row's entries in this tile
+  are contiguous, so the program loads ENTRY_CHUNK of them for all its rows at
+  once and counts them by comparison (~K*BLOCK_N/N entries a row: ~10 at
+  CIFAR-100, so one or two steps),
 * the epilogue weights each (row, bank row) pair by its count: NCE terms and
   d loss / d s, or the online softmax's max / sum, rescaled flash-style,
 * ``acc += coef @ tile`` (the dq GEMM), so no [B, N] matrix ever exists.
@@ -17,8 +18,8 @@ Rows wider than 128 run the pure-PyTorch dense formulation instead (cuBLAS
 GEMMs on a GPU, see dense.py): the kernel's register budget does not hold
 them without spills.
 
-The positive (column 0) is left to the combine (dense.combine_dense_partials),
-which also merges the splits. Narrow types are loaded, then converted to
+The positive (column 0) is left to the merge kernel (triton_merge.py), which
+also merges the splits. Narrow types are loaded, then converted to
 fp32 unless both dot operands are bf16 on a GPU; under the interpreter every
 dot is fp32 (its bf16 dot is garbage).
 """
@@ -29,9 +30,10 @@ import triton
 import triton.language as tl
 
 from rdkernels.backend import triton_interpreter_enabled
-from rdkernels.ops.bank_contrast.dense import (bank_contrast_loss_dense_torch, build_csr, combine_dense_partials,
-                                               dense_buffers, dense_splits)
+from rdkernels.ops.bank_contrast.csr import build_csr
+from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, dense_buffers, dense_splits
 from rdkernels.ops.bank_contrast.reference import nce_constants
+from rdkernels.ops.bank_contrast.triton_merge import merge_partials_triton
 # the epilogue codes and the softplus helper are the gather kernel's
 from rdkernels.ops.bank_contrast.triton import _EPILOGUES, _NCE_C, _SOFTMAX_C, NCE, SOFTMAX, _softplus
 
@@ -46,7 +48,7 @@ def bank_contrast_dense_kernel(
     stride_q, stride_bank, stride_offs,
     inv_t, log_c, log_mpn_c,
     EPILOGUE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    BF16_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ENTRY_CHUNK: tl.constexpr, BF16_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
@@ -71,6 +73,7 @@ def bank_contrast_dense_kernel(
     run_max = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)
     run_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
     n_col = tl.arange(0, BLOCK_N)
+    e_col = tl.arange(0, ENTRY_CHUNK)
 
     t_start = split * tiles_per_split
     t_stop = tl.minimum(t_start + tiles_per_split, n_tiles)
@@ -85,15 +88,18 @@ def bank_contrast_dense_kernel(
             w = w.to(tl.float32)
         s = tl.dot(q, tl.trans(w), input_precision=DOT_PRECISION) * inv_t          # [BLOCK_M, BLOCK_N]
 
-        # multiplicities of this tile from the rows' sorted negatives
+        # multiplicities of this tile from the rows' CSR segments, ENTRY_CHUNK
+        # entries of every row per step (independent loads, one latency each)
         e_lo = tl.load(offs_ptr + rows64 * stride_offs + t, mask=row_mask, other=0)
         e_hi = tl.load(offs_ptr + rows64 * stride_offs + t + 1, mask=row_mask, other=0)
         n_e = e_hi - e_lo
+        seg = rows64 * n_neg + e_lo
         cnt = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
-        for e in range(0, tl.max(n_e, axis=0)):
-            live = e < n_e
-            col = tl.load(ids_ptr + rows64 * n_neg + e_lo + e, mask=live, other=-1) - t * BLOCK_N
-            cnt += (col[:, None] == n_col[None, :]).to(tl.int32)
+        for e0 in range(0, tl.max(n_e, axis=0), ENTRY_CHUNK):
+            e = e0 + e_col
+            live = e[None, :] < n_e[:, None]
+            col = tl.load(ids_ptr + seg[:, None] + e[None, :], mask=live, other=-1) - t * BLOCK_N
+            cnt += tl.sum((col[:, :, None] == n_col[None, None, :]).to(tl.int32), axis=1)
         has = cnt > 0
         cnt_f = cnt.to(tl.float32)
 
@@ -130,10 +136,17 @@ MAX_DIM = 128
 def launch_config(dim: int) -> dict:
     """BLOCK_M = 16: with 3xTF32 dots Triton keeps hi/lo copies of the query, the
     tile and the coefficients in registers; 16 x 32 tiles at d <= 128 compile
-    without spills on sm_90 (ptxas -v: ~210-230 registers), 32- or 64-row blocks
-    and d = 256 do not. Query rows share each bank tile through L2."""
+    without spills on sm_80 and sm_90 (ptxas -v: up to 255 registers), 32- or
+    64-row blocks and d = 256 do not. Query rows share each bank tile through L2.
+
+    ENTRY_CHUNK: CSR entries per row loaded at once when counting a tile's
+    samples (~K*BLOCK_N/N per row: ~10 at CIFAR-100), so the count costs a few
+    load latencies, not one per entry. The widest chunk without spills: 8 at
+    d = 128; at d = 64 ptxas caps sm_90 at 168 registers (3 blocks an SM) and
+    spills 16-32 B with 8 or 16, none with 2. (4 spills at both widths.)"""
     block_d = max(16, triton.next_power_of_2(dim))
-    return dict(BLOCK_M=16, BLOCK_N=BLOCK_N, BLOCK_D=block_d, num_warps=4, num_stages=2)
+    return dict(BLOCK_M=16, BLOCK_N=BLOCK_N, BLOCK_D=block_d, ENTRY_CHUNK=8 if block_d >= 128 else 2,
+                num_warps=4, num_stages=2)
 
 
 def _use_bf16_dot(q_dtype, bank_dtype, block_d: int) -> bool:
@@ -176,8 +189,8 @@ def bank_contrast_loss_dense_triton(query, bank, idx, z, temperature, epilogue, 
         1.0 / temperature, log_c, log_mpn_c,
         EPILOGUE=code, BF16_DOT=bf16_dot, DOT_PRECISION=precision, **cfg,
     )
-    return combine_dense_partials(epilogue, query, bank, idx, z, temperature, n_data, loss_parts, dq_parts,
-                                  max_parts, sum_parts)
+    return merge_partials_triton(epilogue, query, bank, idx, z, temperature, n_data, loss_parts, dq_parts,
+                                 max_parts, sum_parts, positive_in_parts=False)
 
 
 _TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -205,7 +218,7 @@ def aot_variants() -> list[dict]:
                              f"bank={_TRITON_TYPES[bank_dt]}]",
                         kernel=bank_contrast_dense_kernel, signature=sig,
                         constexprs=dict(EPILOGUE=code, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                                        BLOCK_D=cfg["BLOCK_D"], BF16_DOT=bf16_dot,
+                                        BLOCK_D=cfg["BLOCK_D"], ENTRY_CHUNK=cfg["ENTRY_CHUNK"], BF16_DOT=bf16_dot,
                                         DOT_PRECISION="tf32" if bf16_dot else "tf32x3"),
                         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
     # integers the dispatcher can pass as 1 (B = 1; one tile per split) are their own specialisation

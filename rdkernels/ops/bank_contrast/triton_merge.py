@@ -1,0 +1,146 @@
+"""Triton kernel that merges the bank-contrast kernels' per-split partials.
+
+One program per query row reads the row's partials (see partials.py and
+dense.py for their layout) and writes ``row_loss[b]`` and ``dq[b, :]``:
+
+* NCE: sums of the splits' loss terms and dq; the dense strategy then adds the
+  positive's term, softplus(log c - (s0 - log Z)), and its gradient;
+* softmax: the splits' running (max, sum, weighted row sum) rescaled to the
+  row max (flash-decoding style), plus the positive where the kernel left it
+  out (dense), then ``loss = lse - s0`` and ``dq = (E_p[w] - w0) / T``.
+
+The positive's score s0 = <M[idx[b, 0]], q[b]> / T costs one gathered row.
+This is one launch where the same merge in torch ops is 12-16 (each a launch
+and a few microseconds of host time); the gather strategy's NCE merge, two
+sums, stays in torch.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from rdkernels.ops.bank_contrast.partials import NCE, SOFTMAX
+from rdkernels.ops.bank_contrast.reference import nce_constants
+
+__all__ = ["merge_partials_triton"]
+
+_NCE_C = tl.constexpr(NCE)
+
+
+def launch_config(dim: int) -> dict:
+    """Splits per step x BLOCK_D: at most 4K fp32 elements a tile (32 a thread at 4 warps)."""
+    block_d = max(16, triton.next_power_of_2(dim))
+    return dict(BLOCK_S=max(2, min(16, 4096 // block_d)), BLOCK_D=block_d, num_warps=4)
+
+
+@triton.jit
+def merge_kernel(q_ptr, bank_ptr, idx_ptr, z_ptr, loss_parts_ptr, dq_parts_ptr, max_parts_ptr, sum_parts_ptr,
+                 loss_ptr, dq_ptr, n_splits, dim, stride_q, stride_bank, stride_idx, inv_t, log_c,
+                 EPILOGUE: tl.constexpr, POSITIVE_IN_PARTS: tl.constexpr,
+                 BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    d = tl.arange(0, BLOCK_D)
+    d_mask = d < dim
+    s_off = tl.arange(0, BLOCK_S)
+    parts = row * n_splits
+    # the positive bank row and its score (every case but NCE with the positive already merged)
+    w0 = tl.zeros([BLOCK_D], dtype=tl.float32)
+    s0 = 0.0
+    if (EPILOGUE != _NCE_C) or (not POSITIVE_IN_PARTS):
+        pos = tl.load(idx_ptr + row * stride_idx).to(tl.int64)
+        w0 = tl.load(bank_ptr + pos * stride_bank + d, mask=d_mask, other=0.0).to(tl.float32)
+        q = tl.load(q_ptr + row * stride_q + d, mask=d_mask, other=0.0).to(tl.float32)
+        s0 = tl.sum(w0 * q, axis=0) * inv_t
+
+    if EPILOGUE == _NCE_C:
+        loss = 0.0
+        dq = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for s_start in range(0, n_splits, BLOCK_S):
+            s = s_start + s_off
+            s_mask = s < n_splits
+            loss += tl.sum(tl.load(loss_parts_ptr + parts + s, mask=s_mask, other=0.0), axis=0)
+            dq += tl.sum(tl.load(dq_parts_ptr + (parts + s)[:, None] * dim + d[None, :],
+                                 mask=s_mask[:, None] & d_mask[None, :], other=0.0), axis=0)
+        if not POSITIVE_IN_PARTS:  # x0 = exp(s0) / Z: loss softplus(t0), d/ds0 = -sigmoid(t0)
+            t0 = log_c - (s0 - tl.log(tl.load(z_ptr).to(tl.float32)))
+            loss += tl.maximum(t0, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(t0)))
+            dq -= (inv_t / (1.0 + tl.exp(-t0))) * w0
+    else:
+        top = -float("inf")
+        if not POSITIVE_IN_PARTS:
+            top = s0
+        for s_start in range(0, n_splits, BLOCK_S):
+            s = s_start + s_off
+            top = tl.maximum(top, tl.max(tl.load(max_parts_ptr + parts + s, mask=s < n_splits,
+                                                 other=-float("inf")), axis=0))
+        total = 0.0
+        weighted = tl.zeros([BLOCK_D], dtype=tl.float32)
+        if not POSITIVE_IN_PARTS:
+            p0 = tl.exp(s0 - top)
+            total = p0
+            weighted = p0 * w0
+        for s_start in range(0, n_splits, BLOCK_S):
+            s = s_start + s_off
+            s_mask = s < n_splits
+            # a split that saw no column has max -inf: its scale is exp(-inf) = 0
+            scale = tl.exp(tl.load(max_parts_ptr + parts + s, mask=s_mask, other=-float("inf")) - top)
+            total += tl.sum(scale * tl.load(sum_parts_ptr + parts + s, mask=s_mask, other=0.0), axis=0)
+            weighted += tl.sum(scale[:, None] * tl.load(dq_parts_ptr + (parts + s)[:, None] * dim + d[None, :],
+                                                        mask=s_mask[:, None] & d_mask[None, :], other=0.0),
+                               axis=0)
+        loss = top + tl.log(total) - s0
+        dq = (weighted / total - w0) * inv_t
+    tl.store(loss_ptr + row, loss)
+    tl.store(dq_ptr + row * dim + d, dq, mask=d_mask)
+
+
+def merge_partials_triton(epilogue, query, bank, idx, z, temperature, n_data, loss_parts, dq_parts,
+                          max_parts=None, sum_parts=None, *, positive_in_parts: bool):
+    """(row_loss[B], dq[B, d]) fp32 from per-split partials ``dq_parts[B, S, d]`` and
+    ``loss_parts[B, S]`` (nce) or ``max_parts``/``sum_parts[B, S]`` (softmax).
+    ``positive_in_parts``: the kernel scored column 0 with the rest (gather);
+    otherwise the merge adds it (dense)."""
+    batch, n_splits, dim = dq_parts.shape
+    loss = torch.empty(batch, device=query.device, dtype=torch.float32)
+    dq = torch.empty(batch, dim, device=query.device, dtype=torch.float32)
+    nce = epilogue == "nce"
+    log_c = nce_constants(idx.shape[1] - 1, n_data)[0] if nce else 0.0
+    placeholder = loss  # pointers an epilogue never reads
+    merge_kernel[(batch,)](
+        query, bank, idx, z if z is not None else placeholder,
+        loss_parts if nce else placeholder, dq_parts,
+        placeholder if nce else max_parts, placeholder if nce else sum_parts,
+        loss, dq, n_splits, dim, query.stride(0), bank.stride(0), idx.stride(0), 1.0 / temperature, log_c,
+        EPILOGUE=NCE if nce else SOFTMAX, POSITIVE_IN_PARTS=positive_in_parts, **launch_config(dim))
+    return loss, dq
+
+
+_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def aot_variants() -> list[dict]:
+    """Every width, epilogue, idx type and placement of the positive the wrappers launch."""
+    cases = [("softmax", SOFTMAX, True, dim) for dim in (64, 128, 256, 512, 1024)]   # gather strategy
+    cases += [(name, code, False, dim) for name, code in (("nce", NCE), ("softmax", SOFTMAX))
+              for dim in (64, 128)]                                                  # dense kernels: d <= 128
+    variants = []
+    for epi_name, code, positive_in_parts, dim in cases:
+        cfg = launch_config(dim)
+        for q_dt, bank_dt in ((torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                              (torch.float16, torch.float32)):
+            for idx_t in ("i32", "i64"):
+                f32 = "*fp32"
+                sig = {"q_ptr": "*" + _TYPES[q_dt], "bank_ptr": "*" + _TYPES[bank_dt], "idx_ptr": "*" + idx_t,
+                       "z_ptr": f32, "loss_parts_ptr": f32, "dq_parts_ptr": f32, "max_parts_ptr": f32,
+                       "sum_parts_ptr": f32, "loss_ptr": f32, "dq_ptr": f32, "n_splits": "i32", "dim": "i32",
+                       "stride_q": "i32", "stride_bank": "i32", "stride_idx": "i32", "inv_t": "fp32",
+                       "log_c": "fp32"}
+                variants.append(dict(
+                    name=f"bank_contrast_merge[{epi_name},{'gather' if positive_in_parts else 'dense'},"
+                         f"d{cfg['BLOCK_D']},q={_TYPES[q_dt]},bank={_TYPES[bank_dt]},idx={idx_t}]",
+                    kernel=merge_kernel, signature=sig,
+                    constexprs=dict(EPILOGUE=code, POSITIVE_IN_PARTS=positive_in_parts,
+                                    BLOCK_S=cfg["BLOCK_S"], BLOCK_D=cfg["BLOCK_D"]),
+                    num_warps=cfg["num_warps"], num_stages=1))
+    return variants
