@@ -9,7 +9,7 @@
 //   score: NCE terms and d loss / d s (log space), an online softmax, the
 //   score itself, or the scores' backward. The block then merges its groups
 //   (softmax: rescaled by the block max) and writes one partial per
-//   (row, split); a few torch ops merge the splits (rdkernels/ops/bank_contrast/cuda.py).
+//   (row, split); the caller merges the splits (rdkernels/ops/bank_contrast/cuda.py).
 //
 // * dense (bank_dense_kernel): flash-attention-shaped. One block of 4 warps
 //   per (64 query rows, split of the bank); it streams 64-row bank tiles

@@ -42,9 +42,9 @@ MAX_FUSED_DIM = 1024  # widest query the Triton and CUDA gather kernels take (on
 
 # --------------------------------------------------------------------------- ops
 
-def _loss_impl(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, z: torch.Tensor, temperature: float,
-             epilogue: str, n_data: int, backend: str, check_indices: bool,
-             strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _loss_impl(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, z: torch.Tensor | None,
+               temperature: float, epilogue: str, n_data: int, backend: str, check_indices: bool,
+               strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
     if check_indices:
         check_index_range("idx", idx, bank.shape[0])
     if strategy == "dense":
@@ -230,10 +230,9 @@ def bank_contrast(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, *,
     strategy = _choose(strategy, query, bank, idx, name)
     if epilogue == "scores":
         return _scores(query, bank, idx, float(temperature), name, check_indices, strategy)
-    if z is None:
-        z = query.new_ones(1, dtype=torch.float32)  # unused by softmax; keeps the op schema fixed
-    rows, _ = _loss(query, bank, idx, z.reshape(1), float(temperature), epilogue, int(n_data or 1), name,
-                       check_indices, strategy)
+    z = None if epilogue == "softmax" else z.reshape(1)  # softmax never reads Z
+    rows, _ = _loss(query, bank, idx, z, float(temperature), epilogue, int(n_data or 1), name, check_indices,
+                    strategy)
     return reduce_rows(rows, reduction)
 
 
@@ -249,9 +248,8 @@ def estimate_nce_z(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, *
     if not isinstance(n_data, int) or n_data <= 0:
         raise ValueError(f"n_data must be a positive int, got {n_data!r}")
     name = _resolve(query, backend)
-    ones = query.new_ones(1, dtype=torch.float32)
-    rows, _ = _loss(query, bank, idx, ones, float(temperature), "softmax", 1, name, check_indices,
-                       _choose("auto", query, bank, idx, name))
+    rows, _ = _loss(query, bank, idx, None, float(temperature), "softmax", 1, name, check_indices,
+                    _choose("auto", query, bank, idx, name))
     s0 = (bank[idx[:, 0].long()].float() * query.float()).sum(dim=1) / temperature
     row_lse = rows + s0
     log_mean = torch.logsumexp(row_lse, dim=0) - math.log(idx.numel())

@@ -2,10 +2,11 @@
 
 The kernels take a float32 query (converting B*d elements here costs nothing
 next to the bank traffic) and write per-(row, split) partials in the Triton
-kernels' layout: the gather partials are merged here by a few torch ops, the
-dense ones by the Triton merge kernel (triton_merge.py), and the dense
-kernel's CSR is built by Triton kernels too (csr.py): both are linear passes
-over [B, K] or [B, splits, d] that the two backends share. The dense kernel covers
+kernels' layout, merged as the Triton backend merges them: NCE gather
+partials by two torch sums, the rest by the Triton merge kernel
+(triton_merge.py); the dense kernel's CSR is built by Triton kernels too
+(csr.py). Both are linear passes over [B, K] or [B, splits, d] that the two
+backends share. The dense kernel covers
 d <= 128 (its dq accumulator lives in registers); wider rows run the
 pure-PyTorch dense formulation instead (cuBLAS GEMMs + gathered scalar
 scores, dense.py): a documented composition with the same math.
@@ -19,7 +20,7 @@ from rdkernels.ops._cuda_common import dtype_code, stream_of
 from rdkernels.ops.bank_contrast.csr import build_csr
 from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, dense_buffers, dense_splits
 from rdkernels.ops.bank_contrast.partials import EPILOGUE_CODES as _EPILOGUES
-from rdkernels.ops.bank_contrast.partials import NCE, SCORES, SCORES_BWD, combine_gather_partials, gather_buffers
+from rdkernels.ops.bank_contrast.partials import NCE, SCORES, SCORES_BWD, gather_buffers, sum_nce_partials
 from rdkernels.ops.bank_contrast.reference import nce_constants
 from rdkernels.ops.bank_contrast.triton_merge import merge_partials_triton
 
@@ -52,7 +53,9 @@ def _gather(code, query, bank, idx, *, temperature, z=None, grad=None, n_data=1)
 def bank_contrast_loss_cuda(query, bank, idx, z, temperature, epilogue, n_data):
     """(row_loss[B], dq[B, d]) fp32, gather strategy."""
     parts = _gather(_EPILOGUES[epilogue], query, bank, idx, temperature=temperature, z=z, n_data=n_data)
-    return combine_gather_partials(epilogue, query, bank, idx, temperature, *parts)
+    if epilogue == "nce":
+        return sum_nce_partials(*parts[:2])
+    return merge_partials_triton(epilogue, query, bank, idx, z, temperature, n_data, *parts, positive_in_parts=True)
 
 
 def bank_scores_cuda(query, bank, idx, temperature):
@@ -81,7 +84,7 @@ def bank_contrast_loss_dense_cuda(query, bank, idx, z, temperature, epilogue, n_
     q = query.float().contiguous()
     ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
     ext.bank_contrast_dense(
-        q.data_ptr(), bank.data_ptr(), dtype_code(bank), ptr(ids), offsets.data_ptr(), z.data_ptr(),
+        q.data_ptr(), bank.data_ptr(), dtype_code(bank), ptr(ids), offsets.data_ptr(), ptr(z),
         ptr(loss_parts), dq_parts.data_ptr(), ptr(max_parts), ptr(sum_parts), batch, n_bank, dim,
         max(n_cols - 1, 1), n_tiles, per, n_splits, bank.stride(0), offsets.stride(0),
         1.0 / temperature, log_c, log_mpn_c, code, stream_of(query))

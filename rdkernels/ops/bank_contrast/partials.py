@@ -3,8 +3,9 @@ buffers they write and the merge.
 
 Each (row, split) program writes, for its columns of idx: NCE: the summed loss
 terms and sum_k g_k w_k; softmax: the running max m, sum of exp(s - m) and the
-exp-weighted row sum. A few torch ops on [B, splits, d] turn them into the
-row loss and dq = d row_loss / d query (both fp32).
+exp-weighted row sum. The merge turns them into the row loss and
+dq = d row_loss / d query (both fp32): two sums for NCE (sum_nce_partials),
+the merge kernel of triton_merge.py for softmax.
 """
 from __future__ import annotations
 
@@ -32,16 +33,7 @@ def gather_buffers(code: int, batch: int, n_cols: int, n_splits: int, dim: int, 
     return out, dq, run_max, run_sum
 
 
-def combine_gather_partials(epilogue: str, query, bank, idx, temperature, loss_parts, dq_parts, max_parts,
-                            sum_parts) -> tuple[torch.Tensor, torch.Tensor]:
-    if epilogue == "nce":
-        return loss_parts.sum(dim=1), dq_parts.sum(dim=1)
-    top = max_parts.max(dim=1, keepdim=True).values
-    scale = torch.exp(max_parts - top)                     # rescale each split to the row max
-    total = (sum_parts * scale).sum(dim=1)
-    weighted = (dq_parts * scale[:, :, None]).sum(dim=1)
-    w0 = bank[idx[:, 0].long()].float()                     # the positive: one row per query
-    s0 = (w0 * query.float()).sum(dim=1) / temperature
-    loss = top.squeeze(1) + total.log() - s0
-    dq = (weighted / total[:, None] - w0) / temperature
-    return loss, dq
+def sum_nce_partials(loss_parts, dq_parts) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row_loss[B], dq[B, d]) of the NCE epilogue: its per-split terms, the
+    positive's included, only add up. Softmax partials go to triton_merge.py."""
+    return loss_parts.sum(dim=1), dq_parts.sum(dim=1)

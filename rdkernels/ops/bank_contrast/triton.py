@@ -12,8 +12,9 @@ applies the epilogue on the fly:
 * SCORES_BWD: dq = sum_k grad_s[k] * w_k / T.
 
 Splitting the columns keeps the GPU busy at small batch (B = 64 rows alone
-would fill half an H100). Each split writes partial results; a few torch ops
-on [B, splits, d] combine them (softmax needs a rescale by the split maxima).
+would fill half an H100). Each split writes partial results: two torch sums
+merge NCE's, the merge kernel (triton_merge.py) softmax's, which need a
+rescale by the split maxima.
 Narrow types are loaded and converted to fp32 before any arithmetic.
 """
 from __future__ import annotations
@@ -23,8 +24,7 @@ import triton
 import triton.language as tl
 
 from rdkernels.ops.bank_contrast.partials import EPILOGUE_CODES as _EPILOGUES
-from rdkernels.ops.bank_contrast.partials import (NCE, SCORES, SCORES_BWD, SOFTMAX, combine_gather_partials,
-                                                  gather_buffers)
+from rdkernels.ops.bank_contrast.partials import NCE, SCORES, SCORES_BWD, SOFTMAX, gather_buffers, sum_nce_partials
 from rdkernels.ops.bank_contrast.reference import nce_constants
 from rdkernels.ops.bank_contrast.triton_merge import merge_partials_triton
 
@@ -145,8 +145,8 @@ def _launch(epilogue_code, query, bank, idx, *, temperature, z=None, grad=None, 
 def bank_contrast_loss_triton(query, bank, idx, z, temperature, epilogue, n_data):
     """(row_loss[B], dq[B, d]) in fp32, as bank_contrast_loss_torch."""
     parts = _launch(_EPILOGUES[epilogue], query, bank, idx, temperature=temperature, z=z, n_data=n_data)
-    if epilogue == "nce":  # two sums
-        return combine_gather_partials(epilogue, query, bank, idx, temperature, *parts)
+    if epilogue == "nce":
+        return sum_nce_partials(*parts[:2])
     return merge_partials_triton(epilogue, query, bank, idx, z, temperature, n_data, *parts, positive_in_parts=True)
 
 

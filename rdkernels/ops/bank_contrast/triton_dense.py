@@ -181,7 +181,7 @@ def bank_contrast_loss_dense_triton(query, bank, idx, z, temperature, epilogue, 
     log_c, log_mpn_c = nce_constants(n_cols - 1, n_data) if code == NCE else (0.0, 0.0)
     bf16_dot, precision = _dot_mode(query, bank, cfg["BLOCK_D"])
     bank_contrast_dense_kernel[(m_blocks, n_splits)](
-        query, bank, ids, offsets, z,
+        query, bank, ids, offsets, unused if z is None else z,
         unused if loss_parts is None else loss_parts, dq_parts,
         unused if max_parts is None else max_parts, unused if sum_parts is None else sum_parts,
         batch, n_bank, dim, max(n_cols - 1, 1), n_tiles, per,
