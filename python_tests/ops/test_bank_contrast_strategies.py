@@ -6,6 +6,8 @@ that also appears among the negatives) exactly as the gather strategy does.
 On a CPU the Triton kernels run under the interpreter (fp32 dots only); the
 CUDA cases skip without a GPU.
 """
+import importlib
+
 import pytest
 import torch
 from conftest import DEVICE, backends
@@ -182,6 +184,22 @@ def test_strategy_is_validated():
     assert STRATEGIES == ("auto", "gather", "dense")
     with pytest.raises(ValueError, match="strategy"):
         bank_contrast(query, bank, idx, temperature=TEMPERATURE, strategy="sparse")
+
+
+@pytest.mark.skipif(not triton_runs, reason="Triton cannot run here")
+@pytest.mark.parametrize("epilogue", ["nce", "softmax"])
+@pytest.mark.parametrize("strategy", STRATEGY_PARAMS)
+def test_triton_many_splits(monkeypatch, strategy, epilogue):
+    """A GPU launch has dozens of splits, the interpreter's at most 3: force one
+    split per tile so the merge walks several of its 16-split steps, and (dense,
+    few negatives) merges splits that saw no negative (softmax max = -inf)."""
+    gather_mod = importlib.import_module("rdkernels.ops.bank_contrast.triton")
+    dense_mod = importlib.import_module("rdkernels.ops.bank_contrast.triton_dense")
+    monkeypatch.setattr(dense_mod, "dense_splits", lambda m_blocks, n_tiles, device: (n_tiles, 1))
+    monkeypatch.setattr(gather_mod, "_splits", lambda batch, n_cols, block_k, device: (-(-n_cols // block_k), block_k))
+    # gather: 701 columns in 32-column tiles = 22 splits; dense: 1400 rows in 32-row tiles = 44 splits
+    shape = (5, 700, 1400, 128) if strategy == "gather" else (5, 20, 1400, 128)
+    _check("triton", strategy, epilogue, *_inputs(*shape), 1e-5, 1e-4)
 
 
 def _csr_by_sorting(idx, n_bank, block_n):
