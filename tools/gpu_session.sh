@@ -3,7 +3,8 @@
 # ten minutes (run several in one go when time allows):
 #
 #   tools/gpu_session.sh build test           # the CUDA extension for this GPU; the whole suite, Triton compiled
-#   tools/gpu_session.sh overhead bench       # wall / host / kernel / graph-replay time per op; the quick suite
+#   tools/gpu_session.sh overhead bench       # wall / host / kernel / graph-replay time per op, a per-kernel
+#                                             # profile of bank contrast; the quick suite
 #   tools/gpu_session.sh train                # training compares: eager, then whole-step CUDA graphs
 #   tools/gpu_session.sh sanitizer            # compute-sanitizer memcheck and racecheck over the CUDA kernels
 #
@@ -50,6 +51,8 @@ phase_overhead() {
     --op bank_contrast --json "$dir/overhead.json" 2>&1 | tee "$LOGS/overhead.txt"
   python -m benchmarks.overhead --op crd_step --preset cifar --json "$dir/overhead-crd_step-cifar.json" \
     2>&1 | tee -a "$LOGS/overhead.txt"
+  # per-kernel times of both strategies at CIFAR-100 (the dense CSR build, kernel and merge)
+  python -m benchmarks.profile > "$dir/profile-bank_contrast.txt" 2> "$LOGS/profile.err" || tail -n 5 "$LOGS/profile.err"
 }
 
 phase_bench() {
@@ -77,7 +80,7 @@ phase_sanitizer() {
   done 2>&1 | tee "$LOGS/sanitizer.txt"
 }
 
-[ $# -gt 0 ] || { sed -n 2,12p "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n 2,13p "$0"; exit 2; }
 status=0
 for phase in "$@"; do
   echo "=== $phase ($(date -u +%H:%M:%S))"
