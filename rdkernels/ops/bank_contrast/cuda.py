@@ -20,9 +20,9 @@ from rdkernels.ops._cuda_common import dtype_code, stream_of
 from rdkernels.ops.bank_contrast.csr import build_csr
 from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, dense_buffers, dense_splits
 from rdkernels.ops.bank_contrast.partials import EPILOGUE_CODES as _EPILOGUES
-from rdkernels.ops.bank_contrast.partials import NCE, SCORES, SCORES_BWD, gather_buffers, sum_nce_partials
+from rdkernels.ops.bank_contrast.partials import NCE, SCORES, SCORES_BWD, gather_buffers
 from rdkernels.ops.bank_contrast.reference import nce_constants
-from rdkernels.ops.bank_contrast.triton_merge import merge_partials_triton
+from rdkernels.ops.bank_contrast.triton_merge import merge_gather_partials, merge_partials_triton
 
 _GATHER_THREADS = 128
 
@@ -53,9 +53,7 @@ def _gather(code, query, bank, idx, *, temperature, z=None, grad=None, n_data=1)
 def bank_contrast_loss_cuda(query, bank, idx, z, temperature, epilogue, n_data):
     """(row_loss[B], dq[B, d]) fp32, gather strategy."""
     parts = _gather(_EPILOGUES[epilogue], query, bank, idx, temperature=temperature, z=z, n_data=n_data)
-    if epilogue == "nce":
-        return sum_nce_partials(*parts[:2])
-    return merge_partials_triton(epilogue, query, bank, idx, z, temperature, n_data, *parts, positive_in_parts=True)
+    return merge_gather_partials(epilogue, query, bank, idx, z, temperature, n_data, *parts)
 
 
 def bank_scores_cuda(query, bank, idx, temperature):

@@ -1,11 +1,11 @@
 """The per-split partial results of the gather kernels (Triton and CUDA): the
-buffers they write and the merge.
+epilogue codes and the buffers the kernels write.
 
 Each (row, split) program writes, for its columns of idx: NCE: the summed loss
 terms and sum_k g_k w_k; softmax: the running max m, sum of exp(s - m) and the
 exp-weighted row sum. The merge turns them into the row loss and
-dq = d row_loss / d query (both fp32): two sums for NCE (sum_nce_partials),
-the merge kernel of triton_merge.py for softmax.
+dq = d row_loss / d query (both fp32): triton_merge.merge_gather_partials,
+two sums for NCE and the merge kernel for softmax.
 """
 from __future__ import annotations
 
@@ -31,9 +31,3 @@ def gather_buffers(code: int, batch: int, n_cols: int, n_splits: int, dim: int, 
     run_max = torch.empty(batch, n_splits, **f32) if code == SOFTMAX else None
     run_sum = torch.empty(batch, n_splits, **f32) if code == SOFTMAX else None
     return out, dq, run_max, run_sum
-
-
-def sum_nce_partials(loss_parts, dq_parts) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row_loss[B], dq[B, d]) of the NCE epilogue: its per-split terms, the
-    positive's included, only add up. Softmax partials go to triton_merge.py."""
-    return loss_parts.sum(dim=1), dq_parts.sum(dim=1)

@@ -24,9 +24,9 @@ import triton
 import triton.language as tl
 
 from rdkernels.ops.bank_contrast.partials import EPILOGUE_CODES as _EPILOGUES
-from rdkernels.ops.bank_contrast.partials import NCE, SCORES, SCORES_BWD, SOFTMAX, gather_buffers, sum_nce_partials
+from rdkernels.ops.bank_contrast.partials import NCE, SCORES, SCORES_BWD, SOFTMAX, gather_buffers
 from rdkernels.ops.bank_contrast.reference import nce_constants
-from rdkernels.ops.bank_contrast.triton_merge import merge_partials_triton
+from rdkernels.ops.bank_contrast.triton_merge import merge_gather_partials
 
 # the same codes as kernel-visible globals (compiled code reads only constexpr globals)
 _NCE_C, _SOFTMAX_C, _SCORES_C, _SCORES_BWD_C = (tl.constexpr(c) for c in (NCE, SOFTMAX, SCORES, SCORES_BWD))
@@ -145,9 +145,7 @@ def _launch(epilogue_code, query, bank, idx, *, temperature, z=None, grad=None, 
 def bank_contrast_loss_triton(query, bank, idx, z, temperature, epilogue, n_data):
     """(row_loss[B], dq[B, d]) in fp32, as bank_contrast_loss_torch."""
     parts = _launch(_EPILOGUES[epilogue], query, bank, idx, temperature=temperature, z=z, n_data=n_data)
-    if epilogue == "nce":
-        return sum_nce_partials(*parts[:2])
-    return merge_partials_triton(epilogue, query, bank, idx, z, temperature, n_data, *parts, positive_in_parts=True)
+    return merge_gather_partials(epilogue, query, bank, idx, z, temperature, n_data, *parts)
 
 
 def bank_scores_triton(query, bank, idx, temperature):

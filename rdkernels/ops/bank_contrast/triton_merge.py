@@ -23,7 +23,7 @@ import triton.language as tl
 from rdkernels.ops.bank_contrast.partials import NCE, SOFTMAX
 from rdkernels.ops.bank_contrast.reference import nce_constants
 
-__all__ = ["merge_partials_triton"]
+__all__ = ["merge_partials_triton", "merge_gather_partials"]
 
 _NCE_C = tl.constexpr(NCE)
 
@@ -114,6 +114,17 @@ def merge_partials_triton(epilogue, query, bank, idx, z, temperature, n_data, lo
         loss, dq, n_splits, dim, query.stride(0), bank.stride(0), idx.stride(0), 1.0 / temperature, log_c,
         EPILOGUE=NCE if nce else SOFTMAX, POSITIVE_IN_PARTS=positive_in_parts, **launch_config(dim))
     return loss, dq
+
+
+def merge_gather_partials(epilogue, query, bank, idx, z, temperature, n_data, loss_parts, dq_parts, max_parts,
+                          sum_parts):
+    """(row_loss[B], dq[B, d]) from the gather kernels' partials (Triton and CUDA,
+    partials.gather_buffers): NCE's terms, the positive's included, only add up;
+    softmax's go through the merge kernel."""
+    if epilogue == "nce":
+        return loss_parts.sum(dim=1), dq_parts.sum(dim=1)
+    return merge_partials_triton(epilogue, query, bank, idx, z, temperature, n_data, loss_parts, dq_parts,
+                                 max_parts, sum_parts, positive_in_parts=True)
 
 
 _TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
