@@ -40,3 +40,25 @@ def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, atol: 
 def unit_rows(n: int, d: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
     x = torch.randn(n, d, dtype=torch.float64, device=device)
     return (x / x.norm(dim=1, keepdim=True)).to(dtype)
+
+
+def bank_loss_batch(b: int, k: int, s_dim: int, t_dim: int, n_data: int, device) -> tuple:
+    """(f_s, f_t, idx, contrast_idx) for a bank loss (CRD, WCoRD): b distinct
+    dataset indices, K random negatives after each row's positive."""
+    f_s = torch.randn(b, s_dim, device=device)
+    f_t = torch.randn(b, t_dim, device=device)
+    idx = torch.randperm(n_data, device=device)[:b]
+    contrast_idx = torch.randint(0, n_data, (b, k + 1), device=device)
+    contrast_idx[:, 0] = idx
+    return f_s, f_t, idx, contrast_idx
+
+
+def bank_loss_step(module, f_s, f_t, idx, contrast_idx, dtype) -> tuple:
+    """One forward + backward of ``module`` with the features in ``dtype``:
+    (loss, grad f_s, grad f_t, {parameter name: grad})."""
+    module.zero_grad()
+    f_s = f_s.detach().to(dtype).clone().requires_grad_()
+    f_t = f_t.detach().to(dtype).clone().requires_grad_()
+    loss = module(f_s, f_t, idx, contrast_idx)
+    loss.backward()
+    return loss.detach(), f_s.grad, f_t.grad, {n: p.grad for n, p in module.named_parameters()}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import DEVICE, backends
-from helpers import assert_close
+from helpers import assert_close, bank_loss_batch, bank_loss_step
 import rdkernels
 from rdkernels.losses.reference.crd import CRDLoss as ReferenceCRDLoss
 
@@ -21,23 +21,9 @@ def make_pair(backend, nce_k=16, bank_dtype=torch.float32, feat=FEAT):
     return fused, reference.double().to(DEVICE)
 
 
-def batch(b, k, generator=None):
-    f_s = torch.randn(b, S_DIM, device=DEVICE)
-    f_t = torch.randn(b, T_DIM, device=DEVICE)
-    idx = torch.randperm(N_DATA, device=DEVICE)[:b]
-    contrast_idx = torch.randint(0, N_DATA, (b, k + 1), device=DEVICE)
-    contrast_idx[:, 0] = idx
-    return f_s, f_t, idx, contrast_idx
+def batch(b, k):
+    return bank_loss_batch(b, k, S_DIM, T_DIM, N_DATA, DEVICE)
 
-
-def step(module, f_s, f_t, idx, contrast_idx, dtype):
-    module.zero_grad()
-    f_s = f_s.detach().to(dtype).clone().requires_grad_()
-    f_t = f_t.detach().to(dtype).clone().requires_grad_()
-    loss = module(f_s, f_t, idx, contrast_idx)
-    loss.backward()
-    grads = {n: p.grad for n, p in module.named_parameters()}
-    return loss.detach(), f_s.grad, f_t.grad, grads
 
 
 @pytest.mark.parametrize("backend", backends("bank_contrast"))
@@ -46,8 +32,8 @@ def test_steps_match_reference(backend, b, k):
     fused, reference = make_pair(backend)
     for step_no in range(3):
         inputs = batch(b, k)
-        loss, gs, gt, grads = step(fused, *inputs, torch.float32)
-        r_loss, r_gs, r_gt, r_grads = step(reference, *inputs, torch.float64)
+        loss, gs, gt, grads = bank_loss_step(fused, *inputs, torch.float32)
+        r_loss, r_gs, r_gt, r_grads = bank_loss_step(reference, *inputs, torch.float64)
         assert_close(f"step {step_no} loss", loss, r_loss, atol=1e-4, rtol=1e-5)
         assert_close(f"step {step_no} d f_s", gs, r_gs, atol=1e-6, rtol=1e-4)
         assert_close(f"step {step_no} d f_t", gt, r_gt, atol=1e-6, rtol=1e-4)
@@ -62,10 +48,10 @@ def test_steps_match_reference(backend, b, k):
 def test_z_set_once_then_frozen(backend):
     fused, _ = make_pair(backend)
     assert (fused.contrast.params[2:4] == -1).all()
-    step(fused, *batch(4, 16), torch.float32)
+    bank_loss_step(fused, *batch(4, 16), torch.float32)
     z = fused.contrast.params[2:4].clone()
     assert (z > 0).all()
-    step(fused, *batch(4, 16), torch.float32)
+    bank_loss_step(fused, *batch(4, 16), torch.float32)
     assert torch.equal(fused.contrast.params[2:4], z)
 
 
@@ -76,13 +62,13 @@ def test_no_gradient_through_z(backend):
     fused, _ = make_pair(backend)
     initial = _state(fused)
     inputs = batch(6, 20)
-    loss, gs, gt, grads = step(fused, *inputs, torch.float32)
+    loss, gs, gt, grads = bank_loss_step(fused, *inputs, torch.float32)
     twin, _ = make_pair(backend)
     twin.load_state_dict(initial)
     with torch.no_grad():
         twin.contrast.params[2:4] = fused.contrast.params[2:4]
     twin.load_state_dict(twin.state_dict())  # re-read params on the host
-    t_loss, t_gs, t_gt, t_grads = step(twin, *inputs, torch.float32)
+    t_loss, t_gs, t_gt, t_grads = bank_loss_step(twin, *inputs, torch.float32)
     assert_close("loss", loss, t_loss, atol=1e-6, rtol=1e-6)
     assert_close("d f_s", gs, t_gs, atol=1e-7, rtol=1e-5)
     assert_close("d f_t", gt, t_gt, atol=1e-7, rtol=1e-5)
@@ -97,8 +83,8 @@ def test_banks_updated_after_scoring(backend):
     fused, reference = make_pair(backend)
     f_s, f_t, idx, cidx = batch(5, 10)
     before = fused.contrast.memory_v1[idx].clone()
-    loss, *_ = step(fused, f_s, f_t, idx, cidx, torch.float32)
-    r_loss, *_ = step(reference, f_s, f_t, idx, cidx, torch.float64)
+    loss, *_ = bank_loss_step(fused, f_s, f_t, idx, cidx, torch.float32)
+    r_loss, *_ = bank_loss_step(reference, f_s, f_t, idx, cidx, torch.float64)
     assert_close("loss", loss, r_loss, atol=1e-4, rtol=1e-5)
     assert not torch.allclose(fused.contrast.memory_v1[idx], before)
     norms = fused.contrast.memory_v1[idx].norm(dim=1)
@@ -136,11 +122,11 @@ def test_state_dict_keys_match_repdistiller():
 def test_resume_from_reference_checkpoint(backend):
     """A checkpoint of the reference module (Z already set) continues exactly."""
     fused, reference = make_pair(backend)
-    step(reference, *batch(6, 12), torch.float64)
+    bank_loss_step(reference, *batch(6, 12), torch.float64)
     fused.load_state_dict({k: v.float() for k, v in reference.state_dict().items()})
     inputs = batch(6, 12)
-    loss, *_ = step(fused, *inputs, torch.float32)
-    r_loss, *_ = step(reference, *inputs, torch.float64)
+    loss, *_ = bank_loss_step(fused, *inputs, torch.float32)
+    r_loss, *_ = bank_loss_step(reference, *inputs, torch.float64)
     assert_close("loss after resume", loss, r_loss, atol=1e-4, rtol=1e-5)
     assert_close("Z", fused.contrast.params[2:4], reference.contrast.params[2:4], atol=0, rtol=1e-6)
 
@@ -154,8 +140,8 @@ def test_bf16_bank_close_to_fp32(backend):
     assert fused16.contrast.memory_v1.dtype == torch.bfloat16
     for _ in range(2):
         inputs = batch(8, 24)
-        l32, g32, *_ = step(fused32, *inputs, torch.float32)
-        l16, g16, *_ = step(fused16, *inputs, torch.float32)
+        l32, g32, *_ = bank_loss_step(fused32, *inputs, torch.float32)
+        l16, g16, *_ = bank_loss_step(fused16, *inputs, torch.float32)
         assert_close("bf16-bank loss", l16, l32, atol=0.05, rtol=0.02)
         assert_close("bf16-bank grad", g16, g32, atol=0.05 * g32.abs().max().item(), rtol=0.05)
 
@@ -184,7 +170,7 @@ BAD = [
 def test_bad_input_leaves_banks_and_z(mutate, error, match, already_stepped):
     crd = rdkernels.CRDLoss(S_DIM, T_DIM, N_DATA, feat_dim=FEAT, nce_k=8).to(DEVICE)
     if already_stepped:
-        step(crd, *batch(5, 8), torch.float32)
+        bank_loss_step(crd, *batch(5, 8), torch.float32)
     before = _state(crd)
     with pytest.raises(error, match=match):
         crd(*mutate(*batch(5, 8)))

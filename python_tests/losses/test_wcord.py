@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import DEVICE, backends
-from helpers import assert_close
+from helpers import assert_close, bank_loss_batch, bank_loss_step
 import rdkernels
 from rdkernels.losses.reference.wcord import WCoRDLoss as ReferenceWCoRDLoss
 
@@ -21,21 +21,8 @@ def make_pair(backend, **kw):
 
 
 def batch(b, k):
-    f_s = torch.randn(b, S_DIM, device=DEVICE)
-    f_t = torch.randn(b, T_DIM, device=DEVICE)
-    idx = torch.randperm(N_DATA, device=DEVICE)[:b]
-    contrast_idx = torch.randint(0, N_DATA, (b, k + 1), device=DEVICE)
-    contrast_idx[:, 0] = idx
-    return f_s, f_t, idx, contrast_idx
+    return bank_loss_batch(b, k, S_DIM, T_DIM, N_DATA, DEVICE)
 
-
-def step(module, f_s, f_t, idx, contrast_idx, dtype):
-    module.zero_grad()
-    f_s = f_s.detach().to(dtype).clone().requires_grad_()
-    f_t = f_t.detach().to(dtype).clone().requires_grad_()
-    loss = module(f_s, f_t, idx, contrast_idx)
-    loss.backward()
-    return loss.detach(), f_s.grad, f_t.grad, {n: p.grad for n, p in module.named_parameters()}
 
 
 @pytest.mark.parametrize("backend", backends("sinkhorn"))
@@ -44,8 +31,8 @@ def test_steps_match_reference(backend, b, cost, gp_weight):
     fused, reference = make_pair(backend, cost=cost, gp_weight=gp_weight, lambda_local=2.0)
     for step_no in range(2):
         inputs = batch(b, 9)
-        loss, gs, gt, grads = step(fused, *inputs, torch.float32)
-        r_loss, r_gs, r_gt, r_grads = step(reference, *inputs, torch.float64)
+        loss, gs, gt, grads = bank_loss_step(fused, *inputs, torch.float32)
+        r_loss, r_gs, r_gt, r_grads = bank_loss_step(reference, *inputs, torch.float64)
         assert_close(f"step {step_no} loss", loss, r_loss, atol=1e-5, rtol=1e-5)
         assert_close(f"step {step_no} d f_s", gs, r_gs, atol=1e-6, rtol=1e-4)
         assert_close(f"step {step_no} d f_t", gt, r_gt, atol=1e-6, rtol=1e-4)
@@ -62,8 +49,8 @@ def test_parts_separately(part):
     kw = dict(lambda_global=1.0, lambda_local=0.0) if part == "global" else dict(lambda_global=0.0, lambda_local=1.0)
     fused, reference = make_pair("torch", **kw)
     inputs = batch(7, 9)
-    loss, gs, gt, _ = step(fused, *inputs, torch.float32)
-    r_loss, r_gs, r_gt, _ = step(reference, *inputs, torch.float64)
+    loss, gs, gt, _ = bank_loss_step(fused, *inputs, torch.float32)
+    r_loss, r_gs, r_gt, _ = bank_loss_step(reference, *inputs, torch.float64)
     assert_close("loss", loss, r_loss, atol=1e-5, rtol=1e-5)
     assert_close("d f_s", gs, r_gs, atol=1e-6, rtol=1e-4)
     assert loss > 0
