@@ -26,15 +26,10 @@ import triton.language as tl
 from rdkernels.ops.bank_contrast.partials import EPILOGUE_CODES as _EPILOGUES
 from rdkernels.ops.bank_contrast.partials import NCE, SCORES, SCORES_BWD, SOFTMAX, gather_buffers
 from rdkernels.ops.bank_contrast.reference import nce_constants
-from rdkernels.ops.bank_contrast.triton_merge import merge_gather_partials
+from rdkernels.ops.bank_contrast.triton_merge import _softplus, merge_gather_partials
 
 # the same codes as kernel-visible globals (compiled code reads only constexpr globals)
 _NCE_C, _SOFTMAX_C, _SCORES_C, _SCORES_BWD_C = (tl.constexpr(c) for c in (NCE, SOFTMAX, SCORES, SCORES_BWD))
-
-
-@triton.jit
-def _softplus(x):
-    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
 
 
 @triton.jit

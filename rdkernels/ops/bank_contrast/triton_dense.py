@@ -33,9 +33,9 @@ from rdkernels.backend import triton_interpreter_enabled
 from rdkernels.ops.bank_contrast.csr import build_csr
 from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, dense_buffers, dense_splits
 from rdkernels.ops.bank_contrast.reference import nce_constants
-from rdkernels.ops.bank_contrast.triton_merge import merge_partials_triton
-# the epilogue codes and the softplus helper are the gather kernel's
-from rdkernels.ops.bank_contrast.triton import _EPILOGUES, _NCE_C, _SOFTMAX_C, NCE, SOFTMAX, _softplus
+# the epilogue codes are the gather kernel's
+from rdkernels.ops.bank_contrast.triton import _EPILOGUES, _NCE_C, _SOFTMAX_C, NCE, SOFTMAX
+from rdkernels.ops.bank_contrast.triton_merge import _softplus, merge_partials_triton
 
 BLOCK_N = 32
 

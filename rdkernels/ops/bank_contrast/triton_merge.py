@@ -28,6 +28,12 @@ __all__ = ["merge_partials_triton", "merge_gather_partials"]
 _NCE_C = tl.constexpr(NCE)
 
 
+@triton.jit
+def _softplus(x):
+    """log(1 + exp(x)) without overflow; the NCE terms of every bank-contrast kernel."""
+    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
 def launch_config(dim: int) -> dict:
     """Splits per step x BLOCK_D: at most 4K fp32 elements a tile (32 a thread at 4 warps)."""
     block_d = max(16, triton.next_power_of_2(dim))
@@ -64,7 +70,7 @@ def merge_kernel(q_ptr, bank_ptr, idx_ptr, z_ptr, loss_parts_ptr, dq_parts_ptr, 
                                  mask=s_mask[:, None] & d_mask[None, :], other=0.0), axis=0)
         if not POSITIVE_IN_PARTS:  # x0 = exp(s0) / Z: loss softplus(t0), d/ds0 = -sigmoid(t0)
             t0 = log_c - (s0 - tl.log(tl.load(z_ptr).to(tl.float32)))
-            loss += tl.maximum(t0, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(t0)))
+            loss += _softplus(t0)
             dq -= (inv_t / (1.0 + tl.exp(-t0))) * w0
     else:
         top = -float("inf")
