@@ -30,6 +30,13 @@ __device__ __forceinline__ float warp_max_f(float v) {
   return v;
 }
 
+// scale = min(exp(tau), max_scale), NaN for a NaN tau as torch.clamp gives (fminf
+// returns the other operand for a NaN one). nvcc's --use_fast_math keeps the isnan
+// test (setp.nan in the PTX): it flushes denormals, it does not assume finite math.
+__device__ __forceinline__ float clamped_scale(float e, float max_scale) {
+  return isnan(e) ? e : fminf(e, max_scale);
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads) dcd_kernel(const T* __restrict__ z_s, const T* __restrict__ z_t,
                                                        int batch, int dim, const float* __restrict__ params,
@@ -45,7 +52,7 @@ __global__ void __launch_bounds__(kThreads) dcd_kernel(const T* __restrict__ z_s
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int row0 = blockIdx.x * kDcdRows;
   const int n_blocks = gridDim.x;
-  const float scale = fminf(expf(params[0]), max_scale), bias = params[1];  // params = (tau, bias)
+  const float scale = clamped_scale(expf(params[0]), max_scale), bias = params[1];  // params = (tau, bias)
   const float inv_b = 1.f / static_cast<float>(batch);
 
   for (int i = threadIdx.x; i < kDcdRows * dim; i += kThreads) {
@@ -207,7 +214,7 @@ __global__ void __launch_bounds__(kThreads) dcd_finish_kernel(
     }
   }
   if (dzs == nullptr) return;
-  const float scale = fminf(e, max_scale);
+  const float scale = clamped_scale(e, max_scale);
   const int64_t b = blockIdx.x, bd = static_cast<int64_t>(batch) * dim, plane = n_blocks * bd;
   for (int c = threadIdx.x; c < dim; c += blockDim.x) {
     const int64_t at = b * dim + c;

@@ -5,6 +5,9 @@ that fails leaves memory banks, queues and Z exactly as they were.
 """
 from __future__ import annotations
 
+import math
+import numbers
+import operator
 import os
 from typing import Iterable, Sequence
 
@@ -79,27 +82,83 @@ def check_index_range(name: str, idx: torch.Tensor, upper: int) -> None:
     check_index_ranges({name: idx}, upper)
 
 
-def check_index_ranges(named: dict, upper: int) -> None:
-    """Range-check several index tensors with a single host sync."""
+def check_index_ranges(named: dict, upper: int, positive: dict | None = None) -> None:
+    """Range-check several index tensors with a single host sync.
+
+    ``positive``: one-element float tensors (such as the NCE normaliser Z) that
+    must be positive and finite, read in the same sync rather than one of their
+    own; the ops never sync just for them.
+    """
     named = {k: v for k, v in named.items() if v is not None and v.numel() > 0}
-    if not index_checks_enabled() or not named:
+    positive = {k: v for k, v in (positive or {}).items() if v is not None}
+    tensors = [*named.values(), *positive.values()]
+    if not index_checks_enabled() or not tensors:
         return
-    if any(t.device.type == "meta" or _is_fake(t) or not host_reads_allowed(t) for t in named.values()):
+    if any(t.device.type == "meta" or _is_fake(t) or not host_reads_allowed(t) for t in tensors):
         return
-    bounds = torch.stack([torch.stack(torch.aminmax(t)).long() for t in named.values()]).tolist()
+    rows = [torch.stack(torch.aminmax(t)).long() for t in named.values()]
+    for v in positive.values():
+        ok = ((v > 0) & torch.isfinite(v)).all()
+        rows.append(torch.stack([ok, ok]).long())
+    bounds = torch.stack(rows).tolist()
     for name, (lo, hi) in zip(named, bounds):
         if lo < 0 or hi >= upper:
             raise ValueError(f"{name} holds values in [{lo}, {hi}] but must lie in [0, {upper})")
+    for (name, v), (ok, _) in zip(positive.items(), bounds[len(named):]):
+        if not ok:  # the error path may afford a second read
+            raise ValueError(f"{name} must be positive and finite, got {v.reshape(-1).tolist()}")
 
 
-def check_positive(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and value > 0 and value == value and value != float("inf")):
+def _not_a(kind: str, name: str, value) -> TypeError:
+    hint = " (pass a Python number, e.g. t.item())" if isinstance(value, torch.Tensor) else ""
+    return TypeError(f"{name} must be {kind}, got {type(value).__name__}{hint}")
+
+
+def as_real(name: str, value) -> float:
+    """``value`` as a Python float: any real scalar (Python or NumPy) but bool.
+
+    bool is a subclass of int, and ``temperature=True`` is a mistake rather than
+    1.0. Tensors are refused: reading one costs a host sync per call, and one
+    that requires grad would silently get no gradient.
+    """
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    raise _not_a("a real number", name, value)
+
+
+def as_int(name: str, value) -> int:
+    """``value`` as a Python int: any integer (Python or NumPy, via operator.index)
+    but bool, and not a tensor (see :func:`as_real`)."""
+    if not isinstance(value, (bool, torch.Tensor)):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise _not_a("an integer", name, value)
+
+
+def check_positive(name: str, value) -> float:
+    """A positive finite real number, returned as a float."""
+    number = as_real(name, value)
+    if not (number > 0 and math.isfinite(number)):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return number
 
 
-def check_in_unit_interval(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+def check_in_unit_interval(name: str, value) -> float:
+    """A real number in [0, 1], returned as a float."""
+    number = as_real(name, value)
+    if not 0.0 <= number <= 1.0:
         raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+    return number
+
+
+def check_positive_int(name: str, value) -> int:
+    """An integer >= 1, returned as an int."""
+    number = as_int(name, value)
+    if number < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return number
 
 
 def _is_fake(t: torch.Tensor) -> bool:

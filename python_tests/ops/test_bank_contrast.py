@@ -1,6 +1,7 @@
 """bank_contrast (gather strategy) on every backend against the float64 reference."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -193,6 +194,15 @@ BAD = [
     (dict(z=None), ValueError, "z is required"),
     (dict(z=torch.ones(2)), ValueError, "z must hold one value"),
     (dict(n_data=0), ValueError, "n_data must be a positive int"),
+    (dict(temperature=True), TypeError, "temperature must be a real number, got bool"),
+    (dict(temperature=torch.tensor(0.07)), TypeError, "temperature must be a real number, got Tensor"),
+    (dict(n_data=True), TypeError, "n_data must be an integer, got bool"),
+    (dict(n_data=20.0), TypeError, "n_data must be an integer, got float"),
+    (dict(z=torch.tensor([0.0])), ValueError, r"z must be positive and finite, got \[0.0\]"),
+    (dict(z=torch.tensor([-3.0])), ValueError, "z must be positive and finite"),
+    (dict(z=torch.tensor([float("nan")])), ValueError, "z must be positive and finite"),
+    (dict(z=torch.tensor([float("inf")])), ValueError, "z must be positive and finite"),
+    (dict(bank=torch.randn(20, 64, requires_grad=True)), ValueError, r"bank requires grad.*pass bank.detach\(\)"),
     (dict(epilogue="dot"), ValueError, "epilogue must be one of"),
     (dict(reduction="max"), ValueError, "reduction must be one of"),
 ]
@@ -206,6 +216,51 @@ def test_bad_input_raises(bad, error, match):
     with pytest.raises(error, match=match):
         bank_contrast(**args)
     assert torch.equal(args["bank"], before)
+
+
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
+def test_numpy_scalars(backend):
+    """NumPy scalars are numbers: temperature and n_data act as the Python ones."""
+    query, bank, idx, z = make_inputs(3, 6, 64, 20, torch.float32, torch.float32)
+    kw = dict(epilogue="nce", z=z, backend=backend)
+    expected = bank_contrast(query, bank, idx, temperature=float(np.float32(0.07)), n_data=20, **kw)
+    got = bank_contrast(query, bank, idx, temperature=np.float32(0.07), n_data=np.int64(20), **kw)
+    assert torch.equal(got, expected)
+    z_np = estimate_nce_z(query, bank, idx, temperature=np.float64(0.07), n_data=np.int32(20), backend=backend)
+    assert torch.equal(z_np, estimate_nce_z(query, bank, idx, temperature=0.07, n_data=20, backend=backend))
+
+
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
+def test_bank_that_requires_grad(backend):
+    """The op never differentiates the bank: a bank that requires grad is refused
+    while grad mode is on (bank.grad would stay None); detached or under no_grad it runs."""
+    query, bank, idx, _ = make_inputs(2, 5, 64, 20, torch.float32, torch.float32)
+    param = torch.nn.Parameter(bank.clone())
+    with pytest.raises(ValueError, match="bank requires grad"):
+        bank_contrast(query.requires_grad_(), param, idx, temperature=0.1, epilogue="scores", backend=backend)
+    expected = bank_contrast(query, bank, idx, temperature=0.1, epilogue="scores", backend=backend)
+    assert torch.equal(bank_contrast(query, param.detach(), idx, temperature=0.1, epilogue="scores",
+                                     backend=backend), expected)
+    with torch.no_grad():
+        assert torch.equal(bank_contrast(query, param, idx, temperature=0.1, epilogue="scores", backend=backend),
+                           expected)
+    estimate_nce_z(query, param, idx, temperature=0.1, n_data=20, backend=backend)  # never differentiates
+
+
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
+def test_z_beyond_float32_is_inf_and_refused(backend):
+    """The log-space mean cannot overflow, but Z = mean * n_data is float32: at
+    T = 0.01 with queries equal to their bank rows, exp(100) * N is inf; the nce
+    epilogue then refuses it with the index check (and only with it)."""
+    bank = unit_rows(8, 16, device=DEVICE)
+    idx = torch.arange(8, device=DEVICE).reshape(4, 2)
+    query = bank[idx[:, 0]]
+    z = estimate_nce_z(query, bank, idx, temperature=0.01, n_data=8, backend=backend)
+    assert torch.isinf(z).all()
+    kw = dict(temperature=0.01, epilogue="nce", z=z, n_data=8, backend=backend)
+    with pytest.raises(ValueError, match="z must be positive and finite"):
+        bank_contrast(query, bank, idx, **kw)
+    bank_contrast(query, bank, idx, check_indices=False, **kw)  # no sync, no check
 
 
 def test_unavailable_backend_says_why():

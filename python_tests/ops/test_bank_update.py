@@ -1,10 +1,11 @@
 """bank_update_ on every backend against the float64 reference."""
+import numpy as np
 import pytest
 import torch
 
 from conftest import DEVICE, backends
-from helpers import assert_close
-from rdkernels.ops import bank_update_
+from helpers import assert_close, unit_rows
+from rdkernels.ops import bank_contrast, bank_update_
 from rdkernels.ops.bank_update import bank_update_reference_
 
 
@@ -66,6 +67,8 @@ def test_rows_are_unit_norm_and_others_untouched(backend):
     (dict(values=torch.randn(16, 2).t()), "values must be contiguous"),
     (dict(bank=torch.randn(10, 16, dtype=torch.float64)), "bank must have dtype"),
     (dict(momentum=1.5), "momentum must lie in"),
+    (dict(momentum=True), "momentum must be a real number, got bool"),
+    (dict(momentum=torch.tensor(0.5)), "momentum must be a real number, got Tensor"),
     (dict(index=torch.zeros(2, 1, dtype=torch.long)), "index must have 1 dimensions"),
 ])
 def test_bad_input_raises_and_leaves_bank(bad, match):
@@ -77,9 +80,71 @@ def test_bad_input_raises_and_leaves_bank(bad, match):
     assert torch.equal(args["bank"], before)
 
 
-def test_version_counter_bumps():
-    """Autograd must see the mutation, so a backward that saved the bank fails loudly."""
-    bank = torch.randn(10, 16)
+@pytest.mark.parametrize("backend", backends("bank_update"))
+def test_version_counter_bumps(backend):
+    """Autograd must see the mutation, so a backward that saved the bank fails loudly.
+    The fused kernels write through a raw pointer: the wrapper bumps the counter."""
+    bank = torch.randn(10, 16, device=DEVICE)
     v0 = bank._version
-    bank_update_(bank, torch.tensor([1]), torch.randn(1, 16), 0.5)
+    bank_update_(bank, torch.tensor([1], device=DEVICE), torch.randn(1, 16, device=DEVICE), 0.5, backend=backend)
     assert bank._version > v0
+
+
+@pytest.mark.parametrize("backend", backends("bank_update"))
+def test_scores_backward_refuses_a_bank_updated_in_place(backend):
+    """The scores epilogue saves the bank for its backward; an update between
+    forward and backward must make that backward raise, not use the new rows."""
+    bank = unit_rows(10, 16, device=DEVICE)
+    idx = torch.tensor([[1, 2, 3], [1, 4, 5]], device=DEVICE)
+    q = torch.randn(2, 16, device=DEVICE, requires_grad=True)
+    scores = bank_contrast(q, bank, idx, temperature=0.1, epilogue="scores", backend=backend)
+    bank_update_(bank, torch.tensor([1, 2], device=DEVICE), torch.randn(2, 16, device=DEVICE), 0.0, backend=backend)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(scores.sum(), q)
+
+
+@pytest.mark.parametrize("backend", backends("bank_update"))
+def test_inference_bank_updates_only_in_inference_mode(backend):
+    with torch.inference_mode():
+        bank = torch.randn(10, 16, device=DEVICE)
+    index, values = torch.tensor([0, 3], device=DEVICE), torch.randn(2, 16, device=DEVICE)
+    before = bank.clone()
+    with pytest.raises(ValueError, match="bank was created under torch.inference_mode"):
+        bank_update_(bank, index, values, 0.5, backend=backend)
+    assert torch.equal(bank, before)
+    with torch.inference_mode():  # no version counter to bump: must not fail
+        bank_update_(bank, index, values, 0.5, backend=backend)
+    assert_close("bank", bank, _expected(before, index, values, 0.5), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("backend", backends("bank_update"))
+def test_bank_that_requires_grad_updates_only_under_no_grad(backend):
+    bank = torch.nn.Parameter(torch.randn(10, 16, device=DEVICE))
+    index, values = torch.tensor([0, 3], device=DEVICE), torch.randn(2, 16, device=DEVICE)
+    before = bank.detach().clone()
+    with pytest.raises(ValueError, match="bank requires grad; it is a buffer"):
+        bank_update_(bank, index, values, 0.5, backend=backend)
+    assert torch.equal(bank.detach(), before)
+    with torch.no_grad():
+        bank_update_(bank, index, values, 0.5, backend=backend)
+    assert_close("bank", bank, _expected(before, index, values, 0.5), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("backend", backends("bank_update"))
+def test_values_that_view_the_bank(backend):
+    """values = bank[0:4] written to rows 1..4: a kernel program must not read a
+    values row another program already overwrote."""
+    bank = torch.randn(8, 16, device=DEVICE)
+    index = torch.tensor([1, 2, 3, 4], device=DEVICE)
+    expected = _expected(bank, index, bank[0:4].clone(), 0.5)
+    bank_update_(bank, index, bank[0:4], 0.5, backend=backend)
+    assert_close("bank", bank, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("backend", backends("bank_update"))
+def test_numpy_momentum(backend):
+    bank = torch.randn(6, 16, device=DEVICE)
+    index, values = torch.tensor([2], device=DEVICE), torch.randn(1, 16, device=DEVICE)
+    expected = _expected(bank, index, values, 0.25)
+    bank_update_(bank, index, values, np.float32(0.25), backend=backend)
+    assert_close("bank", bank, expected, atol=1e-6, rtol=0)

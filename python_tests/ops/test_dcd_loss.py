@@ -1,4 +1,5 @@
 """dcd_loss (the fused DCD op) on every backend against the float64 autograd reference."""
+import numpy as np
 import pytest
 import torch
 
@@ -55,6 +56,17 @@ def test_clamp_and_alpha(backend, tau, alpha):
     _check(loss, inputs, _expected(*inputs, alpha=alpha), torch.float32)
     if tau > 2.4:
         assert inputs[2].grad.item() == 0.0
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, under the interpreter
+@pytest.mark.parametrize("backend", backends("dcd_loss"))
+def test_nan_tau_gives_nan(backend):
+    """As torch.clamp(exp(tau), 0, max_scale) does: a NaN tau must not read as max_scale."""
+    z_s, z_t, tau, bias = _inputs(5, 16, tau=float("nan"))
+    loss = dcd_loss(z_s, z_t, tau, bias, backend=backend)
+    loss.backward()
+    assert torch.isnan(loss)
+    assert torch.isnan(tau.grad) and torch.isnan(z_s.grad).all()
 
 
 def test_closed_form_gradient_matches_autograd():
@@ -119,13 +131,22 @@ def test_opcheck_torch_backend():
     (dict(bias=torch.tensor(1, dtype=torch.int64)), "bias must have dtype"),
     (dict(tau=1.0), "tau must be a torch.Tensor"),
     (dict(alpha=-1.0), "alpha must be"),
+    (dict(alpha=True), "alpha must be a real number, got bool"),
+    (dict(max_scale=True), "max_scale must be a real number, got bool"),
+    (dict(max_scale=float("nan")), "max_scale must be a positive number"),
 ])
 def test_bad_input_raises(bad, match):
     args = dict(z_s=torch.randn(4, 16), z_t=torch.randn(4, 16), tau=torch.tensor(1.0), bias=torch.tensor(0.0))
     args.update(bad)
-    kwargs = {k: args.pop(k) for k in ("alpha",) if k in args}
+    kwargs = {k: args.pop(k) for k in ("alpha", "max_scale") if k in args}
     with pytest.raises((ValueError, TypeError), match=match):
         dcd_loss(args["z_s"], args["z_t"], args["tau"], args["bias"], **kwargs)
+
+
+def test_numpy_scalars():
+    inputs = _inputs(4, 16)
+    expected = dcd_loss(*inputs, alpha=float(np.float32(0.3)), max_scale=8.0, backend="torch")
+    assert torch.equal(dcd_loss(*inputs, alpha=np.float32(0.3), max_scale=np.int64(8), backend="torch"), expected)
 
 
 @pytest.mark.gpu

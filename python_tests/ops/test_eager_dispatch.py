@@ -53,3 +53,37 @@ def test_eager_path_without_grad_records_nothing(case):
     with torch.no_grad():
         out = eager(*args)
     assert all(o.grad_fn is None and not o.requires_grad for o in out)
+
+
+def _double_backward_cases():
+    """(name, f(leaf) -> output, leaf): each public op on the torch backend."""
+    from rdkernels.ops import bank_contrast, dcd_loss, shared_bank_contrast, sinkhorn
+
+    B, N, d = 3, 12, 8
+    bank, idx = _leaf(N, d), torch.randint(0, N, (B, 4), device=DEVICE)
+    z = torch.tensor([3.0], device=DEVICE)
+    for epilogue in ("softmax", "nce", "scores"):
+        yield f"bank_contrast-{epilogue}", lambda q, e=epilogue: bank_contrast(
+            q, bank, idx, temperature=0.5, epilogue=e, z=z, n_data=N, reduction="none", backend="torch"), \
+            _leaf(B, d)
+    q_t, queue = _leaf(B, d), _leaf(N, d)
+    yield "shared_bank_contrast", lambda q: shared_bank_contrast(q, q_t, queue, tau_s=0.1, tau_t=0.2,
+                                                                 backend="torch"), _leaf(B, d)
+    z_t, tau, bias = _leaf(B, d), torch.tensor(0.5, device=DEVICE), torch.tensor(0.1, device=DEVICE)
+    yield "dcd", lambda z_s: dcd_loss(z_s, z_t, tau, bias, backend="torch"), _leaf(B, d)
+    yield "sinkhorn", lambda cost: sinkhorn(cost, eps=0.5, max_iters=5, backend="torch").cost, \
+        torch.rand(2, 3, 4, device=DEVICE)
+
+
+@pytest.mark.parametrize("case", list(_double_backward_cases()), ids=lambda c: c[0])
+def test_double_backward_raises(case):
+    """The backwards scale gradients computed in the forward (sinkhorn's treats the
+    plan as a constant): they are once differentiable, and differentiating the
+    gradient again must raise torch's error, not crash inside the op or return a
+    wrong second derivative."""
+    _, fn, leaf = case
+    leaf = leaf.detach().clone().requires_grad_(True)
+    out = fn(leaf)
+    (grad,) = torch.autograd.grad((out ** 2).sum(), leaf, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad.sum().backward()

@@ -1,4 +1,5 @@
 """shared_bank_contrast on every backend against the float64 reference."""
+import numpy as np
 import pytest
 import torch
 
@@ -165,6 +166,7 @@ def test_opcheck_torch_backend():
     (dict(q_s=torch.randn(0, 16), q_t=torch.randn(0, 16)), "q_s is empty"),
     (dict(tau_s=0.0), "tau_s must be a positive"),
     (dict(tau_t=float("nan")), "tau_t must be a positive"),
+    (dict(tau_s=True), "tau_s must be a real number, got bool"),
     (dict(reduction="max"), "reduction must be one of"),
     (dict(q_s=[[1.0]]), "q_s must be a torch.Tensor"),
 ])
@@ -174,6 +176,13 @@ def test_bad_input_raises(bad, match):
     args.update(bad)
     with pytest.raises((ValueError, TypeError), match=match):
         shared_bank_contrast(args.pop("q_s"), args.pop("q_t"), args.pop("queue"), **args)
+
+
+def test_numpy_temperatures():
+    q_s, q_t, queue = _inputs(3, 16, 10)
+    expected = shared_bank_contrast(q_s, q_t, queue, tau_s=float(np.float32(0.1)), tau_t=0.2, backend="torch")
+    got = shared_bank_contrast(q_s, q_t, queue, tau_s=np.float32(0.1), tau_t=np.float64(0.2), backend="torch")
+    assert torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("dim", [256, 520])

@@ -2,6 +2,7 @@
 every fast path against the float64 reference, the envelope gradient, bad inputs."""
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -344,10 +345,35 @@ def _args(**kw):
     (dict(eps=float("nan")), "eps must be a positive"),
     (dict(max_iters=0), "max_iters must be a positive int"),
     (dict(tol=-1.0), "tol must be None or a finite number"),
+    (dict(eps=True), "eps must be a real number, got bool"),
+    (dict(max_iters=True), "max_iters must be an integer, got bool"),
+    (dict(max_iters=5.0), "max_iters must be an integer, got float"),
+    (dict(check_every=True), "check_every must be an integer, got bool"),
+    (dict(tol=True), "tol must be a real number, got bool"),
 ])
 def test_bad_input_raises(bad, match):
     with pytest.raises((ValueError, TypeError), match=match):
         sinkhorn(**_args(**bad))
+
+
+def test_numpy_scalars():
+    C = torch.rand(2, 3, 4, device=DEVICE)
+    expected = sinkhorn(C, eps=float(np.float32(0.1)), max_iters=5, tol=1e-3, check_every=2, backend="torch")
+    got = sinkhorn(C, eps=np.float32(0.1), max_iters=np.int64(5), tol=np.float64(1e-3), check_every=np.int32(2),
+                   backend="torch")
+    assert torch.equal(got.cost, expected.cost) and torch.equal(got.n_iters, expected.n_iters)
+
+
+def test_marginals_that_require_grad_do_not_warn():
+    """The value checks read the marginals on the host; a marginal that requires
+    grad must not trigger torch's 'Converting a tensor with requires_grad=True
+    to a scalar' warning (a and b get no gradient anyway)."""
+    C = torch.rand(2, 3, 4, device=DEVICE)
+    a = torch.full((3,), 1 / 3, device=DEVICE, requires_grad=True)
+    b = torch.full((2, 4), 1 / 4, device=DEVICE, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sinkhorn(C, a, b, eps=0.1, max_iters=3, backend="torch")
 
 
 def test_check_inputs_false_skips_the_value_checks():

@@ -12,12 +12,20 @@ runs the op's own body through an autograd.Function built from the op's own
 ``setup_context`` and ``backward``, or calls the body directly when no
 gradient is needed; under torch.compile it calls the custom op. One body, one
 backward: the two paths cannot drift apart.
+
+The backwards are once differentiable: they scale gradients the forward
+computed (or, for sinkhorn, treat the plan as a constant), so a graph built
+through them would give a wrong second derivative. The eager Function marks
+them ``once_differentiable``: differentiating such a gradient raises torch's
+"differentiate twice" error (a gradient whose upstream requires no grad comes
+back without a graph). torch.compile refuses double backward itself.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
+from torch.autograd.function import once_differentiable
 
 
 def _has_grad(args) -> bool:
@@ -40,7 +48,7 @@ def eager_or_compiled(op, impl: Callable, setup_context: Callable | None = None,
 
         function = type(f"{impl.__name__.strip('_')}_function", (torch.autograd.Function,), {
             "forward": staticmethod(forward),
-            "backward": staticmethod(backward),
+            "backward": staticmethod(once_differentiable(backward)),
         })
 
     def call(*args):

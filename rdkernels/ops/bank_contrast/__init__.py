@@ -24,7 +24,7 @@ import torch
 from rdkernels import backend as _backend
 from rdkernels.ops._eager import eager_or_compiled
 from rdkernels._validation import (BANK_DTYPES, FLOAT_DTYPES, INDEX_DTYPES, check_dim, check_index_range,
-                                   check_positive, check_tensor)
+                                   check_index_ranges, check_positive, check_positive_int, check_tensor)
 from rdkernels.ops.bank_contrast.cost_model import choose_strategy
 from rdkernels.ops.bank_contrast.dense import (bank_contrast_loss_dense_torch, bank_scores_backward_dense_torch,
                                                bank_scores_dense_torch)
@@ -45,8 +45,8 @@ MAX_FUSED_DIM = 1024  # widest query the Triton and CUDA gather kernels take (on
 def _loss_impl(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, z: torch.Tensor | None,
                temperature: float, epilogue: str, n_data: int, backend: str, check_indices: bool,
                strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if check_indices:
-        check_index_range("idx", idx, bank.shape[0])
+    if check_indices:  # Z rides on the index check's host sync: a Z <= 0, NaN or inf gives a wrong loss
+        check_index_ranges({"idx": idx}, bank.shape[0], positive={"z": z})
     if strategy == "dense":
         if backend == "cuda":
             from rdkernels.ops.bank_contrast.cuda import bank_contrast_loss_dense_cuda as impl
@@ -155,7 +155,9 @@ _scores = eager_or_compiled(_scores_op, _scores_impl, _scores_setup, _scores_bac
 
 # --------------------------------------------------------------- public entry
 
-def _validate(query, bank, idx, temperature, epilogue, z, n_data, reduction, strategy):
+def _validate(query, bank, idx, temperature, epilogue, z, n_data, reduction, strategy) -> tuple[float, int]:
+    """All checks, before anything runs; returns (temperature, n_data) as Python
+    numbers (n_data is 1 where the epilogue does not read it)."""
     if epilogue not in EPILOGUES:
         raise ValueError(f"epilogue must be one of {EPILOGUES}, got {epilogue!r}")
     if reduction not in REDUCTIONS:
@@ -167,17 +169,22 @@ def _validate(query, bank, idx, temperature, epilogue, z, n_data, reduction, str
     check_tensor("idx", idx, ndim=2, dtypes=INDEX_DTYPES, device=query.device)
     check_dim("bank", bank, 1, query.shape[1], "query's embedding size")
     check_dim("idx", idx, 0, query.shape[0], "query's batch size")
-    check_positive("temperature", temperature)
-    if epilogue == "nce":
-        if idx.shape[1] < 2:
-            raise ValueError("idx must have at least 2 columns (the positive and one negative) for the nce epilogue")
-        if z is None:
-            raise ValueError("z is required for the nce epilogue (see rdkernels.ops.estimate_nce_z)")
-        check_tensor("z", z, dtypes=(torch.float32,), device=query.device, contiguous=False)
-        if z.numel() != 1:
-            raise ValueError(f"z must hold one value, got shape {tuple(z.shape)}")
-        if not isinstance(n_data, int) or n_data <= 0:
-            raise ValueError(f"n_data must be a positive int for the nce epilogue, got {n_data!r}")
+    if bank.requires_grad and torch.is_grad_enabled():
+        # The reference would differentiate the bank; the fused ops never do, and
+        # would leave bank.grad silently None.
+        raise ValueError("bank requires grad, but bank_contrast never differentiates the bank (it is a buffer): "
+                         "pass bank.detach()")
+    temperature = check_positive("temperature", temperature)
+    if epilogue != "nce":
+        return temperature, 1
+    if idx.shape[1] < 2:
+        raise ValueError("idx must have at least 2 columns (the positive and one negative) for the nce epilogue")
+    if z is None:
+        raise ValueError("z is required for the nce epilogue (see rdkernels.ops.estimate_nce_z)")
+    check_tensor("z", z, dtypes=(torch.float32,), device=query.device, contiguous=False)
+    if z.numel() != 1:
+        raise ValueError(f"z must hold one value, got shape {tuple(z.shape)}")
+    return temperature, check_positive_int("n_data", n_data)
 
 
 def _resolve(query, backend):
@@ -204,11 +211,15 @@ def bank_contrast(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, *,
 
     Args:
         query: [B, d] float32/bfloat16/float16; receives the gradient.
-        bank: [N, d] float32/bfloat16, a buffer (no gradient).
+        bank: [N, d] float32/bfloat16, a buffer: never differentiated, so it
+            must not require grad while grad mode is on (pass ``bank.detach()``).
         idx: [B, K+1] int32/int64 row ids into ``bank``.
         temperature: T in s = <M[idx], q> / T.
         epilogue: ``"softmax"`` (InfoNCE), ``"nce"`` (CRD) or ``"scores"``.
-        z: the NCE normaliser Z, a one-element float32 tensor on the device.
+        z: the NCE normaliser Z, a one-element float32 tensor on the device;
+            positive and finite. The op reads no device value without a sync,
+            so Z is checked only with the index check (``check_indices``); a
+            Z <= 0, NaN or inf that gets past it gives a NaN or wrong loss.
         n_data: dataset size; Pn = 1 / n_data in the NCE loss.
         reduction: ``"mean"`` | ``"sum"`` | ``"none"`` over the batch (loss epilogues).
         backend: override the global backend choice for this call.
@@ -217,22 +228,21 @@ def bank_contrast(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, *,
             it was sampled; reads the bank once) or ``"auto"`` (a cost model picks
             per call, see ``cost_model.py``). Both give the same result to float
             rounding.
-        check_indices: range-check ``idx`` (one host sync); pass False when the
-            caller has checked already. ``RDKERNELS_CHECK_INDICES=0`` turns all
-            such checks off.
+        check_indices: range-check ``idx`` and check ``z`` (one host sync);
+            pass False when the caller has checked already.
+            ``RDKERNELS_CHECK_INDICES=0`` turns all such checks off.
 
     Returns:
         The loss (0-dim for mean/sum, [B] for none), or s[B, K+1] for ``"scores"``;
         always float32.
     """
-    _validate(query, bank, idx, temperature, epilogue, z, n_data, reduction, strategy)
+    temperature, n_data = _validate(query, bank, idx, temperature, epilogue, z, n_data, reduction, strategy)
     name = _resolve(query, backend)
     strategy = _choose(strategy, query, bank, idx, name)
     if epilogue == "scores":
-        return _scores(query, bank, idx, float(temperature), name, check_indices, strategy)
+        return _scores(query, bank, idx, temperature, name, check_indices, strategy)
     z = None if epilogue == "softmax" else z.reshape(1)  # softmax never reads Z
-    rows, _ = _loss(query, bank, idx, z, float(temperature), epilogue, int(n_data or 1), name, check_indices,
-                    strategy)
+    rows, _ = _loss(query, bank, idx, z, temperature, epilogue, n_data, name, check_indices, strategy)
     return reduce_rows(rows, reduction)
 
 
@@ -241,14 +251,17 @@ def estimate_nce_z(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, *
                    n_data: int, backend: str | None = None, check_indices: bool = True) -> torch.Tensor:
     """CRD's normaliser: mean of exp(s) over all B*(K+1) entries, times n_data.
 
-    Computed in log space from the softmax epilogue's per-row logsumexp (so it
-    cannot overflow), on the device, without a host sync. No gradient.
+    The mean is taken in log space from the softmax epilogue's per-row
+    logsumexp, so the sum of exp(s) cannot overflow however large the scores.
+    Z itself is returned in float32: it is inf once exp(max s) * n_data passes
+    about 3.4e38 (e.g. T = 0.01 with a query aligned with its bank rows, where
+    s = 100); bank_contrast's nce epilogue refuses such a Z under its index
+    check. Computed on the device, with no host sync beyond that check. No gradient.
     """
-    _validate(query, bank, idx, temperature, "softmax", None, None, "none", "auto")
-    if not isinstance(n_data, int) or n_data <= 0:
-        raise ValueError(f"n_data must be a positive int, got {n_data!r}")
+    temperature, _ = _validate(query, bank, idx, temperature, "softmax", None, None, "none", "auto")
+    n_data = check_positive_int("n_data", n_data)
     name = _resolve(query, backend)
-    rows, _ = _loss(query, bank, idx, None, float(temperature), "softmax", 1, name, check_indices,
+    rows, _ = _loss(query, bank, idx, None, temperature, "softmax", 1, name, check_indices,
                     _choose("auto", query, bank, idx, name))
     s0 = (bank[idx[:, 0].long()].float() * query.float()).sum(dim=1) / temperature
     row_lse = rows + s0

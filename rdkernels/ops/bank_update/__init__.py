@@ -4,6 +4,11 @@
 
 Duplicate ids in ``index`` are deterministic: the last occurrence wins, mixed
 with the row as it was before the call. No autograd: the bank is a buffer.
+
+The Triton and CUDA kernels write through a raw pointer, which autograd does not
+see; the wrapper bumps the bank's version counter itself, so a backward that
+saved the bank (``bank_contrast(..., epilogue="scores")``) raises instead of
+using the new rows.
 """
 from __future__ import annotations
 
@@ -18,13 +23,36 @@ from rdkernels.ops.bank_update.reference import bank_update_reference_
 __all__ = ["bank_update_", "bank_update_reference_"]
 
 
-def _validate(bank, index, values, momentum) -> None:
+def _validate(bank, index, values, momentum) -> float:
+    """All checks, before anything is written; returns ``momentum`` as a float."""
     check_tensor("bank", bank, ndim=2, dtypes=BANK_DTYPES)
     check_tensor("index", index, ndim=1, dtypes=INDEX_DTYPES, device=bank.device)
     check_tensor("values", values, ndim=2, dtypes=FLOAT_DTYPES, device=bank.device)
     check_dim("values", values, 0, index.shape[0], "index's length")
     check_dim("values", values, 1, bank.shape[1], "the bank's row width")
-    check_in_unit_interval("momentum", momentum)
+    momentum = check_in_unit_interval("momentum", momentum)
+    # torch refuses both writes below only after the kernel has run (and the
+    # fused kernels never refuse them), so they are caught here, bank untouched.
+    # (Dynamo cannot trace is_inference(); a compiled step leaves that check to torch.)
+    if not torch.compiler.is_compiling() and bank.is_inference() and not torch.is_inference_mode_enabled():
+        raise ValueError("bank was created under torch.inference_mode() and cannot be updated outside it: "
+                         "update it inside torch.inference_mode(), or make the bank outside it")
+    if bank.requires_grad and torch.is_grad_enabled():
+        raise ValueError("bank requires grad; it is a buffer: update it under torch.no_grad() or pass a tensor "
+                         "that does not require grad")
+    return momentum
+
+
+def _private_values(values: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """``values``, copied if it shares memory with ``bank``.
+
+    The kernels read a program's ``values`` row while other programs write bank
+    rows, so a ``values`` that is a view of the bank would see rows half updated.
+    Checked in the op's body, where the tensors are real under torch.compile too.
+    """
+    if values.untyped_storage().data_ptr() == bank.untyped_storage().data_ptr():
+        return values.clone()
+    return values
 
 
 def _bank_update_impl(bank: torch.Tensor, index: torch.Tensor, values: torch.Tensor, momentum: float,
@@ -33,11 +61,11 @@ def _bank_update_impl(bank: torch.Tensor, index: torch.Tensor, values: torch.Ten
         check_index_range("index", index, bank.shape[0])
     if backend == "cuda":
         from rdkernels.ops.bank_update.cuda import bank_update_cuda_
-        bank_update_cuda_(bank, index, values, momentum)
+        bank_update_cuda_(bank, index, _private_values(values, bank), momentum)
     elif backend == "triton":
         from rdkernels.ops.bank_update.triton import bank_update_triton_
-        bank_update_triton_(bank, index, values, momentum)
-    else:
+        bank_update_triton_(bank, index, _private_values(values, bank), momentum)
+    else:  # reads the values rows (a gather: a copy) before it writes
         bank_update_reference_(bank, index, values, momentum)
 
 
@@ -54,8 +82,22 @@ def bank_update_(bank: torch.Tensor, index: torch.Tensor, values: torch.Tensor, 
                  *, backend: str | None = None, check_indices: bool = True) -> torch.Tensor:
     """Update ``bank`` in place and return it. ``values`` may carry autograd
     history; it is detached (the bank is a buffer). ``check_indices=False``
-    skips the range check of ``index`` (one host sync) for callers that made it."""
-    _validate(bank, index, values, momentum)
+    skips the range check of ``index`` (one host sync) for callers that made it.
+
+    ``bank`` must not require grad while grad mode is on (update a parameter
+    under ``torch.no_grad()``), and a bank made under ``torch.inference_mode()``
+    can only be updated inside it."""
+    momentum = _validate(bank, index, values, momentum)
     name = _backend.resolve(bank.device, "bank_update", backend)
-    _bank_update(bank, index, values.detach(), float(momentum), name, check_indices)
+    _bank_update(bank, index, values.detach(), momentum, name, check_indices)
+    if not torch.compiler.is_compiling():  # compiled: the custom op declares the mutation
+        _mark_modified(bank)
     return bank
+
+
+def _mark_modified(bank: torch.Tensor) -> None:
+    """Bump the version counter as an in-place torch op would: the eager path
+    skips the dispatcher, and the kernels write through a raw pointer. Inference
+    tensors have no version counter."""
+    if not bank.is_inference():
+        torch.autograd.graph.increment_version(bank)

@@ -10,10 +10,12 @@ d <= 256; other shapes go to the next backend under ``auto``.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from rdkernels import backend as _backend
-from rdkernels._validation import FLOAT_DTYPES, check_dim, check_tensor
+from rdkernels._validation import FLOAT_DTYPES, as_real, check_dim, check_tensor
 from rdkernels.ops._eager import eager_or_compiled
 from rdkernels.ops.dcd.reference import dcd_fwd_reference, dcd_reference
 
@@ -55,9 +57,9 @@ def validate_dcd(z_s, z_t, tau, bias, alpha=0.5, max_scale=10.0) -> None:
         check_tensor(name, t, dtypes=(torch.float32, torch.float64), device=z_s.device, contiguous=False)
         if t.numel() != 1:
             raise ValueError(f"{name} must hold one element, got shape {tuple(t.shape)}")
-    if not (isinstance(alpha, (int, float)) and alpha >= 0 and alpha == alpha and alpha != float("inf")):
+    if not 0 <= as_real("alpha", alpha) < math.inf:
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-    if not (isinstance(max_scale, (int, float)) and max_scale > 0 and max_scale == max_scale):
+    if not as_real("max_scale", max_scale) > 0:  # inf: no clamp; NaN fails
         raise ValueError(f"max_scale must be a positive number, got {max_scale!r}")
 
 

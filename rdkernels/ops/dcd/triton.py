@@ -48,7 +48,9 @@ def dcd_kernel(
 ):
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
-    scale = tl.minimum(tl.exp(tl.load(params_ptr)), max_scale)  # params = (tau, bias)
+    # params = (tau, bias); a NaN tau must give a NaN loss as torch.clamp does, but
+    # the default tl.minimum returns the other operand for a NaN one
+    scale = tl.minimum(tl.exp(tl.load(params_ptr)), max_scale, propagate_nan=tl.PropagateNan.ALL)
     bias = tl.load(params_ptr + 1)
 
     rows = pid * BLOCK + tl.arange(0, BLOCK)            # y in J
@@ -205,7 +207,7 @@ def dcd_finish_kernel(stats_ptr, local_ptr, part_ptr, params_ptr, loss_ptr, dzs_
         for p in range(0, n_prog):
             vs += tl.load(part_ptr + p * bd + at, mask=dm, other=0.0)
             vt += tl.load(part_ptr + (n_prog + p) * bd + at, mask=dm, other=0.0)
-        scale = tl.minimum(e, max_scale)
+        scale = tl.minimum(e, max_scale, propagate_nan=tl.PropagateNan.ALL)  # NaN tau: NaN gradients
         tl.store(dzs_ptr + at, vs * scale, mask=dm)
         tl.store(dzt_ptr + at, vt * scale, mask=dm)
 

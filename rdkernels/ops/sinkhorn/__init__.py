@@ -29,7 +29,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from rdkernels import backend as _backend
-from rdkernels._validation import check_positive, check_tensor, host_reads_allowed
+from rdkernels._validation import as_real, check_positive, check_positive_int, check_tensor, host_reads_allowed
 from rdkernels.ops._eager import eager_or_compiled
 from rdkernels.ops.sinkhorn._driver import uniform_marginals
 from rdkernels.ops.sinkhorn.reference import plan_from_potentials, sinkhorn_reference
@@ -73,11 +73,9 @@ def _validate(cost, a, b, eps, max_iters, tol, check_every, check_inputs=True):
     if n * m >= 2**31:
         raise ValueError(f"cost has {n} x {m} entries per problem; at most 2**31 - 1 are supported")
     check_positive("eps", eps)
-    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
-        raise ValueError(f"max_iters must be a positive int, got {max_iters!r}")
-    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
-        raise ValueError(f"check_every must be a positive int, got {check_every!r}")
-    if tol is not None and not (isinstance(tol, (int, float)) and 0 <= tol < math.inf):
+    check_positive_int("max_iters", max_iters)
+    check_positive_int("check_every", check_every)
+    if tol is not None and not 0 <= as_real("tol", tol) < math.inf:
         raise ValueError(f"tol must be None or a finite number >= 0, got {tol!r}")
     given = [name for name, x in (("a", a), ("b", b)) if x is not None]
     a = _marginal("a", a, P, n, cost)
@@ -90,6 +88,7 @@ def _validate(cost, a, b, eps, max_iters, tol, check_every, check_inputs=True):
     return a, b
 
 
+@torch.no_grad()  # reads values only; a marginal that requires grad must not warn about float(tensor)
 def _check_values(cost, a, b, marginals: bool) -> None:
     """Finite costs; with ``marginals``, finite nonnegative a, b of equal positive mass.
     Uniform marginals (a, b = None) are valid by construction and skip theirs."""
