@@ -184,3 +184,64 @@ def test_constructor_errors():
         rdkernels.CRDLoss(S_DIM, T_DIM, 0)
     with pytest.raises(ValueError, match="nce_t must be positive"):
         rdkernels.CRDLoss(S_DIM, T_DIM, N_DATA, nce_t=0)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(strategy="Dense"), ValueError, "strategy must be one of"),
+    (dict(bank_dtype=torch.float16), TypeError, "bank_dtype must be torch.float32 or torch.bfloat16"),
+    (dict(backend="gpu"), ValueError, "backend must be None or one of"),
+])
+def test_constructor_rejects_options_the_ops_reject(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        rdkernels.CRDLoss(S_DIM, T_DIM, N_DATA, **kwargs)
+
+
+def test_failing_first_call_leaves_z_unset():
+    """Z is committed only once both losses were computed: an op error on the first
+    call (here a strategy set after construction) leaves Z, the banks and the host
+    cache untouched, and the next call sets Z as a fresh module would."""
+    crd = rdkernels.CRDLoss(S_DIM, T_DIM, N_DATA, feat_dim=FEAT, nce_k=8).to(DEVICE)
+    twin = rdkernels.CRDLoss(S_DIM, T_DIM, N_DATA, feat_dim=FEAT, nce_k=8).to(DEVICE)
+    twin.load_state_dict(crd.state_dict())
+    before = _state(crd)
+    inputs = batch(5, 8)
+    crd.strategy = "Dense"
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        crd(*inputs)
+    for key, value in crd.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    crd.strategy = "auto"
+    loss, *_ = bank_loss_step(crd, *inputs, torch.float32)
+    expected, *_ = bank_loss_step(twin, *inputs, torch.float32)
+    assert_close("loss", loss, expected, 0, 0)
+    assert torch.equal(crd.contrast.params, twin.contrast.params) and (crd.contrast.params[2:4] > 0).all()
+
+
+def test_module_cast_to_bf16_runs():
+    """crd.to(bfloat16) makes params bf16 too; Z still reaches the op as fp32."""
+    fused32 = rdkernels.CRDLoss(S_DIM, T_DIM, N_DATA, feat_dim=FEAT, nce_k=16).to(DEVICE)
+    fused16 = rdkernels.CRDLoss(S_DIM, T_DIM, N_DATA, feat_dim=FEAT, nce_k=16).to(DEVICE)
+    fused16.load_state_dict(fused32.state_dict())
+    fused16.to(torch.bfloat16)
+    assert fused16.contrast.params.dtype == torch.bfloat16
+    for step_no in range(2):
+        inputs = batch(8, 16)
+        l32, g32, *_ = bank_loss_step(fused32, *inputs, torch.float32)
+        l16, g16, *_ = bank_loss_step(fused16, *inputs, torch.bfloat16)
+        assert_close(f"step {step_no} loss", l16, l32, atol=0.1, rtol=0.02)
+    z32, z16 = fused32.contrast.params[2:4], fused16.contrast.params[2:4]
+    assert_close("Z", z16, z32, atol=0, rtol=5e-2)  # exp(s / T) amplifies bf16 rounding of s and T
+
+
+@pytest.mark.parametrize("which", ["f_s", "f_t"])
+def test_non_finite_first_z_raises_and_stays_unset(which):
+    crd = rdkernels.CRDLoss(S_DIM, T_DIM, N_DATA, feat_dim=FEAT, nce_k=8).to(DEVICE)
+    before = _state(crd)
+    f_s, f_t, idx, cidx = batch(5, 8)
+    (f_s if which == "f_s" else f_t)[2, 0] = float("nan")
+    with pytest.raises(ValueError, match=f"Z_v{1 if which == 'f_s' else 2} once.*got nan: {which}"):
+        crd(f_s, f_t, idx, cidx)
+    for key, value in crd.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    bank_loss_step(crd, *batch(5, 8), torch.float32)  # a finite batch then sets Z
+    assert torch.isfinite(crd.contrast.params).all() and (crd.contrast.params[2:4] > 0).all()

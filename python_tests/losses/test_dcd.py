@@ -4,7 +4,7 @@ import torch
 
 import rdkernels
 from conftest import DEVICE, backends
-from helpers import assert_close
+from helpers import assert_close, tolerance
 from rdkernels.losses import DCDLoss
 from rdkernels.losses.reference.dcd import DCDLoss as ReferenceDCD
 
@@ -65,3 +65,61 @@ def test_autocast_dtypes():
         out = loss(torch.randn(5, 8), torch.randn(5, 12))
     out.backward()
     assert out.dtype == torch.float32 and loss.tau.grad is not None and loss.embed_t.weight.grad is not None
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(alpha=-1.0), "alpha must be a finite number >= 0"),
+    (dict(alpha=float("inf")), "alpha must be a finite number >= 0"),
+    (dict(max_scale=0.0), "max_scale must be a positive number"),
+    (dict(max_scale=float("nan")), "max_scale must be a positive number"),
+])
+def test_bad_constructor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DCDLoss(8, 12, feat_dim=16, **kwargs)
+
+
+@pytest.mark.parametrize("backend", backends("dcd_loss"))
+def test_module_cast_to_bf16_matches_reference(backend):
+    """.to(bfloat16) makes tau and bias bf16; they reach the op as fp32 and get gradients."""
+    fused = DCDLoss(24, 40, feat_dim=32).to(DEVICE).to(torch.bfloat16)
+    ref = ReferenceDCD(24, 40, feat_dim=32)
+    ref.load_state_dict({k: v.double() for k, v in fused.state_dict().items()})
+    ref = ref.double().to(DEVICE)
+    f_s, f_t = torch.randn(6, 24, device=DEVICE), torch.randn(6, 40, device=DEVICE)
+    with rdkernels.use_backend(backend):
+        loss = fused(f_s.bfloat16(), f_t.bfloat16())
+    expected = ref(f_s.bfloat16().double(), f_t.bfloat16().double())
+    loss.backward()
+    expected.backward()
+    atol, rtol = tolerance(torch.bfloat16)
+    assert_close("loss", loss, expected, atol, rtol)
+    for name in ("tau", "bias"):
+        grad = getattr(fused, name).grad
+        assert grad is not None and grad.dtype == torch.bfloat16
+        assert_close(f"{name}.grad", grad, getattr(ref, name).grad, atol, 4 * rtol)
+
+
+def _reference_fixed_mode_loss(dcd, f_s, f_t, multiplier, alpha=0.5):
+    """The reference's trainable=False forward: the logits' scale is params.tau itself."""
+    z_s = torch.nn.functional.normalize(dcd.embed_s(f_s), dim=1)
+    z_t = torch.nn.functional.normalize(dcd.embed_t(f_t), dim=1)
+    logits = z_s @ z_t.t() * multiplier
+    labels = torch.arange(f_s.shape[0], device=f_s.device)
+    kl = torch.nn.functional.kl_div(logits.log_softmax(1), logits.softmax(0).t(), reduction="batchmean")
+    return torch.nn.functional.cross_entropy(logits, labels) + alpha * kl
+
+
+def test_fixed_mode_reference_checkpoint_conversion():
+    """The docstring's recipe for a reference checkpoint saved with trainable=False
+    (params.tau = nce_t used as the scale) reproduces that mode's loss."""
+    source = DCDLoss(8, 12, feat_dim=16)
+    state = {k: v for k, v in source.state_dict().items() if k not in ("tau", "bias")}
+    state["params.tau"], state["params.b"] = torch.tensor(0.07), torch.tensor(0.0)
+    dcd = DCDLoss(8, 12, feat_dim=16)
+    state["params.tau"] = state["params.tau"].log()
+    dcd.load_state_dict(state)
+    dcd.tau.requires_grad_(False)
+    dcd.bias.requires_grad_(False)
+    f_s, f_t = torch.randn(5, 8), torch.randn(5, 12)
+    expected = _reference_fixed_mode_loss(source, f_s, f_t, 0.07)
+    assert_close("loss", dcd(f_s, f_t), expected, 1e-5, 1e-5)

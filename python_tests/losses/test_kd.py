@@ -48,3 +48,21 @@ def test_bad_input(call, match):
 def test_bad_temperature():
     with pytest.raises(ValueError, match="T must be a positive"):
         KDLoss(T=0)
+
+
+@pytest.mark.parametrize("T", [1.0, 4.0])
+def test_masked_teacher_logits_match_reference(T):
+    """-inf teacher logits (masked classes): p_t = 0 there, and the term contributes 0
+    to the value and the student's gradient, as kl_div on probabilities gives."""
+    y_s = torch.randn(5, 12, device=DEVICE).requires_grad_()
+    y_t = torch.randn(5, 12, device=DEVICE)
+    y_t[:, 3] = float("-inf")
+    y_t[1, 7:] = float("-inf")
+    loss = KDLoss(T)(y_s, y_t)
+    loss.backward()
+    s64 = y_s.detach().double().requires_grad_()
+    expected = ReferenceKD(T)(s64, y_t.double())
+    expected.backward()
+    assert torch.isfinite(expected)
+    assert_close("loss", loss, expected, 1e-5, 1e-5)
+    assert_close("grad", y_s.grad, s64.grad, 1e-6, 1e-5)

@@ -5,8 +5,10 @@ import torch
 import rdkernels
 from conftest import DEVICE, backends
 from helpers import assert_close
+from rdkernels.backend import BackendUnavailable
 from rdkernels.losses import RRDLoss
 from rdkernels.losses._queue import fifo_enqueue_
+from rdkernels.losses.rrd import ENQUEUE_MODES
 from rdkernels.losses.reference.rrd import RRDLoss as ReferenceRRD
 
 
@@ -181,3 +183,73 @@ def test_momentum_variant_samples_and_loads_reference_keys():
         before = loss.memory_s.memory.clone()
         loss(torch.randn(3, 8), torch.randn(3, 12), torch.tensor([0, 5, 30]))
     assert torch.equal(loss.memory_s.memory, before)
+
+
+# ------------------------------------------------------------- regressions
+
+def _rrd_step_grads(module, inputs, steps_per_backward):
+    """Forwards of ``module`` on ``inputs`` ([(f_s, f_t)] in order), the losses of each
+    group of ``steps_per_backward`` summed into one backward: (losses, {param: grad})."""
+    module.zero_grad()
+    losses = []
+    for start in range(0, len(inputs), steps_per_backward):
+        group = [module(f_s, f_t) for f_s, f_t in inputs[start:start + steps_per_backward]]
+        sum(group).backward()
+        losses += [loss.detach() for loss in group]
+    return losses, {n: p.grad for n, p in module.named_parameters()}
+
+
+@pytest.mark.parametrize("enqueue,steps_per_backward", [("after", 1), ("before", 2), ("after", 2)])
+def test_train_teacher_projection_backward_after_enqueue(enqueue, steps_per_backward):
+    """The teacher logits' backward must not see the queue the enqueue rewrote in
+    place (enqueue='after' every step; 'before' when two forwards share a backward)."""
+    fused, ref = _pair(queue_size=12, enqueue=enqueue, train_teacher_proj=True)
+    inputs = [(torch.randn(4, 24, device=DEVICE), torch.randn(4, 40, device=DEVICE)) for _ in range(4)]
+    losses, grads = _rrd_step_grads(fused, inputs, steps_per_backward)
+    r_losses, r_grads = _rrd_step_grads(ref, [(s.double(), t.double()) for s, t in inputs], steps_per_backward)
+    for step, (loss, expected) in enumerate(zip(losses, r_losses)):
+        assert_close(f"loss step {step}", loss, expected, 5e-4, 1e-4)
+    for name in ("embed_s.weight", "embed_s.bias", "embed_t.weight", "embed_t.bias"):
+        assert_close(f"{name} grad", grads[name], r_grads[name], 5e-4, 1e-3)
+    assert_close("queue", fused.queue, ref.queue, 1e-6, 1e-6)
+
+
+@pytest.mark.parametrize("backend,feat_dim", [("cuda", 16), ("triton", 256)])
+def test_unavailable_backend_leaves_queue_untouched(backend, feat_dim):
+    """A backend asked for that cannot run (no CUDA tensors; Triton's width limit)
+    raises before the enqueue, for both enqueue modes."""
+    for enqueue in ENQUEUE_MODES:
+        loss = RRDLoss(8, 12, feat_dim=feat_dim, queue_size=32, enqueue=enqueue)  # CPU tensors
+        before = {k: v.clone() for k, v in loss.state_dict().items()}
+        with rdkernels.use_backend(backend), pytest.raises(BackendUnavailable, match=backend):
+            loss(torch.randn(4, 8), torch.randn(4, 12))
+        for k, v in loss.state_dict().items():
+            assert torch.equal(v, before[k]), (enqueue, k)
+
+
+def test_momentum_variant_strided_idx_matches_contiguous():
+    """A strided idx (accepted by the check) reaches the bank update as a contiguous one:
+    the same loss, Z and banks as with idx.contiguous()."""
+    a = RRDMomentumLoss(8, 12, n_data=30, feat_dim=16, nce_k=4)
+    b = RRDMomentumLoss(8, 12, n_data=30, feat_dim=16, nce_k=4)
+    b.load_state_dict(a.state_dict())
+    f_s, f_t = torch.randn(3, 8), torch.randn(3, 12)
+    idx = torch.tensor([0, 99, 5, 99, 29, 99])[::2]
+    assert not idx.is_contiguous()
+    cidx = torch.randint(0, 30, (3, 5))
+    cidx[:, 0] = idx
+    loss = a(f_s, f_t, idx, cidx)
+    expected = b(f_s, f_t, idx.contiguous(), cidx)
+    assert_close("loss", loss, expected, 0, 0)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    assert (a.params[2:4] > 0).all()
+
+
+def test_momentum_variant_unavailable_backend_leaves_state():
+    loss = RRDMomentumLoss(8, 12, n_data=30, feat_dim=16, nce_k=4)
+    before = {k: v.clone() for k, v in loss.state_dict().items()}
+    with rdkernels.use_backend("cuda"), pytest.raises(BackendUnavailable):
+        loss(torch.randn(3, 8), torch.randn(3, 12), torch.tensor([0, 5, 29]))
+    for k, v in loss.state_dict().items():
+        assert torch.equal(v, before[k]), k

@@ -109,9 +109,13 @@ def test_samples_negatives_when_not_given():
     (dict(iters=0), "iters must be a positive int"),
     (dict(gp_weight=-1.0), "gp_weight must be a finite number"),
     (dict(nce_m=2.0), "nce_m must lie in"),
+    (dict(tol=-1.0), "tol must be None or a finite number >= 0"),
+    (dict(tol=float("nan")), "tol must be None or a finite number >= 0"),
+    (dict(bank_dtype=torch.float16), "bank_dtype must be torch.float32 or torch.bfloat16"),
+    (dict(backend="gpu"), "backend must be None or one of"),
 ])
 def test_bad_arguments(kw, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         rdkernels.WCoRDLoss(S_DIM, T_DIM, N_DATA, **kw)
 
 

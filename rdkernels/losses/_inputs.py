@@ -3,7 +3,19 @@ from __future__ import annotations
 
 import math
 
-from rdkernels._validation import FLOAT_DTYPES, INDEX_DTYPES, check_dim, check_index_ranges, check_tensor
+from rdkernels._validation import BANK_DTYPES, FLOAT_DTYPES, INDEX_DTYPES, check_dim, check_index_ranges, check_tensor
+from rdkernels.backend import BACKENDS
+from rdkernels.ops.bank_contrast import STRATEGIES
+
+
+def check_bank_options(bank_dtype, backend, strategy="auto") -> None:
+    """Constructor options the ops would otherwise reject on every forward."""
+    if bank_dtype not in BANK_DTYPES:
+        raise TypeError(f"bank_dtype must be torch.float32 or torch.bfloat16, got {bank_dtype!r}")
+    if backend is not None and not (isinstance(backend, str) and backend.lower() in BACKENDS):
+        raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
 
 
 def check_bank_loss_inputs(f_s, f_t, idx, contrast_idx, *, s_dim: int, t_dim: int, n_data: int) -> None:

@@ -7,23 +7,31 @@ Per step, for student features f_s and teacher features f_t:
 2. Scores of the student anchor v_s against the teacher bank (memory_v2) and of
    the teacher anchor v_t against the student bank (memory_v1), rows idx.
 3. On the very first call only, Z_v1 and Z_v2 are set to mean(exp(s)) * n_data
-   of those scores and frozen (no gradient flows through Z, ever).
+   of those scores and frozen (no gradient flows through Z, ever). One
+   deviation from the reference: a Z that comes out NaN or inf (non-finite
+   features, or an nce_t so small that exp(s / nce_t) overflows) raises a
+   ValueError and stays unset, where the reference would freeze it and return
+   NaN losses for good.
 4. loss = NCE(student anchor) + NCE(teacher anchor).
 5. Then (never before scoring) both banks get the momentum update at the
    dataset indices: memory_v1 <- v_s, memory_v2 <- v_t.
 
 The gradient of each NCE term is computed in the same gather pass as the loss,
-so the bank update in step 5 cannot corrupt the backward pass.
+so the bank update in step 5 cannot corrupt the backward pass. Nothing (Z, the
+banks) is written until both losses were computed, so a call that fails
+leaves the state as it was.
 """
 from __future__ import annotations
 
+import math
 
 import torch
 from torch import nn
 
+from rdkernels import backend as _backend
 from rdkernels import distributed
 from rdkernels.losses._embed import Embed
-from rdkernels.losses._inputs import check_bank_loss_inputs
+from rdkernels.losses._inputs import check_bank_loss_inputs, check_bank_options
 from rdkernels.memory import init_bank_, sample_uniform
 from rdkernels.ops import bank_contrast, bank_update_, estimate_nce_z
 
@@ -60,31 +68,47 @@ class ContrastMemory(nn.Module):
                        estimate_nce_z(v_t.detach(), self.memory_v1, idx, **kw)])  # teacher anchor, student bank
         return distributed.weighted_mean(z, idx.numel(), self.process_group) if synced else z
 
-    def _read_params(self, v_s, v_t, idx, backend, check_indices, synced) -> tuple[float, float]:
-        """(T, momentum); on the first call also sets any unset Z (CRD's rule:
-        mean of exp(s) over all B*(K+1) scores times n_data, then frozen)."""
+    def _read_params(self, v_s, v_t, idx, backend, check_indices, synced):
+        """(T, momentum, z, z_new): ``z`` = [Z_v1, Z_v2] in float32, as bank_contrast
+        takes it (free for fp32 params; a module cast to bf16 has bf16 params).
+
+        T and momentum are read on the host once and cached. On that first read any
+        unset Z is estimated from this batch (CRD's rule: mean of exp(s) over all
+        B*(K+1) scores times n_data), rounded to params' dtype as it will be stored,
+        and returned with z_new=True: forward writes it only after the losses were
+        computed, so a call that fails leaves Z unset. Later calls read nothing."""
+        z = self.params[2:4]
         if self._host_params is not None:
-            return self._host_params
+            return (*self._host_params, z.float(), False)
         if self.params.is_cuda and torch.cuda.is_current_stream_capturing():
             raise RuntimeError("CRDLoss reads T and momentum (and sets Z) on the host on its first call; run one "
                                "step outside CUDA graph capture first, as graph warm-up steps do")
         _, temperature, z_v1, z_v2, momentum = self.params.tolist()
-        if z_v1 < 0 or z_v2 < 0:
-            with torch.no_grad():
-                z = self._batch_z(v_s, v_t, idx, temperature, backend, check_indices, synced)
-                self.params[2:4] = torch.where(self.params[2:4] < 0, z, self.params[2:4])
-        self._host_params = (temperature, momentum)
-        return self._host_params
+        unset = (z_v1 < 0, z_v2 < 0)
+        if not any(unset):
+            return temperature, momentum, z.float(), False
+        with torch.no_grad():
+            z_batch = self._batch_z(v_s, v_t, idx, temperature, backend, check_indices, synced)
+            z = torch.where(z < 0, z_batch.to(z.dtype), z)
+        _check_first_z(z, unset)
+        return temperature, momentum, z.float(), True
 
     def forward(self, v_s, v_t, index, idx, backend=None, strategy="auto", check_indices=True):
         """NCE(student anchor) + NCE(teacher anchor), then the bank updates."""
         synced = distributed.active(self.process_group, self.sync_banks)
-        temperature, momentum = self._read_params(v_s, v_t, idx, backend, check_indices, synced)
+        # bank_contrast resolves its backend before it runs; resolve bank_update's
+        # now, so that it cannot fail after Z was set.
+        _backend.resolve(self.memory_v1.device, "bank_update", backend)
+        temperature, momentum, z, z_new = self._read_params(v_s, v_t, idx, backend, check_indices, synced)
         kw = dict(temperature=temperature, epilogue="nce", n_data=self.n_data, backend=backend,
                   strategy=strategy, check_indices=check_indices)
-        loss_s = bank_contrast(v_s, self.memory_v2, idx, z=self.params[2:3], **kw)
-        loss_t = bank_contrast(v_t, self.memory_v1, idx, z=self.params[3:4], **kw)
-        with torch.no_grad():
+        loss_s = bank_contrast(v_s, self.memory_v2, idx, z=z[0:1], **kw)
+        loss_t = bank_contrast(v_t, self.memory_v1, idx, z=z[1:2], **kw)
+        with torch.no_grad():  # both losses computed: only now is any state written
+            if z_new:
+                self.params[2:4] = z
+            if self._host_params is None:
+                self._host_params = (temperature, momentum)
             if self.z_momentum is not None:  # EMA of Z, from the banks as scored
                 z = self._batch_z(v_s, v_t, idx, temperature, backend, False, synced)
                 self.params[2:4] = self.z_momentum * self.params[2:4] + (1.0 - self.z_momentum) * z
@@ -96,6 +120,16 @@ class ContrastMemory(nn.Module):
             bank_update_(self.memory_v1, index, v_s, momentum, backend=backend, check_indices=check_indices)
             bank_update_(self.memory_v2, index, v_t, momentum, backend=backend, check_indices=check_indices)
         return loss_s + loss_t
+
+
+def _check_first_z(z: torch.Tensor, unset: tuple[bool, bool]) -> None:
+    """Z is frozen once set, so a NaN or inf estimate would poison every later step:
+    refuse it (one host read, on the first call only)."""
+    for value, was_unset, name, features in zip(z.tolist(), unset, ("Z_v1", "Z_v2"), ("f_s", "f_t")):
+        if was_unset and not math.isfinite(value):
+            raise ValueError(f"CRDLoss sets {name} once, from the first batch, and got {value}: {features} (or the "
+                             f"bank it is scored against) holds NaN or inf, or nce_t is so small that exp(s / nce_t) "
+                             "overflows; Z was left unset")
 
 
 class CRDLoss(nn.Module):
@@ -120,7 +154,8 @@ class CRDLoss(nn.Module):
       when torch.distributed is initialised with more than one rank (see
       rdkernels.distributed); True requires it; False keeps per-rank banks as
       the reference code does. ``process_group`` selects the group.
-    * ``backend``: per-module override of rdkernels.set_backend; ``strategy``.
+    * ``backend``: per-module override of rdkernels.set_backend; ``strategy``:
+      bank_contrast's "auto" (default), "gather" or "dense".
 
     With ``torch.compile``, run one step eagerly first (it sets Z and reads the
     hyper-parameters to the host), then compile; ``fullgraph=True`` works.
@@ -146,6 +181,7 @@ class CRDLoss(nn.Module):
             raise ValueError(f"z_momentum must be None or lie in [0, 1), got {z_momentum!r}")
         if sync_banks not in (True, False, "auto"):
             raise ValueError(f"sync_banks must be True, False or 'auto', got {sync_banks!r}")
+        check_bank_options(bank_dtype, backend, strategy)
         self.s_dim, self.t_dim, self.n_data, self.nce_k = s_dim, t_dim, n_data, nce_k
         self.backend, self.strategy = backend, strategy
         self.embed_s = Embed(s_dim, feat_dim)

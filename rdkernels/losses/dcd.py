@@ -1,11 +1,13 @@
 """DCD (Giakoumoglou & Stathaki 2024): Discriminative and Consistent Distillation."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rdkernels._validation import FLOAT_DTYPES, check_dim, check_tensor
+from rdkernels._validation import FLOAT_DTYPES, as_real, check_dim, check_tensor
 from rdkernels.ops.dcd import dcd_loss
 
 
@@ -39,9 +41,25 @@ class DCDLoss(nn.Module):
         loss = CE(logits, arange(B)) + alpha * KL(colsoftmax(logits)^T || rowsoftmax(logits))
 
     ``tau`` and ``bias`` are learnable scalars (initial scale e^1 ~ 2.72). The
-    loss and all gradients come from one fused op (:func:`rdkernels.ops.dcd_loss`).
+    loss and all gradients come from one fused op (:func:`rdkernels.ops.dcd_loss`),
+    which takes tau and bias in float32: a module cast with ``.to(torch.bfloat16)``
+    passes them up-cast (their gradients flow back through the cast).
     Checkpoints of the reference code (keys ``params.tau``, ``params.b``) load as
     they are.
+
+    Reference checkpoints saved with ``trainable=False`` mean something else under
+    the same keys: that mode stores ``params.tau = opt.nce_t`` (0.07) and uses it
+    as the scale itself (no exp, no clamp), with the bias fixed at 0, whereas here
+    ``tau`` is always the log of the scale. Nothing in such a checkpoint marks the
+    mode (the keys, shapes and dtypes are those of a trainable one, and a trained
+    log-scale tau may take any value), so it cannot be detected on load; convert
+    it before loading, and freeze the two scalars to keep the mode::
+
+        state["params.tau"] = state["params.tau"].log()   # scale 0.07 -> tau = log(0.07)
+        dcd.load_state_dict(state)
+        dcd.tau.requires_grad_(False); dcd.bias.requires_grad_(False)
+
+    (exact while the scale is <= max_scale, so the clamp does not act).
 
     Forward: ``loss = dcd(f_s, f_t)`` with features [B, s_dim] and [B, t_dim].
     """
@@ -49,6 +67,11 @@ class DCDLoss(nn.Module):
     def __init__(self, s_dim: int, t_dim: int, feat_dim: int = 128, init_tau: float = 1.0,
                  init_bias: float = 0.0, alpha: float = 0.5, max_scale: float = 10.0):
         super().__init__()
+        # the op's own rules (validate_dcd), checked here rather than on every forward
+        if not 0 <= as_real("alpha", alpha) < math.inf:
+            raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+        if not as_real("max_scale", max_scale) > 0:  # inf: no clamp; NaN fails
+            raise ValueError(f"max_scale must be a positive number, got {max_scale!r}")
         self.s_dim, self.t_dim, self.feat_dim = int(s_dim), int(t_dim), int(feat_dim)
         self.alpha = float(alpha)
         self.max_scale = float(max_scale)
@@ -64,7 +87,9 @@ class DCDLoss(nn.Module):
         z_t = _embed(self.embed_t, f_t)
         if z_t.dtype != z_s.dtype:  # e.g. one side computed outside autocast
             z_t = z_t.to(z_s.dtype)
-        return dcd_loss(z_s, z_t, self.tau, self.bias, alpha=self.alpha, max_scale=self.max_scale)
+        # float32 whatever the module's dtype (a no-op for fp32 parameters): the op
+        # computes in fp32 and rejects narrower scalars.
+        return dcd_loss(z_s, z_t, self.tau.float(), self.bias.float(), alpha=self.alpha, max_scale=self.max_scale)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, max_scale={self.max_scale}"

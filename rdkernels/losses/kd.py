@@ -12,10 +12,18 @@ class KDLoss(nn.Module):
     """``KL(softmax(y_t / T) || softmax(y_s / T)) * T^2``, summed over classes and
     averaged over the batch (RepDistiller's DistillKL: ``kl_div(sum) * T^2 / B``).
 
-    Computed in float32 (float64 for float64 logits) from log-softmaxes, with the
-    target in log space, so it stays finite where ``p_t`` underflows. As in the
-    reference, the teacher logits are not detached: pass them detached (or from a
-    frozen teacher under no_grad) unless the teacher should learn.
+    Computed in float32 (float64 for float64 logits) with the teacher's
+    probabilities as the target, as in the reference: ``kl_div`` takes
+    ``p_t * log p_t`` as 0 where ``p_t == 0`` (xlogy), so a class the teacher
+    rules out (a -inf logit, a masked vocabulary entry) or whose probability
+    underflows contributes 0 and the student's gradient stays finite. A
+    log-space target would give exp(-inf) * (-inf - x) = NaN there. As in the
+    reference, a class with -inf logits on both sides gives NaN (0 * -inf).
+
+    As in the reference, the teacher logits are not detached: pass them
+    detached (or from a frozen teacher under no_grad) unless the teacher should
+    learn; a teacher that learns through -inf logits gets NaN gradients, as in
+    the reference.
     """
 
     def __init__(self, T: float = 4.0):
@@ -31,8 +39,8 @@ class KDLoss(nn.Module):
         check_dim("y_t", y_t, 1, y_s.shape[1], "y_s's number of classes")
         dt = torch.float64 if torch.float64 in (y_s.dtype, y_t.dtype) else torch.float32
         log_p_s = F.log_softmax(y_s.to(dt) / self.T, dim=1)
-        log_p_t = F.log_softmax(y_t.to(dt) / self.T, dim=1)
-        return F.kl_div(log_p_s, log_p_t, reduction="sum", log_target=True) * (self.T ** 2) / y_s.shape[0]
+        p_t = F.softmax(y_t.to(dt) / self.T, dim=1)
+        return F.kl_div(log_p_s, p_t, reduction="sum") * (self.T ** 2) / y_s.shape[0]
 
     def extra_repr(self) -> str:
         return f"T={self.T}"

@@ -5,9 +5,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rdkernels import backend as _backend
 from rdkernels._validation import check_positive
 from rdkernels.losses._queue import fifo_enqueue_
 from rdkernels.losses.dcd import _check_pair, _embed
+from rdkernels.ops.shared_bank_contrast import _resolve as _resolve_shared_bank_contrast
 from rdkernels.ops.shared_bank_contrast import shared_bank_contrast, validate_shared_bank_contrast
 
 ENQUEUE_MODES = ("before", "after")
@@ -41,7 +43,10 @@ class RRDLoss(nn.Module):
     queue holds teacher features through a fixed random projection): that is the
     default. ``train_teacher_proj=True`` lets the teacher projection learn
     through the softmax of ``z_t`` (its logits against the detached queue); that
-    path materialises the teacher logits [B, queue_size] in torch.
+    path materialises the teacher logits [B, queue_size] in torch, against a
+    copy of the queue (the reference's ``queue.clone().detach()``): their
+    backward needs the queue as scored, and the in-place enqueue would
+    otherwise invalidate it before backward runs.
 
     Checkpoints of the reference code (``memory.`` prefix, ``queue_ptr``) load
     as they are. Forward: ``loss = rrd(f_s, f_t)``.
@@ -78,14 +83,17 @@ class RRDLoss(nn.Module):
                 z_t = _embed(self.embed_t, f_t)
         if z_t.dtype != z_s.dtype:
             z_t = z_t.to(z_s.dtype)
-        # Every check runs before the queue changes, so a bad call leaves it intact.
+        # Every check runs before the queue changes, so a bad call leaves it intact: the
+        # inputs, and the backend (one that is asked for and cannot run, or cannot take
+        # this width, raises here, not after the enqueue).
         validate_shared_bank_contrast(z_s, z_t, self.queue, self.tau_s, self.tau_t, "mean")
+        backend = _resolve_shared_bank_contrast(z_s, None)
         if self.enqueue == "before":
             fifo_enqueue_(self.queue, self.ptr, z_t)
         loss = shared_bank_contrast(z_s, z_t.detach(), self.queue, tau_s=self.tau_s, tau_t=self.tau_t,
-                                    reduction="mean")
+                                    reduction="mean", backend=backend)
         if self.train_teacher_proj and z_t.requires_grad:
-            loss = loss + _teacher_term(z_s.detach(), z_t, self.queue.detach(), self.tau_s, self.tau_t)
+            loss = loss + _teacher_term(z_s.detach(), z_t, self.queue, self.tau_s, self.tau_t)
         if self.enqueue == "after":
             fifo_enqueue_(self.queue, self.ptr, z_t)
         return loss
@@ -98,8 +106,12 @@ class RRDLoss(nn.Module):
 def _teacher_term(z_s, z_t, queue, tau_s, tau_t):
     """Zero-valued term whose gradient is d loss / d z_t (student side constant)."""
     dt = torch.float32 if z_t.dtype != torch.float64 else torch.float64
-    log_p_s = torch.log_softmax(z_s.to(dt) @ queue.to(dt).t() / tau_s, dim=1)
-    p_t = torch.softmax(z_t.to(dt) @ queue.to(dt).t() / tau_t, dim=1)
+    # A copy, not queue.detach(): a detached view shares the queue's version counter,
+    # so the enqueue after scoring (or the next forward's, before a shared backward)
+    # would make autograd reject the saved operand of z_t @ queue^T.
+    queue = queue.detach().to(dt, copy=True)
+    log_p_s = torch.log_softmax(z_s.to(dt) @ queue.t() / tau_s, dim=1)
+    p_t = torch.softmax(z_t.to(dt) @ queue.t() / tau_t, dim=1)
     term = -(p_t * log_p_s).sum(dim=1).mean()
     return term - term.detach()
 
@@ -177,10 +189,14 @@ class RRDMomentumLoss(nn.Module):
         _check_pair(f_s, f_t, self.s_dim, self.t_dim)
         bank_device = self.memory_s.memory.device
         check_tensor("idx", idx, ndim=1, dtypes=INDEX_DTYPES, device=bank_device, contiguous=False)
+        idx = idx.contiguous()  # any strides accepted; the bank update takes a contiguous index
         check_dim_ = f_s.shape[0]
         if idx.shape[0] != check_dim_:
             raise ValueError(f"idx has {idx.shape[0]} entries but the batch has {check_dim_} rows")
         check_index_range("idx", idx, self.n_data)
+        # The scores below resolve bank_contrast's backend before anything is written;
+        # resolve bank_update's now too, so that it cannot fail after Z was set.
+        _backend.resolve(bank_device, "bank_update", None)
         if contrast_idx is None:
             contrast_idx = self.memory_s.sample(idx, self.nce_k)
         else:
@@ -200,12 +216,13 @@ class RRDMomentumLoss(nn.Module):
         with torch.no_grad():
             s_t = self.memory_s.contrast(z_t.to(z_s.dtype), contrast_idx, **kw)
             s_s = self.memory_t.contrast(z_s.detach(), contrast_idx, **kw)
-            # Z: set once from the first batch, then a constant
+            # Z: set once from the first batch, then a constant. Kept local (rounded to
+            # params' dtype, as stored) and written below, once nothing can fail.
             n = float(self.n_data)
             z_new = torch.stack([s_s.float().exp().mean() * n, s_t.float().exp().mean() * n])
-            self.params[2:4] = torch.where(self.params[2:4] < 0, z_new.to(self.params.dtype), self.params[2:4])
-            x_s = s_s.float().exp() / self.params[2].float()
-            x_t = s_t.float().exp() / self.params[3].float()
+            z = torch.where(self.params[2:4] < 0, z_new.to(self.params.dtype), self.params[2:4])
+            x_s = s_s.float().exp() / z[0].float()
+            x_t = s_t.float().exp() / z[1].float()
             log_p_s = torch.log_softmax(x_s / self.tau_s, dim=1)
             p_t = torch.softmax(x_t / self.tau_t, dim=1)
             loss = -(p_t * log_p_s).sum(1).mean()
@@ -219,6 +236,8 @@ class RRDMomentumLoss(nn.Module):
                 grad_s = x_s * (log_p_s.exp() * p_rows - p_t) / (x_s.shape[0] * self.tau_s)
                 dq = _scores_query_grad(grad_s, z_s.detach(), self.memory_t.memory, contrast_idx, self.nce_t)
 
+        with torch.no_grad():  # the state changes only now: Z, then the banks
+            self.params[2:4] = z
         self.memory_s.update_(idx, z_s.detach(), check_indices=checks)
         self.memory_t.update_(idx, z_t, check_indices=checks)
         if dq is None:
