@@ -22,10 +22,32 @@ back without a graph). torch.compile refuses double backward itself.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
 from torch.autograd.function import once_differentiable
+
+
+def autocast_off(impl: Callable) -> Callable:
+    """``impl`` run with autocast off on its tensors' device.
+
+    The ops define their own precision: fp32 arithmetic, narrow types only as
+    loaded inputs (or bf16 tensor-core dots where both operands are bf16), fp32
+    outputs. A torch formulation inside a body (the torch backend, the dense
+    strategy's GEMM, a torch fallback) would otherwise have its matmuls cast to
+    bf16 or fp16 by an autocast region around the call -- a custom op gets no
+    autocast kernel of its own, so its body runs under the caller's autocast
+    state, eagerly and inside a compiled graph alike.
+    """
+    @functools.wraps(impl)  # custom_op infers the schema through __wrapped__
+    def body(*args, **kwargs):
+        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), None)
+        if device is not None and torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                return impl(*args, **kwargs)
+        return impl(*args, **kwargs)
+    return body
 
 
 def _has_grad(args) -> bool:

@@ -16,7 +16,7 @@ import torch
 
 from rdkernels import backend as _backend
 from rdkernels._validation import FLOAT_DTYPES, as_real, check_dim, check_tensor
-from rdkernels.ops._eager import eager_or_compiled
+from rdkernels.ops._eager import autocast_off, eager_or_compiled
 from rdkernels.ops.dcd.reference import dcd_fwd_reference, dcd_reference
 
 __all__ = ["dcd_loss", "dcd_reference", "validate_dcd"]
@@ -63,6 +63,7 @@ def validate_dcd(z_s, z_t, tau, bias, alpha=0.5, max_scale=10.0) -> None:
         raise ValueError(f"max_scale must be a positive number, got {max_scale!r}")
 
 
+@autocast_off
 def _dcd_impl(z_s: torch.Tensor, z_t: torch.Tensor, tau: torch.Tensor, bias: torch.Tensor, alpha: float,
             max_scale: float, need_grad: bool, backend: str
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

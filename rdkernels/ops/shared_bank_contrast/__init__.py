@@ -14,7 +14,7 @@ import torch
 
 from rdkernels import backend as _backend
 from rdkernels._validation import FLOAT_DTYPES, check_dim, check_positive, check_tensor
-from rdkernels.ops._eager import eager_or_compiled
+from rdkernels.ops._eager import autocast_off, eager_or_compiled
 from rdkernels.ops.shared_bank_contrast.reference import (shared_bank_contrast_fwd_reference,
                                                           shared_bank_contrast_reference)
 
@@ -57,6 +57,7 @@ def _resolve(q_s: torch.Tensor, requested: str | None) -> str:
     return name
 
 
+@autocast_off
 def _shared_bank_contrast_impl(q_s: torch.Tensor, q_t: torch.Tensor, queue: torch.Tensor, tau_s: float,
                              tau_t: float, need_grad: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     if backend == "cuda":

@@ -1,0 +1,76 @@
+"""The ops define their own precision: an autocast region around a call must not
+change what they compute (a torch formulation inside a body would otherwise have
+its matmuls cast to bf16). Each op, on every backend here, gives bit-identical
+outputs and gradients with and without autocast."""
+import pytest
+import torch
+
+from conftest import DEVICE, backends
+from rdkernels.ops import bank_contrast, bank_update_, dcd_loss, shared_bank_contrast, sinkhorn
+
+AUTOCAST_DTYPE = torch.bfloat16
+
+
+def _unit(*shape):
+    return torch.nn.functional.normalize(torch.randn(*shape, device=DEVICE), dim=-1)
+
+
+def _run(fn, leaves, autocast: bool):
+    """(outputs, gradients of out[0].sum() w.r.t. leaves) of ``fn(*leaves)``."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in leaves]
+    with torch.autocast(DEVICE.type, dtype=AUTOCAST_DTYPE, enabled=autocast):
+        out = fn(*leaves)
+    out = out if isinstance(out, tuple) else (out,)
+    grads = torch.autograd.grad(out[0].float().sum(), leaves) if leaves else ()
+    return [o.detach() for o in out], list(grads)
+
+
+def _assert_autocast_has_no_effect(fn, leaves):
+    out_plain, grads_plain = _run(fn, leaves, autocast=False)
+    out_cast, grads_cast = _run(fn, leaves, autocast=True)
+    for plain, cast in zip(out_plain + grads_plain, out_cast + grads_cast):
+        assert cast.dtype == plain.dtype
+        assert torch.equal(cast, plain)
+
+
+@pytest.mark.parametrize("strategy", ["gather", "dense"])
+@pytest.mark.parametrize("epilogue", ["softmax", "nce", "scores"])
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
+def test_bank_contrast(backend, epilogue, strategy):
+    B, K, N, d = 5, 12, 70, 32
+    bank, idx = _unit(N, d), torch.randint(0, N, (B, K + 1), device=DEVICE)
+    z = torch.tensor([40.0], device=DEVICE)
+    _assert_autocast_has_no_effect(
+        lambda q: bank_contrast(q, bank, idx, temperature=0.07, epilogue=epilogue, z=z, n_data=N, backend=backend,
+                                strategy=strategy), [_unit(B, d)])
+
+
+@pytest.mark.parametrize("backend", backends("shared_bank_contrast"))
+def test_shared_bank_contrast(backend):
+    queue = _unit(64, 32)
+    q_t = _unit(6, 32)
+    _assert_autocast_has_no_effect(
+        lambda q_s: shared_bank_contrast(q_s, q_t, queue, tau_s=0.02, tau_t=0.1, backend=backend), [_unit(6, 32)])
+
+
+@pytest.mark.parametrize("backend", backends("dcd"))
+def test_dcd(backend):
+    tau, bias = torch.tensor([1.0], device=DEVICE), torch.tensor([0.1], device=DEVICE)
+    _assert_autocast_has_no_effect(lambda z_s, z_t: dcd_loss(z_s, z_t, tau, bias, backend=backend),
+                                   [_unit(8, 32), _unit(8, 32)])
+
+
+@pytest.mark.parametrize("backend", backends("sinkhorn"))
+def test_sinkhorn(backend):
+    cost = torch.rand(3, 20, 24, device=DEVICE)
+    _assert_autocast_has_no_effect(lambda c: sinkhorn(c, eps=0.1, max_iters=30, backend=backend).cost, [cost])
+
+
+@pytest.mark.parametrize("backend", backends("bank_update"))
+def test_bank_update(backend):
+    bank, index, values = _unit(30, 16), torch.tensor([3, 7, 3], device=DEVICE), torch.randn(3, 16, device=DEVICE)
+    plain, cast = bank.clone(), bank.clone()
+    bank_update_(plain, index, values, 0.5, backend=backend)
+    with torch.autocast(DEVICE.type, dtype=AUTOCAST_DTYPE):
+        bank_update_(cast, index, values, 0.5, backend=backend)
+    assert torch.equal(cast, plain)
