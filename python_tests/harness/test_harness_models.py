@@ -3,6 +3,7 @@ import torch
 
 from harness_helpers import single_thread  # noqa: F401 (autouse fixture)
 from rdkernels.harness.models import MODELS, build_model
+from rdkernels.harness.train import load_teacher_weights
 
 # parameter counts of the reference code's CIFAR-100 models (a check that the
 # structure -- widths, depths, shortcuts -- is the same)
@@ -38,3 +39,36 @@ def test_every_registered_model_builds():
 def test_unknown_model_is_an_error():
     with pytest.raises(ValueError, match="arch"):
         build_model("resnet9000")
+
+
+def _repdistiller_wrn_names(state: dict) -> dict:
+    """``state`` under the key names of RepDistiller's models/wrn.py: WideResNet.blockN
+    is a NetworkBlock whose blocks sit in ``.layer``; a block's projection is ``convShortcut``."""
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0].startswith("block") and parts[1].isdigit():
+            parts.insert(1, "layer")
+        parts = ["convShortcut" if p == "shortcut" else p for p in parts]
+        out[".".join(parts)] = value
+    return out
+
+
+def test_a_repdistiller_wrn_teacher_checkpoint_loads(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("wrn_16_2", num_classes=10).eval()
+    with torch.no_grad():  # BN statistics other than the initial ones, so a buffer loaded wrong would show
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    theirs = _repdistiller_wrn_names(model.state_dict())
+    assert {"conv1.weight", "block1.layer.0.bn1.running_var", "block1.layer.0.convShortcut.weight",
+            "block3.layer.1.conv2.weight", "bn1.weight", "fc.bias"} <= set(theirs)
+    path = tmp_path / "wrn_16_2_best.pth"
+    torch.save({"epoch": 240, "model": theirs, "best_acc": torch.tensor(75.0), "optimizer": {}}, path)
+    loaded = build_model("wrn_16_2", num_classes=10).eval()
+    load_teacher_weights(loaded, str(path), "wrn_16_2")
+    x = torch.randn(2, 3, 32, 32)
+    for a, b in zip(model(x), loaded(x)):
+        assert torch.equal(a, b)

@@ -7,14 +7,27 @@ exist (``--model_s``/``--model_t`` as ``--arch``/``--teacher-arch``; ``-r``, ``-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
+from rdkernels.backend import BackendUnavailable
 from rdkernels.harness.distillers import DISTILLERS, IMPLS, LossOptions
 from rdkernels.harness.models import MODELS
-from rdkernels.harness.train import SAMPLINGS, Trainer, TrainConfig
+from rdkernels.harness.train import SAMPLINGS, ResumeMismatch, Trainer, TrainConfig
+
+# the errors a user's input causes (a missing file, a bad value, a backend this machine
+# lacks, a resume that would change the run): main() prints them as one line, not a traceback
+USER_ERRORS = (FileNotFoundError, ValueError, BackendUnavailable, ResumeMismatch)
+
+# flags stored as the negation of a TrainConfig field
+_NEGATED = {"no_eval": "eval_every_epoch", "no_progress": "progress", "no_index_checks": "index_checks"}
+_LOSS_FIELDS = {f.name for f in dataclasses.fields(LossOptions)}
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, *, training: bool = True) -> None:
+    """Data, optimisation and run options; ``training=False`` (compare) leaves out
+    those that only a training run uses: its length, run folder, logs, checkpoints,
+    evaluation and resume."""
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, help="CIFAR-100 python-pickle folder (cifar-100-python or its parent); "
                    "default: a synthetic CIFAR-shaped dataset")
@@ -24,8 +37,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-size", type=int, default=32, help="synthetic image side (default 32)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", "--batch_size", type=int, default=64)
-    g.add_argument("--epochs", type=int, default=None, help="default 240")
-    g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total")
+    if training:
+        g.add_argument("--epochs", type=int, default=None, help="default 240")
+        g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total")
     g.add_argument("--lr", "--learning_rate", type=float, default=0.05)
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--weight-decay", "--weight_decay", type=float, default=5e-4)
@@ -42,13 +56,18 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic cuDNN kernels (default: cudnn.benchmark, as the reference)")
-    g.add_argument("--out", default=None, help="run folder for log.csv, eval.csv, summary.json and last.pt")
+    g.add_argument("--no-progress", action="store_true")
+    if not training:
+        return
+    g.add_argument("--out", default=None, help="run folder for log.csv, eval.csv, summary.json and last.pt "
+                   "(on --resume: default the checkpoint's folder)")
     g.add_argument("--log-every", type=int, default=10)
     g.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (and at every epoch end)")
     g.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation after each epoch")
-    g.add_argument("--no-progress", action="store_true")
-    g.add_argument("--resume", default=None, help="checkpoint to continue from (its config is used; "
-                   "--epochs/--max-steps/--out given here override it)")
+    g.add_argument("--resume", default=None, help="checkpoint to continue from, with its stored config; only "
+                   "--epochs, --max-steps, --out, --device, --backend, --log-every, --save-every, --no-eval, "
+                   "--no-progress, --workers, --no-index-checks, --cuda-graph, --graph-warmup and "
+                   "--deterministic may change; other options given must match the checkpoint")
 
 
 def _distill_args(p: argparse.ArgumentParser, *, compare: bool = False) -> None:
@@ -99,13 +118,14 @@ def _config(args, **extra) -> TrainConfig:
     fields = dict(
         data=args.data, synthetic_n=args.synthetic_n, synthetic_test_n=args.synthetic_test_n,
         num_classes=args.num_classes, image_size=args.image_size, batch_size=args.batch_size,
-        epochs=240 if args.epochs is None else args.epochs, max_steps=args.max_steps,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-        lr_decay_epochs=tuple(int(e) for e in args.lr_decay_epochs.split(",") if e.strip()),
+        lr_decay_epochs=_epoch_list(args.lr_decay_epochs),
         lr_decay_rate=args.lr_decay_rate, amp=args.amp, amp_dtype=args.amp_dtype, device=args.device,
-        seed=args.seed, deterministic=args.deterministic, out=args.out, log_every=args.log_every,
-        save_every=args.save_every, cuda_graph=args.cuda_graph, graph_warmup=args.graph_warmup,
-        eval_every_epoch=not args.no_eval, progress=not args.no_progress, loss=loss)
+        seed=args.seed, deterministic=args.deterministic, cuda_graph=args.cuda_graph,
+        graph_warmup=args.graph_warmup, progress=not args.no_progress, loss=loss)
+    if hasattr(args, "resume"):  # the training commands (compare sets its own length and writes no run folder)
+        fields.update(epochs=240 if args.epochs is None else args.epochs, max_steps=args.max_steps, out=args.out,
+                      log_every=args.log_every, save_every=args.save_every, eval_every_epoch=not args.no_eval)
     for name in ("arch", "teacher_arch", "teacher", "distill", "impl", "backend", "gamma", "alpha", "beta",
                  "mode", "sampling", "workers"):
         if hasattr(args, name):
@@ -116,11 +136,56 @@ def _config(args, **extra) -> TrainConfig:
     return TrainConfig(**fields)
 
 
-def _train(args, cfg: TrainConfig) -> None:
+def _epoch_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(e) for e in text.split(",") if e.strip())
+    except ValueError:
+        raise ValueError(f"--lr-decay-epochs takes comma-separated epochs such as 150,180,210, got {text!r}") from None
+
+
+def _typed_options(parser: argparse.ArgumentParser, argv: list[str], dests) -> set[str]:
+    """The option dests that ``argv`` (the command's arguments) sets, as opposed to
+    those left at their defaults: parsed into a namespace pre-filled with a marker,
+    which argparse overwrites only for the options it sees."""
+    unset = object()
+    ns = parser.parse_args(argv, namespace=argparse.Namespace(**{d: unset for d in dests}))
+    return {d for d, v in vars(ns).items() if v is not unset}
+
+
+def _option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """TrainConfig field -> the flag that sets it, for error messages."""
+    names = {}
+    for action in parser._actions:  # argparse has no public list of a parser's options
+        if action.option_strings:
+            long = [o for o in action.option_strings if o.startswith("--")] or action.option_strings
+            names[_NEGATED.get(action.dest, action.dest)] = long[0]
+    return names
+
+
+def _resume_overrides(cfg: TrainConfig, typed: set[str]) -> dict:
+    """The TrainConfig fields of the options typed on the command line, with the
+    values ``cfg`` (built from those options) gives them."""
+    overrides, loss = {}, {}
+    for dest in sorted(typed):  # a stable order for the error message
+        name = _NEGATED.get(dest, dest)
+        if name in _LOSS_FIELDS:
+            loss[name] = getattr(cfg.loss, name)
+        elif hasattr(cfg, name) and name != "loss":
+            overrides[name] = getattr(cfg, name)
+    if loss:
+        overrides["loss"] = loss
+    return overrides
+
+
+def _train(args, cfg: TrainConfig, parser: argparse.ArgumentParser, typed: set[str]) -> None:
     if args.resume:
-        overrides = {k: v for k, v in (("epochs", args.epochs), ("max_steps", args.max_steps), ("out", args.out))
-                     if v is not None}
-        trainer = Trainer.resume(args.resume, **overrides)
+        trainer = Trainer.resume(args.resume, expect_distill=args.command == "distill",
+                                 option_names=_option_names(parser), **_resume_overrides(cfg, typed - {"resume"}))
+        if trainer.step >= trainer.total_steps:
+            # the run is complete: keep its summary.json rather than write one of 0 steps
+            print(f"nothing to do: {args.resume} is at step {trainer.step}, the end of its run "
+                  f"({trainer.total_steps} steps); pass a larger --max-steps or --epochs to train on")
+            return
     else:
         if cfg.distill is not None and not cfg.teacher:
             print("note: no --teacher given, distilling from a randomly initialised teacher "
@@ -136,7 +201,8 @@ def _train(args, cfg: TrainConfig) -> None:
     print(msg)
 
 
-def main(argv=None) -> int:
+def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser and its sub-parsers by command."""
     parser = argparse.ArgumentParser(prog="python -m rdkernels.harness", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -148,29 +214,45 @@ def main(argv=None) -> int:
     _distill_args(p)
     _common(p)
 
+    # compare has its own option set: a fixed number of steps, no run folder, no resume
     p = sub.add_parser("compare", help="reference vs fused vs KD-only for a fixed number of steps")
     _distill_args(p, compare=True)
-    _common(p)
-    p.add_argument("--steps", type=int, default=200, help="training steps per run")
+    _common(p, training=False)
+    p.add_argument("--steps", type=int, default=200, help="training steps per run (whatever the epoch length)")
     p.add_argument("--warmup", type=int, default=20, help="steps excluded from the timing")
     p.add_argument("--results", default="benchmarks/results", help="folder for the JSON and PNG")
     p.add_argument("--no-plot", action="store_true")
+    return parser, dict(sub.choices)
 
+
+def _compare(args, parser: argparse.ArgumentParser) -> None:
+    from rdkernels.harness.compare import compare
+    names = [d.strip() for d in args.distill.split(",") if d.strip()]
+    bad = [d for d in names if d not in DISTILLERS or d == "kd"]
+    if bad or not names:
+        parser.error("--distill takes crd, wcord, dcd, rrd or a comma-separated list of them, "
+                     f"got {args.distill!r}")
+    for name in names:
+        cfg = _config(args, impl="fused", distill=name)
+        compare(cfg, steps=args.steps, warmup=args.warmup, out_dir=args.results, plot=not args.no_plot)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, commands = _build_parser()
     args = parser.parse_args(argv)
-    if args.command == "train-teacher":
-        _train(args, _config(args, distill=None))
-    elif args.command == "distill":
-        _train(args, _config(args))
-    else:
-        from rdkernels.harness.compare import compare
-        names = [d.strip() for d in args.distill.split(",") if d.strip()]
-        bad = [d for d in names if d not in DISTILLERS or d == "kd"]
-        if bad or not names:
-            parser.error("--distill takes crd, wcord, dcd, rrd or a comma-separated list of them, "
-                         f"got {args.distill!r}")
-        for name in names:
-            cfg = _config(args, impl="fused", distill=name)
-            compare(cfg, steps=args.steps, warmup=args.warmup, out_dir=args.results, plot=not args.no_plot)
+    try:
+        if args.command == "compare":
+            _compare(args, commands["compare"])
+        else:
+            sub = commands[args.command]
+            # the command name is argv[0]: the top-level parser has no options of its own
+            typed = _typed_options(sub, argv[1:], vars(args)) if args.resume else set()
+            cfg = _config(args, distill=None) if args.command == "train-teacher" else _config(args)
+            _train(args, cfg, sub, typed)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

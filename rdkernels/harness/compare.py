@@ -37,11 +37,17 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     a reference whose step cannot be captured (CRD's and WCoRD's read values on
     the host every step): it runs eagerly, as its users run it, and the report
     says so.
+
+    Each run is exactly ``steps`` steps: ``cfg.epochs`` and ``cfg.max_steps`` do
+    not apply (the runs go on into further epochs as needed), and nothing is
+    written but the report (no run folder, checkpoints or evaluation).
     """
     if cfg.distill in (None, "kd"):
         raise ValueError("compare needs a representation distiller: --distill crd|wcord|dcd|rrd")
     if steps <= warmup:
         raise ValueError(f"steps ({steps}) must exceed warmup ({warmup})")
+    # epochs=0: no epoch limit, so max_steps alone sets the length and --steps N means N
+    cfg = dataclasses.replace(cfg, epochs=0, max_steps=steps, out=None, save_every=None, eval_every_epoch=False)
     device = resolve_device(cfg.device)
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     train_set, test_set = hdata.load_dataset(
@@ -54,7 +60,6 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     }
     results = {}
     for name, run_cfg in runs.items():
-        run_cfg = dataclasses.replace(run_cfg, max_steps=steps, out=None, eval_every_epoch=False)
         eager_reason = graph_blocker(run_cfg.distill, run_cfg.impl) if run_cfg.cuda_graph else None
         if eager_reason:
             run_cfg = dataclasses.replace(run_cfg, cuda_graph=False)
@@ -65,6 +70,7 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
             "distill": run_cfg.distill,
             "cuda_graph": run_cfg.cuda_graph,
             "eager_because": eager_reason,
+            "steps": summary["steps"],
             "steps_per_s": summary["steps_per_s"],
             "ms_per_step": 1000.0 / summary["steps_per_s"] if summary["steps_per_s"] else None,
             "peak_memory_bytes": summary["peak_memory_bytes"],
@@ -89,7 +95,7 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
         "command": command_line(),
         "started_utc": started,
         "config": cfg.to_dict(),
-        "steps": steps,
+        "steps": min(r["steps"] for r in results.values()),  # the steps run (each run runs ``steps``)
         "warmup": warmup,
         "speedup_fused_vs_reference": ref_ms / fused_ms if ref_ms and fused_ms else None,
         "max_abs_loss_diff": max((abs(a - b) for a, b in zip(results["reference"]["loss"], results["fused"]["loss"])),

@@ -16,12 +16,15 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import contextlib
 import os
 import random
+import re
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -33,6 +36,17 @@ from rdkernels.harness.graphs import GraphedStep
 from rdkernels.harness.models import build_model
 
 SAMPLINGS = ("device", "workers", "loss")
+BACKENDS = ("auto", "cuda", "triton", "torch")
+
+# Options that say how a run executes, not what it computes: a resumed run may
+# change them. Every other option is the training recipe, which a resume keeps.
+RUN_OPTIONS = ("epochs", "max_steps", "out", "device", "backend", "progress", "log_every", "save_every",
+               "eval_every_epoch", "workers", "index_checks", "cuda_graph", "graph_warmup", "deterministic")
+EVAL_HEADER = "epoch,step,acc,loss"
+
+
+class ResumeMismatch(ValueError):
+    """A resume asked for a training recipe (or a command) other than the checkpoint's."""
 
 
 @dataclasses.dataclass
@@ -57,7 +71,7 @@ class TrainConfig:
     num_classes: int = 100
     image_size: int = 32
     batch_size: int = 64
-    epochs: int = 240
+    epochs: int = 240                        # 0: no epoch limit, max_steps alone sets the length
     max_steps: int | None = None             # stop after this many steps in total (benchmarks, tests)
     lr: float = 0.05
     momentum: float = 0.9
@@ -73,7 +87,7 @@ class TrainConfig:
     cuda_graph: bool = False                 # replay each step from a CUDA graph (see harness/graphs.py)
     graph_warmup: int = 3                    # eager steps before the step is captured
     seed: int = 0
-    out: str | None = None                   # run folder: log.csv, summary.json, checkpoints
+    out: str | None = None                   # run folder: log.csv, eval.csv, summary.json, last.pt (stored absolute)
     log_every: int = 10
     save_every: int | None = None            # steps between checkpoints (also at every epoch end)
     eval_every_epoch: bool = True
@@ -155,18 +169,45 @@ def _set_rng_state(state: dict, gen: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    gen.set_state(state["sampler"])
+    if state["sampler"].numel() == gen.get_state().numel():
+        gen.set_state(state["sampler"])
+    else:
+        # CPU and CUDA generators keep states of different kinds (a resume with --device
+        # changed): one cannot take the other's, so this generator keeps its seed
+        warnings.warn(f"the checkpoint's sampling RNG state is from another device type than {gen.device}: "
+                      "augmentation and contrast sampling restart from the seed (not a bit-for-bit resume)",
+                      stacklevel=3)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# RepDistiller's wrn.py: WideResNet.blockN is a NetworkBlock holding its blocks in
+# `.layer` (an nn.Sequential), and a block's 1x1 projection is `convShortcut`; the
+# harness's stages are the nn.Sequential itself and the projection is `shortcut`.
+# bn1/conv1/bn2/conv2 and the top-level conv1/bn1/fc have the same names (relu1,
+# relu2, relu hold no parameters). RepDistiller's ResNet keys already match.
+_REPDISTILLER_WRN_KEYS = ((re.compile(r"^(block\d+)\.layer\.(\d+)\."), r"\1.\2."),
+                          (re.compile(r"\.convShortcut\.(weight|bias)$"), r".shortcut.\1"))
+
+
+def _from_repdistiller_names(state: dict) -> dict:
+    """``state`` with RepDistiller's WRN key names renamed to the harness's (other keys unchanged)."""
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in _REPDISTILLER_WRN_KEYS:
+            key = pattern.sub(repl, key)
+        out[key] = value
+    return out
+
+
 def load_teacher_weights(model: torch.nn.Module, path: str, arch: str) -> None:
-    """Load a train-teacher checkpoint (or a bare state_dict; RepDistiller's {'model': ...} too)."""
+    """Load a train-teacher checkpoint, a bare state_dict, or RepDistiller's
+    {'model': state_dict} (its WRN key names are mapped to the harness's)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(ckpt, dict) and ckpt.get("arch") not in (None, arch):
         raise ValueError(f"teacher checkpoint {path!r} holds a {ckpt['arch']!r}, but teacher_arch is {arch!r}")
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
-    model.load_state_dict(state)
+    model.load_state_dict(_from_repdistiller_names(state))
 
 
 class Trainer:
@@ -184,20 +225,14 @@ class Trainer:
             raise ValueError(f"mode must be one of {hdata.SAMPLING_MODES}, got {cfg.mode!r}")
         if cfg.amp_dtype not in ("bfloat16", "float16"):
             raise ValueError(f"amp_dtype must be bfloat16 or float16, got {cfg.amp_dtype!r}")
+        if cfg.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {cfg.backend!r}")
+        # absolute paths, so that a checkpoint resumed from another folder still finds them
+        cfg = dataclasses.replace(cfg, out=_absolute(cfg.out), teacher=_absolute(cfg.teacher), data=_absolute(cfg.data))
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         if cfg.cuda_graph:
             _check_graphable(cfg, self.device)
-        if self.device.type == "cuda":
-            # the reference sets cudnn.benchmark; exact resume on a GPU needs deterministic kernels instead
-            torch.backends.cudnn.benchmark = not cfg.deterministic
-            torch.backends.cudnn.deterministic = cfg.deterministic
-        if not cfg.index_checks:
-            # the harness's samplers only produce valid rows, so the check is redundant
-            os.environ["RDKERNELS_CHECK_INDICES"] = "0"
-        if cfg.impl == "fused" and cfg.backend != "auto":
-            import rdkernels
-            rdkernels.set_backend(cfg.backend)
 
         if train_set is None:
             train_set, test_set = hdata.load_dataset(
@@ -253,6 +288,25 @@ class Trainer:
                     self.labels_dev, self.num_classes, cfg.loss.nce_k, cfg.mode, self.device)
         self.history: list[dict] = []
         self.graphed = GraphedStep(self._step, warmup=cfg.graph_warmup) if cfg.cuda_graph else None
+
+    @contextlib.contextmanager
+    def _scope(self) -> Iterator[None]:
+        """The process-wide settings this run asks for (rdkernels backend, index checks,
+        cuDNN modes), set while it trains and restored afterwards, so that a Trainer
+        leaves other code in the process as it found it."""
+        cfg = self.cfg
+        with contextlib.ExitStack() as stack:
+            if cfg.impl == "fused" and cfg.backend != "auto":
+                import rdkernels
+                stack.enter_context(rdkernels.use_backend(cfg.backend))
+            if not cfg.index_checks:
+                # the harness's samplers only produce valid rows, so the check is redundant
+                stack.enter_context(_env("RDKERNELS_CHECK_INDICES", "0"))
+            if self.device.type == "cuda":
+                # the reference sets cudnn.benchmark; exact resume on a GPU needs deterministic kernels instead
+                stack.enter_context(_attrs(torch.backends.cudnn, benchmark=not cfg.deterministic,
+                                           deterministic=cfg.deterministic))
+            yield
 
     # ------------------------------------------------------------ data
     def _batches(self, epoch: int, start: int):
@@ -335,16 +389,34 @@ class Trainer:
         """Train until ``self.step`` reaches ``self.total_steps`` (or ``steps`` more steps).
 
         Returns a summary: steps run, steps/s over the steps after ``timing_warmup``,
-        peak device memory, last losses, test accuracy if evaluated.
+        peak device memory, last losses, test accuracy if evaluated. With nothing
+        left to run (a resume of a finished run) it writes nothing and returns the
+        run folder's summary.json as it is, or a summary of 0 steps without one.
         """
-        cfg = self.cfg
         end = self.total_steps if steps is None else min(self.total_steps, self.step + steps)
-        out_dir = Path(cfg.out) if cfg.out else None
+        out_dir = Path(self.cfg.out) if self.cfg.out else None
+        if self.step >= end:
+            return self._finished_summary(out_dir)
+        with self._scope():
+            return self._run(end, out_dir, timing_warmup)
+
+    def _finished_summary(self, out_dir: Path | None) -> dict:
+        """The summary of a run with no step left, leaving its files untouched."""
+        path = out_dir / "summary.json" if out_dir else None
+        if path is not None and path.exists():
+            with open(path) as fh:
+                return json.load(fh)
+        return {"config": self.cfg.to_dict(), "device": device_name(self.device), "versions": versions(),
+                "command": command_line(), "steps": 0, "final_step": self.step, "wall_s": 0.0, "timed_steps": 0,
+                "steps_per_s": None, "peak_memory_bytes": None, "last": None, "eval": None}
+
+    def _run(self, end: int, out_dir: Path | None, timing_warmup: int) -> dict:
+        cfg = self.cfg
         if out_dir:
             out_dir.mkdir(parents=True, exist_ok=True)
+            # a resumed run rewrites what came after its checkpoint, so no row appears twice
             _truncate_log(out_dir / "log.csv", self.step)
-            if self.step == 0 and (out_dir / "eval.csv").exists():
-                (out_dir / "eval.csv").unlink()
+            _truncate_eval(out_dir / "eval.csv", self.step)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         bar = _progress(total=end, initial=self.step, enabled=cfg.progress,
@@ -368,8 +440,9 @@ class Trainer:
                 pending.append((self.step, epoch, lr, terms))
                 if len(pending) >= cfg.log_every or self.step == end:
                     self._flush(pending, out_dir, bar)
-                    pending = []
                 if cfg.save_every and out_dir and self.step % cfg.save_every == 0:
+                    # rows go out before the checkpoint: a resume keeps the rows up to its step only
+                    self._flush(pending, out_dir, bar)
                     self.save_checkpoint(out_dir / "last.pt")
                 if self.step >= end:
                     break
@@ -378,6 +451,7 @@ class Trainer:
                     eval_result = self.evaluate()
                     self._log_eval(epoch, eval_result, out_dir, bar)
                 if out_dir:
+                    self._flush(pending, out_dir, bar)
                     self.save_checkpoint(out_dir / "last.pt")
         self._flush(pending, out_dir, bar)
         _sync(self.device)
@@ -405,7 +479,8 @@ class Trainer:
                 json.dump(summary, fh, indent=2, default=str)
         return summary
 
-    def _flush(self, pending, out_dir, bar) -> None:
+    def _flush(self, pending: list, out_dir, bar) -> None:
+        """Write the ``pending`` rows to history, log.csv and the bar, and empty the list."""
         if not pending:
             return
         keys = list(pending[0][3].keys())
@@ -427,6 +502,7 @@ class Trainer:
         if bar is not None:
             bar.update(len(pending))
             bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", lr=f"{rows[-1]['lr']:.4g}")
+        pending.clear()
 
     def _log_eval(self, epoch, result, out_dir, bar) -> None:
         msg = f"epoch {epoch}: test acc {result['acc']:.2f}% loss {result['loss']:.4f}"
@@ -435,7 +511,11 @@ class Trainer:
         else:
             print(msg)
         if out_dir:
-            with open(out_dir / "eval.csv", "a") as fh:
+            path = out_dir / "eval.csv"
+            new = not path.exists()
+            with open(path, "a") as fh:
+                if new:
+                    fh.write(EVAL_HEADER + "\n")
                 fh.write(f"{epoch},{self.step},{result['acc']:.4f},{result['loss']:.6f}\n")
 
     @torch.no_grad()
@@ -500,16 +580,116 @@ class Trainer:
         self.load_state_dict(_to_device(state, self.device))
 
     @classmethod
-    def resume(cls, path: str | Path, **overrides) -> "Trainer":
-        """A trainer rebuilt from the config stored in checkpoint ``path``, at its step."""
+    def resume(cls, path: str | Path, *, expect_distill: bool | None = None,
+               option_names: dict[str, str] | None = None, **overrides) -> "Trainer":
+        """A trainer rebuilt from the config stored in checkpoint ``path``, at its step.
+
+        ``overrides`` are TrainConfig fields (``loss`` as a dict of LossOptions
+        fields). Those in ``RUN_OPTIONS`` replace the stored values; any other
+        that differs from the stored value raises :class:`ResumeMismatch`, since
+        the run would no longer continue the checkpoint's recipe. ``expect_distill``
+        (True: a distillation, False: teacher training) refuses a checkpoint of
+        the other kind. ``option_names`` names fields in the error (the CLI's
+        flags). Without an ``out`` override the run writes next to the checkpoint.
+        """
         state = torch.load(path, map_location="cpu", weights_only=False)
-        cfg = TrainConfig.from_dict(state["config"])
-        if state.get("teacher") is not None and cfg.teacher and not os.path.exists(cfg.teacher):
-            cfg = dataclasses.replace(cfg, teacher=None)  # the checkpoint carries the teacher's weights
-        cfg = dataclasses.replace(cfg, **overrides)
-        trainer = cls(cfg)
+        stored = TrainConfig.from_dict(state["config"])
+        _check_resume_kind(stored, expect_distill, path)
+        cfg = _resume_config(stored, path, overrides, option_names or {})
+        if state.get("teacher") is not None:
+            # the checkpoint carries the teacher's weights: the teacher file is not read again
+            # (it may have moved, or a relative path may now name another file)
+            trainer = cls(dataclasses.replace(cfg, teacher=None))
+            trainer.cfg = dataclasses.replace(trainer.cfg, teacher=cfg.teacher)
+        else:
+            trainer = cls(cfg)
         trainer.load_state_dict(_to_device(state, trainer.device))
         return trainer
+
+
+def _check_resume_kind(stored: TrainConfig, expect_distill: bool | None, path) -> None:
+    """Refuse to continue a distillation as teacher training, or the reverse."""
+    if expect_distill is None or expect_distill == (stored.distill is not None):
+        return
+    if stored.distill is not None:
+        raise ResumeMismatch(f"{str(path)!r} is a distillation checkpoint (--distill {stored.distill}); "
+                             f"continue it with `distill --resume {path}`")
+    raise ResumeMismatch(f"{str(path)!r} is a teacher-training checkpoint; continue it with "
+                         f"`train-teacher --resume {path}`")
+
+
+def _resume_config(stored: TrainConfig, path, overrides: dict, option_names: dict[str, str]) -> TrainConfig:
+    """The stored config with the run options in ``overrides`` applied; a
+    ResumeMismatch naming every recipe option in ``overrides`` that differs."""
+    overrides = dict(overrides)
+    loss = overrides.pop("loss", None) or {}
+    if isinstance(loss, LossOptions):
+        loss = dataclasses.asdict(loss)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - fields) + sorted(set(loss) - set(dataclasses.asdict(stored.loss)))
+    if unknown:
+        raise TypeError(f"Trainer.resume got unknown config fields {unknown}")
+    conflicts = [(name, value, getattr(stored, name)) for name, value in overrides.items()
+                 if name not in RUN_OPTIONS and not _same_setting(name, value, getattr(stored, name))]
+    conflicts += [(f"loss.{name}", value, getattr(stored.loss, name)) for name, value in loss.items()
+                  if value != getattr(stored.loss, name)]
+    if conflicts:
+        def label(name):  # a flag for the CLI (its loss flags are the bare field names)
+            return option_names.get(name.removeprefix("loss."), name)
+        changed = "; ".join(f"{label(n)} {_show(v)} (the checkpoint has {_show(s)})" for n, v, s in conflicts)
+        allowed = ", ".join(label(n) for n in RUN_OPTIONS if n in option_names or not option_names)
+        raise ResumeMismatch(f"cannot resume {str(path)!r} with a different training recipe: {changed}. Leave "
+                             f"these out to continue the stored run, or start a new run; a resume may change "
+                             f"only {allowed}")
+    run = {name: value for name, value in overrides.items() if name in RUN_OPTIONS}
+    if "out" not in run and stored.out is not None:
+        run["out"] = str(Path(path).resolve().parent)  # next to the checkpoint, wherever the run was started
+    return dataclasses.replace(stored, **run)
+
+
+def _same_setting(name: str, a, b) -> bool:
+    if name in ("teacher", "data") and isinstance(a, str) and isinstance(b, str):
+        return _absolute(a) == _absolute(b)
+    if name == "lr_decay_epochs":
+        return tuple(a) == tuple(b)
+    return a == b
+
+
+def _show(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    """Set environment variable ``name`` for the block; restore (or remove) it afterwards."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+@contextlib.contextmanager
+def _attrs(obj, **values) -> Iterator[None]:
+    """Set attributes of ``obj`` for the block; restore them afterwards."""
+    previous = {name: getattr(obj, name) for name in values}
+    for name, value in values.items():
+        setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            setattr(obj, name, value)
 
 
 def _check_graphable(cfg: TrainConfig, device: torch.device) -> None:
@@ -556,6 +736,19 @@ def _truncate_log(path: Path, step: int) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
         writer.writeheader()
         writer.writerows(r for r in rows if int(r["step"]) <= step)
+
+
+def _truncate_eval(path: Path, step: int) -> None:
+    """Drop eval.csv rows past ``step`` (as :func:`_truncate_log`); the header is
+    written once, and added to a file from before it had one."""
+    if not path.exists():
+        return
+    if step == 0:
+        path.unlink()
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = [line for line in lines if line != EVAL_HEADER and int(line.split(",")[1]) <= step]
+    path.write_text("".join(f"{line}\n" for line in [EVAL_HEADER, *rows]))
 
 
 def _sync(device: torch.device) -> None:

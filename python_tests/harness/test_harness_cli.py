@@ -1,0 +1,123 @@
+"""The command line: where a resumed run writes, which options a resume may
+change, compare's own options, and user errors as one line."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from harness_helpers import require_loss, single_thread, tiny_config  # noqa: F401 (autouse fixture)
+from rdkernels.harness import __main__ as cli
+from rdkernels.harness.__main__ import main
+from rdkernels.harness.compare import compare
+
+TINY = ["--synthetic-n", "32", "--synthetic-test-n", "8", "--num-classes", "2", "--image-size", "16",
+        "--batch-size", "4", "--device", "cpu", "--no-progress"]
+TEACHER = ["train-teacher", "--arch", "resnet8_tiny", *TINY]
+DISTILL = ["distill", "--arch", "resnet8_tiny", "--teacher-arch", "resnet8_tiny", "--distill", "crd",
+           "--nce_k", "16", "--feat_dim", "16", *TINY]
+
+
+def _logged_steps(folder) -> list[int]:
+    with open(folder / "log.csv", newline="") as fh:
+        return [int(row["step"]) for row in csv.DictReader(fh)]
+
+
+def _final_step(folder) -> int:
+    return json.loads((folder / "summary.json").read_text())["final_step"]
+
+
+def test_resume_writes_next_to_the_checkpoint(tmp_path, monkeypatch):
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir()
+    b.mkdir()
+    monkeypatch.chdir(a)
+    assert main([*TEACHER, "--max-steps", "3", "--out", "runs/t"]) == 0
+    monkeypatch.chdir(b)
+    assert main(["train-teacher", "--resume", "../A/runs/t/last.pt", "--max-steps", "6"]) == 0
+    assert not (b / "runs").exists()
+    run = a / "runs" / "t"
+    assert _final_step(run) == 6 and _logged_steps(run) == list(range(1, 7))
+    # new checkpoints hold the run folder as an absolute path
+    assert torch.load(run / "last.pt", weights_only=False)["config"]["out"] == str(run.resolve())
+
+
+def test_resume_refuses_another_recipe_or_command(tmp_path, capsys):
+    require_loss("crd", "fused")
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    assert main([*TEACHER, "--max-steps", "2", "--out", str(teacher)]) == 0
+    assert main([*DISTILL, "--max-steps", "2", "--out", str(student)]) == 0
+    capsys.readouterr()
+
+    assert main(["train-teacher", "--resume", str(student / "last.pt")]) == 2
+    assert "distillation checkpoint (--distill crd); continue it with `distill --resume" in capsys.readouterr().err
+    assert main(["distill", "--resume", str(teacher / "last.pt")]) == 2
+    assert "teacher-training checkpoint; continue it with `train-teacher --resume" in capsys.readouterr().err
+    assert main(["distill", "--resume", str(student / "last.pt"), "--distill", "rrd", "--nce_k", "999",
+                 "--batch-size", "8", "--max-steps", "4"]) == 2
+    err = capsys.readouterr().err
+    for part in ("--distill rrd (the checkpoint has crd)", "--nce_k 999 (the checkpoint has 16)",
+                 "--batch-size 8 (the checkpoint has 4)"):
+        assert part in err
+    assert _final_step(student) == 2  # nothing ran
+
+    # the stored values typed again, and the run options, are accepted
+    assert main(["distill", "--resume", str(student / "last.pt"), "--distill", "crd", "--nce_k", "16",
+                 "--batch_size", "4", "--max-steps", "4", "--log-every", "1", "--save-every", "3", "--no-eval",
+                 "--backend", "torch", "--device", "cpu", "--no-index-checks"]) == 0
+    cfg = json.loads((student / "summary.json").read_text())["config"]
+    assert (cfg["max_steps"], cfg["log_every"], cfg["save_every"], cfg["eval_every_epoch"], cfg["backend"],
+            cfg["index_checks"]) == (4, 1, 3, False, "torch", False)
+    assert _logged_steps(student) == [1, 2, 3, 4]
+
+
+def test_resume_of_a_finished_run_says_so_and_keeps_its_summary(tmp_path, capsys):
+    assert main([*TEACHER, "--max-steps", "3", "--out", str(tmp_path)]) == 0
+    summary = (tmp_path / "summary.json").read_text()
+    capsys.readouterr()
+    assert main(["train-teacher", "--resume", str(tmp_path / "last.pt")]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert (tmp_path / "summary.json").read_text() == summary
+
+
+@pytest.mark.parametrize("option", [["--out", "x"], ["--resume", "x.pt"], ["--max-steps", "3"], ["--epochs", "1"],
+                                    ["--save-every", "2"], ["--no-eval"], ["--log-every", "2"]])
+def test_compare_takes_only_its_own_options(option, capsys):
+    with pytest.raises(SystemExit) as exc:  # --steps 1 --warmup 1: fail fast should the option be taken
+        main(["compare", *option, "--steps", "1", "--warmup", "1"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_compare_runs_the_steps_asked_for_whatever_the_epochs(tmp_path):
+    require_loss("dcd", "fused")
+    require_loss("dcd", "reference")
+    # 8 steps an epoch and 1 epoch: compare still runs 12 steps
+    report = compare(tiny_config(distill="dcd", epochs=1), steps=12, warmup=2, out_dir=tmp_path, plot=False)
+    assert [len(run["loss"]) for run in report["runs"].values()] == [12, 12, 12]
+    assert report["steps"] == 12 and all(run["steps"] == 12 for run in report["runs"].values())
+    assert json.loads(open(report["json"]).read())["steps"] == 12
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys, monkeypatch):
+    require_loss("crd", "fused")
+    cases = [
+        ([*TEACHER, "--data", str(tmp_path / "nowhere"), "--max-steps", "1"], "error: no CIFAR-100"),
+        (["train-teacher", "--resume", str(tmp_path / "missing.pt")], "error: "),
+        ([*TEACHER, "--lr-decay-epochs", "150;180", "--max-steps", "1"], "error: --lr-decay-epochs"),
+        ([*DISTILL, "--backend", "cuda", "--max-steps", "1"], "error: backend 'cuda'"),  # BackendUnavailable
+    ]
+    for argv, start in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith(start) and "Traceback" not in err, err
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("an unexpected failure")
+
+    monkeypatch.setattr(cli.Trainer, "run", broken)
+    with pytest.raises(RuntimeError, match="unexpected failure"):
+        main([*TEACHER, "--max-steps", "1"])
