@@ -18,9 +18,9 @@ import torch
 from rdkernels.backend import cuda_extension
 from rdkernels.ops._cuda_common import dtype_code, stream_of
 from rdkernels.ops.bank_contrast.csr import build_csr
-from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, dense_buffers, dense_splits
+from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, dense_splits
 from rdkernels.ops.bank_contrast.partials import EPILOGUE_CODES as _EPILOGUES
-from rdkernels.ops.bank_contrast.partials import NCE, SCORES, SCORES_BWD, gather_buffers
+from rdkernels.ops.bank_contrast.partials import NCE, SCORES, SCORES_BWD, gather_buffers, split_buffers
 from rdkernels.ops.bank_contrast.reference import nce_constants
 from rdkernels.ops.bank_contrast.triton_merge import merge_gather_partials, merge_partials_triton
 
@@ -77,7 +77,7 @@ def bank_contrast_loss_dense_cuda(query, bank, idx, z, temperature, epilogue, n_
     n_tiles = offsets.shape[1] - 1
     n_splits, per = dense_splits(-(-batch // block_m), n_tiles, query.device)
     code = _EPILOGUES[epilogue]
-    loss_parts, dq_parts, max_parts, sum_parts = dense_buffers(code, batch, n_splits, dim, query.device)
+    loss_parts, dq_parts, max_parts, sum_parts = split_buffers(code, batch, n_splits, dim, query.device)
     log_c, log_mpn_c = nce_constants(n_cols - 1, n_data) if code == NCE else (0.0, 0.0)
     q = query.float().contiguous()
     ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731

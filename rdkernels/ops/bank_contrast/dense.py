@@ -36,11 +36,10 @@ from __future__ import annotations
 
 import torch
 
-from rdkernels.ops.bank_contrast.partials import NCE, SOFTMAX
 from rdkernels.ops.bank_contrast.reference import nce_constants
 
 __all__ = ["bank_contrast_loss_dense_torch", "bank_scores_dense_torch", "bank_scores_backward_dense_torch",
-           "dense_splits", "dense_buffers"]
+           "dense_splits"]
 
 _CHUNK_ELEMS = 1 << 24  # fp32 elements of one [rows, N] score chunk (64 MB)
 
@@ -158,13 +157,3 @@ def dense_splits(m_blocks: int, n_tiles: int, device: torch.device) -> tuple[int
         want = min(n_tiles, 3)
     per = -(-n_tiles // want)
     return -(-n_tiles // per), per
-
-
-def dense_buffers(code: int, batch: int, n_splits: int, dim: int, device: torch.device):
-    """(loss_parts, dq_parts, max_parts, sum_parts), fp32 [B, splits(, d)], None
-    where epilogue ``code`` writes nothing; merged by triton_merge.merge_partials_triton."""
-    f32 = dict(device=device, dtype=torch.float32)
-    return (torch.empty(batch, n_splits, **f32) if code == NCE else None,
-            torch.empty(batch, n_splits, dim, **f32),
-            torch.empty(batch, n_splits, **f32) if code == SOFTMAX else None,
-            torch.empty(batch, n_splits, **f32) if code == SOFTMAX else None)

@@ -31,7 +31,8 @@ import triton.language as tl
 
 from rdkernels.backend import triton_interpreter_enabled
 from rdkernels.ops.bank_contrast.csr import build_csr
-from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, dense_buffers, dense_splits
+from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, dense_splits
+from rdkernels.ops.bank_contrast.partials import split_buffers
 from rdkernels.ops.bank_contrast.reference import nce_constants
 # the epilogue codes are the gather kernel's
 from rdkernels.ops.bank_contrast.triton import _EPILOGUES, _NCE_C, _SOFTMAX_C, NCE, SOFTMAX
@@ -186,7 +187,7 @@ def bank_contrast_loss_dense_triton(query, bank, idx, z, temperature, epilogue, 
     m_blocks = triton.cdiv(batch, cfg["BLOCK_M"])
     n_splits, per = dense_splits(m_blocks, n_tiles, query.device)
     code = _EPILOGUES[epilogue]
-    loss_parts, dq_parts, max_parts, sum_parts = dense_buffers(code, batch, n_splits, dim, query.device)
+    loss_parts, dq_parts, max_parts, sum_parts = split_buffers(code, batch, n_splits, dim, query.device)
     unused = torch.empty(1, device=query.device, dtype=torch.float32)
     log_c, log_mpn_c = nce_constants(n_cols - 1, n_data) if code == NCE else (0.0, 0.0)
     bf16_dot, precision = _dot_mode(query, bank, cfg["BLOCK_D"])
