@@ -1,14 +1,12 @@
 """DCD (Giakoumoglou & Stathaki 2024): Discriminative and Consistent Distillation."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rdkernels._validation import FLOAT_DTYPES, as_real, check_dim, check_tensor
-from rdkernels.ops.dcd import dcd_loss
+from rdkernels._validation import FLOAT_DTYPES, check_dim, check_tensor
+from rdkernels.ops.dcd import check_dcd_scalars, dcd_loss
 
 
 def _check_features(name: str, f: torch.Tensor, width: int, what: str) -> None:
@@ -67,11 +65,7 @@ class DCDLoss(nn.Module):
     def __init__(self, s_dim: int, t_dim: int, feat_dim: int = 128, init_tau: float = 1.0,
                  init_bias: float = 0.0, alpha: float = 0.5, max_scale: float = 10.0):
         super().__init__()
-        # the op's own rules (validate_dcd), checked here rather than on every forward
-        if not 0 <= as_real("alpha", alpha) < math.inf:
-            raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-        if not as_real("max_scale", max_scale) > 0:  # inf: no clamp; NaN fails
-            raise ValueError(f"max_scale must be a positive number, got {max_scale!r}")
+        check_dcd_scalars(alpha, max_scale)  # the op's rules, here rather than failing every forward
         self.s_dim, self.t_dim, self.feat_dim = int(s_dim), int(t_dim), int(feat_dim)
         self.alpha = float(alpha)
         self.max_scale = float(max_scale)

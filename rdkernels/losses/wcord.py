@@ -67,11 +67,11 @@ import math
 import torch
 from torch import nn
 
-from rdkernels._validation import as_real
 from rdkernels.losses._embed import Embed
 from rdkernels.losses._inputs import check_bank_loss_inputs, check_bank_options
 from rdkernels.memory import MemoryBank
 from rdkernels.ops import sinkhorn
+from rdkernels.ops.sinkhorn import check_tol
 
 COSTS = ("cosine", "sqeuclidean")
 
@@ -143,8 +143,7 @@ class WCoRDLoss(nn.Module):
         super().__init__()
         _check_args(s_dim, t_dim, n_data, feat_dim, nce_k, nce_t, nce_m, lambda_global, lambda_local, eps, iters,
                     cost, gp_weight)
-        if tol is not None and not 0 <= as_real("tol", tol) < math.inf:
-            raise ValueError(f"tol must be None or a finite number >= 0, got {tol!r}")
+        check_tol(tol)
         check_bank_options(bank_dtype, backend)
         self.s_dim, self.t_dim, self.n_data, self.nce_k = s_dim, t_dim, n_data, nce_k
         self.nce_t, self.lambda_global, self.lambda_local = float(nce_t), float(lambda_global), float(lambda_local)

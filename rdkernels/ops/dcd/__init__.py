@@ -19,7 +19,7 @@ from rdkernels._validation import FLOAT_DTYPES, as_real, check_dim, check_tensor
 from rdkernels.ops._eager import autocast_off, eager_or_compiled
 from rdkernels.ops.dcd.reference import dcd_fwd_reference, dcd_reference
 
-__all__ = ["dcd_loss", "dcd_reference", "validate_dcd"]
+__all__ = ["dcd_loss", "dcd_reference", "validate_dcd", "check_dcd_scalars"]
 
 MAX_FUSED_BATCH = 1024  # CUDA: the [16, B] logit strips live in shared memory (2*16*B + 2*16*d floats)
 MAX_CUDA_DIM = 256
@@ -57,6 +57,11 @@ def validate_dcd(z_s, z_t, tau, bias, alpha=0.5, max_scale=10.0) -> None:
         check_tensor(name, t, dtypes=(torch.float32, torch.float64), device=z_s.device, contiguous=False)
         if t.numel() != 1:
             raise ValueError(f"{name} must hold one element, got shape {tuple(t.shape)}")
+    check_dcd_scalars(alpha, max_scale)
+
+
+def check_dcd_scalars(alpha, max_scale) -> None:
+    """The loss weight and the scale clamp (DCDLoss checks them once, at construction)."""
     if not 0 <= as_real("alpha", alpha) < math.inf:
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
     if not as_real("max_scale", max_scale) > 0:  # inf: no clamp; NaN fails

@@ -67,6 +67,12 @@ def _marginal(name: str, x, P: int, size: int, ref: torch.Tensor) -> torch.Tenso
     return x.to(dt).contiguous()
 
 
+def check_tol(tol) -> None:
+    """The early-stop tolerance: None (run max_iters) or a finite number >= 0."""
+    if tol is not None and not 0 <= as_real("tol", tol) < math.inf:
+        raise ValueError(f"tol must be None or a finite number >= 0, got {tol!r}")
+
+
 def _validate(cost, a, b, eps, max_iters, tol, check_every, check_inputs=True):
     check_tensor("cost", cost, ndim=3, dtypes=COST_DTYPES)
     P, n, m = cost.shape
@@ -75,8 +81,7 @@ def _validate(cost, a, b, eps, max_iters, tol, check_every, check_inputs=True):
     check_positive("eps", eps)
     check_positive_int("max_iters", max_iters)
     check_positive_int("check_every", check_every)
-    if tol is not None and not 0 <= as_real("tol", tol) < math.inf:
-        raise ValueError(f"tol must be None or a finite number >= 0, got {tol!r}")
+    check_tol(tol)
     given = [name for name, x in (("a", a), ("b", b)) if x is not None]
     a = _marginal("a", a, P, n, cost)
     b = _marginal("b", b, P, m, cost)
