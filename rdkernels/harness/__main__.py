@@ -13,7 +13,7 @@ import sys
 from rdkernels.backend import BackendUnavailable
 from rdkernels.harness.distillers import DISTILLERS, IMPLS, LossOptions
 from rdkernels.harness.models import MODELS
-from rdkernels.harness.train import SAMPLINGS, ResumeMismatch, Trainer, TrainConfig
+from rdkernels.harness.train import RUN_OPTIONS, SAMPLINGS, ResumeMismatch, Trainer, TrainConfig
 
 # the errors a user's input causes (a missing file, a bad value, a backend this machine
 # lacks, a resume that would change the run): main() prints them as one line, not a traceback
@@ -64,10 +64,7 @@ def _common(p: argparse.ArgumentParser, *, training: bool = True) -> None:
     g.add_argument("--log-every", type=int, default=10)
     g.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (and at every epoch end)")
     g.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation after each epoch")
-    g.add_argument("--resume", default=None, help="checkpoint to continue from, with its stored config; only "
-                   "--epochs, --max-steps, --out, --device, --backend, --log-every, --save-every, --no-eval, "
-                   "--no-progress, --workers, --no-index-checks, --cuda-graph, --graph-warmup and "
-                   "--deterministic may change; other options given must match the checkpoint")
+    g.add_argument("--resume", default=None)  # help: _resume_help, once every option exists
 
 
 def _distill_args(p: argparse.ArgumentParser, *, compare: bool = False) -> None:
@@ -222,7 +219,18 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     p.add_argument("--warmup", type=int, default=20, help="steps excluded from the timing")
     p.add_argument("--results", default="benchmarks/results", help="folder for the JSON and PNG")
     p.add_argument("--no-plot", action="store_true")
+    for name in ("train-teacher", "distill"):
+        _resume_help(sub.choices[name])
     return parser, dict(sub.choices)
+
+
+def _resume_help(parser: argparse.ArgumentParser) -> None:
+    """--resume's help, naming the options a resume may change (train.RUN_OPTIONS)."""
+    names = _option_names(parser)
+    allowed = ", ".join(names[n] for n in RUN_OPTIONS if n in names)
+    resume = next(a for a in parser._actions if a.dest == "resume")
+    resume.help = (f"checkpoint to continue from, with its stored config; only {allowed} may change; "
+                   "other options given must match the checkpoint")
 
 
 def _compare(args, parser: argparse.ArgumentParser) -> None:

@@ -30,13 +30,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rdkernels.backend import BACKENDS
 from rdkernels.harness import data as hdata
 from rdkernels.harness.distillers import DEFAULT_WEIGHTS, DISTILLERS, IMPLS, LossOptions, build_distiller
 from rdkernels.harness.graphs import GraphedStep
 from rdkernels.harness.models import build_model
 
 SAMPLINGS = ("device", "workers", "loss")
-BACKENDS = ("auto", "cuda", "triton", "torch")
 
 # Options that say how a run executes, not what it computes: a resumed run may
 # change them. Every other option is the training recipe, which a resume keeps.
