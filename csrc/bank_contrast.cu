@@ -34,6 +34,7 @@ namespace {
 enum Epilogue : int { kNce = 0, kSoftmax = 1, kScores = 2, kScoresBwd = 3 };
 
 constexpr int kGatherThreads = 128;
+constexpr int kGatherWarps = kGatherThreads / 32;
 
 // 16-byte vectors of bank elements.
 template <typename BankT> struct Vec16;
@@ -83,9 +84,9 @@ bank_gather_kernel(const float* __restrict__ query, const BankT* __restrict__ ba
   constexpr int VEC = Vec16<BankT>::n;
   constexpr int E = NV * VEC;             // bank elements per lane
   constexpr int U = NV >= 4 ? 1 : 4 / NV;  // rows in flight per group
-  extern __shared__ float smem[];          // [dim] dq accumulator, then 2 floats per warp
+  extern __shared__ float smem[];          // [warps, dim] dq per warp, then 2 x 32 floats of reductions
   float* sm_acc = smem;
-  float* sm_red = smem + dim;
+  float* sm_red = smem + kGatherWarps * dim;
 
   const int64_t row = blockIdx.x;
   const int split = blockIdx.y, n_splits = gridDim.y;
@@ -106,7 +107,6 @@ bank_gather_kernel(const float* __restrict__ query, const BankT* __restrict__ ba
       acc[v * VEC + i] = 0.f;
     }
   }
-  for (int k = threadIdx.x; k < dim; k += blockDim.x) sm_acc[k] = 0.f;
   float loss = 0.f, run_max = -INFINITY, run_sum = 0.f;
   const float log_z = EPI == kNce ? logf(*z) : 0.f;
   const IdxT* idx_row = idx + row * stride_idx;
@@ -184,19 +184,33 @@ bank_gather_kernel(const float* __restrict__ query, const BankT* __restrict__ ba
     loss = run_sum;  // summed below like the NCE loss
     if (threadIdx.x == 0) max_out[part] = block_max;
   }
-  __syncthreads();
+  // dq summed over the groups in a fixed order, so that runs are bit-identical
+  // (shared-memory atomics would add in whatever order the warps arrive): the
+  // groups of a warp by a shuffle tree (lanes `off` apart hold the same
+  // columns), then the warps' rows of sm_acc in warp order.
+  for (int off = lpr; off < 32; off <<= 1) {
 #pragma unroll
-  for (int v = 0; v < NV; ++v) {
+    for (int i = 0; i < E; ++i) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], off);
+  }
+  if (lane < lpr) {
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-      const int c = (sub + v * lpr) * VEC + i;
-      if (c < dim) atomicAdd(&sm_acc[c], acc[v * VEC + i]);
+    for (int v = 0; v < NV; ++v) {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        const int c = (sub + v * lpr) * VEC + i;
+        if (c < dim) sm_acc[warp * dim + c] = acc[v * VEC + i];
+      }
     }
   }
   float total = 0.f;
   if (EPI == kNce || EPI == kSoftmax) total = block_sum(sub == 0 ? loss : 0.f, sm_red + 32);
   __syncthreads();
-  for (int k = threadIdx.x; k < dim; k += blockDim.x) dq[part * dim + k] = sm_acc[k];
+  for (int k = threadIdx.x; k < dim; k += blockDim.x) {
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < kGatherWarps; ++w) sum += sm_acc[w * dim + k];
+    dq[part * dim + k] = sum;
+  }
   if (threadIdx.x == 0) {
     if (EPI == kNce) out[part] = total;
     if (EPI == kSoftmax) sum_out[part] = total;
@@ -243,7 +257,7 @@ void launch_gather(int epilogue, dim3 grid, cudaStream_t stream, const float* q,
   int nv, lpr;
   gather_shape<BankT>(dim, &nv, &lpr);
   const bool vec_ok = dim % VEC == 0 && stride_bank % VEC == 0 && reinterpret_cast<uintptr_t>(bank) % 16 == 0;
-  const size_t smem = (dim + 32 + 32) * sizeof(float);
+  const size_t smem = (kGatherWarps * static_cast<size_t>(dim) + 32 + 32) * sizeof(float);
   auto* b = static_cast<const BankT*>(bank);
   auto* ix = static_cast<const IdxT*>(idx);
   switch (nv) {
@@ -547,7 +561,7 @@ void launch_dense_dp(int epilogue, dim3 grid, cudaStream_t stream, const float* 
 #define RDK_DENSE(EPI)                                                                                        \
   do {                                                                                                        \
     auto kernel = bank_dense_kernel<BankT, DP, EPI>;                                                          \
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));        \
+    reserve_shared_memory(kernel, smem, "bank_contrast_dense");                                              \
     kernel<<<grid, kDenseThreads, smem, stream>>>(q, bank, ids, offs, z, loss, dq, mx, sm, batch, n_bank, dim, \
                                                   n_neg, n_tiles, per, stride_bank, stride_offs, inv_t, log_c, \
                                                   log_mpn_c, vec4_q, vec4_bank);                              \
@@ -583,7 +597,7 @@ void launch_dense(int epilogue, dim3 grid, cudaStream_t stream, const float* q, 
 
 }  // namespace
 
-// Gather launch: grid (B, n_splits), 128 threads, dynamic smem (dim + 64) floats.
+// Gather launch: grid (B, n_splits), 128 threads, dynamic smem (4 * dim + 64) floats.
 void bank_contrast(uintptr_t query, uintptr_t bank, int bank_dtype, uintptr_t idx, int idx_dtype, uintptr_t z,
                    uintptr_t grad, uintptr_t out, uintptr_t dq, uintptr_t run_max, uintptr_t run_sum, int64_t batch,
                    int64_t n_cols, int64_t dim, int64_t cols_per_split, int64_t n_splits, int64_t stride_bank,

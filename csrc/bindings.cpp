@@ -5,6 +5,7 @@
 #include "bank_contrast.h"
 #include "bank_update.h"
 #include "dcd.h"
+#include "device_limits.h"
 #include "shared_bank_contrast.h"
 #include "sinkhorn.h"
 
@@ -12,6 +13,8 @@ namespace py = pybind11;
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "rdkernels CUDA kernels (raw-pointer interface; see rdkernels/ops/*/cuda.py)";
+  m.def("max_shared_memory_per_block", &rdk::max_shared_memory_per_block,
+        "Largest dynamic shared memory one block may opt in to on the current CUDA device (bytes)");
   m.def("bank_contrast", &rdk::bank_contrast,
         "Bank contrast, gather strategy: per-(row, split) partials of an nce/softmax/scores epilogue",
         py::arg("query"), py::arg("bank"), py::arg("bank_dtype"), py::arg("idx"), py::arg("idx_dtype"),
@@ -32,6 +35,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("bank_update", &rdk::bank_update, "In-place momentum update + L2 renormalisation of bank rows",
         py::arg("bank"), py::arg("bank_dtype"), py::arg("dim"), py::arg("index"), py::arg("index_dtype"),
         py::arg("values"), py::arg("values_dtype"), py::arg("batch"), py::arg("momentum"), py::arg("stream"));
+  m.def("shared_bank_contrast_shared_memory_bytes", &rdk::shared_bank_contrast_shared_memory_bytes,
+        "Dynamic shared memory per block of shared_bank_contrast's main kernel", py::arg("dim"));
   m.def("shared_bank_contrast", &rdk::shared_bank_contrast,
         "Queries against a shared queue (RRD): per-split online-softmax statistics, merged into loss and dq",
         py::arg("q_s"),
@@ -39,6 +44,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("n_rows"), py::arg("dim"), py::arg("splits"), py::arg("rows_per_split"), py::arg("scale_s"),
         py::arg("scale_t"), py::arg("inv_tau_s"), py::arg("stats"), py::arg("acc"), py::arg("loss"), py::arg("dq"),
         py::arg("need_grad"), py::arg("stream"));
+  m.def("dcd_shared_memory_bytes", &rdk::dcd_shared_memory_bytes,
+        "Dynamic shared memory per block of dcd_loss's main kernel", py::arg("batch"), py::arg("dim"));
   m.def("dcd_loss", &rdk::dcd_loss, "Fused DCD loss and its gradients to z_s, z_t, tau and bias",
         py::arg("z_s"), py::arg("z_t"), py::arg("z_dtype"), py::arg("batch"), py::arg("dim"), py::arg("params"),
         py::arg("max_scale"), py::arg("alpha"), py::arg("stats"), py::arg("local"), py::arg("part"),

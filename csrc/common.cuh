@@ -14,6 +14,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "device_limits.h"
+
 namespace rdk {
 
 // Dtype codes shared with rdkernels/ops/_cuda_common.py.
@@ -52,6 +54,24 @@ inline void check_launch(const char* what) {
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) {
     throw std::runtime_error(std::string(what) + ": CUDA launch failed: " + cudaGetErrorString(err));
+  }
+}
+
+// Let `kernel` launch with `bytes` of dynamic shared memory, or throw an error naming
+// the op and both sizes: past the device's limit the launch would only report
+// "invalid argument".
+template <typename Kernel>
+void reserve_shared_memory(Kernel* kernel, size_t bytes, const char* what) {
+  if (bytes <= 48 * 1024) return;  // every GPU grants 48 KB without opting in
+  const int limit = max_shared_memory_per_block();
+  if (bytes > static_cast<size_t>(limit)) {
+    throw std::runtime_error(std::string(what) + ": needs " + std::to_string(bytes) +
+                             " bytes of shared memory per block; this GPU allows " + std::to_string(limit));
+  }
+  const cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string(what) + ": cannot reserve shared memory: " + cudaGetErrorString(err));
   }
 }
 

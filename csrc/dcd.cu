@@ -232,17 +232,18 @@ template <typename T>
 void launch(const void* z_s, const void* z_t, int batch, int dim, const float* params, float max_scale, float alpha,
             float* stats, float* local, float* part, bool need_grad, cudaStream_t stream) {
   auto kernel = dcd_kernel<T>;
-  const size_t smem = (2 * static_cast<size_t>(kDcdRows) * batch + 2 * static_cast<size_t>(kDcdRows) * dim +
-                       kWarps * 4) * sizeof(float);
-  if (smem > 48 * 1024) {
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  }
+  const size_t smem = static_cast<size_t>(dcd_shared_memory_bytes(batch, dim));
+  reserve_shared_memory(kernel, smem, "dcd_loss");
   const int blocks = (batch + kDcdRows - 1) / kDcdRows;
   kernel<<<blocks, kThreads, smem, stream>>>(static_cast<const T*>(z_s), static_cast<const T*>(z_t), batch, dim,
                                              params, max_scale, alpha, stats, local, part, need_grad);
 }
 
 }  // namespace
+
+int64_t dcd_shared_memory_bytes(int64_t batch, int64_t dim) {
+  return (2 * kDcdRows * batch + 2 * kDcdRows * dim + kWarps * 4) * static_cast<int64_t>(sizeof(float));
+}
 
 void dcd_loss(uintptr_t z_s, uintptr_t z_t, int z_dtype, int64_t batch, int64_t dim, uintptr_t params,
               float max_scale, float alpha, uintptr_t stats, uintptr_t local, uintptr_t part, uintptr_t loss,

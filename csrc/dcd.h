@@ -9,6 +9,8 @@ namespace rdk {
 constexpr int kDcdRows = 16;
 constexpr int kDcdMaxBatch = 1024;
 constexpr int kDcdMaxDim = 256;
+// Dynamic shared memory of the main kernel: the [16, batch] logit strips and [16, dim] rows.
+int64_t dcd_shared_memory_bytes(int64_t batch, int64_t dim);
 void dcd_loss(uintptr_t z_s, uintptr_t z_t, int z_dtype, int64_t batch, int64_t dim, uintptr_t params,
               float max_scale, float alpha, uintptr_t stats, uintptr_t local, uintptr_t part, uintptr_t loss,
               uintptr_t dzs, uintptr_t dzt, uintptr_t dtau, uintptr_t dbias, bool need_grad, uintptr_t stream);

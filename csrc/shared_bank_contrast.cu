@@ -206,10 +206,8 @@ void launch_dpl(const void* q_s, const void* q_t, const void* queue, int64_t bat
                 int64_t splits, int64_t rows_per_split, float scale_s, float scale_t, float* stats, float* acc,
                 bool need_grad, cudaStream_t stream) {
   auto kernel = shared_bank_contrast_kernel<QT, BT, DPL>;
-  const size_t smem = (static_cast<size_t>(kSbcTile) * (dim + 1) + 2 * kSbcRowsPerBlock * dim) * sizeof(float);
-  if (smem > 48 * 1024) {
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  }
+  const size_t smem = static_cast<size_t>(shared_bank_contrast_shared_memory_bytes(dim));
+  reserve_shared_memory(kernel, smem, "shared_bank_contrast");
   const dim3 grid(static_cast<unsigned>((batch + kSbcRowsPerBlock - 1) / kSbcRowsPerBlock),
                   static_cast<unsigned>(splits));
   kernel<<<grid, kThreads, smem, stream>>>(static_cast<const QT*>(q_s), static_cast<const QT*>(q_t),
@@ -246,6 +244,10 @@ void launch_queue(int queue_dtype, const void* q_s, const void* q_t, const void*
 
 }  // namespace
 
+int64_t shared_bank_contrast_shared_memory_bytes(int64_t dim) {
+  return (kSbcTile * (dim + 1) + 2 * kSbcRowsPerBlock * dim) * static_cast<int64_t>(sizeof(float));
+}
+
 void shared_bank_contrast(uintptr_t q_s, uintptr_t q_t, int q_dtype, uintptr_t queue, int queue_dtype, int64_t batch,
                           int64_t n_rows, int64_t dim, int64_t splits, int64_t rows_per_split, float scale_s,
                           float scale_t, float inv_tau_s, uintptr_t stats, uintptr_t acc, uintptr_t loss,
@@ -267,10 +269,7 @@ void shared_bank_contrast(uintptr_t q_s, uintptr_t q_t, int q_dtype, uintptr_t q
   }
   check_launch("shared_bank_contrast");
   const size_t merge_smem = 2 * static_cast<size_t>(splits) * sizeof(float);
-  if (merge_smem > 48 * 1024) {
-    cudaFuncSetAttribute(shared_bank_merge_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         static_cast<int>(merge_smem));
-  }
+  reserve_shared_memory(shared_bank_merge_kernel, merge_smem, "shared_bank_merge");
   shared_bank_merge_kernel<<<static_cast<unsigned>(batch), kThreads, merge_smem, s>>>(
       stats_p, acc_p, batch, splits, d, inv_tau_s, reinterpret_cast<float*>(loss),
       need_grad ? reinterpret_cast<float*>(dq) : nullptr);

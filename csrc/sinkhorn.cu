@@ -406,16 +406,14 @@ template <typename T>
 void launch_fused(const void* cost, const float* log_a, const float* log_b, const float* a, float* f, float* g,
                   float* total, float* plan, int* n_iters, int64_t P, int64_t n, int64_t m, float eps, float tol,
                   int64_t max_iters, bool check, cudaStream_t stream) {
-  int device = 0, optin = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  const int optin = max_shared_memory_per_block();
   const size_t header = fused_header_bytes(n, m);
   const size_t row_bytes = static_cast<size_t>(m) * sizeof(T);
   const int64_t fit = optin > static_cast<int>(header) ? (optin - header) / row_bytes : 0;
   const int rows_smem = static_cast<int>(std::min<int64_t>(n, fit));
   const size_t smem = header + static_cast<size_t>(rows_smem) * row_bytes;
   auto kernel = sinkhorn_fused_kernel<T>;
-  if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  reserve_shared_memory(kernel, smem, "sinkhorn");
   kernel<<<static_cast<unsigned>(P), kThreads, smem, stream>>>(
       static_cast<const T*>(cost), log_a, log_b, a, f, g, total, plan, n_iters, static_cast<int>(n),
       static_cast<int>(m), eps, tol, static_cast<int>(max_iters), check ? 1 : 0, rows_smem, header);

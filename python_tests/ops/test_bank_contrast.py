@@ -67,6 +67,22 @@ def test_matches_float64_reference(backend, epilogue, shape, dtypes):
 
 
 @pytest.mark.parametrize("backend", backends("bank_contrast"))
+@pytest.mark.parametrize("epilogue", ["nce", "softmax", "scores"])
+@pytest.mark.parametrize("dim", [32, 128])  # CUDA: 16 groups of 8 lanes a block; 4 groups of 32
+def test_reruns_are_bit_identical(backend, epilogue, dim):
+    """The gather kernels sum dq over a block's row groups in a fixed order, so the
+    same call twice gives the same bits (shared-memory atomics would not)."""
+    k, n = (4000, 5000) if DEVICE.type == "cuda" else (40, 200)  # GPU: many columns a block, warps that race
+    query, bank, idx, z = make_inputs(16, k, dim, n, torch.float32, torch.float32)
+    kw = dict(temperature=0.07, epilogue=epilogue, z=z, n_data=n, backend=backend, strategy="gather")
+    if epilogue != "scores":
+        kw["reduction"] = "none"
+    weights = torch.randn(16, k + 1, device=DEVICE) if epilogue == "scores" else None
+    first, second = (run(bank_contrast, query, weights, bank=bank, idx=idx, **kw) for _ in range(2))
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_reductions(backend, reduction):
     query, bank, idx, z = make_inputs(6, 30, 64, 100, torch.float32, torch.float32)

@@ -1,6 +1,8 @@
 """Glue between torch tensors and the raw-pointer interface of rdkernels._C."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 # Must match rdk::DType in csrc/common.cuh.
@@ -20,3 +22,22 @@ def dtype_code(t: torch.Tensor) -> int:
 def stream_of(t: torch.Tensor) -> int:
     """The raw cudaStream_t of the current stream on ``t``'s device."""
     return torch.cuda.current_stream(t.device).cuda_stream
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_memory_limit(device_index: int) -> int:
+    from rdkernels.backend import cuda_extension
+    with torch.cuda.device(device_index):
+        return cuda_extension().max_shared_memory_per_block()
+
+
+def shared_memory_shortfall(device: torch.device, needed: int) -> str | None:
+    """Why a kernel needing ``needed`` bytes of shared memory per block cannot run on
+    ``device``, or None if it can. The opt-in limit is 99 KB on sm_86/sm_89/sm_120
+    (RTX 30/40, A10, L4, L40S), 163 KB on sm_80 and 227 KB on sm_90, so a shape an
+    H100 takes may not fit on a workstation GPU; asked once per device."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    limit = _shared_memory_limit(index)
+    if needed <= limit:
+        return None
+    return f"it needs {needed} bytes of shared memory per block and this GPU allows {limit}"

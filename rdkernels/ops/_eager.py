@@ -29,24 +29,37 @@ import torch
 from torch.autograd.function import once_differentiable
 
 
-def autocast_off(impl: Callable) -> Callable:
-    """``impl`` run with autocast off on its tensors' device.
+def op_body(impl: Callable) -> Callable:
+    """``impl`` run on its tensors' GPU, with autocast off.
 
-    The ops define their own precision: fp32 arithmetic, narrow types only as
-    loaded inputs (or bf16 tensor-core dots where both operands are bf16), fp32
-    outputs. A torch formulation inside a body (the torch backend, the dense
-    strategy's GEMM, a torch fallback) would otherwise have its matmuls cast to
-    bf16 or fp16 by an autocast region around the call -- a custom op gets no
-    autocast kernel of its own, so its body runs under the caller's autocast
-    state, eagerly and inside a compiled graph alike.
+    The GPU: Triton and the CUDA extension launch on the *current* device and
+    its stream, so tensors on cuda:1 while cuda:0 is current would be handed to
+    the wrong device (a launch error, or another device's stream). The op's
+    first tensor argument names the device, as in torch's own ops.
+
+    Autocast: the ops define their own precision: fp32 arithmetic, narrow types
+    only as loaded inputs (or bf16 tensor-core dots where both operands are
+    bf16), fp32 outputs. A torch formulation inside a body (the torch backend,
+    the dense strategy's GEMM, a torch fallback) would otherwise have its
+    matmuls cast to bf16 or fp16 by an autocast region around the call -- a
+    custom op gets no autocast kernel of its own, so its body runs under the
+    caller's autocast state, eagerly and inside a compiled graph alike.
     """
-    @functools.wraps(impl)  # custom_op infers the schema through __wrapped__
-    def body(*args, **kwargs):
-        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), None)
-        if device is not None and torch.is_autocast_enabled(device):
-            with torch.autocast(device, enabled=False):
+    def without_autocast(device_type, args, kwargs):
+        if torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type, enabled=False):
                 return impl(*args, **kwargs)
         return impl(*args, **kwargs)
+
+    @functools.wraps(impl)  # custom_op infers the schema through __wrapped__
+    def body(*args, **kwargs):
+        device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+        if device is None:
+            return impl(*args, **kwargs)
+        if device.type == "cuda" and device.index != torch.cuda.current_device():
+            with torch.cuda.device(device):
+                return without_autocast(device.type, args, kwargs)
+        return without_autocast(device.type, args, kwargs)
     return body
 
 

@@ -22,7 +22,7 @@ import math
 import torch
 
 from rdkernels import backend as _backend
-from rdkernels.ops._eager import autocast_off, eager_or_compiled
+from rdkernels.ops._eager import eager_or_compiled, op_body
 from rdkernels._validation import (BANK_DTYPES, FLOAT_DTYPES, INDEX_DTYPES, check_dim, check_index_range,
                                    check_index_ranges, check_positive, check_positive_int, check_tensor)
 from rdkernels.ops.bank_contrast.cost_model import choose_strategy
@@ -42,7 +42,7 @@ MAX_FUSED_DIM = 1024  # widest query the Triton and CUDA gather kernels take (on
 
 # --------------------------------------------------------------------------- ops
 
-@autocast_off
+@op_body
 def _loss_impl(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, z: torch.Tensor | None,
                temperature: float, epilogue: str, n_data: int, backend: str, check_indices: bool,
                strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,7 +89,7 @@ _loss_op.register_autograd(_loss_backward, setup_context=_loss_setup)
 _loss = eager_or_compiled(_loss_op, _loss_impl, _loss_setup, _loss_backward)
 
 
-@autocast_off
+@op_body
 def _scores_impl(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, temperature: float,
                backend: str, check_indices: bool, strategy: str) -> torch.Tensor:
     if check_indices:
@@ -113,7 +113,7 @@ def _(query, bank, idx, temperature, backend, check_indices, strategy):
     return query.new_empty(idx.shape, dtype=torch.float32)
 
 
-@autocast_off
+@op_body
 def _scores_backward_impl(grad_scores: torch.Tensor, query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor,
                         temperature: float, backend: str, strategy: str) -> torch.Tensor:
     if strategy == "dense":  # score gradients summed over the sampled rows (dense.py)

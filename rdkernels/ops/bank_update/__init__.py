@@ -17,7 +17,7 @@ import torch
 from rdkernels import backend as _backend
 from rdkernels._validation import (BANK_DTYPES, FLOAT_DTYPES, INDEX_DTYPES, check_dim,
                                    check_in_unit_interval, check_index_range, check_tensor)
-from rdkernels.ops._eager import autocast_off, eager_or_compiled
+from rdkernels.ops._eager import eager_or_compiled, op_body
 from rdkernels.ops.bank_update.reference import bank_update_reference_
 
 __all__ = ["bank_update_", "bank_update_reference_"]
@@ -55,7 +55,7 @@ def _private_values(values: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     return values
 
 
-@autocast_off
+@op_body
 def _bank_update_impl(bank: torch.Tensor, index: torch.Tensor, values: torch.Tensor, momentum: float,
                     backend: str, check_indices: bool) -> None:
     if check_indices:

@@ -6,7 +6,9 @@
 The fused backends compute the loss and the gradients to z_s, z_t, tau and bias
 in the forward, in one launch that computes the logits once, and backward only scales them.
 The Triton kernel takes any batch size (d <= 128); the CUDA kernel B <= 1024,
-d <= 256; other shapes go to the next backend under ``auto``.
+d <= 256 within the GPU's shared memory (all of it on an A100 or H100; on a
+99 KB GPU such as an RTX 4090 or L40S, B up to about 650 at d = 128); other
+shapes go to the next backend under ``auto``.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch
 
 from rdkernels import backend as _backend
 from rdkernels._validation import FLOAT_DTYPES, as_real, check_dim, check_tensor
-from rdkernels.ops._eager import autocast_off, eager_or_compiled
+from rdkernels.ops._eager import eager_or_compiled, op_body
 from rdkernels.ops.dcd.reference import dcd_fwd_reference, dcd_reference
 
 __all__ = ["dcd_loss", "dcd_reference", "validate_dcd", "check_dcd_scalars"]
@@ -26,17 +28,26 @@ MAX_CUDA_DIM = 256
 MAX_FUSED_DIM = 128  # Triton: [16, d] accumulators in registers (any batch size)
 
 
+def _cuda_shortfall(z_s: torch.Tensor) -> str | None:
+    """Why the CUDA kernel cannot take this shape, or None."""
+    batch, dim = z_s.shape
+    if batch > MAX_FUSED_BATCH or dim > MAX_CUDA_DIM:
+        return f"it takes batch <= {MAX_FUSED_BATCH} and embedding width <= {MAX_CUDA_DIM}, got {batch} x {dim}"
+    from rdkernels.ops._cuda_common import shared_memory_shortfall
+    needed = _backend.cuda_extension().dcd_shared_memory_bytes(batch, dim)
+    return shared_memory_shortfall(z_s.device, needed)
+
+
 def _resolve(z_s: torch.Tensor, requested: str | None) -> str:
     """The backend that runs this call; under ``auto`` shapes a fused kernel cannot
     take move down to the next backend, an explicit request raises instead."""
     name = _backend.resolve(z_s.device, "dcd_loss", requested)
-    batch, dim = z_s.shape
+    dim = z_s.shape[1]
     explicit = (requested or _backend.get_backend()) != "auto"
-    if name == "cuda" and (batch > MAX_FUSED_BATCH or dim > MAX_CUDA_DIM):
+    reason = _cuda_shortfall(z_s) if name == "cuda" else None
+    if reason is not None:
         if explicit:
-            raise _backend.BackendUnavailable(
-                f"backend 'cuda' cannot run dcd_loss: it takes batch <= {MAX_FUSED_BATCH} and embedding "
-                f"width <= {MAX_CUDA_DIM}, got {batch} x {dim}")
+            raise _backend.BackendUnavailable(f"backend 'cuda' cannot run dcd_loss: {reason}")
         name = "triton" if _backend.triton_unavailable_reason(z_s.device) is None else "torch"
     if name == "triton" and dim > MAX_FUSED_DIM:
         if explicit:
@@ -68,7 +79,7 @@ def check_dcd_scalars(alpha, max_scale) -> None:
         raise ValueError(f"max_scale must be a positive number, got {max_scale!r}")
 
 
-@autocast_off
+@op_body
 def _dcd_impl(z_s: torch.Tensor, z_t: torch.Tensor, tau: torch.Tensor, bias: torch.Tensor, alpha: float,
             max_scale: float, need_grad: bool, backend: str
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -14,7 +14,7 @@ import torch
 
 from rdkernels import backend as _backend
 from rdkernels._validation import FLOAT_DTYPES, check_dim, check_positive, check_tensor
-from rdkernels.ops._eager import autocast_off, eager_or_compiled
+from rdkernels.ops._eager import eager_or_compiled, op_body
 from rdkernels.ops.shared_bank_contrast.reference import (shared_bank_contrast_fwd_reference,
                                                           shared_bank_contrast_reference)
 
@@ -43,21 +43,32 @@ MAX_TRITON_DIM = 128  # [16, d] fp32 tiles in registers (d = 256 spills on sm_90
 MAX_CUDA_DIM = 512    # [4 rows x 2 x d / 32] accumulators per lane
 
 
+def _shortfall(name: str, q_s: torch.Tensor) -> str | None:
+    """Why backend ``name`` cannot take this width, or None."""
+    dim = q_s.shape[1]
+    limit = {"cuda": MAX_CUDA_DIM, "triton": MAX_TRITON_DIM}.get(name)
+    if limit is not None and dim > limit:
+        return f"embedding width {dim} > {limit}"
+    if name == "cuda":  # d = 512 needs 128 KB: more than a 99 KB GPU (RTX 4090, L40S) has
+        from rdkernels.ops._cuda_common import shared_memory_shortfall
+        needed = _backend.cuda_extension().shared_bank_contrast_shared_memory_bytes(dim)
+        return shared_memory_shortfall(q_s.device, needed)
+    return None
+
+
 def _resolve(q_s: torch.Tensor, requested: str | None) -> str:
     """The backend that runs this call; under ``auto`` widths a fused kernel cannot
     take move to the next backend, an explicit request raises instead."""
     name = _backend.resolve(q_s.device, "shared_bank_contrast", requested)
-    dim = q_s.shape[1]
-    limit = {"cuda": MAX_CUDA_DIM, "triton": MAX_TRITON_DIM}.get(name)
-    if limit is not None and dim > limit:
+    reason = _shortfall(name, q_s)
+    if reason is not None:
         if (requested or _backend.get_backend()) != "auto":
-            raise _backend.BackendUnavailable(
-                f"backend {name!r} cannot run shared_bank_contrast: embedding width {dim} > {limit}")
+            raise _backend.BackendUnavailable(f"backend {name!r} cannot run shared_bank_contrast: {reason}")
         name = "torch"
     return name
 
 
-@autocast_off
+@op_body
 def _shared_bank_contrast_impl(q_s: torch.Tensor, q_t: torch.Tensor, queue: torch.Tensor, tau_s: float,
                              tau_t: float, need_grad: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     if backend == "cuda":

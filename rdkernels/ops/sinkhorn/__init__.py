@@ -30,7 +30,7 @@ import torch
 
 from rdkernels import backend as _backend
 from rdkernels._validation import as_real, check_positive, check_positive_int, check_tensor, host_reads_allowed
-from rdkernels.ops._eager import autocast_off, eager_or_compiled
+from rdkernels.ops._eager import eager_or_compiled, op_body
 from rdkernels.ops.sinkhorn._driver import uniform_marginals
 from rdkernels.ops.sinkhorn.reference import plan_from_potentials, sinkhorn_reference
 
@@ -119,7 +119,7 @@ def _check_values(cost, a, b, marginals: bool) -> None:
                          f"exceeds {MASS_RTOL:g}); normalise them")
 
 
-@autocast_off
+@op_body
 def _sinkhorn_impl(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, max_iters: int, tol: float,
                  check_every: int, return_plan: bool, backend: str, check_values: int = 0
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

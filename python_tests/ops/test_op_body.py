@@ -1,12 +1,21 @@
-"""The ops define their own precision: an autocast region around a call must not
-change what they compute (a torch formulation inside a body would otherwise have
-its matmuls cast to bf16). Each op, on every backend here, gives bit-identical
-outputs and gradients with and without autocast."""
+"""What every op body runs under (ops/_eager.py, op_body).
+
+Autocast: the ops define their own precision, so an autocast region around a
+call must not change what they compute (a torch formulation inside a body would
+otherwise have its matmuls cast to bf16). Each op, on every backend here, gives
+bit-identical outputs and gradients with and without autocast.
+
+Device: Triton and the CUDA extension launch on the current GPU, so a body runs
+with its tensors' GPU made current.
+"""
+import contextlib
+
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from conftest import DEVICE, backends
-from rdkernels.ops import bank_contrast, bank_update_, dcd_loss, shared_bank_contrast, sinkhorn
+from rdkernels.ops import _eager, bank_contrast, bank_update_, dcd_loss, shared_bank_contrast, sinkhorn
 
 AUTOCAST_DTYPE = torch.bfloat16
 
@@ -74,3 +83,23 @@ def test_bank_update(backend):
     with torch.autocast(DEVICE.type, dtype=AUTOCAST_DTYPE):
         bank_update_(cast, index, values, 0.5, backend=backend)
     assert torch.equal(cast, plain)
+
+
+@pytest.mark.parametrize("current,expected", [(0, [1]), (1, [])])
+def test_body_runs_on_its_tensors_gpu(monkeypatch, current, expected):
+    """Tensors on cuda:1 while cuda:0 is current: the body runs with cuda:1 current
+    (nothing is switched when it already is). A stand-in device: no GPU needed."""
+    entered, seen = [], []
+
+    @contextlib.contextmanager
+    def device(d):
+        entered.append(d.index)
+        yield
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
+    monkeypatch.setattr(torch.cuda, "device", device)
+    with FakeTensorMode():
+        x = torch.empty(2, device="cuda:1")
+    body = _eager.op_body(lambda t, scale: seen.append((t.device, scale)) or scale)
+    assert body(x, 3.0) == 3.0
+    assert entered == expected and seen == [(torch.device("cuda", 1), 3.0)]

@@ -1,0 +1,77 @@
+"""Shapes the CUDA kernels take only on GPUs with enough shared memory.
+
+The DCD and RRD (shared_bank_contrast) CUDA kernels keep batch- or width-sized
+strips in shared memory. A block may opt in to 227 KB on an H100 and 163 KB on
+an A100, but only 99 KB on sm_86/sm_89 GPUs (RTX 30/40, A10, L4, L40S), so a
+shape an H100 runs must move to the next backend there under ``auto``, and an
+explicit ``backend="cuda"`` must say why. The launchers also refuse such a
+launch with the same message (csrc/common.cuh, reserve_shared_memory).
+
+The sizes come from the built extension (pure host functions, no GPU needed);
+the device's limit is the stand-in here.
+"""
+import importlib
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from rdkernels import backend as _backend
+from rdkernels.ops import _cuda_common
+
+dcd_op = importlib.import_module("rdkernels.ops.dcd")
+sbc_op = importlib.import_module("rdkernels.ops.shared_bank_contrast")  # the package exports a function of that name
+
+_C = pytest.importorskip("rdkernels._C", reason="the CUDA extension is not built")
+
+SM86, SM80, SM90 = 101376, 166912, 232448   # opt-in bytes per block
+
+
+def test_sizes_follow_the_kernels_layouts():
+    # dcd: [16, B] strips of s and t, [16, d] rows of z_s and z_t, 8 warps x 4 partial sums
+    assert _C.dcd_shared_memory_bytes(1024, 128) == (2 * 16 * 1024 + 2 * 16 * 128 + 8 * 4) * 4 == 147584
+    # shared_bank_contrast: a [32, d + 1] queue tile and two [16, d] query blocks
+    assert _C.shared_bank_contrast_shared_memory_bytes(512) == (32 * 513 + 2 * 16 * 512) * 4 == 131200
+
+
+@pytest.fixture
+def on_gpu_with(monkeypatch):
+    """A stand-in CUDA tensor on a device whose shared memory limit the test sets."""
+    def make(limit, *shape):
+        _cuda_common._shared_memory_limit.cache_clear()
+        monkeypatch.setattr(_cuda_common, "_shared_memory_limit", lambda index: limit)
+        monkeypatch.setattr(_backend, "resolve", lambda device, op, requested=None: requested or "cuda")
+        monkeypatch.setattr(_backend, "triton_unavailable_reason", lambda device: None)
+        return SimpleNamespace(shape=shape, device=torch.device("cuda", 0))
+    return make
+
+
+@pytest.mark.parametrize("limit,batch,expected", [(SM86, 663, "cuda"), (SM86, 664, "triton"), (SM86, 1024, "triton"),
+                                                  (SM80, 1024, "cuda"), (SM90, 1024, "cuda"), (SM90, 1025, "triton")])
+def test_dcd_auto_moves_past_what_the_gpu_holds(on_gpu_with, limit, batch, expected):
+    assert dcd_op._resolve(on_gpu_with(limit, batch, 128), None) == expected
+
+
+def test_dcd_explicit_cuda_says_why(on_gpu_with):
+    z_s = on_gpu_with(SM86, 1024, 128)
+    with pytest.raises(_backend.BackendUnavailable, match="147584 bytes of shared memory.*allows 101376"):
+        dcd_op._resolve(z_s, "cuda")
+
+
+@pytest.mark.parametrize("limit,dim,expected", [(SM86, 256, "cuda"), (SM86, 512, "torch"), (SM80, 512, "cuda")])
+def test_shared_bank_contrast_auto_moves_past_what_the_gpu_holds(on_gpu_with, limit, dim, expected):
+    assert sbc_op._resolve(on_gpu_with(limit, 64, dim), None) == expected
+
+
+def test_shared_bank_contrast_explicit_cuda_says_why(on_gpu_with):
+    q_s = on_gpu_with(SM86, 64, 512)
+    with pytest.raises(_backend.BackendUnavailable, match="131200 bytes of shared memory.*allows 101376"):
+        sbc_op._resolve(q_s, "cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_the_limit_is_the_devices():
+    limit = _cuda_common._shared_memory_limit(torch.cuda.current_device())
+    assert limit >= 48 * 1024
+    if torch.cuda.get_device_capability() in ((8, 6), (8, 9), (12, 0)):
+        assert limit == SM86
