@@ -87,6 +87,19 @@ def test_switched_off_forced_and_fallback(tuned, monkeypatch):
     assert used["BLOCK"] == 8 and log[-1][1] == (8,)
 
 
+def test_deterministic_algorithms_run_the_default(tuned):
+    """A timing may crown another candidate in the next process: a run that asked
+    torch for determinism launches the first candidate every time."""
+    tk, log = tuned
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert tk.launch(_grid, torch.zeros(4), 64)["BLOCK"] == 16 and log[-1][0] == "kernel"
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert tk.launch(_grid, torch.zeros(4), 64)["BLOCK"] == 32 and log[-1][0] == "timed"
+
+
 def test_cpu_tensors_are_never_timed():
     assert not _autotune.timing_possible(torch.zeros(1))
 

@@ -20,9 +20,12 @@ candidate (the configuration the kernel shipped with before it was tuned) runs:
   timing synchronises the device, which a capture forbids. After an eager call
   with the same shapes (the warm-up torch's graph docs prescribe) the tuned
   choice is reused inside the capture;
-* ``RDKERNELS_AUTOTUNE=0``: the same configuration on every machine, hence
-  the same rounding everywhere (candidates differ only in tiling and in how
-  an fp32 product is formed, 3xTF32 or exact, all to fp32 accuracy).
+* ``RDKERNELS_AUTOTUNE=0`` or ``torch.use_deterministic_algorithms(True)``:
+  the same configuration on every machine and in every run, hence the same
+  rounding everywhere (candidates differ only in tiling and in how an fp32
+  product is formed, 3xTF32 or exact, all to fp32 accuracy). A timing can
+  crown another candidate in the next process, so a run that asked torch for
+  determinism must not be timed.
 
 ``TRITON_PRINT_AUTOTUNING=1`` prints each choice and its timings.
 """
@@ -39,8 +42,9 @@ from rdkernels.backend import triton_interpreter_enabled
 
 
 def autotune_enabled() -> bool:
-    """Off with ``RDKERNELS_AUTOTUNE=0``: always launch the first candidate."""
-    return os.environ.get("RDKERNELS_AUTOTUNE", "1") != "0"
+    """Off with ``RDKERNELS_AUTOTUNE=0`` or under ``torch.use_deterministic_algorithms``:
+    always launch the first candidate."""
+    return os.environ.get("RDKERNELS_AUTOTUNE", "1") != "0" and not torch.are_deterministic_algorithms_enabled()
 
 
 def timing_possible(probe: torch.Tensor) -> bool:
