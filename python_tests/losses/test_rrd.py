@@ -12,6 +12,22 @@ from rdkernels.losses.rrd import ENQUEUE_MODES
 from rdkernels.losses.reference.rrd import RRDLoss as ReferenceRRD
 
 
+def _naive_enqueue_(queue, ptr, keys):
+    """The FIFO written the obvious way, one key after another: an independent check of
+    rdkernels.losses._queue.fifo_enqueue_, which the fused and reference losses share."""
+    with torch.no_grad():
+        for key in keys:
+            queue[int(ptr)] = key.to(queue.dtype)
+            ptr.copy_((ptr + 1) % queue.shape[0])
+
+
+@pytest.fixture
+def naive_reference_queue(monkeypatch):
+    """The reference loss enqueues with _naive_enqueue_ instead of the shared fifo_enqueue_."""
+    import rdkernels.losses.reference.rrd as reference_rrd
+    monkeypatch.setattr(reference_rrd, "fifo_enqueue_", _naive_enqueue_)
+
+
 def _pair(s_dim=24, t_dim=40, queue_size=50, **kwargs):
     fused = RRDLoss(s_dim, t_dim, feat_dim=16, queue_size=queue_size, **kwargs).to(DEVICE)
     ref = ReferenceRRD(s_dim, t_dim, feat_dim=16, queue_size=queue_size, **kwargs)
@@ -21,8 +37,8 @@ def _pair(s_dim=24, t_dim=40, queue_size=50, **kwargs):
 
 @pytest.mark.parametrize("backend", backends("shared_bank_contrast"))
 @pytest.mark.parametrize("enqueue", ["before", "after"])
-@pytest.mark.parametrize("batch,queue_size", [(7, 50), (16, 16), (20, 12)])
-def test_steps_match_reference(backend, enqueue, batch, queue_size):
+@pytest.mark.parametrize("batch,queue_size", [(7, 50), (16, 16), (20, 12), (1, 5)])
+def test_steps_match_reference(backend, enqueue, batch, queue_size, naive_reference_queue):
     """Several steps: loss, student-projection gradient, queue and pointer, with wrap-around
     (7 does not divide 50) and batches larger than the queue."""
     fused, ref = _pair(queue_size=queue_size, enqueue=enqueue)
@@ -53,6 +69,21 @@ def test_enqueue_before_includes_own_teacher_embedding():
     z_t = torch.nn.functional.normalize(fused.embed_t(f), dim=1)
     assert_close("queue[0:4]", fused.queue[:4], z_t, 1e-6, 1e-6)
     assert int(fused.ptr) == 4
+
+
+@pytest.mark.parametrize("queue_size,batch,start", [(5, 7, 3), (50, 7, 46), (12, 12, 5), (12, 25, 11), (9, 1, 8),
+                                                     (16, 4, 0)])
+def test_fifo_enqueue_matches_one_by_one_writes(queue_size, batch, start):
+    """Any B against N (smaller, equal, larger, N % B != 0), any start: the queue and
+    pointer a row-by-row FIFO leaves, over three calls."""
+    queue, ptr = torch.randn(queue_size, 3, device=DEVICE), torch.tensor([start], device=DEVICE)
+    expected_queue, expected_ptr = queue.clone(), ptr.clone()
+    for _ in range(3):
+        keys = torch.randn(batch, 3, device=DEVICE)
+        fifo_enqueue_(queue, ptr, keys)
+        _naive_enqueue_(expected_queue, expected_ptr, keys)
+        assert torch.equal(queue, expected_queue) and torch.equal(ptr, expected_ptr)
+        assert ptr.dtype == torch.long and ptr.shape == (1,)
 
 
 def test_fifo_enqueue_wraps_and_keeps_last_rows():
@@ -123,6 +154,39 @@ def test_bad_constructor_arguments(kwargs, match):
         RRDLoss(8, 8, **kwargs)
 
 
+@pytest.mark.parametrize("backend", backends("shared_bank_contrast"))
+@pytest.mark.parametrize("enqueue", ["before", "after"])
+def test_bf16_queue_steps_match_reference(backend, enqueue, naive_reference_queue):
+    """A bf16 queue against the float64 reference holding the same bf16-rounded rows:
+    loss, student gradient and queue (each enqueued row rounded once to bf16) over steps."""
+    fused, ref = _pair(queue_size=20, enqueue=enqueue)
+    fused.queue = fused.queue.bfloat16()
+    with torch.no_grad():
+        ref.queue.copy_(fused.queue.double())
+    with rdkernels.use_backend(backend):
+        for step in range(3):
+            f_s, f_t = torch.randn(6, 24, device=DEVICE), torch.randn(6, 40, device=DEVICE)
+            fused.zero_grad()
+            ref.zero_grad()
+            loss = fused(f_s, f_t)
+            expected = ref(f_s.double(), f_t.double())
+            loss.backward()
+            expected.backward()
+            # the reference scores with the exact teacher rows, the fused loss with their bf16
+            # rounding (enqueue='before' this step, and every step after the first): logits up
+            # to 1/tau_s = 50 times a 2^-9 relative rounding
+            loose = enqueue == "before" or step > 0
+            tol = (2e-2, 2e-2) if loose else (5e-4, 1e-4)
+            assert_close(f"loss step {step}", loss, expected, *tol)
+            assert_close(f"embed_s.weight grad step {step}", fused.embed_s.weight.grad, ref.embed_s.weight.grad,
+                         tol[0], 5 * tol[1])
+            assert fused.queue.dtype == torch.bfloat16
+            assert_close("queue", fused.queue, ref.queue.bfloat16(), 0, 0)
+            assert torch.equal(fused.ptr, ref.ptr)
+            with torch.no_grad():
+                ref.queue.copy_(fused.queue.double())  # keep both on the same rounded rows
+
+
 def test_accepts_4d_features_and_half_queue():
     """Pooled feature maps are flattened; a bf16 queue (module.to(bf16)) still scores in fp32."""
     loss = RRDLoss(8 * 2 * 2, 12, feat_dim=16, queue_size=32)
@@ -162,9 +226,27 @@ def test_momentum_variant_matches_reference(backend):
             expected.backward()
             assert_close(f"loss step {step}", loss, expected, 1e-5, 1e-5)
             assert_close("embed_s.weight grad", fused.embed_s.weight.grad, ref.embed_s.weight.grad, 1e-5, 1e-3)
+            assert_close("embed_s.bias grad", fused.embed_s.bias.grad, ref.embed_s.bias.grad, 1e-5, 1e-3)
+            assert fused.embed_t.weight.grad is None and ref.embed_t.weight.grad is None
             assert_close("student bank", fused.memory_s.memory, ref.memory_s.memory, 1e-6, 1e-5)
             assert_close("teacher bank", fused.memory_t.memory, ref.memory_t.memory, 1e-6, 1e-5)
             assert_close("params", fused.params, ref.params, 1e-6, 1e-5)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(nce_k=0), "nce_k must be a positive int"),
+    (dict(nce_k=-2), "nce_k must be a positive int"),
+    (dict(nce_k=2.5), "nce_k must be an integer"),
+    (dict(n_data=0), "n_data must be a positive int"),
+    (dict(nce_m=2.0), "nce_m must lie in"),
+    (dict(nce_t=0.0), "nce_t must be a positive"),
+    (dict(tau_s=-1.0), "tau_s must be a positive"),
+    (dict(tau_t=float("inf")), "tau_t must be a positive"),
+])
+def test_momentum_variant_bad_constructor_arguments(kwargs, match):
+    args = dict(s_dim=8, t_dim=12, n_data=30, feat_dim=16, nce_k=4)
+    with pytest.raises((ValueError, TypeError), match=match):
+        RRDMomentumLoss(**dict(args, **kwargs))
 
 
 def test_momentum_variant_samples_and_loads_reference_keys():
@@ -185,6 +267,36 @@ def test_momentum_variant_samples_and_loads_reference_keys():
     assert torch.equal(loss.memory_s.memory, before)
 
 
+@pytest.mark.parametrize("change,match", [
+    (dict(contrast_idx=torch.full((3, 5), 30)), "contrast_idx holds values in"),
+    (dict(contrast_idx=torch.full((3, 5), -1)), "contrast_idx holds values in"),
+    (dict(contrast_idx=torch.zeros(4, 5, dtype=torch.long)), "contrast_idx has 4 rows"),
+    (dict(contrast_idx=torch.zeros(3, 1, dtype=torch.long)), "contrast_idx must have at least 2 columns"),
+    (dict(contrast_idx=torch.zeros(3, 5)), "contrast_idx must have dtype"),
+    (dict(contrast_idx=torch.zeros(5, dtype=torch.long)), "contrast_idx must have 2 dimensions"),
+    (dict(idx=torch.tensor([0, 1])), "idx has 2 entries"),
+    (dict(idx=torch.tensor([0.0, 1.0, 2.0])), "idx must have dtype"),
+    (dict(idx=torch.tensor([0, 5, 30])), "idx holds values in"),
+    (dict(f_s=torch.randn(3, 9)), "f_s has 9 features"),
+    (dict(f_t=torch.randn(4, 12)), "f_t has size 4 in dimension 0"),
+])
+def test_momentum_variant_bad_input_leaves_z_and_banks_untouched(change, match):
+    """On the first call (Z still unset) as on later ones: a refused call changes no state."""
+    loss = RRDMomentumLoss(8, 12, n_data=30, feat_dim=16, nce_k=4)
+    args = dict(f_s=torch.randn(3, 8), f_t=torch.randn(3, 12), idx=torch.tensor([0, 5, 29]),
+                contrast_idx=torch.randint(0, 30, (3, 5)))
+    for call in range(2):
+        before = {k: v.clone() for k, v in loss.state_dict().items()}
+        with pytest.raises((ValueError, TypeError), match=match):
+            loss(**dict(args, **change))
+        for k, v in loss.state_dict().items():
+            assert torch.equal(v, before[k]), (call, k)
+        if call == 0:
+            assert (loss.params[2:4] == -1).all()
+            loss(**args)  # a good call sets Z; the next bad one must keep it
+            assert (loss.params[2:4] > 0).all()
+
+
 # ------------------------------------------------------------- regressions
 
 def _rrd_step_grads(module, inputs, steps_per_backward):
@@ -200,7 +312,7 @@ def _rrd_step_grads(module, inputs, steps_per_backward):
 
 
 @pytest.mark.parametrize("enqueue,steps_per_backward", [("after", 1), ("before", 2), ("after", 2)])
-def test_train_teacher_projection_backward_after_enqueue(enqueue, steps_per_backward):
+def test_train_teacher_projection_backward_after_enqueue(enqueue, steps_per_backward, naive_reference_queue):
     """The teacher logits' backward must not see the queue the enqueue rewrote in
     place (enqueue='after' every step; 'before' when two forwards share a backward)."""
     fused, ref = _pair(queue_size=12, enqueue=enqueue, train_teacher_proj=True)

@@ -43,6 +43,23 @@ def test_steps_match_reference(backend, b, cost, gp_weight):
                          atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", backends("sinkhorn"))
+@pytest.mark.parametrize("cost", ["cosine", "sqeuclidean"])
+def test_early_stop_matches_reference(backend, cost):
+    """With tol, the local part stops on the marginal error as the reference's loop does:
+    loss and gradients over two steps (the local part alone, so the OT term is what is checked)."""
+    fused, reference = make_pair(backend, cost=cost, lambda_global=0.0, eps=0.2, iters=200, tol=1e-3)
+    for step_no in range(2):
+        inputs = batch(6, 9)
+        loss, gs, gt, grads = bank_loss_step(fused, *inputs, torch.float32)
+        r_loss, r_gs, r_gt, r_grads = bank_loss_step(reference, *inputs, torch.float64)
+        assert_close(f"step {step_no} loss", loss, r_loss, atol=1e-5, rtol=1e-5)
+        assert_close(f"step {step_no} d f_s", gs, r_gs, atol=1e-6, rtol=1e-4)
+        assert_close(f"step {step_no} d f_t", gt, r_gt, atol=1e-6, rtol=1e-4)
+        for name in grads:
+            assert_close(f"step {step_no} d {name}", grads[name], r_grads[name], atol=1e-6, rtol=1e-4)
+
+
 @pytest.mark.parametrize("part", ["global", "local"])
 def test_parts_separately(part):
     """Each part alone matches the reference (so neither hides an error in the other)."""
@@ -121,7 +138,8 @@ def test_bad_arguments(kw, match):
 
 @pytest.mark.parametrize("which,match", [
     ("f_s", "f_s must be"), ("idx_range", "idx holds values in"), ("idx_len", "idx has size"),
-    ("cidx", "contrast_idx must have at least 2 columns")])
+    ("cidx", "contrast_idx must have at least 2 columns"), ("nan", "cost holds NaN or inf"),
+    ("cidx_range", "contrast_idx holds values in")])
 def test_bad_inputs_leave_banks_untouched(which, match):
     fused = rdkernels.WCoRDLoss(S_DIM, T_DIM, N_DATA, feat_dim=FEAT, nce_k=5).to(DEVICE)
     before = {k: v.clone() for k, v in fused.state_dict().items()}
@@ -133,6 +151,12 @@ def test_bad_inputs_leave_banks_untouched(which, match):
         idx[0] = N_DATA
     elif which == "idx_len":
         idx = idx[:3]
+    elif which == "nan":  # reaches the OT cost: refused there, before the bank update
+        f_s = f_s.clone()
+        f_s[1, 2] = float("nan")
+    elif which == "cidx_range":
+        cidx = cidx.clone()
+        cidx[2, 3] = N_DATA
     else:
         cidx = cidx[:, :1].contiguous()
     with pytest.raises((ValueError, TypeError), match=match):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import DEVICE, backends
 from rdkernels.backend import available_backends
-from helpers import assert_close, tolerance, unit_rows
+from helpers import assert_close, unit_rows
 
 from rdkernels.ops.bank_contrast import STRATEGIES, bank_contrast, bank_contrast_reference, estimate_nce_z
 from rdkernels.ops.bank_contrast.cost_model import choose_strategy, estimate_times
@@ -35,7 +35,7 @@ def _z(query, bank, idx, n_data):
     return estimate_nce_z(query.float(), bank.float(), idx, temperature=TEMPERATURE, n_data=n_data, backend="torch")
 
 
-def _check(backend, strategy, epilogue, query, bank, idx, atol, rtol):
+def _check(backend, strategy, epilogue, query, bank, idx, atol, rtol, grad_tol=None):
     n = bank.shape[0]
     z = _z(query, bank, idx, n) if epilogue == "nce" else None
     q64 = query.detach().to(torch.float64).requires_grad_()
@@ -54,7 +54,8 @@ def _check(backend, strategy, epilogue, query, bank, idx, atol, rtol):
     (out * weights.float()).sum().backward()
     assert q.grad.dtype == query.dtype
     gscale = max(1.0, q64.grad.abs().max().item())
-    assert_close(f"{epilogue} grad", q.grad, q64.grad, atol * gscale, rtol)
+    g_atol, g_rtol = grad_tol or (atol, rtol)
+    assert_close(f"{epilogue} grad", q.grad, q64.grad, g_atol * gscale, g_rtol)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}_K{}_N{}_d{}".format(*s))
@@ -76,8 +77,11 @@ def test_matches_reference(backend, strategy, epilogue, shape):
 def test_dtypes(backend, strategy, epilogue, dtypes):
     q_dtype, bank_dtype, idx_dtype = dtypes
     query, bank, idx = _inputs(6, 41, 160, 128, q_dtype, bank_dtype, idx_dtype)
-    atol, rtol = tolerance(q_dtype, bank_dtype)
-    _check(backend, strategy, epilogue, query, bank, idx, atol, rtol)
+    # The reference scores the same rounded query and bank and accumulation is fp32,
+    # so the values carry fp32 error only; the gradient is returned in the query's
+    # dtype: one rounding (2^-8 relative in bf16, 2^-11 in fp16) on top.
+    g_rtol = {torch.float32: 1e-4, torch.float16: 1e-3, torch.bfloat16: 8e-3}[q_dtype]
+    _check(backend, strategy, epilogue, query, bank, idx, 1e-4, 1e-4, grad_tol=(1e-5, g_rtol))
 
 
 @pytest.mark.parametrize("strategy", STRATEGY_PARAMS)

@@ -46,9 +46,11 @@ def test_matches_reference(backend, batch, dim, n_rows, q_dtype, queue_dtype):
     assert loss.dtype == torch.float32 and loss.shape == (batch,)
     assert q_s.grad.dtype == q_dtype
     assert_close("loss", loss, exp_loss, *_loss_tol(q_dtype, queue_dtype))
-    atol, rtol = tolerance(q_dtype, torch.float32)
-    # dq is O(1/tau_s); the narrow-dtype bound is the rounding of the returned gradient
-    assert_close("dq_s", q_s.grad, exp_grad, atol * 50, max(rtol, 1e-4))
+    # dq is O(1/tau_s) and computed in fp32 on the same rounded inputs: the only
+    # narrow-dtype error is the rounding of the returned gradient (2^-8 relative in
+    # bf16, 2^-11 in fp16), so the bound is relative, with the fp32 floor as atol.
+    rtol = {torch.float32: 1e-4, torch.float16: 1e-3, torch.bfloat16: 8e-3}[q_dtype]
+    assert_close("dq_s", q_s.grad, exp_grad, 5e-4, rtol)
 
 
 @pytest.mark.parametrize("splits", [1, 3, 100])

@@ -243,14 +243,17 @@ def test_early_stop_on_device(backend, n, m, eps_list, iters):
 
 
 @pytest.mark.parametrize("backend", backends("sinkhorn"))
-def test_small_eps_stable_fp32(backend):
-    """eps = 1e-3 with costs in [0, 4]: log-domain updates stay finite in fp32."""
-    C = torch.rand(2, 5, 7, device=DEVICE) * 4
-    a, b = _marginal(2, 5, False), _marginal(2, 7, False)
-    res = sinkhorn(C, a, b, eps=1e-3, max_iters=30, return_plan=True, backend=backend)
-    f, g, total, plan, _ = _f64_reference(C, a, b, 1e-3, 30)
+@pytest.mark.parametrize("P,n,m,iters", [(2, 5, 7, 30), (1, 100, 40, 8), (1, 3, 300, 6)],
+                         ids=["resident", "streamed", "tiled"])
+def test_small_eps_stable_fp32(backend, P, n, m, iters):
+    """eps = 1e-3 with costs in [0, 4] (C / eps up to 4000): the log-domain updates stay
+    finite in fp32 on every execution path and track the float64 iterates to fp32
+    precision (a scaling-domain kernel would underflow exp(-C / eps) to 0 here)."""
+    C = torch.rand(P, n, m, device=DEVICE) * 4
+    a, b = _marginal(P, n, False), _marginal(P, m, False)
+    res = sinkhorn(C, a, b, eps=1e-3, max_iters=iters, return_plan=True, backend=backend)
     assert torch.isfinite(res.f).all() and torch.isfinite(res.g).all() and torch.isfinite(res.plan).all()
-    assert_close("cost", res.cost, total, atol=5e-3, rtol=5e-3)
+    _assert_matches_f64(res, _f64_reference(C, a, b, 1e-3, iters), 1e-3)
     assert_close("plan col sums", res.plan.sum(1), b, atol=1e-4, rtol=1e-3)
 
 
@@ -264,6 +267,41 @@ def test_zero_mass_rows(backend):
     assert torch.equal(res.plan[a == 0], torch.zeros_like(res.plan[a == 0]))
     assert_close("cost", res.cost, ref[2], atol=1e-5, rtol=1e-4)
     assert_close("plan", res.plan, ref[3], atol=1e-6, rtol=1e-3)
+
+
+def _sparse_marginal(P, n):
+    """Non-uniform, about a third of the entries exactly 0 (never all of them)."""
+    x = torch.rand(P, n, dtype=torch.float64, device=DEVICE) + 0.2
+    x[torch.rand(P, n, device=DEVICE) < 0.3] = 0
+    x[:, 0] += 0.1
+    return (x / x.sum(dim=1, keepdim=True)).float()
+
+
+@pytest.mark.parametrize("backend", backends("sinkhorn"))
+@pytest.mark.parametrize("P,n,m,iters", [(2, 5, 7, 10), (1, 100, 40, 5), (1, 3, 300, 4)],
+                         ids=["resident", "streamed", "tiled"])
+def test_zero_mass_rows_and_columns_every_path(backend, P, n, m, iters):
+    """Zeros in a and in b (log 0 = -inf inside the kernels) on each execution path,
+    with and without the early stop: the same iterates as float64, zero plan rows/columns."""
+    C = torch.rand(P, n, m, device=DEVICE) * 4
+    a, b = _sparse_marginal(P, n), _sparse_marginal(P, m)
+    for tol in (None, 1e-3):
+        res = sinkhorn(C, a, b, eps=0.1, max_iters=iters, tol=tol, return_plan=True, backend=backend)
+        _assert_matches_f64(res, _f64_reference(C, a, b, 0.1, iters, tol), 0.1)
+        assert (res.plan.permute(0, 2, 1)[b == 0] == 0).all() and (res.plan[a == 0] == 0).all()
+
+
+@pytest.mark.parametrize("backend", backends("sinkhorn"))
+@pytest.mark.parametrize("P,n,m,iters", [(3, 6, 9, 12), (2, 120, 50, 5), (1, 257, 3, 4)],
+                         ids=["resident", "streamed", "tiled"])
+def test_default_uniform_marginals_every_path(backend, P, n, m, iters):
+    """a = b = None takes the cached uniform marginals (and their cached logs) into
+    the kernels: the same result as the float64 reference with explicit 1/n, 1/m."""
+    C = torch.rand(P, n, m, device=DEVICE) * 4
+    a, b = _marginal(P, n, True), _marginal(P, m, True)
+    for tol in (None, 1e-3):
+        res = sinkhorn(C, eps=0.1, max_iters=iters, tol=tol, return_plan=True, backend=backend)
+        _assert_matches_f64(res, _f64_reference(C, a, b, 0.1, iters, tol), 0.1)
 
 
 def test_shared_marginals_and_defaults():
@@ -311,6 +349,74 @@ def test_gradient_matches_finite_differences_of_entropic_value():
     assert_close("finite differences", fd, (res.plan * E).sum((1, 2)), atol=1e-8, rtol=1e-6)
 
 
+@pytest.mark.parametrize("backend", backends("sinkhorn"))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_path_gradient_matches_float64_envelope(backend, dtype):
+    """Each backend's d cost / d C against the float64 reference's converged plan on the
+    same (rounded) cost, and its directional derivative against central finite
+    differences of the float64 entropic value <a, f> + <b, g>: neither side shares
+    the fast path's iterations."""
+    P, n, m, eps = 2, 5, 7, 0.25
+    C = (torch.rand(P, n, m, device=DEVICE) * 2).to(dtype)
+    a, b = _marginal(P, n, False), _marginal(P, m, False)
+    leaf = C.clone().requires_grad_()
+    res = sinkhorn(leaf, a, b, eps=eps, max_iters=300, tol=1e-6, backend=backend)
+    w = torch.rand(P, device=DEVICE) + 0.5
+    (res.cost * w).sum().backward()
+    assert leaf.grad.dtype == dtype and int(res.n_iters.max()) < 300
+    C64, a64, b64 = C.double(), a.double(), b.double()
+    ref = sinkhorn(C64, a64, b64, eps=eps, max_iters=20000, tol=1e-13, return_plan=True, backend="torch")
+    # fp32 potentials at tol 1e-6; bf16: the gradient is returned in the cost's dtype
+    atol, rtol = (1e-6, 1e-4) if dtype == torch.float32 else (1e-4, 8e-3)
+    assert_close("dC vs float64 plan", leaf.grad, w[:, None, None] * ref.plan, atol=atol, rtol=rtol)
+
+    def value(Cx):
+        r = sinkhorn(Cx, a64, b64, eps=eps, max_iters=20000, tol=1e-13, backend="torch")
+        return (a64 * r.f).sum(1) + (b64 * r.g).sum(1)
+
+    E = torch.randn_like(C64)
+    h = 1e-5
+    fd = (value(C64 + h * E) - value(C64 - h * E)) / (2 * h)
+    assert_close("dC . E vs finite differences", ((leaf.grad.double() / w[:, None, None]) * E).sum((1, 2)), fd,
+                 atol=10 * atol, rtol=rtol)
+
+
+class _HostReads:
+    """Counts host reads of tensor values (bool(t), t.item(), float(t), int(t), t.tolist())."""
+    NAMES = ("__bool__", "item", "__float__", "__int__", "__index__", "tolist")
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        for name in self.NAMES:
+            monkeypatch.setattr(torch.Tensor, name, self._counting(getattr(torch.Tensor, name)))
+
+    def _counting(self, original):
+        def read(tensor, *args, **kwargs):
+            self.count += 1
+            return original(tensor, *args, **kwargs)
+        return read
+
+
+@pytest.mark.parametrize("backend", backends("sinkhorn"))
+@pytest.mark.parametrize("P,n,m", [(2, 6, 9), (1, 3, 257)], ids=["fused", "tiled"])
+def test_early_stop_reads_the_host_once_per_check_every(backend, P, n, m, monkeypatch):
+    """The convergence test runs on the device: with tol and the value checks off, a
+    call reads tensor values on the host at most once every check_every iterations
+    (the one-launch kernels never), not once per iteration."""
+    C = torch.rand(P, n, m, device=DEVICE) * 4
+    a, b = _marginal(P, n, False), _marginal(P, m, False)
+    fused = backend != "torch" and max(n, m) <= 256
+    iters = 12
+    for check_every in (1, 5):
+        reads = _HostReads(monkeypatch)
+        res = sinkhorn(C, a, b, eps=1e-3, max_iters=iters, tol=1e-12, check_every=check_every, backend=backend,
+                       check_inputs=False)
+        n_reads = reads.count
+        monkeypatch.undo()
+        assert res.n_iters.tolist() == [iters] * P  # tol 1e-12 is never met: every poll said "not done"
+        assert n_reads == (0 if fused else (iters - 1) // check_every), (check_every, n_reads)
+
+
 def test_opcheck():
     from rdkernels.ops.sinkhorn import _sinkhorn_op
     C = torch.rand(2, 3, 4, device=DEVICE, requires_grad=True)
@@ -350,10 +456,45 @@ def _args(**kw):
     (dict(max_iters=5.0), "max_iters must be an integer, got float"),
     (dict(check_every=True), "check_every must be an integer, got bool"),
     (dict(tol=True), "tol must be a real number, got bool"),
+    (dict(cost=torch.rand(0, 3, 4)), "cost is empty"),
+    (dict(cost=torch.rand(2, 0, 4)), "cost is empty"),
+    (dict(cost=torch.rand(2, 3, 0)), "cost is empty"),
+    (dict(cost=torch.tensor([[[0.0, -float("inf")]]])), "cost holds NaN or inf"),
+    (dict(cost=torch.tensor([[[0.0, float("nan")]]], dtype=torch.bfloat16)), "cost holds NaN or inf"),
+    (dict(cost=torch.tensor([[[0.0, float("inf")]]], dtype=torch.float16)), "cost holds NaN or inf"),
+    (dict(cost=[[[0.0, 1.0]]]), "cost must be a torch.Tensor"),
+    (dict(a=torch.full((2, 3, 1), 1 / 3)), "a must have 1 or 2 dimensions"),
+    (dict(a=torch.full((3, 3), 1 / 3)), r"a must have shape \(2, 3\)"),
+    (dict(b=torch.full((5,), 0.2)), "b has 5 entries"),
+    (dict(a=torch.tensor([float("inf"), 0.5, 0.5])), "a holds NaN or inf"),
+    (dict(b=torch.tensor([0.25, 0.25, 0.25, float("nan")])), "b holds NaN or inf"),
+    (dict(a=torch.tensor([1 / 3, 1 / 3, 1 / 3 + 1e-4])), "equal total mass"),
+    (dict(a=torch.zeros(3)), "a has a problem with zero total mass"),
+    (dict(eps=float("inf")), "eps must be a positive"),
+    (dict(tol=float("nan")), "tol must be None or a finite number"),
+    (dict(tol=float("inf")), "tol must be None or a finite number"),
+    (dict(max_iters=-3), "max_iters must be a positive int"),
+    (dict(check_every=0), "check_every must be a positive int"),
 ])
 def test_bad_input_raises(bad, match):
     with pytest.raises((ValueError, TypeError), match=match):
         sinkhorn(**_args(**bad))
+
+
+@pytest.mark.parametrize("backend", [p for p in backends("sinkhorn") if p.id != "torch"])
+@pytest.mark.parametrize("bad,match", [
+    (dict(cost=torch.tensor([[[0.0, float("nan")], [1.0, 2.0]]])), "cost holds NaN or inf"),
+    (dict(a=torch.tensor([0.5, 0.6, -0.1])), "a holds negative"),
+    (dict(a=torch.tensor([0.5, 0.3, 0.3])), "equal total mass"),
+    (dict(eps=0.0), "eps must be a positive"),
+])
+def test_bad_input_raises_on_kernel_backends(backend, bad, match):
+    """The value checks run before dispatch: a kernel backend refuses the same inputs."""
+    args = _args(**bad)
+    args["cost"] = args["cost"].to(DEVICE)
+    args.update({k: v.to(DEVICE) for k, v in args.items() if k in ("a", "b") and v is not None})
+    with pytest.raises(ValueError, match=match):
+        sinkhorn(**args, backend=backend)
 
 
 def test_numpy_scalars():
@@ -431,3 +572,29 @@ def test_one_64x64_problem_is_one_kernel_launch(backend):
         torch.cuda.synchronize()
     kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     assert len(kernels) == 1, kernels
+
+
+FULL_SIZES = (1, 3, 64, 100, 256, 300)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", [p for p in backends("sinkhorn") if p.id != "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("eps", [1.0, 0.1, 0.01])
+def test_full_sweep_matches_reference_gpu(backend, dtype, eps):
+    """The issue's whole grid on a GPU (the interpreter runs SWEEP's subset): every
+    P in {1, 7, 64} x n != m in FULL_SIZES, non-uniform marginals, fixed iterations
+    and the early stop."""
+    for P in (1, 7, 64):
+        for n, m in itertools.permutations(FULL_SIZES, 2):
+            C = (torch.rand(P, n, m, device=DEVICE) * 4).to(dtype)
+            a, b = _marginal(P, n, False), _marginal(P, m, False)
+            case = f"P={P} n={n} m={m}"
+            res = sinkhorn(C, a, b, eps=eps, max_iters=20, return_plan=True, backend=backend)
+            try:
+                _assert_matches_f64(res, _f64_reference(C, a, b, eps, 20), eps)
+            except AssertionError as e:
+                raise AssertionError(f"{case}: {e}") from None
+            ref = _f64_reference(C, a, b, eps, 60, 1e-4)
+            res = sinkhorn(C, a, b, eps=eps, max_iters=60, tol=1e-4, backend=backend)
+            assert (res.n_iters.cpu() - ref[4].cpu()).abs().max() <= 1, case

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rdkernels import backend as _backend
-from rdkernels._validation import check_positive
+from rdkernels._validation import check_in_unit_interval, check_positive, check_positive_int
 from rdkernels.losses._queue import fifo_enqueue_
 from rdkernels.losses.dcd import _check_pair, _embed
 from rdkernels.ops.shared_bank_contrast import _resolve as _resolve_shared_bank_contrast
@@ -171,6 +171,9 @@ class RRDMomentumLoss(nn.Module):
 
         for name, value in (("nce_t", nce_t), ("tau_s", tau_s), ("tau_t", tau_t)):
             check_positive(name, value)
+        check_positive_int("n_data", n_data)
+        check_positive_int("nce_k", nce_k)  # K = 0 would score the positive alone: loss 0, no gradient
+        check_in_unit_interval("nce_m", nce_m)
         self.s_dim, self.t_dim, self.feat_dim = int(s_dim), int(t_dim), int(feat_dim)
         self.n_data, self.nce_k = int(n_data), int(nce_k)
         self.nce_t, self.tau_s, self.tau_t = float(nce_t), float(tau_s), float(tau_t)
@@ -203,6 +206,9 @@ class RRDMomentumLoss(nn.Module):
             check_tensor("contrast_idx", contrast_idx, ndim=2, dtypes=INDEX_DTYPES, device=bank_device)
             if contrast_idx.shape[0] != check_dim_:
                 raise ValueError(f"contrast_idx has {contrast_idx.shape[0]} rows but the batch has {check_dim_}")
+            if contrast_idx.shape[1] < 2:  # one column: a softmax over the positive alone, loss 0, no gradient
+                raise ValueError("contrast_idx must have at least 2 columns (the positive and a negative), "
+                                 f"got shape {tuple(contrast_idx.shape)}")
             check_index_range("contrast_idx", contrast_idx, self.n_data)
         z_s = _embed(self.embed_s, f_s)
         with torch.no_grad():
