@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -40,16 +42,20 @@ def _kernel_ms(fn, iters: int) -> float:
 
 def _graph_ms(fn, iters: int) -> float | None:
     """ms per replay of ``fn`` recorded as a CUDA graph; None if it cannot be captured."""
+    stream = torch.cuda.current_stream()
     side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
+    side.wait_stream(stream)
     with torch.cuda.stream(side):  # warm-up off the capture stream, as torch's docs prescribe
         fn()
-    torch.cuda.current_stream().wait_stream(side)
+    stream.wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     try:
         with torch.cuda.graph(graph):
             fn()
-    except RuntimeError:
+    except Exception:  # a host read, a pageable copy, an allocation the graph cannot own...
+        # torch.cuda.graph leaves its capture stream current when capture_end raises:
+        # put this one back, or every later measurement would run on the capture stream
+        torch.cuda.set_stream(stream)
         torch.cuda.synchronize()
         return None
     graph.replay()
@@ -82,7 +88,7 @@ def measure(fn, iters: int) -> dict:
     return {"wall_ms": wall, "host_ms": host, "gpu_ms": _kernel_ms(fn, iters), "graph_ms": _graph_ms(fn, iters)}
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.splitlines()[0])
     p.add_argument("--op", action="append", choices=OP_MODULES, metavar="OP")
     p.add_argument("--preset", choices=("cifar", "imagenet"))
@@ -91,11 +97,12 @@ def main(argv=None) -> int:
     p.add_argument("--impl", action="append", default=None, help="only these implementations (repeatable)")
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--json", default=None, help="also write the rows here")
-    args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("benchmarks.overhead needs a CUDA device")
-    device = torch.device("cuda")
-    ops, _ = load_ops(args.op)
+    return p.parse_args(argv)
+
+
+def measure_ops(ops, device: torch.device, args: argparse.Namespace, timer=measure) -> list[dict]:
+    """One row per (op, case, implementation) that can run on ``device``, printed as it
+    comes; ``timer(fn, iters)`` is :func:`measure` (replaceable to test the plumbing)."""
     rows = []
     print(f"{'op':<22} {'case':<44} {'impl':<16} {'wall ms':>8} {'host ms':>8} {'gpu ms':>8} {'graph ms':>8}")
     for op in ops:
@@ -111,19 +118,41 @@ def main(argv=None) -> int:
                 mode = "fwd+bwd" if op.differentiable else "fwd"
                 try:
                     with _index_checks(False):
-                        r = measure(_mode_fn(op, impl, inputs, mode), args.iters)
+                        r = timer(_mode_fn(op, impl, inputs, mode), args.iters)
                 except Exception as exc:  # report and go on: one broken impl should not hide the rest
-                    print(f"{op.name:<22} {case.label:<44} {impl.name:<16} failed: {exc}")
+                    print(f"{op.name:<22} {case.label:<44} {impl.name:<16} failed: {exc}", flush=True)
                     continue
                 rows.append(dict(op=op.name, case=case.label, impl=impl.name, mode=mode, **r))
                 graph = "-" if r["graph_ms"] is None else f"{r['graph_ms']:8.3f}"
                 print(f"{op.name:<22} {case.label:<44} {impl.name:<16} {r['wall_ms']:8.3f} {r['host_ms']:8.3f} "
                       f"{r['gpu_ms']:8.3f} {graph:>8}", flush=True)
+    return rows
+
+
+def write_record(path, rows: list[dict], device_name: str, args: argparse.Namespace) -> Path:
+    """The rows with what they were measured on and with (the folder is made if missing)."""
+    from benchmarks.report import utc_now, versions
+
+    record = {"device": device_name, "torch": torch.__version__, "versions": versions(),
+              "command": " ".join(["python", "-m", "benchmarks.overhead", *sys.argv[1:]]),
+              "written_utc": utc_now(), "iters": args.iters, "rows": rows}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks.overhead needs a CUDA device")
+    device = torch.device("cuda", torch.cuda.current_device())
+    ops, skipped = load_ops(args.op)
+    for s in skipped:
+        print(f"skipping {s['op']}: {s['reason']}", file=sys.stderr)
+    rows = measure_ops(ops, device, args)
     if args.json:
-        record = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__,
-                  "iters": args.iters, "rows": rows}
-        with open(args.json, "w") as fh:
-            json.dump(record, fh, indent=1)
+        print(f"JSON: {write_record(args.json, rows, torch.cuda.get_device_name(device), args)}")
     return 0
 
 

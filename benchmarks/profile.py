@@ -16,15 +16,20 @@ from torch.profiler import ProfilerActivity, profile
 from rdkernels.ops import bank_contrast
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.splitlines()[0])
     for name, default in (("B", 64), ("K", 16384), ("N", 50000), ("d", 128)):
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--iters", type=int, default=20)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.profile needs a CUDA device")
-    dev = torch.device("cuda")
+    dev = torch.device("cuda", torch.cuda.current_device())
+    print(_header(dev, args))
     q = torch.nn.functional.normalize(torch.randn(args.B, args.d, device=dev), dim=1)
     bank = torch.nn.functional.normalize(torch.randn(args.N, args.d, device=dev), dim=1)
     idx = torch.randint(0, args.N, (args.B, args.K + 1), device=dev)
@@ -56,6 +61,16 @@ def main() -> None:
             table = prof.key_averages()
             print(table.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
             print(table.table(sort_by="self_cuda_time_total", row_limit=8, max_name_column_width=60))
+
+
+def _header(dev: torch.device, args: argparse.Namespace) -> str:
+    """What the tables were measured on: the output is saved as a bare text file."""
+    from benchmarks.report import versions
+
+    v = versions()
+    return (f"{torch.cuda.get_device_name(dev)}, torch {v['torch']}, triton {v['triton']}, CUDA {v['cuda']}, "
+            f"CUDA extension {'built' if v['rdkernels_cuda_extension'] else 'missing'}, commit {v['git_commit']}; "
+            f"B={args.B} K={args.K} N={args.N} d={args.d}, {args.iters} timed calls")
 
 
 if __name__ == "__main__":

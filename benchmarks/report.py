@@ -66,13 +66,22 @@ def versions() -> dict:
         out["rdkernels_cuda_extension"] = True
     except Exception:
         out["rdkernels_cuda_extension"] = False
-    try:
-        root = Path(__file__).resolve().parent.parent
-        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                           text=True, timeout=5).stdout.strip() or None
-    except Exception:
-        out["git_commit"] = None
+    out["git_commit"] = git_commit(Path(__file__).resolve().parent.parent)
     return out
+
+
+def git_commit(root: Path) -> str | None:
+    """HEAD's commit, or None where ``root`` has none (not a repository, or a copy of
+    the tree in a fresh one): ``git rev-parse HEAD`` there prints "HEAD" and fails,
+    which a record must not take for a commit."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "HEAD^{commit}"], cwd=root,
+                              capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() or None
 
 
 def command_line() -> str:

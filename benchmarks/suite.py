@@ -266,16 +266,33 @@ def run_case(op: OpBench, case: Case, device: torch.device, ceilings: Ceilings, 
     return rows
 
 
+def _grad_out_once():
+    """``_grad_out`` made on the first call and reused. A non-scalar loss's (Sinkhorn's
+    [P] costs) is built on the host and copied to the device: once per timed call, that
+    copy from pageable memory is a stream sync that inflates fwd+bwd times, makes the
+    call look host-bound and cannot be captured in a CUDA graph."""
+    made: dict = {}
+
+    def grad_out(loss: torch.Tensor) -> torch.Tensor:
+        key = (tuple(loss.shape), loss.dtype, loss.device)
+        if key not in made:
+            made[key] = _grad_out(loss)
+        return made[key]
+    return grad_out
+
+
 def _mode_fn(op: OpBench, impl: Impl, inputs: dict, mode: str):
     run = impl.prepare(inputs)
     key = impl.loss_key or op.loss_key
     if mode == "fwd":
         return run
     if mode == "fwd+bwd":
+        grad_out = _grad_out_once()
+
         def fwd_bwd():
             out = run()
             loss = out[key]
-            return torch.autograd.grad(loss, op.grad_inputs(inputs, out), _grad_out(loss))
+            return torch.autograd.grad(loss, op.grad_inputs(inputs, out), grad_out(loss))
         return fwd_bwd
     # bwd: one forward, untimed, kept alive; backward replayed on its graph.
     out = run()

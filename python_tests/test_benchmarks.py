@@ -4,6 +4,10 @@ implementation that computes the wrong thing is reported as wrong, not timed."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,5 +200,148 @@ def test_overhead_tool_measures_a_callable_or_says_it_needs_a_gpu():
     x = torch.randn(256, 256, device="cuda")
     r = overhead.measure(lambda: x @ x, iters=5)
     assert set(r) == {"wall_ms", "host_ms", "gpu_ms", "graph_ms"} and all(v > 0 for v in r.values())
-    # a call that reads a value on the host cannot be recorded: no graph time, no crash
+    # a call that reads a value on the host cannot be recorded: no graph time, no crash,
+    # and later work runs on the stream it ran on before (not the failed capture's)
+    stream = torch.cuda.current_stream()
     assert overhead.measure(lambda: float((x @ x).sum()), iters=3)["graph_ms"] is None
+    assert torch.cuda.current_stream() == stream
+    # a fwd+bwd whose loss is a [P] vector (a non-scalar upstream gradient, made once
+    # and not copied from the host on every call) can be recorded
+    ops, _ = load_ops(["sinkhorn"])
+    ops[0].extra_impls.append(Impl("squares", lambda inp: lambda: {"cost": (inp["C"] ** 2).sum(dim=(1, 2))}))
+    args = overhead.parse_args(["--impl", "squares", "--match", "P=16", "--iters", "3"])
+    rows = overhead.measure_ops(ops, torch.device("cuda"), args)
+    assert len(rows) == 1 and rows[0]["graph_ms"] is not None, rows
+
+
+def _fake_timer(fn, iters):
+    fn()   # the plumbing runs for real, on a CPU
+    return {"wall_ms": 2.0, "host_ms": 1.0, "gpu_ms": 0.5, "graph_ms": None}
+
+
+def test_overhead_rows_and_record_on_cpu(tmp_path, capsys):
+    """The overhead tool's loop and JSON, with its CUDA timer replaced: every
+    implementation that runs here gets a row, and the record names the device."""
+    from benchmarks import overhead
+    ops, _ = load_ops(["dcd", "bank_update"])
+    args = overhead.parse_args(["--op", "dcd", "--op", "bank_update", "--size", "quick", "--match", "B=64",
+                                "--iters", "2", "--json", str(tmp_path / "deep" / "overhead.json")])
+    rows = overhead.measure_ops(ops, CPU, args, timer=_fake_timer)
+    assert {(r["op"], r["impl"], r["mode"]) for r in rows} >= {("dcd", "naive", "fwd+bwd"), ("dcd", "torch", "fwd+bwd"),
+                                                                ("bank_update", "torch", "fwd")}
+    assert "failed" not in capsys.readouterr().out
+    path = overhead.write_record(args.json, rows, "Some GPU", args)
+    record = json.loads(path.read_text())
+    assert record["device"] == "Some GPU" and record["rows"] == rows and record["iters"] == 2
+    assert record["versions"]["torch"] == torch.__version__ and "git_commit" in record["versions"]
+
+
+def test_fwd_bwd_makes_its_upstream_gradient_once(monkeypatch):
+    """A non-scalar loss's upstream gradient is made on the first call, not on every
+    timed one: on a GPU each was built on the host and copied to the device, a stream
+    sync per call (inflated fwd+bwd times, no CUDA graph capture)."""
+    ops, _ = load_ops(["sinkhorn"])
+    op = ops[0]
+    case = op.cases("tiny", None)[0]
+    assert case.params["P"] > 1            # the loss is a [P] vector of costs
+    impl = next(i for i in op.all_implementations() if i.name == "torch")
+    made = []
+    make = suite._grad_out
+    monkeypatch.setattr(suite, "_grad_out", lambda t, *a: made.append(tuple(t.shape)) or make(t, *a))
+    fn = suite._mode_fn(op, impl, op.make_inputs(case, CPU, seed=1), "fwd+bwd")
+    first = fn()
+    for _ in range(3):
+        again = fn()
+    assert made == [(case.params["P"],)]
+    torch.testing.assert_close(again, first)
+
+
+def test_git_commit_is_none_without_a_commit(tmp_path):
+    from benchmarks.report import git_commit
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    assert git_commit(tmp_path) is None                       # not a repository
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    assert git_commit(tmp_path) is None                       # a repository without a commit: not "HEAD"
+
+
+# --- tools/gpu_session.sh, run with a stand-in for python --------------------------
+
+SESSION = Path(__file__).resolve().parent.parent / "tools" / "gpu_session.sh"
+FAKE_PYTHON = r"""#!/usr/bin/env bash
+{ printf '%s\x1f' "$@"; printf '\x1e'; } >> "$FAKE_CALLS"
+if [ "$1" = -c ]; then
+  case "$2" in *device_info*) echo "$FAKE_RESULTS";; esac
+  exit 0
+fi
+case "$*" in *"$FAKE_FAIL"*) echo "fake failure"; exit 1;; esac
+exit 0
+"""
+
+
+def _session(tmp_path, *phases, fail_on="no such argument"):
+    """Run the session script's phases with ``python`` replaced by a stand-in that
+    records its arguments (and fails the calls that contain ``fail_on``)."""
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not installed")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "python").write_text(FAKE_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    calls = tmp_path / "calls"
+    calls.write_text("")
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", LOGS=str(tmp_path / "logs"),
+               FAKE_CALLS=str(calls), FAKE_RESULTS=str(tmp_path / "results" / "some-gpu"), FAKE_FAIL=fail_on)
+    done = subprocess.run(["bash", str(SESSION), *phases], env=env, capture_output=True, text=True, timeout=60)
+    argvs = [call.split("\x1f")[:-1] for call in calls.read_text().split("\x1e")[:-1]]
+    return done, argvs
+
+
+def test_session_script_passes_flags_its_tools_take(tmp_path):
+    from benchmarks import overhead, profile
+    from rdkernels.harness.__main__ import _build_parser
+
+    done, argvs = _session(tmp_path, "overhead", "bench", "train")
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = str(tmp_path / "results" / "some-gpu")
+    modules = [argv[1] for argv in argvs if argv[0] == "-m"]
+    assert modules.count("benchmarks.overhead") == 2 and modules.count("benchmarks.profile") == 1
+    assert modules.count("benchmarks") == 1 and modules.count("rdkernels.harness") == 9
+    harness = _build_parser()[0]
+    distillers = []
+    for argv in argvs:
+        if argv[0] != "-m":
+            continue
+        module, rest = argv[1], argv[2:]
+        if module == "benchmarks.overhead":
+            assert overhead.parse_args(rest).json.startswith(results + "/")
+        elif module == "benchmarks.profile":
+            profile.parse_args(rest)
+        elif module == "benchmarks":
+            assert cli.parse_args(rest).quick
+        else:
+            args = harness.parse_args(rest)
+            assert args.command == "compare" and args.results == results and args.steps > args.warmup
+            distillers.append((args.distill, args.cuda_graph, args.amp))
+    assert sorted(distillers) == sorted([(d, g, False) for d in ("crd", "dcd", "rrd", "wcord") for g in (False, True)]
+                                        + [("crd", True, True)])
+    assert (tmp_path / "results" / "some-gpu" / "profile-bank_contrast.txt").exists()
+
+
+def test_session_script_fails_a_phase_when_any_command_fails(tmp_path):
+    # the first of the overhead phase's commands fails; the rest of the phase and the next phase still run
+    done, argvs = _session(tmp_path, "overhead", "bench", fail_on="--op sinkhorn")
+    assert done.returncode == 1
+    assert "=== overhead:" in done.stdout and "FAILED" in done.stdout.split("=== overhead:")[1].splitlines()[0]
+    modules = [argv[1] for argv in argvs if argv[0] == "-m"]
+    assert modules == ["benchmarks.overhead", "benchmarks.overhead", "benchmarks.profile", "benchmarks"]
+    # one failing compare does not hide the others
+    done, argvs = _session(tmp_path, "train", fail_on="--distill dcd --cuda-graph")
+    assert done.returncode == 1
+    assert sum(argv[1] == "rdkernels.harness" for argv in argvs if argv[0] == "-m") == 9
+
+
+def test_session_script_refuses_an_unknown_phase_before_running_any(tmp_path):
+    done, argvs = _session(tmp_path, "bench", "benchh")
+    assert done.returncode == 2 and "unknown phase: benchh" in done.stdout
+    assert argvs == []

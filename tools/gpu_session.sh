@@ -18,16 +18,19 @@ mkdir -p "$LOGS"
 export RDKERNELS_CHECK_INDICES=${RDKERNELS_CHECK_INDICES:-1}
 unset TRITON_INTERPRET
 
+# The folder `python -m benchmarks` writes to: benchmarks/results/<slug of the device name>.
 device_dir() {
-  python - <<'EOF'
-import re, torch
-print("benchmarks/results/" + re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-"))
-EOF
+  python -c 'import torch
+from benchmarks.__main__ import RESULTS
+from benchmarks.report import device_info
+print(RESULTS / device_info(torch.device("cuda"))["slug"])'
 }
 
+# A phase runs all its commands and fails if any of them failed: a function's status
+# is otherwise its last command's, which hides the failures before it.
 phase_build() {
   local arch
-  arch=$(python -c "import torch; print('%d%d' % torch.cuda.get_device_capability())")
+  arch=$(python -c "import torch; print('%d%d' % torch.cuda.get_device_capability())") || return 1
   RDKERNELS_BUILD_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} RDKERNELS_CUDA_ARCHS=$arch \
     python -m pip install --no-build-isolation --no-deps -v -e . > "$LOGS/build.log" 2>&1 \
     || { tail -n 60 "$LOGS/build.log"; return 1; }
@@ -40,19 +43,30 @@ print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton
 }
 
 phase_test() {
-  python -m pytest -q -n 8 -p no:cacheprovider python_tests 2>&1 | tee "$LOGS/tests.txt" | tail -n 25
+  local workers=()
+  # pytest-xdist comes with the test extra; without it, one process rather than a usage error
+  python -c "import xdist" 2> /dev/null && workers=(-n 8)
+  python -m pytest -q ${workers[@]+"${workers[@]}"} -p no:cacheprovider python_tests 2>&1 \
+    | tee "$LOGS/tests.txt" | tail -n 25
 }
 
 phase_overhead() {
-  local dir
-  dir=$(device_dir); mkdir -p "$dir"
+  local dir rc=0
+  dir=$(device_dir) || return 1
+  mkdir -p "$dir"
   # TRITON_PRINT_AUTOTUNING: the log records which launch candidate won, and each one's time
   TRITON_PRINT_AUTOTUNING=1 python -m benchmarks.overhead --op dcd --op shared_bank_contrast --op sinkhorn \
-    --op bank_contrast --json "$dir/overhead.json" 2>&1 | tee "$LOGS/overhead.txt"
+    --op bank_contrast --json "$dir/overhead.json" 2>&1 | tee "$LOGS/overhead.txt" || rc=1
   python -m benchmarks.overhead --op crd_step --preset cifar --json "$dir/overhead-crd_step-cifar.json" \
-    2>&1 | tee -a "$LOGS/overhead.txt"
-  # per-kernel times of both strategies at CIFAR-100 (the dense CSR build, kernel and merge)
-  python -m benchmarks.profile > "$dir/profile-bank_contrast.txt" 2> "$LOGS/profile.err" || tail -n 5 "$LOGS/profile.err"
+    2>&1 | tee -a "$LOGS/overhead.txt" || rc=1
+  # per-kernel times of both strategies at CIFAR-100 (the dense CSR build, kernel and merge);
+  # copied into the results only when complete
+  if python -m benchmarks.profile > "$LOGS/profile-bank_contrast.txt" 2> "$LOGS/profile.err"; then
+    cp "$LOGS/profile-bank_contrast.txt" "$dir/profile-bank_contrast.txt"
+  else
+    tail -n 5 "$LOGS/profile.err"; rc=1
+  fi
+  return $rc
 }
 
 phase_bench() {
@@ -60,32 +74,54 @@ phase_bench() {
 }
 
 phase_train() {
-  local common=(--steps 200 --warmup 20 --no-index-checks --no-progress --results "$(device_dir)")
-  python -m rdkernels.harness compare --distill crd,dcd,rrd,wcord "${common[@]}" 2>&1 | tee "$LOGS/train.txt"
-  python -m rdkernels.harness compare --distill crd,dcd,rrd,wcord --cuda-graph "${common[@]}" 2>&1 \
-    | tee -a "$LOGS/train.txt"
-  python -m rdkernels.harness compare --distill crd --cuda-graph --amp "${common[@]}" 2>&1 | tee -a "$LOGS/train.txt"
+  local dir distill rc=0
+  dir=$(device_dir) || return 1
+  local common=(--steps 200 --warmup 20 --no-index-checks --no-progress --results "$dir")
+  : > "$LOGS/train.txt"
+  # one process per distiller: one that fails (a step that cannot be captured, say) keeps
+  # the others' results
+  for distill in crd dcd rrd wcord; do
+    python -m rdkernels.harness compare --distill "$distill" "${common[@]}" 2>&1 | tee -a "$LOGS/train.txt" || rc=1
+  done
+  for distill in crd dcd rrd wcord; do
+    python -m rdkernels.harness compare --distill "$distill" --cuda-graph "${common[@]}" 2>&1 \
+      | tee -a "$LOGS/train.txt" || rc=1
+  done
+  python -m rdkernels.harness compare --distill crd --cuda-graph --amp "${common[@]}" 2>&1 \
+    | tee -a "$LOGS/train.txt" || rc=1
+  return $rc
 }
 
 phase_sanitizer() {
-  local tool file
+  local sanitizer tool file log rc=0
+  sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
+  [ -x "$sanitizer" ] || { echo "compute-sanitizer not found (PATH, CUDA_HOME)"; return 1; }
+  : > "$LOGS/sanitizer.txt"
   for tool in memcheck racecheck; do
     for file in test_bank_update.py test_bank_contrast_strategies.py test_shared_bank_contrast.py \
                 test_dcd_loss.py test_sinkhorn.py; do
-      echo "== $tool $file"
-      compute-sanitizer --tool "$tool" --target-processes all \
-        python -m pytest -q -x -k cuda -p no:cacheprovider "python_tests/ops/$file" 2>&1 \
-        | grep -E "passed|failed|ERROR SUMMARY|RACECHECK SUMMARY|Error" | tail -n 4
+      log="$LOGS/sanitizer-$tool-${file%.py}.log"
+      # --error-exitcode: a finding fails the phase (by default the tool exits with pytest's status)
+      "$sanitizer" --tool "$tool" --error-exitcode 1 --target-processes all \
+        python -m pytest -q -x -k cuda -p no:cacheprovider "python_tests/ops/$file" > "$log" 2>&1 || rc=1
+      { echo "== $tool $file"; grep -E "passed|failed|ERROR SUMMARY|RACECHECK SUMMARY|Error" "$log" | tail -n 4; } \
+        | tee -a "$LOGS/sanitizer.txt"
     done
-  done 2>&1 | tee "$LOGS/sanitizer.txt"
+  done
+  return $rc
 }
 
 [ $# -gt 0 ] || { sed -n 2,13p "$0"; exit 2; }
+for phase in "$@"; do  # a misspelt phase is refused before any phase spends GPU time
+  declare -F "phase_$phase" > /dev/null \
+    || { echo "unknown phase: $phase (build test overhead bench train sanitizer)"; exit 2; }
+done
 status=0
 for phase in "$@"; do
   echo "=== $phase ($(date -u +%H:%M:%S))"
   start=$SECONDS
-  "phase_$phase" || status=1
-  echo "=== $phase: $((SECONDS - start)) s"
+  result=ok
+  "phase_$phase" || { status=1; result=FAILED; }
+  echo "=== $phase: $((SECONDS - start)) s, $result"
 done
 exit $status

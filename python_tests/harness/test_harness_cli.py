@@ -101,6 +101,29 @@ def test_compare_runs_the_steps_asked_for_whatever_the_epochs(tmp_path):
     assert json.loads(open(report["json"]).read())["steps"] == 12
 
 
+def test_compare_refuses_a_step_it_cannot_capture_before_any_run(monkeypatch, capsys):
+    """--cuda-graph where the fused step cannot be recorded (no GPU; float16 AMP) is
+    refused up front: the reference CRD run, eager since its own step cannot be
+    captured, used to train all its steps before the fused run was refused."""
+    require_loss("crd", "fused")
+    started = []
+
+    class NoRun:
+        def __init__(self, cfg, **kwargs):
+            started.append(cfg.impl)
+            raise AssertionError(f"the {cfg.impl} run started")
+
+    monkeypatch.setattr("rdkernels.harness.compare.Trainer", NoRun)
+    refusals = [(dict(device="cpu"), "needs a CUDA device")]
+    if torch.cuda.is_available():
+        refusals.append((dict(device="cuda", amp=True, amp_dtype="float16"), "float16"))
+    for options, reason in refusals:
+        with pytest.raises(ValueError, match=reason):
+            compare(tiny_config(distill="crd", cuda_graph=True, **options), steps=4, warmup=1, plot=False)
+    assert main(["compare", "--distill", "crd", "--cuda-graph", "--steps", "4", "--warmup", "1", *TINY]) == 2
+    assert capsys.readouterr().err.startswith("error: cuda_graph") and started == []
+
+
 def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys, monkeypatch):
     require_loss("crd", "fused")
     cases = [

@@ -99,3 +99,17 @@ def test_cuda_graph_training_matches_eager_on_a_gpu(name, impl):
     graphed.run()
     assert graphed.graphed.captures == 1
     torch.testing.assert_close(_losses(graphed), _losses(eager), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+def test_compare_replays_what_it_can_and_says_what_ran_eagerly(tmp_path):
+    require_loss("crd", "fused")
+    require_loss("crd", "reference")
+    from rdkernels.harness.compare import compare
+    cfg = tiny_config(distill="crd", device="cuda", cuda_graph=True, index_checks=False)
+    report = compare(cfg, steps=8, warmup=4, out_dir=tmp_path, plot=False)
+    runs = report["runs"]
+    assert not runs["reference"]["cuda_graph"] and "host" in runs["reference"]["eager_because"]
+    assert runs["fused"]["cuda_graph"] and runs["kd"]["cuda_graph"]
+    assert all(r["steps"] == 8 and r["steps_per_s"] for r in runs.values())
+    assert report["json"].endswith("_cuda-graph.json") and report["device"] == torch.cuda.get_device_name()

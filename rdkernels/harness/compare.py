@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from rdkernels.harness import data as hdata
-from rdkernels.harness.train import (Trainer, TrainConfig, command_line, device_name, graph_blocker, resolve_device,
-                                     versions)
+from rdkernels.harness.train import (Trainer, TrainConfig, check_graphable, command_line, device_name,
+                                     graph_blocker, resolve_device, versions)
 
 
 def _slug(text: str) -> str:
@@ -49,6 +49,10 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     # epochs=0: no epoch limit, so max_steps alone sets the length and --steps N means N
     cfg = dataclasses.replace(cfg, epochs=0, max_steps=steps, out=None, save_every=None, eval_every_epoch=False)
     device = resolve_device(cfg.device)
+    if cfg.cuda_graph:
+        # the refusal the fused run's Trainer would make, made before the reference run
+        # (eager where it cannot be captured) spends its steps for nothing
+        check_graphable(dataclasses.replace(cfg, impl="fused"), device)
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     train_set, test_set = hdata.load_dataset(
         cfg.data, synthetic_n=cfg.synthetic_n, synthetic_test_n=cfg.synthetic_test_n,

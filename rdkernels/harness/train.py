@@ -232,7 +232,7 @@ class Trainer:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         if cfg.cuda_graph:
-            _check_graphable(cfg, self.device)
+            check_graphable(cfg, self.device)
 
         if train_set is None:
             train_set, test_set = hdata.load_dataset(
@@ -692,7 +692,7 @@ def _attrs(obj, **values) -> Iterator[None]:
             setattr(obj, name, value)
 
 
-def _check_graphable(cfg: TrainConfig, device: torch.device) -> None:
+def check_graphable(cfg: TrainConfig, device: torch.device) -> None:
     """Refuse, with the reason, the runs whose step a CUDA graph cannot hold."""
     if device.type != "cuda":
         raise ValueError(f"cuda_graph needs a CUDA device, got {device}")
