@@ -62,3 +62,15 @@ def bank_loss_step(module, f_s, f_t, idx, contrast_idx, dtype) -> tuple:
     loss = module(f_s, f_t, idx, contrast_idx)
     loss.backward()
     return loss.detach(), f_s.grad, f_t.grad, {n: p.grad for n, p in module.named_parameters()}
+
+
+def assert_bank_loss_step_matches(fused, reference, inputs, label: str, loss_atol: float = 1e-5) -> None:
+    """One step of ``fused`` (fp32 features) against ``reference`` (float64): loss,
+    the features' gradients and every parameter's."""
+    loss, gs, gt, grads = bank_loss_step(fused, *inputs, torch.float32)
+    r_loss, r_gs, r_gt, r_grads = bank_loss_step(reference, *inputs, torch.float64)
+    assert_close(f"{label} loss", loss, r_loss, atol=loss_atol, rtol=1e-5)
+    assert_close(f"{label} d f_s", gs, r_gs, atol=1e-6, rtol=1e-4)
+    assert_close(f"{label} d f_t", gt, r_gt, atol=1e-6, rtol=1e-4)
+    for name in grads:
+        assert_close(f"{label} d {name}", grads[name], r_grads[name], atol=1e-6, rtol=1e-4)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import DEVICE, backends
-from helpers import assert_close, bank_loss_batch, bank_loss_step
+from helpers import assert_bank_loss_step_matches, assert_close, bank_loss_batch, bank_loss_step
 import rdkernels
 from rdkernels.losses.reference.wcord import WCoRDLoss as ReferenceWCoRDLoss
 
@@ -30,14 +30,7 @@ def batch(b, k):
 def test_steps_match_reference(backend, b, cost, gp_weight):
     fused, reference = make_pair(backend, cost=cost, gp_weight=gp_weight, lambda_local=2.0)
     for step_no in range(2):
-        inputs = batch(b, 9)
-        loss, gs, gt, grads = bank_loss_step(fused, *inputs, torch.float32)
-        r_loss, r_gs, r_gt, r_grads = bank_loss_step(reference, *inputs, torch.float64)
-        assert_close(f"step {step_no} loss", loss, r_loss, atol=1e-5, rtol=1e-5)
-        assert_close(f"step {step_no} d f_s", gs, r_gs, atol=1e-6, rtol=1e-4)
-        assert_close(f"step {step_no} d f_t", gt, r_gt, atol=1e-6, rtol=1e-4)
-        for name in grads:
-            assert_close(f"step {step_no} d {name}", grads[name], r_grads[name], atol=1e-6, rtol=1e-4)
+        assert_bank_loss_step_matches(fused, reference, batch(b, 9), f"step {step_no}")
         for bank in ("memory_s", "memory_t"):
             assert_close(f"step {step_no} {bank}", getattr(fused, bank).memory, getattr(reference, bank).memory,
                          atol=1e-6, rtol=1e-5)
@@ -50,14 +43,7 @@ def test_early_stop_matches_reference(backend, cost):
     loss and gradients over two steps (the local part alone, so the OT term is what is checked)."""
     fused, reference = make_pair(backend, cost=cost, lambda_global=0.0, eps=0.2, iters=200, tol=1e-3)
     for step_no in range(2):
-        inputs = batch(6, 9)
-        loss, gs, gt, grads = bank_loss_step(fused, *inputs, torch.float32)
-        r_loss, r_gs, r_gt, r_grads = bank_loss_step(reference, *inputs, torch.float64)
-        assert_close(f"step {step_no} loss", loss, r_loss, atol=1e-5, rtol=1e-5)
-        assert_close(f"step {step_no} d f_s", gs, r_gs, atol=1e-6, rtol=1e-4)
-        assert_close(f"step {step_no} d f_t", gt, r_gt, atol=1e-6, rtol=1e-4)
-        for name in grads:
-            assert_close(f"step {step_no} d {name}", grads[name], r_grads[name], atol=1e-6, rtol=1e-4)
+        assert_bank_loss_step_matches(fused, reference, batch(6, 9), f"step {step_no}")
 
 
 @pytest.mark.parametrize("part", ["global", "local"])
