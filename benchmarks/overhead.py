@@ -131,10 +131,10 @@ def measure_ops(ops, device: torch.device, args: argparse.Namespace, timer=measu
 
 def write_record(path, rows: list[dict], device_name: str, args: argparse.Namespace) -> Path:
     """The rows with what they were measured on and with (the folder is made if missing)."""
-    from benchmarks.report import utc_now, versions
+    from benchmarks.report import command_line, utc_now, versions
 
     record = {"device": device_name, "torch": torch.__version__, "versions": versions(),
-              "command": " ".join(["python", "-m", "benchmarks.overhead", *sys.argv[1:]]),
+              "command": command_line("benchmarks.overhead"),
               "written_utc": utc_now(), "iters": args.iters, "rows": rows}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

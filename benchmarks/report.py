@@ -84,8 +84,9 @@ def git_commit(root: Path) -> str | None:
     return done.stdout.strip() or None
 
 
-def command_line() -> str:
-    return " ".join(["python", "-m", "benchmarks", *sys.argv[1:]])
+def command_line(module: str = "benchmarks") -> str:
+    """The command that ran ``python -m <module>``, as it would be typed again."""
+    return " ".join(["python", "-m", module, *sys.argv[1:]])
 
 
 # --- table ----------------------------------------------------------------------------

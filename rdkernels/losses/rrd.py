@@ -171,11 +171,10 @@ class RRDMomentumLoss(nn.Module):
 
         for name, value in (("nce_t", nce_t), ("tau_s", tau_s), ("tau_t", tau_t)):
             check_positive(name, value)
-        check_positive_int("n_data", n_data)
-        check_positive_int("nce_k", nce_k)  # K = 0 would score the positive alone: loss 0, no gradient
         check_in_unit_interval("nce_m", nce_m)
         self.s_dim, self.t_dim, self.feat_dim = int(s_dim), int(t_dim), int(feat_dim)
-        self.n_data, self.nce_k = int(n_data), int(nce_k)
+        self.n_data = check_positive_int("n_data", n_data)
+        self.nce_k = check_positive_int("nce_k", nce_k)  # K = 0 would score the positive alone: loss 0, no gradient
         self.nce_t, self.tau_s, self.tau_t = float(nce_t), float(tau_s), float(tau_t)
         self.embed_s = nn.Linear(s_dim, feat_dim)
         self.embed_t = nn.Linear(t_dim, feat_dim)

@@ -7,7 +7,7 @@ The fused backends compute the loss and the gradients to z_s, z_t, tau and bias
 in the forward, in one launch that computes the logits once, and backward only scales them.
 The Triton kernel takes any batch size (d <= 128); the CUDA kernel B <= 1024,
 d <= 256 within the GPU's shared memory (all of it on an A100 or H100; on a
-99 KB GPU such as an RTX 4090 or L40S, B up to about 650 at d = 128); other
+99 KB GPU such as an RTX 4090 or L40S, B up to about 660 at d = 128); other
 shapes go to the next backend under ``auto``.
 """
 from __future__ import annotations
