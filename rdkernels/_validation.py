@@ -145,6 +145,22 @@ def check_positive(name: str, value) -> float:
     return number
 
 
+def check_finite(name: str, value) -> float:
+    """A finite real number, returned as a float."""
+    number = as_real(name, value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
+def check_non_negative(name: str, value) -> float:
+    """A finite real number >= 0, returned as a float."""
+    number = as_real(name, value)
+    if not 0.0 <= number < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
+
+
 def check_in_unit_interval(name: str, value) -> float:
     """A real number in [0, 1], returned as a float."""
     number = as_real(name, value)

@@ -172,13 +172,6 @@ def test_bad_input_leaves_banks_and_z(mutate, error, match, already_stepped):
         assert torch.equal(after[key], value), key
 
 
-def test_constructor_errors():
-    with pytest.raises(ValueError, match="n_data must be a positive int"):
-        rdkernels.CRDLoss(S_DIM, T_DIM, 0)
-    with pytest.raises(ValueError, match="nce_t must be positive"):
-        rdkernels.CRDLoss(S_DIM, T_DIM, N_DATA, nce_t=0)
-
-
 @pytest.mark.parametrize("kwargs,error,match", [
     (dict(strategy="Dense"), ValueError, "strategy must be one of"),
     (dict(bank_dtype=torch.float16), TypeError, "bank_dtype must be torch.float32 or torch.bfloat16"),

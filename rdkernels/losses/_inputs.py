@@ -1,11 +1,22 @@
-"""Input checks shared by the memory-bank losses (CRD, WCoRD)."""
+"""Input checks shared by the memory-bank losses (CRD, WCoRD, RRD's momentum variant)."""
 from __future__ import annotations
 
 import math
 
-from rdkernels._validation import BANK_DTYPES, FLOAT_DTYPES, INDEX_DTYPES, check_dim, check_index_ranges, check_tensor
+from rdkernels._validation import (BANK_DTYPES, FLOAT_DTYPES, INDEX_DTYPES, check_dim, check_in_unit_interval,
+                                   check_index_ranges, check_positive, check_positive_int, check_tensor)
 from rdkernels.backend import BACKENDS
 from rdkernels.ops.bank_contrast import STRATEGIES
+
+
+def check_bank_loss_args(s_dim, t_dim, n_data, feat_dim, nce_k, nce_t, nce_m) -> tuple:
+    """The constructor arguments every memory-bank loss takes, returned in this
+    order as Python numbers: the sizes positive ints (Python or NumPy, not bool:
+    ``s_dim=True`` is a mistake, not 1), ``nce_t`` positive and finite, ``nce_m``
+    in [0, 1]."""
+    sizes = (("s_dim", s_dim), ("t_dim", t_dim), ("n_data", n_data), ("feat_dim", feat_dim), ("nce_k", nce_k))
+    return (*(check_positive_int(name, value) for name, value in sizes),
+            check_positive("nce_t", nce_t), check_in_unit_interval("nce_m", nce_m))
 
 
 def check_bank_options(bank_dtype, backend, strategy="auto") -> None:

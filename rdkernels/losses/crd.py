@@ -30,8 +30,9 @@ from torch import nn
 
 from rdkernels import backend as _backend
 from rdkernels import distributed
+from rdkernels._validation import as_real
 from rdkernels.losses._embed import Embed
-from rdkernels.losses._inputs import check_bank_loss_inputs, check_bank_options
+from rdkernels.losses._inputs import check_bank_loss_args, check_bank_loss_inputs, check_bank_options
 from rdkernels.memory import init_bank_, sample_uniform
 from rdkernels.ops import bank_contrast, bank_update_, estimate_nce_z
 
@@ -169,16 +170,12 @@ class CRDLoss(nn.Module):
         if s_dim is not None and not isinstance(s_dim, int) and all(hasattr(s_dim, f) for f in _OPT_FIELDS):
             opt = s_dim
             s_dim, t_dim, n_data, feat_dim, nce_k, nce_t, nce_m = (getattr(opt, f) for f in _OPT_FIELDS)
-        for name, value in (("s_dim", s_dim), ("t_dim", t_dim), ("n_data", n_data), ("feat_dim", feat_dim),
-                            ("nce_k", nce_k)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not (isinstance(nce_t, (int, float)) and nce_t > 0):
-            raise ValueError(f"nce_t must be positive, got {nce_t!r}")
-        if not 0.0 <= nce_m <= 1.0:
-            raise ValueError(f"nce_m must lie in [0, 1], got {nce_m!r}")
-        if z_momentum is not None and not 0.0 <= z_momentum < 1.0:
-            raise ValueError(f"z_momentum must be None or lie in [0, 1), got {z_momentum!r}")
+        s_dim, t_dim, n_data, feat_dim, nce_k, nce_t, nce_m = check_bank_loss_args(
+            s_dim, t_dim, n_data, feat_dim, nce_k, nce_t, nce_m)
+        if z_momentum is not None:
+            if not 0.0 <= as_real("z_momentum", z_momentum) < 1.0:
+                raise ValueError(f"z_momentum must be None or lie in [0, 1), got {z_momentum!r}")
+            z_momentum = float(z_momentum)
         if sync_banks not in (True, False, "auto"):
             raise ValueError(f"sync_banks must be True, False or 'auto', got {sync_banks!r}")
         check_bank_options(bank_dtype, backend, strategy)
@@ -186,7 +183,7 @@ class CRDLoss(nn.Module):
         self.backend, self.strategy = backend, strategy
         self.embed_s = Embed(s_dim, feat_dim)
         self.embed_t = Embed(t_dim, feat_dim)
-        self.contrast = ContrastMemory(feat_dim, n_data, nce_k, float(nce_t), float(nce_m), bank_dtype,
+        self.contrast = ContrastMemory(feat_dim, n_data, nce_k, nce_t, nce_m, bank_dtype,
                                        z_momentum=z_momentum, sync_banks=sync_banks, process_group=process_group)
 
     def _validate(self, f_s, f_t, idx, contrast_idx) -> None:

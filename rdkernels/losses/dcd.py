@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rdkernels._validation import FLOAT_DTYPES, check_dim, check_tensor
+from rdkernels._validation import FLOAT_DTYPES, check_dim, check_finite, check_positive_int, check_tensor
 from rdkernels.ops.dcd import check_dcd_scalars, dcd_loss
 
 
@@ -66,13 +66,14 @@ class DCDLoss(nn.Module):
                  init_bias: float = 0.0, alpha: float = 0.5, max_scale: float = 10.0):
         super().__init__()
         check_dcd_scalars(alpha, max_scale)  # the op's rules, here rather than failing every forward
-        self.s_dim, self.t_dim, self.feat_dim = int(s_dim), int(t_dim), int(feat_dim)
+        self.s_dim, self.t_dim, self.feat_dim = (check_positive_int(name, value) for name, value in (
+            ("s_dim", s_dim), ("t_dim", t_dim), ("feat_dim", feat_dim)))
         self.alpha = float(alpha)
         self.max_scale = float(max_scale)
-        self.embed_s = nn.Linear(s_dim, feat_dim)
-        self.embed_t = nn.Linear(t_dim, feat_dim)
-        self.tau = nn.Parameter(torch.tensor(float(init_tau)))
-        self.bias = nn.Parameter(torch.tensor(float(init_bias)))
+        self.embed_s = nn.Linear(self.s_dim, self.feat_dim)
+        self.embed_t = nn.Linear(self.t_dim, self.feat_dim)
+        self.tau = nn.Parameter(torch.tensor(check_finite("init_tau", init_tau)))
+        self.bias = nn.Parameter(torch.tensor(check_finite("init_bias", init_bias)))
         self.register_load_state_dict_pre_hook(_load_reference_keys)
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:

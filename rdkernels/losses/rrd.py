@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rdkernels import backend as _backend
-from rdkernels._validation import check_in_unit_interval, check_positive, check_positive_int
+from rdkernels._validation import check_positive, check_positive_int
+from rdkernels.losses._inputs import check_bank_loss_args
 from rdkernels.losses._queue import fifo_enqueue_
 from rdkernels.losses.dcd import _check_pair, _embed
 from rdkernels.ops.shared_bank_contrast import _resolve as _resolve_shared_bank_contrast
@@ -56,15 +57,11 @@ class RRDLoss(nn.Module):
                  tau_s: float = 0.02, tau_t: float = 0.1, enqueue: str = "before",
                  train_teacher_proj: bool = False):
         super().__init__()
-        check_positive("tau_s", tau_s)
-        check_positive("tau_t", tau_t)
         if enqueue not in ENQUEUE_MODES:
             raise ValueError(f"enqueue must be one of {ENQUEUE_MODES}, got {enqueue!r}")
-        if int(queue_size) < 1:
-            raise ValueError(f"queue_size must be >= 1, got {queue_size!r}")
-        self.s_dim, self.t_dim, self.feat_dim = int(s_dim), int(t_dim), int(feat_dim)
-        self.queue_size = int(queue_size)
-        self.tau_s, self.tau_t = float(tau_s), float(tau_t)
+        self.s_dim, self.t_dim, self.feat_dim, self.queue_size = (check_positive_int(name, value) for name, value in (
+            ("s_dim", s_dim), ("t_dim", t_dim), ("feat_dim", feat_dim), ("queue_size", queue_size)))
+        self.tau_s, self.tau_t = check_positive("tau_s", tau_s), check_positive("tau_t", tau_t)
         self.enqueue = enqueue
         self.train_teacher_proj = bool(train_teacher_proj)
         self.embed_s = nn.Linear(s_dim, feat_dim)
@@ -169,13 +166,11 @@ class RRDMomentumLoss(nn.Module):
         super().__init__()
         from rdkernels.memory import MemoryBank
 
-        for name, value in (("nce_t", nce_t), ("tau_s", tau_s), ("tau_t", tau_t)):
-            check_positive(name, value)
-        check_in_unit_interval("nce_m", nce_m)
-        self.s_dim, self.t_dim, self.feat_dim = int(s_dim), int(t_dim), int(feat_dim)
-        self.n_data = check_positive_int("n_data", n_data)
-        self.nce_k = check_positive_int("nce_k", nce_k)  # K = 0 would score the positive alone: loss 0, no gradient
-        self.nce_t, self.tau_s, self.tau_t = float(nce_t), float(tau_s), float(tau_t)
+        # (nce_k = 0 would score the positive alone: loss 0, no gradient)
+        s_dim, t_dim, n_data, feat_dim, nce_k, nce_t, nce_m = check_bank_loss_args(
+            s_dim, t_dim, n_data, feat_dim, nce_k, nce_t, nce_m)
+        self.s_dim, self.t_dim, self.feat_dim, self.n_data, self.nce_k = s_dim, t_dim, feat_dim, n_data, nce_k
+        self.nce_t, self.tau_s, self.tau_t = nce_t, check_positive("tau_s", tau_s), check_positive("tau_t", tau_t)
         self.embed_s = nn.Linear(s_dim, feat_dim)
         self.embed_t = nn.Linear(t_dim, feat_dim)
         self.memory_s = MemoryBank(self.n_data, self.feat_dim, momentum=nce_m)

@@ -62,13 +62,12 @@ Defaults and why:
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from rdkernels._validation import check_non_negative, check_positive, check_positive_int
 from rdkernels.losses._embed import Embed
-from rdkernels.losses._inputs import check_bank_loss_inputs, check_bank_options
+from rdkernels.losses._inputs import check_bank_loss_args, check_bank_loss_inputs, check_bank_options
 from rdkernels.memory import MemoryBank
 from rdkernels.ops import sinkhorn
 from rdkernels.ops.sinkhorn import check_tol
@@ -141,13 +140,18 @@ class WCoRDLoss(nn.Module):
                  tol: float | None = None, bank_dtype: torch.dtype = torch.float32, backend: str | None = None,
                  check_costs: bool = True):
         super().__init__()
-        _check_args(s_dim, t_dim, n_data, feat_dim, nce_k, nce_t, nce_m, lambda_global, lambda_local, eps, iters,
-                    cost, gp_weight)
+        s_dim, t_dim, n_data, feat_dim, nce_k, nce_t, nce_m = check_bank_loss_args(
+            s_dim, t_dim, n_data, feat_dim, nce_k, nce_t, nce_m)
+        lambda_global, lambda_local, gp_weight = (check_non_negative(name, value) for name, value in (
+            ("lambda_global", lambda_global), ("lambda_local", lambda_local), ("gp_weight", gp_weight)))
+        eps, iters = check_positive("eps", eps), check_positive_int("iters", iters)
+        if cost not in COSTS:
+            raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
         check_tol(tol)
         check_bank_options(bank_dtype, backend)
-        self.s_dim, self.t_dim, self.n_data, self.nce_k = s_dim, t_dim, n_data, nce_k
-        self.nce_t, self.lambda_global, self.lambda_local = float(nce_t), float(lambda_global), float(lambda_local)
-        self.eps, self.iters, self.cost, self.gp_weight, self.tol = float(eps), iters, cost, float(gp_weight), tol
+        self.s_dim, self.t_dim, self.n_data, self.nce_k, self.nce_t = s_dim, t_dim, n_data, nce_k, nce_t
+        self.lambda_global, self.lambda_local, self.gp_weight = lambda_global, lambda_local, gp_weight
+        self.eps, self.iters, self.cost, self.tol = eps, iters, cost, tol
         self.backend, self.check_costs = backend, bool(check_costs)
         self.embed_s = Embed(s_dim, feat_dim)
         self.embed_t = Embed(t_dim, feat_dim)
@@ -186,19 +190,3 @@ class WCoRDLoss(nn.Module):
         return loss
 
 
-def _check_args(s_dim, t_dim, n_data, feat_dim, nce_k, nce_t, nce_m, lambda_global, lambda_local, eps, iters,
-                cost, gp_weight) -> None:
-    for name, value in (("s_dim", s_dim), ("t_dim", t_dim), ("n_data", n_data), ("feat_dim", feat_dim),
-                        ("nce_k", nce_k), ("iters", iters)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    for name, value in (("nce_t", nce_t), ("eps", eps)):
-        if not (isinstance(value, (int, float)) and 0 < value < math.inf):
-            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    for name, value in (("lambda_global", lambda_global), ("lambda_local", lambda_local), ("gp_weight", gp_weight)):
-        if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    if not (isinstance(nce_m, (int, float)) and 0.0 <= nce_m <= 1.0):
-        raise ValueError(f"nce_m must lie in [0, 1], got {nce_m!r}")
-    if cost not in COSTS:
-        raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")

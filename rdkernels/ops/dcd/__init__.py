@@ -12,12 +12,10 @@ shapes go to the next backend under ``auto``.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from rdkernels import backend as _backend
-from rdkernels._validation import FLOAT_DTYPES, as_real, check_dim, check_tensor
+from rdkernels._validation import FLOAT_DTYPES, as_real, check_dim, check_non_negative, check_tensor
 from rdkernels.ops._eager import eager_or_compiled, op_body
 from rdkernels.ops.dcd.reference import dcd_fwd_reference, dcd_reference
 
@@ -73,8 +71,7 @@ def validate_dcd(z_s, z_t, tau, bias, alpha=0.5, max_scale=10.0) -> None:
 
 def check_dcd_scalars(alpha, max_scale) -> None:
     """The loss weight and the scale clamp (DCDLoss checks them once, at construction)."""
-    if not 0 <= as_real("alpha", alpha) < math.inf:
-        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+    check_non_negative("alpha", alpha)
     if not as_real("max_scale", max_scale) > 0:  # inf: no clamp; NaN fails
         raise ValueError(f"max_scale must be a positive number, got {max_scale!r}")
 
