@@ -32,7 +32,9 @@ __device__ __forceinline__ float warp_max_f(float v) {
 
 // scale = min(exp(tau), max_scale), NaN for a NaN tau as torch.clamp gives (fminf
 // returns the other operand for a NaN one). nvcc's --use_fast_math keeps the isnan
-// test (setp.nan in the PTX): it flushes denormals, it does not assume finite math.
+// test (in the PTX, |e| > inf as an unordered compare, setp.gtu, true only for NaN):
+// it flushes denormals and approximates division, sqrt and exp, but does not
+// assume finite math.
 __device__ __forceinline__ float clamped_scale(float e, float max_scale) {
   return isnan(e) ? e : fminf(e, max_scale);
 }

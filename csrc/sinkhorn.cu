@@ -339,8 +339,8 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) sinkhorn_rows_kernel(
     const T* __restrict__ cost, const float* __restrict__ log_b, const float* __restrict__ G,
     const float* __restrict__ F, float* __restrict__ F_new, const float* __restrict__ a,
-    float* __restrict__ err, const int* __restrict__ done, int64_t n, int64_t m, float inv_eps, int check) {
-  const int64_t p = blockIdx.y;
+    float* __restrict__ err, const int* __restrict__ done, int64_t n, int64_t m, float inv_eps, int check, int64_t p_first) {
+  const int64_t p = p_first + blockIdx.y;
   if (done[p]) return;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
@@ -361,9 +361,9 @@ __global__ void __launch_bounds__(kThreads) sinkhorn_rows_kernel(
 template <typename T>
 __global__ void __launch_bounds__(kThreads) sinkhorn_cols_kernel(
     const T* __restrict__ cost, const float* __restrict__ log_a, const float* __restrict__ F,
-    float* __restrict__ G, const int* __restrict__ done, int64_t n, int64_t m, float inv_eps) {
+    float* __restrict__ G, const int* __restrict__ done, int64_t n, int64_t m, float inv_eps, int64_t p_first) {
   __shared__ float u[kThreads];  // log a_i + F_i for a chunk of rows
-  const int64_t p = blockIdx.y;
+  const int64_t p = p_first + blockIdx.y;
   if (done[p]) return;  // uniform across the block: safe before the barriers below
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const T* C = cost + p * n * m;
@@ -384,8 +384,8 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) sinkhorn_plan_cost_kernel(
     const T* __restrict__ cost, const float* __restrict__ log_a, const float* __restrict__ log_b,
     const float* __restrict__ F, const float* __restrict__ G, float* __restrict__ rowcost,
-    float* __restrict__ plan, int64_t n, int64_t m, float inv_eps) {
-  const int64_t p = blockIdx.y;
+    float* __restrict__ plan, int64_t n, int64_t m, float inv_eps, int64_t p_first) {
+  const int64_t p = p_first + blockIdx.y;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (i >= n) return;
@@ -419,8 +419,15 @@ void launch_fused(const void* cost, const float* log_a, const float* log_b, cons
       static_cast<int>(m), eps, tol, static_cast<int>(max_iters), check ? 1 : 0, rows_smem, header);
 }
 
-void check_problems(int64_t P, const char* what) {
-  if (P > 65535) throw std::runtime_error(std::string(what) + ": at most 65535 problems per launch (grid y)");
+// The tiled kernels put problems on grid y, which holds at most 65535 blocks:
+// a larger batch takes one launch per chunk of problems, each told its first.
+constexpr int64_t kMaxGridY = 65535;
+
+template <typename Launch>
+void for_problem_chunks(int64_t problems, Launch&& launch) {
+  for (int64_t first = 0; first < problems; first += kMaxGridY) {
+    launch(first, static_cast<unsigned>(std::min(kMaxGridY, problems - first)));
+  }
 }
 
 }  // namespace
@@ -463,27 +470,31 @@ void sinkhorn_rows(uintptr_t cost, int cost_dtype, uintptr_t log_b, uintptr_t G,
                    uintptr_t a, uintptr_t err, uintptr_t done, int64_t problems, int64_t n, int64_t m,
                    float inv_eps, bool check, uintptr_t stream) {
   if (problems == 0 || n == 0) return;
-  check_problems(problems, "sinkhorn_rows");
-  const dim3 grid(static_cast<unsigned>((n + kWarps - 1) / kWarps), static_cast<unsigned>(problems));
+  const auto row_blocks = static_cast<unsigned>((n + kWarps - 1) / kWarps);
   auto s = reinterpret_cast<cudaStream_t>(stream);
-  RDK_DISPATCH_COST(cost_dtype, T,
-      sinkhorn_rows_kernel<T><<<grid, kThreads, 0, s>>>(
-          reinterpret_cast<const T*>(cost), reinterpret_cast<const float*>(log_b), reinterpret_cast<const float*>(G),
-          reinterpret_cast<const float*>(F), reinterpret_cast<float*>(F_new), reinterpret_cast<const float*>(a),
-          reinterpret_cast<float*>(err), reinterpret_cast<const int*>(done), n, m, inv_eps, check ? 1 : 0))
+  for_problem_chunks(problems, [&](int64_t first, unsigned count) {
+    RDK_DISPATCH_COST(cost_dtype, T,
+        sinkhorn_rows_kernel<T><<<dim3(row_blocks, count), kThreads, 0, s>>>(
+            reinterpret_cast<const T*>(cost), reinterpret_cast<const float*>(log_b),
+            reinterpret_cast<const float*>(G), reinterpret_cast<const float*>(F), reinterpret_cast<float*>(F_new),
+            reinterpret_cast<const float*>(a), reinterpret_cast<float*>(err), reinterpret_cast<const int*>(done), n,
+            m, inv_eps, check ? 1 : 0, first))
+  });
   check_launch("sinkhorn_rows");
 }
 
 void sinkhorn_cols(uintptr_t cost, int cost_dtype, uintptr_t log_a, uintptr_t F, uintptr_t G, uintptr_t done,
                    int64_t problems, int64_t n, int64_t m, float inv_eps, uintptr_t stream) {
   if (problems == 0 || m == 0) return;
-  check_problems(problems, "sinkhorn_cols");
-  const dim3 grid(static_cast<unsigned>((m + kThreads - 1) / kThreads), static_cast<unsigned>(problems));
+  const auto col_blocks = static_cast<unsigned>((m + kThreads - 1) / kThreads);
   auto s = reinterpret_cast<cudaStream_t>(stream);
-  RDK_DISPATCH_COST(cost_dtype, T,
-      sinkhorn_cols_kernel<T><<<grid, kThreads, 0, s>>>(
-          reinterpret_cast<const T*>(cost), reinterpret_cast<const float*>(log_a), reinterpret_cast<const float*>(F),
-          reinterpret_cast<float*>(G), reinterpret_cast<const int*>(done), n, m, inv_eps))
+  for_problem_chunks(problems, [&](int64_t first, unsigned count) {
+    RDK_DISPATCH_COST(cost_dtype, T,
+        sinkhorn_cols_kernel<T><<<dim3(col_blocks, count), kThreads, 0, s>>>(
+            reinterpret_cast<const T*>(cost), reinterpret_cast<const float*>(log_a),
+            reinterpret_cast<const float*>(F), reinterpret_cast<float*>(G), reinterpret_cast<const int*>(done), n, m,
+            inv_eps, first))
+  });
   check_launch("sinkhorn_cols");
 }
 
@@ -491,14 +502,16 @@ void sinkhorn_plan_cost(uintptr_t cost, int cost_dtype, uintptr_t log_a, uintptr
                         uintptr_t rowcost, uintptr_t plan, int64_t problems, int64_t n, int64_t m, float inv_eps,
                         uintptr_t stream) {
   if (problems == 0 || n == 0) return;
-  check_problems(problems, "sinkhorn_plan_cost");
-  const dim3 grid(static_cast<unsigned>((n + kWarps - 1) / kWarps), static_cast<unsigned>(problems));
+  const auto row_blocks = static_cast<unsigned>((n + kWarps - 1) / kWarps);
   auto s = reinterpret_cast<cudaStream_t>(stream);
-  RDK_DISPATCH_COST(cost_dtype, T,
-      sinkhorn_plan_cost_kernel<T><<<grid, kThreads, 0, s>>>(
-          reinterpret_cast<const T*>(cost), reinterpret_cast<const float*>(log_a),
-          reinterpret_cast<const float*>(log_b), reinterpret_cast<const float*>(F), reinterpret_cast<const float*>(G),
-          reinterpret_cast<float*>(rowcost), reinterpret_cast<float*>(plan), n, m, inv_eps))
+  for_problem_chunks(problems, [&](int64_t first, unsigned count) {
+    RDK_DISPATCH_COST(cost_dtype, T,
+        sinkhorn_plan_cost_kernel<T><<<dim3(row_blocks, count), kThreads, 0, s>>>(
+            reinterpret_cast<const T*>(cost), reinterpret_cast<const float*>(log_a),
+            reinterpret_cast<const float*>(log_b), reinterpret_cast<const float*>(F),
+            reinterpret_cast<const float*>(G), reinterpret_cast<float*>(rowcost), reinterpret_cast<float*>(plan), n,
+            m, inv_eps, first))
+  });
   check_launch("sinkhorn_plan_cost");
 }
 

@@ -598,3 +598,19 @@ def test_full_sweep_matches_reference_gpu(backend, dtype, eps):
             ref = _f64_reference(C, a, b, eps, 60, 1e-4)
             res = sinkhorn(C, a, b, eps=eps, max_iters=60, tol=1e-4, backend=backend)
             assert (res.n_iters.cpu() - ref[4].cpu()).abs().max() <= 1, case
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", [p for p in backends("sinkhorn") if p.id != "torch"])
+@pytest.mark.parametrize("n,m", [(257, 2), (2, 3)], ids=["tiled", "fused"])
+def test_more_problems_than_a_grid_dimension_holds(backend, n, m):
+    """P > 65535: the CUDA tiled kernels put problems on grid y (at most 65535
+    blocks) and launch once per chunk of problems; the problems past the first
+    chunk must be solved too, each as the float64 reference solves it alone."""
+    P = 65535 + 7
+    C = torch.rand(P, n, m, device=DEVICE) * 4
+    a, b = _marginal(P, n, False), _marginal(P, m, False)
+    res = sinkhorn(C, a, b, eps=0.5, max_iters=5, tol=1e-3, check_every=2, return_plan=True, backend=backend)
+    for sl in (slice(0, 3), slice(65533, 65538), slice(P - 3, P)):  # both sides of the chunk boundary
+        ref = _f64_reference(C[sl], a[sl], b[sl], 0.5, 5, 1e-3)
+        _assert_matches_f64(SinkhornResult(*(t[sl] for t in res)), ref, 0.5)
