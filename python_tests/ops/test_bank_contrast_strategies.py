@@ -7,6 +7,7 @@ On a CPU the Triton kernels run under the interpreter (fp32 dots only); the
 CUDA cases skip without a GPU.
 """
 import importlib
+import math
 
 import pytest
 import torch
@@ -102,6 +103,31 @@ def test_nce_constant_terms(backend, strategy):
     out.backward()
     assert_close("loss", out, ref, 1e-5 * max(1.0, abs(ref.item())), 1e-4)
     assert_close("grad", q.grad, q64.grad, 1e-5 * max(1.0, q64.grad.abs().max().item()), 1e-4)
+
+
+@pytest.mark.parametrize("strategy", STRATEGY_PARAMS)
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
+def test_nce_at_cifar_k_keeps_float64_accuracy(backend, strategy):
+    """At CIFAR-100's K = 16384, N = 50 000 every row sums 16 384 log terms. The fused
+    paths fold the constants (m*Pn + eps) in float64 and stay within float32
+    rounding of the float64 loss. RepDistiller's formulation in float32 does not:
+    (x + m*Pn) + 1e-7 rounds the eps to 3 ulps of m*Pn = 0.328 (8.94e-8), which
+    shifts each negative's log term by 3.2e-8 and the loss by K times that,
+    5.3e-4 per direction -- the constant offset between reference and fused
+    training-loss curves at step 1."""
+    batch, k, n = 4, 16384, 50_000
+    query, bank, idx = _inputs(batch, k, 500, 128)  # n_data sets m*Pn; a small bank keeps the interpreter quick
+    z = _z(query, bank, idx, n)
+    common = dict(temperature=TEMPERATURE, epilogue="nce", z=z, n_data=n, reduction="none")
+    ref64 = bank_contrast_reference(query.double(), bank.double(), idx, **dict(common, z=z.double()))
+    out = bank_contrast(query, bank, idx, backend=backend, strategy=strategy, **common)
+    assert_close("loss", out, ref64, 2e-5, 2e-6)
+    ref32 = bank_contrast_reference(query, bank, idx, **common)
+    m_pn = torch.tensor(k / n)
+    eps32 = ((m_pn + 1e-7) - m_pn).item()
+    predicted = k * math.log((k / n + 1e-7) / (k / n + eps32))  # each negative's log(m*Pn / c) shift
+    assert_close("float32 reference's offset", (ref64 - ref32).mean(), torch.tensor(predicted, dtype=torch.float64),
+                 0.1 * abs(predicted), 0)
 
 
 def _duplicate_idx(batch, k, n):
