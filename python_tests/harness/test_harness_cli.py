@@ -3,6 +3,7 @@ change, compare's own options, and user errors as one line."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -12,6 +13,7 @@ from harness_helpers import require_loss, single_thread, tiny_config  # noqa: F4
 from rdkernels.harness import __main__ as cli
 from rdkernels.harness.__main__ import main
 from rdkernels.harness.compare import compare
+from rdkernels.harness.train import Trainer
 
 TINY = ["--synthetic-n", "32", "--synthetic-test-n", "8", "--num-classes", "2", "--image-size", "16",
         "--batch-size", "4", "--device", "cpu", "--no-progress"]
@@ -144,3 +146,29 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys
     monkeypatch.setattr(cli.Trainer, "run", broken)
     with pytest.raises(RuntimeError, match="unexpected failure"):
         main([*TEACHER, "--max-steps", "1"])
+
+
+def test_interleaved_runs_train_as_they_would_alone(tmp_path):
+    """compare times its runs in turns; each keeps its own random state across
+    turns. With the loss sampling its negatives from the process-wide generator
+    (``sampling="loss"``), a run that drew from another's stream would see other
+    negatives: every run's losses must equal those of the same run made alone."""
+    require_loss("crd", "fused")
+    require_loss("crd", "reference")
+    cfg = tiny_config(distill="crd", sampling="loss", epochs=1)
+    report = compare(cfg, steps=8, warmup=2, out_dir=tmp_path, plot=False, chunk=3)
+    assert report["timing"] == "interleaved, 3 steps a turn"
+    alone_cfg = dataclasses.replace(cfg, epochs=0, max_steps=8)
+    for name, run_cfg in (("reference", dataclasses.replace(alone_cfg, impl="reference")),
+                          ("fused", dataclasses.replace(alone_cfg, impl="fused")),
+                          ("kd", dataclasses.replace(alone_cfg, distill="kd", impl="fused", gamma=None, alpha=None,
+                                                       beta=None))):
+        alone = Trainer(run_cfg)
+        alone.run()
+        assert report["runs"][name]["loss"] == [row["loss"] for row in alone.history], name
+        assert report["runs"][name]["steps"] == 8 and report["runs"][name]["steps_per_s"] > 0
+
+
+def test_compare_needs_a_warmup_step():
+    with pytest.raises(ValueError, match="warmup must be >= 1"):
+        compare(tiny_config(distill="dcd"), steps=4, warmup=0, plot=False)

@@ -4,6 +4,13 @@ and ``--impl fused``, plus a KD-only run, for a fixed number of steps.
 Reports steps/s (after a warm-up), peak device memory, the distiller-step /
 KD-step time ratio of each implementation, and both loss curves, as a JSON file
 and a PNG, both named with the device.
+
+The timed steps are interleaved: the three runs take turns of ``chunk`` steps
+(20 by default), so a drift of the machine's speed over the minutes the
+comparison takes (clocks, other load, memory state) falls on all three alike
+rather than on whichever ran last. On a 2-core CPU, the KD step timed in
+separate processes varied by 20% (1.23 to 1.50 s), more than the 10% margin
+the "fused CRD step <= 1.10 x the KD step" target is about.
 """
 from __future__ import annotations
 
@@ -17,8 +24,10 @@ from pathlib import Path
 import torch
 
 from rdkernels.harness import data as hdata
-from rdkernels.harness.train import (Trainer, TrainConfig, check_graphable, command_line, device_name,
-                                     graph_blocker, resolve_device, versions)
+from rdkernels.harness.train import (Trainer, TrainConfig, _progress, _rng_state, _set_rng_state, check_graphable,
+                                     command_line, device_name, graph_blocker, resolve_device, versions)
+
+CHUNK_STEPS = 20  # timed steps a run takes in its turn
 
 
 def _slug(text: str) -> str:
@@ -26,12 +35,19 @@ def _slug(text: str) -> str:
 
 
 def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str | Path = "benchmarks/results",
-            plot: bool = True) -> dict:
+            plot: bool = True, chunk: int = CHUNK_STEPS) -> dict:
     """Run ``cfg.distill`` with both impls and a KD-only run for ``steps`` steps each.
 
     All three runs share the seed, data, batch order, teacher and student
     initialisation; the two impls also share the loss's initial state and the
     contrast indices, so their loss curves should lie on top of each other.
+
+    Each run is built and takes its ``warmup`` steps in turn, which also measure
+    its peak device memory (what it allocated at most, over what was allocated
+    before it was built); then the timed steps are interleaved, ``chunk`` at a
+    time, the order rotating every round. Each run keeps its own random state
+    across the turns (the process-wide generators are swapped in and out with
+    it), so it trains exactly as it would alone.
 
     With ``cfg.cuda_graph`` every run replays its step from a CUDA graph, except
     a reference whose step cannot be captured (CRD's and WCoRD's read values on
@@ -44,9 +60,15 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     """
     if cfg.distill in (None, "kd"):
         raise ValueError("compare needs a representation distiller: --distill crd|wcord|dcd|rrd")
+    if warmup < 1:
+        raise ValueError(f"warmup must be >= 1 (got {warmup}): the warm-up steps also measure each run's peak "
+                         "memory, before the runs' timed steps are interleaved")
     if steps <= warmup:
         raise ValueError(f"steps ({steps}) must exceed warmup ({warmup})")
-    # epochs=0: no epoch limit, so max_steps alone sets the length and --steps N means N
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    # epochs=0: no epoch limit, so max_steps alone sets the length and --steps N means N;
+    # one progress bar for the whole comparison, not one per turn
     cfg = dataclasses.replace(cfg, epochs=0, max_steps=steps, out=None, save_every=None, eval_every_epoch=False)
     device = resolve_device(cfg.device)
     if cfg.cuda_graph:
@@ -62,30 +84,44 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
         "fused": dataclasses.replace(cfg, impl="fused"),
         "kd": dataclasses.replace(cfg, distill="kd", impl="fused", gamma=None, alpha=None, beta=None),
     }
-    results = {}
+    bar = _progress(total=steps * len(runs), initial=0, enabled=cfg.progress, desc=f"compare {cfg.distill}")
+    trainers, eager_reasons, peaks, rng = {}, {}, {}, {}
     for name, run_cfg in runs.items():
-        eager_reason = graph_blocker(run_cfg.distill, run_cfg.impl) if run_cfg.cuda_graph else None
-        if eager_reason:
-            run_cfg = dataclasses.replace(run_cfg, cuda_graph=False)
+        eager_reasons[name] = graph_blocker(run_cfg.distill, run_cfg.impl) if run_cfg.cuda_graph else None
+        run_cfg = dataclasses.replace(run_cfg, progress=False, cuda_graph=run_cfg.cuda_graph and not eager_reasons[name])
+        before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
         trainer = Trainer(run_cfg, train_set=train_set, test_set=test_set)
-        summary = trainer.run(steps, timing_warmup=warmup)
+        summary = trainer.run(warmup)
+        if before is not None:
+            peaks[name] = summary["peak_memory_bytes"] - before
+        rng[name] = _rng_state(trainer.gen)
+        trainers[name] = trainer
+        if bar is not None:
+            bar.update(warmup)
+    seconds = _interleave(trainers, rng, steps, chunk, bar)
+    if bar is not None:
+        bar.close()
+
+    results = {}
+    for name, trainer in trainers.items():
+        timed = steps - warmup
         results[name] = {
-            "impl": run_cfg.impl,
-            "distill": run_cfg.distill,
-            "cuda_graph": run_cfg.cuda_graph,
-            "eager_because": eager_reason,
-            "steps": summary["steps"],
-            "steps_per_s": summary["steps_per_s"],
-            "ms_per_step": 1000.0 / summary["steps_per_s"] if summary["steps_per_s"] else None,
-            "peak_memory_bytes": summary["peak_memory_bytes"],
+            "impl": trainer.cfg.impl,
+            "distill": trainer.cfg.distill,
+            "cuda_graph": trainer.cfg.cuda_graph,
+            "eager_because": eager_reasons[name],
+            "steps": trainer.step,
+            "steps_per_s": timed / seconds[name],
+            "ms_per_step": 1000.0 * seconds[name] / timed,
+            "peak_memory_bytes": peaks.get(name),
             "loss": [row["loss"] for row in trainer.history],
             "loss_feat": [row.get("loss_feat", 0.0) for row in trainer.history],
             "loss_ce": [row["loss_ce"] for row in trainer.history],
         }
-        del trainer
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    del trainers, trainer
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
     kd_ms = results["kd"]["ms_per_step"]
     for name in ("reference", "fused"):
@@ -101,6 +137,7 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
         "config": cfg.to_dict(),
         "steps": min(r["steps"] for r in results.values()),  # the steps run (each run runs ``steps``)
         "warmup": warmup,
+        "timing": f"interleaved, {chunk} steps a turn",
         "speedup_fused_vs_reference": ref_ms / fused_ms if ref_ms and fused_ms else None,
         # step 1 runs both on the same weights and batch: its difference is the losses' arithmetic alone
         # (for CRD mostly the reference's float32 rounding of m*Pn + eps, README "Numerics"); later
@@ -125,6 +162,29 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     return report
 
 
+def _interleave(trainers: dict[str, Trainer], rng: dict[str, dict], steps: int, chunk: int, bar) -> dict[str, float]:
+    """Run every trainer up to ``steps`` steps in turns of ``chunk``; the seconds of
+    each one's timed steps. Each turn restores the trainer's random state first
+    and keeps it after, so the turns do not draw from one another's streams."""
+    seconds = dict.fromkeys(trainers, 0.0)
+    names = list(trainers)
+    turn = 0
+    while any(t.step < steps for t in trainers.values()):
+        for name in names[turn % len(names):] + names[:turn % len(names)]:  # who goes first rotates
+            trainer = trainers[name]
+            n = min(chunk, steps - trainer.step)
+            if n <= 0:
+                continue
+            _set_rng_state(rng[name], trainer.gen)
+            summary = trainer.run(n)  # timed from its first step (after a sync) to its last (synced)
+            rng[name] = _rng_state(trainer.gen)
+            seconds[name] += n / summary["steps_per_s"]
+            if bar is not None:
+                bar.update(n)
+        turn += 1
+    return seconds
+
+
 def _setting(cfg: dict) -> str:
     text = f"{cfg['teacher_arch']} -> {cfg['arch']}, batch {cfg['batch_size']}"
     if cfg["distill"] in ("crd", "wcord"):
@@ -138,7 +198,8 @@ def _setting(cfg: dict) -> str:
 def format_report(report: dict) -> str:
     """A small text table of the three runs."""
     cfg = report["config"]
-    lines = [f"{cfg['distill']}: {_setting(cfg)}, {report['steps']} steps ({report['warmup']} warm-up) "
+    timing = f"; timed {report['timing']}" if report.get("timing") else ""
+    lines = [f"{cfg['distill']}: {_setting(cfg)}, {report['steps']} steps ({report['warmup']} warm-up{timing}) "
              f"on {report['device']}",
              f"{'run':<10} {'steps/s':>9} {'ms/step':>9} {'peak MiB':>9} {'x KD step':>10}"]
     for name, r in report["runs"].items():

@@ -42,12 +42,12 @@ def shared_bank_contrast_fwd_reference(q_s: torch.Tensor, q_t: torch.Tensor, que
     """
     dt = _compute_dtype(q_s, q_t, queue)
     bank = queue.to(dt)
-    s = q_s.to(dt) @ bank.t() / tau_s
-    t = q_t.to(dt) @ bank.t() / tau_t
-    log_p_s = torch.log_softmax(s, dim=1)
-    p_t = torch.softmax(t, dim=1)
-    loss = -(p_t * log_p_s).sum(dim=1)
+    # the temperatures scale the [B, d] queries, not the [B, N] logits, and the
+    # [B, N] temporaries are reused in place: at N = 16384 each one is 4 MB a row block
+    log_p_s = torch.log_softmax((q_s.to(dt) / tau_s) @ bank.t(), dim=1)
+    p_t = torch.softmax((q_t.to(dt) / tau_t) @ bank.t(), dim=1)
+    loss = -torch.linalg.vecdot(p_t, log_p_s, dim=1)
     if not need_grad:
         return loss, loss.new_empty(0)
-    dq = (log_p_s.exp_() - p_t) @ bank / tau_s
+    dq = (log_p_s.exp_().sub_(p_t) @ bank).div_(tau_s)
     return loss, dq
