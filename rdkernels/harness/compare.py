@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from rdkernels.harness import data as hdata
-from rdkernels.harness.train import (Trainer, TrainConfig, _progress, _rng_state, _set_rng_state, check_graphable,
-                                     command_line, device_name, graph_blocker, resolve_device, versions)
+from rdkernels.harness.train import (Trainer, TrainConfig, check_graphable, command_line, device_name, graph_blocker,
+                                     progress_bar, resolve_device, versions)
 
 CHUNK_STEPS = 20  # timed steps a run takes in its turn
 
@@ -67,8 +67,7 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
         raise ValueError(f"steps ({steps}) must exceed warmup ({warmup})")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    # epochs=0: no epoch limit, so max_steps alone sets the length and --steps N means N;
-    # one progress bar for the whole comparison, not one per turn
+    # epochs=0: no epoch limit, so max_steps alone sets the length and --steps N means N
     cfg = dataclasses.replace(cfg, epochs=0, max_steps=steps, out=None, save_every=None, eval_every_epoch=False)
     device = resolve_device(cfg.device)
     if cfg.cuda_graph:
@@ -84,17 +83,19 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
         "fused": dataclasses.replace(cfg, impl="fused"),
         "kd": dataclasses.replace(cfg, distill="kd", impl="fused", gamma=None, alpha=None, beta=None),
     }
-    bar = _progress(total=steps * len(runs), initial=0, enabled=cfg.progress, desc=f"compare {cfg.distill}")
+    # one progress bar for the whole comparison, none per run and turn
+    bar = progress_bar(total=steps * len(runs), initial=0, enabled=cfg.progress, desc=f"compare {cfg.distill}")
     trainers, eager_reasons, peaks, rng = {}, {}, {}, {}
     for name, run_cfg in runs.items():
         eager_reasons[name] = graph_blocker(run_cfg.distill, run_cfg.impl) if run_cfg.cuda_graph else None
-        run_cfg = dataclasses.replace(run_cfg, progress=False, cuda_graph=run_cfg.cuda_graph and not eager_reasons[name])
+        graphed = run_cfg.cuda_graph and not eager_reasons[name]
+        run_cfg = dataclasses.replace(run_cfg, progress=False, cuda_graph=graphed)
         before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
         trainer = Trainer(run_cfg, train_set=train_set, test_set=test_set)
         summary = trainer.run(warmup)
         if before is not None:
             peaks[name] = summary["peak_memory_bytes"] - before
-        rng[name] = _rng_state(trainer.gen)
+        rng[name] = trainer.rng_state()
         trainers[name] = trainer
         if bar is not None:
             bar.update(warmup)
@@ -175,9 +176,9 @@ def _interleave(trainers: dict[str, Trainer], rng: dict[str, dict], steps: int, 
             n = min(chunk, steps - trainer.step)
             if n <= 0:
                 continue
-            _set_rng_state(rng[name], trainer.gen)
+            trainer.set_rng_state(rng[name])
             summary = trainer.run(n)  # timed from its first step (after a sync) to its last (synced)
-            rng[name] = _rng_state(trainer.gen)
+            rng[name] = trainer.rng_state()
             seconds[name] += n / summary["steps_per_s"]
             if bar is not None:
                 bar.update(n)

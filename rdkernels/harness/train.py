@@ -176,7 +176,7 @@ def _set_rng_state(state: dict, gen: torch.Generator) -> None:
         # changed): one cannot take the other's, so this generator keeps its seed
         warnings.warn(f"the checkpoint's sampling RNG state is from another device type than {gen.device}: "
                       "augmentation and contrast sampling restart from the seed (not a bit-for-bit resume)",
-                      stacklevel=3)
+                      stacklevel=4)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -308,6 +308,14 @@ class Trainer:
                                            deterministic=cfg.deterministic))
             yield
 
+    def rng_state(self) -> dict:
+        """Every random state this run draws from: the process-wide generators' and
+        its own sampling generator's (what a checkpoint stores)."""
+        return _rng_state(self.gen)
+
+    def set_rng_state(self, state: dict) -> None:
+        _set_rng_state(state, self.gen)
+
     # ------------------------------------------------------------ data
     def _batches(self, epoch: int, start: int):
         """(images_uint8, labels, index, contrast_idx or None) on the device, from batch ``start`` of ``epoch``."""
@@ -419,7 +427,7 @@ class Trainer:
             _truncate_eval(out_dir / "eval.csv", self.step)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        bar = _progress(total=end, initial=self.step, enabled=cfg.progress,
+        bar = progress_bar(total=end, initial=self.step, enabled=cfg.progress,
                         desc=f"{cfg.distill or 'teacher'}/{cfg.impl}" if cfg.distill else f"train {cfg.arch}")
         pending: list[tuple[int, int, float, dict]] = []
         start_step = self.step
@@ -548,7 +556,7 @@ class Trainer:
             if self.criterion is not None and self.criterion.feature_loss is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": _rng_state(self.gen),
+            "rng": self.rng_state(),
         }
 
     def save_checkpoint(self, path: str | Path) -> None:
@@ -573,7 +581,7 @@ class Trainer:
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
-        _set_rng_state(state["rng"], self.gen)
+        self.set_rng_state(state["rng"])
 
     def load_checkpoint(self, path: str | Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -756,7 +764,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _progress(total: int, initial: int, enabled: bool, desc: str):
+def progress_bar(total: int, initial: int, enabled: bool, desc: str):
+    """A tqdm bar, or None when disabled or tqdm is not installed."""
     if not enabled:
         return None
     try:
