@@ -158,6 +158,10 @@ def test_interleaved_runs_train_as_they_would_alone(tmp_path):
     cfg = tiny_config(distill="crd", sampling="loss", epochs=1)
     report = compare(cfg, steps=8, warmup=2, out_dir=tmp_path, plot=False, chunk=3)
     assert report["timing"] == "interleaved, 3 steps a turn"
+    for name in ("reference", "fused"):  # 6 timed steps: two turns, a ratio to the KD step for each
+        run = report["runs"][name]
+        assert len(run["turn_ms_per_step"]) == len(run["step_ratio_vs_kd_by_turn"]) == 2
+        assert min(run["step_ratio_vs_kd_by_turn"]) <= run["step_ratio_vs_kd"] <= max(run["step_ratio_vs_kd_by_turn"])
     alone_cfg = dataclasses.replace(cfg, epochs=0, max_steps=8)
     for name, run_cfg in (("reference", dataclasses.replace(alone_cfg, impl="reference")),
                           ("fused", dataclasses.replace(alone_cfg, impl="fused")),

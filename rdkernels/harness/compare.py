@@ -99,21 +99,22 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
         trainers[name] = trainer
         if bar is not None:
             bar.update(warmup)
-    seconds = _interleave(trainers, rng, steps, chunk, bar)
+    turns = _interleave(trainers, rng, steps, chunk, bar)
     if bar is not None:
         bar.close()
 
     results = {}
     for name, trainer in trainers.items():
-        timed = steps - warmup
+        timed, seconds = steps - warmup, sum(sec for _, sec in turns[name])
         results[name] = {
             "impl": trainer.cfg.impl,
             "distill": trainer.cfg.distill,
             "cuda_graph": trainer.cfg.cuda_graph,
             "eager_because": eager_reasons[name],
             "steps": trainer.step,
-            "steps_per_s": timed / seconds[name],
-            "ms_per_step": 1000.0 * seconds[name] / timed,
+            "steps_per_s": timed / seconds,
+            "ms_per_step": 1000.0 * seconds / timed,
+            "turn_ms_per_step": [1000.0 * sec / n for n, sec in turns[name]],
             "peak_memory_bytes": peaks.get(name),
             "loss": [row["loss"] for row in trainer.history],
             "loss_feat": [row.get("loss_feat", 0.0) for row in trainer.history],
@@ -128,6 +129,10 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     for name in ("reference", "fused"):
         ms = results[name]["ms_per_step"]
         results[name]["step_ratio_vs_kd"] = ms / kd_ms if ms and kd_ms else None
+        # the same ratio within each round of turns: its spread says how far the machine's
+        # speed moved during the comparison, i.e. what a difference in the ratio is worth
+        results[name]["step_ratio_vs_kd_by_turn"] = [
+            a / b for a, b in zip(results[name]["turn_ms_per_step"], results["kd"]["turn_ms_per_step"])]
     ref_ms, fused_ms = results["reference"]["ms_per_step"], results["fused"]["ms_per_step"]
     dev_name = device_name(device)
     report = {
@@ -163,11 +168,12 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     return report
 
 
-def _interleave(trainers: dict[str, Trainer], rng: dict[str, dict], steps: int, chunk: int, bar) -> dict[str, float]:
-    """Run every trainer up to ``steps`` steps in turns of ``chunk``; the seconds of
-    each one's timed steps. Each turn restores the trainer's random state first
+def _interleave(trainers: dict[str, Trainer], rng: dict[str, dict], steps: int, chunk: int,
+                bar) -> dict[str, list[tuple[int, float]]]:
+    """Run every trainer up to ``steps`` steps in turns of ``chunk``; each one's
+    turns as (steps, seconds). Each turn restores the trainer's random state first
     and keeps it after, so the turns do not draw from one another's streams."""
-    seconds = dict.fromkeys(trainers, 0.0)
+    turns = {name: [] for name in trainers}
     names = list(trainers)
     turn = 0
     while any(t.step < steps for t in trainers.values()):
@@ -179,11 +185,11 @@ def _interleave(trainers: dict[str, Trainer], rng: dict[str, dict], steps: int, 
             trainer.set_rng_state(rng[name])
             summary = trainer.run(n)  # timed from its first step (after a sync) to its last (synced)
             rng[name] = trainer.rng_state()
-            seconds[name] += n / summary["steps_per_s"]
+            turns[name].append((n, n / summary["steps_per_s"]))
             if bar is not None:
                 bar.update(n)
         turn += 1
-    return seconds
+    return turns
 
 
 def _setting(cfg: dict) -> str:
@@ -207,9 +213,11 @@ def format_report(report: dict) -> str:
         sps = f"{r['steps_per_s']:.2f}" if r["steps_per_s"] else "-"
         ms = f"{r['ms_per_step']:.1f}" if r["ms_per_step"] else "-"
         mem = f"{r['peak_memory_bytes'] / 2**20:.0f}" if r["peak_memory_bytes"] else "-"
-        ratio = r.get("step_ratio_vs_kd")
+        ratio = f"{r['step_ratio_vs_kd']:.2f}" if r.get("step_ratio_vs_kd") else "-"
+        by_turn = r.get("step_ratio_vs_kd_by_turn") or []
+        spread = f" ({min(by_turn):.2f}-{max(by_turn):.2f} by turn)" if len(by_turn) > 1 else ""
         note = "  (eager: its step cannot be captured)" if r.get("eager_because") else ""
-        lines.append(f"{name:<10} {sps:>9} {ms:>9} {mem:>9} {(f'{ratio:.2f}' if ratio else '-'):>10}{note}")
+        lines.append(f"{name:<10} {sps:>9} {ms:>9} {mem:>9} {ratio:>10}{spread}{note}")
     if report["speedup_fused_vs_reference"]:
         lines.append(f"fused vs reference: step-time speed-up {report['speedup_fused_vs_reference']:.2f}x; "
                      f"|loss difference| at step 1 {report['first_step_loss_diff']:.3g}, "
