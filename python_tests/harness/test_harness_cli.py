@@ -156,7 +156,7 @@ def test_interleaved_runs_train_as_they_would_alone(tmp_path):
     require_loss("crd", "fused")
     require_loss("crd", "reference")
     cfg = tiny_config(distill="crd", sampling="loss", epochs=1)
-    report = compare(cfg, steps=8, warmup=2, out_dir=tmp_path, plot=False, chunk=3)
+    report = compare(cfg, steps=8, warmup=2, out_dir=tmp_path, plot=False, turn_steps=3)
     assert report["timing"] == "interleaved, 3 steps a turn"
     for name in ("reference", "fused"):  # 6 timed steps: two turns, a ratio to the KD step for each
         run = report["runs"][name]

@@ -11,6 +11,7 @@ import dataclasses
 import sys
 
 from rdkernels.backend import BackendUnavailable
+from rdkernels.harness.compare import TURN_STEPS
 from rdkernels.harness.distillers import DISTILLERS, IMPLS, LossOptions
 from rdkernels.harness.models import MODELS
 from rdkernels.harness.train import RUN_OPTIONS, SAMPLINGS, ResumeMismatch, Trainer, TrainConfig
@@ -217,6 +218,8 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     _common(p, training=False)
     p.add_argument("--steps", type=int, default=200, help="training steps per run (whatever the epoch length)")
     p.add_argument("--warmup", type=int, default=20, help="steps excluded from the timing")
+    p.add_argument("--turn-steps", type=int, default=TURN_STEPS,
+                   help="timed steps a run takes in its turn: the runs' timed steps are interleaved")
     p.add_argument("--results", default="benchmarks/results", help="folder for the JSON and PNG")
     p.add_argument("--no-plot", action="store_true")
     for name in ("train-teacher", "distill"):
@@ -242,7 +245,8 @@ def _compare(args, parser: argparse.ArgumentParser) -> None:
                      f"got {args.distill!r}")
     for name in names:
         cfg = _config(args, impl="fused", distill=name)
-        compare(cfg, steps=args.steps, warmup=args.warmup, out_dir=args.results, plot=not args.no_plot)
+        compare(cfg, steps=args.steps, warmup=args.warmup, out_dir=args.results, plot=not args.no_plot,
+                turn_steps=args.turn_steps)
 
 
 def main(argv=None) -> int:

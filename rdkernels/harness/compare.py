@@ -5,7 +5,7 @@ Reports steps/s (after a warm-up), peak device memory, the distiller-step /
 KD-step time ratio of each implementation, and both loss curves, as a JSON file
 and a PNG, both named with the device.
 
-The timed steps are interleaved: the three runs take turns of ``chunk`` steps
+The timed steps are interleaved: the three runs take turns of ``turn_steps`` steps
 (20 by default), so a drift of the machine's speed over the minutes the
 comparison takes (clocks, other load, memory state) falls on all three alike
 rather than on whichever ran last. On a 2-core CPU, the KD step timed in
@@ -27,7 +27,7 @@ from rdkernels.harness import data as hdata
 from rdkernels.harness.train import (Trainer, TrainConfig, check_graphable, command_line, device_name, graph_blocker,
                                      progress_bar, resolve_device, versions)
 
-CHUNK_STEPS = 20  # timed steps a run takes in its turn
+TURN_STEPS = 20  # timed steps a run takes in its turn
 
 
 def _slug(text: str) -> str:
@@ -35,7 +35,7 @@ def _slug(text: str) -> str:
 
 
 def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str | Path = "benchmarks/results",
-            plot: bool = True, chunk: int = CHUNK_STEPS) -> dict:
+            plot: bool = True, turn_steps: int = TURN_STEPS) -> dict:
     """Run ``cfg.distill`` with both impls and a KD-only run for ``steps`` steps each.
 
     All three runs share the seed, data, batch order, teacher and student
@@ -44,8 +44,8 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
 
     Each run is built and takes its ``warmup`` steps in turn, which also measure
     its peak device memory (what it allocated at most, over what was allocated
-    before it was built); then the timed steps are interleaved, ``chunk`` at a
-    time, the order rotating every round. Each run keeps its own random state
+    before it was built); then the timed steps are interleaved, ``turn_steps`` at
+    a time, the order rotating every round. Each run keeps its own random state
     across the turns (the process-wide generators are swapped in and out with
     it), so it trains exactly as it would alone.
 
@@ -65,8 +65,8 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
                          "memory, before the runs' timed steps are interleaved")
     if steps <= warmup:
         raise ValueError(f"steps ({steps}) must exceed warmup ({warmup})")
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if turn_steps < 1:
+        raise ValueError(f"turn_steps must be >= 1, got {turn_steps}")
     # epochs=0: no epoch limit, so max_steps alone sets the length and --steps N means N
     cfg = dataclasses.replace(cfg, epochs=0, max_steps=steps, out=None, save_every=None, eval_every_epoch=False)
     device = resolve_device(cfg.device)
@@ -99,7 +99,7 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
         trainers[name] = trainer
         if bar is not None:
             bar.update(warmup)
-    turns = _interleave(trainers, rng, steps, chunk, bar)
+    turns = _interleave(trainers, rng, steps, turn_steps, bar)
     if bar is not None:
         bar.close()
 
@@ -143,7 +143,7 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
         "config": cfg.to_dict(),
         "steps": min(r["steps"] for r in results.values()),  # the steps run (each run runs ``steps``)
         "warmup": warmup,
-        "timing": f"interleaved, {chunk} steps a turn",
+        "timing": f"interleaved, {turn_steps} steps a turn",
         "speedup_fused_vs_reference": ref_ms / fused_ms if ref_ms and fused_ms else None,
         # step 1 runs both on the same weights and batch: its difference is the losses' arithmetic alone
         # (for CRD mostly the reference's float32 rounding of m*Pn + eps, README "Numerics"); later
@@ -168,9 +168,9 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     return report
 
 
-def _interleave(trainers: dict[str, Trainer], rng: dict[str, dict], steps: int, chunk: int,
+def _interleave(trainers: dict[str, Trainer], rng: dict[str, dict], steps: int, turn_steps: int,
                 bar) -> dict[str, list[tuple[int, float]]]:
-    """Run every trainer up to ``steps`` steps in turns of ``chunk``; each one's
+    """Run every trainer up to ``steps`` steps in turns of ``turn_steps``; each one's
     turns as (steps, seconds). Each turn restores the trainer's random state first
     and keeps it after, so the turns do not draw from one another's streams."""
     turns = {name: [] for name in trainers}
@@ -179,7 +179,7 @@ def _interleave(trainers: dict[str, Trainer], rng: dict[str, dict], steps: int, 
     while any(t.step < steps for t in trainers.values()):
         for name in names[turn % len(names):] + names[:turn % len(names)]:  # who goes first rotates
             trainer = trainers[name]
-            n = min(chunk, steps - trainer.step)
+            n = min(turn_steps, steps - trainer.step)
             if n <= 0:
                 continue
             trainer.set_rng_state(rng[name])
