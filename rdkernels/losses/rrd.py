@@ -64,8 +64,8 @@ class RRDLoss(nn.Module):
         self.tau_s, self.tau_t = check_positive("tau_s", tau_s), check_positive("tau_t", tau_t)
         self.enqueue = enqueue
         self.train_teacher_proj = bool(train_teacher_proj)
-        self.embed_s = nn.Linear(s_dim, feat_dim)
-        self.embed_t = nn.Linear(t_dim, feat_dim)
+        self.embed_s = nn.Linear(self.s_dim, self.feat_dim)
+        self.embed_t = nn.Linear(self.t_dim, self.feat_dim)
         self.register_buffer("queue", init_queue(self.queue_size, self.feat_dim))
         self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))
         self.register_load_state_dict_pre_hook(_load_reference_keys)

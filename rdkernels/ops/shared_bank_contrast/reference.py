@@ -43,7 +43,7 @@ def shared_bank_contrast_fwd_reference(q_s: torch.Tensor, q_t: torch.Tensor, que
     dt = _compute_dtype(q_s, q_t, queue)
     bank = queue.to(dt)
     # the temperatures scale the [B, d] queries, not the [B, N] logits, and the
-    # [B, N] temporaries are reused in place: at N = 16384 each one is 4 MB a row block
+    # [B, N] temporaries are reused in place (4 MB each at B = 64, N = 16384)
     log_p_s = torch.log_softmax((q_s.to(dt) / tau_s) @ bank.t(), dim=1)
     p_t = torch.softmax((q_t.to(dt) / tau_t) @ bank.t(), dim=1)
     loss = -torch.linalg.vecdot(p_t, log_p_s, dim=1)
