@@ -301,12 +301,16 @@ def test_session_script_passes_flags_its_tools_take(tmp_path):
     from benchmarks import overhead, profile
     from rdkernels.harness.__main__ import _build_parser
 
-    done, argvs = _session(tmp_path, "overhead", "bench", "train")
+    from benchmarks import targets
+
+    done, argvs = _session(tmp_path, "overhead", "bench", "train", "targets")
     assert done.returncode == 0, done.stdout + done.stderr
     results = str(tmp_path / "results" / "some-gpu")
     modules = [argv[1] for argv in argvs if argv[0] == "-m"]
     assert modules.count("benchmarks.overhead") == 2 and modules.count("benchmarks.profile") == 1
-    assert modules.count("benchmarks") == 1 and modules.count("rdkernels.harness") == 9
+    assert modules.count("benchmarks") == 4 and modules.count("rdkernels.harness") == 9
+    assert modules.count("benchmarks.targets") == 1
+    suites = []
     harness = _build_parser()[0]
     distillers = []
     for argv in argvs:
@@ -318,7 +322,11 @@ def test_session_script_passes_flags_its_tools_take(tmp_path):
         elif module == "benchmarks.profile":
             profile.parse_args(rest)
         elif module == "benchmarks":
-            assert cli.parse_args(rest).quick
+            args = cli.parse_args(rest)
+            suites.append((args.quick, args.preset, tuple(args.op or ())))
+        elif module == "benchmarks.targets":
+            args = targets.parse_args(rest)
+            assert [str(p) for p in args.paths] == [results] and str(args.json).startswith(results + "/")
         else:
             args = harness.parse_args(rest)
             assert args.command == "compare" and args.results == results and args.steps > args.warmup
@@ -326,6 +334,9 @@ def test_session_script_passes_flags_its_tools_take(tmp_path):
     assert sorted(distillers) == sorted([(d, g, False) for d in ("crd", "dcd", "rrd", "wcord") for g in (False, True)]
                                         + [("crd", True, True)])
     assert (tmp_path / "results" / "some-gpu" / "profile-bank_contrast.txt").exists()
+    # the quick sweep, and the sizes the issues' targets name that it leaves out
+    assert suites == [(True, None, ()), (False, "cifar", ("crd_step", "bank_contrast")),
+                      (False, "imagenet", ("crd_step", "bank_contrast")), (False, None, ("dcd",))]
 
 
 def test_session_script_fails_a_phase_when_any_command_fails(tmp_path):
@@ -334,7 +345,7 @@ def test_session_script_fails_a_phase_when_any_command_fails(tmp_path):
     assert done.returncode == 1
     assert "=== overhead:" in done.stdout and "FAILED" in done.stdout.split("=== overhead:")[1].splitlines()[0]
     modules = [argv[1] for argv in argvs if argv[0] == "-m"]
-    assert modules == ["benchmarks.overhead", "benchmarks.overhead", "benchmarks.profile", "benchmarks"]
+    assert modules == ["benchmarks.overhead", "benchmarks.overhead", "benchmarks.profile"] + ["benchmarks"] * 4
     # one failing compare does not hide the others
     done, argvs = _session(tmp_path, "train", fail_on="--distill dcd --cuda-graph")
     assert done.returncode == 1

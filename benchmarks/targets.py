@@ -1,0 +1,271 @@
+"""The issues' speed and memory targets, checked against saved results.
+
+    python -m benchmarks.targets benchmarks/results/<device>/      # every JSON there
+    python -m benchmarks.targets quick.json full-cifar.json train_crd_*.json --json targets.json
+
+Reads benchmark records (``python -m benchmarks``) and training comparisons
+(``python -m rdkernels.harness compare``) and prints one row per target: what
+it asks, what was measured and where, and whether it is met. A target that
+names an H100 or H200 is met only by a measurement on one; a measurement on
+another device is shown but not counted. A target no file measures says which
+command measures it, so a short GPU session can see what it still owes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+BENCH_SCHEMA = "rdkernels-bench/1"
+TARGET_GPUS = ("H100", "H200")
+CIFAR = dict(B=64, K=16_384, N=50_000)
+IMAGENET = dict(B=256, K=16_384, N=1_281_167)
+
+
+@dataclass
+class Measured:
+    value: float
+    device: str
+    source: str
+    detail: str = ""
+
+
+class Results:
+    """Benchmark rows and training reports from a set of JSON files."""
+
+    def __init__(self, paths: list[Path]):
+        self.rows: list[dict] = []
+        self.trainings: list[dict] = []
+        for path in paths:
+            with open(path) as fh:
+                record = json.load(fh)
+            if record.get("schema") == BENCH_SCHEMA:
+                device = record["device"]["name"]
+                self.rows += [dict(row, _device=device, _source=path.name) for row in record["rows"]
+                              if row.get("status") == "ok"]
+            elif "speedup_fused_vs_reference" in record and "runs" in record:
+                self.trainings.append(dict(record, _source=path.name))
+
+    def rows_for(self, op: str, mode: str, impls: Callable[[str], bool], **params) -> list[dict]:
+        return [r for r in self.rows if r["op"] == op and r["mode"] == mode and impls(r["impl"])
+                and all(r["params"].get(k) == v for k, v in params.items())]
+
+    def best(self, op: str, mode: str, impls: Callable[[str], bool], **params) -> dict | None:
+        """The fastest matching row, preferring a target GPU's rows."""
+        rows = self.rows_for(op, mode, impls, **params)
+        return min(rows, key=lambda r: (not on_target_gpu(r["_device"]), r["time_ms"]), default=None)
+
+
+def on_target_gpu(device: str) -> bool:
+    return any(name in device for name in TARGET_GPUS)
+
+
+def fused(impl: str) -> bool:
+    """The kernel backends (either strategy): what the targets measure."""
+    return impl.split(":")[0] in ("triton", "cuda")
+
+
+def named(*names: str) -> Callable[[str], bool]:
+    return lambda impl: impl in names
+
+
+def _ratio(results: Results, op: str, mode: str, over: Callable[[str], bool], params: dict,
+           under: Callable[[str], bool] = fused) -> Measured | None:
+    """time(best ``over``) / time(best ``under``) on the same device, the device of
+    the best ``under`` row."""
+    top = results.best(op, mode, under, **params)
+    if top is None:
+        return None
+    base = min((r for r in results.rows_for(op, mode, over, **params) if r["_device"] == top["_device"]),
+               key=lambda r: r["time_ms"], default=None)
+    if base is None:
+        return None
+    return Measured(base["time_ms"] / top["time_ms"], top["_device"], top["_source"],
+                    f"{base['impl']} {base['time_ms']:.3g} ms / {top['impl']} {top['time_ms']:.3g} ms")
+
+
+def _floor_fraction(results: Results, params: dict) -> Measured | None:
+    top = results.best("crd_step", "fwd+bwd", fused, **params)
+    if top is None or not top.get("frac_of_floor"):
+        return None
+    return Measured(1.0 / top["frac_of_floor"], top["_device"], top["_source"],
+                    f"{top['impl']} {top['time_ms']:.3g} ms, floor {top['floor_ms']:.3g} ms")
+
+
+def _memory_fraction(results: Results, params: dict) -> Measured | None:
+    top = results.best("crd_step", "fwd+bwd", fused, **params)
+    if top is None or not top.get("peak_mem_bytes"):
+        return None
+    base = next((r for r in results.rows_for("crd_step", "fwd+bwd", named("naive"), **params)
+                 if r["_device"] == top["_device"] and r.get("peak_mem_bytes")), None)
+    if base is None:
+        return None
+    return Measured(top["peak_mem_bytes"] / base["peak_mem_bytes"], top["_device"], top["_source"],
+                    f"{top['impl']} {top['peak_mem_bytes'] / 2**20:.3g} MiB / naive "
+                    f"{base['peak_mem_bytes'] / 2**20:.3g} MiB")
+
+
+def _dcd_worst(results: Results) -> Measured | None:
+    """The smallest speed-up over B = 64 ... 1024 (float32), each B measured."""
+    found = [(b, _ratio(results, "dcd", "fwd+bwd", named("naive"), dict(B=b, dtype="float32")))
+             for b in (64, 128, 256, 512, 1024)]
+    if any(m is None for _, m in found):
+        missing = [b for b, m in found if m is None]
+        measured = [m for _, m in found if m is not None]
+        if not measured:
+            return None
+        worst = min(measured, key=lambda m: m.value)
+        return Measured(worst.value, worst.device, worst.source, f"B = {missing} not measured")
+    b, worst = min(found, key=lambda bm: bm[1].value)
+    return Measured(worst.value, worst.device, worst.source, f"lowest at B = {b}: {worst.detail}")
+
+
+def _training(results: Results, key: Callable[[dict], float | None], best: Callable) -> Measured | None:
+    """A training comparison's figure, over the reports of the issue's configuration."""
+    reports = [r for r in results.trainings if _issue_training_config(r["config"])]
+    values = [(key(r), r) for r in reports if key(r) is not None]
+    if not values:
+        return None
+    on_gpu = [(v, r) for v, r in values if on_target_gpu(r["device"])]
+    values = on_gpu or values  # a target GPU's runs, where there are any
+    value, report = best(values, key=lambda vr: vr[0])
+    cfg = report["config"]
+    how = ("CUDA graphs" if cfg.get("cuda_graph") else "eager") + (", AMP" if cfg.get("amp") else "")
+    return Measured(value, report["device"], report["_source"], how)
+
+
+def _issue_training_config(cfg: dict) -> bool:
+    """resnet32x4 -> resnet8x4, batch 64, K = 16384, N = 50 000 (CIFAR-100, or its synthetic stand-in)."""
+    return (cfg.get("distill") == "crd" and cfg.get("arch") == "resnet8x4" and cfg.get("teacher_arch") == "resnet32x4"
+            and cfg.get("batch_size") == 64 and cfg.get("loss", {}).get("nce_k") == 16_384
+            and (cfg.get("data") is not None or cfg.get("synthetic_n") == 50_000))
+
+
+@dataclass
+class Target:
+    issue: int
+    text: str
+    measure: Callable[[Results], Measured | None]
+    met: Callable[[float], bool]
+    unit: str            # how the value reads: "x" (a ratio) or "%" (a fraction)
+    how: str             # the command that measures it
+    needs_gpu: bool = True
+
+
+def _bench(args: str) -> str:
+    return f"python -m benchmarks {args}"
+
+
+_TRAIN = "python -m rdkernels.harness compare --distill crd --steps 200 --warmup 20 --no-index-checks [--cuda-graph]"
+
+TARGETS = [
+    Target(3, "CIFAR CRD step (both directions + bank update, fwd+bwd) >= 50x the RepDistiller formulation",
+           lambda r: _ratio(r, "crd_step", "fwd+bwd", named("naive"), CIFAR), lambda v: v >= 50, "x",
+           _bench("--preset cifar")),
+    Target(3, "CIFAR CRD step >= 2x the best pure-PyTorch formulation (torch backend)",
+           lambda r: _ratio(r, "crd_step", "fwd+bwd", named("torch"), CIFAR), lambda v: v >= 2, "x",
+           _bench("--preset cifar")),
+    Target(3, "CIFAR CRD step within 2x of its floor (bytes that must move / bandwidth)",
+           lambda r: _floor_fraction(r, CIFAR), lambda v: v <= 2, "x floor", _bench("--preset cifar")),
+    Target(3, "ImageNet CRD step >= 20x the RepDistiller formulation",
+           lambda r: _ratio(r, "crd_step", "fwd+bwd", named("naive"), IMAGENET), lambda v: v >= 20, "x",
+           _bench("--preset imagenet")),
+    Target(3, "CIFAR CRD step: extra device memory <= 1% of the RepDistiller formulation's",
+           lambda r: _memory_fraction(r, CIFAR), lambda v: v <= 0.01, "%", _bench("--preset cifar")),
+    Target(3, "CPU: torch backend, dense strategy >= 3x the RepDistiller formulation (B=64, K=4096, N=50000)",
+           lambda r: _ratio(r, "bank_contrast", "fwd+bwd", named("naive"), dict(B=64, K=4096, N=50_000, d=128),
+                            under=named("torch:dense")),
+           lambda v: v >= 3, "x", _bench("--quick --op bank_contrast --device cpu"), needs_gpu=False),
+    Target(4, "Sinkhorn, 64 problems of 128x128, 100 iterations: >= 30x a torch loop of logsumexp updates",
+           lambda r: _ratio(r, "sinkhorn", "fwd", named("naive"), dict(P=64, n=128, m=128, iters=100)),
+           lambda v: v >= 30, "x", _bench("--quick --op sinkhorn")),
+    Target(4, "Sinkhorn, same: >= 10x POT's log-domain Sinkhorn",
+           lambda r: _ratio(r, "sinkhorn", "fwd", named("pot"), dict(P=64, n=128, m=128, iters=100)),
+           lambda v: v >= 10, "x", _bench("--quick --op sinkhorn") + " (POT installed)"),
+    Target(4, "Sinkhorn, same: >= 10x geomloss at equal iterations",
+           lambda r: _ratio(r, "sinkhorn", "fwd", named("geomloss-fixed"), dict(P=64, n=128, m=128, iters=100)),
+           lambda v: v >= 10, "x", _bench("--quick --op sinkhorn") + " (geomloss installed)"),
+    Target(5, "RRD shared-bank contrast, B=64 N=16384 d=128, fwd+bwd: >= 5x the reference formulation",
+           lambda r: _ratio(r, "shared_bank_contrast", "fwd+bwd", named("naive"),
+                            dict(B=64, N=16_384, d=128, dtype="float32")),
+           lambda v: v >= 5, "x", _bench("--quick --op shared_bank_contrast")),
+    Target(5, "DCD, B = 64 ... 1024, fwd+bwd: >= 3x the reference formulation at every B",
+           _dcd_worst, lambda v: v >= 3, "x", _bench("--op dcd")),
+    Target(7, "Training: fused CRD step <= 1.10x the KD-only step",
+           lambda r: _training(r, lambda t: t["runs"]["fused"].get("step_ratio_vs_kd"), min),
+           lambda v: v <= 1.10, "x KD", _TRAIN),
+    Target(7, "Training: fused CRD step >= 2x faster than the reference CRD step",
+           lambda r: _training(r, lambda t: t.get("speedup_fused_vs_reference"), max),
+           lambda v: v >= 2, "x", _TRAIN),
+]
+
+
+def evaluate(results: Results) -> list[dict]:
+    """One dict per target: issue, target, value (or None), status, device, source, detail."""
+    out = []
+    for t in TARGETS:
+        m = t.measure(results)
+        if m is None:
+            status, row = "not measured", dict(value=None, device=None, source=None, detail=f"run: {t.how}")
+        else:
+            row = dict(value=m.value, device=m.device, source=m.source, detail=m.detail)
+            if t.needs_gpu and not on_target_gpu(m.device):
+                status = "off-target device"
+            else:
+                status = "met" if t.met(m.value) else "not met"
+        out.append(dict(issue=t.issue, target=t.text, unit=t.unit, status=status, **row))
+    return out
+
+
+def _value(row: dict) -> str:
+    if row["value"] is None:
+        return "-"
+    if row["unit"] == "%":
+        return f"{100 * row['value']:.2f}%"
+    return f"{row['value']:.3g}{row['unit']}"
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| issue | target | measured | status | where |", "|---|---|---:|---|---|"]
+    for r in rows:
+        where = f"{r['device']}, {r['source']}; {r['detail']}" if r["device"] else r["detail"]
+        lines.append(f"| #{r['issue']} | {r['target']} | {_value(r)} | {r['status']} | {where} |")
+    return "\n".join(lines)
+
+
+def _json_files(paths: list[Path]) -> list[Path]:
+    files = []
+    for p in paths:
+        files += sorted(p.glob("*.json")) if p.is_dir() else [p]
+    return files
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.targets", description=__doc__.split("\n\n")[2])
+    parser.add_argument("paths", nargs="+", type=Path, help="result JSON files, or folders of them")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return _parser().parse_args(argv)
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        parser.error(f"no such file or folder: {', '.join(missing)}")
+    rows = evaluate(Results(_json_files(args.paths)))
+    print(format_table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""benchmarks/targets.py: each issue target read off result files, on the device it names."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import targets
+
+H100 = "NVIDIA H100 80GB HBM3"
+CIFAR = dict(N=50_000, K=16_384, B=64, d=128, s_dim=256, t_dim=256, dtype="float32")
+IMAGENET = dict(N=1_281_167, K=16_384, B=256, d=128, s_dim=512, t_dim=512, dtype="float32")
+SINKHORN = dict(d=32, dtype="float32", P=64, n=128, m=128, eps=0.05, iters=100)
+
+
+def _row(op, params, impl, mode, time_ms, **extra):
+    return dict(op=op, case="", params=params, impl=impl, mode=mode, status="ok", time_ms=time_ms, **extra)
+
+
+def _bench(tmp_path, name, device, rows):
+    record = dict(schema=targets.BENCH_SCHEMA, device=dict(name=device), rows=rows)
+    (tmp_path / f"{name}.json").write_text(json.dumps(record))
+
+
+def _training(tmp_path, name, device, ratio_vs_kd, speedup, **config):
+    cfg = dict(dict(distill="crd", arch="resnet8x4", teacher_arch="resnet32x4", batch_size=64,
+                    loss=dict(nce_k=16_384), synthetic_n=50_000, data=None, cuda_graph=False, amp=False), **config)
+    report = dict(device=device, config=cfg, speedup_fused_vs_reference=speedup,
+                  runs=dict(fused=dict(step_ratio_vs_kd=ratio_vs_kd)))
+    (tmp_path / f"{name}.json").write_text(json.dumps(report))
+
+
+@pytest.fixture
+def results(tmp_path):
+    _bench(tmp_path, "cifar", H100, [
+        _row("crd_step", CIFAR, "naive", "fwd+bwd", 100.0, peak_mem_bytes=1e9),
+        _row("crd_step", CIFAR, "torch", "fwd+bwd", 10.0, peak_mem_bytes=2e8),
+        _row("crd_step", CIFAR, "triton", "fwd+bwd", 1.5, peak_mem_bytes=5e6, frac_of_floor=0.6, floor_ms=0.9),
+        _row("crd_step", CIFAR, "cuda", "fwd+bwd", 2.0, peak_mem_bytes=4e6, frac_of_floor=0.45, floor_ms=0.9),
+        _row("crd_step", CIFAR, "triton", "fwd", 0.5),  # another mode: never compared with fwd+bwd rows
+        _row("crd_step", IMAGENET, "naive", "fwd+bwd", 300.0),
+        _row("crd_step", IMAGENET, "cuda", "fwd+bwd", 20.0),
+        _row("sinkhorn", SINKHORN, "naive", "fwd", 60.0),
+        _row("sinkhorn", SINKHORN, "triton", "fwd", 1.5),
+        *[r for b in (64, 128, 256, 512) for r in (
+            _row("dcd", dict(B=b, d=128, dtype="float32"), "naive", "fwd+bwd", 1.0),
+            _row("dcd", dict(B=b, d=128, dtype="float32"), "cuda", "fwd+bwd", 0.25 if b != 256 else 0.5))],
+    ])
+    # the same CIFAR case, slower, on a GPU the targets do not name: the H100's rows win
+    _bench(tmp_path, "other-gpu", "NVIDIA A100-SXM4-80GB", [
+        _row("crd_step", CIFAR, "naive", "fwd+bwd", 100.0), _row("crd_step", CIFAR, "triton", "fwd+bwd", 1.0)])
+    _bench(tmp_path, "cpu", "AMD EPYC", [
+        _row("bank_contrast", dict(B=64, K=4096, N=50_000, d=128, dtype="float32", epilogue="nce"), "naive",
+             "fwd+bwd", 98.0),
+        _row("bank_contrast", dict(B=64, K=4096, N=50_000, d=128, dtype="float32", epilogue="nce"), "torch:dense",
+             "fwd+bwd", 16.9),
+        _row("shared_bank_contrast", dict(B=64, N=16_384, d=128, dtype="float32"), "naive", "fwd+bwd", 12.0),
+        _row("shared_bank_contrast", dict(B=64, N=16_384, d=128, dtype="float32"), "triton", "fwd+bwd", 1.0),
+    ])
+    _training(tmp_path, "train_eager", H100, 1.16, 1.21)
+    _training(tmp_path, "train_graph", H100, 1.05, 1.9, cuda_graph=True)
+    _training(tmp_path, "train_other", H100, 1.0, 9.0, batch_size=128)  # not the issue's configuration
+    _training(tmp_path, "train_small", H100, 1.0, 9.0, synthetic_n=1000)  # nor is a smaller dataset
+    _training(tmp_path, "train_cpu", "cpu AMD EPYC (2 cores)", 1.0, 9.0)  # better, but not on a target GPU
+    (tmp_path / "overhead.json").write_text(json.dumps({"rows": []}))  # another tool's record: ignored
+    return {r["target"]: r for r in targets.evaluate(targets.Results(sorted(tmp_path.glob("*.json"))))}
+
+
+def _find(results, words):
+    (row,) = [r for text, r in results.items() if words in text]
+    return row
+
+
+def test_speed_ups_memory_and_floor(results):
+    row = _find(results, ">= 50x the RepDistiller")
+    assert row["status"] == "met" and row["value"] == pytest.approx(100 / 1.5) and row["device"] == H100
+    assert _find(results, "best pure-PyTorch")["value"] == pytest.approx(10 / 1.5)
+    assert _find(results, "within 2x of its floor")["value"] == pytest.approx(1 / 0.6)
+    assert _find(results, "extra device memory")["value"] == pytest.approx(5e6 / 1e9)
+    row = _find(results, "ImageNet")
+    assert row["status"] == "not met" and row["value"] == pytest.approx(15)
+    assert _find(results, "torch loop of logsumexp")["value"] == pytest.approx(40)
+
+
+def test_unmeasured_targets_say_how_to_measure_them(results):
+    row = _find(results, "POT")
+    assert row["status"] == "not measured" and row["value"] is None and "--op sinkhorn" in row["detail"]
+
+
+def test_a_gpu_target_measured_elsewhere_is_shown_but_not_counted(results):
+    row = _find(results, ">= 5x the reference formulation")  # RRD, measured on the CPU only
+    assert row["status"] == "off-target device" and row["value"] == pytest.approx(12)
+    row = _find(results, "CPU: torch backend")  # the one CPU target
+    assert row["status"] == "met" and row["value"] == pytest.approx(98 / 16.9)
+
+
+def test_dcd_takes_the_worst_batch_and_names_the_missing_ones(results):
+    row = _find(results, "DCD")
+    assert row["value"] == pytest.approx(2) and row["status"] == "not met"
+    assert "[1024] not measured" in row["detail"]
+
+
+def test_training_targets_take_the_best_run_of_the_issue_configuration(results):
+    row = _find(results, "1.10x the KD-only step")
+    assert row["value"] == pytest.approx(1.05) and row["status"] == "met" and "CUDA graphs" in row["detail"]
+    row = _find(results, "2x faster than the reference CRD step")
+    assert row["value"] == pytest.approx(1.9) and row["status"] == "not met"
+
+
+def test_cli_prints_a_table_and_writes_json(tmp_path, capsys):
+    _bench(tmp_path, "quick", H100, [_row("sinkhorn", SINKHORN, "naive", "fwd", 60.0),
+                                     _row("sinkhorn", SINKHORN, "cuda", "fwd", 3.0)])
+    assert targets.main([str(tmp_path), "--json", str(tmp_path / "targets.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| #4 | Sinkhorn, 64 problems" in out and "| 20x | not met |" in out
+    rows = json.loads((tmp_path / "targets.json").read_text())
+    assert len(rows) == len(targets.TARGETS)
+    with pytest.raises(SystemExit):
+        targets.main([str(tmp_path / "nowhere")])
