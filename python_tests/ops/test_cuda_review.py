@@ -137,7 +137,7 @@ def test_sinkhorn_and_bank_update_calls(ext, n, m, tol):
     sk = importlib.import_module("rdkernels.ops.sinkhorn.cuda")
     bu = importlib.import_module("rdkernels.ops.bank_update.cuda")
     cost = torch.rand(2, n, m).to(torch.bfloat16)
-    sk._sinkhorn_cuda(cost, torch.full((2, n), 1 / n), torch.full((2, m), 1 / m), 0.1, 3, tol, 1, True)
+    sk.sinkhorn_cuda(cost, torch.full((2, n), 1 / n), torch.full((2, m), 1 / m), 0.1, 3, tol, 1, True)
     bu.bank_update_cuda_(torch.randn(30, 8), torch.arange(4, dtype=torch.int32), torch.randn(4, 8).half(), 0.5)
     names = [c[0] for c in ext.calls]
     assert names[0] == ("sinkhorn" if n <= sk.FUSED_MAX else "sinkhorn_rows") and names[-1] == "bank_update"

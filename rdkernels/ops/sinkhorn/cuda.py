@@ -46,13 +46,9 @@ class _CudaTiled:
 
 
 def sinkhorn_cuda(cost, a, b, eps, max_iters, tol=None, check_every=10, return_plan=False):
-    """Same contract as sinkhorn_reference; cost contiguous fp32/bf16/fp16 on a CUDA device."""
-    # The extension launches on the current device and sizes shared memory for it.
-    with torch.cuda.device(cost.device):
-        return _sinkhorn_cuda(cost, a, b, eps, max_iters, tol, check_every, return_plan)
-
-
-def _sinkhorn_cuda(cost, a, b, eps, max_iters, tol, check_every, return_plan):
+    """Same contract as sinkhorn_reference; cost contiguous fp32/bf16/fp16 on a CUDA
+    device, which the op body (``op_body``) has made current: the extension
+    launches on the current device and sizes shared memory for it."""
     a = a.to(torch.float32).contiguous()
     b = b.to(torch.float32).contiguous()
     P, n, m = cost.shape
