@@ -109,18 +109,16 @@ def _memory_fraction(results: Results, params: dict) -> Measured | None:
 
 
 def _dcd_worst(results: Results) -> Measured | None:
-    """The smallest speed-up over B = 64 ... 1024 (float32), each B measured."""
-    found = [(b, _ratio(results, "dcd", "fwd+bwd", named("naive"), dict(B=b, dtype="float32")))
-             for b in (64, 128, 256, 512, 1024)]
-    if any(m is None for _, m in found):
-        missing = [b for b, m in found if m is None]
-        measured = [m for _, m in found if m is not None]
-        if not measured:
-            return None
-        worst = min(measured, key=lambda m: m.value)
-        return Measured(worst.value, worst.device, worst.source, f"B = {missing} not measured")
-    b, worst = min(found, key=lambda bm: bm[1].value)
-    return Measured(worst.value, worst.device, worst.source, f"lowest at B = {b}: {worst.detail}")
+    """The smallest speed-up over B = 64 ... 1024 (float32), naming the B not measured."""
+    found = {b: _ratio(results, "dcd", "fwd+bwd", named("naive"), dict(B=b, dtype="float32"))
+             for b in (64, 128, 256, 512, 1024)}
+    measured = {b: m for b, m in found.items() if m is not None}
+    if not measured:
+        return None
+    b, worst = min(measured.items(), key=lambda bm: bm[1].value)
+    missing = [b for b in found if b not in measured]
+    detail = f"B = {missing} not measured" if missing else f"lowest at B = {b}: {worst.detail}"
+    return Measured(worst.value, worst.device, worst.source, detail)
 
 
 def _training(results: Results, key: Callable[[dict], float | None], best: Callable) -> Measured | None:
