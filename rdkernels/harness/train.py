@@ -157,30 +157,6 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr * cfg.lr_decay_rate ** sum(epoch >= m for m in cfg.lr_decay_epochs)
 
 
-def _rng_state(gen: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-             "sampler": gen.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state["sampler"].numel() == gen.get_state().numel():
-        gen.set_state(state["sampler"])
-    else:
-        # CPU and CUDA generators keep states of different kinds (a resume with --device
-        # changed): one cannot take the other's, so this generator keeps its seed
-        warnings.warn(f"the checkpoint's sampling RNG state is from another device type than {gen.device}: "
-                      "augmentation and contrast sampling restart from the seed (not a bit-for-bit resume)",
-                      stacklevel=4)
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # RepDistiller's wrn.py: WideResNet.blockN is a NetworkBlock holding its blocks in
 # `.layer` (an nn.Sequential), and a block's 1x1 projection is `convShortcut`; the
 # harness's stages are the nn.Sequential itself and the projection is `shortcut`.
@@ -311,10 +287,26 @@ class Trainer:
     def rng_state(self) -> dict:
         """Every random state this run draws from: the process-wide generators' and
         its own sampling generator's (what a checkpoint stores)."""
-        return _rng_state(self.gen)
+        state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                 "sampler": self.gen.get_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
 
     def set_rng_state(self, state: dict) -> None:
-        _set_rng_state(state, self.gen)
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(state["numpy"])
+        random.setstate(state["python"])
+        if state["sampler"].numel() == self.gen.get_state().numel():
+            self.gen.set_state(state["sampler"])
+        else:
+            # CPU and CUDA generators keep states of different kinds (a resume with --device
+            # changed): one cannot take the other's, so this generator keeps its seed
+            warnings.warn(f"the checkpoint's sampling RNG state is from another device type than "
+                          f"{self.gen.device}: augmentation and contrast sampling restart from the seed "
+                          "(not a bit-for-bit resume)", stacklevel=3)
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
     # ------------------------------------------------------------ data
     def _batches(self, epoch: int, start: int):
