@@ -265,7 +265,12 @@ void launch_gather(int epilogue, dim3 grid, cudaStream_t stream, const float* q,
     case 2: launch_gather_nv<BankT, IdxT, 2>(epilogue, grid, smem, stream, q, b, ix, z, grad, out, dq, mx, sm, n_cols, dim, cols, lpr, vec_ok, stride_bank, stride_idx, inv_t, log_c, log_mpn_c); break;
     case 4: launch_gather_nv<BankT, IdxT, 4>(epilogue, grid, smem, stream, q, b, ix, z, grad, out, dq, mx, sm, n_cols, dim, cols, lpr, vec_ok, stride_bank, stride_idx, inv_t, log_c, log_mpn_c); break;
     default:  // only fp32 rows need 8 vectors a lane (bf16 d <= 1024 fits in 4)
-      if constexpr (sizeof(BankT) == 4) launch_gather_nv<BankT, IdxT, 8>(epilogue, grid, smem, stream, q, b, ix, z, grad, out, dq, mx, sm, n_cols, dim, cols, lpr, vec_ok, stride_bank, stride_idx, inv_t, log_c, log_mpn_c); break;
+      if constexpr (sizeof(BankT) == 4) {
+        launch_gather_nv<BankT, IdxT, 8>(epilogue, grid, smem, stream, q, b, ix, z, grad, out, dq, mx, sm, n_cols, dim, cols, lpr, vec_ok, stride_bank, stride_idx, inv_t, log_c, log_mpn_c);
+      } else {  // unreachable while dim <= 1024: refuse rather than leave the outputs unwritten
+        throw std::runtime_error("bank_contrast: no gather kernel for a bf16 bank of this width");
+      }
+      break;
   }
 }
 

@@ -13,9 +13,10 @@ template <typename BankT, typename ValT, typename IdxT>
 __global__ void bank_update_kernel(BankT* __restrict__ bank, const IdxT* __restrict__ index,
                                    const ValT* __restrict__ values, int64_t batch, int64_t dim,
                                    float momentum) {
-  extern __shared__ float smem[];  // [dim] mixed row, then one float per warp
-  float* row_buf = smem;
-  float* scratch = smem + dim;
+  // One float per warp for the norm's block sum. The mixed row is not kept in shared
+  // memory (that capped dim at 48 KB of floats): the second pass mixes it again, and
+  // each element is read and written by the same thread.
+  extern __shared__ float scratch[];
   const int64_t b = blockIdx.x;
   const IdxT row = index[b];
 
@@ -26,22 +27,22 @@ __global__ void bank_update_kernel(BankT* __restrict__ bank, const IdxT* __restr
 
   BankT* dst = bank + static_cast<int64_t>(row) * dim;
   const ValT* src = values + b * dim;
+  auto mixed = [&](int64_t k) { return momentum * to_float(dst[k]) + (1.f - momentum) * to_float(src[k]); };
   float sq = 0.f;
   for (int64_t k = threadIdx.x; k < dim; k += blockDim.x) {
-    const float r = momentum * to_float(dst[k]) + (1.f - momentum) * to_float(src[k]);
-    row_buf[k] = r;
+    const float r = mixed(k);
     sq += r * r;
   }
   // No eps, as in the reference: a row mixes to zero only if v = -M/(1-m) * m exactly.
   const float inv_norm = rsqrtf(block_sum(sq, scratch));
-  for (int64_t k = threadIdx.x; k < dim; k += blockDim.x) dst[k] = from_float<BankT>(row_buf[k] * inv_norm);
+  for (int64_t k = threadIdx.x; k < dim; k += blockDim.x) dst[k] = from_float<BankT>(mixed(k) * inv_norm);
 }
 
 template <typename BankT, typename ValT>
 void launch_with_index(void* bank, int index_dtype, const void* index, const void* values, int64_t batch,
                        int64_t dim, float momentum, cudaStream_t stream) {
   const int threads = dim >= 256 ? 256 : (dim >= 128 ? 128 : 64);
-  const size_t smem = (dim + threads / 32) * sizeof(float);
+  const size_t smem = (threads / 32) * sizeof(float);  // block_sum's one float per warp
   if (index_dtype == kInt64) {
     bank_update_kernel<BankT, ValT, int64_t><<<batch, threads, smem, stream>>>(
         static_cast<BankT*>(bank), static_cast<const int64_t*>(index), static_cast<const ValT*>(values), batch,

@@ -118,6 +118,9 @@ __global__ void __launch_bounds__(kThreads) dcd_kernel(const T* __restrict__ z_s
       kl_acc += kl;
     }
     if (need_grad) {
+      // Lane 0 has read ra[row]; lane row % 32 overwrites it below. The shuffles above
+      // order nothing in shared memory, so without this the write may come first.
+      __syncwarp();
       for (int x = lane; x < batch; x += 32) {
         const float log_q = rb[x] * scale + bias - lse_c;
         const float log_p = ra[x] * scale + bias - lse_r;

@@ -34,6 +34,17 @@ def test_matches_reference(backend, batch, dim, bank_dtype, value_dtype, index_d
 
 
 @pytest.mark.parametrize("backend", backends("bank_update"))
+def test_rows_wider_than_48_kb_of_floats(backend):
+    # the CUDA kernel once kept the mixed row in shared memory: launches failed past d = 12280
+    bank = torch.randn(9, 13_000, device=DEVICE)
+    index = torch.tensor([4, 0, 7], device=DEVICE)
+    values = torch.randn(3, 13_000, device=DEVICE)
+    expected = _expected(bank, index, values, 0.5)
+    bank_update_(bank, index, values, 0.5, backend=backend)
+    assert_close("bank", bank, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("backend", backends("bank_update"))
 def test_duplicates_last_occurrence_wins(backend):
     bank = torch.randn(6, 64, device=DEVICE)
     before = bank.clone()

@@ -474,6 +474,7 @@ def _args(**kw):
     (dict(tol=float("nan")), "tol must be None or a finite number"),
     (dict(tol=float("inf")), "tol must be None or a finite number"),
     (dict(max_iters=-3), "max_iters must be a positive int"),
+    (dict(max_iters=2**31), "max_iters must be at most"),  # the kernels count in int32
     (dict(check_every=0), "check_every must be a positive int"),
 ])
 def test_bad_input_raises(bad, match):

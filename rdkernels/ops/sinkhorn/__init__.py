@@ -40,6 +40,7 @@ COST_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 MARGINAL_DTYPES = (torch.float32, torch.float64)
 # Relative tolerance on sum(a) == sum(b).
 MASS_RTOL = 1e-5
+_MAX_ITERS = 2**31 - 1  # the CUDA kernels count iterations in int32
 
 
 class SinkhornResult(NamedTuple):
@@ -79,7 +80,8 @@ def _validate(cost, a, b, eps, max_iters, tol, check_every, check_inputs=True):
     if n * m >= 2**31:
         raise ValueError(f"cost has {n} x {m} entries per problem; at most 2**31 - 1 are supported")
     check_positive("eps", eps)
-    check_positive_int("max_iters", max_iters)
+    if check_positive_int("max_iters", max_iters) > _MAX_ITERS:
+        raise ValueError(f"max_iters must be at most {_MAX_ITERS}, got {max_iters!r}")
     check_positive_int("check_every", check_every)
     check_tol(tol)
     given = [name for name, x in (("a", a), ("b", b)) if x is not None]
