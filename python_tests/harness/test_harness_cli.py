@@ -12,7 +12,8 @@ import torch
 from harness_helpers import require_loss, single_thread, tiny_config  # noqa: F401 (autouse fixture)
 from rdkernels.harness import __main__ as cli
 from rdkernels.harness.__main__ import main
-from rdkernels.harness.compare import compare
+from rdkernels.harness.compare import compare, format_report
+from rdkernels.harness.models import build_model
 from rdkernels.harness.train import Trainer
 
 TINY = ["--synthetic-n", "32", "--synthetic-test-n", "8", "--num-classes", "2", "--image-size", "16",
@@ -123,7 +124,7 @@ def test_compare_refuses_a_step_it_cannot_capture_before_any_run(monkeypatch, ca
         with pytest.raises(ValueError, match=reason):
             compare(tiny_config(distill="crd", cuda_graph=True, **options), steps=4, warmup=1, plot=False)
     assert main(["compare", "--distill", "crd", "--cuda-graph", "--steps", "4", "--warmup", "1", *TINY]) == 2
-    assert capsys.readouterr().err.startswith("error: cuda_graph") and started == []
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: cuda_graph") and started == []
 
 
 def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys, monkeypatch):
@@ -176,3 +177,51 @@ def test_interleaved_runs_train_as_they_would_alone(tmp_path):
 def test_compare_needs_a_warmup_step():
     with pytest.raises(ValueError, match="warmup must be >= 1"):
         compare(tiny_config(distill="dcd"), steps=4, warmup=0, plot=False)
+
+
+SYNTHETIC_NOTE = "note: no --data given, training on a synthetic CIFAR-shaped dataset"
+
+
+def test_a_run_without_data_says_it_trains_on_synthetic_data(tmp_path, capsys):
+    require_loss("dcd", "fused")
+    require_loss("dcd", "reference")
+    teacher = tmp_path / "teacher"
+    runs = [[*TEACHER, "--max-steps", "1", "--out", str(teacher)],
+            ["distill", "--arch", "resnet8_tiny", "--teacher-arch", "resnet8_tiny", "--distill", "dcd",
+             "--feat_dim", "16", "--max-steps", "1", *TINY],
+            ["compare", "--arch", "resnet8_tiny", "--teacher-arch", "resnet8_tiny", "--distill", "dcd",
+             "--feat_dim", "16", "--steps", "2", "--warmup", "1", "--no-plot", "--results", str(tmp_path), *TINY]]
+    for argv in runs:
+        assert main(argv) == 0, argv
+        err = capsys.readouterr().err
+        assert err.count(SYNTHETIC_NOTE) == 1 and len(err.strip().splitlines()) <= 2, err  # and --teacher's note
+    # a resume trains on the checkpoint's data; a run given --data has nothing to note
+    assert main(["train-teacher", "--resume", str(teacher / "last.pt"), "--max-steps", "2"]) == 0
+    assert SYNTHETIC_NOTE not in capsys.readouterr().err
+    assert main([*TEACHER, "--data", str(tmp_path / "nowhere"), "--max-steps", "1"]) == 2
+    assert SYNTHETIC_NOTE not in capsys.readouterr().err
+
+
+def test_the_compare_report_says_how_contrast_idx_was_sampled():
+    def headline(**options):
+        report = {"config": tiny_config(**options).to_dict(), "steps": 4, "warmup": 1, "device": "cpu",
+                  "runs": {}, "speedup_fused_vs_reference": None}
+        return format_report(report).splitlines()[0]
+
+    assert headline(distill="crd").endswith("K=16, contrast_idx: device sampling, 4 steps (1 warm-up) on cpu")
+    assert "K=16, contrast_idx: workers sampling, relax mode," in headline(distill="wcord", sampling="workers",
+                                                                            mode="relax")
+    assert "contrast_idx: loss sampling," in headline(distill="crd", sampling="loss", mode="relax")
+    assert "contrast_idx" not in headline(distill="dcd") + headline(distill="rrd")
+
+
+def test_a_teacher_checkpoint_of_another_arch_is_one_error_line(tmp_path, capsys):
+    require_loss("crd", "fused")
+    path = tmp_path / "resnet8x4_vanilla" / "ckpt.pth"  # RepDistiller's folder naming
+    path.parent.mkdir()
+    torch.save({"model": build_model("resnet8x4", num_classes=2).state_dict()}, path)
+    assert main([*DISTILL, "--teacher", str(path), "--teacher-arch", "resnet32x4", "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0] and "Traceback" not in err, err
+    assert "does not fit teacher_arch 'resnet32x4'" in errors[0] and "pass --teacher-arch resnet8x4" in errors[0]

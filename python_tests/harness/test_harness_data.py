@@ -102,6 +102,30 @@ def test_device_sampler_draws_other_classes_uniformly(mode):
         assert (idx[:, 0] != index).any()
 
 
+@pytest.mark.parametrize("mode", ["exact", "relax"])
+def test_device_sampler_draws_distinct_negatives_like_the_reference(mode):
+    labels = _labels()  # pools of 7, 8 and 9 other-class indices
+    sampler = hdata.DeviceContrastSampler(labels, 3, k=6, mode=mode)
+    assert not sampler.replace
+    index = torch.arange(12)
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.zeros(12, 12)
+    for _ in range(600):
+        idx = sampler.sample(index, gen)
+        assert idx.shape == (12, 7)
+        neg = idx[:, 1:]
+        assert (labels[neg] != labels[index][:, None]).all()
+        assert all(len(set(row)) == 6 for row in neg.tolist())  # no index twice in a row
+        counts += torch.nn.functional.one_hot(neg, 12).sum(1)
+    for row in range(12):  # every subset equally likely: each pool index in 6/|pool| of the draws
+        pool = torch.nonzero(labels != labels[row]).flatten()
+        share = counts[row, pool] / 600
+        assert (share - 6 / len(pool)).abs().max() < 0.08
+    # with replacement on request, and where K exceeds the smallest pool (as np.random.choice)
+    assert hdata.DeviceContrastSampler(labels, 3, k=6, replace=True).replace
+    assert hdata.DeviceContrastSampler(labels, 3, k=8).replace
+
+
 def test_device_sampler_needs_two_classes():
     with pytest.raises(ValueError, match="two classes"):
         hdata.DeviceContrastSampler(torch.zeros(5, dtype=torch.int64), 1, k=2)

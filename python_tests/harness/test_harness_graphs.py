@@ -39,10 +39,11 @@ def _losses(trainer: Trainer) -> torch.Tensor:
     return torch.tensor([[row[k] for k in trainer.term_names] for row in trainer.history])
 
 
-@pytest.mark.parametrize("name", ["crd", "rrd", "dcd", "kd"])
-def test_replayed_steps_train_exactly_as_eager_steps(name):
+@pytest.mark.parametrize("name,amp", [("crd", False), ("rrd", False), ("dcd", False), ("kd", False), ("crd", True)])
+def test_replayed_steps_train_exactly_as_eager_steps(name, amp):
     require_loss(name, "fused")
-    cfg = tiny_config(distill=name, impl="fused", max_steps=10)
+    # amp: the captured step holds the autocast models and the float32 loss outside autocast
+    cfg = tiny_config(distill=name, impl="fused", max_steps=10, amp=amp, amp_dtype="bfloat16")
     eager = Trainer(cfg)
     eager.run()
     graphed = Trainer(cfg)

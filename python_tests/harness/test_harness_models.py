@@ -72,3 +72,31 @@ def test_a_repdistiller_wrn_teacher_checkpoint_loads(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     for a, b in zip(model(x), loaded(x)):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("saved,folder,loaded_as", [("resnet8x4", "resnet8x4_vanilla", "resnet32x4"),
+                                                    ("wrn_16_2", "wrn_16_2_vanilla", "wrn_40_2"),
+                                                    ("resnet32x4", "wrn_40_2_vanilla", "resnet8x4")])
+def test_a_teacher_checkpoint_of_another_arch_names_the_arch_to_pass(tmp_path, saved, folder, loaded_as):
+    """The folder name says which model a RepDistiller checkpoint holds (its
+    get_teacher_name rule: the first segment, or the first three for wrn)."""
+    path = tmp_path / folder / "ckpt.pth"
+    path.parent.mkdir()
+    torch.save({"model": build_model(saved, num_classes=2).state_dict()}, path)
+    with pytest.raises(ValueError) as exc:
+        load_teacher_weights(build_model(loaded_as, num_classes=2), str(path), loaded_as)
+    message = str(exc.value)
+    assert str(path) in message and repr(loaded_as) in message and len(message.splitlines()) == 1
+    assert any(f"{kind} (first " in message for kind in ("missing keys", "unexpected keys", "of another shape"))
+    named = folder.removesuffix("_vanilla")
+    assert f"pass --teacher-arch {named}" in message
+
+
+def test_a_teacher_checkpoint_in_a_folder_naming_no_model_gets_a_general_hint(tmp_path):
+    path = tmp_path / "runs" / "ckpt.pth"
+    path.parent.mkdir()
+    torch.save(build_model("resnet8_tiny", num_classes=3).state_dict(), path)
+    with pytest.raises(ValueError, match=r"keys of another shape \(first 'fc.weight': \(3, 8\) in the checkpoint, "
+                                         r"\(2, 8\) in the model\)") as exc:
+        load_teacher_weights(build_model("resnet8_tiny", num_classes=2), str(path), "resnet8_tiny")
+    assert "--teacher-arch" in str(exc.value) and "pass --teacher-arch" not in str(exc.value)

@@ -7,9 +7,10 @@ import torch
 import rdkernels
 from harness_helpers import require_loss, single_thread, tiny_config  # noqa: F401 (autouse fixture)
 from rdkernels.backend import triton_interpreter_enabled
+from rdkernels.harness import __main__ as cli
 from rdkernels.harness.__main__ import main
-from rdkernels.harness.distillers import DISTILLERS, build_distiller
-from rdkernels.harness.train import Trainer, lr_at
+from rdkernels.harness.distillers import DEFAULT_WEIGHTS, DISTILLERS, build_distiller
+from rdkernels.harness.train import Trainer, TrainConfig, lr_at
 
 
 @pytest.mark.parametrize("impl", ["reference", "fused"])
@@ -100,6 +101,47 @@ def test_amp_training_is_finite(impl):
     trainer = Trainer(tiny_config(distill="crd", impl=impl, amp=True, max_steps=3))
     trainer.run()
     assert all(torch.isfinite(torch.tensor([r["loss"], r["loss_feat"]])).all() for r in trainer.history)
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+def test_amp_runs_the_criterion_in_float32_outside_autocast(impl):
+    """AMP covers the models; the loss runs in float32, as RepDistiller's does, so that
+    reference and fused runs under --amp differ by their implementations only."""
+    require_loss("crd", impl)
+    trainer = Trainer(tiny_config(distill="crd", impl=impl, amp=True, amp_dtype="bfloat16", max_steps=2))
+    models_autocast, criterion_calls = [], []
+    for model in (trainer.model, trainer.teacher):
+        model.register_forward_pre_hook(lambda module, args: models_autocast.append(torch.is_autocast_enabled("cpu")))
+    forward = trainer.criterion.forward
+
+    def recording_forward(feat_s, feat_t, logit_s, logit_t, *rest):
+        dtypes = [t.dtype for t in (feat_s, feat_t, logit_s, logit_t)]
+        criterion_calls.append((torch.is_autocast_enabled("cpu"), dtypes))
+        return forward(feat_s, feat_t, logit_s, logit_t, *rest)
+
+    trainer.criterion.forward = recording_forward
+    trainer.run()
+    assert models_autocast == [True] * 4
+    assert criterion_calls == [(False, [torch.float32] * 4)] * 2
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in trainer.history)
+
+
+def test_gamma_is_repdistillers_default_once_alpha_or_beta_is_given():
+    # RepDistiller's train_student.py: -r defaults to 1; -a and -b have no default
+    assert TrainConfig(distill="kd", alpha=0.9, beta=0.0).weights() == (1.0, 0.9, 0.0)
+    assert TrainConfig(distill="crd", beta=0.5).weights() == (1.0, 0.0, 0.5)
+    assert TrainConfig(distill="kd", alpha=0.5).weights() == (1.0, 0.5, DEFAULT_WEIGHTS["kd"][2])
+    assert TrainConfig(distill="kd", gamma=0.3, alpha=0.9).weights() == (0.3, 0.9, 0.0)
+    # with no weight given: the reference scripts' weights for the method
+    for name in DISTILLERS:
+        assert TrainConfig(distill=name).weights() == DEFAULT_WEIGHTS[name]
+    assert TrainConfig(distill="kd").weights() == (0.1, 0.9, 0.0)
+    # and from the command line
+    parser, _ = cli._build_parser()
+    args = parser.parse_args(["distill", "--distill", "kd", "-a", "0.9", "-b", "0"])
+    assert cli._config(args).weights() == (1.0, 0.9, 0.0)
+    args = parser.parse_args(["distill", "--distill", "kd"])
+    assert cli._config(args).weights() == (0.1, 0.9, 0.0)
 
 
 def test_resume_across_an_epoch_boundary(tmp_path):

@@ -83,9 +83,11 @@ def _distill_args(p: argparse.ArgumentParser, *, compare: bool = False) -> None:
         g.add_argument("--impl", choices=IMPLS, default="fused")
     g.add_argument("--backend", choices=("auto", "cuda", "triton", "torch"), default="auto",
                    help="rdkernels backend for the fused losses")
-    g.add_argument("-r", "--gamma", type=float, default=None, help="CE weight (default: the reference's per method)")
-    g.add_argument("-a", "--alpha", type=float, default=None, help="KD weight")
-    g.add_argument("-b", "--beta", type=float, default=None, help="distiller weight")
+    g.add_argument("-r", "--gamma", type=float, default=None,
+                   help="CE weight (default: 1, RepDistiller's default, once -a or -b is given; with none of "
+                   "-r/-a/-b, the weights the reference scripts use for the method, e.g. kd: -r 0.1 -a 0.9 -b 0)")
+    g.add_argument("-a", "--alpha", type=float, default=None, help="KD weight (default: the method's)")
+    g.add_argument("-b", "--beta", type=float, default=None, help="distiller weight (default: the method's)")
     g.add_argument("--kd_T", type=float, default=4.0)
     g.add_argument("--feat_dim", type=int, default=128)
     g.add_argument("--nce_k", type=int, default=16384, help="CRD/WCoRD negatives; RRD queue size")
@@ -185,6 +187,7 @@ def _train(args, cfg: TrainConfig, parser: argparse.ArgumentParser, typed: set[s
                   f"({trainer.total_steps} steps); pass a larger --max-steps or --epochs to train on")
             return
     else:
+        _note_synthetic_data(cfg.data)
         if cfg.distill is not None and not cfg.teacher:
             print("note: no --teacher given, distilling from a randomly initialised teacher "
                   "(fine for timing, not for accuracy)", file=sys.stderr)
@@ -197,6 +200,13 @@ def _train(args, cfg: TrainConfig, parser: argparse.ArgumentParser, typed: set[s
     if summary["steps_per_s"]:
         msg += f", {summary['steps_per_s']:.2f} steps/s"
     print(msg)
+
+
+def _note_synthetic_data(data: str | None) -> None:
+    """Say so when a run trains on synthetic data: leaving out --data is easy to miss."""
+    if not data:
+        print("note: no --data given, training on a synthetic CIFAR-shaped dataset "
+              "(fine for timing, not for accuracy)", file=sys.stderr)
 
 
 def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -243,6 +253,7 @@ def _compare(args, parser: argparse.ArgumentParser) -> None:
     if bad or not names:
         parser.error("--distill takes crd, wcord, dcd, rrd or a comma-separated list of them, "
                      f"got {args.distill!r}")
+    _note_synthetic_data(args.data)
     for name in names:
         cfg = _config(args, impl="fused", distill=name)
         compare(cfg, steps=args.steps, warmup=args.warmup, out_dir=args.results, plot=not args.no_plot,

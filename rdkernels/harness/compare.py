@@ -195,11 +195,19 @@ def _interleave(trainers: dict[str, Trainer], rng: dict[str, dict], steps: int, 
 def _setting(cfg: dict) -> str:
     text = f"{cfg['teacher_arch']} -> {cfg['arch']}, batch {cfg['batch_size']}"
     if cfg["distill"] in ("crd", "wcord"):
-        text += f", K={cfg['loss']['nce_k']}"
+        text += f", K={cfg['loss']['nce_k']}{_contrast_source(cfg)}"
     elif cfg["distill"] == "rrd":
         text += f", queue {cfg['loss']['nce_k']}"
     text += f", AMP {cfg['amp_dtype']}" if cfg["amp"] else ""
     return text + (", CUDA graphs" if cfg.get("cuda_graph") else "")
+
+
+def _contrast_source(cfg: dict) -> str:
+    """Where the runs' contrast_idx came from (``--sampling``, and ``--mode`` where a sampler
+    of the harness drew them): the negatives, and the sampling's cost, differ between them."""
+    sampling = cfg["sampling"]
+    mode = f", {cfg['mode']} mode" if sampling != "loss" and cfg["mode"] != "exact" else ""
+    return f", contrast_idx: {sampling} sampling{mode}"
 
 
 def format_report(report: dict) -> str:

@@ -7,10 +7,11 @@ tensor-only augmentation, and the two ways of producing CRD's ``contrast_idx``.
   indices (without replacement when K fits, as RepDistiller does). Every item
   gets its own RNG, seeded from (seed, epoch, position), so the stream does not
   depend on the number of workers and a run can resume mid-epoch.
-* ``DeviceSampler``: the same sampling done on the device for the whole batch:
-  a per-class index table and torch random ops; negatives are uniform over the
-  other classes *with* replacement (the difference from drawing 16384 of 49 500
-  without replacement is a few duplicate draws per row).
+* ``DeviceContrastSampler``: the same sampling done on the device for the whole
+  batch with torch random ops: K distinct negatives per row from the other
+  classes, as the reference draws them (``replace=True`` draws with replacement
+  instead: cheaper, and at CIFAR's K = 16384 of 49 500 about 15% of a row's
+  draws repeat an index already drawn).
 
 Both yield batches of uint8 images that ``augment`` crops, flips and normalises
 on the device.
@@ -213,13 +214,23 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 class DeviceContrastSampler:
     """contrast_idx [B, k+1] drawn on the device, for a whole batch at once.
 
-    Negatives are uniform over the indices of the *other* classes (with
-    replacement): a uniform draw u in [0, N - n_y) is mapped past the label's own
-    block of a class-sorted index table. The positive is the sample itself
-    (exact) or a uniform same-class index (relax).
+    Negatives come from the indices of the *other* classes. By default they are
+    K distinct indices per row, as the reference's ``np.random.choice(...,
+    replace=False)`` draws them: the K largest of one uniform key per dataset
+    index, the row's own class keyed out, are a uniformly random K-subset of the
+    pool. That costs a [B, N] draw and a top-k per batch (fine at CIFAR's N; for
+    far larger banks pass ``replace=True``). Where K exceeds the smallest pool
+    (the largest class's complement) the draw is with replacement, as
+    ``np.random.choice`` falls back for such rows.
+
+    ``replace=True``: uniform with replacement: a uniform u in [0, N - n_y) is
+    mapped past the label's own block of a class-sorted index table.
+
+    The positive is the sample itself (exact) or a uniform same-class index (relax).
     """
 
-    def __init__(self, labels: torch.Tensor, num_classes: int, k: int, mode: str = "exact", device=None):
+    def __init__(self, labels: torch.Tensor, num_classes: int, k: int, mode: str = "exact", device=None,
+                 replace: bool = False):
         if mode not in SAMPLING_MODES:
             raise ValueError(f"mode must be one of {SAMPLING_MODES}, got {mode!r}")
         if k < 1:
@@ -230,6 +241,7 @@ class DeviceContrastSampler:
         if int((counts < labels.shape[0]).sum()) == 0 or int((counts == labels.shape[0]).any()):
             raise ValueError("contrast sampling needs at least two classes with samples")
         self.k, self.mode, self.n = int(k), mode, labels.shape[0]
+        self.replace = bool(replace) or self.k > self.n - int(counts.max())
         self.labels = labels
         self.order = torch.argsort(labels, stable=True)
         self.counts = counts
@@ -240,15 +252,23 @@ class DeviceContrastSampler:
         index = index.to(dev, torch.int64)
         y = self.labels[index]
         start, count = self.starts[y][:, None], self.counts[y][:, None]
-        n_other = self.n - count
-        # float64 uniforms: floor(u * M) stays < M for M up to 2**52
-        u = torch.rand(index.shape[0], self.k, generator=generator, device=dev, dtype=torch.float64)
-        j = torch.minimum((u * n_other).long(), n_other - 1)
-        j = j + (j >= start).long() * count
-        neg = self.order[j]
+        if self.replace:
+            neg = self._with_replacement(start, count, generator)
+        else:
+            keys = torch.rand(index.shape[0], self.n, generator=generator, device=dev)
+            keys.masked_fill_(self.labels[None, :] == y[:, None], -1.0)  # below every key in [0, 1)
+            neg = keys.topk(self.k, dim=1, sorted=False).indices
         if self.mode == "exact":
             pos = index[:, None]
         else:
             r = torch.rand(index.shape[0], 1, generator=generator, device=dev, dtype=torch.float64)
             pos = self.order[start + torch.minimum((r * count).long(), count - 1)]
         return torch.cat([pos, neg], dim=1)
+
+    def _with_replacement(self, start, count, generator) -> torch.Tensor:
+        n_other = self.n - count
+        # float64 uniforms: floor(u * M) stays < M for M up to 2**52
+        u = torch.rand(start.shape[0], self.k, generator=generator, device=self.order.device, dtype=torch.float64)
+        j = torch.minimum((u * n_other).long(), n_other - 1)
+        j = j + (j >= start).long() * count
+        return self.order[j]

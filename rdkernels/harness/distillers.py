@@ -30,6 +30,11 @@ DEFAULT_WEIGHTS = {
     "dcd": (1.0, 0.0, 1.0),
     "rrd": (1.0, 0.0, 1.0),
 }
+
+# the CE weight when -a or -b is given without -r: the default of -r/--gamma in
+# RepDistiller's train_student.py (its -a and -b have none: its scripts always pass them)
+REFERENCE_GAMMA = 1.0
+
 _CLASS_NAMES = {"kd": "KDLoss", "crd": "CRDLoss", "wcord": "WCoRDLoss", "dcd": "DCDLoss", "rrd": "RRDLoss"}
 
 

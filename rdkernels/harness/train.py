@@ -32,9 +32,10 @@ import torch.nn.functional as F
 
 from rdkernels.backend import BACKENDS
 from rdkernels.harness import data as hdata
-from rdkernels.harness.distillers import DEFAULT_WEIGHTS, DISTILLERS, IMPLS, LossOptions, build_distiller
+from rdkernels.harness.distillers import (DEFAULT_WEIGHTS, DISTILLERS, IMPLS, REFERENCE_GAMMA, LossOptions,
+                                         build_distiller)
 from rdkernels.harness.graphs import GraphedStep
-from rdkernels.harness.models import build_model
+from rdkernels.harness.models import MODELS, build_model
 
 SAMPLINGS = ("device", "workers", "loss")
 
@@ -58,7 +59,7 @@ class TrainConfig:
     impl: str = "fused"                      # reference | fused
     teacher_arch: str = "resnet32x4"
     teacher: str | None = None               # teacher checkpoint; None: a randomly initialised teacher (timing only)
-    gamma: float | None = None               # -r: CE weight    (None: the reference's value for the method)
+    gamma: float | None = None               # -r: CE weight    (None: see weights())
     alpha: float | None = None               # -a: KD weight
     beta: float | None = None                # -b: distiller weight
     loss: LossOptions = dataclasses.field(default_factory=LossOptions)
@@ -94,7 +95,16 @@ class TrainConfig:
     progress: bool = True
 
     def weights(self) -> tuple[float, float, float]:
+        """(gamma, alpha, beta): the CE, KD and distiller weights of the loss.
+
+        With none of them set, the method's weights as the reference scripts run it
+        (``DEFAULT_WEIGHTS``). Once alpha or beta is set, an unset gamma is 1.0, the
+        default of RepDistiller's ``-r``, so that ``-a 0.9 -b 0`` trains as it does
+        there; an unset alpha or beta keeps the method's value.
+        """
         g, a, b = DEFAULT_WEIGHTS[self.distill or "none"]
+        if self.gamma is None and (self.alpha is not None or self.beta is not None):
+            g = REFERENCE_GAMMA
         return (g if self.gamma is None else self.gamma, a if self.alpha is None else self.alpha,
                 b if self.beta is None else self.beta)
 
@@ -178,12 +188,57 @@ def _from_repdistiller_names(state: dict) -> dict:
 
 def load_teacher_weights(model: torch.nn.Module, path: str, arch: str) -> None:
     """Load a train-teacher checkpoint, a bare state_dict, or RepDistiller's
-    {'model': state_dict} (its WRN key names are mapped to the harness's)."""
+    {'model': state_dict} (its WRN key names are mapped to the harness's).
+
+    A checkpoint that does not fit ``model`` (another architecture, another number
+    of classes) is a ValueError that names the path, ``arch`` and the mismatch.
+    """
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(ckpt, dict) and ckpt.get("arch") not in (None, arch):
-        raise ValueError(f"teacher checkpoint {path!r} holds a {ckpt['arch']!r}, but teacher_arch is {arch!r}")
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
-    model.load_state_dict(_from_repdistiller_names(state))
+        raise ValueError(f"teacher checkpoint {path!r} holds a {ckpt['arch']!r}, but teacher_arch is {arch!r}; "
+                         f"pass --teacher-arch {ckpt['arch']}")
+    state = _from_repdistiller_names(ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        mismatch = _state_mismatch(model.state_dict(), state) or str(exc).strip().splitlines()[0]
+        raise ValueError(f"teacher checkpoint {path!r} does not fit teacher_arch {arch!r}: {mismatch}; "
+                         f"{_teacher_arch_hint(path, arch)}") from exc
+
+
+def _state_mismatch(own: dict, theirs: dict) -> str:
+    """How ``theirs`` (a checkpoint's state_dict) differs from ``own`` (the model's), in
+    one line: the count of missing, unexpected and reshaped keys, with the first of each."""
+    missing = [k for k in own if k not in theirs]
+    unexpected = [k for k in theirs if k not in own]
+    reshaped = [k for k in own if k in theirs and hasattr(theirs[k], "shape") and theirs[k].shape != own[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (first {missing[0]!r})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (first {unexpected[0]!r})")
+    if reshaped:
+        k = reshaped[0]
+        parts.append(f"{len(reshaped)} keys of another shape (first {k!r}: {tuple(theirs[k].shape)} in the checkpoint, "
+                     f"{tuple(own[k].shape)} in the model)")
+    return ", ".join(parts)
+
+
+def _arch_from_folder(path: str) -> str | None:
+    """The model a checkpoint's folder name says it holds, by RepDistiller's rule
+    (get_teacher_name: ``save/models/wrn_40_2_vanilla/ckpt_epoch_240.pth`` holds a
+    wrn_40_2, ``.../resnet32x4_vanilla/...`` a resnet32x4), or None if that names no model."""
+    segments = Path(path).parent.name.split("_")
+    name = "_".join(segments[:3]) if segments[0] == "wrn" else segments[0]
+    return name if name in MODELS else None
+
+
+def _teacher_arch_hint(path: str, arch: str) -> str:
+    """What to pass instead: the model the checkpoint's folder names, if another than ``arch``."""
+    named = _arch_from_folder(path)
+    if named is not None and named != arch:
+        return f"its folder name says {named}: pass --teacher-arch {named}"
+    return "check --teacher-arch, and that --data has the classes the teacher was trained on"
 
 
 class Trainer:
@@ -365,15 +420,20 @@ class Trainer:
         with self._autocast():
             feat_s, logit_s = self.model(x)
             loss_ce = F.cross_entropy(logit_s, labels)
-            terms = [loss_ce]
-            loss = gamma * loss_ce
             if self.criterion is not None:
                 with torch.no_grad():
                     feat_t, logit_t = self.teacher(x)
-                loss_kd, loss_feat = self.criterion(feat_s, feat_t.detach(), logit_s, logit_t.detach(),
-                                                    index, contrast_idx)
-                loss = loss + alpha * loss_kd + beta * loss_feat
-                terms += [loss_kd, loss_feat]
+        terms = [loss_ce]
+        loss = gamma * loss_ce
+        if self.criterion is not None:
+            # AMP covers the models only: RepDistiller computes its losses in float32, so the
+            # criterion runs outside autocast on float32 inputs. Under autocast the reference
+            # CRD's bmm scores would be bf16/fp16, and a reference-vs-fused difference would
+            # mix precision with implementation.
+            loss_kd, loss_feat = self.criterion(feat_s.float(), feat_t.detach().float(), logit_s.float(),
+                                                logit_t.detach().float(), index, contrast_idx)
+            loss = loss + alpha * loss_kd + beta * loss_feat
+            terms += [loss_kd, loss_feat]
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
