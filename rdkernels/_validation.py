@@ -22,7 +22,9 @@ def index_checks_enabled() -> bool:
     """Range checks of index tensors cost one host sync per call on a GPU.
 
     They are on by default; ``RDKERNELS_CHECK_INDICES=0`` turns them off for
-    production runs whose indices are known to be valid.
+    production runs whose indices are known to be valid, and with them the
+    checks that share their sync (Z positive and finite, the bank losses'
+    features finite).
     """
     return os.environ.get("RDKERNELS_CHECK_INDICES", "1") != "0"
 
@@ -35,9 +37,10 @@ def host_reads_allowed(t: torch.Tensor) -> bool:
     captured: a read there is an error, and a check at capture time would only
     ever see the capture-time values, since a replay runs on whatever the
     captured buffers hold. Captured steps rely on their inputs being valid by
-    construction, as a run with ``RDKERNELS_CHECK_INDICES=0`` does.
+    construction, as a run with ``RDKERNELS_CHECK_INDICES=0`` does. Nor on
+    tensors without values (meta or fake tensors, used to infer shapes).
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or t.device.type == "meta" or _is_fake(t):
         return False
     return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
@@ -82,31 +85,40 @@ def check_index_range(name: str, idx: torch.Tensor, upper: int) -> None:
     check_index_ranges({name: idx}, upper)
 
 
-def check_index_ranges(named: dict, upper: int, positive: dict | None = None) -> None:
+def check_index_ranges(named: dict, upper: int, positive: dict | None = None, finite: dict | None = None) -> None:
     """Range-check several index tensors with a single host sync.
 
     ``positive``: one-element float tensors (such as the NCE normaliser Z) that
-    must be positive and finite, read in the same sync rather than one of their
-    own; the ops never sync just for them.
+    must be positive and finite; ``finite``: float tensors that must hold no NaN
+    or inf. Both are read in the same sync rather than one of their own; the ops
+    never sync just for them.
     """
     named = {k: v for k, v in named.items() if v is not None and v.numel() > 0}
     positive = {k: v for k, v in (positive or {}).items() if v is not None}
-    tensors = [*named.values(), *positive.values()]
+    finite = {k: v for k, v in (finite or {}).items() if v is not None}
+    tensors = [*named.values(), *positive.values(), *finite.values()]
     if not index_checks_enabled() or not tensors:
         return
-    if any(t.device.type == "meta" or _is_fake(t) or not host_reads_allowed(t) for t in tensors):
+    if not all(host_reads_allowed(t) for t in tensors):
         return
     rows = [torch.stack(torch.aminmax(t)).long() for t in named.values()]
     for v in positive.values():
         ok = ((v > 0) & torch.isfinite(v)).all()
         rows.append(torch.stack([ok, ok]).long())
+    for v in finite.values():
+        ok = torch.isfinite(v).all()
+        rows.append(torch.stack([ok, ok]).long())
     bounds = torch.stack(rows).tolist()
     for name, (lo, hi) in zip(named, bounds):
         if lo < 0 or hi >= upper:
             raise ValueError(f"{name} holds values in [{lo}, {hi}] but must lie in [0, {upper})")
-    for (name, v), (ok, _) in zip(positive.items(), bounds[len(named):]):
+    flags = bounds[len(named):]
+    for (name, v), (ok, _) in zip(positive.items(), flags):
         if not ok:  # the error path may afford a second read
             raise ValueError(f"{name} must be positive and finite, got {v.reshape(-1).tolist()}")
+    for name, (ok, _) in zip(finite, flags[len(positive):]):
+        if not ok:
+            raise ValueError(f"{name} holds NaN or inf entries; nothing was computed or written")
 
 
 def _not_a(kind: str, name: str, value) -> TypeError:

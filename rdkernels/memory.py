@@ -7,7 +7,8 @@ import math
 import torch
 from torch import nn
 
-from rdkernels._validation import BANK_DTYPES, INDEX_DTYPES, check_tensor
+from rdkernels._validation import (BANK_DTYPES, INDEX_DTYPES, as_int, check_in_unit_interval, check_index_range,
+                                   check_positive_int, check_tensor)
 from rdkernels.ops import bank_contrast, bank_update_
 
 
@@ -42,22 +43,24 @@ class MemoryBank(nn.Module):
     def __init__(self, n_data: int, dim: int, momentum: float = 0.5, dtype: torch.dtype = torch.float32,
                  device: torch.device | str | None = None):
         super().__init__()
-        if not isinstance(n_data, int) or n_data <= 0:
-            raise ValueError(f"n_data must be a positive int, got {n_data!r}")
-        if not isinstance(dim, int) or dim <= 0:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        n_data, dim = check_positive_int("n_data", n_data), check_positive_int("dim", dim)
+        momentum = check_in_unit_interval("momentum", momentum)
         if dtype not in BANK_DTYPES:
-            raise TypeError(f"dtype must be float32 or bfloat16, got {dtype}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must lie in [0, 1], got {momentum!r}")
-        self.n_data, self.dim, self.momentum = n_data, dim, float(momentum)
+            raise TypeError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype!r}")
+        self.n_data, self.dim, self.momentum = n_data, dim, momentum
         self.register_buffer("memory", init_bank_(torch.empty(n_data, dim, device=device)).to(dtype))
 
-    def sample(self, index: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Uniform negatives on the bank's device, the positive ``index`` in column 0."""
-        check_tensor("index", index, ndim=1, dtypes=INDEX_DTYPES, device=self.memory.device)
-        if not isinstance(k, int) or k < 0:
+    def sample(self, index: torch.Tensor, k: int, generator: torch.Generator | None = None, *,
+               check_indices: bool = True) -> torch.Tensor:
+        """Uniform negatives on the bank's device, the positive ``index`` in column 0.
+        ``check_indices=False`` skips the range check of ``index`` (one host sync)
+        for callers that made it."""
+        check_tensor("index", index, ndim=1, dtypes=INDEX_DTYPES, device=self.memory.device, contiguous=False)
+        k = as_int("k", k)
+        if k < 0:
             raise ValueError(f"k must be a non-negative int, got {k!r}")
+        if check_indices:
+            check_index_range("index", index, self.n_data)
         return sample_uniform(index, k, self.n_data, generator)
 
     def contrast(self, query: torch.Tensor, idx: torch.Tensor, *, temperature: float, epilogue: str = "softmax",

@@ -270,14 +270,14 @@ def test_momentum_variant_samples_and_loads_reference_keys():
 @pytest.mark.parametrize("change,match", [
     (dict(contrast_idx=torch.full((3, 5), 30)), "contrast_idx holds values in"),
     (dict(contrast_idx=torch.full((3, 5), -1)), "contrast_idx holds values in"),
-    (dict(contrast_idx=torch.zeros(4, 5, dtype=torch.long)), "contrast_idx has 4 rows"),
+    (dict(contrast_idx=torch.zeros(4, 5, dtype=torch.long)), "contrast_idx has size 4 in dimension 0"),
     (dict(contrast_idx=torch.zeros(3, 1, dtype=torch.long)), "contrast_idx must have at least 2 columns"),
     (dict(contrast_idx=torch.zeros(3, 5)), "contrast_idx must have dtype"),
     (dict(contrast_idx=torch.zeros(5, dtype=torch.long)), "contrast_idx must have 2 dimensions"),
-    (dict(idx=torch.tensor([0, 1])), "idx has 2 entries"),
+    (dict(idx=torch.tensor([0, 1])), "idx has size 2 in dimension 0"),
     (dict(idx=torch.tensor([0.0, 1.0, 2.0])), "idx must have dtype"),
     (dict(idx=torch.tensor([0, 5, 30])), "idx holds values in"),
-    (dict(f_s=torch.randn(3, 9)), "f_s has 9 features"),
+    (dict(f_s=torch.randn(3, 9)), r"f_s must be \[B, 8\]"),
     (dict(f_t=torch.randn(4, 12)), "f_t has size 4 in dimension 0"),
 ])
 def test_momentum_variant_bad_input_leaves_z_and_banks_untouched(change, match):

@@ -124,7 +124,7 @@ def test_bad_arguments(kw, match):
 
 @pytest.mark.parametrize("which,match", [
     ("f_s", "f_s must be"), ("idx_range", "idx holds values in"), ("idx_len", "idx has size"),
-    ("cidx", "contrast_idx must have at least 2 columns"), ("nan", "cost holds NaN or inf"),
+    ("cidx", "contrast_idx must have at least 2 columns"), ("nan", "f_s holds NaN or inf"),
     ("cidx_range", "contrast_idx holds values in")])
 def test_bad_inputs_leave_banks_untouched(which, match):
     fused = rdkernels.WCoRDLoss(S_DIM, T_DIM, N_DATA, feat_dim=FEAT, nce_k=5).to(DEVICE)
@@ -137,7 +137,7 @@ def test_bad_inputs_leave_banks_untouched(which, match):
         idx[0] = N_DATA
     elif which == "idx_len":
         idx = idx[:3]
-    elif which == "nan":  # reaches the OT cost: refused there, before the bank update
+    elif which == "nan":  # refused with the indices' check, before anything is computed
         f_s = f_s.clone()
         f_s[1, 2] = float("nan")
     elif which == "cidx_range":

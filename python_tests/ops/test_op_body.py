@@ -103,3 +103,19 @@ def test_body_runs_on_its_tensors_gpu(monkeypatch, current, expected):
     body = _eager.op_body(lambda t, scale: seen.append((t.device, scale)) or scale)
     assert body(x, 3.0) == 3.0
     assert entered == expected and seen == [(torch.device("cuda", 1), 3.0)]
+
+
+def test_ops_infer_shapes_on_meta_tensors():
+    """Meta tensors carry shapes, no values: the torch backend gives each op's output
+    shapes, and no check tries to read values (or autocast state) from them."""
+    meta = dict(device="meta")
+    q, bank, idx = torch.empty(4, 16, **meta), torch.empty(32, 16, **meta), torch.zeros(4, 7, dtype=torch.long, **meta)
+    z = torch.ones(1, **meta)
+    for epilogue, shape in (("softmax", ()), ("nce", ()), ("scores", (4, 7))):
+        out = bank_contrast(q, bank, idx, temperature=0.07, epilogue=epilogue, z=z, n_data=32, backend="torch")
+        assert out.device.type == "meta" and out.shape == shape
+    assert shared_bank_contrast(q, q, bank, tau_s=0.02, tau_t=0.1, backend="torch").shape == (4,)  # per row
+    assert dcd_loss(q, q, torch.ones(1, **meta), torch.zeros(1, **meta), backend="torch").shape == ()
+    res = sinkhorn(torch.empty(2, 5, 6, **meta), eps=0.1, backend="torch")
+    assert (res.f.shape, res.g.shape, res.cost.shape) == ((2, 5), (2, 6), (2,))
+    bank_update_(bank, torch.tensor([1, 2], **meta), torch.empty(2, 16, **meta), 0.5, backend="torch")

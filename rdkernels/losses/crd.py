@@ -23,7 +23,6 @@ leaves the state as it was.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
@@ -32,7 +31,8 @@ from rdkernels import backend as _backend
 from rdkernels import distributed
 from rdkernels._validation import as_real
 from rdkernels.losses._embed import Embed
-from rdkernels.losses._inputs import check_bank_loss_args, check_bank_loss_inputs, check_bank_options
+from rdkernels.losses._inputs import (check_bank_loss_args, check_bank_loss_inputs, check_bank_options,
+                                     check_bank_storage, check_first_z)
 from rdkernels.memory import init_bank_, sample_uniform
 from rdkernels.ops import bank_contrast, bank_update_, estimate_nce_z
 
@@ -91,7 +91,7 @@ class ContrastMemory(nn.Module):
         with torch.no_grad():
             z_batch = self._batch_z(v_s, v_t, idx, temperature, backend, check_indices, synced)
             z = torch.where(z < 0, z_batch.to(z.dtype), z)
-        _check_first_z(z, unset)
+        check_first_z(z, unset, owner="CRDLoss", names=("Z_v1", "Z_v2"))
         return temperature, momentum, z.float(), True
 
     def forward(self, v_s, v_t, index, idx, backend=None, strategy="auto", check_indices=True):
@@ -121,16 +121,6 @@ class ContrastMemory(nn.Module):
             bank_update_(self.memory_v1, index, v_s, momentum, backend=backend, check_indices=check_indices)
             bank_update_(self.memory_v2, index, v_t, momentum, backend=backend, check_indices=check_indices)
         return loss_s + loss_t
-
-
-def _check_first_z(z: torch.Tensor, unset: tuple[bool, bool]) -> None:
-    """Z is frozen once set, so a NaN or inf estimate would poison every later step:
-    refuse it (one host read, on the first call only)."""
-    for value, was_unset, name, features in zip(z.tolist(), unset, ("Z_v1", "Z_v2"), ("f_s", "f_t")):
-        if was_unset and not math.isfinite(value):
-            raise ValueError(f"CRDLoss sets {name} once, from the first batch, and got {value}: {features} (or the "
-                             f"bank it is scored against) holds NaN or inf, or nce_t is so small that exp(s / nce_t) "
-                             "overflows; Z was left unset")
 
 
 class CRDLoss(nn.Module):
@@ -186,12 +176,15 @@ class CRDLoss(nn.Module):
         self.contrast = ContrastMemory(feat_dim, n_data, nce_k, nce_t, nce_m, bank_dtype,
                                        z_momentum=z_momentum, sync_banks=sync_banks, process_group=process_group)
 
-    def _validate(self, f_s, f_t, idx, contrast_idx) -> None:
-        check_bank_loss_inputs(f_s, f_t, idx, contrast_idx, s_dim=self.s_dim, t_dim=self.t_dim, n_data=self.n_data)
+    def _validate(self, f_s, f_t, idx, contrast_idx) -> tuple:
+        check_bank_storage(**{"contrast.memory_v1": self.contrast.memory_v1,
+                              "contrast.memory_v2": self.contrast.memory_v2})
+        return check_bank_loss_inputs(f_s, f_t, idx, contrast_idx, s_dim=self.s_dim, t_dim=self.t_dim,
+                                      n_data=self.n_data, projections=(self.embed_s, self.embed_t))
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor, idx: torch.Tensor,
                 contrast_idx: torch.Tensor | None = None) -> torch.Tensor:
-        self._validate(f_s, f_t, idx, contrast_idx)
+        idx, contrast_idx = self._validate(f_s, f_t, idx, contrast_idx)
         if contrast_idx is None:
             contrast_idx = sample_uniform(idx, self.nce_k, self.n_data)
         v_s = self.embed_s(f_s)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rdkernels._validation import FLOAT_DTYPES, check_dim, check_finite, check_positive_int, check_tensor
+from rdkernels.losses._inputs import check_fits_projection
 from rdkernels.ops.dcd import check_dcd_scalars, dcd_loss
 
 
@@ -17,12 +18,15 @@ def _check_features(name: str, f: torch.Tensor, width: int, what: str) -> None:
         raise ValueError(f"{name} has {f[0].numel()} features per sample but the loss was built with {what}={width}")
 
 
-def _check_pair(f_s: torch.Tensor, f_t: torch.Tensor, s_dim: int, t_dim: int) -> None:
+def _check_pair(f_s: torch.Tensor, f_t: torch.Tensor, s_dim: int, t_dim: int,
+                projections: tuple[nn.Module, nn.Module]) -> None:
     _check_features("f_s", f_s, s_dim, "s_dim")
     _check_features("f_t", f_t, t_dim, "t_dim")
     if f_t.device != f_s.device:
         raise ValueError(f"f_t is on {f_t.device} but must be on {f_s.device} like f_s")
     check_dim("f_t", f_t, 0, f_s.shape[0], "f_s's batch size")
+    check_fits_projection("f_s", f_s, projections[0])
+    check_fits_projection("f_t", f_t, projections[1])
 
 
 def _embed(linear: nn.Linear, f: torch.Tensor) -> torch.Tensor:
@@ -77,7 +81,7 @@ class DCDLoss(nn.Module):
         self.register_load_state_dict_pre_hook(_load_reference_keys)
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
-        _check_pair(f_s, f_t, self.s_dim, self.t_dim)
+        _check_pair(f_s, f_t, self.s_dim, self.t_dim, (self.embed_s, self.embed_t))
         z_s = _embed(self.embed_s, f_s)
         z_t = _embed(self.embed_t, f_t)
         if z_t.dtype != z_s.dtype:  # e.g. one side computed outside autocast

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rdkernels import backend as _backend
-from rdkernels._validation import check_positive, check_positive_int
-from rdkernels.losses._inputs import check_bank_loss_args
+from rdkernels._validation import check_positive, check_positive_int, host_reads_allowed
+from rdkernels.losses._inputs import check_bank_loss_args, check_bank_loss_inputs, check_bank_storage, check_first_z
 from rdkernels.losses._queue import fifo_enqueue_
 from rdkernels.losses.dcd import _check_pair, _embed
 from rdkernels.ops.shared_bank_contrast import _resolve as _resolve_shared_bank_contrast
@@ -71,7 +71,7 @@ class RRDLoss(nn.Module):
         self.register_load_state_dict_pre_hook(_load_reference_keys)
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
-        _check_pair(f_s, f_t, self.s_dim, self.t_dim)
+        _check_pair(f_s, f_t, self.s_dim, self.t_dim, (self.embed_s, self.embed_t))
         z_s = _embed(self.embed_s, f_s)
         if self.train_teacher_proj:
             z_t = _embed(self.embed_t, f_t)
@@ -178,32 +178,34 @@ class RRDMomentumLoss(nn.Module):
         # [K, T, Z_s, Z_t, momentum] as the reference's ContrastMemory.params; Z = -1 until set
         self.register_buffer("params", torch.tensor([float(nce_k), float(nce_t), -1.0, -1.0, float(nce_m)]))
         self.register_load_state_dict_pre_hook(_load_reference_momentum_keys)
+        # Whether Z is known to be set, so eager calls stop reading it (see _check_first_z);
+        # False again whenever a state_dict is loaded.
+        self._z_set_on_host = False
+        self.register_load_state_dict_post_hook(RRDMomentumLoss._forget_z_set)
+
+    @staticmethod
+    def _forget_z_set(module, incompatible_keys) -> None:
+        module._z_set_on_host = False
+
+    def _check_first_z(self, z: torch.Tensor) -> None:
+        """Z is frozen once set, so a NaN or inf estimate would poison every later step.
+        Eager calls refuse one, with a host read until Z is set (the first call); under
+        torch.compile Z is set on the device without the read."""
+        if torch.compiler.is_compiling() or self._z_set_on_host or not host_reads_allowed(z):
+            return
+        unset = tuple(v < 0 for v in self.params[2:4].tolist())
+        check_first_z(z, unset, owner="RRDMomentumLoss", names=("Z_s", "Z_t"))
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor, idx: torch.Tensor,
                 contrast_idx: torch.Tensor | None = None) -> torch.Tensor:
-        from rdkernels._validation import INDEX_DTYPES, check_index_range, check_tensor
-
-        _check_pair(f_s, f_t, self.s_dim, self.t_dim)
-        bank_device = self.memory_s.memory.device
-        check_tensor("idx", idx, ndim=1, dtypes=INDEX_DTYPES, device=bank_device, contiguous=False)
-        idx = idx.contiguous()  # any strides accepted; the bank update takes a contiguous index
-        check_dim_ = f_s.shape[0]
-        if idx.shape[0] != check_dim_:
-            raise ValueError(f"idx has {idx.shape[0]} entries but the batch has {check_dim_} rows")
-        check_index_range("idx", idx, self.n_data)
+        check_bank_storage(**{"memory_s.memory": self.memory_s.memory, "memory_t.memory": self.memory_t.memory})
+        idx, contrast_idx = check_bank_loss_inputs(f_s, f_t, idx, contrast_idx, s_dim=self.s_dim, t_dim=self.t_dim,
+                                                   n_data=self.n_data, projections=(self.embed_s, self.embed_t))
         # The scores below resolve bank_contrast's backend before anything is written;
         # resolve bank_update's now too, so that it cannot fail after Z was set.
-        _backend.resolve(bank_device, "bank_update", None)
+        _backend.resolve(self.memory_s.memory.device, "bank_update", None)
         if contrast_idx is None:
-            contrast_idx = self.memory_s.sample(idx, self.nce_k)
-        else:
-            check_tensor("contrast_idx", contrast_idx, ndim=2, dtypes=INDEX_DTYPES, device=bank_device)
-            if contrast_idx.shape[0] != check_dim_:
-                raise ValueError(f"contrast_idx has {contrast_idx.shape[0]} rows but the batch has {check_dim_}")
-            if contrast_idx.shape[1] < 2:  # one column: a softmax over the positive alone, loss 0, no gradient
-                raise ValueError("contrast_idx must have at least 2 columns (the positive and a negative), "
-                                 f"got shape {tuple(contrast_idx.shape)}")
-            check_index_range("contrast_idx", contrast_idx, self.n_data)
+            contrast_idx = self.memory_s.sample(idx, self.nce_k, check_indices=False)  # idx checked above
         z_s = _embed(self.embed_s, f_s)
         with torch.no_grad():
             z_t = _embed(self.embed_t, f_t)
@@ -221,6 +223,7 @@ class RRDMomentumLoss(nn.Module):
             n = float(self.n_data)
             z_new = torch.stack([s_s.float().exp().mean() * n, s_t.float().exp().mean() * n])
             z = torch.where(self.params[2:4] < 0, z_new.to(self.params.dtype), self.params[2:4])
+            self._check_first_z(z)
             x_s = s_s.float().exp() / z[0].float()
             x_t = s_t.float().exp() / z[1].float()
             log_p_s = torch.log_softmax(x_s / self.tau_s, dim=1)
@@ -238,6 +241,8 @@ class RRDMomentumLoss(nn.Module):
 
         with torch.no_grad():  # the state changes only now: Z, then the banks
             self.params[2:4] = z
+        if not torch.compiler.is_compiling():
+            self._z_set_on_host = True
         self.memory_s.update_(idx, z_s.detach(), check_indices=checks)
         self.memory_t.update_(idx, z_t, check_indices=checks)
         if dq is None:

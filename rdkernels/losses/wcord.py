@@ -67,7 +67,8 @@ from torch import nn
 
 from rdkernels._validation import check_non_negative, check_positive, check_positive_int
 from rdkernels.losses._embed import Embed
-from rdkernels.losses._inputs import check_bank_loss_args, check_bank_loss_inputs, check_bank_options
+from rdkernels.losses._inputs import (check_bank_loss_args, check_bank_loss_inputs, check_bank_options,
+                                     check_bank_storage)
 from rdkernels.memory import MemoryBank
 from rdkernels.ops import sinkhorn
 from rdkernels.ops.sinkhorn import check_tol
@@ -158,14 +159,16 @@ class WCoRDLoss(nn.Module):
         self.memory_s = MemoryBank(n_data, feat_dim, momentum=nce_m, dtype=bank_dtype)  # scored by v_t
         self.memory_t = MemoryBank(n_data, feat_dim, momentum=nce_m, dtype=bank_dtype)  # scored by v_s
 
-    def _validate(self, f_s, f_t, idx, contrast_idx) -> None:
-        check_bank_loss_inputs(f_s, f_t, idx, contrast_idx, s_dim=self.s_dim, t_dim=self.t_dim, n_data=self.n_data)
+    def _validate(self, f_s, f_t, idx, contrast_idx) -> tuple:
+        check_bank_storage(**{"memory_s.memory": self.memory_s.memory, "memory_t.memory": self.memory_t.memory})
+        return check_bank_loss_inputs(f_s, f_t, idx, contrast_idx, s_dim=self.s_dim, t_dim=self.t_dim,
+                                      n_data=self.n_data, projections=(self.embed_s, self.embed_t))
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor, idx: torch.Tensor,
                 contrast_idx: torch.Tensor | None = None) -> torch.Tensor:
-        self._validate(f_s, f_t, idx, contrast_idx)
+        idx, contrast_idx = self._validate(f_s, f_t, idx, contrast_idx)
         if contrast_idx is None:
-            contrast_idx = self.memory_s.sample(idx, self.nce_k)
+            contrast_idx = self.memory_s.sample(idx, self.nce_k, check_indices=False)  # idx checked above
         v_s = self.embed_s(f_s)
         v_t = self.embed_t(f_t)
         loss = v_s.new_zeros((), dtype=torch.float32)

@@ -46,7 +46,8 @@ def op_body(impl: Callable) -> Callable:
     caller's autocast state, eagerly and inside a compiled graph alike.
     """
     def without_autocast(device_type, args, kwargs):
-        if torch.is_autocast_enabled(device_type):
+        # meta tensors (shape inference) have no autocast state to ask about
+        if device_type != "meta" and torch.is_autocast_enabled(device_type):
             with torch.autocast(device_type, enabled=False):
                 return impl(*args, **kwargs)
         return impl(*args, **kwargs)
