@@ -293,3 +293,24 @@ def test_auto_backend_on_cpu_is_torch():
     assert resolve(torch.device("cpu"), "bank_contrast", "auto") == "torch"
     args = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in _good().items()}
     assert math.isfinite(bank_contrast(**args).item())
+
+
+def test_widths_past_the_fused_kernels_fall_back_under_auto_and_raise_when_requested(monkeypatch):
+    """d > MAX_FUSED_DIM: ``auto`` moves to torch (the same value as torch), a backend
+    asked for by name raises BackendUnavailable, as for the other ops' limits."""
+    import rdkernels
+    from rdkernels import backend as backend_module
+    from rdkernels.backend import BackendUnavailable
+    from rdkernels.ops.bank_contrast import MAX_FUSED_DIM
+
+    d = MAX_FUSED_DIM + 8
+    query, bank = unit_rows(3, d, device=DEVICE), unit_rows(20, d, device=DEVICE)
+    idx = torch.randint(0, 20, (3, 5), device=DEVICE)
+    expected = bank_contrast(query, bank, idx, temperature=0.07, backend="torch")
+    # a device where auto would pick a fused backend (a GPU), stood in for on any machine
+    monkeypatch.setattr(backend_module, "resolve", lambda device, op, requested=None: "triton")
+    assert torch.equal(bank_contrast(query, bank, idx, temperature=0.07), expected)
+    with rdkernels.use_backend("triton"), pytest.raises(BackendUnavailable, match=f"query has {d} columns"):
+        bank_contrast(query, bank, idx, temperature=0.07)
+    with pytest.raises(BackendUnavailable, match="up to 1024"):
+        bank_contrast(query, bank, idx, temperature=0.07, backend="triton")

@@ -191,10 +191,15 @@ def _validate(query, bank, idx, temperature, epilogue, z, n_data, reduction, str
 
 
 def _resolve(query, backend):
+    """The backend that runs this call; under ``auto`` a width the fused kernels cannot
+    take moves to torch, an explicit request raises instead (as the other ops do)."""
     name = _backend.resolve(query.device, _CUDA_OP, backend)
     if name != "torch" and query.shape[1] > MAX_FUSED_DIM:
-        raise ValueError(f"query has {query.shape[1]} columns; the {name} backend supports up to {MAX_FUSED_DIM} "
-                         "(use backend='torch')")
+        if (backend or _backend.get_backend()) != "auto":
+            raise _backend.BackendUnavailable(
+                f"backend {name!r} cannot run bank_contrast: query has {query.shape[1]} columns, its kernels take "
+                f"up to {MAX_FUSED_DIM} (use backend='torch' or 'auto')")
+        name = "torch"
     return name
 
 
