@@ -64,6 +64,49 @@ def bank_contrast(query, bank, idx, *, temperature, epilogue="nce", z=None, n_da
     return contrast_loss(out, n_data).squeeze(0)
 
 
+def crd_contrast_memory(memory, v1, v2, y, idx):
+    """RepDistiller's ContrastMemory.forward on ``memory`` (a module holding its
+    ``params`` [K, T, Z_v1, Z_v2, momentum], ``memory_v1`` and ``memory_v2``).
+
+    As there, the scalars are read with .item() first, before any kernel is
+    queued: one host sync per call, at the top, where it costs least."""
+    K = int(memory.params[0].item())
+    T = memory.params[1].item()
+    Z_v1 = memory.params[2].item()
+    Z_v2 = memory.params[3].item()
+    momentum = memory.params[4].item()
+    batch_size = v1.size(0)
+    output_size = memory.memory_v1.size(0)
+    input_size = memory.memory_v1.size(1)
+    weight_v1 = torch.index_select(memory.memory_v1, 0, idx.view(-1)).detach()
+    weight_v1 = weight_v1.view(batch_size, K + 1, input_size)
+    out_v2 = torch.exp(torch.div(torch.bmm(weight_v1, v2.view(batch_size, input_size, 1)), T))
+    weight_v2 = torch.index_select(memory.memory_v2, 0, idx.view(-1)).detach()
+    weight_v2 = weight_v2.view(batch_size, K + 1, input_size)
+    out_v1 = torch.exp(torch.div(torch.bmm(weight_v2, v1.view(batch_size, input_size, 1)), T))
+    with torch.no_grad():   # Z: first call only, a constant ever after
+        if Z_v1 < 0:
+            memory.params[2] = out_v1.mean() * output_size
+            Z_v1 = memory.params[2].item()
+        if Z_v2 < 0:
+            memory.params[3] = out_v2.mean() * output_size
+            Z_v2 = memory.params[3].item()
+    out_v1 = torch.div(out_v1, Z_v1).contiguous()
+    out_v2 = torch.div(out_v2, Z_v2).contiguous()
+    bank_update_(memory.memory_v1, y, v1, momentum)
+    bank_update_(memory.memory_v2, y, v2, momentum)
+    return out_v1, out_v2
+
+
+def crd_loss(module, f_s, f_t, idx, contrast_idx):
+    """RepDistiller's CRDLoss.forward on ``module``'s embeddings and memory
+    (rdkernels.losses.reference.crd.CRDLoss holds the same weights and buffers)."""
+    v_s, v_t = module.embed_s(f_s), module.embed_t(f_t)
+    out_s, out_t = crd_contrast_memory(module.contrast, v_s, v_t, idx, contrast_idx)
+    n_data = module.contrast.memory_v1.size(0)
+    return (contrast_loss(out_s, n_data) + contrast_loss(out_t, n_data)).squeeze(0)
+
+
 def sinkhorn_loop(cost, a, b, eps, iters):
     """Log-domain Sinkhorn as a PyTorch loop; returns (f, g, plan, <plan, C>).
 

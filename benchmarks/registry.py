@@ -37,6 +37,10 @@ class Impl:
     note: str = ""
     rtol_scale: float = 1.0     # peers that stop on their own criterion get slack
     loss_key: str | None = None  # the output backward starts from, if not the op's
+    # Time "fwd" under torch.no_grad(): for a baseline whose forward would
+    # otherwise record an autograd graph (an unrolled loop) that the op under
+    # test does not record. fwd+bwd and bwd rows are unaffected.
+    fwd_no_grad: bool = False
 
 
 @dataclass

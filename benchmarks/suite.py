@@ -281,11 +281,18 @@ def _grad_out_once():
     return grad_out
 
 
+def _without_grad(run):
+    def forward_only():
+        with torch.no_grad():
+            return run()
+    return forward_only
+
+
 def _mode_fn(op: OpBench, impl: Impl, inputs: dict, mode: str):
     run = impl.prepare(inputs)
     key = impl.loss_key or op.loss_key
     if mode == "fwd":
-        return run
+        return _without_grad(run) if impl.fwd_no_grad else run
     if mode == "fwd+bwd":
         grad_out = _grad_out_once()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -27,6 +28,7 @@ class Budget:
     min_reps: int = 5
     max_reps: int = 1000
     cpu_min_run_s: float = 0.2  # CPU: blocked_autorange's min_run_time
+    cpu_min_samples: int = 3    # CPU: timed samples however long one run takes
 
 
 QUICK = Budget(warmup_ms=10.0, rep_ms=60.0, min_reps=5, max_reps=300, cpu_min_run_s=0.05)
@@ -90,6 +92,9 @@ def time_cuda(fns: Sequence[Callable[[], object]], device: torch.device, budget:
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     for i in range(reps):
         flush.zero_()          # outside the events: evicts the previous run's lines
+        # Wait for the flush: otherwise the host queues the timed call's kernels
+        # while the flush runs, and a host-bound call's launch time goes uncounted.
+        torch.cuda.synchronize(device)
         starts[i].record()
         step()
         ends[i].record()
@@ -99,15 +104,26 @@ def time_cuda(fns: Sequence[Callable[[], object]], device: torch.device, budget:
 
 
 def time_cpu(fns: Sequence[Callable[[], object]], budget: Budget) -> Timing:
-    """torch.utils.benchmark's blocked_autorange: median over blocks of runs."""
+    """torch.utils.benchmark's blocked_autorange: median over blocks of runs,
+    with at least ``budget.cpu_min_samples`` samples however long one run takes."""
     from torch.utils import benchmark as tbench
 
     step = _cycle(fns)
-    fns[0]()                   # warm-up (one set: on a CPU there is nothing to compile per set)
+    for fn in fns:             # warm up every input set (first-touch allocation, caches)
+        fn()
     timer = tbench.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
     m = timer.blocked_autorange(min_run_time=budget.cpu_min_run_s)
-    times = sorted(t * 1e3 for t in m.times)
-    return Timing(m.median * 1e3, _quantile(times, 0.2), _quantile(times, 0.8), m.number_per_run * len(m.times))
+    times = [t * 1e3 for t in m.times]
+    # A run longer than the budget gets a single sample from blocked_autorange:
+    # one noisy run is no median, so time more, one run per sample (not with
+    # Timer.timeit, which adds its own warm-up runs).
+    while len(times) < budget.cpu_min_samples:
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    reps = m.number_per_run * len(m.times) + len(times) - len(m.times)
+    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), reps)
 
 
 def time_fns(fns: Sequence[Callable[[], object]], device: torch.device, budget: Budget) -> Timing:

@@ -161,6 +161,56 @@ def test_floor_counts_bytes_and_flops():
     assert CEILINGS.floor_ms(fl.nbytes, fl.flops, fl.dtype) == pytest.approx(expected)
 
 
+def test_cpu_timer_takes_several_samples_of_a_slow_call_and_warms_every_set():
+    """A call longer than the whole budget still gets several timed samples (one
+    sample is no median), and every input set runs before timing starts."""
+    from benchmarks.timing import QUICK, time_cpu
+    import time
+
+    calls = []
+
+    def slow(name):
+        def fn():
+            calls.append(name)
+            time.sleep(QUICK.cpu_min_run_s * 1.5)
+        return fn
+
+    t = time_cpu([slow("a"), slow("b"), slow("c")], QUICK)
+    assert QUICK.cpu_min_samples >= 3 and t.reps >= QUICK.cpu_min_samples
+    assert t.median_ms >= QUICK.cpu_min_run_s * 1.5e3
+    assert calls[:3] == ["a", "b", "c"]     # each set warmed before the first timed run
+
+
+def test_two_contrast_directions_read_their_shared_index_once():
+    from benchmarks.ops.bank_contrast import bank_contrast_floor
+
+    p = dict(B=4, K=16, N=64, d=32, dtype="float32")
+    ids = p["B"] * (p["K"] + 1) * 8
+    for mode in ("fwd", "fwd+bwd"):
+        for one, two in zip(bank_contrast_floor(p, mode), bank_contrast_floor(p, mode, directions=2)):
+            assert two.nbytes == 2 * one.nbytes - ids and two.flops == 2 * one.flops
+
+
+def test_naive_crd_matches_the_reference_module():
+    """The naive CRD step (RepDistiller's forward, scalars read up front) computes
+    what rdkernels.losses.reference.crd.CRDLoss computes: loss, Z and both banks."""
+    from benchmarks import naive
+    from rdkernels.losses.reference.crd import CRDLoss
+
+    torch.manual_seed(0)
+    ref = CRDLoss(s_dim=24, t_dim=40, n_data=64, feat_dim=32, nce_k=16).double()
+    ours = CRDLoss(s_dim=24, t_dim=40, n_data=64, feat_dim=32, nce_k=16).double()
+    ours.load_state_dict(ref.state_dict())
+    f_s, f_t = torch.randn(4, 24, dtype=torch.float64), torch.randn(4, 40, dtype=torch.float64)
+    idx = torch.randperm(64)[:4]
+    cidx = torch.randint(0, 64, (4, 17))
+    cidx[:, 0] = idx
+    for _ in range(2):      # the first call sets Z, the second reads it
+        torch.testing.assert_close(naive.crd_loss(ours, f_s, f_t, idx, cidx), ref(f_s, f_t, idx, cidx))
+    for name, buf in ref.contrast.state_dict().items():
+        torch.testing.assert_close(ours.contrast.state_dict()[name], buf, msg=name)
+
+
 def test_unknown_op_is_an_error():
     with pytest.raises(ValueError, match="unknown op"):
         load_ops(["nope"])
@@ -254,6 +304,21 @@ def test_fwd_bwd_makes_its_upstream_gradient_once(monkeypatch):
         again = fn()
     assert made == [(case.params["P"],)]
     torch.testing.assert_close(again, first)
+
+
+def test_sinkhorn_baselines_time_their_forward_without_recording_a_graph():
+    """The naive loop's forward-only rows record no unrolled graph (rdkernels records
+    none through its iterations); its fwd+bwd rows still differentiate through it."""
+    ops, _ = load_ops(["sinkhorn"])
+    op = ops[0]
+    case = op.cases("tiny", None)[0]
+    impls = {i.name: i for i in op.all_implementations()}
+    assert impls["naive"].fwd_no_grad and impls["pot"].fwd_no_grad and not impls["torch"].fwd_no_grad
+    inputs = op.make_inputs(case, CPU, seed=1)
+    assert inputs["C"].requires_grad
+    assert suite._mode_fn(op, impls["naive"], inputs, "fwd")()["cost"].grad_fn is None
+    (grad,) = suite._mode_fn(op, impls["naive"], inputs, "fwd+bwd")()
+    assert grad.shape == inputs["C"].shape
 
 
 def test_git_commit_is_none_without_a_commit(tmp_path):

@@ -8,18 +8,24 @@ import pytest
 from benchmarks import targets
 
 H100 = "NVIDIA H100 80GB HBM3"
+EPYC = "AMD EPYC"
 CIFAR = dict(N=50_000, K=16_384, B=64, d=128, s_dim=256, t_dim=256, dtype="float32")
 IMAGENET = dict(N=1_281_167, K=16_384, B=256, d=128, s_dim=512, t_dim=512, dtype="float32")
 SINKHORN = dict(d=32, dtype="float32", P=64, n=128, m=128, eps=0.05, iters=100)
+DENSE_CASE = dict(B=64, K=4096, N=50_000, d=128, dtype="float32", epilogue="nce")
 
 
 def _row(op, params, impl, mode, time_ms, **extra):
     return dict(op=op, case="", params=params, impl=impl, mode=mode, status="ok", time_ms=time_ms, **extra)
 
 
-def _bench(tmp_path, name, device, rows):
-    record = dict(schema=targets.BENCH_SCHEMA, device=dict(name=device), rows=rows)
-    (tmp_path / f"{name}.json").write_text(json.dumps(record))
+def _bench(tmp_path, name, device, rows, bandwidth_gbps=3000.0):
+    kind = "cpu" if device == EPYC else "cuda"
+    record = dict(schema=targets.BENCH_SCHEMA, device=dict(name=device, type=kind), rows=rows,
+                  ceilings=dict(bandwidth_gbps=bandwidth_gbps, matmul_tflops={"float32": 50.0}))
+    path = tmp_path / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
 
 
 def _training(tmp_path, name, device, ratio_vs_kd, speedup, **config):
@@ -35,8 +41,11 @@ def results(tmp_path):
     _bench(tmp_path, "cifar", H100, [
         _row("crd_step", CIFAR, "naive", "fwd+bwd", 100.0, peak_mem_bytes=1e9),
         _row("crd_step", CIFAR, "torch", "fwd+bwd", 10.0, peak_mem_bytes=2e8),
-        _row("crd_step", CIFAR, "triton", "fwd+bwd", 1.5, peak_mem_bytes=5e6, frac_of_floor=0.6, floor_ms=0.9),
-        _row("crd_step", CIFAR, "cuda", "fwd+bwd", 2.0, peak_mem_bytes=4e6, frac_of_floor=0.45, floor_ms=0.9),
+        # floor_ms is max(bytes, flops) floors; the target reads the bytes floor: 1.5e9 B at 3000 GB/s = 0.5 ms
+        _row("crd_step", CIFAR, "triton", "fwd+bwd", 1.5, peak_mem_bytes=5e6, frac_of_floor=0.6, floor_ms=0.9,
+             floor_bytes=1.5e9),
+        _row("crd_step", CIFAR, "cuda", "fwd+bwd", 2.0, peak_mem_bytes=4e6, frac_of_floor=0.45, floor_ms=0.9,
+             floor_bytes=1.5e9),
         _row("crd_step", CIFAR, "triton", "fwd", 0.5),  # another mode: never compared with fwd+bwd rows
         _row("crd_step", IMAGENET, "naive", "fwd+bwd", 300.0),
         _row("crd_step", IMAGENET, "cuda", "fwd+bwd", 20.0),
@@ -49,11 +58,9 @@ def results(tmp_path):
     # the same CIFAR case, slower, on a GPU the targets do not name: the H100's rows win
     _bench(tmp_path, "other-gpu", "NVIDIA A100-SXM4-80GB", [
         _row("crd_step", CIFAR, "naive", "fwd+bwd", 100.0), _row("crd_step", CIFAR, "triton", "fwd+bwd", 1.0)])
-    _bench(tmp_path, "cpu", "AMD EPYC", [
-        _row("bank_contrast", dict(B=64, K=4096, N=50_000, d=128, dtype="float32", epilogue="nce"), "naive",
-             "fwd+bwd", 98.0),
-        _row("bank_contrast", dict(B=64, K=4096, N=50_000, d=128, dtype="float32", epilogue="nce"), "torch:dense",
-             "fwd+bwd", 16.9),
+    _bench(tmp_path, "cpu", EPYC, [
+        _row("bank_contrast", DENSE_CASE, "naive", "fwd+bwd", 98.0),
+        _row("bank_contrast", DENSE_CASE, "torch:dense", "fwd+bwd", 16.9),
         _row("shared_bank_contrast", dict(B=64, N=16_384, d=128, dtype="float32"), "naive", "fwd+bwd", 12.0),
         _row("shared_bank_contrast", dict(B=64, N=16_384, d=128, dtype="float32"), "triton", "fwd+bwd", 1.0),
     ])
@@ -75,7 +82,7 @@ def test_speed_ups_memory_and_floor(results):
     row = _find(results, ">= 50x the RepDistiller")
     assert row["status"] == "met" and row["value"] == pytest.approx(100 / 1.5) and row["device"] == H100
     assert _find(results, "best pure-PyTorch")["value"] == pytest.approx(10 / 1.5)
-    assert _find(results, "within 2x of its floor")["value"] == pytest.approx(1 / 0.6)
+    assert _find(results, "within 2x of its bytes floor")["value"] == pytest.approx(1.5 / 0.5)
     assert _find(results, "extra device memory")["value"] == pytest.approx(5e6 / 1e9)
     row = _find(results, "ImageNet")
     assert row["status"] == "not met" and row["value"] == pytest.approx(15)
@@ -117,3 +124,62 @@ def test_cli_prints_a_table_and_writes_json(tmp_path, capsys):
     assert len(rows) == len(targets.TARGETS)
     with pytest.raises(SystemExit):
         targets.main([str(tmp_path / "nowhere")])
+
+
+def _evaluate(tmp_path):
+    paths = sorted(tmp_path.rglob("*.json"))
+    return {r["target"]: r for r in targets.evaluate(targets.Results(paths))}
+
+
+def test_ratios_pair_rows_of_one_file_and_take_the_best_file(tmp_path):
+    """Another run (another commit, another load) is never the other side of a ratio."""
+    _bench(tmp_path, "before", H100, [
+        _row("crd_step", CIFAR, "naive", "fwd+bwd", 100.0, peak_mem_bytes=1e9),
+        _row("crd_step", CIFAR, "triton", "fwd+bwd", 10.0, peak_mem_bytes=1e7)])
+    _bench(tmp_path, "after", H100, [
+        _row("crd_step", CIFAR, "naive", "fwd+bwd", 20.0, peak_mem_bytes=1e8),
+        _row("crd_step", CIFAR, "triton", "fwd+bwd", 1.0, peak_mem_bytes=5e6)])
+    results = _evaluate(tmp_path)
+    row = _find(results, ">= 50x the RepDistiller")
+    assert row["value"] == pytest.approx(20) and row["source"] == "after.json"   # not 100 / 1
+    row = _find(results, "extra device memory")
+    assert row["value"] == pytest.approx(0.01) and row["source"] == "before.json"  # not 5e6 / 1e9
+
+
+def test_files_of_the_same_name_in_two_folders_are_not_paired(tmp_path):
+    _bench(tmp_path / "a", "quick", H100, [_row("crd_step", CIFAR, "naive", "fwd+bwd", 100.0)])
+    _bench(tmp_path / "b", "quick", H100, [_row("crd_step", CIFAR, "triton", "fwd+bwd", 1.0)])
+    assert _find(_evaluate(tmp_path), ">= 50x the RepDistiller")["status"] == "not measured"
+
+
+def test_pure_pytorch_target_takes_the_fastest_torch_strategy(tmp_path):
+    _bench(tmp_path, "quick", H100, [
+        _row("crd_step", CIFAR, "torch", "fwd+bwd", 10.0),
+        _row("crd_step", CIFAR, "torch:gather", "fwd+bwd", 12.0),
+        _row("crd_step", CIFAR, "torch:dense", "fwd+bwd", 4.0),
+        _row("crd_step", CIFAR, "triton", "fwd+bwd", 1.0)])
+    row = _find(_evaluate(tmp_path), "best pure-PyTorch")
+    assert row["value"] == pytest.approx(4) and "torch:dense" in row["detail"]
+
+
+def test_cpu_target_reads_cpu_rows_of_its_own_case_only(tmp_path):
+    _bench(tmp_path / "gpu", "quick", H100, [   # a GPU's rows of the same case: not the CPU target's
+        _row("bank_contrast", DENSE_CASE, "naive", "fwd+bwd", 98.0),
+        _row("bank_contrast", DENSE_CASE, "torch:dense", "fwd+bwd", 1.0)])
+    _bench(tmp_path / "cpu", "quick", EPYC, [
+        _row("bank_contrast", DENSE_CASE, "naive", "fwd+bwd", 60.0),
+        _row("bank_contrast", DENSE_CASE, "torch:dense", "fwd+bwd", 30.0),
+        # another case (bfloat16, softmax) of the same sizes: never paired with the float32 nce naive
+        _row("bank_contrast", dict(DENSE_CASE, dtype="bfloat16"), "torch:dense", "fwd+bwd", 5.0),
+        _row("bank_contrast", dict(DENSE_CASE, epilogue="softmax"), "torch:dense", "fwd+bwd", 5.0)])
+    row = _find(_evaluate(tmp_path), "CPU: torch backend")
+    assert row["value"] == pytest.approx(2) and row["device"] == EPYC and row["status"] == "not met"
+
+
+def test_floor_target_reads_the_bytes_floor_at_the_runs_bandwidth(tmp_path):
+    # flops would put the floor at 0.9 ms; the target counts bytes only: 1e9 B at 2000 GB/s = 0.5 ms
+    _bench(tmp_path, "quick", H100, [
+        _row("crd_step", CIFAR, "cuda", "fwd+bwd", 0.8, floor_ms=0.9, frac_of_floor=0.9 / 0.8, floor_bytes=1e9)],
+        bandwidth_gbps=2000.0)
+    row = _find(_evaluate(tmp_path), "bytes floor")
+    assert row["value"] == pytest.approx(1.6) and row["status"] == "met" and "bytes floor 0.5 ms" in row["detail"]

@@ -25,17 +25,18 @@ TEMPERATURE = 0.07
 
 
 def bank_contrast_floor(p: dict, mode: str, directions: int = 1) -> list[Floor]:
-    """Floors of one (or two, for CRD) bank-contrast passes, per strategy."""
+    """Floors of one (or two, for CRD) bank-contrast passes, per strategy; two
+    passes read their banks and queries each, and one shared index tensor."""
     B, K, N, d = p["B"], p["K"], p["N"], p["d"]
     e = elt(dtype_of(p["dtype"]))
     q_io = 2 * B * d * e + B * 4                       # q read, dq written; per-row loss
-    ids = B * (K + 1) * 8
+    ids = B * (K + 1) * 8                              # read once: the directions share one index tensor
     if mode == "bwd":
         return [Floor(directions * (2 * B * d * 4), directions * B * d, torch.float32, "dq scaled and written")]
     per = 2 if mode == "fwd" else 4
-    gather = Floor(directions * (B * (K + 1) * d * e + ids + q_io), directions * per * B * (K + 1) * d,
+    gather = Floor(directions * (B * (K + 1) * d * e + q_io) + ids, directions * per * B * (K + 1) * d,
                    dtype_of(p["dtype"]), "gather: sampled rows read once")
-    dense = Floor(directions * (N * d * e + ids + q_io), directions * per * B * N * d,
+    dense = Floor(directions * (N * d * e + q_io) + ids, directions * per * B * N * d,
                   dtype_of(p["dtype"]), "dense: bank read once, GEMM against every row")
     return [gather, dense]
 

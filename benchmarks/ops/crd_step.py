@@ -1,9 +1,11 @@
 """A whole CRD loss step: both projections, both contrast directions, both bank
 updates, and the backward into f_s and the projection weights.
 
-naive: rdkernels.losses.reference.crd.CRDLoss, RepDistiller's formulation
-(materialised gathers, bmm, exp, Z, ContrastLoss, index_copy_ update).
-Fused: rdkernels.CRDLoss with each backend. Both start from the same weights,
+naive: RepDistiller's CRDLoss.forward (benchmarks.naive.crd_loss: scalars read
+with .item() up front, index_select gathers, bmm, exp, Z, ContrastLoss,
+index_copy_ update) on rdkernels.losses.reference.crd.CRDLoss's weights and banks.
+Fused: rdkernels.CRDLoss with each backend, and the torch backend with each
+strategy (torch:gather, torch:dense) as well as "auto". Both start from the same weights,
 banks and Z (set beforehand, as after the first step of training).
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 
 from benchmarks import naive
 from benchmarks.ops._common import PRESETS, elt, generator, sample_idx
-from benchmarks.ops.bank_contrast import TEMPERATURE, bank_contrast_floor
+from benchmarks.ops.bank_contrast import TEMPERATURE, BankContrast, bank_contrast_floor
 from benchmarks.registry import (Case, Floor, Impl, OpBench, cuda_unavailable, module_missing, register,
                                  triton_unavailable)
 
@@ -41,28 +43,36 @@ class CRDStep(OpBench):
         return dict(s_dim=p["s_dim"], t_dim=p["t_dim"], n_data=p["N"], feat_dim=p["d"], nce_k=p["K"],
                     nce_t=TEMPERATURE, nce_m=MOMENTUM)
 
-    def _prepare(self, fused: bool, backend: str | None = None):
+    def _prepare(self, fused: bool, backend: str | None = None, strategy: str = "auto"):
         def prepare(inp):
             p = inp["params"]
             if fused:
                 from rdkernels.losses import CRDLoss
-                module = CRDLoss(**self._args(p), backend=backend)
-            else:
+                module = CRDLoss(**self._args(p), backend=backend, strategy=strategy)
+                loss = module
+            else:   # the reference module's weights and buffers, RepDistiller's forward
                 from rdkernels.losses.reference.crd import CRDLoss
                 module = CRDLoss(**self._args(p))
+                loss = lambda *args: naive.crd_loss(module, *args)   # noqa: E731
             module = module.to(device=inp["f_s"].device, dtype=inp["f_s"].dtype)
             module.load_state_dict(inp["state"])
             f_s, f_t, idx, cidx = inp["f_s"], inp["f_t"], inp["idx"], inp["contrast_idx"]
-            return lambda: _module_outputs(module, module(f_s, f_t, idx, cidx))
+            return lambda: _module_outputs(module, loss(f_s, f_t, idx, cidx))
         return prepare
 
     def implementations(self):
-        return [
+        impls = [
             Impl("naive", self._prepare(False), kind="naive"),
             Impl("torch", self._prepare(True, "torch")),
             Impl("triton", self._prepare(True, "triton"), unavailable=triton_unavailable),
             Impl("cuda", self._prepare(True, "cuda"), unavailable=cuda_unavailable("bank_contrast")),
         ]
+        # The best pure-PyTorch formulation is the faster strategy, whichever the
+        # cost model would pick ("auto"), so each torch strategy gets a row too.
+        strategies = BankContrast._strategies()
+        if len(strategies) > 1:
+            impls += [Impl(f"torch:{s}", self._prepare(True, "torch", s)) for s in strategies]
+        return impls
 
     def reference(self):
         return self.implementations()[0]

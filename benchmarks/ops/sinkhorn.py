@@ -159,13 +159,15 @@ class Sinkhorn(OpBench):
 
     def implementations(self):
         return [
-            Impl("naive", self._naive, kind="naive", check="forward",
+            # fwd_no_grad: forward-only rows time the loop, not the unrolled graph it
+            # would record for a backward (rdkernels records none through its iterations)
+            Impl("naive", self._naive, kind="naive", check="forward", fwd_no_grad=True,
                  note="gradient by unrolled autograd: forward checked only"),
             Impl("torch", self._rdk("torch")),
             Impl("triton", self._rdk("triton"), unavailable=triton_unavailable),
             Impl("cuda", self._rdk("cuda"), unavailable=cuda_unavailable("sinkhorn")),
             Impl("pot", self._pot, kind="peer", unavailable=peer_missing("ot"), check="forward", rtol_scale=10,
-                 note="POT sinkhorn2 (log), a loop over problems; autodiff gradient: forward checked only"),
+                 fwd_no_grad=True, note="POT sinkhorn2 (log), a loop over problems; autodiff gradient: forward checked only"),
             Impl("geomloss", self._geomloss, kind="peer", unavailable=peer_missing("geomloss"), check="forward",
                  rtol_scale=10, loss_key="dual",
                  note="geomloss dual value <a,f>+<b,g>, own eps-scaling; gradient to the points"),
