@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,7 +102,7 @@ def test_compare_runs_the_steps_asked_for_whatever_the_epochs(tmp_path):
     report = compare(tiny_config(distill="dcd", epochs=1), steps=12, warmup=2, out_dir=tmp_path, plot=False)
     assert [len(run["loss"]) for run in report["runs"].values()] == [12, 12, 12]
     assert report["steps"] == 12 and all(run["steps"] == 12 for run in report["runs"].values())
-    assert json.loads(open(report["json"]).read())["steps"] == 12
+    assert json.loads(Path(report["json"]).read_text())["steps"] == 12
 
 
 def test_compare_refuses_a_step_it_cannot_capture_before_any_run(monkeypatch, capsys):

@@ -183,8 +183,11 @@ def _candidate(block_b, block_n, grad_precision, num_warps):
 # operands whole in registers; as 3xTF32 tensor-core dots (still fp32-accurate)
 # the tile is 1008 instructions (and spills ~100 B). Which of these, or a 4-warp
 # variant, wins is a question for the timing. (Capping registers at 128 for 16
-# warps per SM spills ~1 KB per thread inside the loop: not a candidate.) The
-# first candidate is the configuration used before any timing.
+# warps per SM spills ~1 KB per thread inside the loop: not a candidate.) Spills
+# depend on the Triton version: at d = 128 the 16x64 exact-fp32 gradient variant
+# spills ~576 B with Triton 3.6 and ~56 B with 3.9, the 3xTF32 ones the other way
+# round (CI compiles all of them with both). The first candidate is the
+# configuration used before any timing; it spills at most 28 B with either.
 CANDIDATES = [
     _candidate(16, 32, "ieee", 8),
     _candidate(16, 32, "tf32x3", 8),

@@ -1,0 +1,50 @@
+"""``python -m rdkernels``: the environment report a bug report starts from."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import rdkernels
+from rdkernels import backend
+from rdkernels.__main__ import OPS, collect
+
+
+def test_report_names_auto_choice_and_reasons_for_every_op_and_device():
+    report = collect()
+    assert report["rdkernels"]["version"] == rdkernels.__version__
+    assert report["versions"]["torch"] == torch.__version__
+    devices = [entry["device"] for entry in report["devices"]]
+    assert devices[0] == "cpu" and len(devices) == 1 + torch.cuda.device_count() * torch.cuda.is_available()
+    for entry in report["devices"]:
+        device = torch.device(entry["device"])
+        assert set(entry["ops"]) == set(OPS)
+        for op, choice in entry["ops"].items():
+            assert choice["auto"] == backend.resolve(device, op, "auto")
+            # every backend is either runnable here or has its reason
+            for name in ("triton", "cuda"):
+                runnable = name in backend.available_backends(device, op)
+                assert runnable != (name in choice["unavailable"]), (entry["device"], op, name)
+    cpu_ops = report["devices"][0]["ops"]
+    assert all(choice["auto"] == "torch" for choice in cpu_ops.values())
+    assert all("CUDA tensors" in choice["unavailable"]["cuda"] for choice in cpu_ops.values())
+
+
+def test_the_ops_listed_are_the_ones_the_dispatchers_resolve():
+    # a new op should show up in the report: every name passed to backend.resolve is listed
+    root = Path(rdkernels.__file__).parent
+    names = set()
+    for path in root.rglob("*.py"):
+        names |= set(re.findall(r"resolve\([^,()]+(?:\([^()]*\))?[^,()]*, \"(\w+)\"", path.read_text()))
+        names |= set(re.findall(r'_CUDA_OP = "(\w+)"', path.read_text()))
+    assert names and names <= set(OPS), sorted(names - set(OPS))
+
+
+def test_command_line_prints_text_and_json():
+    run = [sys.executable, "-m", "rdkernels"]
+    text = subprocess.run(run, capture_output=True, text=True, check=True).stdout
+    assert text.startswith(f"rdkernels {rdkernels.__version__}") and "bank_contrast" in text and "bank_contrast -> torch" in text
+    report = json.loads(subprocess.run(run + ["--json"], capture_output=True, text=True, check=True).stdout)
+    assert report["devices"][0]["device"] == "cpu"
