@@ -1,6 +1,7 @@
 // pybind11 bindings of rdkernels._C. Each op's Python wrapper (rdkernels/ops/<op>/cuda.py)
 // validates its inputs and passes raw pointers, dtype codes and the current CUDA stream.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "bank_contrast.h"
 #include "bank_update.h"
@@ -15,6 +16,10 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "rdkernels CUDA kernels (raw-pointer interface; see rdkernels/ops/*/cuda.py)";
   m.def("max_shared_memory_per_block", &rdk::max_shared_memory_per_block,
         "Largest dynamic shared memory one block may opt in to on the current CUDA device (bytes)");
+  m.def("compiled_archs", &rdk::compiled_archs,
+        "Architectures the device code was compiled for (__CUDA_ARCH_LIST__: 800 = sm_80)");
+  m.def("kernel_image_error", &rdk::kernel_image_error,
+        "'' if this module has code the device can run, else the CUDA error", py::arg("device"));
   m.def("bank_contrast", &rdk::bank_contrast,
         "Bank contrast, gather strategy: per-(row, split) partials of an nce/softmax/scores epilogue",
         py::arg("query"), py::arg("bank"), py::arg("bank_dtype"), py::arg("idx"), py::arg("idx_dtype"),

@@ -12,4 +12,27 @@ int max_shared_memory_per_block() {
   return bytes;
 }
 
+namespace {
+__global__ void image_probe_kernel() {}
+}  // namespace
+
+std::string kernel_image_error(int device) {
+  int previous = 0;
+  cudaGetDevice(&previous);
+  cudaSetDevice(device);
+  cudaFuncAttributes attributes;
+  const cudaError_t err = cudaFuncGetAttributes(&attributes, image_probe_kernel);
+  cudaGetLastError();  // leave no sticky error for the next launch to report
+  cudaSetDevice(previous);
+  return err == cudaSuccess ? std::string() : std::string(cudaGetErrorString(err));
+}
+
+std::vector<int> compiled_archs() {
+#ifdef __CUDA_ARCH_LIST__
+  return {__CUDA_ARCH_LIST__};
+#else
+  return {};
+#endif
+}
+
 }  // namespace rdk

@@ -99,9 +99,11 @@ def _parsers() -> dict:
     """Module run by ``python -m`` -> a function that parses its argv (SystemExit on a usage error)."""
     from benchmarks import __main__ as bench_main
     from benchmarks import overhead, profile, targets
+    from rdkernels import __main__ as env_report
     from rdkernels.harness import __main__ as harness_main
 
-    return {"rdkernels.harness": lambda argv: harness_main._build_parser()[0].parse_args(argv),
+    return {"rdkernels": env_report.parse_args,
+            "rdkernels.harness": lambda argv: harness_main._build_parser()[0].parse_args(argv),
             "benchmarks": bench_main.parse_args, "benchmarks.targets": targets.parse_args,
             "benchmarks.overhead": overhead.parse_args, "benchmarks.profile": profile.parse_args}
 
@@ -125,6 +127,8 @@ def _doc_commands() -> list[tuple[str, str]]:
         for block in _fenced_blocks(text, "bash", ""):
             found += [(doc.name, line) for line in _shell_lines(block)]
         found += [(doc.name, span) for span in re.findall(r"`(python -m [^`]+)`", text)]
+        # the targets table says how to measure each target: "run: python -m ... (POT installed)"
+        found += [(doc.name, cmd) for cmd in re.findall(r"run: (python -m [^|(]+)", text)]
     return found
 
 
@@ -132,13 +136,16 @@ def _gpu_script_commands() -> list[tuple[str, str]]:
     """The GPU script's ``python -m`` commands, its shell variables given values of the kind they take."""
     script = GPU_SCRIPT.read_text()
     common = re.search(r"local common=\((.*?)\)", script).group(1)
-    values = {'"${common[@]}"': common, '"$preset"': "cifar", '"$distill"': "crd",
-              '"$dir/': '"results/', '"$LOGS/': '"logs/', "$dir": "results"}
+    values = {'"${common[@]}"': common, '"$dir/': '"results/', '"$LOGS/': '"logs/', "$dir": "results"}
+    loops = {var: words.split() for var, words in re.findall(r"for (\w+) in ([^;]+); do", script)}
     found = []
     for line in _shell_lines(script):
         for var, value in values.items():
             line = line.replace(var, value)
-        found.append((GPU_SCRIPT.name, line))
+        lines = [line]
+        for var, words in loops.items():  # a loop's command once per value the loop takes
+            lines = [ln.replace(f'"${var}"', w) for ln in lines for w in words] if f'"${var}"' in line else lines
+        found += [(GPU_SCRIPT.name, ln) for ln in lines]
     return found
 
 
@@ -150,10 +157,15 @@ def _module_commands(commands) -> list[tuple[str, str, list[str]]]:
             continue
         words = shlex.split(line)
         for i in range(len(words) - 2):
-            if words[i] == "python" and words[i + 1] == "-m" and words[i + 2] in parsers:
+            module = words[i + 2]
+            if words[i] != "python" or words[i + 1] != "-m":
+                continue
+            if module.split(".")[0] in ("rdkernels", "benchmarks"):  # ours: a misspelt one is an error
+                assert module in parsers, f"{where}: no parser here for python -m {module}: {line}"
+            if module in parsers:
                 argv = words[i + 3:]
                 assert not any("$" in w for w in argv), f"{where}: give this shell variable a value here: {line}"
-                out.append((where, words[i + 2], argv))
+                out.append((where, module, argv))
     return out
 
 
@@ -161,10 +173,14 @@ def test_the_docs_and_the_gpu_script_have_commands_to_check():
     # guards the extraction itself: a broken pattern would leave the test below nothing to check
     docs = _module_commands(_doc_commands())
     script = _module_commands(_gpu_script_commands())
-    assert {m for _, m, _ in docs} >= {"rdkernels.harness", "benchmarks", "benchmarks.targets", "benchmarks.overhead"}
-    assert {m for _, m, _ in script} == {"rdkernels.harness", "benchmarks", "benchmarks.targets",
+    assert {m for _, m, _ in docs} >= {"rdkernels", "rdkernels.harness", "benchmarks", "benchmarks.targets",
+                                       "benchmarks.overhead"}
+    assert {m for _, m, _ in script} == {"rdkernels", "rdkernels.harness", "benchmarks", "benchmarks.targets",
                                          "benchmarks.overhead", "benchmarks.profile"}
-    assert sum(m == "rdkernels.harness" for _, m, _ in script) == 3
+    # each loop's command once per value: 4 distillers x (eager, graphs) + bf16 graphs; 2 presets
+    assert sum(m == "rdkernels.harness" for _, m, _ in script) == 9
+    assert {a[a.index("--preset") + 1] for _, m, a in script if m == "benchmarks" and "--preset" in a} \
+        == {"cifar", "imagenet"}
 
 
 @pytest.mark.parametrize("source", ["docs", "gpu_script"])
@@ -177,8 +193,8 @@ def test_every_command_line_parses(source, capsys):
             parsers[module](argv)
         except SystemExit as exc:
             if exc.code:  # --help and --list style exits are fine; usage errors are not
-                failures.append(f"{where}: python -m {module} {shlex.join(argv)}\n    "
-                                f"{capsys.readouterr().err.strip().splitlines()[-1]}")
+                error = capsys.readouterr().err.strip().splitlines() or [f"exit status {exc.code}"]
+                failures.append(f"{where}: python -m {module} {shlex.join(argv)}\n    {error[-1]}")
     assert not failures, "command lines that their parsers refuse:\n" + "\n".join(failures)
 
 

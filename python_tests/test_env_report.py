@@ -1,5 +1,6 @@
 """``python -m rdkernels``: the environment report a bug report starts from."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -48,3 +49,36 @@ def test_command_line_prints_text_and_json():
     assert text.startswith(f"rdkernels {rdkernels.__version__}") and "bank_contrast" in text and "bank_contrast -> torch" in text
     report = json.loads(subprocess.run(run + ["--json"], capture_output=True, text=True, check=True).stdout)
     assert report["devices"][0]["device"] == "cpu"
+
+
+def test_report_on_a_gpu_the_extension_cannot_run_on(monkeypatch, capsys):
+    """A T4 (sm_75) with the default sm_80/sm_90 build: auto -> triton, and the report says why."""
+    import types
+
+    from rdkernels.__main__ import _print
+
+    module = types.SimpleNamespace(__file__="_C.so", compiled_archs=lambda: [800, 900],
+                                   kernel_image_error=lambda index: "no kernel image is available",
+                                   **{op: None for op in OPS})
+    monkeypatch.setattr(backend, "_probes", {"cuda": (module, None)})
+    monkeypatch.setattr(backend, "_device_capability", lambda index: (7, 5))
+    monkeypatch.setattr(backend, "triton_unavailable_reason", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: types.SimpleNamespace(name="Tesla T4", major=7, minor=5, total_memory=15 * 2**30))
+    report = collect()
+    gpu = report["devices"][1]
+    assert gpu["device"] == "cuda:0" and gpu["capability"] == "sm_75"
+    assert all(choice["auto"] == "triton" for choice in gpu["ops"].values())
+    assert all("need sm_80 or newer" in choice["unavailable"]["cuda"] for choice in gpu["ops"].values())
+    _print(report)
+    text = capsys.readouterr().out
+    assert "cuda:0: Tesla T4 (sm_75, 15.0 GiB)" in text and "built for sm_80, sm_90" in text
+    assert "no cuda: rdkernels' CUDA kernels need sm_80 or newer" in text
+
+
+def test_a_misspelt_backend_is_reported_not_raised():
+    run = subprocess.run([sys.executable, "-m", "rdkernels"], capture_output=True, text=True,
+                         env={**os.environ, "RDKERNELS_BACKEND": "cdua"})
+    assert run.returncode == 2 and "invalid: backend must be one of" in run.stdout and "'cdua'" in run.stdout

@@ -30,6 +30,13 @@ def _version(module_name: str) -> str | None:
     return getattr(module, "__version__", "unknown")
 
 
+def _backend_asked_for() -> str:
+    try:
+        return backend.get_backend()
+    except ValueError as exc:  # a misspelt RDKERNELS_BACKEND: every op call would raise this
+        return f"invalid: {exc}"
+
+
 def _devices() -> list[dict]:
     devices = [{"device": "cpu", "name": f"{platform.machine()}, {os.cpu_count()} cores"}]
     if torch.cuda.is_available():
@@ -56,10 +63,11 @@ def collect() -> dict:
         "rdkernels": {"version": rdkernels.__version__, "path": os.path.dirname(rdkernels.__file__)},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "torch_cuda": torch.version.cuda, "triton": _version("triton"), "numpy": _version("numpy")},
-        "backend_asked_for": backend.get_backend(),
+        "backend_asked_for": _backend_asked_for(),
         "environment": {name: os.environ.get(name) for name in
                         ("RDKERNELS_BACKEND", "RDKERNELS_CHECK_INDICES", "TRITON_INTERPRET")},
         "cuda_extension": (extension.__file__ if extension is not None else None),
+        "cuda_extension_archs": [f"sm_{arch // 10}" for arch in getattr(extension, "compiled_archs", list)()],
         "cuda_extension_missing": why_not,
         "devices": _devices(),
     }
@@ -75,7 +83,11 @@ def _print(report: dict) -> None:
     print("  " + ", ".join(f"{k} {v if v is not None else '-'}" for k, v in report["versions"].items()))
     env = ", ".join(f"{k}={v}" for k, v in report["environment"].items() if v is not None) or "none set"
     print(f"  backend asked for: {report['backend_asked_for']} (environment: {env})")
-    print(f"  CUDA extension: {report['cuda_extension'] or 'not available: ' + report['cuda_extension_missing']}")
+    if report["cuda_extension"]:
+        archs = ", ".join(report["cuda_extension_archs"]) or "unknown"
+        print(f"  CUDA extension: {report['cuda_extension']} (built for {archs})")
+    else:
+        print(f"  CUDA extension: not available: {report['cuda_extension_missing']}")
     for entry in report["devices"]:
         details = [entry.get("capability"), f"{entry['memory_gib']} GiB" if "memory_gib" in entry else None]
         details = ", ".join(d for d in details if d)
@@ -95,17 +107,21 @@ def _print(report: dict) -> None:
           "falls back as the README's limits table says.")
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m rdkernels", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     report = collect()
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         print()
     else:
         _print(report)
-    return 0
+    return 2 if report["backend_asked_for"].startswith("invalid") else 0
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 ``set_backend(name)`` (or the ``RDKERNELS_BACKEND`` environment variable) forces
 one; ``auto`` picks, per call, from the tensors' device:
 
-* CUDA tensors: the CUDA extension if it is built and has a kernel for the op,
-  else Triton, else torch.
+* CUDA tensors: the CUDA extension if it is built, has a kernel for the op and
+  was compiled for this GPU's architecture (or an older one), else Triton, else torch.
 * CPU tensors: torch. Triton's interpreter (``TRITON_INTERPRET=1``) can run the
   Triton kernels on CPU tensors, but it is a correctness tool (milliseconds per
   program), so ``auto`` never picks it; ask for ``"triton"`` explicitly.
@@ -111,6 +111,49 @@ def cuda_extension():
     return module
 
 
+# The CUDA kernels use TF32 tensor-core mma (bank_contrast.cu): nothing below sm_80 builds.
+MIN_CUDA_ARCH = 80
+
+
+def _device_capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def arch_mismatch(capability: tuple[int, int], compiled: list[int], image_error: str = "") -> str | None:
+    """Why the extension cannot run on a GPU of ``capability``, or None.
+
+    ``compiled`` is its architecture list (800 = sm_80), ``image_error`` what the
+    CUDA runtime said when asked for one of its kernels on that GPU ("" if found).
+    Code for sm_XY runs on sm_XZ with Z >= Y, and PTX is compiled on load for newer
+    GPUs; the list alone cannot tell whether PTX was embedded, the runtime can."""
+    gpu = f"{capability[0]}{capability[1]}"
+    if 10 * capability[0] + capability[1] < MIN_CUDA_ARCH:
+        return (f"rdkernels' CUDA kernels need sm_{MIN_CUDA_ARCH} or newer (TF32 tensor-core mma); "
+                f"this GPU is sm_{gpu}")
+    cc = 100 * capability[0] + 10 * capability[1]
+    if not image_error and (not compiled or any(arch <= cc for arch in compiled)):
+        return None  # (an extension too old to say either: the launch will tell)
+    built = ", ".join(f"sm_{arch // 10}" for arch in compiled) or "unknown architectures"
+    why = f" ({image_error})" if image_error else ""
+    return (f"rdkernels._C was built for {built}, with no code this GPU (sm_{gpu}) can run{why}: "
+            f"rebuild with RDKERNELS_CUDA_ARCHS={gpu} to use it")
+
+
+@torch.compiler.assume_constant_result
+def _cuda_arch_reason(index: int | None) -> str | None:
+    """arch_mismatch for CUDA device ``index`` (None: the current one), probed once per
+    device. A constant to torch.compile, which cannot trace the calls into the extension."""
+    if index is None:
+        index = torch.cuda.current_device()
+    key = f"cuda_arch:{index}"
+    if key not in _probes:
+        module, _ = _cuda_extension()
+        compiled = list(module.compiled_archs()) if hasattr(module, "compiled_archs") else []
+        image_error = module.kernel_image_error(index) if hasattr(module, "kernel_image_error") else ""
+        _probes[key] = arch_mismatch(_device_capability(index), compiled, image_error)
+    return _probes[key]
+
+
 def cuda_unavailable_reason(device: torch.device, op: str) -> str | None:
     if device.type != "cuda":
         return f"the cuda backend needs CUDA tensors, got {device.type} tensors"
@@ -119,7 +162,7 @@ def cuda_unavailable_reason(device: torch.device, op: str) -> str | None:
         return err
     if not hasattr(module, op):
         return f"rdkernels._C has no CUDA kernel for {op!r}"
-    return None
+    return _cuda_arch_reason(device.index)
 
 
 def resolve(device: torch.device, op: str, requested: str | None = None) -> str:

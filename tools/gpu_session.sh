@@ -8,6 +8,7 @@
 #                                             # ImageNet presets, DCD's batch sweep
 #   tools/gpu_session.sh train                # training compares: eager, then whole-step CUDA graphs
 #   tools/gpu_session.sh sanitizer            # compute-sanitizer memcheck and racecheck over the CUDA kernels
+#                                             # (alone: memcheck, racecheck; each up to ~9 minutes)
 #   tools/gpu_session.sh targets              # every issue target against the results above (a table)
 #
 # Benchmark JSON and plots go to benchmarks/results/<device>/; logs go to
@@ -41,7 +42,9 @@ phase_build() {
     python -m pip install --no-deps .whl/*.whl > "$LOGS/peers.log" 2>&1 || tail -n 5 "$LOGS/peers.log"
   fi
   python -c "import torch, triton, rdkernels; from rdkernels import _C; \
-print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton.__version__)"
+print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton.__version__)" || return 1
+  # which backend auto picks per op on this GPU, and why any other cannot run
+  python -m rdkernels | tee "$LOGS/env.txt"
 }
 
 phase_test() {
@@ -109,29 +112,45 @@ phase_train() {
   return $rc
 }
 
-phase_sanitizer() {
-  local sanitizer tool file log rc=0
+# compute-sanitizer over the CUDA backend's tests, one test file per process; the kernels
+# whose synchronisation changed since the last GPU run come first. Each file gets at most
+# SANITIZER_FILE_TIMEOUT seconds (an instrumented launch is 10-100x slower): one slow file
+# cannot eat the phase, and a file cut short counts as a failure (incomplete, not clean).
+sanitize() {
+  local tool=$1 sanitizer file log status rc=0
   sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
   [ -x "$sanitizer" ] || { echo "compute-sanitizer not found (PATH, CUDA_HOME)"; return 1; }
-  : > "$LOGS/sanitizer.txt"
-  for tool in memcheck racecheck; do
-    for file in test_bank_update.py test_bank_contrast_strategies.py test_shared_bank_contrast.py \
-                test_dcd_loss.py test_sinkhorn.py; do
-      log="$LOGS/sanitizer-$tool-${file%.py}.log"
-      # --error-exitcode: a finding fails the phase (by default the tool exits with pytest's status)
-      "$sanitizer" --tool "$tool" --error-exitcode 1 --target-processes all \
-        python -m pytest -q -x -k cuda -p no:cacheprovider "python_tests/ops/$file" > "$log" 2>&1 || rc=1
-      { echo "== $tool $file"; grep -E "passed|failed|ERROR SUMMARY|RACECHECK SUMMARY|Error" "$log" | tail -n 4; } \
-        | tee -a "$LOGS/sanitizer.txt"
-    done
+  : > "$LOGS/sanitizer-$tool.txt"
+  for file in test_dcd_loss.py test_bank_update.py test_bank_contrast_strategies.py \
+              test_shared_bank_contrast.py test_sinkhorn.py; do
+    log="$LOGS/sanitizer-$tool-${file%.py}.log"
+    # --error-exitcode: a finding fails the phase (by default the tool exits with pytest's status)
+    # -k: a process that ignores the TERM (a wedged launch) is killed 15 s later
+    timeout -k 15 "${SANITIZER_FILE_TIMEOUT:-110}" "$sanitizer" --tool "$tool" --error-exitcode 1 \
+      --target-processes all python -m pytest -q -x -k cuda -p no:cacheprovider "python_tests/ops/$file" \
+      > "$log" 2>&1
+    status=$?
+    [ $status -eq 0 ] || rc=1
+    { echo "== $tool $file$( (( status == 124 || status == 137 )) && echo ": TIMED OUT, partial")"
+      grep -E "passed|failed|skipped|ERROR SUMMARY|RACECHECK SUMMARY|Error" "$log" | tail -n 4; } \
+      | tee -a "$LOGS/sanitizer-$tool.txt"
   done
   return $rc
 }
 
-[ $# -gt 0 ] || { sed -n 2,15p "$0"; exit 2; }
+phase_memcheck() { sanitize memcheck; }
+phase_racecheck() { sanitize racecheck; }
+phase_sanitizer() {
+  local rc=0
+  phase_memcheck || rc=1
+  phase_racecheck || rc=1
+  return $rc
+}
+
+[ $# -gt 0 ] || { sed -n 2,16p "$0"; exit 2; }
 for phase in "$@"; do  # a misspelt phase is refused before any phase spends GPU time
   declare -F "phase_$phase" > /dev/null \
-    || { echo "unknown phase: $phase (build test overhead bench train sanitizer targets)"; exit 2; }
+    || { echo "unknown phase: $phase (build test overhead bench train sanitizer memcheck racecheck targets)"; exit 2; }
 done
 status=0
 for phase in "$@"; do

@@ -95,6 +95,15 @@ def test_compare_takes_only_its_own_options(option, capsys):
     assert "unrecognized arguments" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("names", ["crd,foo", "kd", ",", "crd;dcd"])
+def test_compare_checks_its_distillers_while_parsing(names, capsys):
+    with pytest.raises(SystemExit) as exc:  # a usage error before any model is built
+        main(["compare", "--distill", names, "--steps", "1", "--warmup", "1"])
+    assert exc.value.code == 2
+    assert f"argument --distill: takes crd, wcord, dcd, rrd or a comma-separated list of them, got {names!r}" \
+        in capsys.readouterr().err
+
+
 def test_compare_runs_the_steps_asked_for_whatever_the_epochs(tmp_path):
     require_loss("dcd", "fused")
     require_loss("dcd", "reference")

@@ -35,7 +35,8 @@ def _signatures() -> dict:
     """{function: [(C++ type, name)]} from the headers and the bindings' argument names."""
     sigs = {}
     for header in CSRC.glob("*.h"):
-        for name, params in re.findall(r"\b(?:void|int|int64_t)\s+(\w+)\(([^)]*)\);", header.read_text()):
+        for name, params in re.findall(r"\b(?:void|int|int64_t|std::string|std::vector<int>)\s+(\w+)\(([^)]*)\);",
+                                       header.read_text()):
             sigs[name] = [tuple(p.split()) for p in params.split(",") if p.strip()]
     bindings = (CSRC / "bindings.cpp").read_text()
     for name, body in re.findall(r'm\.def\("(\w+)",\s*&rdk::\w+,(.*?)\);', bindings, re.S):

@@ -75,7 +75,7 @@ def _distill_args(p: argparse.ArgumentParser, *, compare: bool = False) -> None:
     g.add_argument("--teacher", "--path_t", default=None,
                    help="teacher checkpoint from train-teacher; default: a randomly initialised teacher (timing only)")
     if compare:
-        g.add_argument("--distill", default="crd",
+        g.add_argument("--distill", default="crd", type=_distill_list,
                        help="crd|wcord|dcd|rrd, or a comma-separated list to compare several in one go")
     else:
         g.add_argument("--distill", choices=DISTILLERS, default="crd")
@@ -246,15 +246,19 @@ def _resume_help(parser: argparse.ArgumentParser) -> None:
                    "other options given must match the checkpoint")
 
 
-def _compare(args, parser: argparse.ArgumentParser) -> None:
+def _distill_list(text: str) -> str:
+    """compare's --distill: one distiller or a comma-separated list, checked while parsing."""
+    names = [d.strip() for d in text.split(",") if d.strip()]
+    if not names or any(d not in DISTILLERS or d == "kd" for d in names):
+        raise argparse.ArgumentTypeError(
+            f"takes crd, wcord, dcd, rrd or a comma-separated list of them, got {text!r}")
+    return ",".join(names)
+
+
+def _compare(args) -> None:
     from rdkernels.harness.compare import compare
-    names = [d.strip() for d in args.distill.split(",") if d.strip()]
-    bad = [d for d in names if d not in DISTILLERS or d == "kd"]
-    if bad or not names:
-        parser.error("--distill takes crd, wcord, dcd, rrd or a comma-separated list of them, "
-                     f"got {args.distill!r}")
     _note_synthetic_data(args.data)
-    for name in names:
+    for name in args.distill.split(","):
         cfg = _config(args, impl="fused", distill=name)
         compare(cfg, steps=args.steps, warmup=args.warmup, out_dir=args.results, plot=not args.no_plot,
                 turn_steps=args.turn_steps)
@@ -266,7 +270,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "compare":
-            _compare(args, commands["compare"])
+            _compare(args)
         else:
             sub = commands[args.command]
             # the command name is argv[0]: the top-level parser has no options of its own
