@@ -19,7 +19,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("compiled_archs", &rdk::compiled_archs,
         "Architectures the device code was compiled for (__CUDA_ARCH_LIST__: 800 = sm_80)");
   m.def("kernel_image_error", &rdk::kernel_image_error,
-        "'' if this module has code the device can run, else the CUDA error", py::arg("device"));
+        "'' if this module has code the current device can run, else the CUDA error ('name: description')");
   m.def("bank_contrast", &rdk::bank_contrast,
         "Bank contrast, gather strategy: per-(row, split) partials of an nce/softmax/scores epilogue",
         py::arg("query"), py::arg("bank"), py::arg("bank_dtype"), py::arg("idx"), py::arg("idx_dtype"),

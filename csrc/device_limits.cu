@@ -16,15 +16,14 @@ namespace {
 __global__ void image_probe_kernel() {}
 }  // namespace
 
-std::string kernel_image_error(int device) {
-  int previous = 0;
-  cudaGetDevice(&previous);
-  cudaSetDevice(device);
+std::string kernel_image_error() {
   cudaFuncAttributes attributes;
   const cudaError_t err = cudaFuncGetAttributes(&attributes, image_probe_kernel);
-  cudaGetLastError();  // leave no sticky error for the next launch to report
-  cudaSetDevice(previous);
-  return err == cudaSuccess ? std::string() : std::string(cudaGetErrorString(err));
+  if (err == cudaSuccess) return std::string();
+  // Not a sticky error, but it is this runtime's last error, which the launchers'
+  // checks read after their launches: clear it.
+  cudaGetLastError();
+  return std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err);
 }
 
 std::vector<int> compiled_archs() {

@@ -14,10 +14,12 @@ int max_shared_memory_per_block();
 // virtual architectures, not whether SASS, PTX or both were embedded.
 std::vector<int> compiled_archs();
 
-// Whether this module holds code the given device can run: "" if so, else the CUDA
-// error, read by cudaFuncGetAttributes on an empty kernel built with the same flags
-// as every other (SASS for the device, or PTX the driver can compile for it). The
-// Python side asks once per device before it picks the cuda backend there, where a
-// launch would otherwise fail with "no kernel image is available".
-std::string kernel_image_error(int device);
+// Whether this module holds code the current device can run: "" if so, else the CUDA
+// error as "name: description", read by cudaFuncGetAttributes on an empty kernel built
+// with the same flags as every other (SASS for the device, or PTX the driver can
+// compile for it). The Python side asks once per device, with that device current,
+// before it picks the cuda backend there, where a launch would otherwise fail with
+// "no kernel image is available". It switches no device itself: a cudaSetDevice here
+// would create a primary context on a device the process may never use.
+std::string kernel_image_error();
 }  // namespace rdk

@@ -57,10 +57,9 @@ def test_report_on_a_gpu_the_extension_cannot_run_on(monkeypatch, capsys):
 
     from rdkernels.__main__ import _print
 
-    module = types.SimpleNamespace(__file__="_C.so", compiled_archs=lambda: [800, 900],
-                                   kernel_image_error=lambda index: "no kernel image is available",
-                                   **{op: None for op in OPS})
+    module = types.SimpleNamespace(__file__="_C.so", compiled_archs=lambda: [800, 900], **{op: None for op in OPS})
     monkeypatch.setattr(backend, "_probes", {"cuda": (module, None)})
+    monkeypatch.setattr(backend, "_kernel_image_error", lambda module, index: "cudaErrorNoKernelImageForDevice: ...")
     monkeypatch.setattr(backend, "_device_capability", lambda index: (7, 5))
     monkeypatch.setattr(backend, "triton_unavailable_reason", lambda device: None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -119,6 +119,19 @@ def _device_capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
+def _kernel_image_error(module, index: int) -> str:
+    """The extension's answer for device ``index`` ("" if it has code the GPU can run)."""
+    if not hasattr(module, "kernel_image_error"):
+        return ""
+    with torch.cuda.device(index):  # torch's switch: no context made on the device it leaves
+        return module.kernel_image_error()
+
+
+# What the runtime says when a module has no code for the device; a rebuild for the GPU helps.
+_NO_IMAGE_ERRORS = ("cudaErrorNoKernelImageForDevice", "cudaErrorInvalidDeviceFunction",
+                    "cudaErrorUnsupportedPtxVersion")
+
+
 def arch_mismatch(capability: tuple[int, int], compiled: list[int], image_error: str = "") -> str | None:
     """Why the extension cannot run on a GPU of ``capability``, or None.
 
@@ -130,6 +143,9 @@ def arch_mismatch(capability: tuple[int, int], compiled: list[int], image_error:
     if 10 * capability[0] + capability[1] < MIN_CUDA_ARCH:
         return (f"rdkernels' CUDA kernels need sm_{MIN_CUDA_ARCH} or newer (TF32 tensor-core mma); "
                 f"this GPU is sm_{gpu}")
+    if image_error and not image_error.startswith(_NO_IMAGE_ERRORS):
+        # e.g. a driver too old for the CUDA runtime the extension was built with
+        return f"the CUDA runtime of rdkernels._C cannot run its kernels here ({image_error})"
     cc = 100 * capability[0] + 10 * capability[1]
     if not image_error and (not compiled or any(arch <= cc for arch in compiled)):
         return None  # (an extension too old to say either: the launch will tell)
@@ -140,17 +156,14 @@ def arch_mismatch(capability: tuple[int, int], compiled: list[int], image_error:
 
 
 @torch.compiler.assume_constant_result
-def _cuda_arch_reason(index: int | None) -> str | None:
-    """arch_mismatch for CUDA device ``index`` (None: the current one), probed once per
-    device. A constant to torch.compile, which cannot trace the calls into the extension."""
-    if index is None:
-        index = torch.cuda.current_device()
+def _cuda_arch_reason(index: int) -> str | None:
+    """arch_mismatch for CUDA device ``index``, probed once per device. A constant to
+    torch.compile, which cannot trace the calls into the extension."""
     key = f"cuda_arch:{index}"
     if key not in _probes:
         module, _ = _cuda_extension()
         compiled = list(module.compiled_archs()) if hasattr(module, "compiled_archs") else []
-        image_error = module.kernel_image_error(index) if hasattr(module, "kernel_image_error") else ""
-        _probes[key] = arch_mismatch(_device_capability(index), compiled, image_error)
+        _probes[key] = arch_mismatch(_device_capability(index), compiled, _kernel_image_error(module, index))
     return _probes[key]
 
 
@@ -162,7 +175,7 @@ def cuda_unavailable_reason(device: torch.device, op: str) -> str | None:
         return err
     if not hasattr(module, op):
         return f"rdkernels._C has no CUDA kernel for {op!r}"
-    return _cuda_arch_reason(device.index)
+    return _cuda_arch_reason(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def resolve(device: torch.device, op: str, requested: str | None = None) -> str:
