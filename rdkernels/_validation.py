@@ -24,7 +24,7 @@ def index_checks_enabled() -> bool:
     They are on by default; ``RDKERNELS_CHECK_INDICES=0`` turns them off for
     production runs whose indices are known to be valid, and with them the
     checks that share their sync (Z positive and finite, the bank losses'
-    features finite).
+    features finite), and RRDLoss's check that what it enqueues is finite.
     """
     return os.environ.get("RDKERNELS_CHECK_INDICES", "1") != "0"
 

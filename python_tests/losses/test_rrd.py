@@ -144,6 +144,24 @@ def test_bad_input_leaves_queue_untouched(call, match):
         assert torch.equal(v, before[k]), k
 
 
+@pytest.mark.parametrize("enqueue", ["before", "after"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_teacher_features_never_reach_the_queue(enqueue, bad, monkeypatch):
+    loss = RRDLoss(8, 12, feat_dim=16, queue_size=32, enqueue=enqueue).to(DEVICE)
+    loss(torch.randn(4, 8, device=DEVICE), torch.randn(4, 12, device=DEVICE))  # a step that moves ptr
+    before = {k: v.clone() for k, v in loss.state_dict().items()}
+    f_t = torch.randn(4, 12, device=DEVICE)
+    f_t[2, 5] = bad
+    with pytest.raises(ValueError, match=r"teacher embedding embed_t\(f_t\) holds NaN or inf"):
+        loss(torch.randn(4, 8, device=DEVICE), f_t)
+    for k, v in loss.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # the check shares the index checks' switch: off, the row goes in (the production trade-off)
+    monkeypatch.setenv("RDKERNELS_CHECK_INDICES", "0")
+    loss(torch.randn(4, 8, device=DEVICE), f_t)
+    assert not torch.isfinite(loss.queue).all()
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(enqueue="middle"), "enqueue must be one of"),
     (dict(tau_s=0.0), "tau_s must be a positive"),

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rdkernels import backend as _backend
-from rdkernels._validation import check_positive, check_positive_int, host_reads_allowed
+from rdkernels._validation import check_index_ranges, check_positive, check_positive_int, host_reads_allowed
 from rdkernels.losses._inputs import check_bank_loss_args, check_bank_loss_inputs, check_bank_storage, check_first_z
 from rdkernels.losses._queue import fifo_enqueue_
 from rdkernels.losses.dcd import _check_pair, _embed
@@ -85,6 +85,11 @@ class RRDLoss(nn.Module):
         # this width, raises here, not after the enqueue).
         validate_shared_bank_contrast(z_s, z_t, self.queue, self.tau_s, self.tau_t, "mean")
         backend = _resolve_shared_bank_contrast(z_s, None)
+        # A NaN or inf teacher embedding would sit in the queue for queue_size / B steps and
+        # make every loss on it NaN: one host sync refuses it, as the bank losses refuse
+        # non-finite features (off with RDKERNELS_CHECK_INDICES=0, skipped under compile
+        # and CUDA graph capture).
+        check_index_ranges({}, 0, finite={"the teacher embedding embed_t(f_t)": z_t.detach()})
         if self.enqueue == "before":
             fifo_enqueue_(self.queue, self.ptr, z_t)
         loss = shared_bank_contrast(z_s, z_t.detach(), self.queue, tau_s=self.tau_s, tau_t=self.tau_t,
