@@ -1,5 +1,7 @@
-"""Comparison helpers for the parity tests."""
+"""Comparison helpers for the parity tests, and a stand-in GPU for the backend choice."""
 from __future__ import annotations
+
+import types
 
 import torch
 
@@ -74,3 +76,17 @@ def assert_bank_loss_step_matches(fused, reference, inputs, label: str, loss_ato
     assert_close(f"{label} d f_t", gt, r_gt, atol=1e-6, rtol=1e-4)
     for name in grads:
         assert_close(f"{label} d {name}", grads[name], r_grads[name], atol=1e-6, rtol=1e-4)
+
+
+def stub_cuda_gpu(monkeypatch, capability: tuple[int, int], image_error: str, ops=("bank_update",)):
+    """Make cuda:0 a GPU of ``capability`` for rdkernels.backend, without one: the CUDA
+    extension (a stand-in with the functions ``ops``, built for sm_80 and sm_90) gets
+    ``image_error`` from the runtime there, and Triton can run. Returns the stand-in."""
+    from rdkernels import backend
+
+    module = types.SimpleNamespace(__file__="_C.so", compiled_archs=lambda: [800, 900], **{op: None for op in ops})
+    monkeypatch.setattr(backend, "_probes", {"cuda": (module, None)})
+    monkeypatch.setattr(backend, "_device_capability", lambda index: capability)
+    monkeypatch.setattr(backend, "_kernel_image_error", lambda module, index: image_error)
+    monkeypatch.setattr(backend, "triton_unavailable_reason", lambda device: None)
+    return module

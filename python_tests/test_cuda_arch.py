@@ -5,11 +5,10 @@ device"; instead ``auto`` moves on to Triton and an explicit ``cuda`` says why
 and, where a rebuild can help, how. Runs without a GPU: the device's capability
 and the runtime's answer are stubbed; on a GPU the real extension is asked too.
 """
-import types
-
 import pytest
 import torch
 
+from helpers import stub_cuda_gpu
 from rdkernels import backend
 from rdkernels.backend import MIN_CUDA_ARCH, BackendUnavailable, arch_mismatch
 
@@ -51,11 +50,7 @@ def test_gpus_older_than_the_kernels_need_are_refused_without_rebuild_advice(cap
 @pytest.fixture
 def fake_gpu(monkeypatch):
     """cuda:0 is an sm_75 GPU; the extension has bank_update and was built for sm_80 and sm_90."""
-    module = types.SimpleNamespace(bank_update=None, compiled_archs=lambda: [800, 900])
-    monkeypatch.setattr(backend, "_probes", {"cuda": (module, None)})
-    monkeypatch.setattr(backend, "_device_capability", lambda index: (7, 5))
-    monkeypatch.setattr(backend, "_kernel_image_error", lambda module, index: NO_IMAGE)
-    monkeypatch.setattr(backend, "triton_unavailable_reason", lambda device: None)
+    stub_cuda_gpu(monkeypatch, (7, 5), NO_IMAGE)
     return torch.device("cuda", 0)
 
 

@@ -121,6 +121,12 @@ def check_index_ranges(named: dict, upper: int, positive: dict | None = None, fi
             raise ValueError(f"{name} holds NaN or inf entries; nothing was computed or written")
 
 
+def check_tensors_finite(named: dict) -> None:
+    """Refuse NaN or inf in any of the ``named`` float tensors, with one host sync
+    (under the same switch and conditions as :func:`check_index_ranges`)."""
+    check_index_ranges({}, 0, finite=named)
+
+
 def _not_a(kind: str, name: str, value) -> TypeError:
     hint = " (pass a Python number, e.g. t.item())" if isinstance(value, torch.Tensor) else ""
     return TypeError(f"{name} must be {kind}, got {type(value).__name__}{hint}")

@@ -84,7 +84,7 @@ class TrainConfig:
     device: str = "auto"
     backend: str = "auto"                    # rdkernels backend for --impl fused
     deterministic: bool = False              # cuDNN deterministic algorithms instead of benchmark mode
-    index_checks: bool = True                # False: skip the losses' host-synced checks (index ranges, finite features, WCoRD costs)
+    index_checks: bool = True                # False: skip the losses' host-synced checks (indices, finiteness, costs)
     cuda_graph: bool = False                 # replay each step from a CUDA graph (see harness/graphs.py)
     graph_warmup: int = 3                    # eager steps before the step is captured
     seed: int = 0

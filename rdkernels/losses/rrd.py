@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rdkernels import backend as _backend
-from rdkernels._validation import check_index_ranges, check_positive, check_positive_int, host_reads_allowed
+from rdkernels._validation import check_positive, check_positive_int, check_tensors_finite, host_reads_allowed
 from rdkernels.losses._inputs import check_bank_loss_args, check_bank_loss_inputs, check_bank_storage, check_first_z
 from rdkernels.losses._queue import fifo_enqueue_
 from rdkernels.losses.dcd import _check_pair, _embed
@@ -89,7 +89,7 @@ class RRDLoss(nn.Module):
         # make every loss on it NaN: one host sync refuses it, as the bank losses refuse
         # non-finite features (off with RDKERNELS_CHECK_INDICES=0, skipped under compile
         # and CUDA graph capture).
-        check_index_ranges({}, 0, finite={"the teacher embedding embed_t(f_t)": z_t.detach()})
+        check_tensors_finite({"the teacher embedding embed_t(f_t)": z_t.detach()})
         if self.enqueue == "before":
             fifo_enqueue_(self.queue, self.ptr, z_t)
         loss = shared_bank_contrast(z_s, z_t.detach(), self.queue, tau_s=self.tau_s, tau_t=self.tau_t,
@@ -196,7 +196,7 @@ class RRDMomentumLoss(nn.Module):
         """Z is frozen once set, so a NaN or inf estimate would poison every later step.
         Eager calls refuse one, with a host read until Z is set (the first call); under
         torch.compile Z is set on the device without the read."""
-        if torch.compiler.is_compiling() or self._z_set_on_host or not host_reads_allowed(z):
+        if self._z_set_on_host or not host_reads_allowed(z):  # (not while torch.compile traces)
             return
         unset = tuple(v < 0 for v in self.params[2:4].tolist())
         check_first_z(z, unset, owner="RRDMomentumLoss", names=("Z_s", "Z_t"))
