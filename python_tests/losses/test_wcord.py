@@ -149,3 +149,61 @@ def test_bad_inputs_leave_banks_untouched(which, match):
         fused(f_s, f_t, idx, cidx)
     for k, v in fused.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+def test_gradient_penalty_runs_in_a_bf16_module():
+    """The penalty's features enter in the heads' dtype: a module cast to bf16 trains
+    with it on, and its loss is the fp32 module's to bf16 rounding."""
+    fused, _ = make_pair("torch", gp_weight=1.0)
+    narrow_module, _ = make_pair("torch", gp_weight=1.0)
+    narrow_module.load_state_dict(fused.state_dict())   # before the call that updates the banks
+    narrow_module = narrow_module.to(torch.bfloat16)
+    f_s, f_t, idx, cidx = batch(6, 9)
+    wide = fused(f_s, f_t, idx, cidx)
+    f_s16 = f_s.detach().to(torch.bfloat16).requires_grad_(True)
+    narrow = narrow_module(f_s16, f_t.to(torch.bfloat16), idx, cidx)
+    narrow.backward()
+    assert torch.isfinite(f_s16.grad).all() and torch.isfinite(narrow_module.embed_s.linear.weight.grad).all()
+    assert_close("bf16 loss", narrow.float(), wide.detach(), atol=0.02, rtol=0.01)
+
+
+def test_gradient_penalty_is_finite_where_the_critic_gradient_vanishes():
+    """v_s == v_t (self-distillation through identical heads): both input gradients are
+    exactly 0, the penalty is 0, and so must its gradient be, not NaN."""
+    fused = rdkernels.WCoRDLoss(S_DIM, S_DIM, N_DATA, feat_dim=FEAT, nce_k=9, gp_weight=1.0, lambda_global=0.0,
+                                lambda_local=0.0, backend="torch").to(DEVICE)
+    fused.embed_t.load_state_dict(fused.embed_s.state_dict())
+    f_s, _, idx, cidx = batch(4, 9)
+    f_s = f_s[:, :S_DIM].detach().requires_grad_(True)
+    loss = fused(f_s, f_s.detach(), idx, cidx)
+    loss.backward()
+    assert loss.item() == 0.0
+    for name, p in fused.named_parameters():
+        assert torch.isfinite(p.grad).all(), name
+
+
+def test_gradient_norm_has_a_gradient_at_zero():
+    """Where a row's critic gradients are exactly 0 (rounding gives that at v_s == v_t),
+    the penalty's gradient is 0, not sqrt'(0) * 0 = NaN."""
+    from rdkernels.losses.wcord import gradient_norm
+    gs = torch.zeros(3, 5, dtype=torch.float64, requires_grad=True)
+    gt = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.6, 0.8]], dtype=torch.float64, requires_grad=True)
+    norm = gradient_norm(gs, gt)
+    assert_close("norm", norm, torch.tensor([1e-6, 5.0, 1.0], dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.relu(norm - 1.0).pow(2).mean().backward()
+    assert torch.isfinite(gs.grad).all() and torch.isfinite(gt.grad).all()
+    assert_close("d / d gt", gt.grad, torch.tensor([[0.0, 0.0], [1.6, 32 / 15], [0.0, 0.0]],
+                                                   dtype=torch.float64), atol=1e-12, rtol=1e-12)
+
+
+def test_ot_cost_is_float32_under_autocast():
+    """Autocast would run the cost's product in bf16 (an error of ~4e-3 in C, ~0.08
+    in C / eps): the cost is computed with autocast off."""
+    from rdkernels.losses.wcord import pairwise_cost
+    v_s = torch.nn.functional.normalize(torch.randn(16, 128, device=DEVICE), dim=1)
+    v_t = torch.nn.functional.normalize(torch.randn(16, 128, device=DEVICE), dim=1)
+    exact = 1.0 - v_s.double() @ v_t.double().t()
+    with torch.autocast(v_s.device.type, dtype=torch.bfloat16):
+        C = pairwise_cost(v_s, v_t, "cosine")
+    assert C.dtype == torch.float32
+    assert_close("cost under autocast", C.double(), exact, atol=1e-6, rtol=0)

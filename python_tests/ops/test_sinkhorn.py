@@ -615,3 +615,40 @@ def test_more_problems_than_a_grid_dimension_holds(backend, n, m):
     for sl in (slice(0, 3), slice(65533, 65538), slice(P - 3, P)):  # both sides of the chunk boundary
         ref = _f64_reference(C[sl], a[sl], b[sl], 0.5, 5, 1e-3)
         _assert_matches_f64(SinkhornResult(*(t[sl] for t in res)), ref, 0.5)
+
+
+@pytest.mark.parametrize("n,m", [(2_200_000, 300), (3, 10_000_000)], ids=["tall", "wide"])
+def test_the_triton_tiled_grid_fits_the_gpu_for_tall_and_wide_problems(monkeypatch, n, m):
+    """CUDA caps a grid's second axis at 65535 blocks; a problem with more row or
+    column blocks than that (allowed: n * m < 2**31) must still launch. The grids are
+    recorded on meta tensors, so no kernel runs: the launch is what is checked."""
+    tiled = pytest.importorskip("rdkernels.ops.sinkhorn.triton")
+    grids = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: grids.append(grid)
+
+    for name in ("_row_kernel", "_col_kernel", "_plan_cost_kernel"):
+        monkeypatch.setattr(tiled, name, Recorder())
+    P = 3
+    cost = torch.empty(P, n, m, device="meta")
+    tiled.sinkhorn_triton(cost, torch.empty(P, n, device="meta"), torch.empty(P, m, device="meta"), 0.1, 1)
+    assert len(grids) == 3
+    limits = (2**31 - 1, 65535, 65535)
+    assert all(size <= limit for grid in grids for size, limit in zip(grid, limits)), grids
+    blocks = {"rows": -(-n // tiled.TILED_BR), "cols": -(-m // tiled.TILED_BC)}
+    assert sorted(g[0] for g in grids) == sorted(P * blocks[k] for k in ("rows", "cols", "rows"))
+
+
+@pytest.mark.parametrize("backend", backends("sinkhorn"))
+def test_shifting_the_returned_potentials_in_place_leaves_the_gradient_alone(backend):
+    """f and g are returned detached and are defined up to a constant: shifting them in
+    place must not trip autograd's version check on the saved copies."""
+    C = (torch.rand(2, 5, 7, device=DEVICE) * 4).requires_grad_(True)
+    res = sinkhorn(C, eps=0.5, max_iters=20, backend=backend)
+    expected = sinkhorn(C.detach(), eps=0.5, max_iters=20, backend=backend, return_plan=True).plan
+    res.f.sub_(1.0)
+    res.g.add_(1.0)
+    res.cost.sum().backward()
+    assert_close("d cost / d C", C.grad, expected, atol=1e-6, rtol=1e-5)

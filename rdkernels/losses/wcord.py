@@ -77,24 +77,44 @@ COSTS = ("cosine", "sqeuclidean")
 
 
 def pairwise_cost(v_s: torch.Tensor, v_t: torch.Tensor, kind: str) -> torch.Tensor:
-    """[B, B] cost between unit-norm rows: 1 - cos, or ||v_s - v_t||^2 = 2 - 2 cos."""
-    sim = v_s @ v_t.t()
+    """[B, B] float32 cost between unit-norm rows: 1 - cos, or ||v_s - v_t||^2 = 2 - 2 cos.
+
+    Autocast is off here: it would run the product in bf16 whatever its inputs, an
+    error of ~4e-3 in C, i.e. ~0.08 in C / eps at eps = 0.05, inside the exponent."""
+    with torch.autocast(v_s.device.type, enabled=False):
+        sim = v_s.float() @ v_t.float().t()
     return 1.0 - sim if kind == "cosine" else (2.0 - 2.0 * sim).clamp_min(0.0)
+
+
+def gradient_norm(gs: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Per-row ||(gs, gt)||, at least in float32. The square root's argument is kept off zero:
+    at a pair with v_s == v_t both gradients vanish, the penalty is 0 there, and
+    sqrt'(0) = inf would otherwise turn that 0 into a NaN gradient for every head weight."""
+    wide = torch.promote_types(gs.dtype, torch.float32)
+    sq = gs.to(wide).flatten(1).pow(2).sum(1) + gt.to(wide).flatten(1).pow(2).sum(1)
+    return sq.clamp_min(1e-12).sqrt()
+
+
+def _head_dtype(head: nn.Module, default: torch.dtype) -> torch.dtype:
+    for param in head.parameters():  # (not next(..., default): torch 2.5's compiler cannot trace that)
+        return param.dtype
+    return default
 
 
 def critic_gradient_penalty(embed_s: nn.Module, embed_t: nn.Module, f_s: torch.Tensor,
                             f_t: torch.Tensor) -> torch.Tensor:
     """One-sided penalty mean relu(||grad <v_s, v_t>|| - 1)^2 over the positive pairs,
-    with respect to the (detached) features; differentiable in the heads' weights."""
-    xs, xt = f_s.detach().float(), f_t.detach().float()
+    with respect to the (detached) features; differentiable in the heads' weights.
+    The features enter in the heads' dtype (a bf16 module takes bf16 features)."""
+    xs = f_s.detach().to(_head_dtype(embed_s, f_s.dtype))
+    xt = f_t.detach().to(_head_dtype(embed_t, f_t.dtype))
     if isinstance(embed_s, Embed) and isinstance(embed_t, Embed):
         gs, gt = _embed_critic_grads(embed_s, embed_t, xs, xt)
     else:  # any other heads: double backward (torch.compile cannot trace this path)
         xs, xt = xs.requires_grad_(True), xt.requires_grad_(True)
         critic = (embed_s(xs) * embed_t(xt)).sum(dim=1)
         gs, gt = torch.autograd.grad(critic.sum(), (xs, xt), create_graph=True)
-    norm = (gs.reshape(gs.shape[0], -1).pow(2).sum(1) + gt.reshape(gt.shape[0], -1).pow(2).sum(1)).sqrt()
-    return torch.relu(norm - 1.0).pow(2).mean()
+    return torch.relu(gradient_norm(gs, gt) - 1.0).pow(2).mean()
 
 
 def _embed_critic_grads(embed_s: Embed, embed_t: Embed, xs: torch.Tensor, xt: torch.Tensor):
@@ -180,7 +200,7 @@ class WCoRDLoss(nn.Module):
             glob = self.memory_t.contrast(v_s, contrast_idx, **kw) + self.memory_s.contrast(v_t, contrast_idx, **kw)
             loss = loss + self.lambda_global * glob
         if self.lambda_local:
-            C = pairwise_cost(v_s.float(), v_t.float(), self.cost)
+            C = pairwise_cost(v_s, v_t, self.cost)
             res = sinkhorn(C[None].contiguous(), eps=self.eps, max_iters=self.iters, tol=self.tol,
                            backend=self.backend, check_inputs=self.check_costs)
             loss = loss + self.lambda_local * res.cost[0]

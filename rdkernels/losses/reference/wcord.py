@@ -77,7 +77,9 @@ class WCoRDLoss(nn.Module):
                     + self._info_nce(self.memory_s.memory, v_t, contrast_idx))
             loss = loss + self.lambda_global * glob
         if self.lambda_local:
-            sim = v_s @ v_t.t()
+            with torch.autocast(v_s.device.type, enabled=False):  # fp32 (or fp64) cost, even under AMP
+                wide = torch.promote_types(v_s.dtype, torch.float32)
+                sim = v_s.to(wide) @ v_t.to(wide).t()
             C = 1.0 - sim if self.cost == "cosine" else (2.0 - 2.0 * sim).clamp_min(0.0)
             loss = loss + self.lambda_local * sinkhorn_cost(C, self.eps, self.iters, self.tol)
         if self.gp_weight:
@@ -85,7 +87,8 @@ class WCoRDLoss(nn.Module):
             xt = f_t.detach().requires_grad_(True)
             critic = (self.embed_s(xs) * self.embed_t(xt)).sum(dim=1)
             gs, gt = torch.autograd.grad(critic.sum(), (xs, xt), create_graph=True)
-            norm = (gs.flatten(1).pow(2).sum(1) + gt.flatten(1).pow(2).sum(1)).sqrt()
+            sq = gs.flatten(1).pow(2).sum(1) + gt.flatten(1).pow(2).sum(1)
+            norm = sq.clamp_min(1e-12).sqrt()  # sqrt'(0) = inf: a pair with v_s == v_t would give NaN
             loss = loss + self.gp_weight * torch.relu(norm - 1.0).pow(2).mean()
         with torch.no_grad():
             for memory, v in ((self.memory_s.memory, v_s), (self.memory_t.memory, v_t)):

@@ -155,7 +155,9 @@ def _(cost, a, b, eps, max_iters, tol, check_every, return_plan, backend, check_
 
 def _setup_context(ctx, inputs, output):
     cost, a, b, eps = inputs[:4]
-    f, g = output[0], output[1]
+    # Copies: the caller gets f and g detached, and may shift the potentials in place
+    # (they are defined up to a constant); that must not trip autograd's version check.
+    f, g = output[0].clone(), output[1].clone()
     ctx.save_for_backward(cost, a, b, f, g)
     ctx.eps = eps
 

@@ -163,12 +163,22 @@ def _sinkhorn_streamed_kernel(C_ptr, la_ptr, lb_ptr, a_ptr, f_ptr, g_ptr, fn_ptr
     tl.store(iters_ptr + p, it)
 
 
+@triton.jit
+def _problem_and_block(size, BLOCK: tl.constexpr):
+    """(problem, block of BLOCK rows or columns) of this program. The tiled grid is
+    one axis of P * cdiv(size, BLOCK) programs: a second axis is capped at 65535
+    blocks by CUDA, which a tall or wide problem (n > 2 097 120 rows) exceeds."""
+    blocks = tl.cdiv(size, BLOCK)
+    pid = tl.program_id(0).to(tl.int64)
+    return pid // blocks, (pid % blocks).to(tl.int32)
+
+
 @triton.jit(do_not_specialize=["n", "m", "check"])
 def _row_kernel(C_ptr, lb_ptr, g_ptr, f_ptr, fn_ptr, a_ptr, err_ptr, done_ptr, n, m, inv_eps, check,
                 BR: tl.constexpr, BC: tl.constexpr):
     """fn = -LSE_j(lb_j + G_j - C_ij/eps) for BR rows; err_i = a_i |exp(F_i - fn_i) - 1| when check."""
-    p = tl.program_id(0).to(tl.int64)
-    rows = tl.program_id(1) * BR + tl.arange(0, BR)
+    p, block = _problem_and_block(n, BR)
+    rows = block * BR + tl.arange(0, BR)
     rmask = rows < n
     if tl.load(done_ptr + p) == 0:
         mx = tl.full([BR], -1.0e30, dtype=tl.float32)
@@ -195,8 +205,8 @@ def _row_kernel(C_ptr, lb_ptr, g_ptr, f_ptr, fn_ptr, a_ptr, err_ptr, done_ptr, n
 @triton.jit(do_not_specialize=["n", "m"])
 def _col_kernel(C_ptr, la_ptr, f_ptr, g_ptr, done_ptr, n, m, inv_eps, BR: tl.constexpr, BC: tl.constexpr):
     """G_j = -LSE_i(la_i + F_i - C_ij/eps) for BC columns, skipped for finished problems."""
-    p = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    p, block = _problem_and_block(m, BC)
+    cols = block * BC + tl.arange(0, BC)
     cmask = cols < m
     if tl.load(done_ptr + p) == 0:
         my = tl.full([BC], -1.0e30, dtype=tl.float32)
@@ -219,8 +229,8 @@ def _col_kernel(C_ptr, la_ptr, f_ptr, g_ptr, done_ptr, n, m, inv_eps, BR: tl.con
 def _plan_cost_kernel(C_ptr, la_ptr, lb_ptr, f_ptr, g_ptr, rowcost_ptr, plan_ptr, n, m, inv_eps, write_plan,
                       BR: tl.constexpr, BC: tl.constexpr):
     """rowcost_i = sum_j plan_ij C_ij (and the plan itself when write_plan)."""
-    p = tl.program_id(0).to(tl.int64)
-    rows = tl.program_id(1) * BR + tl.arange(0, BR)
+    p, block = _problem_and_block(n, BR)
+    rows = block * BR + tl.arange(0, BR)
     rmask = rows < n
     u = tl.load(la_ptr + p * n + rows, mask=rmask, other=-1.0e30) + \
         tl.load(f_ptr + p * n + rows, mask=rmask, other=0.0)
@@ -306,17 +316,17 @@ class _TritonTiled:
         self.P, self.n, self.m = cost.shape
 
     def rows(self, lb, G, F, Fn, a, err, done, check):
-        grid = (self.P, triton.cdiv(self.n, TILED_BR))
+        grid = (self.P * triton.cdiv(self.n, TILED_BR),)
         _row_kernel[grid](self.cost, lb, G, F, Fn, a, err, done, self.n, self.m, self.inv_eps, int(check),
                           BR=TILED_BR, BC=TILED_BC, num_warps=TILED_WARPS)
 
     def cols(self, la, F, G, done):
-        grid = (self.P, triton.cdiv(self.m, TILED_BC))
+        grid = (self.P * triton.cdiv(self.m, TILED_BC),)
         _col_kernel[grid](self.cost, la, F, G, done, self.n, self.m, self.inv_eps, BR=TILED_BR, BC=TILED_BC,
                           num_warps=TILED_WARPS)
 
     def plan_cost(self, la, lb, F, G, rowcost, plan):
-        grid = (self.P, triton.cdiv(self.n, TILED_BR))
+        grid = (self.P * triton.cdiv(self.n, TILED_BR),)
         _plan_cost_kernel[grid](self.cost, la, lb, F, G, rowcost, rowcost if plan is None else plan, self.n,
                                 self.m, self.inv_eps, int(plan is not None), BR=TILED_BR, BC=TILED_BC,
                                 num_warps=TILED_WARPS)
