@@ -633,7 +633,8 @@ void bank_contrast(uintptr_t query, uintptr_t bank, int bank_dtype, uintptr_t id
 }
 
 // Dense launch: grid (ceil(B / 64), n_splits), 128 threads, dynamic smem
-// DenseSmem<64 or 128>::bytes (~60 / ~93 KB; opted in above 48 KB).
+// dense_shared_memory_bytes(dim): 68 608 / 101 376 B for d <= 64 / 128, opted in above
+// 48 KB; the latter is all an sm_86/89/120 block may have, so the Python side checks it.
 void bank_contrast_dense(uintptr_t query, uintptr_t bank, int bank_dtype, uintptr_t ids, uintptr_t offsets,
                          uintptr_t z, uintptr_t loss, uintptr_t dq, uintptr_t run_max, uintptr_t run_sum,
                          int64_t batch, int64_t n_bank, int64_t dim, int64_t n_neg, int64_t n_tiles,
@@ -660,5 +661,8 @@ void bank_contrast_dense(uintptr_t query, uintptr_t bank, int bank_dtype, uintpt
 int dense_block_m() { return kBM; }
 int dense_block_n() { return kBN; }
 int dense_max_dim() { return kDenseMaxDim; }
+int64_t dense_shared_memory_bytes(int64_t dim) {
+  return static_cast<int64_t>(dim <= 64 ? DenseSmem<64>::bytes : DenseSmem<128>::bytes);
+}
 
 }  // namespace rdk

@@ -29,5 +29,7 @@ void bank_contrast_dense(uintptr_t query, uintptr_t bank, int bank_dtype, uintpt
 int dense_block_m();
 int dense_block_n();
 int dense_max_dim();
+// Dynamic shared memory per block of bank_contrast_dense at width dim (<= dense_max_dim()).
+int64_t dense_shared_memory_bytes(int64_t dim);
 
 }  // namespace rdk

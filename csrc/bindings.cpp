@@ -37,6 +37,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("dense_block_m", &rdk::dense_block_m, "Query rows per block of bank_contrast_dense");
   m.def("dense_block_n", &rdk::dense_block_n, "Bank rows per tile of bank_contrast_dense (the CSR tile width)");
   m.def("dense_max_dim", &rdk::dense_max_dim, "Widest embedding bank_contrast_dense supports");
+  m.def("dense_shared_memory_bytes", &rdk::dense_shared_memory_bytes,
+        "Dynamic shared memory per block of bank_contrast_dense", py::arg("dim"));
   m.def("bank_update", &rdk::bank_update, "In-place momentum update + L2 renormalisation of bank rows",
         py::arg("bank"), py::arg("bank_dtype"), py::arg("dim"), py::arg("index"), py::arg("index_dtype"),
         py::arg("values"), py::arg("values_dtype"), py::arg("batch"), py::arg("momentum"), py::arg("stream"));

@@ -1,7 +1,8 @@
 """Shapes the CUDA kernels take only on GPUs with enough shared memory.
 
 The DCD and RRD (shared_bank_contrast) CUDA kernels keep batch- or width-sized
-strips in shared memory. A block may opt in to 227 KB on an H100 and 163 KB on
+strips in shared memory, and bank contrast's dense kernel 64-row tiles (101 376 B
+at d = 128, all an sm_86 block may have; wider need falls back to torch's dense path). A block may opt in to 227 KB on an H100 and 163 KB on
 an A100, but only 99 KB on sm_86/sm_89 GPUs (RTX 30/40, A10, L4, L40S), so a
 shape an H100 runs must move to the next backend there under ``auto``, and an
 explicit ``backend="cuda"`` must say why. The launchers also refuse such a
@@ -32,6 +33,10 @@ def test_sizes_follow_the_kernels_layouts():
     assert _C.dcd_shared_memory_bytes(1024, 128) == (2 * 16 * 1024 + 2 * 16 * 128 + 8 * 4) * 4 == 147584
     # shared_bank_contrast: a [32, d + 1] queue tile and two [16, d] query blocks
     assert _C.shared_bank_contrast_shared_memory_bytes(512) == (32 * 513 + 2 * 16 * 512) * 4 == 131200
+    # bank contrast, dense: [64, DP + 4] query and bank tiles, [64, 68] coefficients, [64, 64] counts
+    for dim, padded in ((1, 64), (64, 64), (65, 128), (128, 128)):
+        assert _C.dense_shared_memory_bytes(dim) == (2 * 64 * (padded + 4) + 64 * 68 + 64 * 64) * 4
+    assert _C.dense_shared_memory_bytes(128) == SM86   # exactly what an sm_86 block may opt in to
 
 
 @pytest.fixture
@@ -75,3 +80,11 @@ def test_the_limit_is_the_devices():
     assert limit >= 48 * 1024
     if torch.cuda.get_device_capability() in ((8, 6), (8, 9), (12, 0)):
         assert limit == SM86
+
+
+@pytest.mark.parametrize("limit,dim,runs", [(SM86, 128, True), (SM86 - 1, 128, False), (SM86 - 1, 64, True),
+                                            (SM90, 129, False)])
+def test_the_dense_kernel_leaves_what_the_gpu_cannot_hold_to_torch(on_gpu_with, limit, dim, runs):
+    from rdkernels.ops.bank_contrast.cuda import dense_kernel_shortfall
+    reason = dense_kernel_shortfall(on_gpu_with(limit, 64, dim).device, dim)
+    assert (reason is None) == runs, reason

@@ -56,6 +56,8 @@ class _StandIn:
     def __getattr__(self, name):
         if name in self.consts:
             return lambda: self.consts[name]
+        if name.endswith("_shared_memory_bytes"):  # a host-side size, not a launch
+            return lambda *args: 0
         params = self.sigs[name]
 
         def call(*args):
@@ -94,6 +96,7 @@ def ext(monkeypatch):
         monkeypatch.setattr(module, "cuda_extension", lambda: stand_in)
         monkeypatch.setattr(module, "stream_of", lambda t: 0)
     bc = importlib.import_module("rdkernels.ops.bank_contrast.cuda")
+    monkeypatch.setattr(bc, "shared_memory_shortfall", lambda device, needed: None)  # no GPU to ask
     monkeypatch.setattr(bc, "_gather_splits", lambda batch, n_cols, device: (2, -(-n_cols // 2)))
     monkeypatch.setattr(bc, "dense_splits", lambda m_blocks, n_tiles, device: (2, -(-n_tiles // 2)))
     sbc = importlib.import_module("rdkernels.ops.shared_bank_contrast.cuda")

@@ -6,8 +6,9 @@ kernels' layout, merged as the Triton backend merges them: NCE gather
 partials by two torch sums, the rest by the Triton merge kernel
 (triton_merge.py); the dense kernel's CSR is built by Triton kernels too
 (csr.py). Both are linear passes over [B, K] or [B, splits, d] that the two
-backends share. The dense kernel covers
-d <= 128 (its dq accumulator lives in registers); wider rows run the
+backends share, so this backend needs Triton as well (rdkernels.backend checks).
+The dense kernel covers d <= 128 (its dq accumulator lives in registers) on
+GPUs that give a block its shared memory; wider rows, and other GPUs, run the
 pure-PyTorch dense formulation instead (cuBLAS GEMMs + gathered scalar
 scores, dense.py): a documented composition with the same math.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from rdkernels.backend import cuda_extension
-from rdkernels.ops._cuda_common import dtype_code, stream_of
+from rdkernels.ops._cuda_common import dtype_code, shared_memory_shortfall, stream_of
 from rdkernels.ops.bank_contrast.csr import build_csr
 from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, dense_splits
 from rdkernels.ops.bank_contrast.partials import EPILOGUE_CODES as _EPILOGUES
@@ -65,12 +66,22 @@ def bank_scores_backward_cuda(grad_scores, query, bank, idx, temperature):
     return _gather(SCORES_BWD, query, bank, idx, temperature=temperature, grad=grad)[1].sum(dim=1)
 
 
+def dense_kernel_shortfall(device: torch.device, dim: int) -> str | None:
+    """Why the dense CUDA kernel cannot take width ``dim`` on ``device``, or None. At
+    d <= 128 it needs 101 376 B of shared memory per block: all an sm_86/89/120 block
+    may have, so any growth of it must send those GPUs to the torch path, not fail."""
+    ext = cuda_extension()
+    if dim > ext.dense_max_dim():
+        return f"embedding width {dim} > {ext.dense_max_dim()}"
+    return shared_memory_shortfall(device, ext.dense_shared_memory_bytes(dim))
+
+
 def bank_contrast_loss_dense_cuda(query, bank, idx, z, temperature, epilogue, n_data):
     """(row_loss[B], dq[B, d]) fp32, dense strategy (tensor cores, 3xTF32)."""
     ext = cuda_extension()
     batch, n_cols = idx.shape
     n_bank, dim = bank.shape
-    if dim > ext.dense_max_dim():  # wider rows: cuBLAS GEMMs + gathered scalar scores
+    if dense_kernel_shortfall(query.device, dim) is not None:  # cuBLAS GEMMs + gathered scalar scores
         return bank_contrast_loss_dense_torch(query, bank, idx, z, temperature, epilogue, n_data)
     block_m, block_n = ext.dense_block_m(), ext.dense_block_n()
     ids, offsets = build_csr(idx, n_bank, block_n)
