@@ -83,10 +83,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["rdkernels", "rdkernels.*"]),
-    install_requires=["torch>=2.4", "numpy"],
+    install_requires=["torch>=2.5", "numpy"],
     extras_require={
-        "triton": ["triton>=3.0"],
-        "test": ["pytest", "pytest-xdist", "scipy", "triton>=3.0"],
+        "triton": ["triton>=3.4"],
+        "test": ["pytest", "pytest-xdist", "scipy", "triton>=3.4"],
         "bench": ["matplotlib", "tqdm", "pot", "geomloss"],
         "harness": ["tqdm", "matplotlib"],
     },

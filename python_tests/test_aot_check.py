@@ -11,10 +11,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "aot_check.py"
 
 triton = pytest.importorskip("triton")
+from rdkernels.backend import triton_version_shortfall  # noqa: E402
 _BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
-pytestmark = pytest.mark.skipif(not any((_BIN / n).is_file() for n in ("ptxas", "ptxas-blackwell")),
-                                reason="Triton's package ships no ptxas")
+pytestmark = [
+    pytest.mark.skipif(not any((_BIN / n).is_file() for n in ("ptxas", "ptxas-blackwell")),
+                       reason="Triton's package ships no ptxas"),
+    pytest.mark.skipif(triton_version_shortfall(triton.__version__) is not None,
+                       reason=str(triton_version_shortfall(triton.__version__))),
+]
 
 
 def _run(tmp_path, *args):

@@ -5,6 +5,8 @@ one; ``auto`` picks, per call, from the tensors' device:
 
 * CUDA tensors: the CUDA extension if it is built, has a kernel for the op and
   was compiled for this GPU's architecture (or an older one), else Triton, else torch.
+  Triton counts only from release 3.4 (``MIN_TRITON``), the oldest the kernels are
+  tested with; the CUDA bank contrast needs it too (its merges are Triton kernels).
 * CPU tensors: torch. Triton's interpreter (``TRITON_INTERPRET=1``) can run the
   Triton kernels on CPU tensors, but it is a correctness tool (milliseconds per
   program), so ``auto`` never picks it; ask for ``"triton"`` explicitly.
@@ -19,6 +21,8 @@ import os
 from typing import Iterator
 
 import torch
+
+from rdkernels._versions import dotted, older_than
 
 BACKENDS = ("auto", "cuda", "triton", "torch")
 _ENV_VAR = "RDKERNELS_BACKEND"
@@ -68,11 +72,24 @@ def triton_interpreter_enabled() -> bool:
 _probes: dict = {}
 
 
+# The oldest Triton the kernels are tested with (its interpreter runs the op and loss
+# tests; 3.1's rejects the kernels, 3.2's and 3.3's cannot run them on the CPU).
+MIN_TRITON = (3, 4)
+
+
+def triton_version_shortfall(version: str) -> str | None:
+    """Why Triton ``version`` cannot run rdkernels' kernels, or None."""
+    if not older_than(version, MIN_TRITON):
+        return None
+    return (f"triton {version} is older than {dotted(MIN_TRITON)}, the oldest release rdkernels' Triton kernels "
+            f"are tested with (pip install 'triton>={dotted(MIN_TRITON)}', or use backend 'cuda' or 'torch')")
+
+
 def _triton_import_error() -> str | None:
     if "triton" not in _probes:
         try:
-            import triton  # noqa: F401
-            _probes["triton"] = None
+            import triton
+            _probes["triton"] = triton_version_shortfall(getattr(triton, "__version__", ""))
         except Exception as exc:  # ImportError, or a broken install
             _probes["triton"] = f"triton cannot be imported ({exc})"
     return _probes["triton"]
@@ -167,6 +184,11 @@ def _cuda_arch_reason(index: int) -> str | None:
     return _probes[key]
 
 
+# CUDA ops whose wrappers also launch Triton kernels (bank contrast's split merges and
+# the dense strategy's table of sampled rows, shared with the Triton backend).
+_CUDA_OPS_USING_TRITON = ("bank_contrast",)
+
+
 def cuda_unavailable_reason(device: torch.device, op: str) -> str | None:
     if device.type != "cuda":
         return f"the cuda backend needs CUDA tensors, got {device.type} tensors"
@@ -175,6 +197,10 @@ def cuda_unavailable_reason(device: torch.device, op: str) -> str | None:
         return err
     if not hasattr(module, op):
         return f"rdkernels._C has no CUDA kernel for {op!r}"
+    if op in _CUDA_OPS_USING_TRITON:
+        reason = triton_unavailable_reason(device)
+        if reason:
+            return f"its {op} merges partial results with Triton kernels, and {reason}"
     return _cuda_arch_reason(device.index if device.index is not None else torch.cuda.current_device())
 
 

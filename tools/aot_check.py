@@ -174,7 +174,8 @@ def _warn_uncovered(module, variants) -> None:
 
     covered = {id(v["kernel"]) for v in variants}
     for name, obj in vars(module).items():
-        if isinstance(obj, JITFunction) and id(obj) not in covered and \
+        # kernels are named *_kernel; other jit functions are device functions the kernels inline
+        if isinstance(obj, JITFunction) and id(obj) not in covered and name.endswith("_kernel") and \
                 getattr(obj.fn, "__module__", None) == module.__name__:
             print(f"note: {module.__name__}.{name} is compiled by no variant "
                   "(fine only for a device function called from a kernel)", file=sys.stderr)

@@ -1,0 +1,100 @@
+"""Versions of torch and Triton older than the ones the project is tested with are
+refused with a reason, not run into a kernel that fails to compile."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import stub_cuda_gpu
+from rdkernels import backend
+from rdkernels.backend import MIN_TRITON, BackendUnavailable, triton_version_shortfall
+
+
+@pytest.mark.parametrize("version, runs", [
+    ("3.0.0", False), ("3.3.1", False), ("2.3.1", False),
+    ("3.4.0", True), ("3.6.0", True), ("3.10.0", True), ("4.0.0", True),
+    ("3.5.0+git3b0f1b2", True), ("3.3.0+git3b0f1b2", False),
+    ("", True), ("main", True),  # a source build that does not say: let through
+])
+def test_triton_version_shortfall(version, runs):
+    reason = triton_version_shortfall(version)
+    assert (reason is None) == runs, reason
+    if not runs:
+        oldest = ".".join(map(str, MIN_TRITON))
+        assert f"triton {version} is older than {oldest}" in reason and f"triton>={oldest}" in reason
+
+
+def test_the_installed_triton_is_supported():
+    triton = pytest.importorskip("triton")
+    assert triton_version_shortfall(triton.__version__) is None
+    assert backend._triton_import_error() is None
+
+
+def _old_triton(monkeypatch):
+    """Triton 3.3 installed, no CUDA extension."""
+    monkeypatch.setattr(backend, "_probes", {"triton": triton_version_shortfall("3.3.1"),
+                                             "cuda": (None, "the CUDA extension rdkernels._C is not built")})
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_an_old_triton_is_refused_by_name_and_auto_falls_back(monkeypatch, device):
+    _old_triton(monkeypatch)
+    dev = torch.device(device)   # resolve reads the device type only: no GPU needed
+    with pytest.raises(BackendUnavailable, match=r"backend 'triton' cannot run bank_update: triton 3\.3\.1 is older"):
+        backend.resolve(dev, "bank_update", "triton")
+    assert backend.resolve(dev, "bank_update", "auto") == "torch"
+    assert backend.available_backends(dev, "bank_update") == ["torch"]
+
+
+def test_the_environment_report_names_the_old_triton(monkeypatch, capsys):
+    from rdkernels.__main__ import main
+    _old_triton(monkeypatch)
+    main([])
+    assert "triton 3.3.1 is older than" in capsys.readouterr().out
+
+
+def test_the_torch_floor_is_what_setup_requires():
+    """rdkernels.MIN_TORCH (checked on import) and setup.py's requirement agree, and
+    the installed torch meets them."""
+    import rdkernels
+    oldest = ".".join(map(str, rdkernels.MIN_TORCH))
+    setup = (Path(__file__).resolve().parents[1] / "setup.py").read_text(encoding="utf-8")
+    assert f'"torch>={oldest}"' in setup
+    assert f'"triton>={".".join(map(str, MIN_TRITON))}"' in setup
+    assert rdkernels._torch_version_shortfall(torch.__version__) is None
+
+
+@pytest.mark.parametrize("version, runs", [
+    ("2.4.1+cu121", False), ("1.13.1", False), ("2.5.1", True), ("2.11.0+cu130", True),
+    ("2.13.0+cpu", True), ("2.14.0.dev20270101", True), ("3.0.0", True),
+])
+def test_torch_version_shortfall(version, runs):
+    import rdkernels
+    reason = rdkernels._torch_version_shortfall(version)
+    assert (reason is None) == runs, reason
+    if not runs:
+        assert f"torch {version}" in reason and "pip install" in reason
+
+
+def test_importing_under_an_old_torch_raises_a_clear_error():
+    """A stand-in torch that reports 2.4.1: the import fails with the reason, before any
+    op is registered (torch 2.4's custom_op cannot read the ops' annotations)."""
+    code = ("import torch; torch.__version__ = '2.4.1'\n"
+            "try:\n    import rdkernels\nexcept ImportError as e:\n    print('ImportError:', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("ImportError: rdkernels needs torch >= ") and "torch 2.4.1" in out
+
+
+def test_the_cuda_bank_contrast_needs_a_supported_triton(monkeypatch):
+    """Its split merges and the dense strategy's table are Triton kernels: with an old
+    Triton, auto leaves it for torch and an explicit request says why; the CUDA ops
+    with no Triton in them still run."""
+    stub_cuda_gpu(monkeypatch, (9, 0), "", ops=("bank_contrast", "bank_update"))
+    monkeypatch.setattr(backend, "triton_unavailable_reason", lambda device: triton_version_shortfall("3.3.1"))
+    gpu = torch.device("cuda", 0)
+    assert backend.resolve(gpu, "bank_contrast") == "torch"
+    with pytest.raises(BackendUnavailable, match=r"merges partial results with Triton kernels, and triton 3\.3\.1"):
+        backend.resolve(gpu, "bank_contrast", "cuda")
+    assert backend.resolve(gpu, "bank_update") == "cuda"
