@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness_helpers import require_loss, single_thread, tiny_config  # noqa: F401 (autouse fixture)
+from harness_helpers import TINY_LOSS, require_loss, single_thread, tiny_config  # noqa: F401 (autouse fixture)
 from rdkernels.harness import __main__ as cli
 from rdkernels.harness.__main__ import main
-from rdkernels.harness.compare import compare, format_report
+from rdkernels.harness.compare import compare, format_report, result_stem
 from rdkernels.harness.models import build_model
 from rdkernels.harness.train import Trainer
 
@@ -235,3 +235,111 @@ def test_a_teacher_checkpoint_of_another_arch_is_one_error_line(tmp_path, capsys
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0] and "Traceback" not in err, err
     assert "does not fit teacher_arch 'resnet32x4'" in errors[0] and "pass --teacher-arch resnet8x4" in errors[0]
+
+
+ON_OFF = {"cuda-graph": "cuda_graph", "deterministic": "deterministic", "progress": "progress",
+          "eval": "eval_every_epoch", "index-checks": "index_checks"}
+
+
+def test_on_off_options_take_both_spellings_and_a_resume_can_set_them_either_way(tmp_path, capsys):
+    parser, _ = cli._build_parser()
+    for flag, field in ON_OFF.items():
+        for argv, value in (([f"--{flag}"], True), ([f"--no-{flag}"], False)):
+            assert getattr(cli._config(parser.parse_args(["distill", *argv])), field) is value, argv
+
+    def stored(name):
+        return json.loads((tmp_path / "summary.json").read_text())["config"][name]
+
+    ckpt = str(tmp_path / "last.pt")
+    assert main([*TEACHER, "--max-steps", "2", "--out", str(tmp_path), "--no-eval"]) == 0
+    assert main(["train-teacher", "--resume", ckpt, "--max-steps", "3"]) == 0
+    assert stored("eval_every_epoch") is False  # not given: the checkpoint's value
+    assert main(["train-teacher", "--resume", ckpt, "--max-steps", "4", "--eval", "--deterministic"]) == 0
+    assert (stored("eval_every_epoch"), stored("deterministic")) == (True, True)
+    assert main(["train-teacher", "--resume", ckpt, "--max-steps", "5", "--no-eval", "--no-deterministic"]) == 0
+    assert (stored("eval_every_epoch"), stored("deterministic")) == (False, False)
+    # a run started with --cuda-graph on a GPU continues on a CPU without it
+    state = torch.load(ckpt, weights_only=False)
+    state["config"]["cuda_graph"] = True
+    torch.save(state, tmp_path / "gpu.pt")
+    capsys.readouterr()
+    assert main(["train-teacher", "--resume", str(tmp_path / "gpu.pt"), "--max-steps", "6"]) == 2
+    assert "cuda_graph needs a CUDA device" in capsys.readouterr().err
+    assert main(["train-teacher", "--resume", str(tmp_path / "gpu.pt"), "--max-steps", "6", "--no-cuda-graph"]) == 0
+    assert stored("cuda_graph") is False and _final_step(tmp_path) == 6
+    # the recipe still may not change, and the error lists the on/off run options by both spellings
+    assert main(["train-teacher", "--resume", ckpt, "--max-steps", "7", "--amp"]) == 2
+    err = capsys.readouterr().err
+    assert "--amp True (the checkpoint has False)" in err and "--[no-]eval, " in err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--batch-size", "0"], "argument --batch-size/--batch_size: must be >= 1, got 0"),
+    (["--epochs", "-1"], "argument --epochs: must be >= 0, got -1"),
+    (["--max-steps", "0"], "argument --max-steps: must be >= 1, got 0"),
+    (["--log-every", "0"], "argument --log-every: must be >= 1, got 0"),
+    (["--save-every", "0"], "argument --save-every: must be >= 1, got 0"),
+    (["--synthetic-n", "0"], "argument --synthetic-n: must be >= 1, got 0"),
+    (["--graph-warmup", "zero"], "argument --graph-warmup: takes an integer, got 'zero'"),
+])
+def test_a_count_below_its_least_is_a_usage_error_naming_the_option(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*TEACHER, *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_worker_and_loss_counts_are_checked_too(capsys):
+    for argv, message in ((["--workers", "-1"], "argument --workers: must be >= 0, got -1"),
+                          (["--nce_k", "0"], "argument --nce_k: must be >= 1, got 0"),
+                          (["--turn-steps", "0"], "argument --turn-steps: must be >= 1, got 0")):
+        command = ["compare", "--steps", "2", "--warmup", "1"] if argv[0] == "--turn-steps" else DISTILL
+        with pytest.raises(SystemExit) as exc:
+            main([*command, *argv])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_run_that_would_train_nothing_or_checkpoint_nowhere_is_refused(tmp_path, capsys):
+    assert main([*TEACHER, "--epochs", "0"]) == 2
+    assert "error: --epochs 0 means no epoch limit: give --max-steps" in capsys.readouterr().err
+    assert main([*TEACHER, "--max-steps", "2", "--save-every", "1"]) == 2
+    assert "error: --save-every needs --out" in capsys.readouterr().err
+    assert main([*TEACHER, "--epochs", "0", "--max-steps", "2", "--save-every", "1", "--out", str(tmp_path)]) == 0
+    assert _final_step(tmp_path) == 2
+    # the Python API names the field
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        Trainer(tiny_config(batch_size=0))
+    with pytest.raises(ValueError, match="loss.nce_k must be an integer >= 1, got 0"):
+        Trainer(tiny_config(loss=dataclasses.replace(TINY_LOSS, nce_k=0)))
+    with pytest.raises(ValueError, match="epochs=0 means no epoch limit"):
+        Trainer(tiny_config(epochs=0))
+    with pytest.warns(UserWarning, match="save_every=2 is ignored"):
+        Trainer(tiny_config(save_every=2, max_steps=1))
+
+
+def test_compare_reports_of_other_settings_do_not_overwrite_one_another(tmp_path):
+    require_loss("crd", "fused")
+    require_loss("crd", "reference")
+    paths = set()
+    for sampling in ("device", "loss"):
+        report = compare(tiny_config(distill="crd", sampling=sampling), steps=2, warmup=1, out_dir=tmp_path,
+                         plot=False)
+        paths.add(report["json"])
+    assert len(paths) == 2 and all(Path(p).exists() for p in paths)
+
+
+def test_the_benchmark_settings_keep_the_report_name_readme_cites():
+    device = "NVIDIA H100 80GB HBM3"
+    stem = "train_crd_resnet32x4_resnet8x4_nvidia-h100-80gb-hbm3"
+    parser, _ = cli._build_parser()
+    # README's (and benchmarks/targets.py's) command: compare --distill crd ... --no-index-checks
+    args = parser.parse_args(["compare", "--distill", "crd", "--steps", "200", "--warmup", "20", "--no-index-checks"])
+    cfg = cli._config(args, impl="fused", distill="crd")
+    assert result_stem(cfg, device) == stem
+    assert result_stem(dataclasses.replace(cfg, amp=True, cuda_graph=True), device) == \
+        f"{stem}_amp-bfloat16_cuda-graph"
+    other = dataclasses.replace(cfg, sampling="workers", workers=4, mode="relax", batch_size=128, backend="triton",
+                                index_checks=True, loss=dataclasses.replace(cfg.loss, nce_k=4096))
+    assert result_stem(other, device) == \
+        f"{stem}_sampling-workers_workers-4_mode-relax_batch-128_k-4096_backend-triton_index-checks"
+    assert result_stem(dataclasses.replace(cfg, data="/data/cifar", seed=1), device) == f"{stem}_cifar100_seed-1"

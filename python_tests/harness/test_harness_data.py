@@ -121,9 +121,35 @@ def test_device_sampler_draws_distinct_negatives_like_the_reference(mode):
         pool = torch.nonzero(labels != labels[row]).flatten()
         share = counts[row, pool] / 600
         assert (share - 6 / len(pool)).abs().max() < 0.08
-    # with replacement on request, and where K exceeds the smallest pool (as np.random.choice)
+    # every row with replacement on request, or where K exceeds every pool (as np.random.choice)
     assert hdata.DeviceContrastSampler(labels, 3, k=6, replace=True).replace
-    assert hdata.DeviceContrastSampler(labels, 3, k=8).replace
+    assert hdata.DeviceContrastSampler(labels, 3, k=10).replace
+    assert not hdata.DeviceContrastSampler(labels, 3, k=8).replace  # only class 0's rows: see below
+
+
+def test_device_sampler_falls_back_to_replacement_per_row_as_the_reference():
+    """K above the largest class's pool: np.random.choice draws with replacement for that
+    class's rows only; every other row still gets K distinct negatives."""
+    labels = torch.tensor([0] * 10 + [1] * 5 + [2] * 5)  # pools: class 0 -> 10, classes 1 and 2 -> 15
+    k = 12
+    sampler = hdata.DeviceContrastSampler(labels, 3, k=k)
+    assert not sampler.replace
+    gen = torch.Generator().manual_seed(0)
+    index = torch.arange(20)
+    short_rows_repeat = 0
+    for _ in range(200):
+        neg = sampler.sample(index, gen)[:, 1:]
+        assert (labels[neg] != labels[index][:, None]).all()
+        rows = neg.tolist()
+        assert all(len(set(row)) == k for row in rows[10:])  # classes 1, 2: K of 15, distinct
+        assert all(len(set(row)) <= 10 for row in rows[:10])  # class 0: 12 of 10, so repeats
+        short_rows_repeat += sum(len(set(row)) < k for row in rows[:10])
+    assert short_rows_repeat == 200 * 10
+    # the reference, on the same labels: the same rule
+    data = hdata.ImageSet(torch.zeros(20, 3, 4, 4, dtype=torch.uint8), labels, 3)
+    ref = hdata.InstanceSampleDataset(data, k=k)
+    assert all(len(set(ref[(15, seed)][3][1:].tolist())) == k for seed in range(50))
+    assert all(len(set(ref[(0, seed)][3][1:].tolist())) < k for seed in range(50))
 
 
 def test_device_sampler_needs_two_classes():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import time
 
 import pytest
 import torch
@@ -125,3 +126,128 @@ def test_a_resume_on_another_device_type_restarts_the_sampling_stream(tmp_path):
         trainer = Trainer.resume(tmp_path / "from_gpu.pt", max_steps=5)
     trainer.run()
     assert trainer.step == 5
+
+
+def test_an_interrupt_during_an_epochs_evaluation_keeps_its_eval_row(tmp_path):
+    """With --save-every dividing the epoch, the epoch-end checkpoint comes after the
+    epoch's evaluation, not before it: a Ctrl-C during the evaluation resumes from the
+    checkpoint before, and the epoch's eval.csv row is written then."""
+    trainer = Trainer(tiny_config(max_steps=16, save_every=4, eval_every_epoch=True, out=str(tmp_path)))
+    real = trainer.evaluate
+
+    def evaluate(*args, **kwargs):
+        if trainer.step == 8:  # epoch 0's evaluation (8 steps an epoch)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    trainer.evaluate = evaluate
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    resumed = Trainer.resume(tmp_path / "last.pt")
+    assert resumed.step == 4
+    resumed.run()
+    with open(tmp_path / "eval.csv", newline="") as fh:
+        assert [(r["epoch"], r["step"]) for r in csv.DictReader(fh)] == [("0", "8"), ("1", "16")]
+    assert _logged_steps(tmp_path) == list(range(1, 17))
+
+
+def _slowed(fn, seconds: float, calls: list):
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        calls.append(seconds)
+        return fn(*args, **kwargs)
+    return slow
+
+
+def test_steps_per_s_leaves_out_evaluation_and_checkpoints(tmp_path):
+    trainer = Trainer(tiny_config(max_steps=16, save_every=4, eval_every_epoch=True, out=str(tmp_path)))
+    calls = []
+    trainer.evaluate = _slowed(trainer.evaluate, 0.2, calls)  # stand-ins for 10 000 test images ...
+    trainer.save_checkpoint = _slowed(trainer.save_checkpoint, 0.2, calls)  # ... and a large checkpoint
+    summary = trainer.run()
+    # evaluations at steps 8 and 16, checkpoints at 4, 8, 12, 16 (and the final one, after the clock stops)
+    assert len(calls) == 7
+    counted = summary["timed_steps"] / summary["steps_per_s"]
+    assert summary["timed_steps"] == 16 and counted <= summary["wall_s"] - 6 * 0.2
+
+
+def test_the_clock_counts_the_wait_for_the_first_batch():
+    """The timed region starts before the first timed batch is fetched: a DataLoader
+    starting its workers, or prefetching while the clock stood still, is step time."""
+    trainer = Trainer(tiny_config(max_steps=4))
+    real = trainer._batches
+
+    def slow_start(epoch, start):
+        time.sleep(0.5)  # a loader starting its workers
+        yield from real(epoch, start)
+
+    trainer._batches = slow_start
+    summary = trainer.run(2)
+    assert summary["timed_steps"] == 2 and 2 / summary["steps_per_s"] >= 0.5
+
+
+@pytest.mark.parametrize("sampling,workers", [("device", 0), ("workers", 0), ("workers", 2)])
+def test_runs_in_turns_carry_their_batch_stream_over(tmp_path, sampling, workers):
+    """run(n) after run(n) (compare's turns) carries on with the batch stream, and so
+    with a DataLoader's workers, instead of starting a new one each call; a new epoch
+    or a checkpoint load starts a new one. The batches are the same either way."""
+    require_loss("crd", "fused")
+    cfg = tiny_config(distill="crd", sampling=sampling, workers=workers, max_steps=12)  # 8 steps an epoch
+    straight = Trainer(cfg)
+    straight.run()
+    trainer = Trainer(cfg)
+    streams = []
+    real = trainer._batches
+
+    def batches(epoch, start):
+        streams.append((epoch, start))
+        return real(epoch, start)
+
+    trainer._batches = batches
+    trainer.run(3)
+    trainer.save_checkpoint(tmp_path / "step3.pt")
+    for _ in range(3):
+        trainer.run(3)
+    assert streams == [(0, 0), (1, 0)]
+    assert [r["loss"] for r in trainer.history] == [r["loss"] for r in straight.history]
+    trainer.load_checkpoint(tmp_path / "step3.pt")
+    trainer.run(3)
+    assert streams[-1] == (0, 3)
+    assert [r["loss"] for r in trainer.history[-3:]] == [r["loss"] for r in straight.history[3:6]]
+    trainer.close()  # mid-epoch: the workers exit now, not at the garbage collector's leisure
+    assert trainer._stream is None
+
+
+def test_cuda_rng_is_saved_and_restored_for_the_training_gpu_only(monkeypatch):
+    """get/set_rng_state_all stored every visible GPU's state and crashed when a resume saw
+    another number of GPUs. Without a GPU here: torch.cuda's RNG functions stubbed."""
+    trainer = Trainer(tiny_config(max_steps=2))
+    gpu_states = {i: torch.full((16,), i, dtype=torch.uint8) for i in range(3)}
+    restored = []
+
+    def every_gpu(*args):
+        raise AssertionError("the RNG of every visible GPU was read or set")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": gpu_states[device].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device="cuda": restored.append((device, int(state[0]))))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", every_gpu)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", every_gpu)
+    monkeypatch.setattr(trainer, "device", torch.device("cuda", 1))  # the run trains on the second GPU
+    state = trainer.rng_state()
+    assert torch.equal(state["cuda"], gpu_states[1])
+    trainer.set_rng_state(state)
+    assert restored == [(1, 1)]
+    # an older checkpoint's list of every GPU's state: the training GPU's entry
+    trainer.set_rng_state({**state, "cuda": [gpu_states[0], gpu_states[1], gpu_states[2]]})
+    assert restored[-1] == (1, 1)
+    # one from a machine with a single GPU has none for cuda:1: a warning, not a crash
+    with pytest.warns(UserWarning, match="CUDA RNG states for 1 GPUs, none for cuda:1"):
+        trainer.set_rng_state({**state, "cuda": [gpu_states[0]]})
+    assert len(restored) == 2
+    # a run on the CPU stores no CUDA state, and ignores a stored one
+    monkeypatch.setattr(trainer, "device", torch.device("cpu"))
+    assert "cuda" not in trainer.rng_state()
+    trainer.set_rng_state(state)
+    assert len(restored) == 2

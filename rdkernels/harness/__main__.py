@@ -20,9 +20,26 @@ from rdkernels.harness.train import RUN_OPTIONS, SAMPLINGS, ResumeMismatch, Trai
 # lacks, a resume that would change the run): main() prints them as one line, not a traceback
 USER_ERRORS = (FileNotFoundError, ValueError, BackendUnavailable, ResumeMismatch)
 
-# flags stored as the negation of a TrainConfig field
-_NEGATED = {"no_eval": "eval_every_epoch", "no_progress": "progress", "no_index_checks": "index_checks"}
+# on/off options: each takes --name and --no-name, so that a resume can set it either way
+_ON_OFF = argparse.BooleanOptionalAction
 _LOSS_FIELDS = {f.name for f in dataclasses.fields(LossOptions)}
+
+
+def _at_least(least: int):
+    """An argparse type: an integer >= ``least`` (argparse names the option in its error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {least}"  # what argparse calls the type in its messages
+    return parse
+
+
+_POSITIVE, _NON_NEGATIVE = _at_least(1), _at_least(0)
 
 
 def _common(p: argparse.ArgumentParser, *, training: bool = True) -> None:
@@ -32,15 +49,16 @@ def _common(p: argparse.ArgumentParser, *, training: bool = True) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, help="CIFAR-100 python-pickle folder (cifar-100-python or its parent); "
                    "default: a synthetic CIFAR-shaped dataset")
-    g.add_argument("--synthetic-n", type=int, default=50_000, help="synthetic training images (default 50000)")
-    g.add_argument("--synthetic-test-n", type=int, default=10_000)
-    g.add_argument("--num-classes", type=int, default=100, help="synthetic classes (default 100)")
-    g.add_argument("--image-size", type=int, default=32, help="synthetic image side (default 32)")
+    g.add_argument("--synthetic-n", type=_POSITIVE, default=50_000, help="synthetic training images (default 50000)")
+    g.add_argument("--synthetic-test-n", type=_NON_NEGATIVE, default=10_000)
+    g.add_argument("--num-classes", type=_POSITIVE, default=100, help="synthetic classes (default 100)")
+    g.add_argument("--image-size", type=_POSITIVE, default=32, help="synthetic image side (default 32)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", "--batch_size", type=int, default=64)
+    g.add_argument("--batch-size", "--batch_size", type=_POSITIVE, default=64)
     if training:
-        g.add_argument("--epochs", type=int, default=None, help="default 240")
-        g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total")
+        g.add_argument("--epochs", type=_NON_NEGATIVE, default=None,
+                       help="default 240; 0: no epoch limit (needs --max-steps)")
+        g.add_argument("--max-steps", type=_POSITIVE, default=None, help="stop after this many steps in total")
     g.add_argument("--lr", "--learning_rate", type=float, default=0.05)
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--weight-decay", "--weight_decay", type=float, default=5e-4)
@@ -48,23 +66,25 @@ def _common(p: argparse.ArgumentParser, *, training: bool = True) -> None:
     g.add_argument("--lr-decay-rate", "--lr_decay_rate", type=float, default=0.1)
     g.add_argument("--amp", action="store_true", help="mixed precision (autocast)")
     g.add_argument("--amp-dtype", choices=("bfloat16", "float16"), default="bfloat16")
-    g.add_argument("--cuda-graph", action="store_true",
+    g.add_argument("--cuda-graph", action=_ON_OFF, default=False,
                    help="record each training step once as a CUDA graph and replay it (takes host time out of "
                    "the step; float16 AMP and the reference CRD/WCoRD losses cannot be captured)")
-    g.add_argument("--graph-warmup", type=int, default=3, help="eager steps before the step is captured")
+    g.add_argument("--graph-warmup", type=_POSITIVE, default=3, help="eager steps before the step is captured")
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--deterministic", action="store_true",
-                   help="deterministic cuDNN kernels (default: cudnn.benchmark, as the reference)")
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--deterministic", action=_ON_OFF, default=False,
+                   help="deterministic cuDNN kernels (off: cudnn.benchmark, as the reference)")
+    g.add_argument("--progress", action=_ON_OFF, default=True, help="tqdm progress bar")
     if not training:
         return
     g.add_argument("--out", default=None, help="run folder for log.csv, eval.csv, summary.json and last.pt "
                    "(on --resume: default the checkpoint's folder)")
-    g.add_argument("--log-every", type=int, default=10)
-    g.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (and at every epoch end)")
-    g.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation after each epoch")
+    g.add_argument("--log-every", type=_POSITIVE, default=10)
+    g.add_argument("--save-every", type=_POSITIVE, default=None,
+                   help="checkpoint every N steps (and at every epoch end, after its evaluation); needs --out")
+    g.add_argument("--eval", dest="eval_every_epoch", action=_ON_OFF, default=True,
+                   help="the test-set evaluation after each epoch")
     g.add_argument("--resume", default=None)  # help: _resume_help, once every option exists
 
 
@@ -89,22 +109,22 @@ def _distill_args(p: argparse.ArgumentParser, *, compare: bool = False) -> None:
     g.add_argument("-a", "--alpha", type=float, default=None, help="KD weight (default: the method's)")
     g.add_argument("-b", "--beta", type=float, default=None, help="distiller weight (default: the method's)")
     g.add_argument("--kd_T", type=float, default=4.0)
-    g.add_argument("--feat_dim", type=int, default=128)
-    g.add_argument("--nce_k", type=int, default=16384, help="CRD/WCoRD negatives; RRD queue size")
+    g.add_argument("--feat_dim", type=_POSITIVE, default=128)
+    g.add_argument("--nce_k", type=_POSITIVE, default=16384, help="CRD/WCoRD negatives; RRD queue size")
     g.add_argument("--nce_t", type=float, default=0.07)
     g.add_argument("--nce_m", type=float, default=0.5)
     g.add_argument("--rrd-tau-s", type=float, default=0.02)
     g.add_argument("--rrd-tau-t", type=float, default=0.1)
     g.add_argument("--wcord-lambda-local", type=float, default=1.0, help="WCoRD local (OT) term weight")
     g.add_argument("--wcord-eps", type=float, default=0.05, help="WCoRD Sinkhorn entropic eps")
-    g.add_argument("--wcord-iters", type=int, default=100, help="WCoRD Sinkhorn iterations")
+    g.add_argument("--wcord-iters", type=_POSITIVE, default=100, help="WCoRD Sinkhorn iterations")
     g.add_argument("--mode", choices=("exact", "relax"), default="exact", help="contrast sampling mode")
     g.add_argument("--sampling", choices=SAMPLINGS, default="device",
                    help="contrast_idx source: device (batched on the GPU), workers (numpy in DataLoader "
                    "workers, as the reference), loss (contrast_idx=None: the loss's own uniform sampling)")
-    g.add_argument("--workers", type=int, default=8, help="DataLoader workers for --sampling workers")
-    g.add_argument("--no-index-checks", action="store_true",
-                   help="skip the fused losses' host-synced checks, one sync per call each: index ranges (the "
+    g.add_argument("--workers", type=_NON_NEGATIVE, default=8, help="DataLoader workers for --sampling workers")
+    g.add_argument("--index-checks", action=_ON_OFF, default=True,
+                   help="the fused losses' host-synced checks, one sync per call each: index ranges (the "
                    "harness's samplers only produce valid indices) and WCoRD's finite-cost check")
 
 
@@ -122,16 +142,14 @@ def _config(args, **extra) -> TrainConfig:
         lr_decay_epochs=_epoch_list(args.lr_decay_epochs),
         lr_decay_rate=args.lr_decay_rate, amp=args.amp, amp_dtype=args.amp_dtype, device=args.device,
         seed=args.seed, deterministic=args.deterministic, cuda_graph=args.cuda_graph,
-        graph_warmup=args.graph_warmup, progress=not args.no_progress, loss=loss)
+        graph_warmup=args.graph_warmup, progress=args.progress, loss=loss)
     if hasattr(args, "resume"):  # the training commands (compare sets its own length and writes no run folder)
         fields.update(epochs=240 if args.epochs is None else args.epochs, max_steps=args.max_steps, out=args.out,
-                      log_every=args.log_every, save_every=args.save_every, eval_every_epoch=not args.no_eval)
+                      log_every=args.log_every, save_every=args.save_every, eval_every_epoch=args.eval_every_epoch)
     for name in ("arch", "teacher_arch", "teacher", "distill", "impl", "backend", "gamma", "alpha", "beta",
-                 "mode", "sampling", "workers"):
+                 "mode", "sampling", "workers", "index_checks"):
         if hasattr(args, name):
             fields[name] = getattr(args, name)
-    if hasattr(args, "no_index_checks"):
-        fields["index_checks"] = not args.no_index_checks
     fields.update(extra)
     return TrainConfig(**fields)
 
@@ -158,7 +176,8 @@ def _option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
     for action in parser._actions:  # argparse has no public list of a parser's options
         if action.option_strings:
             long = [o for o in action.option_strings if o.startswith("--")] or action.option_strings
-            names[_NEGATED.get(action.dest, action.dest)] = long[0]
+            # an on/off option by both its spellings: --[no-]eval
+            names[action.dest] = f"--[no-]{long[0][2:]}" if isinstance(action, _ON_OFF) else long[0]
     return names
 
 
@@ -166,8 +185,7 @@ def _resume_overrides(cfg: TrainConfig, typed: set[str]) -> dict:
     """The TrainConfig fields of the options typed on the command line, with the
     values ``cfg`` (built from those options) gives them."""
     overrides, loss = {}, {}
-    for dest in sorted(typed):  # a stable order for the error message
-        name = _NEGATED.get(dest, dest)
+    for name in sorted(typed):  # a stable order for the error message
         if name in _LOSS_FIELDS:
             loss[name] = getattr(cfg.loss, name)
         elif hasattr(cfg, name) and name != "loss":
@@ -187,6 +205,7 @@ def _train(args, cfg: TrainConfig, parser: argparse.ArgumentParser, typed: set[s
                   f"({trainer.total_steps} steps); pass a larger --max-steps or --epochs to train on")
             return
     else:
+        _check_run_length_and_folder(args)
         _note_synthetic_data(cfg.data)
         if cfg.distill is not None and not cfg.teacher:
             print("note: no --teacher given, distilling from a randomly initialised teacher "
@@ -200,6 +219,16 @@ def _train(args, cfg: TrainConfig, parser: argparse.ArgumentParser, typed: set[s
     if summary["steps_per_s"]:
         msg += f", {summary['steps_per_s']:.2f} steps/s"
     print(msg)
+
+
+def _check_run_length_and_folder(args) -> None:
+    """Refuse a new run that would train nothing, or checkpoint nowhere. (A resume has
+    the checkpoint's length, and writes next to the checkpoint without --out.)"""
+    if args.epochs == 0 and args.max_steps is None:
+        raise ValueError("--epochs 0 means no epoch limit: give --max-steps to set the run's length "
+                         "(as it is, the run would train nothing)")
+    if args.save_every is not None and args.out is None:
+        raise ValueError("--save-every needs --out: checkpoints go to the run folder")
 
 
 def _note_synthetic_data(data: str | None) -> None:
@@ -226,9 +255,9 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     p = sub.add_parser("compare", help="reference vs fused vs KD-only for a fixed number of steps")
     _distill_args(p, compare=True)
     _common(p, training=False)
-    p.add_argument("--steps", type=int, default=200, help="training steps per run (whatever the epoch length)")
-    p.add_argument("--warmup", type=int, default=20, help="steps excluded from the timing")
-    p.add_argument("--turn-steps", type=int, default=TURN_STEPS,
+    p.add_argument("--steps", type=_POSITIVE, default=200, help="training steps per run (whatever the epoch length)")
+    p.add_argument("--warmup", type=_POSITIVE, default=20, help="steps excluded from the timing")
+    p.add_argument("--turn-steps", type=_POSITIVE, default=TURN_STEPS,
                    help="timed steps a run takes in its turn: the runs' timed steps are interleaved")
     p.add_argument("--results", default="benchmarks/results", help="folder for the JSON and PNG")
     p.add_argument("--no-plot", action="store_true")

@@ -3,7 +3,8 @@ and ``--impl fused``, plus a KD-only run, for a fixed number of steps.
 
 Reports steps/s (after a warm-up), peak device memory, the distiller-step /
 KD-step time ratio of each implementation, and both loss curves, as a JSON file
-and a PNG, both named with the device.
+and a PNG, both named with the device and the settings that differ from the
+benchmark's (``result_stem``).
 
 The timed steps are interleaved: the three runs take turns of ``turn_steps`` steps
 (20 by default), so a drift of the machine's speed over the minutes the
@@ -102,6 +103,8 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     turns = _interleave(trainers, rng, steps, turn_steps, bar)
     if bar is not None:
         bar.close()
+    for trainer in trainers.values():
+        trainer.close()  # a DataLoader's workers (--sampling workers) exit now
 
     results = {}
     for name, trainer in trainers.items():
@@ -156,8 +159,7 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"train_{cfg.distill}_{cfg.teacher_arch}_{cfg.arch}_{_slug(dev_name)}"
-    stem += (f"_amp-{cfg.amp_dtype}" if cfg.amp else "") + ("_cuda-graph" if cfg.cuda_graph else "")
+    stem = result_stem(cfg, dev_name)
     json_path = out_dir / f"{stem}.json"
     with open(json_path, "w") as fh:
         json.dump(report, fh, indent=2)
@@ -166,6 +168,61 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
         report["png"] = str(plot_report(report, out_dir / f"{stem}.png"))
     print(format_report(report))
     return report
+
+
+def result_stem(cfg: TrainConfig, device: str) -> str:
+    """The report files' name: distiller, models, device, AMP, CUDA graphs, then the
+    settings that differ from the benchmark's (``setting_tags``), so that comparisons
+    of other settings do not overwrite one another."""
+    stem = f"train_{cfg.distill}_{cfg.teacher_arch}_{cfg.arch}_{_slug(device)}"
+    stem += (f"_amp-{cfg.amp_dtype}" if cfg.amp else "") + ("_cuda-graph" if cfg.cuda_graph else "")
+    return "".join([stem, *(f"_{tag}" for tag in setting_tags(cfg))])
+
+
+# The settings a report's name leaves out: the benchmark's, as README's and benchmarks/targets.py's
+# command runs it (``compare --distill crd --no-index-checks``, batch 64, K = 16384 on 50 000
+# images), so its files keep the names they cite (train_crd_resnet32x4_resnet8x4_<device>.json).
+BENCHMARK = TrainConfig(index_checks=False)
+
+
+def setting_tags(cfg: TrainConfig) -> list[str]:
+    """Short ``name-value`` tags for the settings of ``cfg`` that change what a comparison
+    times or trains on and differ from ``BENCHMARK``'s, in a fixed order."""
+    base = BENCHMARK
+    tags = []
+    if cfg.sampling != base.sampling:
+        tags.append(f"sampling-{cfg.sampling}")
+    if cfg.sampling == "workers" and cfg.workers != base.workers:
+        tags.append(f"workers-{cfg.workers}")
+    if cfg.mode != base.mode:
+        tags.append(f"mode-{cfg.mode}")
+    if cfg.batch_size != base.batch_size:
+        tags.append(f"batch-{cfg.batch_size}")
+    if cfg.loss.nce_k != base.loss.nce_k:
+        tags.append(f"k-{cfg.loss.nce_k}")
+    if cfg.loss.feat_dim != base.loss.feat_dim:
+        tags.append(f"dim-{cfg.loss.feat_dim}")
+    if cfg.distill == "wcord" and cfg.loss.wcord_iters != base.loss.wcord_iters:
+        tags.append(f"iters-{cfg.loss.wcord_iters}")
+    if cfg.backend != base.backend:
+        tags.append(f"backend-{cfg.backend}")
+    if cfg.index_checks != base.index_checks:
+        tags.append("index-checks" if cfg.index_checks else "no-index-checks")
+    if cfg.deterministic != base.deterministic:
+        tags.append("deterministic")
+    tags += _data_tags(cfg, base)
+    if cfg.seed != base.seed:
+        tags.append(f"seed-{cfg.seed}")
+    return [_slug(tag) for tag in tags]
+
+
+def _data_tags(cfg: TrainConfig, base: TrainConfig) -> list[str]:
+    """CIFAR-100, or the synthetic set's size, classes and image side where not CIFAR's."""
+    if cfg.data:
+        return ["cifar100"]
+    sizes = (("n", cfg.synthetic_n, base.synthetic_n), ("classes", cfg.num_classes, base.num_classes),
+             ("size", cfg.image_size, base.image_size))
+    return [f"{name}-{value}" for name, value, default in sizes if value != default]
 
 
 def _interleave(trainers: dict[str, Trainer], rng: dict[str, dict], steps: int, turn_steps: int,
@@ -183,7 +240,9 @@ def _interleave(trainers: dict[str, Trainer], rng: dict[str, dict], steps: int, 
             if n <= 0:
                 continue
             trainer.set_rng_state(rng[name])
-            summary = trainer.run(n)  # timed from its first step (after a sync) to its last (synced)
+            # timed from before its first batch is fetched (after a sync) to its last step (synced); the
+            # trainer keeps its batch stream, so a loader's workers carry on across turns
+            summary = trainer.run(n)
             rng[name] = trainer.rng_state()
             turns[name].append((n, n / summary["steps_per_s"]))
             if bar is not None:

@@ -9,9 +9,10 @@ tensor-only augmentation, and the two ways of producing CRD's ``contrast_idx``.
   depend on the number of workers and a run can resume mid-epoch.
 * ``DeviceContrastSampler``: the same sampling done on the device for the whole
   batch with torch random ops: K distinct negatives per row from the other
-  classes, as the reference draws them (``replace=True`` draws with replacement
-  instead: cheaper, and at CIFAR's K = 16384 of 49 500 about 15% of a row's
-  draws repeat an index already drawn).
+  classes, as the reference draws them, and with replacement for a row whose
+  pool is smaller than K, where the reference falls back (``replace=True``
+  draws every row with replacement instead: cheaper, and at CIFAR's K = 16384
+  of 49 500 about 15% of a row's draws repeat an index already drawn).
 
 Both yield batches of uint8 images that ``augment`` crops, flips and normalises
 on the device.
@@ -219,9 +220,10 @@ class DeviceContrastSampler:
     replace=False)`` draws them: the K largest of one uniform key per dataset
     index, the row's own class keyed out, are a uniformly random K-subset of the
     pool. That costs a [B, N] draw and a top-k per batch (fine at CIFAR's N; for
-    far larger banks pass ``replace=True``). Where K exceeds the smallest pool
-    (the largest class's complement) the draw is with replacement, as
-    ``np.random.choice`` falls back for such rows.
+    far larger banks pass ``replace=True``). A row whose pool (its class's
+    complement) is smaller than K draws with replacement instead, as
+    ``np.random.choice(pool, K, replace=K > len(pool))`` falls back for that row
+    only; the other rows of the batch still draw K distinct negatives.
 
     ``replace=True``: uniform with replacement: a uniform u in [0, N - n_y) is
     mapped past the label's own block of a class-sorted index table.
@@ -241,7 +243,11 @@ class DeviceContrastSampler:
         if int((counts < labels.shape[0]).sum()) == 0 or int((counts == labels.shape[0]).any()):
             raise ValueError("contrast sampling needs at least two classes with samples")
         self.k, self.mode, self.n = int(k), mode, labels.shape[0]
-        self.replace = bool(replace) or self.k > self.n - int(counts.max())
+        short = self.n - counts < self.k  # classes whose pool cannot give K distinct negatives
+        # replace: every row draws with replacement (asked for, or no class's pool holds K)
+        self.replace = bool(replace) or bool(short[counts > 0].all())
+        # the classes whose rows fall back to replacement, where only some do (else None)
+        self.short_classes = short if not self.replace and bool(short.any()) else None
         self.labels = labels
         self.order = torch.argsort(labels, stable=True)
         self.counts = counts
@@ -255,15 +261,25 @@ class DeviceContrastSampler:
         if self.replace:
             neg = self._with_replacement(start, count, generator)
         else:
-            keys = torch.rand(index.shape[0], self.n, generator=generator, device=dev)
-            keys.masked_fill_(self.labels[None, :] == y[:, None], -1.0)  # below every key in [0, 1)
-            neg = keys.topk(self.k, dim=1, sorted=False).indices
+            neg = self._distinct(y, generator)
+            if self.short_classes is not None:
+                # drawn for every row, used by the short ones: no host sync to find them,
+                # and the stream does not depend on which rows a batch holds
+                fallback = self._with_replacement(start, count, generator)
+                neg = torch.where(self.short_classes[y][:, None], fallback, neg)
         if self.mode == "exact":
             pos = index[:, None]
         else:
             r = torch.rand(index.shape[0], 1, generator=generator, device=dev, dtype=torch.float64)
             pos = self.order[start + torch.minimum((r * count).long(), count - 1)]
         return torch.cat([pos, neg], dim=1)
+
+    def _distinct(self, y, generator) -> torch.Tensor:
+        """K distinct other-class indices per row (rows whose pool is smaller than K
+        get some of their own class: the caller replaces those rows)."""
+        keys = torch.rand(y.shape[0], self.n, generator=generator, device=self.order.device)
+        keys.masked_fill_(self.labels[None, :] == y[:, None], -1.0)  # below every key in [0, 1)
+        return keys.topk(self.k, dim=1, sorted=False).indices
 
     def _with_replacement(self, start, count, generator) -> torch.Tensor:
         n_other = self.n - count

@@ -119,6 +119,28 @@ class TrainConfig:
         return cls(**d)
 
 
+# TrainConfig's counts, by the least value each takes (a LossOptions field as "loss.<name>");
+# max_steps and save_every may also be None (no step limit, no periodic checkpoint)
+_COUNT_MINIMUMS = {"batch_size": 1, "epochs": 0, "max_steps": 1, "workers": 0, "synthetic_n": 1,
+                   "synthetic_test_n": 0, "num_classes": 1, "image_size": 1, "graph_warmup": 1, "log_every": 1,
+                   "save_every": 1, "loss.feat_dim": 1, "loss.nce_k": 1, "loss.wcord_iters": 1}
+
+
+def check_counts(cfg: TrainConfig) -> None:
+    """Refuse, naming the field, a count below what it can mean (a batch of 0 images,
+    a checkpoint every 0 steps), and a run with no length (epochs=0 and no max_steps)."""
+    for name, least in _COUNT_MINIMUMS.items():
+        owner, field = (cfg.loss, name[5:]) if name.startswith("loss.") else (cfg, name)
+        value = getattr(owner, field)
+        if value is None and name in ("max_steps", "save_every"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    if cfg.epochs == 0 and cfg.max_steps is None:
+        raise ValueError("epochs=0 means no epoch limit, so max_steps must set the run's length; "
+                         "without it the run would train nothing")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -258,6 +280,10 @@ class Trainer:
             raise ValueError(f"amp_dtype must be bfloat16 or float16, got {cfg.amp_dtype!r}")
         if cfg.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {cfg.backend!r}")
+        check_counts(cfg)
+        if cfg.save_every is not None and not cfg.out:
+            warnings.warn(f"save_every={cfg.save_every} is ignored: checkpoints go to the run folder, and out is "
+                          "not set", stacklevel=2)
         # absolute paths, so that a checkpoint resumed from another folder still finds them
         cfg = dataclasses.replace(cfg, out=_absolute(cfg.out), teacher=_absolute(cfg.teacher), data=_absolute(cfg.data))
         self.cfg = cfg
@@ -319,6 +345,10 @@ class Trainer:
                     self.labels_dev, self.num_classes, cfg.loss.nce_k, cfg.mode, self.device)
         self.history: list[dict] = []
         self.graphed = GraphedStep(self._step, warmup=cfg.graph_warmup) if cfg.cuda_graph else None
+        # the batch stream a run() left mid-epoch and the (epoch, batch) it yields next:
+        # the next run() carries on with it (see _batch_stream)
+        self._stream = None
+        self._stream_at: tuple[int, int] | None = None
 
     @contextlib.contextmanager
     def _scope(self) -> Iterator[None]:
@@ -344,8 +374,9 @@ class Trainer:
         its own sampling generator's (what a checkpoint stores)."""
         state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                  "sampler": self.gen.get_state()}
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
+        if self.device.type == "cuda":
+            # the training GPU's generator only: a resume may see another number of GPUs
+            state["cuda"] = torch.cuda.get_rng_state(_cuda_index(self.device))
         return state
 
     def set_rng_state(self, state: dict) -> None:
@@ -360,10 +391,35 @@ class Trainer:
             warnings.warn(f"the checkpoint's sampling RNG state is from another device type than "
                           f"{self.gen.device}: augmentation and contrast sampling restart from the seed "
                           "(not a bit-for-bit resume)", stacklevel=3)
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        if "cuda" in state and self.device.type == "cuda":
+            _set_cuda_rng_state(state["cuda"], self.device)
 
     # ------------------------------------------------------------ data
+    def _batch_stream(self, epoch: int, start: int) -> Iterator:
+        """The batches of ``epoch`` from batch ``start`` on: the stream the last run()
+        left at that very position if there is one, else a new one.
+
+        Carrying the stream over keeps a DataLoader's workers, and the batches they
+        have prefetched, across run() calls (compare's turns), as in one long run;
+        a new loader every call would start its workers again each time.
+        """
+        if self._stream is None or self._stream_at != (epoch, start):
+            self._drop_batch_stream()
+            self._stream = self._batches(epoch, start)
+        return self._stream
+
+    def close(self) -> None:
+        """Let go of the batch stream kept between run() calls: a DataLoader's workers
+        exit now rather than whenever the trainer is garbage-collected. A later run()
+        starts a new stream where it is."""
+        self._drop_batch_stream()
+
+    def _drop_batch_stream(self) -> None:
+        """Close the kept batch stream (its DataLoader workers exit), if any."""
+        if self._stream is not None:
+            self._stream.close()
+        self._stream, self._stream_at = None, None
+
     def _batches(self, epoch: int, start: int):
         """(images_uint8, labels, index, contrast_idx or None) on the device, from batch ``start`` of ``epoch``."""
         cfg, dev = self.cfg, self.device
@@ -448,10 +504,15 @@ class Trainer:
     def run(self, steps: int | None = None, *, timing_warmup: int = 0) -> dict:
         """Train until ``self.step`` reaches ``self.total_steps`` (or ``steps`` more steps).
 
-        Returns a summary: steps run, steps/s over the steps after ``timing_warmup``,
-        peak device memory, last losses, test accuracy if evaluated. With nothing
-        left to run (a resume of a finished run) it writes nothing and returns the
-        run folder's summary.json as it is, or a summary of 0 steps without one.
+        Returns a summary: steps run, steps/s over the steps after ``timing_warmup``
+        (their wall time, from before the first of them fetches its batch, less the
+        evaluations and checkpoint writes among them), peak device memory, last
+        losses, test accuracy if evaluated. With nothing left to run (a resume of a
+        finished run) it writes nothing and returns the run folder's summary.json as
+        it is, or a summary of 0 steps without one.
+
+        Run in parts (``run(n)`` again and again, as compare's turns), it takes the
+        same batches as in one go, and carries a DataLoader's workers over.
         """
         end = self.total_steps if steps is None else min(self.total_steps, self.step + steps)
         out_dir = Path(self.cfg.out) if self.cfg.out else None
@@ -483,39 +544,45 @@ class Trainer:
                         desc=f"{cfg.distill or 'teacher'}/{cfg.impl}" if cfg.distill else f"train {cfg.arch}")
         pending: list[tuple[int, int, float, dict]] = []
         start_step = self.step
-        t_timing = None
+        clock = StepClock(self.device)
         eval_result = None
         t0 = time.perf_counter()
         while self.step < end:
-            epoch, b = divmod(self.step, self.steps_per_epoch)
+            epoch, first = divmod(self.step, self.steps_per_epoch)
             lr = lr_at(cfg, epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            for images, labels, index, cidx in self._batches(epoch, b):
+            batches = self._batch_stream(epoch, first)
+            for b in range(first, min(self.steps_per_epoch, first + end - self.step)):
                 if self.step - start_step == timing_warmup:
-                    _sync(self.device)
-                    t_timing = time.perf_counter()
+                    clock.start()  # before the batch is fetched: waiting for a loader's workers is step time
+                self._stream_at = None  # unknown until the batch is in hand (an interrupt may fall in between)
+                images, labels, index, cidx = next(batches)
+                self._stream_at = (epoch, b + 1)
                 terms = self.train_step(images, labels, index, cidx)
                 self.step += 1
                 pending.append((self.step, epoch, lr, terms))
                 if len(pending) >= cfg.log_every or self.step == end:
                     self._flush(pending, out_dir, bar)
-                if cfg.save_every and out_dir and self.step % cfg.save_every == 0:
+                if self._periodic_save_due(out_dir):
                     # rows go out before the checkpoint: a resume keeps the rows up to its step only
                     self._flush(pending, out_dir, bar)
-                    self.save_checkpoint(out_dir / "last.pt")
-                if self.step >= end:
-                    break
+                    with clock.paused():
+                        self.save_checkpoint(out_dir / "last.pt")
             if self.step % self.steps_per_epoch == 0:  # an epoch ended
-                if cfg.eval_every_epoch and self.test_set is not None and len(self.test_set):
-                    eval_result = self.evaluate()
-                    self._log_eval(epoch, eval_result, out_dir, bar)
-                if out_dir:
-                    self._flush(pending, out_dir, bar)
-                    self.save_checkpoint(out_dir / "last.pt")
+                self._drop_batch_stream()  # spent: a loader's workers exit now
+                with clock.paused():  # evaluation and checkpoints are no part of the steps' time
+                    if cfg.eval_every_epoch and self.test_set is not None and len(self.test_set):
+                        eval_result = self.evaluate()
+                        self._log_eval(epoch, eval_result, out_dir, bar)
+                    if out_dir:
+                        self._flush(pending, out_dir, bar)
+                        self.save_checkpoint(out_dir / "last.pt")
         self._flush(pending, out_dir, bar)
         _sync(self.device)
         t_end = time.perf_counter()
+        if self.step >= self.total_steps:
+            self._drop_batch_stream()  # the run is over: no later run() takes the rest of the epoch
         if bar is not None:
             bar.close()
         timed = self.step - start_step - timing_warmup
@@ -528,7 +595,7 @@ class Trainer:
             "final_step": self.step,
             "wall_s": t_end - t0,
             "timed_steps": max(timed, 0),
-            "steps_per_s": timed / (t_end - t_timing) if t_timing is not None and timed > 0 else None,
+            "steps_per_s": timed / clock.seconds(t_end) if clock.started is not None and timed > 0 else None,
             "peak_memory_bytes": torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None,
             "last": self.history[-1] if self.history else None,
             "eval": eval_result,
@@ -538,6 +605,14 @@ class Trainer:
             with open(out_dir / "summary.json", "w") as fh:
                 json.dump(summary, fh, indent=2, default=str)
         return summary
+
+    def _periodic_save_due(self, out_dir: Path | None) -> bool:
+        """Whether the step just taken is a ``save_every`` checkpoint. Not at an epoch's
+        end: that checkpoint comes after the epoch's evaluation, so that an interrupt
+        during the evaluation resumes before the epoch's end and its eval.csv row is
+        written then, rather than never."""
+        every = self.cfg.save_every
+        return bool(every and out_dir and self.step % every == 0 and self.step % self.steps_per_epoch)
 
     def _flush(self, pending: list, out_dir, bar) -> None:
         """Write the ``pending`` rows to history, log.csv and the bar, and empty the list."""
@@ -634,6 +709,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.set_rng_state(state["rng"])
+        self._drop_batch_stream()  # the loaded step's batches come from a new stream
 
     def load_checkpoint(self, path: str | Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -814,6 +890,57 @@ def _truncate_eval(path: Path, step: int) -> None:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class StepClock:
+    """The training steps' wall time: from ``start()`` on, less the time spent in
+    ``paused()`` blocks (evaluation, checkpoint writes), so steps/s is the steps' rate.
+    Each edge syncs ``device``, so queued GPU work falls on the side that queued it."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.started: float | None = None
+        self.paused_s = 0.0
+
+    def start(self) -> None:
+        _sync(self.device)
+        self.started = time.perf_counter()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        if self.started is None:  # still in the timing warm-up: nothing to take out
+            yield
+            return
+        _sync(self.device)
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            _sync(self.device)
+            self.paused_s += time.perf_counter() - t
+
+    def seconds(self, now: float) -> float:
+        """Time counted from ``start()`` to ``now``."""
+        return now - self.started - self.paused_s
+
+
+def _cuda_index(device: torch.device) -> int:
+    """The index of CUDA ``device`` (``cuda`` alone is the current device)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _set_cuda_rng_state(saved, device: torch.device) -> None:
+    """Restore the CUDA generator of ``device`` from a checkpoint's ``rng["cuda"]``: one
+    state (the training GPU's), or, from checkpoints before that, every visible GPU's
+    list, of which the entry of ``device``'s index is taken."""
+    index = _cuda_index(device)
+    if isinstance(saved, (list, tuple)):
+        if index >= len(saved):
+            warnings.warn(f"the checkpoint holds CUDA RNG states for {len(saved)} GPUs, none for cuda:{index}: its "
+                          "generator restarts from the seed (not a bit-for-bit resume)", stacklevel=3)
+            return
+        saved = saved[index]
+    torch.cuda.set_rng_state(saved, index)
 
 
 def progress_bar(total: int, initial: int, enabled: bool, desc: str):
