@@ -85,14 +85,19 @@ __global__ void __launch_bounds__(kThreads) shared_bank_merge_kernel(
   }
 }
 
+// Row stride of the queue tile: odd, so that lane k reading tile[k * ld + j] hits bank
+// (k * ld + j) % 32, all 32 different (an even stride, d + 1 for odd d, puts two or more
+// lanes on one bank; 32 at d = 127).
+__host__ __device__ inline int sbc_tile_ld(int64_t dim) { return static_cast<int>(dim | 1); }
+
 template <typename QT, typename BT, int DPL>  // DPL: dimensions per lane, d <= 32 * DPL
 __global__ void __launch_bounds__(kThreads) shared_bank_contrast_kernel(
     const QT* __restrict__ q_s, const QT* __restrict__ q_t, const BT* __restrict__ queue, int64_t batch,
     int64_t n_rows, int dim, int64_t rows_per_split, float scale_s, float scale_t, float* __restrict__ stats,
     float* __restrict__ acc_out, bool need_grad) {
   extern __shared__ float smem[];
-  const int ld = dim + 1;
-  float* tile = smem;                               // [kSbcTile][dim + 1]
+  const int ld = sbc_tile_ld(dim);
+  float* tile = smem;                               // [kSbcTile][ld]
   float* qs = tile + kSbcTile * ld;                 // [16][dim], pre-scaled
   float* qt = qs + kSbcRowsPerBlock * dim;          // [16][dim]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -245,7 +250,7 @@ void launch_queue(int queue_dtype, const void* q_s, const void* q_t, const void*
 }  // namespace
 
 int64_t shared_bank_contrast_shared_memory_bytes(int64_t dim) {
-  return (kSbcTile * (dim + 1) + 2 * kSbcRowsPerBlock * dim) * static_cast<int64_t>(sizeof(float));
+  return (kSbcTile * sbc_tile_ld(dim) + 2 * kSbcRowsPerBlock * dim) * static_cast<int64_t>(sizeof(float));
 }
 
 void shared_bank_contrast(uintptr_t q_s, uintptr_t q_t, int q_dtype, uintptr_t queue, int queue_dtype, int64_t batch,

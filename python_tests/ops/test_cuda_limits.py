@@ -31,8 +31,10 @@ SM86, SM80, SM90 = 101376, 166912, 232448   # opt-in bytes per block
 def test_sizes_follow_the_kernels_layouts():
     # dcd: [16, B] strips of s and t, [16, d] rows of z_s and z_t, 8 warps x 4 partial sums
     assert _C.dcd_shared_memory_bytes(1024, 128) == (2 * 16 * 1024 + 2 * 16 * 128 + 8 * 4) * 4 == 147584
-    # shared_bank_contrast: a [32, d + 1] queue tile and two [16, d] query blocks
+    # shared_bank_contrast: a [32, d | 1] queue tile and two [16, d] query blocks
     assert _C.shared_bank_contrast_shared_memory_bytes(512) == (32 * 513 + 2 * 16 * 512) * 4 == 131200
+    # ... whose rows are padded to an odd stride only where d is even (bank-conflict-free reads)
+    assert _C.shared_bank_contrast_shared_memory_bytes(127) == (32 * 127 + 2 * 16 * 127) * 4
     # bank contrast, dense: [64, DP + 4] query and bank tiles, [64, 68] coefficients, [64, 64] counts
     for dim, padded in ((1, 64), (64, 64), (65, 128), (128, 128)):
         assert _C.dense_shared_memory_bytes(dim) == (2 * 64 * (padded + 4) + 64 * 68 + 64 * 64) * 4
