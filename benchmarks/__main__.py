@@ -97,6 +97,10 @@ def main(argv=None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
+    if device.type == "cuda":
+        # CUDA events record on the current device's stream: timing work on another GPU
+        # would time that device's idle stream
+        torch.cuda.set_device(device)
     if args.threads:
         torch.set_num_threads(args.threads)
     elif device.type == "cpu" and _busy():

@@ -188,7 +188,9 @@ def triton_unavailable(device: torch.device) -> str | None:
 
 def cuda_unavailable(op: str) -> Callable[[torch.device], str | None]:
     def reason(device: torch.device) -> str | None:
-        from rdkernels.backend import cuda_unavailable_reason
+        from rdkernels.backend import _CUDA_OPS_USING_TRITON, cuda_unavailable_reason, triton_interpreter_enabled
+        if op in _CUDA_OPS_USING_TRITON and triton_interpreter_enabled():
+            return f"TRITON_INTERPRET is set, and the cuda {op} runs Triton merges: the interpreter is never timed"
         return cuda_unavailable_reason(device, op)
     return reason
 

@@ -237,7 +237,10 @@ def write_plots(rows: list[Row], ops, out_dir: Path, name: str, device_name: str
         fixed = ", ".join(f"{k}={next(iter(vs))}" for k, vs in values.items() if len(vs) == 1 and k != x)
         fig.suptitle(f"{op.name} on {device_name}" + (f" ({fixed})" if fixed else ""))
         fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
-        path = out_dir / (f"{name}.png" if name.endswith(op.name) else f"{name}-{op.name}.png")
+        # "-<op>" unless the run's name ends with it already, as a whole word: an op's name
+        # may end another's (bank_contrast, shared_bank_contrast)
+        named = name == op.name or name.endswith(f"-{op.name}")
+        path = out_dir / (f"{name}.png" if named else f"{name}-{op.name}.png")
         out_dir.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100)
         plt.close(fig)

@@ -121,6 +121,8 @@ def _compare(actual: dict, expected: dict, tol: float) -> tuple[float, str]:
             return math.inf, f"{k}: non-finite values"
         if not e.numel():
             continue
+        if not torch.isfinite(e).all():  # a NaN error compares False with anything: it would pass
+            return math.inf, f"{k}: the float64 reference is not finite"
         scale = e.abs().max().item()
         if k.startswith("grad["):
             scale = max(scale, 0.01 * grad_scale)

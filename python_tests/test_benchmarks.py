@@ -4,6 +4,7 @@ implementation that computes the wrong thing is reported as wrong, not timed."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -421,3 +422,11 @@ def test_session_script_refuses_an_unknown_phase_before_running_any(tmp_path):
     done, argvs = _session(tmp_path, "bench", "benchh")
     assert done.returncode == 2 and "unknown phase: benchh" in done.stdout
     assert argvs == []
+
+
+def test_a_non_finite_reference_fails_the_check():
+    """err = |a - NaN| is NaN, and NaN > worst is False: a NaN reference must not pass."""
+    from benchmarks.suite import _compare
+    err, where = _compare({"loss": torch.tensor(12345.0)}, {"loss": torch.tensor(float("nan"), dtype=torch.float64)},
+                          2e-3)
+    assert err == math.inf and "reference is not finite" in where

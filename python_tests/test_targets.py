@@ -122,8 +122,25 @@ def test_cli_prints_a_table_and_writes_json(tmp_path, capsys):
     assert "| #4 | Sinkhorn, 64 problems" in out and "| 20x | not met |" in out
     rows = json.loads((tmp_path / "targets.json").read_text())
     assert len(rows) == len(targets.TARGETS)
+    # run again on the folder that now holds its own --json output (a list, not a record)
+    assert targets.main([str(tmp_path)]) == 0 and "| 20x | not met |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         targets.main([str(tmp_path / "nowhere")])
+
+
+def test_dcd_met_where_measured_but_not_at_every_batch_is_incomplete(tmp_path):
+    """The target holds at every B from 64 to 1024: 4x at the B measured is not "met"."""
+    def rows(batches, device):
+        return [r for b in batches for r in (_row("dcd", dict(B=b, d=128, dtype="float32"), "naive", "fwd+bwd", 1.0),
+                                             _row("dcd", dict(B=b, d=128, dtype="float32"), "cuda", "fwd+bwd", 0.25))]
+    _bench(tmp_path / "a", "quick", H100, rows((64, 256), H100))
+    row = next(r for r in targets.evaluate(targets.Results(sorted(tmp_path.rglob("*.json"))))
+               if r["target"].startswith("DCD"))
+    assert row["value"] == pytest.approx(4) and row["status"] == "incomplete" and "[128, 512, 1024]" in row["detail"]
+    _bench(tmp_path / "b", "sweep", H100, rows((128, 512, 1024), H100))
+    row = next(r for r in targets.evaluate(targets.Results(sorted(tmp_path.rglob("*.json"))))
+               if r["target"].startswith("DCD"))
+    assert row["status"] == "met"
 
 
 def _evaluate(tmp_path):
