@@ -199,11 +199,15 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _rank_main(rank, world, port, out_dir):
+def _rank_main(rank, world, port, out_dir, own_banks=False):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         crd = make_crd()
+        if own_banks and rank:  # as if each rank were seeded differently: its banks start as its own
+            with torch.no_grad():
+                for bank in (crd.contrast.memory_v1, crd.contrast.memory_v2):
+                    bank.copy_(torch.nn.functional.normalize(torch.randn(bank.shape), dim=1))
         results = []
         for seed in range(3):
             f_s, f_t, idx, cidx = make_batch(b=8, seed=seed)
@@ -221,8 +225,11 @@ def _rank_main(rank, world, port, out_dir):
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
-def test_two_process_gloo_matches_single_process(tmp_path):
-    mp.start_processes(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
+@pytest.mark.parametrize("own_banks", [False, True], ids=["same-seed", "own-banks"])
+def test_two_process_gloo_matches_single_process(tmp_path, own_banks):
+    """Two ranks with half the batch each train as one process with all of it; also
+    when rank 1 starts from banks of its own (the first rank's are broadcast)."""
+    mp.start_processes(_rank_main, args=(2, _free_port(), str(tmp_path), own_banks), nprocs=2, join=True,
                        start_method="spawn")
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for key in ranks[0]["state"]:

@@ -7,8 +7,11 @@ update; duplicate ids across ranks then resolve identically (the last
 occurrence, i.e. the highest rank, wins). Statistics such as CRD's Z are
 averaged over the global batch with a count-weighted all-reduce.
 
-Cost per step: one all-gather of B*(1 + 2*d) numbers per rank (plus one tiny
-all-gather of batch sizes); no bank traffic.
+Cost per step: all-gathers of B*(1 + 2*d) numbers per rank (plus tiny all-gathers
+of batch sizes, read on the host: a synced step cannot be captured in a CUDA graph,
+and torch.compile breaks the graph there); no bank traffic. Once, on the first
+synced step (and after each load_state_dict), the first rank's banks and
+parameters are broadcast, so ranks that initialised their banks differently agree.
 
 Banks too large to replicate (tens of millions of rows) would instead be
 sharded: each rank owns rows [r*N/W, (r+1)*N/W), queries are all-gathered
@@ -32,6 +35,15 @@ def active(group=None, requested: bool | str = "auto") -> bool:
     if requested is True and not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("sync_banks=True needs torch.distributed to be initialised")
     return ready
+
+
+def broadcast_from_first_rank_(tensors, group=None) -> None:
+    """Overwrite ``tensors`` on every rank with the group's first rank's, in place: the
+    banks start identical even where each rank initialised its own (ranks seeded
+    differently, as DDP scripts usually do)."""
+    source = 0 if group is None else dist.get_global_rank(group, 0)
+    for tensor in tensors:
+        dist.broadcast(tensor, src=source, group=group)
 
 
 def all_gather_cat(tensor: torch.Tensor, group=None) -> torch.Tensor:

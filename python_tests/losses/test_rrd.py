@@ -383,3 +383,24 @@ def test_momentum_variant_unavailable_backend_leaves_state():
         loss(torch.randn(3, 8), torch.randn(3, 12), torch.tensor([0, 5, 29]))
     for k, v in loss.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_momentum_variant_scores_and_updates_with_the_loaded_params():
+    """The reference reads T = params[1] and momentum = params[4] on every call: a
+    checkpoint trained with other values (here nce_t 0.1, nce_m 0.9) must give the
+    reference's loss and banks, not the constructor's defaults."""
+    torch.manual_seed(0)
+    trained = ReferenceRRDMomentum(12, 20, 40, feat_dim=16, nce_k=5, nce_t=0.1, nce_m=0.9)
+    fused = RRDMomentumLoss(12, 20, 40, feat_dim=16, nce_k=5).to(DEVICE)   # nce_t 0.07, nce_m 0.5
+    fused.load_state_dict({k: v.float() for k, v in trained.state_dict().items()})
+    ref = ReferenceRRDMomentum(12, 20, 40, feat_dim=16, nce_k=5).double()
+    ref.load_state_dict({k: v.double() for k, v in trained.state_dict().items()})
+    for _ in range(2):
+        f_s, f_t = torch.randn(4, 12), torch.randn(4, 20)
+        idx = torch.randperm(40)[:4]
+        cidx = torch.randint(0, 40, (4, 6))
+        cidx[:, 0] = idx
+        loss = fused(f_s.to(DEVICE), f_t.to(DEVICE), idx.to(DEVICE), cidx.to(DEVICE))
+        expected = ref(f_s.double(), f_t.double(), idx, cidx)
+        assert_close("loss", loss.cpu().double(), expected, atol=1e-6, rtol=1e-5)
+        assert_close("student bank", fused.memory_s.memory.cpu().double(), ref.memory_s.memory, atol=1e-6, rtol=1e-5)

@@ -53,13 +53,16 @@ class ContrastMemory(nn.Module):
         self.register_buffer("memory_v1", init_bank_(torch.empty(n_data, feat_dim)).to(bank_dtype))
         self.register_buffer("memory_v2", init_bank_(torch.empty(n_data, feat_dim)).to(bank_dtype))
         # (T, momentum) read from params once and kept on the host, so a step
-        # costs no device sync; None again whenever a state_dict is loaded.
+        # costs no device sync; and whether the synced banks were made identical
+        # on every rank. Both forgotten whenever a state_dict is loaded.
         self._host_params = None
-        self.register_load_state_dict_post_hook(ContrastMemory._forget_host_params)
+        self._ranks_aligned = False
+        self.register_load_state_dict_post_hook(ContrastMemory._forget_host_state)
 
     @staticmethod
-    def _forget_host_params(module, incompatible_keys) -> None:
+    def _forget_host_state(module, incompatible_keys) -> None:
         module._host_params = None
+        module._ranks_aligned = False
 
     def _batch_z(self, v_s, v_t, idx, temperature, backend, check_indices, synced):
         """[Z_v1, Z_v2] of this batch (mean of exp(s) times n_data), averaged
@@ -100,6 +103,9 @@ class ContrastMemory(nn.Module):
         # bank_contrast resolves its backend before it runs; resolve bank_update's
         # now, so that it cannot fail after Z was set.
         _backend.resolve(self.memory_v1.device, "bank_update", backend)
+        if synced and not self._ranks_aligned:  # each rank initialised its own banks
+            distributed.broadcast_from_first_rank_([self.memory_v1, self.memory_v2, self.params], self.process_group)
+            self._ranks_aligned = True
         temperature, momentum, z, z_new = self._read_params(v_s, v_t, idx, backend, check_indices, synced)
         kw = dict(temperature=temperature, epilogue="nce", n_data=self.n_data, backend=backend,
                   strategy=strategy, check_indices=check_indices)
@@ -143,8 +149,12 @@ class CRDLoss(nn.Module):
       pass per direction per step).
     * ``sync_banks``: "auto" (default) keeps the banks identical on every rank
       when torch.distributed is initialised with more than one rank (see
-      rdkernels.distributed); True requires it; False keeps per-rank banks as
-      the reference code does. ``process_group`` selects the group.
+      rdkernels.distributed: the first rank's banks are broadcast on the first
+      step, then every rank applies the global batch's update); True requires it;
+      False keeps per-rank banks as the reference code does. ``process_group``
+      selects the group. The synced update reads the ranks' batch sizes on the
+      host: torch.compile breaks its graph there (``fullgraph=True`` fails) and
+      such a step cannot be captured in a CUDA graph.
     * ``backend``: per-module override of rdkernels.set_backend; ``strategy``:
       bank_contrast's "auto" (default), "gather" or "dense".
 

@@ -9,6 +9,7 @@ from rdkernels import backend as _backend
 from rdkernels._validation import check_positive, check_positive_int, check_tensors_finite, host_reads_allowed
 from rdkernels.losses._inputs import check_bank_loss_args, check_bank_loss_inputs, check_bank_storage, check_first_z
 from rdkernels.losses._queue import fifo_enqueue_
+from rdkernels.ops import bank_update_
 from rdkernels.losses.dcd import _check_pair, _embed
 from rdkernels.ops.shared_bank_contrast import _resolve as _resolve_shared_bank_contrast
 from rdkernels.ops.shared_bank_contrast import shared_bank_contrast, validate_shared_bank_contrast
@@ -164,6 +165,9 @@ class RRDMomentumLoss(nn.Module):
 
     ``torch.compile(fullgraph=True)`` works from the first step: Z is set on the
     device (no host read) and the index checks move into the ops under compile.
+    T and the momentum are read from ``params`` (a loaded checkpoint's values, as
+    the reference reads them) on the first eager call; a compiled call before any
+    eager one uses the constructor's.
     """
 
     def __init__(self, s_dim: int, t_dim: int, n_data: int, feat_dim: int = 128, nce_k: int = 16384,
@@ -183,14 +187,29 @@ class RRDMomentumLoss(nn.Module):
         # [K, T, Z_s, Z_t, momentum] as the reference's ContrastMemory.params; Z = -1 until set
         self.register_buffer("params", torch.tensor([float(nce_k), float(nce_t), -1.0, -1.0, float(nce_m)]))
         self.register_load_state_dict_pre_hook(_load_reference_momentum_keys)
-        # Whether Z is known to be set, so eager calls stop reading it (see _check_first_z);
-        # False again whenever a state_dict is loaded.
+        # Whether Z is known to be set, so eager calls stop reading it (see _check_first_z),
+        # and (T, momentum) as params holds them (see _temperature_and_momentum); both
+        # forgotten whenever a state_dict is loaded.
         self._z_set_on_host = False
-        self.register_load_state_dict_post_hook(RRDMomentumLoss._forget_z_set)
+        self._host_params: tuple[float, float] | None = None
+        self.register_load_state_dict_post_hook(RRDMomentumLoss._forget_host_state)
 
     @staticmethod
-    def _forget_z_set(module, incompatible_keys) -> None:
+    def _forget_host_state(module, incompatible_keys) -> None:
         module._z_set_on_host = False
+        module._host_params = None
+
+    def _temperature_and_momentum(self) -> tuple[float, float]:
+        """(T, momentum) from ``params``, as the reference reads them on every call: a
+        loaded checkpoint's own values, not the constructor's. Read on the host once
+        (until the next load_state_dict); under torch.compile before any eager call,
+        the constructor's values."""
+        if self._host_params is None:
+            if not host_reads_allowed(self.params):
+                return self.nce_t, self.memory_s.momentum
+            _, temperature, _, _, momentum = self.params.tolist()
+            self._host_params = (temperature, momentum)
+        return self._host_params
 
     def _check_first_z(self, z: torch.Tensor) -> None:
         """Z is frozen once set, so a NaN or inf estimate would poison every later step.
@@ -218,7 +237,8 @@ class RRDMomentumLoss(nn.Module):
         # The indices were range-checked above with one sync; under torch.compile that
         # check is skipped and the ops make it inside their opaque bodies instead.
         checks = torch.compiler.is_compiling()
-        kw = dict(temperature=self.nce_t, epilogue="scores", check_indices=checks)
+        temperature, momentum = self._temperature_and_momentum()
+        kw = dict(temperature=temperature, epilogue="scores", check_indices=checks)
 
         with torch.no_grad():
             s_t = self.memory_s.contrast(z_t.to(z_s.dtype), contrast_idx, **kw)
@@ -242,14 +262,14 @@ class RRDMomentumLoss(nn.Module):
             if need_grad:
                 p_rows = p_t.sum(dim=1, keepdim=True)  # 1 up to rounding, kept as autograd has it
                 grad_s = x_s * (log_p_s.exp() * p_rows - p_t) / (x_s.shape[0] * self.tau_s)
-                dq = _scores_query_grad(grad_s, z_s.detach(), self.memory_t.memory, contrast_idx, self.nce_t)
+                dq = _scores_query_grad(grad_s, z_s.detach(), self.memory_t.memory, contrast_idx, temperature)
 
         with torch.no_grad():  # the state changes only now: Z, then the banks
             self.params[2:4] = z
         if not torch.compiler.is_compiling():
             self._z_set_on_host = True
-        self.memory_s.update_(idx, z_s.detach(), check_indices=checks)
-        self.memory_t.update_(idx, z_t, check_indices=checks)
+        bank_update_(self.memory_s.memory, idx, z_s.detach(), momentum, check_indices=checks)
+        bank_update_(self.memory_t.memory, idx, z_t, momentum, check_indices=checks)
         if dq is None:
             return loss
         return _AttachGradient.apply(loss, z_s, dq)
