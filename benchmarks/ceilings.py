@@ -2,7 +2,8 @@
 
 A row's floor is max(bytes / bandwidth, flops / matmul rate): the time the op
 would take if it moved only the bytes it must and did its arithmetic at the
-rate of a large matmul. Both ceilings are measured here, on this device, not
+rate of a large matmul (on tensor cores where the kernels use them: TF32 for
+float32). Both ceilings are measured here, on this device, not
 taken from a data sheet, so the ratio says how close a kernel is to what this
 machine actually sustains.
 """
@@ -24,9 +25,12 @@ class Ceilings:
 
     def rate(self, dtype: torch.dtype | str) -> float:
         """FLOP/s for matmuls on ``dtype`` inputs: the faster of that dtype's
-        rate and float32's (an implementation may always compute in float32)."""
+        rate and float32's (an implementation may always compute in float32),
+        where float32 counts TF32 tensor cores: the fused kernels run their
+        float32 dots there (3xTF32, fp32-accurate), so the floor must too, or a
+        kernel could beat its floor."""
         name = str(dtype).replace("torch.", "")
-        fp32 = self.matmul_tflops["float32"]
+        fp32 = max(self.matmul_tflops["float32"], self.matmul_tflops.get("tfloat32", 0.0))
         return max(self.matmul_tflops.get(name, fp32), fp32) * 1e12
 
     def floor_ms(self, nbytes: float, flops: float, dtype) -> float:
@@ -61,4 +65,12 @@ def measure(device: torch.device, quick: bool = True) -> Ceilings:
         b = torch.randn(size, size, device=device).to(dtype)
         t = time_fns([lambda: torch.mm(a, b)], device, budget)
         rates[str(dtype).replace("torch.", "")] = 2 * size ** 3 / (t.median_ms * 1e-3) / 1e12
+        if device.type == "cuda" and dtype == torch.float32:  # the same product on TF32 tensor cores
+            previous = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = True
+            try:
+                t = time_fns([lambda: torch.mm(a, b)], device, budget)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = previous
+            rates["tfloat32"] = 2 * size ** 3 / (t.median_ms * 1e-3) / 1e12
     return Ceilings(bandwidth_gbps=bandwidth, matmul_tflops=rates, copy_bytes=copy_bytes, matmul_size=size)

@@ -430,3 +430,11 @@ def test_a_non_finite_reference_fails_the_check():
     err, where = _compare({"loss": torch.tensor(12345.0)}, {"loss": torch.tensor(float("nan"), dtype=torch.float64)},
                           2e-3)
     assert err == math.inf and "reference is not finite" in where
+
+
+def test_float32_floors_count_tf32_tensor_cores():
+    """The fused kernels run float32 dots on TF32 tensor cores: a floor at the plain
+    float32 rate would be one they beat."""
+    c = Ceilings(bandwidth_gbps=3000.0, matmul_tflops={"float32": 50.0, "tfloat32": 400.0, "bfloat16": 700.0})
+    assert c.rate(torch.float32) == 400e12 and c.rate("bfloat16") == 700e12
+    assert Ceilings(bandwidth_gbps=1.0, matmul_tflops={"float32": 0.05}).rate(torch.float32) == 0.05e12  # a CPU
