@@ -119,3 +119,21 @@ def test_ops_infer_shapes_on_meta_tensors():
     res = sinkhorn(torch.empty(2, 5, 6, **meta), eps=0.1, backend="torch")
     assert (res.f.shape, res.g.shape, res.cost.shape) == ((2, 5), (2, 6), (2,))
     bank_update_(bank, torch.tensor([1, 2], **meta), torch.empty(2, 16, **meta), 0.5, backend="torch")
+
+
+@pytest.mark.parametrize("precision", ["high", "medium"])
+def test_body_runs_float32_matmuls_at_full_precision(precision):
+    """A script's lowered float32 matmul precision (TF32 on a GPU) must not reach the
+    torch formulations inside an op, and is the script's again after the call."""
+    seen = []
+    body = _eager.op_body(lambda t: seen.append(torch.get_float32_matmul_precision()) or t)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        body(torch.ones(2, device=DEVICE))
+        with pytest.raises(ZeroDivisionError):  # restored on the way out of an error too
+            _eager.op_body(lambda t: 1 / 0)(torch.ones(2, device=DEVICE))
+        assert torch.get_float32_matmul_precision() == precision
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert seen == ["highest"]

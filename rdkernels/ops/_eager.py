@@ -43,14 +43,30 @@ def op_body(impl: Callable) -> Callable:
     the dense strategy's GEMM, a torch fallback) would otherwise have its
     matmuls cast to bf16 or fp16 by an autocast region around the call -- a
     custom op gets no autocast kernel of its own, so its body runs under the
-    caller's autocast state, eagerly and inside a compiled graph alike.
+    caller's autocast state, eagerly and inside a compiled graph alike. For the
+    same reason a body runs with the float32 matmul precision at "highest": a
+    training script's ``torch.set_float32_matmul_precision("high")`` (or
+    ``allow_tf32``) would put those GEMMs on TF32 (~5e-4 relative error in q.M,
+    times 1/T in the logits), while the kernels beside them are fp32-accurate.
     """
+    def in_fp32(args, kwargs):
+        # a lowered float32 matmul precision (TF32 on a GPU, bf16 passes on some CPUs)
+        # would change the torch formulations' dots, not the kernels': restore "highest"
+        precision = torch.get_float32_matmul_precision()
+        if precision == "highest":
+            return impl(*args, **kwargs)
+        torch.set_float32_matmul_precision("highest")
+        try:
+            return impl(*args, **kwargs)
+        finally:
+            torch.set_float32_matmul_precision(precision)
+
     def without_autocast(device_type, args, kwargs):
         # meta tensors (shape inference) have no autocast state to ask about
         if device_type != "meta" and torch.is_autocast_enabled(device_type):
             with torch.autocast(device_type, enabled=False):
-                return impl(*args, **kwargs)
-        return impl(*args, **kwargs)
+                return in_fp32(args, kwargs)
+        return in_fp32(args, kwargs)
 
     @functools.wraps(impl)  # custom_op infers the schema through __wrapped__
     def body(*args, **kwargs):
