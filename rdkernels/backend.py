@@ -132,6 +132,11 @@ def cuda_extension():
 MIN_CUDA_ARCH = 80
 
 
+def cuda_index(device: torch.device) -> int:
+    """The index of CUDA ``device`` (``cuda`` alone is the current device)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def _device_capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
@@ -201,7 +206,7 @@ def cuda_unavailable_reason(device: torch.device, op: str) -> str | None:
         reason = triton_unavailable_reason(device)
         if reason:
             return f"its {op} merges partial results with Triton kernels, and {reason}"
-    return _cuda_arch_reason(device.index if device.index is not None else torch.cuda.current_device())
+    return _cuda_arch_reason(cuda_index(device))
 
 
 def resolve(device: torch.device, op: str, requested: str | None = None) -> str:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rdkernels.backend import BACKENDS
+from rdkernels.backend import BACKENDS, cuda_index
 from rdkernels.harness import data as hdata
 from rdkernels.harness.distillers import (DEFAULT_WEIGHTS, DISTILLERS, IMPLS, REFERENCE_GAMMA, LossOptions,
                                          build_distiller)
@@ -376,7 +376,7 @@ class Trainer:
                  "sampler": self.gen.get_state()}
         if self.device.type == "cuda":
             # the training GPU's generator only: a resume may see another number of GPUs
-            state["cuda"] = torch.cuda.get_rng_state(_cuda_index(self.device))
+            state["cuda"] = torch.cuda.get_rng_state(cuda_index(self.device))
         return state
 
     def set_rng_state(self, state: dict) -> None:
@@ -924,16 +924,11 @@ class StepClock:
         return now - self.started - self.paused_s
 
 
-def _cuda_index(device: torch.device) -> int:
-    """The index of CUDA ``device`` (``cuda`` alone is the current device)."""
-    return device.index if device.index is not None else torch.cuda.current_device()
-
-
 def _set_cuda_rng_state(saved, device: torch.device) -> None:
     """Restore the CUDA generator of ``device`` from a checkpoint's ``rng["cuda"]``: one
     state (the training GPU's), or, from checkpoints before that, every visible GPU's
     list, of which the entry of ``device``'s index is taken."""
-    index = _cuda_index(device)
+    index = cuda_index(device)
     if isinstance(saved, (list, tuple)):
         if index >= len(saved):
             warnings.warn(f"the checkpoint holds CUDA RNG states for {len(saved)} GPUs, none for cuda:{index}: its "

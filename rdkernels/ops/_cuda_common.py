@@ -36,8 +36,8 @@ def shared_memory_shortfall(device: torch.device, needed: int) -> str | None:
     ``device``, or None if it can. The opt-in limit is 99 KB on sm_86/sm_89/sm_120
     (RTX 30/40, A10, L4, L40S), 163 KB on sm_80 and 227 KB on sm_90, so a shape an
     H100 takes may not fit on a workstation GPU; asked once per device."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    limit = _shared_memory_limit(index)
+    from rdkernels.backend import cuda_index
+    limit = _shared_memory_limit(cuda_index(device))
     if needed <= limit:
         return None
     return f"it needs {needed} bytes of shared memory per block and this GPU allows {limit}"
