@@ -16,8 +16,10 @@ def _torch_version_shortfall(version: str) -> str | None:
             f"{version} (pip install 'torch>={dotted(MIN_TORCH)}')")
 
 
-if _torch_version_shortfall(torch.__version__):
-    raise ImportError(_torch_version_shortfall(torch.__version__))
+_shortfall = _torch_version_shortfall(torch.__version__)
+if _shortfall:
+    raise ImportError(_shortfall)
+del _shortfall
 
 from rdkernels.backend import BackendUnavailable, get_backend, set_backend, use_backend  # noqa: E402
 from rdkernels import ops  # noqa: E402
