@@ -163,10 +163,34 @@ def load_variants(op: str) -> list[dict]:
                 raise VariantError(f"{where}: divisible_by_16 names {name!r}, not a runtime argument")
         # Keep Triton's argument order: positions index the attributes.
         v["signature"] = {a: sig[a] for a in args}
+    variants += _ones_variants(variants)
     _VARIANTS[op] = variants
     if multiprocessing.parent_process() is None:  # once, not per worker
         _warn_uncovered(module, variants)
     return variants
+
+
+def _ones_variants(variants: list[dict]) -> list[dict]:
+    """Each kernel's first variant again with every integer argument 1. The JIT turns
+    an integer argument equal to 1 into a Python constant, on which tensor methods do
+    not exist: ``batch.to(tl.int64)`` compiled for batch 64 and failed at batch 1 on a
+    GPU (the interpreter wraps every scalar in a tensor and cannot see it). Sizes,
+    counts and strides can all be 1 in some call, so the kernel must compile so."""
+    ones, seen = [], set()
+    for v in variants:
+        if id(v["kernel"]) in seen:
+            continue
+        seen.add(id(v["kernel"]))
+        ints = [a for a, ty in v["signature"].items() if re.fullmatch(r"[iu](8|16|32|64)", ty)]
+        if not ints:
+            continue
+        ones.append(dict(v, name=f"{v['name']}+ints=1",
+                         signature={a: "constexpr" if a in ints else ty for a, ty in v["signature"].items()},
+                         constexprs={**v["constexprs"], **{a: 1 for a in ints}},
+                         divisible_by_16=[a for a in v.get("divisible_by_16", [a for a, ty in v["signature"].items()
+                                                                               if ty.startswith("*")])
+                                          if a not in ints]))
+    return ones
 
 
 def _warn_uncovered(module, variants) -> None:

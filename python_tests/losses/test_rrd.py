@@ -196,8 +196,11 @@ def test_bf16_queue_steps_match_reference(backend, enqueue, naive_reference_queu
             loose = enqueue == "before" or step > 0
             tol = (2e-2, 2e-2) if loose else (5e-4, 1e-4)
             assert_close(f"loss step {step}", loss, expected, *tol)
+            # the rounding's effect on a gradient entry scales with the whole gradient, not with
+            # that entry (an entry of 0.09 beside entries of 5.7 was off by 0.04 on an H100)
+            grad_scale = max(1.0, ref.embed_s.weight.grad.abs().max().item())
             assert_close(f"embed_s.weight grad step {step}", fused.embed_s.weight.grad, ref.embed_s.weight.grad,
-                         tol[0], 5 * tol[1])
+                         tol[0] * grad_scale, 5 * tol[1])
             assert fused.queue.dtype == torch.bfloat16
             assert_close("queue", fused.queue, ref.queue.bfloat16(), 0, 0)
             assert torch.equal(fused.ptr, ref.ptr)

@@ -6,8 +6,10 @@ that also appears among the negatives) exactly as the gather strategy does.
 On a CPU the Triton kernels run under the interpreter (fp32 dots only); the
 CUDA cases skip without a GPU.
 """
+import contextlib
 import importlib
 import math
+import types
 
 import pytest
 import torch
@@ -121,7 +123,7 @@ def test_nce_at_cifar_k_keeps_float64_accuracy(backend, strategy):
     common = dict(temperature=TEMPERATURE, epilogue="nce", z=z, n_data=n, reduction="none")
     ref64 = bank_contrast_reference(query.double(), bank.double(), idx, **dict(common, z=z.double()))
     out = bank_contrast(query, bank, idx, backend=backend, strategy=strategy, **common)
-    assert_close("loss", out, ref64, 2e-5, 2e-6)
+    assert_close("loss", out, ref64, 1e-5, 1e-6)
     ref32 = bank_contrast_reference(query, bank, idx, **common)
     m_pn = torch.tensor(k / n)
     eps32 = ((m_pn + 1e-7) - m_pn).item()
@@ -294,3 +296,37 @@ def test_opcheck_dense_ops():
     opcheck(_loss_op, epilogue="nce")
     opcheck(_loss_op, epilogue="softmax", z=None)   # softmax has no Z: the schema's z is optional
     opcheck(_scores_op)
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="the GPU's compiled kernels at a benchmark shape "
+                    "(the interpreter takes minutes here and matched float64 to 2e-7)")
+@pytest.mark.parametrize("epilogue", ["nce", "softmax"])
+@pytest.mark.parametrize("strategy", STRATEGY_PARAMS)
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
+def test_benchmark_shape_matches_float64(backend, strategy, epilogue, request):
+    """B = 64, K = 4096, N = 50 000: a row has ~3 negatives in each 32-row bank tile,
+    the small shapes above fewer tiles and splits. The benchmark's check found the
+    Triton dense kernel's gradient 3e-3 off here on an H100 (every other path ~1e-6):
+    strict xfail, so that a fix shows as a failure to remove the mark."""
+    if backend == "triton" and strategy == "dense":
+        request.applymarker(pytest.mark.xfail(strict=True, reason="Triton dense gradient off on GPU (see "
+                                                                  "_TRITON_DENSE_SUSPECT_ON_GPU)"))
+    query, bank, idx = _inputs(64, 4096, 50_000, 128)
+    with pytest.warns(RuntimeWarning) if (backend, strategy) == ("triton", "dense") else contextlib.nullcontext():
+        _check(backend, strategy, epilogue, query, bank, idx, 1e-5, 1e-4, grad_tol=(1e-4, 1e-3))
+
+
+def test_auto_keeps_the_triton_backend_off_dense_on_a_gpu(monkeypatch):
+    """Where the cost model would pick dense, a CUDA query under the Triton backend gets
+    gather (the Triton dense kernel's GPU gradient is suspect); CPU tensors (the
+    interpreter) keep the model's choice."""
+    bank_contrast_module = importlib.import_module("rdkernels.ops.bank_contrast")
+    monkeypatch.setattr(bank_contrast_module, "choose_strategy", lambda *args: "dense")
+    cuda_query = types.SimpleNamespace(is_cuda=True, shape=(64, 128), device=torch.device("cuda", 0))
+    cpu_query = types.SimpleNamespace(is_cuda=False, shape=(64, 128), device=torch.device("cpu"))
+    bank, idx = types.SimpleNamespace(shape=(50_000, 128), dtype=torch.float32), types.SimpleNamespace(shape=(64, 4097))
+    assert bank_contrast_module._choose("auto", cuda_query, bank, idx, "triton") == "gather"
+    assert bank_contrast_module._choose("auto", cuda_query, bank, idx, "cuda") == "dense"
+    assert bank_contrast_module._choose("auto", cpu_query, bank, idx, "triton") == "dense"
+    with pytest.warns(RuntimeWarning, match="Triton dense"):
+        assert bank_contrast_module._choose("dense", cuda_query, bank, idx, "triton") == "dense"

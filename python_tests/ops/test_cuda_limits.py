@@ -90,3 +90,21 @@ def test_the_dense_kernel_leaves_what_the_gpu_cannot_hold_to_torch(on_gpu_with, 
     from rdkernels.ops.bank_contrast.cuda import dense_kernel_shortfall
     reason = dense_kernel_shortfall(on_gpu_with(limit, 64, dim).device, dim)
     assert (reason is None) == runs, reason
+
+
+@pytest.mark.parametrize("limit,expected", [(SM90, 1.0), (SM86, 2.0)])
+def test_the_shared_memory_check_traces_into_a_fullgraph_compile(on_gpu_with, limit, expected):
+    """torch.compile(fullgraph=True) of a loss traces backend choice, which asks the
+    extension and the driver for sizes and limits: host calls dynamo cannot trace
+    (the DCD and RRD losses' fullgraph compiles failed on them, on an H100). The
+    check runs once while tracing and its answer is a constant of the graph."""
+    on_gpu_with(limit, 1024, 128)
+    torch._dynamo.reset()
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def pick(x):
+        fits = _cuda_common.kernel_shortfall(torch.device("cuda", 0), "dcd", 1024, 128) is None
+        return x * (1.0 if fits else 2.0)
+
+    assert pick(torch.ones(3)).tolist() == [expected] * 3
+    torch._dynamo.reset()

@@ -97,7 +97,7 @@ def ext(monkeypatch):
         monkeypatch.setattr(module, "cuda_extension", lambda: stand_in)
         monkeypatch.setattr(module, "stream_of", lambda t: 0)
     bc = importlib.import_module("rdkernels.ops.bank_contrast.cuda")
-    monkeypatch.setattr(bc, "shared_memory_shortfall", lambda device, needed: None)  # no GPU to ask
+    monkeypatch.setattr(bc, "kernel_shortfall", lambda device, kernel, *sizes: None)  # no GPU to ask
     monkeypatch.setattr(bc, "_gather_splits", lambda batch, n_cols, device: (2, -(-n_cols // 2)))
     monkeypatch.setattr(bc, "dense_splits", lambda m_blocks, n_tiles, device: (2, -(-n_tiles // 2)))
     sbc = importlib.import_module("rdkernels.ops.shared_bank_contrast.cuda")

@@ -12,6 +12,7 @@ import contextlib
 
 import pytest
 import torch
+from torch._subclasses import fake_tensor
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from conftest import DEVICE, backends
@@ -98,6 +99,8 @@ def test_body_runs_on_its_tensors_gpu(monkeypatch, current, expected):
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
     monkeypatch.setattr(torch.cuda, "device", device)
+    # a fake cuda:1 would otherwise open a context on a real GPU, if any: one GPU has no cuda:1
+    monkeypatch.setattr(fake_tensor, "init_gpu_context", lambda d: None)
     with FakeTensorMode():
         x = torch.empty(2, device="cuda:1")
     body = _eager.op_body(lambda t, scale: seen.append((t.device, scale)) or scale)

@@ -41,3 +41,16 @@ def shared_memory_shortfall(device: torch.device, needed: int) -> str | None:
     if needed <= limit:
         return None
     return f"it needs {needed} bytes of shared memory per block and this GPU allows {limit}"
+
+
+@torch.compiler.assume_constant_result
+def kernel_shortfall(device: torch.device, kernel: str, *sizes: int) -> str | None:
+    """``shared_memory_shortfall`` of the extension's ``kernel`` at ``sizes`` (its
+    ``<kernel>_shared_memory_bytes(*sizes)``) on ``device``. Backend choice asks this
+    while torch.compile traces the loss: dynamo cannot trace the extension's or the
+    driver's host calls (a fullgraph compile failed on them), and the answer is a
+    constant of the kernel, the sizes and the GPU, so the trace runs it once and
+    keeps the result."""
+    from rdkernels.backend import cuda_extension
+    needed = getattr(cuda_extension(), f"{kernel}_shared_memory_bytes")(*(int(n) for n in sizes))
+    return shared_memory_shortfall(device, needed)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from rdkernels.backend import cuda_extension
-from rdkernels.ops._cuda_common import dtype_code, shared_memory_shortfall, stream_of
+from rdkernels.ops._cuda_common import dtype_code, kernel_shortfall, stream_of
 from rdkernels.ops.bank_contrast.csr import build_csr
 from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, dense_splits
 from rdkernels.ops.bank_contrast.partials import EPILOGUE_CODES as _EPILOGUES
@@ -73,7 +73,7 @@ def dense_kernel_shortfall(device: torch.device, dim: int) -> str | None:
     ext = cuda_extension()
     if dim > ext.dense_max_dim():
         return f"embedding width {dim} > {ext.dense_max_dim()}"
-    return shared_memory_shortfall(device, ext.dense_shared_memory_bytes(dim))
+    return kernel_shortfall(device, "dense", dim)
 
 
 def bank_contrast_loss_dense_cuda(query, bank, idx, z, temperature, epilogue, n_data):

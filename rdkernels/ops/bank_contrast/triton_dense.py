@@ -128,7 +128,12 @@ def bank_contrast_dense_kernel(
             loss += tl.sum(tl.where(has, cnt_f * (_softplus(tt) - log_mpn_c), 0.0), axis=1)
             coef = tl.where(has, cnt_f / (1.0 + tl.exp(-tt)), 0.0) * inv_t
         if BF16_DOT:
-            acc += tl.dot(coef.to(tl.bfloat16), w, input_precision=DOT_PRECISION)
+            # coef in two bf16 halves: one bf16 rounding of coef (2^-9) put 2% errors in
+            # dq entries where the K terms cancel (an H100 run); hi + lo keeps ~16 bits
+            coef_hi = coef.to(tl.bfloat16)
+            coef_lo = (coef - coef_hi.to(tl.float32)).to(tl.bfloat16)
+            acc += tl.dot(coef_hi, w, input_precision=DOT_PRECISION)
+            acc += tl.dot(coef_lo, w, input_precision=DOT_PRECISION)
         else:
             acc += tl.dot(coef, w, input_precision=DOT_PRECISION)
 

@@ -31,9 +31,8 @@ def _cuda_shortfall(z_s: torch.Tensor) -> str | None:
     batch, dim = z_s.shape
     if batch > MAX_FUSED_BATCH or dim > MAX_CUDA_DIM:
         return f"it takes batch <= {MAX_FUSED_BATCH} and embedding width <= {MAX_CUDA_DIM}, got {batch} x {dim}"
-    from rdkernels.ops._cuda_common import shared_memory_shortfall
-    needed = _backend.cuda_extension().dcd_shared_memory_bytes(batch, dim)
-    return shared_memory_shortfall(z_s.device, needed)
+    from rdkernels.ops._cuda_common import kernel_shortfall
+    return kernel_shortfall(z_s.device, "dcd", batch, dim)
 
 
 def _resolve(z_s: torch.Tensor, requested: str | None) -> str:

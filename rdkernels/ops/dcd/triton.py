@@ -200,7 +200,7 @@ def dcd_finish_kernel(stats_ptr, local_ptr, part_ptr, params_ptr, loss_ptr, dzs_
     if NEED_GRAD:
         d = tl.arange(0, BLOCK_D)
         dm = d < dim
-        bd = batch.to(tl.int64) * dim
+        bd = tl.cast(batch, tl.int64) * dim  # (batch 1 arrives as a Python int: no .to)
         at = b.to(tl.int64) * dim + d
         vs = tl.load(local_ptr + at, mask=dm, other=0.0)
         vt = tl.load(local_ptr + bd + at, mask=dm, other=0.0)

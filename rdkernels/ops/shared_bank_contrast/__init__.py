@@ -50,9 +50,8 @@ def _shortfall(name: str, q_s: torch.Tensor) -> str | None:
     if limit is not None and dim > limit:
         return f"embedding width {dim} > {limit}"
     if name == "cuda":  # d = 512 needs 128 KB: more than a 99 KB GPU (RTX 4090, L40S) has
-        from rdkernels.ops._cuda_common import shared_memory_shortfall
-        needed = _backend.cuda_extension().shared_bank_contrast_shared_memory_bytes(dim)
-        return shared_memory_shortfall(q_s.device, needed)
+        from rdkernels.ops._cuda_common import kernel_shortfall
+        return kernel_shortfall(q_s.device, "shared_bank_contrast", dim)
     return None
 
 
