@@ -26,7 +26,9 @@ device_dir() {
   python -c 'import torch
 from benchmarks.__main__ import RESULTS
 from benchmarks.report import device_info
-print(RESULTS / device_info(torch.device("cuda"))["slug"])'
+import os
+# relative to the repository: the path lands in the command a training report records
+print(os.path.relpath(RESULTS / device_info(torch.device("cuda"))["slug"]))'
 }
 
 # A phase runs all its commands and fails if any of them failed: a function's status
