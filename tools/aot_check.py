@@ -187,10 +187,17 @@ def _ones_variants(variants: list[dict]) -> list[dict]:
         ones.append(dict(v, name=f"{v['name']}+ints=1",
                          signature={a: "constexpr" if a in ints else ty for a, ty in v["signature"].items()},
                          constexprs={**v["constexprs"], **{a: 1 for a in ints}},
-                         divisible_by_16=[a for a in v.get("divisible_by_16", [a for a, ty in v["signature"].items()
-                                                                               if ty.startswith("*")])
-                                          if a not in ints]))
+                         divisible_by_16=[a for a in _aligned(v) if a not in ints]))
     return ones
+
+
+def _aligned(variant: dict) -> list[str]:
+    """The arguments compiled as multiples of 16: the variant's ``divisible_by_16``,
+    by default every pointer (what a launch on fresh torch tensors gets)."""
+    aligned = variant.get("divisible_by_16")
+    if aligned is None:
+        aligned = [name for name, ty in variant["signature"].items() if ty.startswith("*")]
+    return aligned
 
 
 def _warn_uncovered(module, variants) -> None:
@@ -223,11 +230,8 @@ def compile_variant(variant: dict, arch: int):
 
     sig = variant["signature"]
     positions = {name: i for i, name in enumerate(sig)}
-    aligned = variant.get("divisible_by_16")
-    if aligned is None:
-        aligned = [name for name, ty in sig.items() if ty.startswith("*")]
     attr = _divisibility_attr()
-    attrs = {(positions[name],): attr for name in aligned}
+    attrs = {(positions[name],): attr for name in _aligned(variant)}
     src = ASTSource(fn=variant["kernel"], signature=dict(sig), constexprs=dict(variant["constexprs"]),
                     attrs=attrs)
     options = dict(variant.get("options", {}))

@@ -215,13 +215,14 @@ _TRITON_DENSE_SUSPECT_ON_GPU = True
 
 def _choose(strategy, query, bank, idx, backend_name):
     """The concrete strategy for this call (see cost_model.py for ``"auto"``)."""
+    suspect_dense = backend_name == "triton" and query.is_cuda and _TRITON_DENSE_SUSPECT_ON_GPU
     if strategy != "auto":
-        if strategy == "dense" and backend_name == "triton" and query.is_cuda and _TRITON_DENSE_SUSPECT_ON_GPU:
+        if strategy == "dense" and suspect_dense:
             warnings.warn("bank_contrast: the Triton dense kernel's query gradient was off by up to 5e-3 "
                           "(relative) at K >= 4096 on an H100; backend='cuda' or strategy='gather' match "
                           "float64 to ~1e-6 there", RuntimeWarning, stacklevel=3)
         return strategy
-    if backend_name == "triton" and query.is_cuda and _TRITON_DENSE_SUSPECT_ON_GPU:
+    if suspect_dense:
         return "gather"
     return choose_strategy(query.shape[0], idx.shape[1], bank.shape[0], query.shape[1], bank.dtype,
                            query.device, backend_name)
