@@ -54,7 +54,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("dcd_shared_memory_bytes", &rdk::dcd_shared_memory_bytes,
         "Dynamic shared memory per block of dcd_loss's main kernel", py::arg("batch"), py::arg("dim"));
   m.def("dcd_loss", &rdk::dcd_loss, "Fused DCD loss and its gradients to z_s, z_t, tau and bias",
-        py::arg("z_s"), py::arg("z_t"), py::arg("z_dtype"), py::arg("batch"), py::arg("dim"), py::arg("params"),
+        py::arg("z_s"), py::arg("z_t"), py::arg("z_dtype"), py::arg("batch"), py::arg("dim"), py::arg("tau"),
+        py::arg("bias"),
         py::arg("max_scale"), py::arg("alpha"), py::arg("stats"), py::arg("local"), py::arg("part"),
         py::arg("loss"), py::arg("dzs"), py::arg("dzt"), py::arg("dtau"), py::arg("dbias"), py::arg("need_grad"),
         py::arg("stream"));

@@ -41,7 +41,8 @@ __device__ __forceinline__ float clamped_scale(float e, float max_scale) {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) dcd_kernel(const T* __restrict__ z_s, const T* __restrict__ z_t,
-                                                       int batch, int dim, const float* __restrict__ params,
+                                                       int batch, int dim, const float* __restrict__ tau,
+                                                       const float* __restrict__ bias_ptr,
                                                        float max_scale, float alpha, float* __restrict__ stats,
                                                        float* __restrict__ local, float* __restrict__ part,
                                                        bool need_grad) {
@@ -54,7 +55,7 @@ __global__ void __launch_bounds__(kThreads) dcd_kernel(const T* __restrict__ z_s
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int row0 = blockIdx.x * kDcdRows;
   const int n_blocks = gridDim.x;
-  const float scale = clamped_scale(expf(params[0]), max_scale), bias = params[1];  // params = (tau, bias)
+  const float scale = clamped_scale(expf(*tau), max_scale), bias = *bias_ptr;
   const float inv_b = 1.f / static_cast<float>(batch);
 
   for (int i = threadIdx.x; i < kDcdRows * dim; i += kThreads) {
@@ -198,10 +199,10 @@ __global__ void __launch_bounds__(kThreads) dcd_kernel(const T* __restrict__ z_s
 // block 0 also writes the loss, d tau (through the clamp of exp(tau)) and d bias.
 __global__ void __launch_bounds__(kThreads) dcd_finish_kernel(
     const float* __restrict__ stats, const float* __restrict__ local, const float* __restrict__ part,
-    const float* __restrict__ params, int n_blocks, int batch, int dim, float max_scale, float alpha,
+    const float* __restrict__ tau, int n_blocks, int batch, int dim, float max_scale, float alpha,
     float* __restrict__ loss, float* __restrict__ dzs, float* __restrict__ dzt, float* __restrict__ dtau,
     float* __restrict__ dbias) {
-  const float e = expf(params[0]);
+  const float e = expf(*tau);
   if (blockIdx.x == 0 && threadIdx.x < 32) {
     float v[4] = {0.f, 0.f, 0.f, 0.f};
     for (int p = threadIdx.x; p < n_blocks; p += 32) {
@@ -234,14 +235,15 @@ __global__ void __launch_bounds__(kThreads) dcd_finish_kernel(
 }
 
 template <typename T>
-void launch(const void* z_s, const void* z_t, int batch, int dim, const float* params, float max_scale, float alpha,
-            float* stats, float* local, float* part, bool need_grad, cudaStream_t stream) {
+void launch(const void* z_s, const void* z_t, int batch, int dim, const float* tau, const float* bias,
+            float max_scale, float alpha, float* stats, float* local, float* part, bool need_grad,
+            cudaStream_t stream) {
   auto kernel = dcd_kernel<T>;
   const size_t smem = static_cast<size_t>(dcd_shared_memory_bytes(batch, dim));
   reserve_shared_memory(kernel, smem, "dcd_loss");
   const int blocks = (batch + kDcdRows - 1) / kDcdRows;
   kernel<<<blocks, kThreads, smem, stream>>>(static_cast<const T*>(z_s), static_cast<const T*>(z_t), batch, dim,
-                                             params, max_scale, alpha, stats, local, part, need_grad);
+                                             tau, bias, max_scale, alpha, stats, local, part, need_grad);
 }
 
 }  // namespace
@@ -250,7 +252,7 @@ int64_t dcd_shared_memory_bytes(int64_t batch, int64_t dim) {
   return (2 * kDcdRows * batch + 2 * kDcdRows * dim + kWarps * 4) * static_cast<int64_t>(sizeof(float));
 }
 
-void dcd_loss(uintptr_t z_s, uintptr_t z_t, int z_dtype, int64_t batch, int64_t dim, uintptr_t params,
+void dcd_loss(uintptr_t z_s, uintptr_t z_t, int z_dtype, int64_t batch, int64_t dim, uintptr_t tau, uintptr_t bias,
               float max_scale, float alpha, uintptr_t stats, uintptr_t local, uintptr_t part, uintptr_t loss,
               uintptr_t dzs, uintptr_t dzt, uintptr_t dtau, uintptr_t dbias, bool need_grad, uintptr_t stream) {
   if (batch == 0) return;
@@ -259,23 +261,24 @@ void dcd_loss(uintptr_t z_s, uintptr_t z_t, int z_dtype, int64_t batch, int64_t 
   }
   const void* zs = reinterpret_cast<const void*>(z_s);
   const void* zt = reinterpret_cast<const void*>(z_t);
-  const auto* pr = reinterpret_cast<const float*>(params);
+  const auto* ta = reinterpret_cast<const float*>(tau);
+  const auto* bi = reinterpret_cast<const float*>(bias);
   auto* st = reinterpret_cast<float*>(stats);
   auto* lo = reinterpret_cast<float*>(local);
   auto* pa = reinterpret_cast<float*>(part);
   auto s = reinterpret_cast<cudaStream_t>(stream);
   const int b = static_cast<int>(batch), d = static_cast<int>(dim);
   switch (z_dtype) {
-    case kFloat32: launch<float>(zs, zt, b, d, pr, max_scale, alpha, st, lo, pa, need_grad, s); break;
-    case kBFloat16: launch<__nv_bfloat16>(zs, zt, b, d, pr, max_scale, alpha, st, lo, pa, need_grad, s); break;
-    case kFloat16: launch<__half>(zs, zt, b, d, pr, max_scale, alpha, st, lo, pa, need_grad, s); break;
+    case kFloat32: launch<float>(zs, zt, b, d, ta, bi, max_scale, alpha, st, lo, pa, need_grad, s); break;
+    case kBFloat16: launch<__nv_bfloat16>(zs, zt, b, d, ta, bi, max_scale, alpha, st, lo, pa, need_grad, s); break;
+    case kFloat16: launch<__half>(zs, zt, b, d, ta, bi, max_scale, alpha, st, lo, pa, need_grad, s); break;
     default: throw bad_dtype("z_s", z_dtype);
   }
   check_launch("dcd_loss");
   const int blocks = (b + kDcdRows - 1) / kDcdRows;
   auto out = [](uintptr_t p) { return reinterpret_cast<float*>(p); };
   dcd_finish_kernel<<<need_grad ? b : 1, kThreads, 0, s>>>(
-      st, lo, pa, pr, blocks, b, d, max_scale, alpha, out(loss), need_grad ? out(dzs) : nullptr,
+      st, lo, pa, ta, blocks, b, d, max_scale, alpha, out(loss), need_grad ? out(dzs) : nullptr,
       need_grad ? out(dzt) : nullptr, need_grad ? out(dtau) : nullptr, need_grad ? out(dbias) : nullptr);
   check_launch("dcd_finish");
 }

@@ -137,6 +137,16 @@ def cuda_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
+def multiprocessor_count(device: torch.device) -> int:
+    """The SM count of CUDA ``device``, asked once per device: the split heuristics
+    run on every call, and torch's property lookup costs microseconds of host time
+    in ops whose kernels run in tens of them."""
+    key = f"sms:{cuda_index(device)}"
+    if key not in _probes:
+        _probes[key] = torch.cuda.get_device_properties(cuda_index(device)).multi_processor_count
+    return _probes[key]
+
+
 def _device_capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 

@@ -316,6 +316,35 @@ def test_benchmark_shape_matches_float64(backend, strategy, epilogue, request):
         _check(backend, strategy, epilogue, query, bank, idx, 1e-5, 1e-4, grad_tol=(1e-4, 1e-3))
 
 
+# What the failing benchmark shape combines, one condition at a time: many 32-row bank
+# tiles in one program (the tile loop carries the CSR bounds from tile to tile) and
+# more than ENTRY_CHUNK = 8 entries of a row in one tile (the counting loop runs twice
+# or more). At B = 64, N = 50 000 the GPU gives a program ~24 tiles; K = 1024 (~0.7
+# entries a tile, one counting step) matched, K = 4096 (~2.6 a tile, so a second step
+# in a few percent of tiles) and 16 384 (~10) did not; ImageNet's N (0.4 a tile) matched.
+DENSE_LOOP_CASES = {
+    "many-entries-one-tile-a-program": ((32, 2048, 256, 128), None),   # ~256 entries a tile
+    "many-entries-all-tiles-in-one-program": ((32, 2048, 256, 128), 1),
+    "few-entries-all-tiles-in-one-program": ((32, 256, 20_000, 128), 1),  # ~0.4 entries a tile
+}
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="isolates a GPU-only error (the interpreter matches float64)")
+@pytest.mark.parametrize("case", list(DENSE_LOOP_CASES))
+@pytest.mark.parametrize("epilogue", ["nce", "softmax"])
+def test_triton_dense_loops_match_float64(case, epilogue, monkeypatch):
+    """The Triton dense kernel's two loops, each driven hard on its own and together."""
+    if "triton" not in available_backends(DEVICE, "bank_contrast"):
+        pytest.skip("no Triton")
+    shape, splits = DENSE_LOOP_CASES[case]
+    if splits is not None:
+        triton_dense = importlib.import_module("rdkernels.ops.bank_contrast.triton_dense")
+        monkeypatch.setattr(triton_dense, "dense_splits", lambda m_blocks, n_tiles, device: (1, n_tiles))
+    query, bank, idx = _inputs(*shape)
+    with pytest.warns(RuntimeWarning, match="Triton dense"):
+        _check("triton", "dense", epilogue, query, bank, idx, 1e-5, 1e-4, grad_tol=(1e-4, 1e-3))
+
+
 def test_auto_keeps_the_triton_backend_off_dense_on_a_gpu(monkeypatch):
     """Where the cost model would pick dense, a CUDA query under the Triton backend gets
     gather (the Triton dense kernel's GPU gradient is suspect); CPU tensors (the

@@ -108,3 +108,18 @@ def test_the_shared_memory_check_traces_into_a_fullgraph_compile(on_gpu_with, li
 
     assert pick(torch.ones(3)).tolist() == [expected] * 3
     torch._dynamo.reset()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_kernels_launch_on_the_callers_stream():
+    t = torch.zeros(1, device="cuda")
+    side = torch.cuda.Stream()
+    assert _cuda_common.stream_of(t) == torch.cuda.current_stream().cuda_stream
+    with torch.cuda.stream(side):
+        assert _cuda_common.stream_of(t) == side.cuda_stream != torch.cuda.default_stream().cuda_stream
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_the_sm_count_is_the_devices():
+    device = torch.device("cuda")
+    assert _backend.multiprocessor_count(device) == torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count

@@ -3,7 +3,8 @@
 Without a GPU the extension cannot run a kernel, so a stand-in takes its place
 and checks every call against csrc: the argument count of the binding
 (bindings.cpp), the Python type each C++ parameter takes (headers), that each
-pointer is 0 or a tensor's data_ptr, and that the tensor has the dtype the
+pointer is 0 or points into a tensor (its data_ptr, or an element of it: the
+wrappers carve several buffers out of one allocation), and that the tensor has the dtype the
 kernel reads it as: the one its dtype code names, int32 for the CSR, done
 flags and iteration counts, float32 for everything else. A swapped or missing
 argument fails here, in CI, instead of as garbage on the next GPU run.
@@ -48,11 +49,20 @@ def _signatures() -> dict:
 class _StandIn:
     """Records the calls; each one checked as described in the module docstring."""
 
-    def __init__(self, pointers: dict):
+    def __init__(self, pointers: list):
         self.sigs, self.pointers, self.calls = _signatures(), pointers, []
         dense = (CSRC / "bank_contrast.cu").read_text()
         self.consts = {f"dense_{k}": int(re.search(rf"constexpr int {c} = (\d+);", dense).group(1))
                        for k, c in (("block_m", "kBM"), ("block_n", "kBN"), ("max_dim", "kDenseMaxDim"))}
+
+    def _owner(self, ptr: int):
+        """The dtype of the tensor ``ptr`` points into, at an element boundary, or None; the
+        newest such tensor, since the allocator reuses the memory of freed ones."""
+        for base, dtype, nbytes in reversed(self.pointers):
+            size = torch.empty(0, dtype=dtype).element_size()
+            if base <= ptr < base + max(nbytes, 1) and (ptr - base) % size == 0:
+                return dtype
+        return None
 
     def __getattr__(self, name):
         if name in self.consts:
@@ -70,24 +80,25 @@ class _StandIn:
             for (ctype, pname), value in zip(params, args):
                 if ctype != "uintptr_t" or pname == "stream" or value == 0:
                     continue
-                assert value in self.pointers, f"{name}({pname}): not a tensor's data_ptr"
+                owner = self._owner(value)
+                assert owner is not None, f"{name}({pname}): not a pointer into a tensor"
                 code = values.get(SHARED_CODES.get(pname, f"{pname}_dtype"))
                 want = (code if code is not None else
                         _DTYPE_CODES[torch.int32 if pname in INT32_POINTERS else torch.float32])
-                got = _DTYPE_CODES.get(self.pointers[value])
-                assert got == want, f"{name}({pname}): a {self.pointers[value]} tensor, dtype code {want} expected"
+                got = _DTYPE_CODES.get(owner)
+                assert got == want, f"{name}({pname}): a {owner} tensor, dtype code {want} expected"
             self.calls.append((name, values))
         return call
 
 
 @pytest.fixture
 def ext(monkeypatch):
-    pointers = {}
+    pointers = []
     data_ptr = torch.Tensor.data_ptr
 
     def recording_data_ptr(t):
         ptr = data_ptr(t)
-        pointers[ptr] = t.dtype
+        pointers.append((ptr, t.dtype, t.numel() * t.element_size()))
         return ptr
 
     monkeypatch.setattr(torch.Tensor, "data_ptr", recording_data_ptr)
@@ -133,7 +144,7 @@ def test_dcd_and_shared_bank_calls(ext, dtype, need_grad):
     dcd = importlib.import_module("rdkernels.ops.dcd.cuda")
     sbc = importlib.import_module("rdkernels.ops.shared_bank_contrast.cuda")
     z_s, z_t = torch.randn(20, 48).to(dtype), torch.randn(20, 48).to(dtype)
-    dcd.dcd_cuda(z_s, z_t, torch.tensor([1.0, 0.0]), 10.0, 0.5, need_grad)
+    dcd.dcd_cuda(z_s, z_t, torch.tensor([1.0]), torch.tensor(0.0), 10.0, 0.5, need_grad)
     sbc.shared_bank_contrast_cuda(z_s, z_t, torch.randn(64, 48).to(torch.bfloat16), 0.02, 0.1, need_grad)
     (_, dcd_args), (_, sbc_args) = ext.calls
     assert (dcd_args["dzs"] != 0) == need_grad and (sbc_args["dq"] != 0) == need_grad

@@ -5,6 +5,8 @@ import functools
 
 import torch
 
+from rdkernels.backend import cuda_index
+
 # Must match rdk::DType in csrc/common.cuh.
 _DTYPE_CODES = {
     torch.float32: 0,
@@ -19,9 +21,16 @@ def dtype_code(t: torch.Tensor) -> int:
     return _DTYPE_CODES[t.dtype]
 
 
+# torch's own raw-stream query (what Triton's launcher calls): an int, where
+# torch.cuda.current_stream builds a Stream object first. CPU builds lack it.
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
 def stream_of(t: torch.Tensor) -> int:
     """The raw cudaStream_t of the current stream on ``t``'s device."""
-    return torch.cuda.current_stream(t.device).cuda_stream
+    if _raw_stream is None:
+        return torch.cuda.current_stream(t.device).cuda_stream
+    return _raw_stream(cuda_index(t.device))
 
 
 @functools.lru_cache(maxsize=None)
@@ -36,7 +45,6 @@ def shared_memory_shortfall(device: torch.device, needed: int) -> str | None:
     ``device``, or None if it can. The opt-in limit is 99 KB on sm_86/sm_89/sm_120
     (RTX 30/40, A10, L4, L40S), 163 KB on sm_80 and 227 KB on sm_90, so a shape an
     H100 takes may not fit on a workstation GPU; asked once per device."""
-    from rdkernels.backend import cuda_index
     limit = _shared_memory_limit(cuda_index(device))
     if needed <= limit:
         return None

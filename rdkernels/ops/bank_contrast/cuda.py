@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from rdkernels.backend import cuda_extension
+from rdkernels.backend import cuda_extension, multiprocessor_count
 from rdkernels.ops._cuda_common import dtype_code, kernel_shortfall, stream_of
 from rdkernels.ops.bank_contrast.csr import build_csr
 from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, dense_splits
@@ -30,7 +30,7 @@ _GATHER_THREADS = 128
 
 def _gather_splits(batch: int, n_cols: int, device: torch.device) -> tuple[int, int]:
     """(splits, columns per split): enough blocks for 4 per SM, >= 64 columns each."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = multiprocessor_count(device)
     want = max(1, min(-(-n_cols // 64), -(-4 * sms // batch)))
     cols = -(-n_cols // want)
     return -(-n_cols // cols), cols

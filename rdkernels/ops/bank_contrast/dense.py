@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import torch
 
+from rdkernels.backend import multiprocessor_count
 from rdkernels.ops.bank_contrast.reference import nce_constants
 
 __all__ = ["bank_contrast_loss_dense_torch", "bank_scores_dense_torch", "bank_scores_backward_dense_torch",
@@ -151,7 +152,7 @@ def dense_splits(m_blocks: int, n_tiles: int, device: torch.device) -> tuple[int
     about two programs per SM; under the interpreter a few, which still
     exercises the split merge."""
     if device.type == "cuda":
-        programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+        programs = 2 * multiprocessor_count(device)
         want = max(1, min(n_tiles, -(-programs // m_blocks)))
     else:
         want = min(n_tiles, 3)

@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rdkernels.backend import multiprocessor_count
 from rdkernels.ops.bank_contrast.partials import EPILOGUE_CODES as _EPILOGUES
 from rdkernels.ops.bank_contrast.partials import NCE, SCORES, SCORES_BWD, SOFTMAX, gather_buffers
 from rdkernels.ops.bank_contrast.reference import nce_constants
@@ -109,7 +110,7 @@ def _splits(batch: int, n_cols: int, block_k: int, device: torch.device) -> tupl
     """(number of column splits, columns per split, a multiple of BLOCK_K)."""
     tiles = triton.cdiv(n_cols, block_k)
     if device.type == "cuda":
-        programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        programs = 4 * multiprocessor_count(device)
         want = max(1, min(tiles, triton.cdiv(programs, batch)))
     else:  # interpreter: few programs, but still exercise the split combine
         want = min(tiles, 3)

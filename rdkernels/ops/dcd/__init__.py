@@ -17,6 +17,7 @@ import torch
 from rdkernels import backend as _backend
 from rdkernels._validation import FLOAT_DTYPES, as_real, check_dim, check_non_negative, check_tensor
 from rdkernels.ops._eager import eager_or_compiled, op_body
+from rdkernels.ops.dcd.buffers import split_grads
 from rdkernels.ops.dcd.reference import dcd_fwd_reference, dcd_reference
 
 __all__ = ["dcd_loss", "dcd_reference", "validate_dcd", "check_dcd_scalars"]
@@ -77,23 +78,21 @@ def check_dcd_scalars(alpha, max_scale) -> None:
 
 @op_body
 def _dcd_impl(z_s: torch.Tensor, z_t: torch.Tensor, tau: torch.Tensor, bias: torch.Tensor, alpha: float,
-            max_scale: float, need_grad: bool, backend: str
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+              max_scale: float, need_grad: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, grads): grads flat fp32 [dz_s | dz_t | d tau | d bias] (buffers.py), empty
+    without need_grad, so that backward scales all four with one multiply."""
     if backend == "torch":
-        out = dcd_fwd_reference(z_s, z_t, tau, bias, alpha, max_scale, need_grad)
-        loss, rest = out[0].float(), [t.float() for t in out[1:]]
-        if need_grad:
-            rest[2] = rest[2].reshape(())
-            rest[3] = rest[3].reshape(())
-        return (loss, *rest)
-    # (tau, bias) as fp32 on the device: the kernels take scale = min(exp(tau), max_scale)
-    # and the chain rule through the clamp themselves, so a call is two launches.
-    params = torch.cat([tau.detach().reshape(1), bias.detach().reshape(1)]).float()
+        loss, *grads = dcd_fwd_reference(z_s, z_t, tau, bias, alpha, max_scale, need_grad)
+        flat = torch.cat([g.reshape(-1) for g in grads]) if need_grad else grads[0]
+        return loss.float(), flat.float()
+    # the kernels read tau and bias as fp32 scalars (scale = min(exp(tau), max_scale)) and
+    # apply the chain rule through the clamp themselves: a call is two launches
+    tau, bias = (t if t.dtype == torch.float32 else t.float() for t in (tau, bias))
     if backend == "cuda":
         from rdkernels.ops.dcd.cuda import dcd_cuda as run
     else:
         from rdkernels.ops.dcd.triton import dcd_triton as run
-    return run(z_s, z_t, params, max_scale, alpha, need_grad)
+    return run(z_s, z_t, tau, bias, max_scale, alpha, need_grad)
 
 
 _dcd_op = torch.library.custom_op("rdkernels::dcd_loss", _dcd_impl, mutates_args=())
@@ -102,27 +101,20 @@ _dcd_op = torch.library.custom_op("rdkernels::dcd_loss", _dcd_impl, mutates_args
 @_dcd_op.register_fake
 def _(z_s, z_t, tau, bias, alpha, max_scale, need_grad, backend):
     loss = z_s.new_empty((), dtype=torch.float32)
-    if need_grad:
-        return (loss, z_s.new_empty(z_s.shape, dtype=torch.float32), z_t.new_empty(z_t.shape, dtype=torch.float32),
-                loss.new_empty(()), loss.new_empty(()))
-    empty = z_s.new_empty(0, dtype=torch.float32)
-    return loss, empty, empty, empty, empty
+    return loss, z_s.new_empty(2 * z_s.numel() + 2 if need_grad else 0, dtype=torch.float32)
 
 
 def _setup_context(ctx, inputs, output):
-    z_s, z_t, tau, bias = inputs[:4]
-    ctx.meta = [(t.dtype, t.shape) for t in (z_s, z_t, tau, bias)]
+    ctx.meta = [(t.dtype, t.shape) for t in inputs[:4]]
     ctx.need_grad = inputs[6]
-    ctx.save_for_backward(*output[1:])
+    ctx.save_for_backward(output[1])
 
 
-def _backward(ctx, grad_loss, *unused):
+def _backward(ctx, grad_loss, unused):
     if not ctx.need_grad:
         raise RuntimeError("dcd_loss was called with need_grad=False; no gradient was computed")
-    grads = []
-    for g, (dtype, shape) in zip(ctx.saved_tensors, ctx.meta):
-        grads.append((grad_loss * g).reshape(shape).to(dtype))
-    return (*grads, None, None, None, None)
+    (grads,) = ctx.saved_tensors
+    return (*split_grads(grads * grad_loss, ctx.meta), None, None, None, None)
 
 
 _dcd_op.register_autograd(_backward, setup_context=_setup_context)

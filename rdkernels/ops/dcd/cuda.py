@@ -12,15 +12,20 @@ MAX_BATCH = 1024
 MAX_DIM = 256
 
 
-def dcd_cuda(z_s, z_t, params, max_scale: float, alpha: float, need_grad: bool):
-    """params: fp32 [2] = (tau, bias) on the device. Returns (loss, dz_s, dz_t,
-    d tau, d bias); the last four empty without need_grad."""
+def dcd_cuda(z_s, z_t, tau, bias, max_scale: float, alpha: float, need_grad: bool):
+    """tau, bias: one-element fp32 tensors on the device. Returns (loss, grads): grads
+    flat [dz_s | dz_t | d tau | d bias] (buffers.py), empty without need_grad."""
     batch, dim = z_s.shape
-    scratch, out = dcd_buffers(z_s, -(-batch // ROWS), need_grad)
-    ptr = lambda t: t.data_ptr() if need_grad else 0  # noqa: E731
+    buf = dcd_buffers(z_s, -(-batch // ROWS), need_grad)
+    # raw pointers into the two flat buffers (4 bytes a float): no view tensors to build
+    # (0: the gradient's buffers, which a call without it neither has nor touches)
+    scratch, bd = buf.scratch.data_ptr(), batch * dim
+    local, part = (scratch + 4 * buf.local_at, scratch + 4 * buf.part_at) if need_grad else (0, 0)
+    g = buf.grads.data_ptr() if need_grad else 0
     cuda_extension().dcd_loss(
-        z_s.data_ptr(), z_t.data_ptr(), dtype_code(z_s), batch, dim, params.data_ptr(), float(max_scale),
-        float(alpha), scratch["stats"].data_ptr(), scratch["local"].data_ptr(), scratch["part"].data_ptr(),
-        out[0].data_ptr(), ptr(out[1]), ptr(out[2]), ptr(out[3]), ptr(out[4]), bool(need_grad), stream_of(z_s),
+        z_s.data_ptr(), z_t.data_ptr(), dtype_code(z_s), batch, dim, tau.data_ptr(), bias.data_ptr(),
+        float(max_scale), float(alpha), scratch, local, part,
+        buf.loss.data_ptr(), g, g and g + 4 * bd, g and g + 8 * bd, g and g + 8 * bd + 4, bool(need_grad),
+        stream_of(z_s),
     )
-    return out
+    return buf.loss, buf.grads

@@ -41,17 +41,17 @@ BLOCK = 16
 
 @triton.jit
 def dcd_kernel(
-    zs_ptr, zt_ptr, params_ptr, stats_ptr, scratch_ptr, local_ptr, part_ptr,
+    zs_ptr, zt_ptr, tau_ptr, bias_ptr, stats_ptr, scratch_ptr, local_ptr, part_ptr,
     batch, dim, scratch_ld, stride_zs, stride_zt, inv_batch, alpha, max_scale,
     BLOCK: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
     NEED_GRAD: tl.constexpr, DOT_PRECISION: tl.constexpr, GRAD_PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
-    # params = (tau, bias); a NaN tau must give a NaN loss as torch.clamp does, but
-    # the default tl.minimum returns the other operand for a NaN one
-    scale = tl.minimum(tl.exp(tl.load(params_ptr)), max_scale, propagate_nan=tl.PropagateNan.ALL)
-    bias = tl.load(params_ptr + 1)
+    # a NaN tau must give a NaN loss as torch.clamp does, but the default
+    # tl.minimum returns the other operand for a NaN one
+    scale = tl.minimum(tl.exp(tl.load(tau_ptr)), max_scale, propagate_nan=tl.PropagateNan.ALL)
+    bias = tl.load(bias_ptr)
 
     rows = pid * BLOCK + tl.arange(0, BLOCK)            # y in J
     xr = tl.arange(0, BLOCK_X)
@@ -173,13 +173,13 @@ def dcd_kernel(
 
 
 @triton.jit
-def dcd_finish_kernel(stats_ptr, local_ptr, part_ptr, params_ptr, loss_ptr, dzs_ptr, dzt_ptr, dtau_ptr, dbias_ptr,
+def dcd_finish_kernel(stats_ptr, local_ptr, part_ptr, tau_ptr, loss_ptr, dzs_ptr, dzt_ptr, dtau_ptr, dbias_ptr,
                       n_prog, batch, dim, inv_batch, alpha, max_scale,
                       NEED_GRAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
     """Program b: dz_s[b], dz_t[b] = (local + the programs' parts) * scale; program 0
     also the loss, d tau (torch.clamp passes the gradient inside [0, max]) and d bias."""
     b = tl.program_id(0)
-    e = tl.exp(tl.load(params_ptr))
+    e = tl.exp(tl.load(tau_ptr))
     if b == 0:
         ce = 0.0
         kl = 0.0
@@ -225,18 +225,18 @@ def launch_config(batch: int, dim: int, device: torch.device) -> dict:
                 num_warps=4 if block_d <= 64 else 8, num_stages=1)
 
 
-def dcd_triton(z_s, z_t, params, max_scale: float, alpha: float, need_grad: bool):
-    """params: fp32 [2] = (tau, bias) on the device. Returns (loss, dz_s, dz_t,
-    d tau, d bias) -- the last four empty without need_grad."""
+def dcd_triton(z_s, z_t, tau, bias, max_scale: float, alpha: float, need_grad: bool):
+    """tau, bias: one-element fp32 tensors on the device. Returns (loss, grads): grads
+    flat [dz_s | dz_t | d tau | d bias] (buffers.py), empty without need_grad."""
     batch, dim = z_s.shape
     cfg = launch_config(batch, dim, z_s.device)
     n_prog = triton.cdiv(batch, cfg["BLOCK"])
     scratch_ld = triton.cdiv(batch, cfg["BLOCK_X"]) * cfg["BLOCK_X"]
-    dev = z_s.device
-    bufs, out = dcd_buffers(z_s, n_prog, need_grad)
-    stats, local, part = bufs["stats"], bufs["local"], bufs["part"]
-    scratch = torch.empty(n_prog, 2, cfg["BLOCK"], scratch_ld, device=dev, dtype=torch.float32)
-    exact = triton_interpreter_enabled() or dev.type != "cuda"
+    # the logit strips' scratch [n_prog, 2, BLOCK, scratch_ld] rides in the same allocation
+    buf = dcd_buffers(z_s, n_prog, need_grad, extra=n_prog * 2 * cfg["BLOCK"] * scratch_ld)
+    stats, strips = buf.scratch, buf.scratch[buf.extra_at:]
+    local, part = (buf.scratch[buf.local_at:], buf.scratch[buf.part_at:]) if need_grad else (stats, stats)
+    exact = triton_interpreter_enabled() or z_s.device.type != "cuda"
     # GPU: 3xTF32 for the logits (scale up to 10 magnifies their error); the
     # interpreter computes every dot in exact fp32.
     # The gradient is a difference of two probability-weighted sums that nearly
@@ -244,15 +244,17 @@ def dcd_triton(z_s, z_t, params, max_scale: float, alpha: float, need_grad: bool
     # H100): the gradient products run in exact fp32 ("ieee"); the logits in 3xTF32.
     precision, grad_precision = ("ieee", "ieee") if exact else ("tf32x3", "ieee")
     dcd_kernel[(n_prog,)](
-        z_s, z_t, params, stats, scratch, local, part,
+        z_s, z_t, tau, bias, stats, strips, local, part,
         batch, dim, scratch_ld, z_s.stride(0), z_t.stride(0), 1.0 / batch, float(alpha), float(max_scale),
         NEED_GRAD=need_grad, DOT_PRECISION=precision, GRAD_PRECISION=grad_precision, **cfg,
     )
-    outs = out if need_grad else (out[0],) * 5  # placeholders the kernel never writes
+    g, bd = buf.grads, batch * dim
+    # (without the gradient the kernel writes only the loss: the other pointers are placeholders)
+    grads = (g, g[bd:], g[2 * bd:], g[2 * bd + 1:]) if need_grad else (buf.loss,) * 4
     dcd_finish_kernel[(batch if need_grad else 1,)](
-        stats, local, part, params, *outs, n_prog, batch, dim, 1.0 / batch, float(alpha), float(max_scale),
-        NEED_GRAD=need_grad, BLOCK_P=FINISH_BLOCK_P, BLOCK_D=cfg["BLOCK_D"], num_warps=4)
-    return out
+        stats, local, part, tau, buf.loss, *grads, n_prog, batch, dim, 1.0 / batch, float(alpha),
+        float(max_scale), NEED_GRAD=need_grad, BLOCK_P=FINISH_BLOCK_P, BLOCK_D=cfg["BLOCK_D"], num_warps=4)
+    return buf.loss, buf.grads
 
 
 _DTYPE_STR = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -268,7 +270,8 @@ def aot_variants() -> list[dict]:
         for name in _DTYPE_STR.values():
             for need_grad in (True, False):
                 signature = {
-                    "zs_ptr": f"*{name}", "zt_ptr": f"*{name}", "params_ptr": "*fp32", "stats_ptr": "*fp32",
+                    "zs_ptr": f"*{name}", "zt_ptr": f"*{name}", "tau_ptr": "*fp32", "bias_ptr": "*fp32",
+                    "stats_ptr": "*fp32",
                     "scratch_ptr": "*fp32", "local_ptr": "*fp32", "part_ptr": "*fp32",
                     "batch": "i32", "dim": "i32", "scratch_ld": "i32", "stride_zs": "i32", "stride_zt": "i32",
                     "inv_batch": "fp32", "alpha": "fp32", "max_scale": "fp32",
@@ -279,7 +282,7 @@ def aot_variants() -> list[dict]:
                             "signature": signature, "constexprs": constexprs,
                             "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
         for need_grad in (True, False):
-            signature = {k: "*fp32" for k in ("stats_ptr", "local_ptr", "part_ptr", "params_ptr", "loss_ptr",
+            signature = {k: "*fp32" for k in ("stats_ptr", "local_ptr", "part_ptr", "tau_ptr", "loss_ptr",
                                               "dzs_ptr", "dzt_ptr", "dtau_ptr", "dbias_ptr")}
             signature.update(n_prog="i32", batch="i32", dim="i32", inv_batch="fp32", alpha="fp32", max_scale="fp32")
             out.append({"name": f"dcd_finish_d{dim}_{'grad' if need_grad else 'fwd'}", "kernel": dcd_finish_kernel,

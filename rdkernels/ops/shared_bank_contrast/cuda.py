@@ -2,11 +2,9 @@
 per-split kernel and the kernel that merges the splits into loss and dq_s."""
 from __future__ import annotations
 
-import torch
-
 from rdkernels.backend import cuda_extension
 from rdkernels.ops._cuda_common import dtype_code, stream_of
-from rdkernels.ops.shared_bank_contrast.splits import LOG2E, num_splits_cuda
+from rdkernels.ops.shared_bank_contrast.splits import LOG2E, num_splits_cuda, split_buffers
 
 # Must match kSbcRowsPerBlock / kSbcTile / kSbcMaxDim in csrc/shared_bank_contrast.h.
 ROWS_PER_BLOCK = 16
@@ -18,15 +16,12 @@ def shared_bank_contrast_cuda(q_s, q_t, queue, tau_s: float, tau_t: float, need_
     batch, dim = q_s.shape
     n_rows = queue.shape[0]
     splits, rows_per_split = num_splits_cuda(batch, n_rows, ROWS_PER_BLOCK, TILE, q_s.device)
-    f32 = dict(device=q_s.device, dtype=torch.float32)
-    stats = torch.empty(5, splits, batch, **f32)
-    acc = torch.empty(2, splits, batch, dim, **f32) if need_grad else stats
-    loss = torch.empty(batch, **f32)
-    dq = torch.empty(batch, dim, **f32) if need_grad else loss.new_empty(0)
+    scratch, acc_at, loss, dq = split_buffers(batch, dim, splits, need_grad, q_s.device)
+    stats = scratch.data_ptr()
     cuda_extension().shared_bank_contrast(
         q_s.data_ptr(), q_t.data_ptr(), dtype_code(q_s), queue.data_ptr(), dtype_code(queue),
         batch, n_rows, dim, splits, rows_per_split, LOG2E / tau_s, LOG2E / tau_t, 1.0 / tau_s,
-        stats.data_ptr(), acc.data_ptr(), loss.data_ptr(), dq.data_ptr() if need_grad else 0, bool(need_grad),
+        stats, stats + 4 * acc_at if need_grad else stats, loss.data_ptr(), dq.data_ptr() if need_grad else 0, bool(need_grad),
         stream_of(q_s),
     )
     return loss, dq

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from rdkernels.backend import multiprocessor_count
+
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
@@ -16,8 +18,20 @@ def num_splits_cuda(batch: int, n_rows: int, rows_per_block: int, tile: int, dev
     """(splits, queue rows per split) so that about two blocks per SM are busy."""
     row_blocks = -(-batch // rows_per_block)
     n_tiles = -(-n_rows // tile)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = multiprocessor_count(device)
     want = max(1, min(n_tiles, -(-2 * sms // row_blocks)))
     tiles_per_split = -(-n_tiles // want)
     splits = -(-n_tiles // tiles_per_split)
     return splits, tiles_per_split * tile
+
+
+def split_buffers(batch: int, dim: int, splits: int, need_grad: bool, device: torch.device):
+    """(scratch, acc_at, loss, dq): the splits' statistics stats[5, splits, B] at the
+    start of ``scratch`` and, with the gradient, acc[2, splits, B, d] from element
+    ``acc_at`` on (one allocation: the op is host-bound at RRD's sizes); the
+    outputs loss[B] and dq[B, d] (empty without the gradient), all fp32."""
+    f32 = dict(device=device, dtype=torch.float32)
+    acc_at = -(-5 * splits * batch // 64) * 64   # 256-byte aligned
+    scratch = torch.empty(acc_at + 2 * splits * batch * dim if need_grad else 5 * splits * batch, **f32)
+    return scratch, acc_at, torch.empty(batch, **f32), torch.empty(batch, dim, **f32) if need_grad else \
+        torch.empty(0, **f32)

@@ -38,9 +38,9 @@ import torch
 import triton
 import triton.language as tl
 
-from rdkernels.backend import triton_interpreter_enabled
+from rdkernels.backend import multiprocessor_count, triton_interpreter_enabled
 from rdkernels.ops._autotune import TunedKernel
-from rdkernels.ops.shared_bank_contrast.splits import LN2, LOG2E
+from rdkernels.ops.shared_bank_contrast.splits import LN2, LOG2E, split_buffers
 
 _LN2 = tl.constexpr(LN2)  # kernel-visible (compiled code reads only constexpr globals)
 MAX_DIM = 128  # wider embeddings: the CUDA kernel (d <= 512) or torch
@@ -219,7 +219,7 @@ contrast_kernel = TunedKernel(shared_bank_contrast_kernel, CANDIDATES, key=["bat
 def _num_splits(batch: int, n_rows: int, align: int, device: torch.device) -> int:
     """Splits of the queue: about two programs per SM at 16 query rows per program."""
     if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        sms = multiprocessor_count(device)
         want = triton.cdiv(2 * sms, triton.cdiv(batch, 16))
     else:  # interpreter: few programs, but still exercise the split merge
         want = 2
@@ -239,8 +239,8 @@ def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, nee
     splits = max(1, min(splits, triton.cdiv(n_rows, align)))
     rows_per_split = triton.cdiv(triton.cdiv(n_rows, splits), align) * align
     splits = triton.cdiv(n_rows, rows_per_split)  # no empty split
-    stats = torch.empty(5, splits, batch, device=dev, dtype=torch.float32)
-    acc = torch.empty(2, splits, batch, dim, device=dev, dtype=torch.float32) if need_grad else stats
+    stats, acc_at, loss, dq = split_buffers(batch, dim, splits, need_grad, dev)
+    acc = stats[acc_at:] if need_grad else stats
     # The logit dots run in 3xTF32 on the GPU: TF32 alone errs by ~5e-4 in q.Q,
     # which a temperature of 0.02 magnifies fifty-fold in the exponent. The
     # interpreter's dots are exact fp32 whatever the precision says.
@@ -254,8 +254,6 @@ def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, nee
         config=config, fallback=None if on_gpu else INTERPRETER_CONFIG,
         BLOCK_D=block_d, NEED_GRAD=need_grad, DOT_PRECISION="tf32x3" if on_gpu else "ieee",
     )
-    loss = torch.empty(batch, device=dev, dtype=torch.float32)
-    dq = torch.empty(batch, dim, device=dev, dtype=torch.float32) if need_grad else loss.new_empty(0)
     shared_bank_merge_kernel[(batch,)](stats, acc, loss, dq if need_grad else loss, batch, splits, dim, 1.0 / tau_s,
                                        NEED_GRAD=need_grad, BLOCK_S=MERGE_BLOCK_S, BLOCK_D=block_d,
                                        num_warps=4)
