@@ -15,6 +15,11 @@ import torch.nn.functional as F
 NCE_EPS = 1e-7  # RepDistiller's module constant
 
 
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """RepDistiller's Normalize(2) (models/util.py), with its projection heads."""
+    return x.div(x.pow(2).sum(1, keepdim=True).pow(1.0 / 2))
+
+
 def bank_update_(memory: torch.Tensor, y: torch.Tensor, v: torch.Tensor, momentum: float) -> torch.Tensor:
     """RepDistiller ContrastMemory's update: gather, mix, renormalise, index_copy_."""
     with torch.no_grad():

@@ -181,8 +181,8 @@ class CRDLoss(nn.Module):
         check_bank_options(bank_dtype, backend, strategy)
         self.s_dim, self.t_dim, self.n_data, self.nce_k = s_dim, t_dim, n_data, nce_k
         self.backend, self.strategy = backend, strategy
-        self.embed_s = Embed(s_dim, feat_dim)
-        self.embed_t = Embed(t_dim, feat_dim)
+        self.embed_s = Embed(s_dim, feat_dim, fused=True)
+        self.embed_t = Embed(t_dim, feat_dim, fused=True)
         self.contrast = ContrastMemory(feat_dim, n_data, nce_k, nce_t, nce_m, bank_dtype,
                                        z_momentum=z_momentum, sync_banks=sync_banks, process_group=process_group)
 
@@ -197,8 +197,8 @@ class CRDLoss(nn.Module):
         idx, contrast_idx = self._validate(f_s, f_t, idx, contrast_idx)
         if contrast_idx is None:
             contrast_idx = sample_uniform(idx, self.nce_k, self.n_data)
-        v_s = self.embed_s(f_s)
-        v_t = self.embed_t(f_t)
+        v_s = self.embed_s(f_s, backend=self.backend)
+        v_t = self.embed_t(f_t, backend=self.backend)
         # Eagerly, _validate checked every index with one sync. Under torch.compile
         # that check is skipped and the ops make it inside their opaque bodies.
         return self.contrast(v_s, v_t, idx, contrast_idx, backend=self.backend, strategy=self.strategy,

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rdkernels._validation import FLOAT_DTYPES, check_dim, check_finite, check_positive_int, check_tensor
 from rdkernels.losses._inputs import check_fits_projection
 from rdkernels.ops.dcd import check_dcd_scalars, dcd_loss
+from rdkernels.ops.l2_normalize import l2_normalize
 
 
 def _check_features(name: str, f: torch.Tensor, width: int, what: str) -> None:
@@ -30,7 +30,8 @@ def _check_pair(f_s: torch.Tensor, f_t: torch.Tensor, s_dim: int, t_dim: int,
 
 
 def _embed(linear: nn.Linear, f: torch.Tensor) -> torch.Tensor:
-    return F.normalize(linear(f.reshape(f.shape[0], -1)), dim=1)
+    """``F.normalize(linear(f), dim=1)`` (eps 1e-12), normalised by the fused op."""
+    return l2_normalize(linear(f.reshape(f.shape[0], -1)), eps=1e-12)
 
 
 class DCDLoss(nn.Module):

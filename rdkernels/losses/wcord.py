@@ -174,8 +174,8 @@ class WCoRDLoss(nn.Module):
         self.lambda_global, self.lambda_local, self.gp_weight = lambda_global, lambda_local, gp_weight
         self.eps, self.iters, self.cost, self.tol = eps, iters, cost, tol
         self.backend, self.check_costs = backend, bool(check_costs)
-        self.embed_s = Embed(s_dim, feat_dim)
-        self.embed_t = Embed(t_dim, feat_dim)
+        self.embed_s = Embed(s_dim, feat_dim, fused=True)
+        self.embed_t = Embed(t_dim, feat_dim, fused=True)
         self.memory_s = MemoryBank(n_data, feat_dim, momentum=nce_m, dtype=bank_dtype)  # scored by v_t
         self.memory_t = MemoryBank(n_data, feat_dim, momentum=nce_m, dtype=bank_dtype)  # scored by v_s
 
@@ -189,8 +189,8 @@ class WCoRDLoss(nn.Module):
         idx, contrast_idx = self._validate(f_s, f_t, idx, contrast_idx)
         if contrast_idx is None:
             contrast_idx = self.memory_s.sample(idx, self.nce_k, check_indices=False)  # idx checked above
-        v_s = self.embed_s(f_s)
-        v_t = self.embed_t(f_t)
+        v_s = self.embed_s(f_s, backend=self.backend)
+        v_t = self.embed_t(f_t, backend=self.backend)
         loss = v_s.new_zeros((), dtype=torch.float32)
         if self.lambda_global:
             # Eagerly, _validate checked every index with one sync; under torch.compile

@@ -2,8 +2,9 @@
 from rdkernels.ops.bank_contrast import bank_contrast, estimate_nce_z
 from rdkernels.ops.bank_update import bank_update_
 from rdkernels.ops.dcd import dcd_loss
+from rdkernels.ops.l2_normalize import l2_normalize
 from rdkernels.ops.shared_bank_contrast import shared_bank_contrast
 from rdkernels.ops.sinkhorn import SinkhornResult, sinkhorn
 
-__all__ = ["bank_contrast", "estimate_nce_z", "bank_update_", "dcd_loss", "shared_bank_contrast",
+__all__ = ["bank_contrast", "estimate_nce_z", "bank_update_", "dcd_loss", "l2_normalize", "shared_bank_contrast",
            "sinkhorn", "SinkhornResult"]
