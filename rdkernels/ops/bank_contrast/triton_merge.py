@@ -11,8 +11,8 @@ dense.py for their layout) and writes ``row_loss[b]`` and ``dq[b, :]``:
 
 The positive's score s0 = <M[idx[b, 0]], q[b]> / T costs one gathered row.
 This is one launch where the same merge in torch ops is 12-16 (each a launch
-and a few microseconds of host time); the gather strategy's NCE merge, two
-sums, stays in torch.
+and a few microseconds of host time); even the gather strategy's NCE merge,
+two sums in torch, is one launch here instead of two.
 """
 from __future__ import annotations
 
@@ -132,9 +132,7 @@ def merge_gather_partials(epilogue, query, bank, idx, z, temperature, n_data, lo
                           sum_parts):
     """(row_loss[B], dq[B, d]) from the gather kernels' partials (Triton and CUDA,
     partials.gather_buffers): NCE's terms, the positive's included, only add up;
-    softmax's go through the merge kernel."""
-    if epilogue == "nce":
-        return loss_parts.sum(dim=1), dq_parts.sum(dim=1)
+    softmax's are rescaled to the row max. One merge-kernel launch either way."""
     return merge_partials_triton(epilogue, query, bank, idx, z, temperature, n_data, loss_parts, dq_parts,
                                  max_parts, sum_parts, positive_in_parts=True)
 
@@ -144,7 +142,8 @@ _TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 def aot_variants() -> list[dict]:
     """Every width, epilogue, idx type and placement of the positive the wrappers launch."""
-    cases = [("softmax", SOFTMAX, True, dim) for dim in (64, 128, 256, 512, 1024)]   # gather strategy
+    cases = [(name, code, True, dim) for name, code in (("nce", NCE), ("softmax", SOFTMAX))
+             for dim in (64, 128, 256, 512, 1024)]                                  # gather strategy
     cases += [(name, code, False, dim) for name, code in (("nce", NCE), ("softmax", SOFTMAX))
               for dim in (64, 128)]                                                  # dense kernels: d <= 128
     variants = []
