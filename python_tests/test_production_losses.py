@@ -226,7 +226,8 @@ def test_checkpoint_round_trip_continues_exactly(name, tmp_path):
 OPCHECK_BACKENDS = {
     "bank_contrast_loss": "bank_contrast", "bank_scores": "bank_contrast", "bank_scores_backward": "bank_contrast",
     "bank_update_": "bank_update", "sinkhorn": "sinkhorn", "shared_bank_contrast": "shared_bank_contrast",
-    "dcd_loss": "dcd_loss",
+    "dcd_loss": "dcd_loss", "l2_normalize": "l2_normalize", "l2_normalize_backward": "l2_normalize",
+    "sinkhorn_cost_grad": "sinkhorn",
 }
 
 
@@ -235,7 +236,8 @@ def _opcheck_args():
     from rdkernels.ops.bank_update import _bank_update_op
     from rdkernels.ops.dcd import _dcd_op
     from rdkernels.ops.shared_bank_contrast import _shared_bank_contrast_op
-    from rdkernels.ops.sinkhorn import _sinkhorn_op
+    from rdkernels.ops.l2_normalize import _l2_normalize_backward_op, _l2_normalize_op
+    from rdkernels.ops.sinkhorn import _cost_grad_op, _sinkhorn_op
 
     q = unit_rows(4, 16, device=DEVICE).requires_grad_()
     bank, idx = unit_rows(20, 16, device=DEVICE), torch.randint(0, 20, (4, 6), device=DEVICE)
@@ -258,6 +260,12 @@ def _opcheck_args():
                                                              unit_rows(4, 16, device=DEVICE), bank, 0.1, 0.2, g))
                                  for g in (True, False)],
         "dcd_loss": [(_dcd_op, (q, unit_rows(4, 16, device=DEVICE), tau, bias, 0.5, 10.0, True))],
+        "l2_normalize": [(_l2_normalize_op, (q, eps, False)) for eps in (0.0, 1e-12)],
+        "l2_normalize_backward": [(_l2_normalize_backward_op, (torch.randn(4, 16, device=DEVICE), q.detach(),
+                                                               q.detach().norm(dim=1), 1e-12))],
+        "sinkhorn_cost_grad": [(_cost_grad_op, (cost.detach(), a, b, 0.1 * torch.randn(2, 3, device=DEVICE),
+                                                0.1 * torch.randn(2, 4, device=DEVICE), 0.1,
+                                                torch.rand(2, device=DEVICE)))],
     }
 
 

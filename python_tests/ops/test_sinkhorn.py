@@ -652,3 +652,28 @@ def test_shifting_the_returned_potentials_in_place_leaves_the_gradient_alone(bac
     res.g.add_(1.0)
     res.cost.sum().backward()
     assert_close("d cost / d C", C.grad, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero encountered in log:RuntimeWarning")  # the interpreter's log(0)
+@pytest.mark.parametrize("backend", backends("sinkhorn"))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_cost_gradient_is_grad_times_plan(backend, dtype):
+    """Backward's one-launch d cost / d C against the torch formulation, on shapes that
+    cross its row (32) and column (128) blocks, with zero marginal entries (zero rows
+    and columns of the plan) and a different upstream gradient per problem."""
+    from rdkernels.ops.sinkhorn import _cost_grad_impl
+    from rdkernels.ops.sinkhorn.reference import plan_from_potentials
+    P, n, m, eps = 3, 70, 300, 0.1
+    cost = (torch.rand(P, n, m, device=DEVICE) * 2).to(dtype)
+    a, b = _marginal(P, n, False), _marginal(P, m, False)
+    a[0, 5] = 0.0
+    b[2, 200] = 0.0
+    f, g = torch.randn(P, n, device=DEVICE) * 0.1, torch.randn(P, m, device=DEVICE) * 0.1
+    grad = torch.rand(P, device=DEVICE) + 0.5
+    out = _cost_grad_impl(cost, a, b, f, g, eps, grad, backend)
+    expected = grad[:, None, None].double() * plan_from_potentials(cost.double(), a.double(), b.double(), f.double(),
+                                                                   g.double(), eps)
+    assert out.dtype == dtype and out.shape == cost.shape
+    assert (out[0, 5] == 0).all() and (out[2, :, 200] == 0).all()
+    tol = (1e-3, 8e-3) if dtype == torch.bfloat16 else (1e-7, 1e-5)
+    assert_close("grad * plan", out, expected, atol=tol[0] * expected.abs().max().item(), rtol=tol[1])

@@ -10,7 +10,8 @@ are host-bound at training sizes: their kernels run in 0.1-0.3 ms.
 :func:`eager_or_compiled` returns a callable that, outside torch.compile,
 runs the op's own body through an autograd.Function built from the op's own
 ``setup_context`` and ``backward``, or calls the body directly when no
-gradient is needed; under torch.compile it calls the custom op. One body, one
+gradient is needed; under torch.compile, or any other trace (fake tensors, a
+dispatch mode), it calls the custom op. One body, one
 backward: the two paths cannot drift apart.
 
 The backwards are once differentiable: they scale gradients the forward
@@ -27,6 +28,7 @@ from typing import Callable
 
 import torch
 from torch.autograd.function import once_differentiable
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 
 def op_body(impl: Callable) -> Callable:
@@ -80,6 +82,21 @@ def op_body(impl: Callable) -> Callable:
     return body
 
 
+# What a plain eager call passes; anything else (a fake or functional tensor of a
+# trace, a tensor subclass) goes through the custom op and its fake implementation.
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _traced(args) -> bool:
+    """Whether this call is being traced rather than run: under torch.compile, but also
+    under AOT autograd's own tracing of a backward (torch.library.opcheck, make_fx),
+    which runs with fake tensors and a dispatch mode while ``is_compiling()`` is False.
+    A body that launches a kernel cannot take fake tensors."""
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return True
+    return any(isinstance(a, torch.Tensor) and type(a) not in _PLAIN for a in args)
+
+
 def _has_grad(args) -> bool:
     return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
 
@@ -104,7 +121,7 @@ def eager_or_compiled(op, impl: Callable, setup_context: Callable | None = None,
         })
 
     def call(*args):
-        if torch.compiler.is_compiling():
+        if _traced(args):
             return op(*args)
         if function is not None and _has_grad(args):
             return function.apply(*args)

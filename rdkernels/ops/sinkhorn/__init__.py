@@ -153,8 +153,34 @@ def _(cost, a, b, eps, max_iters, tol, check_every, return_plan, backend, check_
             cost.new_empty((P,), dtype=torch.int32))
 
 
+@op_body
+def _cost_grad_impl(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
+                    eps: float, grad_cost: torch.Tensor, backend: str) -> torch.Tensor:
+    """d loss / d C = grad_cost[p] * plan[p], the plan recomputed from the potentials (a
+    constant: the envelope gradient), in cost's dtype. The fast backends' float32
+    potentials take one Triton launch; its own op, so torch.compile traces backward."""
+    fused = backend == "triton" or (backend == "cuda" and _backend.triton_unavailable_reason(cost.device) is None)
+    if fused and f.dtype == torch.float32:
+        from rdkernels.ops.sinkhorn.triton import cost_grad_triton
+        return cost_grad_triton(cost, a, b, f, g, eps, grad_cost.float())
+    plan = plan_from_potentials(cost, a, b, f, g, eps)
+    return (grad_cost.to(plan.dtype)[:, None, None] * plan).to(cost.dtype)
+
+
+_cost_grad_op = torch.library.custom_op("rdkernels::sinkhorn_cost_grad", _cost_grad_impl, mutates_args=())
+
+
+@_cost_grad_op.register_fake
+def _(cost, a, b, f, g, eps, grad_cost, backend):
+    return torch.empty_like(cost)
+
+
+_cost_grad = eager_or_compiled(_cost_grad_op, _cost_grad_impl)
+
+
 def _setup_context(ctx, inputs, output):
     cost, a, b, eps = inputs[:4]
+    ctx.backend = inputs[8]
     # Copies: the caller gets f and g detached, and may shift the potentials in place
     # (they are defined up to a constant); that must not trip autograd's version check.
     f, g = output[0].clone(), output[1].clone()
@@ -166,9 +192,7 @@ def _backward(ctx, grad_f, grad_g, grad_cost, grad_plan, grad_iters):
     cost, a, b, f, g = ctx.saved_tensors
     grad_C = None
     if ctx.needs_input_grad[0] and grad_cost is not None:
-        # Envelope gradient: the plan, recomputed from the potentials, is a constant.
-        plan = plan_from_potentials(cost, a, b, f, g, ctx.eps)
-        grad_C = (grad_cost.to(plan.dtype)[:, None, None] * plan).to(cost.dtype)
+        grad_C = _cost_grad(cost, a, b, f, g, ctx.eps, grad_cost, ctx.backend)
     return grad_C, None, None, None, None, None, None, None, None, None
 
 
