@@ -225,6 +225,17 @@ def _col_kernel(C_ptr, la_ptr, f_ptr, g_ptr, done_ptr, n, m, inv_eps, BR: tl.con
         tl.store(g_ptr + p * m + cols, tl.where(cmask, -(my + tl.log(s)), 0.0), mask=cmask)
 
 
+@triton.jit
+def _cost_tile(C_ptr, p, n, m, rows, rmask, c0, BC: tl.constexpr):
+    """Columns c0 .. c0 + BC of problem p's rows ``rows``: (cols, cmask, mask, offsets,
+    the cost tile in fp32), as the plan kernels below walk a row block."""
+    cols = c0 + tl.arange(0, BC)
+    cmask = cols < m
+    mask = rmask[:, None] & cmask[None, :]
+    offs = p * n * m + rows[:, None] * m + cols[None, :]
+    return cols, cmask, mask, offs, tl.load(C_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+
 @triton.jit(do_not_specialize=["n", "m", "write_plan"])
 def _plan_cost_kernel(C_ptr, la_ptr, lb_ptr, f_ptr, g_ptr, rowcost_ptr, plan_ptr, n, m, inv_eps, write_plan,
                       BR: tl.constexpr, BC: tl.constexpr):
@@ -236,11 +247,7 @@ def _plan_cost_kernel(C_ptr, la_ptr, lb_ptr, f_ptr, g_ptr, rowcost_ptr, plan_ptr
         tl.load(f_ptr + p * n + rows, mask=rmask, other=0.0)
     acc = tl.zeros([BR], dtype=tl.float32)
     for c0 in range(0, m, BC):
-        cols = c0 + tl.arange(0, BC)
-        cmask = cols < m
-        mask = rmask[:, None] & cmask[None, :]
-        offs = p * n * m + rows[:, None] * m + cols[None, :]
-        C = tl.load(C_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        cols, cmask, mask, offs, C = _cost_tile(C_ptr, p, n, m, rows, rmask, c0, BC)
         v = tl.load(lb_ptr + p * m + cols, mask=cmask, other=-1.0e30) + \
             tl.load(g_ptr + p * m + cols, mask=cmask, other=0.0)
         plan = tl.where(mask, tl.exp(u[:, None] + v[None, :] - C * inv_eps), 0.0)
@@ -345,11 +352,7 @@ def _cost_grad_kernel(C_ptr, a_ptr, b_ptr, f_ptr, g_ptr, grad_ptr, out_ptr, n, m
         tl.log(tl.load(a_ptr + p * n + rows, mask=rmask, other=1.0))
     scale = tl.load(grad_ptr + p).to(tl.float32)
     for c0 in range(0, m, BC):
-        cols = c0 + tl.arange(0, BC)
-        cmask = cols < m
-        mask = rmask[:, None] & cmask[None, :]
-        offs = p * n * m + rows[:, None] * m + cols[None, :]
-        C = tl.load(C_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        cols, cmask, mask, offs, C = _cost_tile(C_ptr, p, n, m, rows, rmask, c0, BC)
         v = tl.load(g_ptr + p * m + cols, mask=cmask, other=0.0) * inv_eps + \
             tl.log(tl.load(b_ptr + p * m + cols, mask=cmask, other=1.0))
         plan = tl.exp(u[:, None] + v[None, :] - C * inv_eps)
