@@ -141,9 +141,10 @@ def multiprocessor_count(device: torch.device) -> int:
     """The SM count of CUDA ``device``, asked once per device: the split heuristics
     run on every call, and torch's property lookup costs microseconds of host time
     in ops whose kernels run in tens of them."""
-    key = f"sms:{cuda_index(device)}"
+    index = cuda_index(device)
+    key = f"sms:{index}"
     if key not in _probes:
-        _probes[key] = torch.cuda.get_device_properties(cuda_index(device)).multi_processor_count
+        _probes[key] = torch.cuda.get_device_properties(index).multi_processor_count
     return _probes[key]
 
 

@@ -59,8 +59,7 @@ class _StandIn:
         """The dtype of the tensor ``ptr`` points into, at an element boundary, or None; the
         newest such tensor, since the allocator reuses the memory of freed ones."""
         for base, dtype, nbytes in reversed(self.pointers):
-            size = torch.empty(0, dtype=dtype).element_size()
-            if base <= ptr < base + max(nbytes, 1) and (ptr - base) % size == 0:
+            if base <= ptr < base + max(nbytes, 1) and (ptr - base) % dtype.itemsize == 0:
                 return dtype
         return None
 

@@ -25,7 +25,7 @@ from rdkernels.ops.l2_normalize.reference import l2_normalize_backward_reference
 
 __all__ = ["l2_normalize", "l2_normalize_reference"]
 
-MAX_TRITON_DIM = 16384  # triton.MAX_DIM, without importing Triton here
+MAX_TRITON_DIM = 16384  # one row in registers (triton.py); wider rows take the torch path
 
 
 def _resolve(x: torch.Tensor, requested: str | None) -> str:

@@ -11,7 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_DIM = 16384  # one row in registers; wider rows take the torch path
+from rdkernels.ops.l2_normalize import MAX_TRITON_DIM
+
 
 
 @triton.jit
@@ -71,10 +72,10 @@ _TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def aot_variants() -> list[dict]:
-    """Both kernels at every BLOCK_D up to MAX_DIM, for each input dtype and the
+    """Both kernels at every BLOCK_D up to MAX_TRITON_DIM, for each input dtype and the
     output dtypes the op writes (its input's, or fp32 under autocast)."""
     out = []
-    for block_d in [16 << i for i in range(11)]:
+    for block_d in [16 << i for i in range(MAX_TRITON_DIM.bit_length() - 4)]:   # 16 .. MAX_TRITON_DIM
         cfg = launch_config(block_d)
         ints = {"dim": "i32", "stride_x": "i32", "eps": "fp32"}
         for x_t in _TYPES.values():
