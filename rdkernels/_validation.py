@@ -70,7 +70,8 @@ def check_tensor(
     if nonempty and t.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
     if contiguous and not t.is_contiguous():
-        raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
+        raise ValueError(f"{name} must be contiguous: it is state the op reads (or writes) in place, so a copy "
+                         f"made here would hide a per-call cost (or the update); keep it contiguous")
 
 
 def check_dim(name: str, t: torch.Tensor, dim: int, expected: int, what: str) -> None:

@@ -75,7 +75,7 @@ def test_rows_are_unit_norm_and_others_untouched(backend):
     (dict(index=torch.tensor([0.0, 1.0])), "index must have dtype"),
     (dict(values=torch.randn(3, 16)), "values has size 3 in dimension 0"),
     (dict(values=torch.randn(2, 8)), "values has size 8 in dimension 1"),
-    (dict(values=torch.randn(16, 2).t()), "values must be contiguous"),
+    (dict(bank=torch.randn(16, 10).t()), "bank must be contiguous: it is state"),
     (dict(bank=torch.randn(10, 16, dtype=torch.float64)), "bank must have dtype"),
     (dict(momentum=1.5), "momentum must lie in"),
     (dict(momentum=True), "momentum must be a real number, got bool"),

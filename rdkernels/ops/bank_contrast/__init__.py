@@ -168,9 +168,9 @@ def _validate(query, bank, idx, temperature, epilogue, z, n_data, reduction, str
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    check_tensor("query", query, ndim=2, dtypes=FLOAT_DTYPES)
+    check_tensor("query", query, ndim=2, dtypes=FLOAT_DTYPES, contiguous=False)
     check_tensor("bank", bank, ndim=2, dtypes=BANK_DTYPES, device=query.device)
-    check_tensor("idx", idx, ndim=2, dtypes=INDEX_DTYPES, device=query.device)
+    check_tensor("idx", idx, ndim=2, dtypes=INDEX_DTYPES, device=query.device, contiguous=False)
     check_dim("bank", bank, 1, query.shape[1], "query's embedding size")
     check_dim("idx", idx, 0, query.shape[0], "query's batch size")
     if bank.requires_grad and torch.is_grad_enabled():
@@ -235,9 +235,10 @@ def bank_contrast(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, *,
     """Contrast ``query`` against bank rows ``bank[idx]`` (column 0 the positive).
 
     Args:
-        query: [B, d] float32/bfloat16/float16; receives the gradient.
-        bank: [N, d] float32/bfloat16, a buffer: never differentiated, so it
-            must not require grad while grad mode is on (pass ``bank.detach()``).
+        query: [B, d] float32/bfloat16/float16; receives the gradient. Any
+            strides (a non-contiguous query or idx is copied first).
+        bank: [N, d] float32/bfloat16, contiguous, a buffer: never differentiated,
+            so it must not require grad while grad mode is on (pass ``bank.detach()``).
         idx: [B, K+1] int32/int64 row ids into ``bank``.
         temperature: T in s = <M[idx], q> / T.
         epilogue: ``"softmax"`` (InfoNCE), ``"nce"`` (CRD) or ``"scores"``.
@@ -262,6 +263,7 @@ def bank_contrast(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, *,
         always float32.
     """
     temperature, n_data = _validate(query, bank, idx, temperature, epilogue, z, n_data, reduction, strategy)
+    query, idx = query.contiguous(), idx.contiguous()  # strided activations: a copy (the kernels read rows)
     name = _resolve(query, backend)
     strategy = _choose(strategy, query, bank, idx, name)
     if epilogue == "scores":
@@ -284,6 +286,7 @@ def estimate_nce_z(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, *
     check. Computed on the device, with no host sync beyond that check. No gradient.
     """
     temperature, _ = _validate(query, bank, idx, temperature, "softmax", None, None, "none", "auto")
+    query, idx = query.contiguous(), idx.contiguous()
     n_data = check_positive_int("n_data", n_data)
     name = _resolve(query, backend)
     rows, _ = _loss(query, bank, idx, None, temperature, "softmax", 1, name, check_indices,

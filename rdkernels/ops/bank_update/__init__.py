@@ -26,8 +26,8 @@ __all__ = ["bank_update_", "bank_update_reference_"]
 def _validate(bank, index, values, momentum) -> float:
     """All checks, before anything is written; returns ``momentum`` as a float."""
     check_tensor("bank", bank, ndim=2, dtypes=BANK_DTYPES)
-    check_tensor("index", index, ndim=1, dtypes=INDEX_DTYPES, device=bank.device)
-    check_tensor("values", values, ndim=2, dtypes=FLOAT_DTYPES, device=bank.device)
+    check_tensor("index", index, ndim=1, dtypes=INDEX_DTYPES, device=bank.device, contiguous=False)
+    check_tensor("values", values, ndim=2, dtypes=FLOAT_DTYPES, device=bank.device, contiguous=False)
     check_dim("values", values, 0, index.shape[0], "index's length")
     check_dim("values", values, 1, bank.shape[1], "the bank's row width")
     momentum = check_in_unit_interval("momentum", momentum)
@@ -81,8 +81,9 @@ def _(bank, index, values, momentum, backend, check_indices) -> None:
 
 def bank_update_(bank: torch.Tensor, index: torch.Tensor, values: torch.Tensor, momentum: float,
                  *, backend: str | None = None, check_indices: bool = True) -> torch.Tensor:
-    """Update ``bank`` in place and return it. ``values`` may carry autograd
-    history; it is detached (the bank is a buffer). ``check_indices=False``
+    """Update ``bank`` (contiguous) in place and return it. ``values`` may carry
+    autograd history; it is detached (the bank is a buffer). Strided ``index`` or
+    ``values`` are copied first. ``check_indices=False``
     skips the range check of ``index`` (one host sync) for callers that made it.
 
     ``bank`` must not require grad while grad mode is on (update a parameter
@@ -90,7 +91,7 @@ def bank_update_(bank: torch.Tensor, index: torch.Tensor, values: torch.Tensor, 
     can only be updated inside it."""
     momentum = _validate(bank, index, values, momentum)
     name = _backend.resolve(bank.device, "bank_update", backend)
-    _bank_update(bank, index, values.detach(), momentum, name, check_indices)
+    _bank_update(bank, index.contiguous(), values.detach().contiguous(), momentum, name, check_indices)
     if not torch.compiler.is_compiling():  # compiled: the custom op declares the mutation
         _mark_modified(bank)
     return bank

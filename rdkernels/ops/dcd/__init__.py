@@ -56,8 +56,8 @@ def _resolve(z_s: torch.Tensor, requested: str | None) -> str:
 
 
 def validate_dcd(z_s, z_t, tau, bias, alpha=0.5, max_scale=10.0) -> None:
-    check_tensor("z_s", z_s, ndim=2, dtypes=FLOAT_DTYPES)
-    check_tensor("z_t", z_t, ndim=2, dtypes=FLOAT_DTYPES, device=z_s.device)
+    check_tensor("z_s", z_s, ndim=2, dtypes=FLOAT_DTYPES, contiguous=False)
+    check_tensor("z_t", z_t, ndim=2, dtypes=FLOAT_DTYPES, device=z_s.device, contiguous=False)
     check_dim("z_t", z_t, 0, z_s.shape[0], "z_s's batch size")
     check_dim("z_t", z_t, 1, z_s.shape[1], "z_s's embedding width")
     if z_t.dtype != z_s.dtype:
@@ -126,8 +126,8 @@ def dcd_loss(z_s: torch.Tensor, z_t: torch.Tensor, tau: torch.Tensor, bias: torc
     """DCD loss of in-batch logits ``clamp(exp(tau), 0, max_scale) * z_s z_t^T + bias``.
 
     Args:
-        z_s, z_t: [B, d] embeddings (float32, bfloat16 or float16, same dtype); the
-            row index is the positive pair.
+        z_s, z_t: [B, d] embeddings (float32, bfloat16 or float16, same dtype, any
+            strides); the row index is the positive pair.
         tau, bias: one-element float32 tensors (learnable); ``scale = exp(tau)``.
         alpha: weight of the consistency KL (0.5 in DCD).
         max_scale: the clamp on exp(tau) (10: effective temperature >= 0.1).
@@ -137,6 +137,7 @@ def dcd_loss(z_s: torch.Tensor, z_t: torch.Tensor, tau: torch.Tensor, bias: torc
         0-dim float32 loss; gradients flow to all four tensors.
     """
     validate_dcd(z_s, z_t, tau, bias, alpha, max_scale)
+    z_s, z_t = z_s.contiguous(), z_t.contiguous()  # strided embeddings: a copy (the kernels read rows)
     name = _resolve(z_s, backend)
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (z_s, z_t, tau, bias))
     out = _dcd(z_s, z_t, tau, bias, float(alpha), float(max_scale), bool(need_grad), name)

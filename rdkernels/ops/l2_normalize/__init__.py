@@ -112,8 +112,8 @@ def l2_normalize(x: torch.Tensor, *, eps: float = 0.0, backend: str | None = Non
     """``x / max(||x||_2, eps)`` per row, forward and backward in one kernel each.
 
     Args:
-        x: [B, d] float32, bfloat16 or float16; rows need not be contiguous in memory
-            as a whole, but each row's elements must be (stride 1).
+        x: [B, d] float32, bfloat16 or float16, any strides (rows with stride 1
+            along dimension 1 are read in place, others copied first).
         eps: lower bound on the norm. 0 (the default) is RepDistiller's
             ``Normalize(2)``, with no bound: a zero row gives NaN, as there;
             1e-12 is ``F.normalize``'s.
@@ -124,8 +124,8 @@ def l2_normalize(x: torch.Tensor, *, eps: float = 0.0, backend: str | None = Non
         [B, d] in x's dtype, or float32 under autocast.
     """
     check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES, contiguous=False)
-    if x.stride(1) != 1:
-        raise ValueError(f"x's rows must be contiguous (stride 1 along dimension 1), got strides {x.stride()}")
+    if x.stride(1) != 1:  # the kernel takes any row stride, but reads a row's elements as one vector
+        x = x.contiguous()
     eps = check_non_negative("eps", eps)
     fp32_out = x.dtype != torch.float32 and torch.is_autocast_enabled(x.device.type)
     return _l2_normalize(x, float(eps), bool(fp32_out), _resolve(x, backend))[0]

@@ -25,8 +25,8 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 def validate_shared_bank_contrast(q_s, q_t, queue, tau_s, tau_t, reduction="none") -> None:
     """All checks of :func:`shared_bank_contrast`; raise before anything runs."""
-    check_tensor("q_s", q_s, ndim=2, dtypes=FLOAT_DTYPES)
-    check_tensor("q_t", q_t, ndim=2, dtypes=FLOAT_DTYPES, device=q_s.device)
+    check_tensor("q_s", q_s, ndim=2, dtypes=FLOAT_DTYPES, contiguous=False)
+    check_tensor("q_t", q_t, ndim=2, dtypes=FLOAT_DTYPES, device=q_s.device, contiguous=False)
     check_tensor("queue", queue, ndim=2, dtypes=FLOAT_DTYPES, device=q_s.device)
     check_dim("q_t", q_t, 0, q_s.shape[0], "q_s's batch size")
     check_dim("q_t", q_t, 1, q_s.shape[1], "q_s's embedding width")
@@ -118,7 +118,8 @@ def shared_bank_contrast(q_s: torch.Tensor, q_t: torch.Tensor, queue: torch.Tens
     Args:
         q_s: [B, d] student queries (float32, bfloat16 or float16); receives the gradient.
         q_t: [B, d] teacher queries, same dtype as ``q_s``; treated as a constant.
-        queue: [N, d] shared bank (float32, bfloat16 or float16); a constant.
+            Strided queries are copied first.
+        queue: [N, d] shared bank (float32, bfloat16 or float16, contiguous); a constant.
         tau_s, tau_t: student and teacher temperatures.
         reduction: ``"none"`` (per-row loss [B], the default), ``"mean"`` or ``"sum"``.
         backend: force ``"cuda" | "triton" | "torch"``; default per :mod:`rdkernels.backend`.
@@ -130,8 +131,8 @@ def shared_bank_contrast(q_s: torch.Tensor, q_t: torch.Tensor, queue: torch.Tens
     validate_shared_bank_contrast(q_s, q_t, queue, tau_s, tau_t, reduction)
     name = _resolve(q_s, backend)
     need_grad = bool(q_s.requires_grad and torch.is_grad_enabled())
-    loss, _ = _shared_bank_contrast(q_s, q_t.detach(), queue.detach(), float(tau_s), float(tau_t),
-                                       need_grad, name)
+    loss, _ = _shared_bank_contrast(q_s.contiguous(), q_t.detach().contiguous(), queue.detach(), float(tau_s),
+                                    float(tau_t), need_grad, name)
     if reduction == "mean":
         return loss.mean()
     if reduction == "sum":

@@ -75,7 +75,7 @@ def check_tol(tol) -> None:
 
 
 def _validate(cost, a, b, eps, max_iters, tol, check_every, check_inputs=True):
-    check_tensor("cost", cost, ndim=3, dtypes=COST_DTYPES)
+    check_tensor("cost", cost, ndim=3, dtypes=COST_DTYPES, contiguous=False)
     P, n, m = cost.shape
     if n * m >= 2**31:
         raise ValueError(f"cost has {n} x {m} entries per problem; at most 2**31 - 1 are supported")
@@ -229,6 +229,7 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
     """
     given = (a is not None) or (b is not None)
     a, b = _validate(cost, a, b, eps, max_iters, tol, check_every, check_inputs)
+    cost = cost.contiguous()  # a strided cost (a transposed batch, an expand): a copy, differentiable
     if cost.dtype == torch.float64:
         name = "torch"
         if backend in ("cuda", "triton"):
