@@ -15,6 +15,7 @@ import torch
 
 from harness_helpers import require_loss, single_thread, tiny_config  # noqa: F401
 from rdkernels.harness.graphs import GraphedStep
+from rdkernels.ops.bank_contrast.cost_model import graph_replay_assumed
 from rdkernels.harness.train import Trainer, graph_blocker
 
 
@@ -118,3 +119,23 @@ def test_compare_replays_what_it_can_and_says_what_ran_eagerly(tmp_path):
     assert report["device"] == torch.cuda.get_device_name()
     assert Path(report["json"]).name == result_stem(cfg, report["device"]) + ".json"
     assert "_cuda-graph_" in Path(report["json"]).name
+
+
+def test_warm_up_and_capture_choose_kernels_as_for_a_replay():
+    """The eager warm-up steps and the recording run under assume_graph_replay, so
+    bank_contrast's auto strategy warms up (compiles, tunes) what the capture records."""
+    seen = []
+
+    def step(x):
+        seen.append(graph_replay_assumed())
+        return x * 2
+
+    class RecordOnce:
+        def record(self, fn, static_inputs):
+            return (lambda: None), fn(*static_inputs)
+
+    graphed = GraphedStep(step, warmup=2, recorder=RecordOnce())
+    for _ in range(4):
+        graphed(0.1, torch.ones(1))
+    assert seen == [True, True, True]    # two warm-up steps and the recording; replays run no Python
+    assert not graph_replay_assumed()

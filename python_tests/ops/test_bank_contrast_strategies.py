@@ -211,6 +211,48 @@ def test_cost_model_picks_by_workload():
     assert t_gather > 2 * t_dense
 
 
+def test_cost_model_inside_a_graph_capture_counts_device_time_only():
+    """Replayed from a CUDA graph, a call pays no host cost: CIFAR's B = 64 takes the
+    dense path, whose bytes are ~20x fewer; ImageNet's small batches still gather."""
+    cuda = torch.device("cuda")
+    for backend in ("cuda", "triton"):
+        assert choose_strategy(64, 16385, 50_000, 128, torch.float32, cuda, backend) == "gather"
+        assert choose_strategy(64, 16385, 50_000, 128, torch.float32, cuda, backend, captured=True) == "dense"
+    assert choose_strategy(256, 16385, 1_281_167, 128, torch.float32, cuda, "cuda", captured=True) == "gather"
+    assert choose_strategy(8, 4097, 1_281_167, 128, torch.float32, cuda, "cuda", captured=True) == "gather"
+    eager = estimate_times(64, 16385, 50_000, 128, torch.float32, cuda, "cuda")
+    captured = estimate_times(64, 16385, 50_000, 128, torch.float32, cuda, "cuda", captured=True)
+    assert captured[0] == eager[0] and captured[1] < eager[1]   # only the dense path's fixed cost changes
+
+
+def test_auto_passes_the_capture_state_to_the_model(monkeypatch):
+    """``auto`` asks the model with ``captured`` as the stream reports it (the capture
+    itself needs a GPU: here the probe is replaced, and the model's answer recorded)."""
+    bc = importlib.import_module("rdkernels.ops.bank_contrast")
+    query, bank, idx = _inputs(4, 9, 40, 64)
+    seen = []
+    monkeypatch.setattr(bc, "choose_strategy", lambda *a, captured=False: seen.append(captured) or "gather")
+    for state in (False, True):
+        monkeypatch.setattr(bc, "_capturing", lambda q, state=state: state)
+        bank_contrast(query, bank, idx, temperature=TEMPERATURE, backend="torch")
+    assert seen == [False, True]
+
+
+def test_assume_graph_replay_is_a_scoped_switch():
+    from rdkernels.ops import assume_graph_replay
+    from rdkernels.ops.bank_contrast.cost_model import graph_replay_assumed
+    bc = importlib.import_module("rdkernels.ops.bank_contrast")
+    cuda_query = types.SimpleNamespace(is_cuda=True)
+    assert not graph_replay_assumed()
+    with assume_graph_replay():
+        assert graph_replay_assumed() and bc._capturing(cuda_query)
+        assert not bc._capturing(types.SimpleNamespace(is_cuda=False))   # CPU tensors: never a graph
+        with assume_graph_replay(False):
+            assert not graph_replay_assumed()
+        assert graph_replay_assumed()
+    assert not graph_replay_assumed()
+
+
 def test_strategy_is_validated():
     query, bank, idx = _inputs(2, 5, 20, 64)
     assert STRATEGIES == ("auto", "gather", "dense")
@@ -350,7 +392,7 @@ def test_auto_keeps_the_triton_backend_off_dense_on_a_gpu(monkeypatch):
     gather (the Triton dense kernel's GPU gradient is suspect); CPU tensors (the
     interpreter) keep the model's choice."""
     bank_contrast_module = importlib.import_module("rdkernels.ops.bank_contrast")
-    monkeypatch.setattr(bank_contrast_module, "choose_strategy", lambda *args: "dense")
+    monkeypatch.setattr(bank_contrast_module, "choose_strategy", lambda *args, **kwargs: "dense")
     cuda_query = types.SimpleNamespace(is_cuda=True, shape=(64, 128), device=torch.device("cuda", 0))
     cpu_query = types.SimpleNamespace(is_cuda=False, shape=(64, 128), device=torch.device("cpu"))
     bank, idx = types.SimpleNamespace(shape=(50_000, 128), dtype=torch.float32), types.SimpleNamespace(shape=(64, 4097))

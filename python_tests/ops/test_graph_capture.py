@@ -112,6 +112,38 @@ def test_bank_contrast_captures(backend, strategy, epilogue):
 
 
 @gpu
+@pytest.mark.parametrize("backend", FAST)
+def test_auto_strategy_inside_a_capture_prices_device_time(backend, monkeypatch):
+    """At CIFAR's ratios (every bank row sampled ~20 times) eager ``auto`` gathers and
+    a capture records dense (a replay pays no host cost); under assume_graph_replay
+    the eager calls choose as the capture does. Replays match eager calls. (The
+    Triton backend never gets dense from ``auto`` on a GPU: its dense kernel is
+    suspect there, see bank_contrast/__init__.py.)"""
+    import importlib
+    bc = importlib.import_module("rdkernels.ops.bank_contrast")
+    chosen = []
+    real_choose = bc._choose
+    monkeypatch.setattr(bc, "_choose", lambda *a: chosen.append(real_choose(*a)) or chosen[-1])
+    B, K, N, d = 64, 16384, 50_000, 128
+
+    def make():
+        return (_unit(B, d, requires_grad=True), _unit(N, d),
+                torch.randint(0, N, (B, K + 1), device=DEVICE), torch.tensor([float(N)], device=DEVICE))
+
+    def step(q, bank, idx, z):
+        loss = bank_contrast(q, bank, idx, temperature=0.07, epilogue="nce", z=z, n_data=N, backend=backend)
+        return loss.detach(), _grad_of(loss, q)
+
+    dense = "gather" if backend == "triton" else "dense"
+    _capture_and_compare(make, step, atol=1e-5)   # 2 warm-ups, the capture, 2 eager checks
+    assert chosen == ["gather", "gather", dense, "gather", "gather"]
+    chosen.clear()
+    with rdkernels.ops.assume_graph_replay():
+        _capture_and_compare(make, step, atol=1e-5)
+    assert chosen == [dense] * 5
+
+
+@gpu
 @pytest.mark.parametrize("backend", [p for p in backends("bank_update") if p.id != "torch"])
 def test_bank_update_captures(backend):
     N, d, B = 512, 32, 24

@@ -20,6 +20,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from rdkernels.ops import assume_graph_replay
+
 
 class CudaGraphRecorder:
     """Records ``fn(*static_inputs)`` into a CUDA graph; graphs share one memory pool."""
@@ -61,11 +63,14 @@ class GraphedStep:
         self._out: torch.Tensor | None = None
 
     def __call__(self, key, *inputs: torch.Tensor) -> torch.Tensor:
-        if self.eager_calls < self.warmup:
-            self.eager_calls += 1
-            return self._run_on_side_stream(inputs)
-        if self._replay is None or key != self._key:
-            self._record(key, inputs)
+        # Warm-up and capture choose kernels as for a replay (bank_contrast's "auto"
+        # strategy), so that the warm-up compiles what the capture records.
+        with assume_graph_replay():
+            if self.eager_calls < self.warmup:
+                self.eager_calls += 1
+                return self._run_on_side_stream(inputs)
+            if self._replay is None or key != self._key:
+                self._record(key, inputs)
         with torch.no_grad():
             for static, x in zip(self._static_inputs, inputs):
                 static.copy_(x)

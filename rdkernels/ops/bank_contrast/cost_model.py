@@ -22,7 +22,7 @@ smaller::
                + 4*B*N*d / flops
                + B*K * t_index
                + extra_dense_bytes / bw_stream      # torch: the [B, N] scores and coefficients
-               + t_launch
+               + t_launch                          # t_graph inside a CUDA graph capture
 
 The constants are coarse. By bytes alone, dense wins on CIFAR-100 (B=64,
 K=16384, N=50 000: every bank row is sampled about 21 times a step), but on an
@@ -31,15 +31,50 @@ building the CSR, more launches) outweighs that at B=64, so the model picks
 gather there and dense from B ~ 256 up; on ImageNet with small batches (N=1.28 M,
 B*K/N < ~4) gathering wins outright. ``strategy="gather" | "dense"`` in
 :func:`rdkernels.ops.bank_contrast` overrides the choice.
+
+Inside a CUDA graph capture the host-side cost is gone: a replay launches the
+recorded kernels with no Python, dispatcher or launch work, so a call costs its
+GPU time alone and the fixed term is the extra kernels' device time (t_graph),
+not the eager host time (t_launch). A captured training step (the harness's
+``--cuda-graph``) therefore takes dense at CIFAR's B = 64, where the bytes say
+it moves ~20x less; eager calls in the same process keep gather. The eager
+warm-up before a capture should run the path the graph will record (its first
+call compiles and tunes kernels, which a capture cannot): run it inside
+:func:`assume_graph_replay`, as the harness does.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DeviceRates", "choose_strategy", "estimate_times"]
+__all__ = ["DeviceRates", "assume_graph_replay", "choose_strategy", "estimate_times", "graph_replay_assumed"]
+
+_GRAPH_REPLAY = contextvars.ContextVar("rdkernels_assume_graph_replay", default=False)
+
+
+@contextlib.contextmanager
+def assume_graph_replay(enabled: bool = True):
+    """Within this block ``strategy="auto"`` prices calls as CUDA graph replays
+    (device time only), as it does by itself while a capture is recording.
+
+    For the eager warm-up steps of a step that will be captured: they then run,
+    compile and tune the strategy the capture records, so the capture meets no
+    first call. Results agree either way to float rounding; only speed differs.
+    """
+    token = _GRAPH_REPLAY.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _GRAPH_REPLAY.reset(token)
+
+
+def graph_replay_assumed() -> bool:
+    """Inside :func:`assume_graph_replay`."""
+    return _GRAPH_REPLAY.get()
 
 
 @dataclass(frozen=True)
@@ -48,7 +83,8 @@ class DeviceRates:
     bw_stream: float      # bytes/s of sequential bank reads
     flops: float          # dense-matmul flop/s at the bank's precision (fp32 accumulate)
     t_index: float       # seconds per sampled index (the CSR build, or gather + scatter-add)
-    t_launch: float       # fixed cost of the dense path's extra launches
+    t_launch: float       # fixed host-side cost of the dense path's extra launches (eager)
+    t_graph: float        # their device-side cost where a CUDA graph replays them
 
 
 # H100/H200-class GPU. bw_gather is below HBM bandwidth: 512-byte rows scattered
@@ -61,10 +97,13 @@ class DeviceRates:
 # and dense 1.46 ms there. The counting build (csr.py) and the one-launch merge
 # that replaced them should cost less on both counts; until a GPU times them,
 # these measured values stay, so the model errs towards gather.
-_CUDA = DeviceRates(bw_gather=1.2e12, bw_stream=2.5e12, flops=2.5e14, t_index=1.1e-10, t_launch=1e-3)
+# t_graph: the CSR build's count, scan and fill kernels and the merge, a few
+# microseconds each on the device once their launches cost nothing.
+_CUDA = DeviceRates(bw_gather=1.2e12, bw_stream=2.5e12, flops=2.5e14, t_index=1.1e-10, t_launch=1e-3,
+                    t_graph=2e-5)
 # A few CPU cores: gathering materialises [B, chunk, d] and runs batched
 # matrix-vector products (memory bound); the dense path is an MKL/oneDNN GEMM.
-_CPU = DeviceRates(bw_gather=2.5e9, bw_stream=1.5e10, flops=1.0e11, t_index=2e-8, t_launch=1e-4)
+_CPU = DeviceRates(bw_gather=2.5e9, bw_stream=1.5e10, flops=1.0e11, t_index=2e-8, t_launch=1e-4, t_graph=1e-4)
 # query rows that share one read of the bank (the dense kernels' BLOCK_M)
 _ROWS_PER_PASS = {"cuda": 64, "triton": 16, "torch": 1 << 30}
 
@@ -74,8 +113,9 @@ def _rates(device: torch.device) -> DeviceRates:
 
 
 def estimate_times(batch: int, n_cols: int, n_bank: int, dim: int, bank_dtype: torch.dtype,
-                   device: torch.device, backend: str = "triton") -> tuple[float, float]:
-    """(t_gather, t_dense) in seconds, as modelled above. ``n_cols`` = K + 1."""
+                   device: torch.device, backend: str = "triton", captured: bool = False) -> tuple[float, float]:
+    """(t_gather, t_dense) in seconds, as modelled above. ``n_cols`` = K + 1;
+    ``captured``: the call is being recorded into a CUDA graph."""
     r = _rates(torch.device(device))
     e = torch.empty((), dtype=bank_dtype).element_size()
     negatives = max(n_cols - 1, 0)
@@ -84,12 +124,12 @@ def estimate_times(batch: int, n_cols: int, n_bank: int, dim: int, bank_dtype: t
     # the torch formulation writes and re-reads fp32 scores and coefficients [B, N]
     extra = 4 * 4 * batch * n_bank if backend == "torch" else 0
     t_dense = (passes * n_bank * dim * e / r.bw_stream + 4.0 * batch * n_bank * dim / r.flops
-               + batch * negatives * r.t_index + extra / r.bw_stream + r.t_launch)
+               + batch * negatives * r.t_index + extra / r.bw_stream + (r.t_graph if captured else r.t_launch))
     return t_gather, t_dense
 
 
 def choose_strategy(batch: int, n_cols: int, n_bank: int, dim: int, bank_dtype: torch.dtype,
-                    device: torch.device, backend: str = "triton") -> str:
+                    device: torch.device, backend: str = "triton", captured: bool = False) -> str:
     """``"dense"`` when the model says it is faster, else ``"gather"``."""
-    t_gather, t_dense = estimate_times(batch, n_cols, n_bank, dim, bank_dtype, device, backend)
+    t_gather, t_dense = estimate_times(batch, n_cols, n_bank, dim, bank_dtype, device, backend, captured)
     return "dense" if t_dense < t_gather else "gather"
