@@ -17,11 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-_ALIGN = 64  # floats: every carved segment starts 256-byte aligned
-
-
-def _aligned(n: int) -> int:
-    return -(-n // _ALIGN) * _ALIGN
+from rdkernels.ops._scratch import aligned as _aligned
 
 
 class DcdBuffers(NamedTuple):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from rdkernels.backend import multiprocessor_count
+from rdkernels.ops._scratch import aligned
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -31,7 +32,7 @@ def split_buffers(batch: int, dim: int, splits: int, need_grad: bool, device: to
     ``acc_at`` on (one allocation: the op is host-bound at RRD's sizes); the
     outputs loss[B] and dq[B, d] (empty without the gradient), all fp32."""
     f32 = dict(device=device, dtype=torch.float32)
-    acc_at = -(-5 * splits * batch // 64) * 64   # 256-byte aligned
+    acc_at = aligned(5 * splits * batch)
     scratch = torch.empty(acc_at + 2 * splits * batch * dim if need_grad else 5 * splits * batch, **f32)
     return scratch, acc_at, torch.empty(batch, **f32), torch.empty(batch, dim, **f32) if need_grad else \
         torch.empty(0, **f32)
