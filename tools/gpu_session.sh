@@ -111,7 +111,8 @@ phase_train() {
     python -m rdkernels.harness compare --distill "$distill" --cuda-graph "${common[@]}" 2>&1 \
       | tee -a "$LOGS/train.txt" || rc=1
   done
-  python -m rdkernels.harness compare --distill crd --cuda-graph --amp "${common[@]}" 2>&1 \
+  # the headline run; its profile says which kernels make up the CRD step's excess over KD
+  python -m rdkernels.harness compare --distill crd --cuda-graph --amp --profile-steps 20 "${common[@]}" 2>&1 \
     | tee -a "$LOGS/train.txt" || rc=1
   return $rc
 }

@@ -184,6 +184,26 @@ def test_interleaved_runs_train_as_they_would_alone(tmp_path):
         assert report["runs"][name]["steps"] == 8 and report["runs"][name]["steps_per_s"] > 0
 
 
+def test_compare_profiles_extra_steps_apart_from_the_timed_ones(tmp_path):
+    """--profile-steps: each run takes that many more steps under the profiler,
+    after the timed ones; the loss curves and step counts are the unprofiled run's."""
+    require_loss("dcd", "fused")
+    require_loss("dcd", "reference")
+    cfg = tiny_config(distill="dcd")
+    plain = compare(cfg, steps=5, warmup=2, out_dir=tmp_path, plot=False)
+    profiled = compare(cfg, steps=5, warmup=2, out_dir=tmp_path, plot=False, profile_steps=2)
+    for name, run in profiled["runs"].items():
+        assert run["loss"] == plain["runs"][name]["loss"] and run["steps"] == 5
+        prof = run["profile"]
+        assert prof["steps"] == 2 and prof["ms_per_step"] > 0 and prof["top"]
+        assert sum(row["ms_per_step"] for row in prof["top"]) <= prof["ms_per_step"] * (1 + 1e-9)
+        assert "profile" not in plain["runs"][name]
+    text = format_report(profiled)
+    assert "profiled steps; the costliest:" in text and "ms of CPU time of the ops themselves" in text
+    with pytest.raises(ValueError, match="profile_steps must be >= 0"):
+        compare(cfg, steps=5, warmup=2, plot=False, profile_steps=-1)
+
+
 def test_compare_needs_a_warmup_step():
     with pytest.raises(ValueError, match="warmup must be >= 1"):
         compare(tiny_config(distill="dcd"), steps=4, warmup=0, plot=False)

@@ -257,6 +257,9 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     _common(p, training=False)
     p.add_argument("--steps", type=_POSITIVE, default=200, help="training steps per run (whatever the epoch length)")
     p.add_argument("--warmup", type=_POSITIVE, default=20, help="steps excluded from the timing")
+    p.add_argument("--profile-steps", type=_NON_NEGATIVE, default=0,
+                   help="after the timed steps, profile this many more of each run and report its costliest "
+                        "kernels (default 0: none)")
     p.add_argument("--turn-steps", type=_POSITIVE, default=TURN_STEPS,
                    help="timed steps a run takes in its turn: the runs' timed steps are interleaved")
     p.add_argument("--results", default="benchmarks/results", help="folder for the JSON and PNG")
@@ -290,7 +293,7 @@ def _compare(args) -> None:
     for name in args.distill.split(","):
         cfg = _config(args, impl="fused", distill=name)
         compare(cfg, steps=args.steps, warmup=args.warmup, out_dir=args.results, plot=not args.no_plot,
-                turn_steps=args.turn_steps)
+                turn_steps=args.turn_steps, profile_steps=args.profile_steps)
 
 
 def main(argv=None) -> int:

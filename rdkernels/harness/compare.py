@@ -36,7 +36,7 @@ def _slug(text: str) -> str:
 
 
 def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str | Path = "benchmarks/results",
-            plot: bool = True, turn_steps: int = TURN_STEPS) -> dict:
+            plot: bool = True, turn_steps: int = TURN_STEPS, profile_steps: int = 0) -> dict:
     """Run ``cfg.distill`` with both impls and a KD-only run for ``steps`` steps each.
 
     All three runs share the seed, data, batch order, teacher and student
@@ -58,6 +58,12 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     Each run is exactly ``steps`` steps: ``cfg.epochs`` and ``cfg.max_steps`` do
     not apply (the runs go on into further epochs as needed), and nothing is
     written but the report (no run folder, checkpoints or evaluation).
+
+    ``profile_steps`` > 0: after the timed steps each run takes that many more
+    under torch.profiler, and the report gives its device time per step and its
+    costliest kernels (CPU ops on a CPU), which is where the distiller's
+    step-time ratio to KD comes from. Those steps are not in the timing or the
+    loss curves.
     """
     if cfg.distill in (None, "kd"):
         raise ValueError("compare needs a representation distiller: --distill crd|wcord|dcd|rrd")
@@ -68,8 +74,12 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
         raise ValueError(f"steps ({steps}) must exceed warmup ({warmup})")
     if turn_steps < 1:
         raise ValueError(f"turn_steps must be >= 1, got {turn_steps}")
+    if profile_steps < 0:
+        raise ValueError(f"profile_steps must be >= 0, got {profile_steps}")
     # epochs=0: no epoch limit, so max_steps alone sets the length and --steps N means N
-    cfg = dataclasses.replace(cfg, epochs=0, max_steps=steps, out=None, save_every=None, eval_every_epoch=False)
+    # (and the profiled steps come after them)
+    cfg = dataclasses.replace(cfg, epochs=0, max_steps=steps + profile_steps, out=None, save_every=None,
+                              eval_every_epoch=False)
     device = resolve_device(cfg.device)
     if cfg.cuda_graph:
         # the refusal the fused run's Trainer would make, made before the reference run
@@ -103,6 +113,11 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     turns = _interleave(trainers, rng, steps, turn_steps, bar)
     if bar is not None:
         bar.close()
+    profiles = {}
+    if profile_steps:
+        for name, trainer in trainers.items():
+            trainer.set_rng_state(rng[name])
+            profiles[name] = profile_kernels(trainer, profile_steps, device)
     for trainer in trainers.values():
         trainer.close()  # a DataLoader's workers (--sampling workers) exit now
 
@@ -114,15 +129,17 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
             "distill": trainer.cfg.distill,
             "cuda_graph": trainer.cfg.cuda_graph,
             "eager_because": eager_reasons[name],
-            "steps": trainer.step,
+            "steps": steps,
             "steps_per_s": timed / seconds,
             "ms_per_step": 1000.0 * seconds / timed,
             "turn_ms_per_step": [1000.0 * sec / n for n, sec in turns[name]],
             "peak_memory_bytes": peaks.get(name),
-            "loss": [row["loss"] for row in trainer.history],
-            "loss_feat": [row.get("loss_feat", 0.0) for row in trainer.history],
-            "loss_ce": [row["loss_ce"] for row in trainer.history],
+            "loss": [row["loss"] for row in trainer.history[:steps]],
+            "loss_feat": [row.get("loss_feat", 0.0) for row in trainer.history[:steps]],
+            "loss_ce": [row["loss_ce"] for row in trainer.history[:steps]],
         }
+        if name in profiles:
+            results[name]["profile"] = profiles[name]
     del trainers, trainer
     gc.collect()
     if device.type == "cuda":
@@ -168,6 +185,27 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
         report["png"] = str(plot_report(report, out_dir / f"{stem}.png"))
     print(format_report(report))
     return report
+
+
+def profile_kernels(trainer: Trainer, steps: int, device: torch.device, top: int = 12) -> dict:
+    """``steps`` more steps of ``trainer`` under torch.profiler: device time per step
+    (kernels, copies, memsets; on a CPU the ops' own CPU time) and the ``top``
+    costliest entries, each with its time and calls per step."""
+    from torch.profiler import ProfilerActivity, profile
+    on_gpu = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU]) as prof:
+        trainer.run(steps)
+        if on_gpu:
+            torch.cuda.synchronize(device)
+    own_us = (lambda e: e.self_device_time_total) if on_gpu else (lambda e: e.self_cpu_time_total)
+    rows = sorted(((e.key, own_us(e), e.count) for e in prof.key_averages() if own_us(e) > 0), key=lambda r: -r[1])
+    return {
+        "steps": steps,
+        "what": "device time (kernels, copies, memsets)" if on_gpu else "CPU time of the ops themselves",
+        "ms_per_step": sum(us for _, us, _ in rows) / 1e3 / steps,
+        "top": [{"name": key[:160], "ms_per_step": us / 1e3 / steps, "calls_per_step": count / steps}
+                for key, us, count in rows[:top]],
+    }
 
 
 def result_stem(cfg: TrainConfig, device: str) -> str:
@@ -289,6 +327,14 @@ def format_report(report: dict) -> str:
         lines.append(f"fused vs reference: step-time speed-up {report['speedup_fused_vs_reference']:.2f}x; "
                      f"|loss difference| at step 1 {report['first_step_loss_diff']:.3g}, "
                      f"at most {report['max_abs_loss_diff']:.3g} over the run")
+    for name, r in report["runs"].items():
+        prof = r.get("profile")
+        if not prof:
+            continue
+        lines.append(f"{name}: {prof['ms_per_step']:.3f} ms of {prof['what']} per step, over {prof['steps']} "
+                     "profiled steps; the costliest:")
+        lines += [f"  {row['ms_per_step']:8.3f} ms  {row['calls_per_step']:6.1f}x  {row['name'][:90]}"
+                  for row in prof["top"]]
     return "\n".join(lines)
 
 
