@@ -50,11 +50,16 @@ def _graph_ms(fn, iters: int) -> float | None:
     if replay is None:
         return None
     replay()
+    return _event_ms(replay, iters)
+
+
+def _event_ms(fn, iters: int) -> float:
+    """ms per call of ``fn`` run back to back, by CUDA events around the ``iters`` calls."""
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(iters):
-        replay()
+        fn()
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / iters
@@ -89,14 +94,7 @@ def measure(fn, iters: int) -> dict:
     for _ in range(iters):
         fn()
     host = (time.perf_counter() - t0) * 1e3 / iters
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    wall = start.elapsed_time(end) / iters
+    wall = _event_ms(fn, iters)
     return {"wall_ms": wall, "host_ms": host, "gpu_ms": _kernel_ms(fn, iters), "graph_ms": _graph_ms(fn, iters)}
 
 
