@@ -6,5 +6,5 @@ from rdkernels.ops.l2_normalize import l2_normalize
 from rdkernels.ops.shared_bank_contrast import shared_bank_contrast
 from rdkernels.ops.sinkhorn import SinkhornResult, sinkhorn
 
-__all__ = ["assume_graph_replay", "bank_contrast", "estimate_nce_z", "bank_update_", "dcd_loss", "l2_normalize", "shared_bank_contrast",
-           "sinkhorn", "SinkhornResult"]
+__all__ = ["assume_graph_replay", "bank_contrast", "estimate_nce_z", "bank_update_", "dcd_loss", "l2_normalize",
+           "shared_bank_contrast", "sinkhorn", "SinkhornResult"]
