@@ -204,6 +204,23 @@ def test_compare_profiles_extra_steps_apart_from_the_timed_ones(tmp_path):
         compare(cfg, steps=5, warmup=2, plot=False, profile_steps=-1)
 
 
+def test_a_profiler_failure_keeps_the_comparison(tmp_path, monkeypatch):
+    """The profile comes after the timed steps: if it cannot run, the timings and loss
+    curves are still reported, with the reason in place of the profile."""
+    require_loss("dcd", "fused")
+    require_loss("dcd", "reference")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUPTI unavailable")
+
+    monkeypatch.setattr("rdkernels.harness.compare.profile_kernels", broken)
+    report = compare(tiny_config(distill="dcd"), steps=4, warmup=1, out_dir=tmp_path, plot=False, profile_steps=2)
+    saved = json.loads(Path(report["json"]).read_text())
+    for run in saved["runs"].values():
+        assert run["profile"] == {"error": "RuntimeError: CUPTI unavailable"} and len(run["loss"]) == 4
+    assert "not profiled (RuntimeError: CUPTI unavailable)" in format_report(report)
+
+
 def test_compare_needs_a_warmup_step():
     with pytest.raises(ValueError, match="warmup must be >= 1"):
         compare(tiny_config(distill="dcd"), steps=4, warmup=0, plot=False)

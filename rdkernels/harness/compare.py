@@ -117,7 +117,10 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     if profile_steps:
         for name, trainer in trainers.items():
             trainer.set_rng_state(rng[name])
-            profiles[name] = profile_kernels(trainer, profile_steps, device)
+            try:
+                profiles[name] = profile_kernels(trainer, profile_steps, device)
+            except Exception as exc:  # a profiler that cannot run here must not cost the timings above
+                profiles[name] = {"error": f"{type(exc).__name__}: {exc}"}
     for trainer in trainers.values():
         trainer.close()  # a DataLoader's workers (--sampling workers) exit now
 
@@ -330,6 +333,9 @@ def format_report(report: dict) -> str:
     for name, r in report["runs"].items():
         prof = r.get("profile")
         if not prof:
+            continue
+        if "error" in prof:
+            lines.append(f"{name}: not profiled ({prof['error']})")
             continue
         lines.append(f"{name}: {prof['ms_per_step']:.3f} ms of {prof['what']} per step, over {prof['steps']} "
                      "profiled steps; the costliest:")
