@@ -14,7 +14,6 @@ import triton.language as tl
 from rdkernels.ops.l2_normalize import MAX_TRITON_DIM
 
 
-
 @triton.jit
 def l2_normalize_fwd_kernel(x_ptr, y_ptr, norm_ptr, dim, stride_x, eps, BLOCK_D: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)

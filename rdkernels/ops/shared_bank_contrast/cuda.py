@@ -21,7 +21,7 @@ def shared_bank_contrast_cuda(q_s, q_t, queue, tau_s: float, tau_t: float, need_
     cuda_extension().shared_bank_contrast(
         q_s.data_ptr(), q_t.data_ptr(), dtype_code(q_s), queue.data_ptr(), dtype_code(queue),
         batch, n_rows, dim, splits, rows_per_split, LOG2E / tau_s, LOG2E / tau_t, 1.0 / tau_s,
-        stats, stats + 4 * acc_at if need_grad else stats, loss.data_ptr(), dq.data_ptr() if need_grad else 0, bool(need_grad),
-        stream_of(q_s),
+        stats, stats + 4 * acc_at if need_grad else stats, loss.data_ptr(), dq.data_ptr() if need_grad else 0,
+        bool(need_grad), stream_of(q_s),
     )
     return loss, dq

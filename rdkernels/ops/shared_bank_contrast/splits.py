@@ -15,15 +15,18 @@ LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
 
+def split_queue(n_rows: int, want: int, tile: int) -> tuple[int, int]:
+    """(splits, queue rows per split): at most ``want`` splits (and at least one), each
+    whole tiles of ``tile`` rows, none empty."""
+    n_tiles = -(-n_rows // tile)
+    tiles_per_split = -(-n_tiles // max(1, min(n_tiles, want)))
+    return -(-n_tiles // tiles_per_split), tiles_per_split * tile
+
+
 def num_splits_cuda(batch: int, n_rows: int, rows_per_block: int, tile: int, device: torch.device):
     """(splits, queue rows per split) so that about two blocks per SM are busy."""
     row_blocks = -(-batch // rows_per_block)
-    n_tiles = -(-n_rows // tile)
-    sms = multiprocessor_count(device)
-    want = max(1, min(n_tiles, -(-2 * sms // row_blocks)))
-    tiles_per_split = -(-n_tiles // want)
-    splits = -(-n_tiles // tiles_per_split)
-    return splits, tiles_per_split * tile
+    return split_queue(n_rows, -(-2 * multiprocessor_count(device) // row_blocks), tile)
 
 
 def split_buffers(batch: int, dim: int, splits: int, need_grad: bool, device: torch.device):

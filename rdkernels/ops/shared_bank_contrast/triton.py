@@ -40,7 +40,7 @@ import triton.language as tl
 
 from rdkernels.backend import multiprocessor_count, triton_interpreter_enabled
 from rdkernels.ops._autotune import TunedKernel
-from rdkernels.ops.shared_bank_contrast.splits import LN2, LOG2E, split_buffers
+from rdkernels.ops.shared_bank_contrast.splits import LN2, LOG2E, split_buffers, split_queue
 
 _LN2 = tl.constexpr(LN2)  # kernel-visible (compiled code reads only constexpr globals)
 MAX_DIM = 128  # wider embeddings: the CUDA kernel (d <= 512) or torch
@@ -216,14 +216,11 @@ contrast_kernel = TunedKernel(shared_bank_contrast_kernel, CANDIDATES, key=["bat
                               prune=_prune)
 
 
-def _num_splits(batch: int, n_rows: int, align: int, device: torch.device) -> int:
-    """Splits of the queue: about two programs per SM at 16 query rows per program."""
+def _num_splits(batch: int, device: torch.device) -> int:
+    """Splits of the queue wanted: about two programs per SM at 16 query rows per program."""
     if device.type == "cuda":
-        sms = multiprocessor_count(device)
-        want = triton.cdiv(2 * sms, triton.cdiv(batch, 16))
-    else:  # interpreter: few programs, but still exercise the split merge
-        want = 2
-    return max(1, min(triton.cdiv(n_rows, align), want))
+        return triton.cdiv(2 * multiprocessor_count(device), triton.cdiv(batch, 16))
+    return 2  # interpreter: few programs, but still exercise the split merge
 
 
 def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, need_grad: bool,
@@ -235,10 +232,7 @@ def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, nee
     dev = q_s.device
     on_gpu = dev.type == "cuda" and not triton_interpreter_enabled()
     align = ROW_ALIGN if on_gpu else INTERPRETER_CONFIG["BLOCK_N"]
-    splits = num_splits or _num_splits(batch, n_rows, align, dev)
-    splits = max(1, min(splits, triton.cdiv(n_rows, align)))
-    rows_per_split = triton.cdiv(triton.cdiv(n_rows, splits), align) * align
-    splits = triton.cdiv(n_rows, rows_per_split)  # no empty split
+    splits, rows_per_split = split_queue(n_rows, num_splits or _num_splits(batch, dev), align)
     stats, acc_at, loss, dq = split_buffers(batch, dim, splits, need_grad, dev)
     acc = stats[acc_at:] if need_grad else stats
     # The logit dots run in 3xTF32 on the GPU: TF32 alone errs by ~5e-4 in q.Q,
