@@ -6,7 +6,9 @@ For every implementation of the chosen ops' cases, forward + backward, prints
 
 * wall:  ms per call, back to back (CUDA events around ``iters`` calls);
 * host:  ms of CPU time to issue one call (no sync in between);
-* gpu:   ms of kernel time per call (torch.profiler, device side);
+* gpu:   ms of kernel time per call (torch.profiler, device side), and
+  under the row the costliest kernels (us and launches per call, also in
+  the JSON), so a slow op says which of its kernels to look at;
 * graph: ms per call when the call is recorded once as a CUDA graph and
   replayed (what the call costs inside a captured training step; "-" where
   the implementation cannot be captured, e.g. it reads values on the host);
@@ -25,20 +27,23 @@ import time
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.registry import OP_MODULES, load_ops
-from rdkernels.ops import assume_graph_replay
 from benchmarks.suite import _index_checks, _mode_fn
+from rdkernels.harness.profiling import device_profile
+from rdkernels.ops import assume_graph_replay
+
+TOP_KERNELS = 4  # per row: which kernels make up its device time
 
 
-def _kernel_ms(fn, iters: int) -> float:
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+def _kernels(fn, iters: int) -> tuple[float, list[dict]]:
+    """(ms of device time per call, the TOP_KERNELS costliest kernels, copies and
+    memsets with their us and launches per call), by torch.profiler."""
+    def work():
         for _ in range(iters):
             fn()
-        torch.cuda.synchronize()
-    total_us = sum(e.self_device_time_total for e in prof.key_averages())
-    return total_us / 1e3 / iters
+    _, ms, entries = device_profile(work, iters, torch.device("cuda", torch.cuda.current_device()))
+    return ms, [{"name": e.name, "us": e.ms * 1e3, "launches": e.calls} for e in entries[:TOP_KERNELS]]
 
 
 def _graph_ms(fn, iters: int) -> float | None:
@@ -95,7 +100,8 @@ def measure(fn, iters: int) -> dict:
         fn()
     host = (time.perf_counter() - t0) * 1e3 / iters
     wall = _event_ms(fn, iters)
-    return {"wall_ms": wall, "host_ms": host, "gpu_ms": _kernel_ms(fn, iters), "graph_ms": _graph_ms(fn, iters)}
+    gpu, kernels = _kernels(fn, iters)
+    return {"wall_ms": wall, "host_ms": host, "gpu_ms": gpu, "graph_ms": _graph_ms(fn, iters), "kernels": kernels}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -136,6 +142,8 @@ def measure_ops(ops, device: torch.device, args: argparse.Namespace, timer=measu
                 graph = "-" if r["graph_ms"] is None else f"{r['graph_ms']:8.3f}"
                 print(f"{op.name:<22} {case.label:<44} {impl.name:<16} {r['wall_ms']:8.3f} {r['host_ms']:8.3f} "
                       f"{r['gpu_ms']:8.3f} {graph:>8}", flush=True)
+                for k in r.get("kernels", []):
+                    print(f"{'':<24}{k['us']:9.1f} us {k['launches']:5.1f}x  {k['name'][:90]}", flush=True)
     return rows
 
 

@@ -250,7 +250,11 @@ def test_overhead_tool_measures_a_callable_or_says_it_needs_a_gpu():
         return
     x = torch.randn(256, 256, device="cuda")
     r = overhead.measure(lambda: x @ x, iters=5)
+    kernels = r.pop("kernels")
     assert set(r) == {"wall_ms", "host_ms", "gpu_ms", "graph_ms"} and all(v > 0 for v in r.values())
+    # one GEMM kernel a call, and it is the whole device time
+    assert len(kernels) == 1 and kernels[0]["launches"] == 1, kernels
+    assert kernels[0]["us"] == pytest.approx(r["gpu_ms"] * 1e3)
     # a call that reads a value on the host cannot be recorded: no graph time, no crash,
     # and later work runs on the stream it ran on before (not the failed capture's)
     stream = torch.cuda.current_stream()
@@ -267,7 +271,8 @@ def test_overhead_tool_measures_a_callable_or_says_it_needs_a_gpu():
 
 def _fake_timer(fn, iters):
     fn()   # the plumbing runs for real, on a CPU
-    return {"wall_ms": 2.0, "host_ms": 1.0, "gpu_ms": 0.5, "graph_ms": None}
+    return {"wall_ms": 2.0, "host_ms": 1.0, "gpu_ms": 0.5, "graph_ms": None,
+            "kernels": [{"name": "some_kernel_name", "us": 400.0, "launches": 2.0}]}
 
 
 def test_overhead_rows_and_record_on_cpu(tmp_path, capsys):
@@ -280,7 +285,9 @@ def test_overhead_rows_and_record_on_cpu(tmp_path, capsys):
     rows = overhead.measure_ops(ops, CPU, args, timer=_fake_timer)
     assert {(r["op"], r["impl"], r["mode"]) for r in rows} >= {("dcd", "naive", "fwd+bwd"), ("dcd", "torch", "fwd+bwd"),
                                                                 ("bank_update", "torch", "fwd")}
-    assert "failed" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "failed" not in out
+    assert out.count("400.0 us   2.0x  some_kernel_name") == len(rows)  # each row's kernels under it
     path = overhead.write_record(args.json, rows, "Some GPU", args)
     record = json.loads(path.read_text())
     assert record["device"] == "Some GPU" and record["rows"] == rows and record["iters"] == 2

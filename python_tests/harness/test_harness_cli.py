@@ -380,3 +380,21 @@ def test_the_benchmark_settings_keep_the_report_name_readme_cites():
     assert result_stem(other, device) == \
         f"{stem}_sampling-workers_workers-4_mode-relax_batch-128_k-4096_backend-triton_index-checks"
     assert result_stem(dataclasses.replace(cfg, data="/data/cifar", seed=1), device) == f"{stem}_cifar100_seed-1"
+
+
+def test_device_profile_counts_per_unit_of_work():
+    """The profiling helper that compare and benchmarks.overhead share: entries per
+    unit of work (a step, a call), costliest first, summing to the total."""
+    from rdkernels.harness.profiling import device_profile
+    x = torch.randn(64, 64)
+
+    def work():
+        for _ in range(3):
+            torch.mm(x, x)
+            torch.relu(x)
+    what, ms, entries = device_profile(work, 3, torch.device("cpu"))
+    assert what == "CPU time of the ops themselves"
+    calls = {e.name: e.calls for e in entries}
+    assert calls["aten::mm"] == 1 and calls["aten::relu"] == 1
+    assert [e.ms for e in entries] == sorted((e.ms for e in entries), reverse=True)
+    assert ms == pytest.approx(sum(e.ms for e in entries)) and ms > 0

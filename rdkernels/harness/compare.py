@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from rdkernels.harness import data as hdata
+from rdkernels.harness.profiling import device_profile
 from rdkernels.harness.train import (Trainer, TrainConfig, check_graphable, command_line, device_name, graph_blocker,
                                      progress_bar, resolve_device, versions)
 
@@ -194,20 +195,12 @@ def profile_kernels(trainer: Trainer, steps: int, device: torch.device, top: int
     """``steps`` more steps of ``trainer`` under torch.profiler: device time per step
     (kernels, copies, memsets; on a CPU the ops' own CPU time) and the ``top``
     costliest entries, each with its time and calls per step."""
-    from torch.profiler import ProfilerActivity, profile
-    on_gpu = device.type == "cuda"
-    with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU]) as prof:
-        trainer.run(steps)
-        if on_gpu:
-            torch.cuda.synchronize(device)
-    own_us = (lambda e: e.self_device_time_total) if on_gpu else (lambda e: e.self_cpu_time_total)
-    rows = sorted(((e.key, own_us(e), e.count) for e in prof.key_averages() if own_us(e) > 0), key=lambda r: -r[1])
+    what, ms, entries = device_profile(lambda: trainer.run(steps), steps, device)
     return {
         "steps": steps,
-        "what": "device time (kernels, copies, memsets)" if on_gpu else "CPU time of the ops themselves",
-        "ms_per_step": sum(us for _, us, _ in rows) / 1e3 / steps,
-        "top": [{"name": key[:160], "ms_per_step": us / 1e3 / steps, "calls_per_step": count / steps}
-                for key, us, count in rows[:top]],
+        "what": what,
+        "ms_per_step": ms,
+        "top": [{"name": e.name, "ms_per_step": e.ms, "calls_per_step": e.calls} for e in entries[:top]],
     }
 
 

@@ -11,6 +11,7 @@ from rdkernels.ops.sinkhorn._driver import fused_buffers, run_tiled
 
 FUSED_MAX = 256  # n, m <= this: one launch, one CTA per problem, every iteration
 REGISTER_MAX = 128  # n, m <= this: the register-resident kernel can run it (see registers_enabled)
+REGISTERS_ENV = "RDKERNELS_SINKHORN_REGISTERS"
 
 
 def registers_enabled() -> bool:
@@ -18,7 +19,7 @@ def registers_enabled() -> bool:
     (csrc/sinkhorn.cu, 16 warps per problem, two barriers per iteration) rather
     than the shared-memory one. Off by default until it has been validated and
     timed on a GPU; RDKERNELS_SINKHORN_REGISTERS=1 turns it on."""
-    return os.environ.get("RDKERNELS_SINKHORN_REGISTERS", "0") == "1"
+    return os.environ.get(REGISTERS_ENV, "0") == "1"
 
 
 class _CudaTiled:
