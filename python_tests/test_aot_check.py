@@ -63,3 +63,16 @@ def test_bad_variant_is_reported(tmp_path):
     proc = _run(tmp_path, "--ops", "no_such_op")
     assert proc.returncode == 2
     assert "no_such_op" in proc.stderr
+
+
+def test_a_variant_is_compiled_only_from_its_min_arch(tmp_path):
+    """A Hopper-only tiling (min_arch 90: the RRD kernel's 64-row blocks) is not
+    compiled for sm_80, where the dispatcher never launches it."""
+    out = tmp_path / "aot.json"
+    proc = _run(tmp_path, "--arch", "80", "90", "--ops", "shared_bank_contrast", "--variants",
+                r"^shared_bank_contrast_d16_fp32_b(16n16w4|64n16w8)$", "--json", str(out), "--jobs", "1",
+                "--no-fail-on-spill")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [r for r in json.loads(out.read_text())["rows"] if not r["variant"].endswith("+ints=1")]
+    assert sorted((r["variant"][-8:], r["arch"]) for r in rows) == [
+        ("b16n16w4", 80), ("b16n16w4", 90), ("b64n16w8", 90)], rows

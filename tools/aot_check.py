@@ -38,7 +38,10 @@ Contract (each ``rdkernels/ops/<op>/triton.py``)::
          # launch on freshly allocated torch tensors gets.
          "divisible_by_16": [arg, ...],
          # optional: further compile options (e.g. {"maxnreg": 128})
-         "options": {...}}
+         "options": {...},
+         # optional: the oldest architecture the dispatcher launches it on (e.g.
+         # 90 for a Hopper-only tiling); --arch values below it skip the variant
+         "min_arch": int}
 
 Constexpr arguments may be left out of ``signature``; they are added as
 ``"constexpr"`` (Triton >= 3.2 wants every argument listed). An integer argument
@@ -523,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
         ops = discover_ops(args.ops)
         pattern = re.compile(args.variants) if args.variants else None
         jobs = [(op, i, arch) for op in ops for i, v in enumerate(load_variants(op))
-                if pattern is None or pattern.search(v["name"]) for arch in args.arch]
+                if pattern is None or pattern.search(v["name"])
+                for arch in args.arch if arch >= v.get("min_arch", 0)]
     except VariantError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

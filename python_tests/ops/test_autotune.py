@@ -105,17 +105,33 @@ def test_cpu_tensors_are_never_timed():
 
 
 def test_shared_bank_contrast_candidates():
-    """The first candidate is the configuration shipped before timing; forward-only
-    calls time each tiling once; every candidate's tiles are whole multiples of
-    the split alignment."""
+    """The first candidate is the configuration shipped before timing; every
+    candidate's tiles are whole multiples of the split alignment; the 64- and
+    128-row dots are timed on Hopper only (they spill on older GPUs)."""
     first = sbc_triton.CANDIDATES[0]
-    assert (first.kwargs["BLOCK_B"], first.kwargs["BLOCK_N"], first.kwargs["GRAD_PRECISION"],
-            first.num_warps) == (16, 32, "ieee", 8)
-    fwd = sbc_triton.contrast_kernel.candidates(NEED_GRAD=False)
-    tilings = [(c.kwargs["BLOCK_B"], c.kwargs["BLOCK_N"], c.num_warps) for c in fwd]
-    assert len(tilings) == len(set(tilings)) < len(sbc_triton.CANDIDATES)
-    assert sbc_triton.contrast_kernel.candidates(NEED_GRAD=True) == sbc_triton.CANDIDATES
+    assert (first.kwargs["BLOCK_B"], first.kwargs["BLOCK_N"], first.num_warps) == (16, 32, 8)
+    assert sbc_triton.min_arch(first) == 80
     assert all(sbc_triton.ROW_ALIGN % c.kwargs["BLOCK_N"] == 0 for c in sbc_triton.CANDIDATES)
+    hopper = [c for c in sbc_triton.CANDIDATES if sbc_triton.min_arch(c) == 90]
+    assert hopper and all(c.kwargs["BLOCK_B"] >= 32 for c in hopper)
+    # CPU tensors (the interpreter) are never timed: nothing is pruned for them
+    q = torch.zeros(4, 16)
+    assert sbc_triton.contrast_kernel.candidates(qs_ptr=q) == sbc_triton.CANDIDATES
+    # AOT variants of a Hopper-only candidate say so, and the AOT check skips them below sm_90
+    variants = {v["name"]: v for v in sbc_triton.aot_variants()}
+    assert variants["shared_bank_contrast_d128_fp32_b64n16w8"]["min_arch"] == 90
+    assert variants["shared_bank_contrast_d128_fp32_b16n32w8"]["min_arch"] == 80
+
+
+def test_shared_bank_contrast_prunes_by_compute_capability(monkeypatch):
+    class OnGpu:  # what the prune reads of the query tensor
+        is_cuda = True
+        device = torch.device("cuda", 0)
+    for capability, archs in (((8, 0), {80}), ((8, 9), {80}), ((9, 0), {80, 90}), ((12, 0), {80, 90})):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        kept = sbc_triton.contrast_kernel.candidates(qs_ptr=OnGpu())
+        assert {sbc_triton.min_arch(c) for c in kept} == archs, capability
+        assert kept[0] == sbc_triton.CANDIDATES[0]
 
 
 def test_needs_a_candidate():

@@ -76,7 +76,7 @@ def _triton_candidates():
 @pytest.mark.parametrize("batch,dim,n_rows", [(20, 128, 200), (5, 48, 70)])
 def test_triton_every_launch_candidate(config, batch, dim, n_rows):
     """Each configuration the GPU may pick by timing computes the same loss and
-    gradient: tile shapes, 3xTF32 or exact gradient dots (on a GPU), and queue
+    gradient: tile shapes (row blocks wider than the batch included) and queue
     splits that do not fall on its tile boundaries."""
     from rdkernels.backend import triton_unavailable_reason
     if triton_unavailable_reason(DEVICE):

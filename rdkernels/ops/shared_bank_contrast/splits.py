@@ -29,13 +29,15 @@ def num_splits_cuda(batch: int, n_rows: int, rows_per_block: int, tile: int, dev
     return split_queue(n_rows, -(-2 * multiprocessor_count(device) // row_blocks), tile)
 
 
-def split_buffers(batch: int, dim: int, splits: int, need_grad: bool, device: torch.device):
+def split_buffers(batch: int, dim: int, splits: int, need_grad: bool, device: torch.device,
+                  accumulators: bool = False):
     """(scratch, acc_at, loss, dq): the splits' statistics stats[5, splits, B] at the
-    start of ``scratch`` and, with the gradient, acc[2, splits, B, d] from element
-    ``acc_at`` on (one allocation: the op is host-bound at RRD's sizes); the
-    outputs loss[B] and dq[B, d] (empty without the gradient), all fp32."""
+    start of ``scratch`` and, with the gradient (or ``accumulators``), acc[2, splits,
+    B, d] from element ``acc_at`` on (one allocation: the op is host-bound at RRD's
+    sizes); the outputs loss[B] and dq[B, d] (empty without the gradient), all fp32."""
     f32 = dict(device=device, dtype=torch.float32)
     acc_at = aligned(5 * splits * batch)
-    scratch = torch.empty(acc_at + 2 * splits * batch * dim if need_grad else 5 * splits * batch, **f32)
+    with_acc = need_grad or accumulators
+    scratch = torch.empty(acc_at + 2 * splits * batch * dim if with_acc else 5 * splits * batch, **f32)
     return scratch, acc_at, torch.empty(batch, **f32), torch.empty(batch, dim, **f32) if need_grad else \
         torch.empty(0, **f32)
