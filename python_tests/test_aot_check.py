@@ -71,8 +71,40 @@ def test_a_variant_is_compiled_only_from_its_min_arch(tmp_path):
     out = tmp_path / "aot.json"
     proc = _run(tmp_path, "--arch", "80", "90", "--ops", "shared_bank_contrast", "--variants",
                 r"^shared_bank_contrast_d16_fp32_b(16n16w4|64n16w8)$", "--json", str(out), "--jobs", "1",
-                "--no-fail-on-spill")
+                "--no-fail-on-spill", "--sass")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [r for r in json.loads(out.read_text())["rows"] if not r["variant"].endswith("+ints=1")]
     assert sorted((r["variant"][-8:], r["arch"]) for r in rows) == [
         ("b16n16w4", 80), ("b16n16w4", 90), ("b64n16w8", 90)], rows
+    # --sass: the tile loop's instructions, tensor-core ones among them (mma.sync, wgmma)
+    assert all(r["loop_instrs"] > r["loop_mma"] > 0 for r in rows), rows
+
+
+def test_sass_loop_counts_the_outermost_loop():
+    """--sass: the instructions from the target of the longest backward branch to
+    that branch (an inner loop counted once), tensor-core ones apart; the kernel's
+    closing self-branch is no loop."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import aot_check
+    finally:
+        sys.path.pop(0)
+    listing = "\n".join([
+        "        /*0000*/                   MOV R1, c[0x0][0x28] ;",
+        "        /*0010*/                   S2R R0, SR_TID.X ;",
+        "        /*0020*/                   HMMA.1688.F32.TF32 R4, R8, R12, R4 ;",     # before the loop
+        "        /*0030*/                   LDG.E R2, desc[UR4][R2.64] ;",            # loop start
+        "        /*0040*/                   HMMA.1688.F32.TF32 R4, R8, R12, R4 ;",
+        "        /*0050*/                   FADD R4, R4, R2 ;",                       # inner loop start
+        "        /*0060*/               @P1 BRA 0x50 ;",
+        "        /*0070*/                   HGMMA.64x32x8.F32.TF32 R24, gdesc[UR8], R24 ;",
+        "        /*0080*/              @!P0 BRA 0x30 ;",                               # loop end
+        "        /*0090*/                   EXIT ;",
+        "        /*00a0*/                   BRA 0xa0;",
+    ])
+    assert aot_check.sass_loop(listing) == (6, 2)
+    assert aot_check.sass_loop(listing.replace("@!P0 BRA 0x30", "NOP").replace("@P1 BRA 0x50", "NOP")) is None
+    # newer cuobjdump prints labels and branches to them
+    labelled = listing.replace("@!P0 BRA 0x30", "@!P0 BRA `(.L_x_3)").replace(
+        "        /*0030*/", ".L_x_3:\n        /*0030*/")
+    assert aot_check.sass_loop(labelled) == (6, 2)

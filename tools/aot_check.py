@@ -16,6 +16,10 @@ Usage::
 It prints one row per variant and architecture (registers, spill stores/loads in
 bytes, ptxas' static shared memory, Triton's shared memory, their total, seconds),
 then the distinct errors and one summary line per kernel; ``--json`` writes the rows.
+``--sass`` adds the SASS instruction count of each variant's main loop and the
+tensor-core instructions among them (``cuobjdump -sass``): a static measure of
+work per loop step, to compare tilings of one kernel without a GPU (divide by
+the (row, column) pairs a step covers; stalls and occupancy are not in it).
 ``TRITON_INTERPRET`` is removed from the environment first: the kernels must be
 real JIT functions. Compiles land in Triton's usual cache (``TRITON_CACHE_DIR``);
 a cache hit skips the compile but still reads the PTX, so CI may keep that cache.
@@ -343,6 +347,7 @@ def parse_ptxas_log(log: str) -> dict:
 # --------------------------------------------------------------------------- one job
 
 PTXAS_TIMEOUT = 120.0  # seconds per ptxas run; set by --ptxas-timeout
+SASS = False  # count the main loop's SASS instructions; set by --sass
 
 
 @contextlib.contextmanager
@@ -363,12 +368,72 @@ def _ptxas_time_limit(seconds: float):
         subprocess.run = run
 
 
+_SASS_LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)[^;]*;")
+_BRANCH_TARGET = re.compile(r"\bBRA\b[^;]*?(?:0x([0-9a-f]+)|`\(\.L_x_(\d+)\))")
+_LABEL = re.compile(r"^\.L_x_(\d+):")
+TENSOR_CORE_OPS = ("HMMA", "HGMMA", "IMMA", "IGMMA", "QGMMA", "UTCHMMA")
+
+
+def _cuobjdump() -> str | None:
+    import triton
+    for path in (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump",
+                 Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "cuobjdump"):
+        if path.is_file():
+            return str(path)
+    return shutil.which("cuobjdump")
+
+
+def sass_loop(sass: str) -> tuple[int, int] | None:
+    """(instructions, tensor-core instructions) between the target of the longest
+    backward branch and that branch: the kernel's outermost loop, nested loops
+    counted once. None when the code has no loop."""
+    addr_of_label: dict[str, int] = {}
+    code: list[tuple[int, str, str]] = []  # (address, opcode, line)
+    pending: list[str] = []
+    for line in sass.splitlines():
+        label = _LABEL.match(line.strip())
+        if label:
+            pending.append(label.group(1))
+            continue
+        m = _SASS_LINE.match(line)
+        if m:
+            address = int(m.group(1), 16)
+            for name in pending:
+                addr_of_label[name] = address
+            pending = []
+            code.append((address, m.group(2), line))
+    loops = []
+    for address, opcode, line in code:
+        b = _BRANCH_TARGET.search(line) if opcode == "BRA" else None
+        if b:
+            target = int(b.group(1), 16) if b.group(1) else addr_of_label.get(b.group(2))
+            if target is not None and target < address:
+                loops.append((target, address))
+    if not loops:
+        return None
+    start, end = max(loops, key=lambda se: se[1] - se[0])
+    body = [op for a, op, _ in code if start <= a <= end]
+    return len(body), sum(op in TENSOR_CORE_OPS for op in body)
+
+
+def sass_counts(cubin: bytes) -> tuple[int, int] | None:
+    tool = _cuobjdump()
+    if tool is None:
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
+        fh.write(cubin)
+        fh.flush()
+        out = subprocess.run([tool, "-sass", fh.name], capture_output=True, text=True, timeout=60)
+    return sass_loop(out.stdout) if out.returncode == 0 else None
+
+
 def check_one(op: str, index: int, arch: int) -> dict:
     """Compile variant ``index`` of ``op`` for ``arch`` and measure it; never raises."""
     row = {"op": op, "variant": None, "kernel": None, "arch": arch, "num_warps": None,
            "num_stages": None, "regs": None, "spill_stores": None, "spill_loads": None,
            "stack": None, "static_smem": None, "triton_shared": None, "shared_total": None,
-           "ptxas": None, "seconds": None, "status": "error", "message": ""}
+           "ptxas": None, "loop_instrs": None, "loop_mma": None, "seconds": None, "status": "error",
+           "message": ""}
     start = time.perf_counter()
     try:
         variant = load_variants(op)[index]
@@ -386,6 +451,9 @@ def check_one(op: str, index: int, arch: int) -> dict:
                                      _triton_ptxas_flags(getattr(meta, "enable_fp_fusion", True)))
         row.update(stats, ptxas=ptxas)
         row["triton_shared"] = int(getattr(meta, "shared", 0) or 0)
+        counts = sass_counts(compiled.asm["cubin"]) if SASS else None
+        if counts is not None:
+            row["loop_instrs"], row["loop_mma"] = counts
         row["shared_total"] = row["static_smem"] + row["triton_shared"]
         problems = []
         limit = SHARED_LIMIT.get(arch)
@@ -415,6 +483,7 @@ COLUMNS = (("variant", "kernel variant", "<"), ("arch", "arch", ">"), ("num_warp
            ("num_stages", "stages", ">"), ("regs", "regs", ">"), ("spill_stores", "spill st", ">"),
            ("spill_loads", "spill ld", ">"), ("static_smem", "smem", ">"),
            ("triton_shared", "triton shm", ">"), ("shared_total", "shm total", ">"),
+           ("loop_instrs", "loop instr", ">"), ("loop_mma", "loop mma", ">"),
            ("seconds", "s", ">"), ("status", "status", "<"))
 
 
@@ -471,9 +540,10 @@ def format_summary(rows: list[dict]) -> str:
 
 # --------------------------------------------------------------------------- main
 
-def _worker_init(ptxas_timeout: float):
-    global PTXAS_TIMEOUT
+def _worker_init(ptxas_timeout: float, sass: bool = False):
+    global PTXAS_TIMEOUT, SASS
     PTXAS_TIMEOUT = ptxas_timeout
+    SASS = sass
     warnings.filterwarnings("ignore", message=".*TRITON_DEFAULT_FP_FUSION.*")
 
 
@@ -511,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="compile into an empty Triton cache (honest timings; CI default is the "
                              "usual cache, whose hits still give the PTX)")
     parser.add_argument("--quiet", action="store_true", help="print only failing rows and the summary")
+    parser.add_argument("--sass", action="store_true",
+                        help="also count each variant's main-loop SASS instructions (cuobjdump)")
     args = parser.parse_args(argv)
 
     if _INTERPRET not in (None, "", "0"):
@@ -539,10 +611,10 @@ def main(argv: list[str] | None = None) -> int:
         # spawn: a fresh interpreter per worker, no forked Triton/LLVM thread state.
         ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_worker_init,
-                                    initargs=(args.ptxas_timeout,)) as pool:
+                                    initargs=(args.ptxas_timeout, args.sass)) as pool:
             rows = [_progress(r) for r in pool.map(check_one, *zip(*jobs), chunksize=4)]
     else:
-        _worker_init(args.ptxas_timeout)
+        _worker_init(args.ptxas_timeout, args.sass)
         rows = [_progress(check_one(*job)) for job in jobs]
     elapsed = time.perf_counter() - start
 
