@@ -134,6 +134,22 @@ def test_shared_bank_contrast_prunes_by_compute_capability(monkeypatch):
         assert kept[0] == sbc_triton.CANDIDATES[0]
 
 
+def test_dcd_candidates_by_width():
+    """The DCD kernel's first candidate (the untimed one) is the 32-column 3xTF32
+    tiling at every width; the configuration shipped before is still timed against
+    it; 4 warps at d = 128 and K slices wider than the embedding are never tried."""
+    from rdkernels.ops.dcd import triton as dcd_triton
+    for block_d in (16, 32, 64, 128):
+        kept = dcd_triton.dcd_tuned.candidates(BLOCK_D=block_d)
+        tags = [dcd_triton._candidate_tag(c) for c in kept]
+        assert tags[0] == "x32k16w8_tf32x3", (block_d, tags)
+        assert ("x16k16w8_ieee" if block_d > 64 else "x16k16w4_ieee") in tags
+        assert all(c.kwargs["BLOCK_K"] <= block_d for c in kept)
+        if block_d == 128:
+            assert all(c.num_warps == 8 for c in kept)
+    assert all(dcd_triton.SCRATCH_ALIGN % c.kwargs["BLOCK_X"] == 0 for c in dcd_triton.CANDIDATES)
+
+
 def test_needs_a_candidate():
     with pytest.raises(ValueError, match="configs"):
         TunedKernel(sbc_triton.shared_bank_contrast_kernel, [], key=["batch"])

@@ -50,6 +50,36 @@ def test_matches_reference(backend, batch, dim, dtype):
     _check(loss, inputs, _expected(*inputs, upstream=1.3), dtype)
 
 
+def _triton_candidates():
+    from rdkernels.ops.dcd.triton import CANDIDATES, _candidate_tag
+    return [pytest.param(c, id=_candidate_tag(c)) for c in CANDIDATES]
+
+
+@pytest.mark.parametrize("config", _triton_candidates())
+@pytest.mark.parametrize("batch,dim", [(70, 128), (37, 48)])
+def test_triton_every_launch_candidate(config, batch, dim):
+    """Each configuration the GPU may pick by timing gives the same loss and the four
+    gradients: column chunks of 16 or 32 (a batch that ends mid-chunk), K slices of
+    16 or 32, exact or 3xTF32 gradient dots (on a GPU; exact under the interpreter)."""
+    from rdkernels.backend import triton_unavailable_reason
+    if triton_unavailable_reason(DEVICE):
+        pytest.skip(triton_unavailable_reason(DEVICE))
+    from rdkernels.ops.dcd.triton import dcd_triton
+    z_s, z_t, tau, bias = _inputs(batch, dim, tau=0.7, bias=-0.2)
+    exp_loss, exp_grads = _expected(z_s, z_t, tau, bias)
+    t = tau.detach().reshape(1).float()
+    b = bias.detach().reshape(1).float()
+    loss, grads = dcd_triton(z_s.detach(), z_t.detach(), t, b, 10.0, 0.5, True, config=config)
+    assert_close("loss", loss.reshape(()), exp_loss, 2e-5, 1e-5)
+    n = batch * dim
+    for name, got, want in (("z_s", grads[:n].view(batch, dim), exp_grads[0]),
+                            ("z_t", grads[n:2 * n].view(batch, dim), exp_grads[1]),
+                            ("tau", grads[2 * n], exp_grads[2]), ("bias", grads[2 * n + 1], exp_grads[3])):
+        assert_close(f"d{name}", got, want, 1e-5, 1e-4)
+    fwd_only, _ = dcd_triton(z_s.detach(), z_t.detach(), t, b, 10.0, 0.5, False, config=config)
+    assert_close("loss without gradient", fwd_only.reshape(()), exp_loss, 2e-5, 1e-5)
+
+
 @pytest.mark.parametrize("backend", backends("dcd_loss"))
 @pytest.mark.parametrize("tau,alpha", [(2.5, 0.5), (-1.0, 1.0), (1.0, 0.0), (2.302585, 2.0)])
 def test_clamp_and_alpha(backend, tau, alpha):

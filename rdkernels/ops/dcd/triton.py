@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from rdkernels.backend import triton_interpreter_enabled
+from rdkernels.ops._autotune import TunedKernel
 from rdkernels.ops.dcd.buffers import dcd_buffers
 
 MAX_DIM = 128  # wider: the CUDA kernel (d <= 256) or torch; d = 256 spills ~2 KB here
@@ -215,58 +216,105 @@ def dcd_finish_kernel(stats_ptr, local_ptr, part_ptr, tau_ptr, loss_ptr, dzs_ptr
 FINISH_BLOCK_P = 64
 
 
-def launch_config(batch: int, dim: int, device: torch.device) -> dict:
-    block_d = max(16, triton.next_power_of_2(dim))
-    if device.type != "cuda":  # interpreter: small chunks, so tests cross chunk boundaries
-        return dict(BLOCK=BLOCK, BLOCK_X=16, BLOCK_D=block_d, BLOCK_K=min(block_d, 32), num_warps=4, num_stages=1)
-    # 16 x 16 logit tiles; at d = 128, 8 warps share the [16, d] accumulators (4 warps
-    # or 32-wide chunks spill on sm_90); narrower tiles fit 4 warps.
-    return dict(BLOCK=BLOCK, BLOCK_X=16, BLOCK_D=block_d, BLOCK_K=min(block_d, 16),
-                num_warps=4 if block_d <= 64 else 8, num_stages=1)
+def _candidate(block_x: int, block_k: int, grad_precision: str, num_warps: int) -> triton.Config:
+    return triton.Config(dict(BLOCK_X=block_x, BLOCK_K=block_k, GRAD_PRECISION=grad_precision),
+                         num_warps=num_warps, num_stages=1)
 
 
-def dcd_triton(z_s, z_t, tau, bias, max_scale: float, alpha: float, need_grad: bool):
+# GPU launch candidates, timed per (B, d) by the autotuner (rdkernels/ops/_autotune.py);
+# the first is the configuration used before any timing. What the compiler says
+# (Triton 3.6, sm_90, fp32, gradient variant; SASS instructions of each sweep's loop
+# per logit, ``tools/aot_check.py --sass``):
+#
+#   BLOCK_X, BLOCK_K, gradient dots, warps   d = 128: sweep 1 / gradient sweeps, spills   d = 64
+#   32, 16, 3xTF32, 8                        3.5 / 3.7, 40 B                               2.1 / 2.4, 0 B
+#   16, 16, exact fp32, 8 (4 at d <= 64)     9.5 / 6.5, 120 B                              5.4 / 6.6, 160 B
+#   32, 32, 3xTF32, 8                        3.3 / 3.7, 52 B
+#
+# The second is the configuration shipped before these were timed: 16-column chunks
+# walk the batch in twice the sequential steps, and exact-fp32 gradient dots are
+# FMA loops. 3xTF32 gradient dots are fp32-accurate (TF32 alone was ~1e-3 off on an
+# H100: the gradient is a difference of nearly equal sums). 64-column chunks spill
+# ~600 B at d = 128.
+CANDIDATES = [
+    _candidate(32, 16, "tf32x3", 8),
+    _candidate(16, 16, "ieee", 8),
+    _candidate(16, 16, "ieee", 4),
+    _candidate(32, 32, "tf32x3", 8),
+    _candidate(32, 16, "tf32x3", 4),
+]
+SCRATCH_ALIGN = max(c.kwargs["BLOCK_X"] for c in CANDIDATES)  # the strips' leading dimension, for every candidate
+
+
+def _fits(config: triton.Config, block_d: int) -> bool:
+    """4 warps spill at d = 128 (and 8 are the old configuration's choice below it);
+    a K slice wider than the embedding is wasted."""
+    if config.kwargs["BLOCK_K"] > block_d:
+        return False
+    if config.kwargs["GRAD_PRECISION"] == "ieee":
+        return config.num_warps == (4 if block_d <= 64 else 8)
+    return config.num_warps == 8 or block_d <= 64
+
+
+def _prune(configs: list, args: dict) -> list:
+    return [c for c in configs if _fits(c, args["BLOCK_D"])]
+
+
+dcd_tuned = TunedKernel(dcd_kernel, CANDIDATES, key=["batch", "dim", "NEED_GRAD"], prune=_prune)
+
+
+def _interpreter_config(block_d: int) -> dict:
+    """Small chunks, so the tests cross chunk boundaries; every dot exact fp32."""
+    return dict(BLOCK_X=16, BLOCK_K=min(block_d, 32), GRAD_PRECISION="ieee", num_warps=4, num_stages=1)
+
+
+def dcd_triton(z_s, z_t, tau, bias, max_scale: float, alpha: float, need_grad: bool,
+               config: triton.Config | None = None):
     """tau, bias: one-element fp32 tensors on the device. Returns (loss, grads): grads
-    flat [dz_s | dz_t | d tau | d bias] (buffers.py), empty without need_grad."""
+    flat [dz_s | dz_t | d tau | d bias] (buffers.py), empty without need_grad.
+    ``config`` forces one launch candidate (tests)."""
     batch, dim = z_s.shape
-    cfg = launch_config(batch, dim, z_s.device)
-    n_prog = triton.cdiv(batch, cfg["BLOCK"])
-    scratch_ld = triton.cdiv(batch, cfg["BLOCK_X"]) * cfg["BLOCK_X"]
+    block_d = max(16, triton.next_power_of_2(dim))
+    n_prog = triton.cdiv(batch, BLOCK)
+    scratch_ld = triton.cdiv(batch, SCRATCH_ALIGN) * SCRATCH_ALIGN
     # the logit strips' scratch [n_prog, 2, BLOCK, scratch_ld] rides in the same allocation
-    buf = dcd_buffers(z_s, n_prog, need_grad, extra=n_prog * 2 * cfg["BLOCK"] * scratch_ld)
+    buf = dcd_buffers(z_s, n_prog, need_grad, extra=n_prog * 2 * BLOCK * scratch_ld)
     stats, strips = buf.scratch, buf.scratch[buf.extra_at:]
     local, part = (buf.scratch[buf.local_at:], buf.scratch[buf.part_at:]) if need_grad else (stats, stats)
-    exact = triton_interpreter_enabled() or z_s.device.type != "cuda"
+    on_gpu = z_s.device.type == "cuda" and not triton_interpreter_enabled()
     # GPU: 3xTF32 for the logits (scale up to 10 magnifies their error); the
     # interpreter computes every dot in exact fp32.
-    # The gradient is a difference of two probability-weighted sums that nearly
-    # cancel, so TF32's 10-bit inputs cost ~1e-3 relative error there (seen on an
-    # H100): the gradient products run in exact fp32 ("ieee"); the logits in 3xTF32.
-    precision, grad_precision = ("ieee", "ieee") if exact else ("tf32x3", "ieee")
-    dcd_kernel[(n_prog,)](
+    dcd_tuned.launch(
+        lambda meta: (n_prog,),
         z_s, z_t, tau, bias, stats, strips, local, part,
         batch, dim, scratch_ld, z_s.stride(0), z_t.stride(0), 1.0 / batch, float(alpha), float(max_scale),
-        NEED_GRAD=need_grad, DOT_PRECISION=precision, GRAD_PRECISION=grad_precision, **cfg,
+        config=config, fallback=None if on_gpu else _interpreter_config(block_d),
+        BLOCK=BLOCK, BLOCK_D=block_d, NEED_GRAD=need_grad, DOT_PRECISION="tf32x3" if on_gpu else "ieee",
     )
     g, bd = buf.grads, batch * dim
     # (without the gradient the kernel writes only the loss: the other pointers are placeholders)
     grads = (g, g[bd:], g[2 * bd:], g[2 * bd + 1:]) if need_grad else (buf.loss,) * 4
     dcd_finish_kernel[(batch if need_grad else 1,)](
         stats, local, part, tau, buf.loss, *grads, n_prog, batch, dim, 1.0 / batch, float(alpha),
-        float(max_scale), NEED_GRAD=need_grad, BLOCK_P=FINISH_BLOCK_P, BLOCK_D=cfg["BLOCK_D"], num_warps=4)
+        float(max_scale), NEED_GRAD=need_grad, BLOCK_P=FINISH_BLOCK_P, BLOCK_D=block_d, num_warps=4)
     return buf.loss, buf.grads
 
 
 _DTYPE_STR = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
+def _candidate_tag(c: triton.Config) -> str:
+    k = c.kwargs
+    return f"x{k['BLOCK_X']}k{k['BLOCK_K']}w{c.num_warps}_{k['GRAD_PRECISION']}"
+
+
 def aot_variants() -> list[dict]:
     """Every configuration the GPU dispatcher launches: BLOCK_D 16 .. 128, three
-    dtypes, with and without the gradient. B is a runtime value."""
+    dtypes, with and without the gradient, each candidate that fits the width.
+    B is a runtime value."""
     out = []
-    cuda = torch.device("cuda")
     for dim in (16, 32, 64, 128):
-        cfg = launch_config(64, dim, cuda)
+        block_d = max(16, triton.next_power_of_2(dim))
         for name in _DTYPE_STR.values():
             for need_grad in (True, False):
                 signature = {
@@ -276,17 +324,18 @@ def aot_variants() -> list[dict]:
                     "batch": "i32", "dim": "i32", "scratch_ld": "i32", "stride_zs": "i32", "stride_zt": "i32",
                     "inv_batch": "fp32", "alpha": "fp32", "max_scale": "fp32",
                 }
-                constexprs = {k: cfg[k] for k in ("BLOCK", "BLOCK_X", "BLOCK_D", "BLOCK_K")}
-                constexprs.update(NEED_GRAD=need_grad, DOT_PRECISION="tf32x3", GRAD_PRECISION="ieee")
-                out.append({"name": f"dcd_d{dim}_{name}_{'grad' if need_grad else 'fwd'}", "kernel": dcd_kernel,
-                            "signature": signature, "constexprs": constexprs,
-                            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
+                for cand in dcd_tuned.candidates(BLOCK_D=block_d):
+                    constexprs = dict(cand.kwargs, BLOCK=BLOCK, BLOCK_D=block_d, NEED_GRAD=need_grad,
+                                      DOT_PRECISION="tf32x3")
+                    out.append({"name": f"dcd_d{dim}_{name}_{'grad' if need_grad else 'fwd'}_{_candidate_tag(cand)}",
+                                "kernel": dcd_kernel, "signature": signature, "constexprs": constexprs,
+                                "num_warps": cand.num_warps, "num_stages": cand.num_stages})
         for need_grad in (True, False):
             signature = {k: "*fp32" for k in ("stats_ptr", "local_ptr", "part_ptr", "tau_ptr", "loss_ptr",
                                               "dzs_ptr", "dzt_ptr", "dtau_ptr", "dbias_ptr")}
             signature.update(n_prog="i32", batch="i32", dim="i32", inv_batch="fp32", alpha="fp32", max_scale="fp32")
             out.append({"name": f"dcd_finish_d{dim}_{'grad' if need_grad else 'fwd'}", "kernel": dcd_finish_kernel,
                         "signature": signature,
-                        "constexprs": dict(NEED_GRAD=need_grad, BLOCK_P=FINISH_BLOCK_P, BLOCK_D=cfg["BLOCK_D"]),
+                        "constexprs": dict(NEED_GRAD=need_grad, BLOCK_P=FINISH_BLOCK_P, BLOCK_D=block_d),
                         "num_warps": 4, "num_stages": 1})
     return out
