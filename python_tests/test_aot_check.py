@@ -1,4 +1,5 @@
 """tools/aot_check.py compiles a real op for sm_90 without a GPU and reads ptxas' numbers."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -84,11 +85,17 @@ def test_sass_loop_counts_the_outermost_loop():
     """--sass: the instructions from the target of the longest backward branch to
     that branch (an inner loop counted once), tensor-core ones apart; the kernel's
     closing self-branch is no loop."""
-    sys.path.insert(0, str(ROOT / "tools"))
+    # loaded by path, and TRITON_INTERPRET put back: the tool drops it from the
+    # environment on import, which would leave the rest of this test process
+    # compiling kernels for a GPU it does not have
+    saved = os.environ.get("TRITON_INTERPRET")
     try:
-        import aot_check
+        spec = importlib.util.spec_from_file_location("aot_check_under_test", TOOL)
+        aot_check = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(aot_check)
     finally:
-        sys.path.pop(0)
+        if saved is not None:
+            os.environ["TRITON_INTERPRET"] = saved
     listing = "\n".join([
         "        /*0000*/                   MOV R1, c[0x0][0x28] ;",
         "        /*0010*/                   S2R R0, SR_TID.X ;",
@@ -108,3 +115,4 @@ def test_sass_loop_counts_the_outermost_loop():
     labelled = listing.replace("@!P0 BRA 0x30", "@!P0 BRA `(.L_x_3)").replace(
         "        /*0030*/", ".L_x_3:\n        /*0030*/")
     assert aot_check.sass_loop(labelled) == (6, 2)
+    assert os.environ.get("TRITON_INTERPRET") == saved
