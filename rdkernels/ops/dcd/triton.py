@@ -231,7 +231,7 @@ def _candidate(block_x: int, block_k: int, grad_precision: str, num_warps: int) 
 #   16, 16, exact fp32, 8 (4 at d <= 64)     9.5 / 6.5, 120 B                              5.4 / 6.6, 160 B
 #   32, 32, 3xTF32, 8                        3.3 / 3.7, 52 B
 #
-# The second is the configuration shipped before these were timed: 16-column chunks
+# The exact-fp32 rows are the configuration shipped before these were timed: 16-column chunks
 # walk the batch in twice the sequential steps, and exact-fp32 gradient dots are
 # FMA loops. 3xTF32 gradient dots are fp32-accurate (TF32 alone was ~1e-3 off on an
 # H100: the gradient is a difference of nearly equal sums). 64-column chunks spill
@@ -247,8 +247,9 @@ SCRATCH_ALIGN = max(c.kwargs["BLOCK_X"] for c in CANDIDATES)  # the strips' lead
 
 
 def _fits(config: triton.Config, block_d: int) -> bool:
-    """4 warps spill at d = 128 (and 8 are the old configuration's choice below it);
-    a K slice wider than the embedding is wasted."""
+    """A K slice wider than the embedding is wasted; 3xTF32 at 4 warps spills at
+    d = 128; the exact-fp32 configuration keeps the warps it shipped with (4 up to
+    d = 64, 8 at d = 128)."""
     if config.kwargs["BLOCK_K"] > block_d:
         return False
     if config.kwargs["GRAD_PRECISION"] == "ieee":

@@ -23,10 +23,16 @@ def split_queue(n_rows: int, want: int, tile: int) -> tuple[int, int]:
     return -(-n_tiles // tiles_per_split), tiles_per_split * tile
 
 
-def num_splits_cuda(batch: int, n_rows: int, rows_per_block: int, tile: int, device: torch.device):
-    """(splits, queue rows per split) so that about two blocks per SM are busy."""
+def splits_wanted(batch: int, rows_per_block: int, device: torch.device) -> int:
+    """Queue splits that keep about two programs (blocks) per SM busy at
+    ``rows_per_block`` query rows each."""
     row_blocks = -(-batch // rows_per_block)
-    return split_queue(n_rows, -(-2 * multiprocessor_count(device) // row_blocks), tile)
+    return -(-2 * multiprocessor_count(device) // row_blocks)
+
+
+def num_splits_cuda(batch: int, n_rows: int, rows_per_block: int, tile: int, device: torch.device):
+    """(splits, queue rows per split) for the CUDA kernel (see splits_wanted)."""
+    return split_queue(n_rows, splits_wanted(batch, rows_per_block, device), tile)
 
 
 def split_buffers(batch: int, dim: int, splits: int, need_grad: bool, device: torch.device,

@@ -35,9 +35,9 @@ import torch
 import triton
 import triton.language as tl
 
-from rdkernels.backend import multiprocessor_count, triton_interpreter_enabled
+from rdkernels.backend import triton_interpreter_enabled
 from rdkernels.ops._autotune import TunedKernel
-from rdkernels.ops.shared_bank_contrast.splits import LN2, LOG2E, split_buffers, split_queue
+from rdkernels.ops.shared_bank_contrast.splits import LN2, LOG2E, split_buffers, split_queue, splits_wanted
 
 _LN2 = tl.constexpr(LN2)  # kernel-visible (compiled code reads only constexpr globals)
 MAX_DIM = 128  # wider embeddings: the CUDA kernel (d <= 512) or torch
@@ -114,8 +114,14 @@ def shared_bank_merge_kernel(stats_ptr, acc_ptr, qs_ptr, loss_ptr, dq_ptr, batch
         big_s = tl.maximum(big_s, tl.max(tl.load(stats_ptr + s * batch + b, mask=smask, other=-float("inf")), 0))
         big_t = tl.maximum(big_t, tl.max(tl.load(stats_ptr + 2 * plane + s * batch + b, mask=smask,
                                                  other=-float("inf")), 0))
+    # one pass over the splits: the weights' sums and the weighted accumulators,
+    # normalised after it
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < dim
     sum_s = 0.0
     sum_t = 0.0
+    acc_s = tl.zeros([BLOCK_D], tl.float32)   # sum_k exp2(s_k - big_s) Q_k (for the gradient)
+    acc_t = tl.zeros([BLOCK_D], tl.float32)   # sum_k exp2(t_k - big_t) Q_k
     for s0 in range(0, splits, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
         smask = s < splits
@@ -124,29 +130,20 @@ def shared_bank_merge_kernel(stats_ptr, acc_ptr, qs_ptr, loss_ptr, dq_ptr, batch
         w_t = tl.exp2(tl.load(stats_ptr + 2 * plane + at, mask=smask, other=-float("inf")) - big_t)
         sum_s += tl.sum(tl.load(stats_ptr + plane + at, mask=smask, other=0.0) * w_s, 0)
         sum_t += tl.sum(tl.load(stats_ptr + 3 * plane + at, mask=smask, other=0.0) * w_t, 0)
-    d = tl.arange(0, BLOCK_D)
-    dmask = d < dim
-    mean_t = tl.zeros([BLOCK_D], tl.float32)   # sum_k p_t,k Q_k
-    mean_s = tl.zeros([BLOCK_D], tl.float32)   # sum_k p_s,k Q_k (for the gradient)
-    for s0 in range(0, splits, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
-        smask = s < splits
-        at = s * batch + b
         offs = at.to(tl.int64)[:, None] * dim + d[None, :]
         m2 = smask[:, None] & dmask[None, :]
-        w_t = tl.exp2(tl.load(stats_ptr + 2 * plane + at, mask=smask, other=-float("inf")) - big_t) / sum_t
-        mean_t += tl.sum(tl.load(acc_ptr + plane.to(tl.int64) * dim + offs, mask=m2, other=0.0) * w_t[:, None],
-                         axis=0)
+        acc_t += tl.sum(tl.load(acc_ptr + plane.to(tl.int64) * dim + offs, mask=m2, other=0.0) * w_t[:, None],
+                        axis=0)
         if NEED_GRAD:
-            w_s = tl.exp2(tl.load(stats_ptr + at, mask=smask, other=-float("inf")) - big_s) / sum_s
-            mean_s += tl.sum(tl.load(acc_ptr + offs, mask=m2, other=0.0) * w_s[:, None], axis=0)
+            acc_s += tl.sum(tl.load(acc_ptr + offs, mask=m2, other=0.0) * w_s[:, None], axis=0)
+    mean_t = acc_t / sum_t   # sum_k p_t,k Q_k
     # The teacher-weighted student logit sum_k p_t,k s_k is q_s . (sum_k p_t,k Q_k):
     # the same sum, taken after the merge instead of accumulated per tile.
     q_s = tl.load(qs_ptr + b.to(tl.int64) * stride_qs + d, mask=dmask, other=0.0).to(tl.float32) * scale_s
     cross = tl.sum(q_s * mean_t, axis=0)
     tl.store(loss_ptr + b, (big_s + tl.log2(sum_s) - cross) * _LN2)
     if NEED_GRAD:
-        tl.store(dq_ptr + b * dim + d, (mean_s - mean_t) * inv_tau_s, mask=dmask)
+        tl.store(dq_ptr + b * dim + d, (acc_s / sum_s - mean_t) * inv_tau_s, mask=dmask)
 
 
 MERGE_BLOCK_S = 16  # splits per step of the merge: [16, d <= 128] fp32 tiles, no spills
@@ -210,11 +207,14 @@ def _prune(configs: list, args: dict) -> list:
 contrast_kernel = TunedKernel(shared_bank_contrast_kernel, CANDIDATES, key=["batch", "n_rows", "dim"], prune=_prune)
 
 
+SPLIT_ROWS = 32  # query rows per program the split count is sized for
+
+
 def _num_splits(batch: int, device: torch.device) -> int:
-    """Splits of the queue wanted: about two programs per SM at 32 query rows per
-    program (a 64-row candidate gets one, a 16-row one four)."""
+    """Splits of the queue wanted: about two programs per SM at SPLIT_ROWS query rows
+    per program (a 64-row candidate gets one, a 16-row one four)."""
     if device.type == "cuda":
-        return triton.cdiv(2 * multiprocessor_count(device), triton.cdiv(batch, 32))
+        return splits_wanted(batch, SPLIT_ROWS, device)
     return 2  # interpreter: few programs, but still exercise the split merge
 
 
