@@ -10,8 +10,6 @@
 #   tools/gpu_session.sh sanitizer            # compute-sanitizer memcheck and racecheck over the CUDA kernels
 #                                             # (alone: memcheck, racecheck; each up to ~9 minutes)
 #   tools/gpu_session.sh targets              # every issue target against the results above (a table)
-#   tools/gpu_session.sh dense                # the Triton dense kernel's GPU gradient error: launch variants
-#                                             # (tools/diagnose_triton_dense.py), the loop-isolating tests, racecheck
 #
 # Benchmark JSON and plots go to benchmarks/results/<device>/; logs go to
 # $LOGS (default gpu-session/). Wheels of the optional benchmark peers (POT,
@@ -143,25 +141,6 @@ sanitize() {
   return $rc
 }
 
-# The Triton dense gradient error seen on an H100 (bank_contrast/__init__.py): which launch
-# parameter moves it, which of the kernel's two loops it needs, and whether racecheck sees a
-# shared-memory hazard in the kernel at the shape that fails (about 3 minutes).
-phase_dense() {
-  local dir sanitizer rc=0
-  dir=$(device_dir) || return 1
-  mkdir -p "$dir"
-  { python tools/diagnose_triton_dense.py --k 4096 && python tools/diagnose_triton_dense.py --k 1024; } 2>&1 \
-    | tee "$LOGS/dense.txt" || rc=1
-  python -m pytest -q -p no:cacheprovider -rA python_tests/ops/test_bank_contrast_strategies.py \
-    -k "triton_dense_loops or benchmark_shape" 2>&1 | tail -n 20 | tee -a "$LOGS/dense.txt" || rc=1
-  sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
-  timeout -k 15 300 "$sanitizer" --tool racecheck --target-processes all \
-    python tools/diagnose_triton_dense.py --k 4096 > "$LOGS/dense-racecheck.log" 2>&1 || rc=1
-  grep -E "RACECHECK SUMMARY|hazard|Error" "$LOGS/dense-racecheck.log" | tail -n 8 | tee -a "$LOGS/dense.txt"
-  cp "$LOGS/dense.txt" "$dir/triton-dense-diagnosis.txt"
-  return $rc
-}
-
 phase_memcheck() { sanitize memcheck; }
 phase_racecheck() { sanitize racecheck; }
 phase_sanitizer() {
@@ -174,7 +153,7 @@ phase_sanitizer() {
 [ $# -gt 0 ] || { sed -n 2,18p "$0"; exit 2; }
 for phase in "$@"; do  # a misspelt phase is refused before any phase spends GPU time
   declare -F "phase_$phase" > /dev/null \
-    || { echo "unknown phase: $phase (build test overhead bench train sanitizer memcheck racecheck targets dense)"; exit 2; }
+    || { echo "unknown phase: $phase (build test overhead bench train sanitizer memcheck racecheck targets)"; exit 2; }
 done
 status=0
 for phase in "$@"; do

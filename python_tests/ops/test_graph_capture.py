@@ -116,9 +116,7 @@ def test_bank_contrast_captures(backend, strategy, epilogue):
 def test_auto_strategy_inside_a_capture_prices_device_time(backend, monkeypatch):
     """At CIFAR's ratios (every bank row sampled ~20 times) eager ``auto`` gathers and
     a capture records dense (a replay pays no host cost); under assume_graph_replay
-    the eager calls choose as the capture does. Replays match eager calls. (The
-    Triton backend never gets dense from ``auto`` on a GPU: its dense kernel is
-    suspect there, see bank_contrast/__init__.py.)"""
+    the eager calls choose as the capture does. Replays match eager calls."""
     import importlib
     bc = importlib.import_module("rdkernels.ops.bank_contrast")
     chosen = []
@@ -134,13 +132,12 @@ def test_auto_strategy_inside_a_capture_prices_device_time(backend, monkeypatch)
         loss = bank_contrast(q, bank, idx, temperature=0.07, epilogue="nce", z=z, n_data=N, backend=backend)
         return loss.detach(), _grad_of(loss, q)
 
-    dense = "gather" if backend == "triton" else "dense"
     _capture_and_compare(make, step, atol=1e-5)   # 2 warm-ups, the capture, 2 eager checks
-    assert chosen == ["gather", "gather", dense, "gather", "gather"]
+    assert chosen == ["gather", "gather", "dense", "gather", "gather"]
     chosen.clear()
     with rdkernels.ops.assume_graph_replay():
         _capture_and_compare(make, step, atol=1e-5)
-    assert chosen == [dense] * 5
+    assert chosen == ["dense"] * 5
 
 
 @gpu

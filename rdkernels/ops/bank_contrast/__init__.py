@@ -18,7 +18,6 @@ wrong gradient.
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 
@@ -204,26 +203,10 @@ def _resolve(query, backend):
     return name
 
 
-# The Triton dense kernel compiled for an H100 (Triton 3.6) returned query gradients
-# 3e-3 to 5e-3 (max-relative) off the float64 reference at B = 64, N = 50 000 and
-# K = 4096 or 16 384, while it matched to 4e-7 at K = 1024, under the interpreter
-# at K = 4096 (2e-7), and in every small-shape test on that GPU; the CUDA dense
-# kernel, fed the same CSR, matched to 7e-7. Until a GPU run finds the cause,
-# ``auto`` keeps the Triton backend on CUDA tensors off it.
-_TRITON_DENSE_SUSPECT_ON_GPU = True
-
-
 def _choose(strategy, query, bank, idx, backend_name):
     """The concrete strategy for this call (see cost_model.py for ``"auto"``)."""
-    suspect_dense = backend_name == "triton" and query.is_cuda and _TRITON_DENSE_SUSPECT_ON_GPU
     if strategy != "auto":
-        if strategy == "dense" and suspect_dense:
-            warnings.warn("bank_contrast: the Triton dense kernel's query gradient was off by up to 5e-3 "
-                          "(relative) at K >= 4096 on an H100; backend='cuda' or strategy='gather' match "
-                          "float64 to ~1e-6 there", RuntimeWarning, stacklevel=3)
         return strategy
-    if suspect_dense:
-        return "gather"
     return choose_strategy(query.shape[0], idx.shape[1], bank.shape[0], query.shape[1], bank.dtype,
                            query.device, backend_name, captured=_capturing(query))
 

@@ -78,18 +78,18 @@ def bank_contrast_dense_kernel(
 
     t_start = split * tiles_per_split
     t_stop = tl.minimum(t_start + tiles_per_split, n_tiles)
-    # The segment bounds run one tile ahead: a row's segment starts where its
-    # previous one ends, so a tile loads one offset (the next tile's end), and
-    # that load is in flight while this tile is scored. Loading both bounds
-    # in the tile that uses them put offsets -> ids, two dependent global
-    # loads, on every tile's path; now only the ids load is.
     offs_row = offs_ptr + rows64 * stride_offs
     seg_row = ids_ptr + rows64 * n_neg
-    e_lo = tl.load(offs_row + t_start, mask=row_mask, other=0)
-    e_hi = tl.load(offs_row + t_start + 1, mask=row_mask, other=0)
     for t in range(t_start, t_stop):
-        # (the last tile's "next" reads offsets[n_tiles] again, unused)
-        e_next = tl.load(offs_row + tl.minimum(t + 2, n_tiles), mask=row_mask, other=0)
+        # This tile's segment bounds, loaded here and not carried over from the
+        # previous tile: Triton 3.6 hoists the counting loop's trip count (a max
+        # over the rows of loop-carried bounds) out of this loop and computes it
+        # from the first tile's bounds (its TTGIR shows it; 3.9 does not), so a
+        # tile with more entries than the split's first one lost the rest on a
+        # GPU (the query gradient 3e-3 off at K >= 4096, N = 50 000).
+        # test_dense_count_loop_bound_stays_in_the_tile_loop checks the IR.
+        e_lo = tl.load(offs_row + t, mask=row_mask, other=0)
+        e_hi = tl.load(offs_row + t + 1, mask=row_mask, other=0)
         j = t * BLOCK_N + n_col
         j_mask = j < n_bank
         w = tl.load(bank_ptr + j.to(tl.int64)[:, None] * stride_bank + d[None, :],
@@ -109,8 +109,6 @@ def bank_contrast_dense_kernel(
             live = e[None, :] < n_e[:, None]
             col = tl.load(seg_row[:, None] + e_lo[:, None] + e[None, :], mask=live, other=-1) - t * BLOCK_N
             cnt += tl.sum((col[:, :, None] == n_col[None, None, :]).to(tl.int32), axis=1)
-        e_lo = e_hi
-        e_hi = e_next
         has = cnt > 0
         cnt_f = cnt.to(tl.float32)
 
