@@ -81,21 +81,27 @@ def test_a_variant_is_compiled_only_from_its_min_arch(tmp_path):
     assert all(r["loop_instrs"] > r["loop_mma"] > 0 for r in rows), rows
 
 
-def test_sass_loop_counts_the_outermost_loop():
-    """--sass: the instructions from the target of the longest backward branch to
-    that branch (an inner loop counted once), tensor-core ones apart; the kernel's
-    closing self-branch is no loop."""
-    # loaded by path, and TRITON_INTERPRET put back: the tool drops it from the
-    # environment on import, which would leave the rest of this test process
-    # compiling kernels for a GPU it does not have
+@pytest.fixture
+def aot_check():
+    """The tool as a module, loaded by path, with TRITON_INTERPRET put back: the tool
+    drops it from the environment on import, which would leave the rest of this
+    test process compiling kernels for a GPU it does not have."""
     saved = os.environ.get("TRITON_INTERPRET")
     try:
         spec = importlib.util.spec_from_file_location("aot_check_under_test", TOOL)
-        aot_check = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(aot_check)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     finally:
         if saved is not None:
             os.environ["TRITON_INTERPRET"] = saved
+    yield module
+    assert os.environ.get("TRITON_INTERPRET") == saved
+
+
+def test_sass_loop_counts_the_outermost_loop(aot_check):
+    """--sass: the instructions from the target of the longest backward branch to
+    that branch (an inner loop counted once), tensor-core ones apart; the kernel's
+    closing self-branch is no loop."""
     listing = "\n".join([
         "        /*0000*/                   MOV R1, c[0x0][0x28] ;",
         "        /*0010*/                   S2R R0, SR_TID.X ;",
@@ -115,4 +121,39 @@ def test_sass_loop_counts_the_outermost_loop():
     labelled = listing.replace("@!P0 BRA 0x30", "@!P0 BRA `(.L_x_3)").replace(
         "        /*0030*/", ".L_x_3:\n        /*0030*/")
     assert aot_check.sass_loop(labelled) == (6, 2)
-    assert os.environ.get("TRITON_INTERPRET") == saved
+
+
+# The shape of Triton 3.6's TTGIR for the dense bank-contrast kernel when it carried
+# the CSR bounds from tile to tile (trimmed): %e_lo_61 and %e_hi_64 load the first
+# tile's bounds a second time, in the reduction's layout, and the counting loop's
+# bound %0 computed from them is used inside the tile loop.
+_HOISTED_TTGIR = """
+    %e_lo_60 = tt.load %e_lo_58, %row_mask_23, %cst_9 : tensor<16x!tt.ptr<i32>, #slice> loc(#loc170)
+    %e_lo_61 = tt.load %e_lo_59, %row_mask_24, %cst_8 : tensor<16x!tt.ptr<i32>, #blocked3> loc(#loc170)
+    %e_hi_63 = tt.load %e_hi, %row_mask_23, %cst_9 : tensor<16x!tt.ptr<i32>, #slice> loc(#loc172)
+    %e_hi_64 = tt.load %e_hi_62, %row_mask_24, %cst_8 : tensor<16x!tt.ptr<i32>, #blocked3> loc(#loc172)
+    %n_e = arith.subi %e_hi_64, %e_lo_61 : tensor<16xi32, #blocked3> loc(#loc180)
+    %0 = "tt.reduce"(%n_e) <{axis = 0 : i32}> ({
+    }) : (tensor<16xi32, #blocked3>) -> i32 loc(#loc181)
+    %r:2 = scf.for %t = %lo to %hi step %c1_i32 iter_args(%e_lo_88 = %e_lo_60, %e_hi_89 = %e_hi_63) -> (tensor<16xi32, #slice>, tensor<16xi32, #slice>)  : i32 {
+      %e_next_93 = tt.load %e_next_92, %row_mask_23, %cst_9 : tensor<16x!tt.ptr<i32>, #slice> loc(#loc193)
+      %n_e_121 = arith.subi %e_hi_89, %e_lo_88 : tensor<16xi32, #slice> loc(#loc180)
+      %cnt_127 = scf.for %e0 = %c0_i32 to %0 step %c8_i32 iter_args(%cnt_165 = %cst_3) -> (tensor<16x32xi32, #blocked>)  : i32 {
+        scf.yield %cnt_165 : tensor<16x32xi32, #blocked> loc(#loc82)
+      } loc(#loc208)
+      scf.yield %e_hi_89, %e_next_93 : tensor<16xi32, #slice>, tensor<16xi32, #slice> loc(#loc107)
+    } loc(#loc189)
+"""
+
+
+def test_hoisted_loop_values_finds_the_dense_kernel_miscompile(aot_check):
+    """The TTGIR check flags a loop that uses a value computed before it from a copy
+    of a loop-carried value's initial load, and passes the same loop once the bound
+    is computed in the loop (what Triton 3.9 emits, and the fixed kernel)."""
+    found = aot_check.hoisted_loop_values(_HOISTED_TTGIR)
+    assert len(found) == 2 and all("%0" in f for f in found)
+    assert "%e_lo_61" in found[0] and "%e_lo_60" in found[0]
+    fixed = _HOISTED_TTGIR.replace("to %0 step", "to %9 step").replace(
+        "      %cnt_127", "      %9 = arith.maxsi %n_e_121, %n_e_121 : i32 loc(#loc181)\n      %cnt_127")
+    assert aot_check.hoisted_loop_values(fixed) == []
+    assert aot_check.hoisted_loop_values("") == []

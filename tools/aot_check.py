@@ -23,10 +23,13 @@ the (row, column) pairs a step covers; stalls and occupancy are not in it).
 ``TRITON_INTERPRET`` is removed from the environment first: the kernels must be
 real JIT functions. Compiles land in Triton's usual cache (``TRITON_CACHE_DIR``);
 a cache hit skips the compile but still reads the PTX, so CI may keep that cache.
+Each variant's TTGIR is also searched for one miscompile the interpreter cannot
+see (:func:`hoisted_loop_values`: a loop-carried value's first-iteration copy
+used inside the loop, which Triton 3.6 produced in the dense bank-contrast kernel).
 
 Exit status: 0 when everything compiled within the limits, 1 when a variant failed
 to compile, exceeds the architecture's shared memory or register file for its warp
-count, spills (unless ``--no-fail-on-spill``) or keeps ptxas busy longer than
+count, shows that miscompile, spills (unless ``--no-fail-on-spill``) or keeps ptxas busy longer than
 ``--ptxas-timeout``, 2 when an op module cannot be imported or its
 ``aot_variants()`` is malformed.
 
@@ -427,6 +430,55 @@ def sass_counts(cubin: bytes) -> tuple[int, int] | None:
     return sass_loop(out.stdout) if out.returncode == 0 else None
 
 
+_TTGIR_DEF = re.compile(r"^\s*(%[\w#.]+)(?::\d+)? = (.*)$")
+_TTGIR_LOC = re.compile(r"loc\((#loc\d+)\)\s*$")
+_TTGIR_VALUE = re.compile(r"%[\w#.]+")
+
+
+def hoisted_loop_values(ttgir: str) -> list[str]:
+    """Loops whose body uses a value computed before the loop from a second copy of a
+    loop-carried value's initial load (the same source location, another layout).
+
+    Triton 3.6 compiled the dense bank-contrast kernel that way: the counting
+    loop's trip count, a reduction over CSR bounds carried from tile to tile,
+    was computed once before the tile loop from the first tile's bounds, loaded
+    a second time in the reduction's layout. The interpreter cannot see it (it
+    runs the source); on a GPU later tiles lost entries. One message per finding."""
+    lines = ttgir.splitlines()
+    defs = {}   # name -> (line, loc, operands)
+    for i, line in enumerate(lines):
+        m = _TTGIR_DEF.match(line)
+        if m:
+            loc = _TTGIR_LOC.search(line)
+            defs[m.group(1)] = (i, loc.group(1) if loc else None, _TTGIR_VALUE.findall(m.group(2).split(" : ")[0]))
+    found = []
+    for i, line in enumerate(lines):
+        if "scf.for" not in line or "iter_args(" not in line:
+            continue
+        indent = len(line) - len(line.lstrip())
+        end = next((j for j in range(i + 1, len(lines)) if lines[j].strip().startswith("}")
+                    and len(lines[j]) - len(lines[j].lstrip()) == indent), len(lines) - 1)
+        inits = [init for _, init in re.findall(r"(%[\w#.]+) = (%[\w#.]+)", line.split("iter_args(", 1)[1])]
+        body = set(_TTGIR_VALUE.findall("\n".join(lines[i + 1:end + 1])))
+        for init in inits:
+            if init not in defs or defs[init][1] is None:
+                continue
+            loc = defs[init][1]
+            twins = [n for n, (j, l, _) in defs.items() if l == loc and n != init and j < i and "tt.load" in lines[j]]
+            for twin in twins:
+                reached, frontier = set(), [twin]
+                while frontier:   # everything computed before the loop from the twin
+                    v = frontier.pop()
+                    if v not in reached:
+                        reached.add(v)
+                        frontier += [n for n, (j, _, ops) in defs.items() if j < i and v in ops]
+                used = sorted(v for v in reached if v in body and v not in inits)
+                if used:
+                    found.append(f"line {i + 1}: the loop uses {', '.join(used)}, computed before it from {twin}, "
+                                 f"a copy of loop-carried {init}'s initial load (its first iteration's value)")
+    return found
+
+
 def check_one(op: str, index: int, arch: int) -> dict:
     """Compile variant ``index`` of ``op`` for ``arch`` and measure it; never raises."""
     row = {"op": op, "variant": None, "kernel": None, "arch": arch, "num_warps": None,
@@ -462,6 +514,7 @@ def check_one(op: str, index: int, arch: int) -> dict:
         threads = row["num_warps"] * 32
         if row["regs"] is not None and row["regs"] * threads > REGISTER_FILE:
             problems.append(f"{row['regs']} registers x {threads} threads > {REGISTER_FILE}")
+        problems += [f"TTGIR {h}" for h in hoisted_loop_values(compiled.asm.get("ttgir", ""))]
         if problems:
             row["message"] = "; ".join(problems)
         elif row["spill_stores"] or row["spill_loads"]:
