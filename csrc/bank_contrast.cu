@@ -281,6 +281,8 @@ constexpr int kBN = 64;      // bank rows per tile
 constexpr int kWarps = 4;
 constexpr int kDenseThreads = kWarps * 32;
 constexpr int kDenseMaxDim = 128;
+constexpr int kTileLoads = 8;   // 16-byte tile loads in flight per thread (load_tile)
+constexpr int kCountLoads = 4;  // CSR id loads in flight per lane when counting a tile's samples
 static_assert(kBM == kBN, "load_tile copies kBN rows for the query block too");
 
 __device__ __forceinline__ uint32_t to_tf32(float x) {
@@ -334,28 +336,45 @@ struct DenseSmem {
   static constexpr size_t bytes = (q_floats + w_floats + c_floats) * sizeof(float) + cnt_ints * sizeof(int);
 };
 
-// Copy `n_rows` rows x DP columns (zero beyond dim / n_valid) into shared memory as fp32.
+// Four consecutive elements as fp32 (one 16-byte load for fp32, 8 bytes for bf16).
+template <typename T>
+__device__ __forceinline__ float4 load_float4(const T* p) {
+  if constexpr (sizeof(T) == 4) {
+    return __ldg(reinterpret_cast<const float4*>(p));
+  } else {
+    const uint2 x = __ldg(reinterpret_cast<const uint2*>(p));
+    return make_float4(__uint_as_float(x.x << 16), __uint_as_float(x.x & 0xffff0000u),
+                       __uint_as_float(x.y << 16), __uint_as_float(x.y & 0xffff0000u));
+  }
+}
+
+// Copy kBN rows x DP columns (zero beyond dim / n_valid) into shared memory as fp32.
+// The vector path issues kTileLoads loads a thread before storing any: a tile is
+// 16 (DP = 128) or 8 vectors a thread, so it waits for two or one load latencies
+// where a load-store loop waited for one per vector the compiler did not batch.
 template <typename T, int DP>
 __device__ __forceinline__ void load_tile(float* dst, const T* src, int64_t first, int n_valid, int dim,
                                           int64_t stride, bool vec4) {
   constexpr int ld = DenseSmem<DP>::ld;
   if (vec4) {
     constexpr int per_row = DP / 4;
-    for (int i = threadIdx.x; i < kBN * per_row; i += kDenseThreads) {
-      const int r = i / per_row, c = (i % per_row) * 4;
-      float v[4] = {0.f, 0.f, 0.f, 0.f};
-      if (r < n_valid && c < dim) {
-        const T* p = src + (first + r) * stride + c;
-        if constexpr (sizeof(T) == 4) {
-          const float4 x = __ldg(reinterpret_cast<const float4*>(p));
-          v[0] = x.x; v[1] = x.y; v[2] = x.z; v[3] = x.w;
-        } else {
-          const uint2 x = __ldg(reinterpret_cast<const uint2*>(p));
-          v[0] = __uint_as_float(x.x << 16); v[1] = __uint_as_float(x.x & 0xffff0000u);
-          v[2] = __uint_as_float(x.y << 16); v[3] = __uint_as_float(x.y & 0xffff0000u);
-        }
+    constexpr int per_thread = kBN * per_row / kDenseThreads;
+    constexpr int batch = per_thread < kTileLoads ? per_thread : kTileLoads;
+    static_assert(kBN * per_row % kDenseThreads == 0 && per_thread % batch == 0, "whole vectors per thread");
+#pragma unroll
+    for (int k0 = 0; k0 < per_thread; k0 += batch) {
+      float4 v[batch];
+#pragma unroll
+      for (int k = 0; k < batch; ++k) {
+        const int i = threadIdx.x + (k0 + k) * kDenseThreads;
+        const int r = i / per_row, c = (i % per_row) * 4;
+        v[k] = (r < n_valid && c < dim) ? load_float4(src + (first + r) * stride + c) : make_float4(0.f, 0.f, 0.f, 0.f);
       }
-      *reinterpret_cast<float4*>(dst + r * ld + c) = make_float4(v[0], v[1], v[2], v[3]);
+#pragma unroll
+      for (int k = 0; k < batch; ++k) {
+        const int i = threadIdx.x + (k0 + k) * kDenseThreads;
+        *reinterpret_cast<float4*>(dst + (i / per_row) * ld + (i % per_row) * 4) = v[k];
+      }
     }
   } else {
     for (int i = threadIdx.x; i < kBN * DP; i += kDenseThreads) {
@@ -424,18 +443,30 @@ bank_dense_kernel(const float* __restrict__ query, const BankT* __restrict__ ban
       }
       const int excl = incl - len;
       const int total = __shfl_sync(0xffffffffu, incl, 31);
-      for (int base = 0; base < total; base += 32) {  // warp-uniform trip count
-        const int p = base + lane;
-        int r = 0;  // the row whose segment holds p: largest r with excl[r] <= p
+      // kCountLoads entries a lane per step: their id loads are all issued before
+      // the first shared atomic needs one, so a step waits for one load latency,
+      // not one per entry (~21 entries a row a tile at CIFAR-100: 11 -> 3 waits).
+      for (int base = 0; base < total; base += 32 * kCountLoads) {  // warp-uniform trip count
+        int slot[kCountLoads];
 #pragma unroll
-        for (int step = 8; step > 0; step >>= 1) {
-          if (__shfl_sync(0xffffffffu, excl, r + step) <= p) r += step;
+        for (int u = 0; u < kCountLoads; ++u) {
+          const int p = base + u * 32 + lane;
+          int r = 0;  // the row whose segment holds p: largest r with excl[r] <= p
+#pragma unroll
+          for (int step = 8; step > 0; step >>= 1) {
+            if (__shfl_sync(0xffffffffu, excl, r + step) <= p) r += step;
+          }
+          const int seg_lo = __shfl_sync(0xffffffffu, lo, r);
+          const int seg_excl = __shfl_sync(0xffffffffu, excl, r);
+          slot[u] = -1;
+          if (p < total) {
+            const int64_t row = row0 + wrow + r;
+            slot[u] = r * kBN + static_cast<int>(ids[row * n_neg + seg_lo + (p - seg_excl)] - j0);
+          }
         }
-        const int seg_lo = __shfl_sync(0xffffffffu, lo, r);
-        const int seg_excl = __shfl_sync(0xffffffffu, excl, r);
-        if (p < total) {
-          const int64_t row = row0 + wrow + r;
-          atomicAdd(&cntw[r * kBN + (ids[row * n_neg + seg_lo + (p - seg_excl)] - j0)], 1);
+#pragma unroll
+        for (int u = 0; u < kCountLoads; ++u) {
+          if (slot[u] >= 0) atomicAdd(&cntw[slot[u]], 1);
         }
       }
     }
