@@ -104,8 +104,15 @@ def test_wrong_implementation_is_reported_not_timed():
             raise RuntimeError("kernel exploded")
         return run
 
+    def declines(inp):              # a backend that refuses this shape, as CUDA DCD past B = 1024
+        from rdkernels.backend import BackendUnavailable
+
+        def run():
+            raise BackendUnavailable("backend 'x' cannot run this shape")
+        return run
+
     op.extra_impls += [Impl("fast_but_wrong", fast_but_wrong), Impl("slightly_off", slightly_off),
-                       Impl("broken", broken)]
+                       Impl("broken", broken), Impl("declines", declines)]
     case = op.cases("tiny", None)[0]
     rows = {r.impl: r for r in suite.run_case(op, case, CPU, CEILINGS, TINY)}
     for name in ("fast_but_wrong", "slightly_off"):
@@ -113,6 +120,7 @@ def test_wrong_implementation_is_reported_not_timed():
         assert rows[name].time_ms is None and rows[name].speedup_vs_naive is None
         assert rows[name].max_rel_err > rows[name].tolerance
     assert rows["broken"].status == "error" and "kernel exploded" in rows["broken"].reason
+    assert rows["declines"].status == "unavailable" and "cannot run this shape" in rows["declines"].reason
     assert rows["naive"].status == "ok" and rows["torch"].status == "ok"
     assert rows["naive"].time_ms > 0 and rows["naive"].speedup_vs_naive == pytest.approx(1.0)
 
