@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from rdkernels.backend import cuda_extension, multiprocessor_count
+from rdkernels.backend import cuda_extension
 from rdkernels.ops._cuda_common import dtype_code, kernel_shortfall, stream_of
+from rdkernels.ops._splits import split_tiles, splits_wanted
 from rdkernels.ops.bank_contrast.csr import build_csr
 from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, dense_splits
 from rdkernels.ops.bank_contrast.partials import EPILOGUE_CODES as _EPILOGUES
@@ -29,11 +30,9 @@ _GATHER_THREADS = 128
 
 
 def _gather_splits(batch: int, n_cols: int, device: torch.device) -> tuple[int, int]:
-    """(splits, columns per split): enough blocks for 4 per SM, >= 64 columns each."""
-    sms = multiprocessor_count(device)
-    want = max(1, min(-(-n_cols // 64), -(-4 * sms // batch)))
-    cols = -(-n_cols // want)
-    return -(-n_cols // cols), cols
+    """(splits, columns per split): about four blocks per SM (ops/_splits.py), >= 64
+    columns each."""
+    return split_tiles(n_cols, min(-(-n_cols // 64), splits_wanted(batch, device, programs_per_sm=4)))
 
 
 def _gather(code, query, bank, idx, *, temperature, z=None, grad=None, n_data=1):

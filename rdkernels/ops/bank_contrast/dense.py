@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from rdkernels.backend import multiprocessor_count
+from rdkernels.ops._splits import split_tiles, splits_wanted
 from rdkernels.ops.bank_contrast.reference import nce_constants
 
 __all__ = ["bank_contrast_loss_dense_torch", "bank_scores_dense_torch", "bank_scores_backward_dense_torch",
@@ -149,12 +149,5 @@ def bank_scores_backward_dense_torch(grad_scores, bank, idx, temperature):
 
 def dense_splits(m_blocks: int, n_tiles: int, device: torch.device) -> tuple[int, int]:
     """(splits, bank tiles per split) of the fused dense kernels (Triton and CUDA):
-    about two programs per SM; under the interpreter a few, which still
-    exercises the split merge."""
-    if device.type == "cuda":
-        programs = 2 * multiprocessor_count(device)
-        want = max(1, min(n_tiles, -(-programs // m_blocks)))
-    else:
-        want = min(n_tiles, 3)
-    per = -(-n_tiles // want)
-    return -(-n_tiles // per), per
+    about two programs per SM (ops/_splits.py)."""
+    return split_tiles(n_tiles, splits_wanted(m_blocks, device, programs_per_sm=2))

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rdkernels.backend import multiprocessor_count
+from rdkernels.ops._splits import split_tiles, splits_wanted
 from rdkernels.ops.bank_contrast.partials import EPILOGUE_CODES as _EPILOGUES
 from rdkernels.ops.bank_contrast.partials import NCE, SCORES, SCORES_BWD, SOFTMAX, gather_buffers
 from rdkernels.ops.bank_contrast.reference import nce_constants
@@ -107,15 +107,10 @@ def launch_config(dim: int) -> dict:
 
 
 def _splits(batch: int, n_cols: int, block_k: int, device: torch.device) -> tuple[int, int]:
-    """(number of column splits, columns per split, a multiple of BLOCK_K)."""
-    tiles = triton.cdiv(n_cols, block_k)
-    if device.type == "cuda":
-        programs = 4 * multiprocessor_count(device)
-        want = max(1, min(tiles, triton.cdiv(programs, batch)))
-    else:  # interpreter: few programs, but still exercise the split combine
-        want = min(tiles, 3)
-    cols = triton.cdiv(tiles, want) * block_k
-    return triton.cdiv(n_cols, cols), cols
+    """(number of column splits, columns per split, a multiple of BLOCK_K): about
+    four programs per SM (ops/_splits.py)."""
+    splits, per = split_tiles(triton.cdiv(n_cols, block_k), splits_wanted(batch, device, programs_per_sm=4))
+    return splits, per * block_k
 
 
 def _launch(epilogue_code, query, bank, idx, *, temperature, z=None, grad=None, n_data=1):

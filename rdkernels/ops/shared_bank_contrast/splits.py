@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from rdkernels.backend import multiprocessor_count
 from rdkernels.ops._scratch import aligned
+from rdkernels.ops._splits import split_tiles, splits_wanted
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -18,21 +18,19 @@ LN2 = 0.6931471805599453
 def split_queue(n_rows: int, want: int, tile: int) -> tuple[int, int]:
     """(splits, queue rows per split): at most ``want`` splits (and at least one), each
     whole tiles of ``tile`` rows, none empty."""
-    n_tiles = -(-n_rows // tile)
-    tiles_per_split = -(-n_tiles // max(1, min(n_tiles, want)))
-    return -(-n_tiles // tiles_per_split), tiles_per_split * tile
+    splits, per = split_tiles(-(-n_rows // tile), want)
+    return splits, per * tile
 
 
-def splits_wanted(batch: int, rows_per_block: int, device: torch.device) -> int:
+def queue_splits_wanted(batch: int, rows_per_block: int, device: torch.device, interpreter: int = 2) -> int:
     """Queue splits that keep about two programs (blocks) per SM busy at
-    ``rows_per_block`` query rows each."""
-    row_blocks = -(-batch // rows_per_block)
-    return -(-2 * multiprocessor_count(device) // row_blocks)
+    ``rows_per_block`` query rows each (ops/_splits.py); ``interpreter`` on a CPU."""
+    return splits_wanted(-(-batch // rows_per_block), device, programs_per_sm=2, interpreter=interpreter)
 
 
 def num_splits_cuda(batch: int, n_rows: int, rows_per_block: int, tile: int, device: torch.device):
-    """(splits, queue rows per split) for the CUDA kernel (see splits_wanted)."""
-    return split_queue(n_rows, splits_wanted(batch, rows_per_block, device), tile)
+    """(splits, queue rows per split) for the CUDA kernel (see queue_splits_wanted)."""
+    return split_queue(n_rows, queue_splits_wanted(batch, rows_per_block, device), tile)
 
 
 def split_buffers(batch: int, dim: int, splits: int, need_grad: bool, device: torch.device,

@@ -37,7 +37,7 @@ import triton.language as tl
 
 from rdkernels.backend import triton_interpreter_enabled
 from rdkernels.ops._autotune import TunedKernel
-from rdkernels.ops.shared_bank_contrast.splits import LN2, LOG2E, split_buffers, split_queue, splits_wanted
+from rdkernels.ops.shared_bank_contrast.splits import LN2, LOG2E, queue_splits_wanted, split_buffers, split_queue
 
 _LN2 = tl.constexpr(LN2)  # kernel-visible (compiled code reads only constexpr globals)
 MAX_DIM = 128  # wider embeddings: the CUDA kernel (d <= 512) or torch
@@ -212,10 +212,9 @@ SPLIT_ROWS = 32  # query rows per program the split count is sized for
 
 def _num_splits(batch: int, device: torch.device) -> int:
     """Splits of the queue wanted: about two programs per SM at SPLIT_ROWS query rows
-    per program (a 64-row candidate gets one, a 16-row one four)."""
-    if device.type == "cuda":
-        return splits_wanted(batch, SPLIT_ROWS, device)
-    return 2  # interpreter: few programs, but still exercise the split merge
+    per program (a 64-row candidate gets one, a 16-row one four); under the
+    interpreter two, which still exercise the split merge."""
+    return queue_splits_wanted(batch, SPLIT_ROWS, device)
 
 
 def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, need_grad: bool,

@@ -1,0 +1,37 @@
+"""How the fused kernels cut their long dimension into splits, one program each.
+
+Every fused kernel walks one long dimension per program: the bank (dense bank
+contrast), the sampled columns (gather bank contrast) or the queue (shared-bank
+contrast). Along the query rows there are only ``row_blocks`` programs (B / 16
+or B / 64: one to four at B = 64), so that dimension is cut into splits of
+whole tiles, merged after the kernel. The split count aims at
+``programs_per_sm`` programs on every SM: 2 for the kernels whose blocks hold
+large register or shared-memory tiles (dense, shared-bank contrast), 4 for the
+light gather kernels. Under Triton's interpreter (CPU tensors) a few splits
+still exercise the merge.
+"""
+from __future__ import annotations
+
+import torch
+
+from rdkernels.backend import multiprocessor_count
+
+__all__ = ["INTERPRETER_SPLITS", "split_tiles", "splits_wanted"]
+
+INTERPRETER_SPLITS = 3
+
+
+def splits_wanted(row_blocks: int, device: torch.device, programs_per_sm: int,
+                  interpreter: int = INTERPRETER_SPLITS) -> int:
+    """Splits that give ``row_blocks`` x splits ~ ``programs_per_sm`` x SMs programs
+    on a GPU; ``interpreter`` of them for CPU tensors."""
+    if device.type != "cuda":
+        return interpreter
+    return -(-programs_per_sm * multiprocessor_count(device) // max(1, row_blocks))
+
+
+def split_tiles(n_tiles: int, want: int) -> tuple[int, int]:
+    """(splits, tiles per split): at most ``want`` splits (at least one) of whole
+    tiles, none of them empty."""
+    per = -(-n_tiles // max(1, min(n_tiles, want)))
+    return -(-n_tiles // per), per
