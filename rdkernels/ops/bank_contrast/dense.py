@@ -22,8 +22,8 @@ fused kernels instead take the negatives of each row grouped by bank tile (a
 per-row CSR, csr.py: ``ids[B, K]`` int32 plus ``offsets[B, n_tiles+1]``
 int32, where each BLOCK_N-wide bank tile's entries start). That is
 B*K + B*N/BLOCK_N ints (the size of idx itself), exact for any multiplicity,
-and a kernel finds the entries of its (row block, bank tile) from two offsets
-(the Triton kernel carries one to the next tile, so it loads one a tile).
+and a kernel finds the entries of its (row block, bank tile) from two offsets,
+loaded in the tile (see triton_dense.py for why they are not carried over).
 
 This module holds the pure-PyTorch dense formulation (the torch backend's
 dense strategy and the best pure-PyTorch formulation of the op: a matmul of
