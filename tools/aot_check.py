@@ -445,12 +445,18 @@ def hoisted_loop_values(ttgir: str) -> list[str]:
     a second time in the reduction's layout. The interpreter cannot see it (it
     runs the source); on a GPU later tiles lost entries. One message per finding."""
     lines = ttgir.splitlines()
-    defs = {}   # name -> (line, loc, operands)
+    line_of, loads_at, users = {}, {}, {}   # value -> its line; loc -> loads there; value -> values using it
     for i, line in enumerate(lines):
         m = _TTGIR_DEF.match(line)
-        if m:
-            loc = _TTGIR_LOC.search(line)
-            defs[m.group(1)] = (i, loc.group(1) if loc else None, _TTGIR_VALUE.findall(m.group(2).split(" : ")[0]))
+        if not m:
+            continue
+        name = m.group(1)
+        line_of[name] = i
+        loc = _TTGIR_LOC.search(line)
+        if loc and "tt.load" in line:
+            loads_at.setdefault(loc.group(1), []).append(name)
+        for operand in _TTGIR_VALUE.findall(m.group(2).split(" : ")[0]):
+            users.setdefault(operand, []).append(name)
     found = []
     for i, line in enumerate(lines):
         if "scf.for" not in line or "iter_args(" not in line:
@@ -461,17 +467,18 @@ def hoisted_loop_values(ttgir: str) -> list[str]:
         inits = [init for _, init in re.findall(r"(%[\w#.]+) = (%[\w#.]+)", line.split("iter_args(", 1)[1])]
         body = set(_TTGIR_VALUE.findall("\n".join(lines[i + 1:end + 1])))
         for init in inits:
-            if init not in defs or defs[init][1] is None:
+            loc = _TTGIR_LOC.search(lines[line_of[init]]) if init in line_of else None
+            if loc is None:
                 continue
-            loc = defs[init][1]
-            twins = [n for n, (j, l, _) in defs.items() if l == loc and n != init and j < i and "tt.load" in lines[j]]
-            for twin in twins:
+            for twin in loads_at.get(loc.group(1), []):
+                if twin == init or line_of[twin] > i:
+                    continue
                 reached, frontier = set(), [twin]
                 while frontier:   # everything computed before the loop from the twin
                     v = frontier.pop()
                     if v not in reached:
                         reached.add(v)
-                        frontier += [n for n, (j, _, ops) in defs.items() if j < i and v in ops]
+                        frontier += [u for u in users.get(v, []) if line_of[u] < i]
                 used = sorted(v for v in reached if v in body and v not in inits)
                 if used:
                     found.append(f"line {i + 1}: the loop uses {', '.join(used)}, computed before it from {twin}, "
