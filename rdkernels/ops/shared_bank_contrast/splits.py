@@ -22,10 +22,10 @@ def split_queue(n_rows: int, want: int, tile: int) -> tuple[int, int]:
     return splits, per * tile
 
 
-def queue_splits_wanted(batch: int, rows_per_block: int, device: torch.device, interpreter: int = 2) -> int:
+def queue_splits_wanted(batch: int, rows_per_block: int, device: torch.device) -> int:
     """Queue splits that keep about two programs (blocks) per SM busy at
-    ``rows_per_block`` query rows each (ops/_splits.py); ``interpreter`` on a CPU."""
-    return splits_wanted(-(-batch // rows_per_block), device, programs_per_sm=2, interpreter=interpreter)
+    ``rows_per_block`` query rows each (ops/_splits.py); two on a CPU."""
+    return splits_wanted(-(-batch // rows_per_block), device, programs_per_sm=2, interpreter=2)
 
 
 def num_splits_cuda(batch: int, n_rows: int, rows_per_block: int, tile: int, device: torch.device):
