@@ -16,9 +16,9 @@
 //   through shared memory once. Per tile, each warp computes its 16 x 64
 //   score tile with mma.sync m16n8k8 TF32 in 3xTF32 (hi/lo splits: fp32
 //   accuracy on tensor cores; a bf16 bank is exact in TF32, so its lo part is
-//   skipped), rebuilds the tile's sample counts from the rows' CSR of
-//   negatives (shared-memory atomics, so repeated ids count with
-//   multiplicity), applies the epilogue in registers, and accumulates
+//   skipped), reads the tile's sample counts (how often each bank row is a
+//   negative of each query; packed 16-bit pairs, ops/bank_contrast/sample_counts.py)
+//   straight into the registers that apply them, applies the epilogue in registers, and accumulates
 //   dq += coef @ tile with a second 3xTF32 mma. No [B, N] matrix exists.
 //   The positive column is merged by the caller.
 //
@@ -282,7 +282,6 @@ constexpr int kWarps = 4;
 constexpr int kDenseThreads = kWarps * 32;
 constexpr int kDenseMaxDim = 128;
 constexpr int kTileLoads = 8;   // 16-byte tile loads in flight per thread (load_tile)
-constexpr int kCountLoads = 4;  // CSR id loads in flight per lane when counting a tile's samples
 static_assert(kBM == kBN, "load_tile copies kBN rows for the query block too");
 
 __device__ __forceinline__ uint32_t to_tf32(float x) {
@@ -332,8 +331,7 @@ struct DenseSmem {
   static constexpr size_t q_floats = kBM * ld;
   static constexpr size_t w_floats = kBN * ld;
   static constexpr size_t c_floats = kBM * ldc;   // per-warp 16 x 64 coefficient tiles
-  static constexpr size_t cnt_ints = kBM * kBN;
-  static constexpr size_t bytes = (q_floats + w_floats + c_floats) * sizeof(float) + cnt_ints * sizeof(int);
+  static constexpr size_t bytes = (q_floats + w_floats + c_floats) * sizeof(float);
 };
 
 // Four consecutive elements as fp32 (one 16-byte load for fp32, 8 bytes for bf16).
@@ -386,11 +384,11 @@ __device__ __forceinline__ void load_tile(float* dst, const T* src, int64_t firs
 
 template <typename BankT, int DP, int EPI>
 __global__ void __launch_bounds__(kDenseThreads)
-bank_dense_kernel(const float* __restrict__ query, const BankT* __restrict__ bank, const int* __restrict__ ids,
-                  const int* __restrict__ offsets, const float* __restrict__ z, float* __restrict__ loss_out,
+bank_dense_kernel(const float* __restrict__ query, const BankT* __restrict__ bank,
+                  const uint32_t* __restrict__ counts, const float* __restrict__ z, float* __restrict__ loss_out,
                   float* __restrict__ dq, float* __restrict__ max_out, float* __restrict__ sum_out, int batch,
-                  int n_bank, int dim, int n_neg, int n_tiles, int tiles_per_split, int64_t stride_bank,
-                  int64_t stride_offs, float inv_t, float log_c, float log_mpn_c, bool vec4_q, bool vec4_bank) {
+                  int n_bank, int dim, int n_tiles, int tiles_per_split, int64_t stride_bank, int64_t stride_counts,
+                  float inv_t, float log_c, float log_mpn_c, bool vec4_q, bool vec4_bank) {
   using S = DenseSmem<DP>;
   constexpr bool B_EXACT = sizeof(BankT) == 2;
   constexpr int NT = DP / 8;  // n-tiles of dq per warp
@@ -398,7 +396,6 @@ bank_dense_kernel(const float* __restrict__ query, const BankT* __restrict__ ban
   float* qs = reinterpret_cast<float*>(smem4);
   float* ws = qs + S::q_floats;
   float* cs = ws + S::w_floats;
-  int* cnt = reinterpret_cast<int*>(cs + S::c_floats);
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -406,7 +403,13 @@ bank_dense_kernel(const float* __restrict__ query, const BankT* __restrict__ ban
   const int split = blockIdx.y, n_splits = gridDim.y;
   const int wrow = warp * 16;  // this warp's first row within the block
   float* cw = cs + wrow * S::ldc;
-  int* cntw = cnt + wrow * kBN;
+  // this thread's count rows (the rows g, g + 8 of its warp whose scores it holds), or null past the batch
+  const uint32_t* cnt_row[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = row0 + wrow + g + 8 * h;
+    cnt_row[h] = row < batch ? counts + static_cast<int64_t>(row) * stride_counts : nullptr;
+  }
 
   load_tile<float, DP>(qs, query, row0, min(kBM, batch - row0), dim, dim, vec4_q);
 
@@ -421,55 +424,17 @@ bank_dense_kernel(const float* __restrict__ query, const BankT* __restrict__ ban
   for (int tile = t_start; tile < t_stop; ++tile) {
     const int64_t j0 = static_cast<int64_t>(tile) * kBN;
     __syncthreads();  // every warp is done with the previous tile
-    load_tile<BankT, DP>(ws, bank, j0, static_cast<int>(n_bank - j0 < kBN ? n_bank - j0 : kBN), dim, stride_bank, vec4_bank);
-    for (int i = lane; i < 16 * kBN; i += 32) cntw[i] = 0;
-    __syncthreads();
-
-    // Sample counts of this warp's 16 rows in this tile, from the CSR (ops/bank_contrast/csr.py).
-    // The rows' segments are concatenated (a warp scan of their lengths) and the
-    // lanes stride over the concatenation, so the id loads are independent.
-    {
-      int lo = 0, len = 0;
-      if (lane < 16 && row0 + wrow + lane < batch) {
-        const int64_t o = static_cast<int64_t>(row0 + wrow + lane) * stride_offs + tile;
-        lo = offsets[o];
-        len = offsets[o + 1] - lo;
-      }
-      int incl = len;
+    // Sample counts of the score entries this thread holds: columns j*8 + 2t + {0, 1}
+    // are the two halves of word j*4 + t of the tile's 32 (count rows are padded to
+    // whole tiles). Loaded before the bank tile, so they arrive during its load.
+    uint32_t cword[2][8];
 #pragma unroll
-      for (int off = 1; off < 32; off <<= 1) {
-        const int v = __shfl_up_sync(0xffffffffu, incl, off);
-        if (lane >= off) incl += v;
-      }
-      const int excl = incl - len;
-      const int total = __shfl_sync(0xffffffffu, incl, 31);
-      // kCountLoads entries a lane per step: their id loads are all issued before
-      // the first shared atomic needs one, so a step waits for one load latency,
-      // not one per entry (~21 entries a row a tile at CIFAR-100: 11 -> 3 waits).
-      for (int base = 0; base < total; base += 32 * kCountLoads) {  // warp-uniform trip count
-        int slot[kCountLoads];
+    for (int h = 0; h < 2; ++h) {
 #pragma unroll
-        for (int u = 0; u < kCountLoads; ++u) {
-          const int p = base + u * 32 + lane;
-          int r = 0;  // the row whose segment holds p: largest r with excl[r] <= p
-#pragma unroll
-          for (int step = 8; step > 0; step >>= 1) {
-            if (__shfl_sync(0xffffffffu, excl, r + step) <= p) r += step;
-          }
-          const int seg_lo = __shfl_sync(0xffffffffu, lo, r);
-          const int seg_excl = __shfl_sync(0xffffffffu, excl, r);
-          slot[u] = -1;
-          if (p < total) {
-            const int64_t row = row0 + wrow + r;
-            slot[u] = r * kBN + static_cast<int>(ids[row * n_neg + seg_lo + (p - seg_excl)] - j0);
-          }
-        }
-#pragma unroll
-        for (int u = 0; u < kCountLoads; ++u) {
-          if (slot[u] >= 0) atomicAdd(&cntw[slot[u]], 1);
-        }
-      }
+      for (int j = 0; j < 8; ++j) cword[h][j] = cnt_row[h] ? __ldg(cnt_row[h] + j0 / 2 + j * 4 + t) : 0u;
     }
+    load_tile<BankT, DP>(ws, bank, j0, static_cast<int>(n_bank - j0 < kBN ? n_bank - j0 : kBN), dim, stride_bank, vec4_bank);
+    __syncthreads();
 
     // scores: s[16 x 64] = q_w[16 x DP] . tile^T
     float sacc[8][4];
@@ -485,7 +450,6 @@ bank_dense_kernel(const float* __restrict__ query, const BankT* __restrict__ ban
         mma_3xtf32<B_EXACT>(sacc[j], a, b);
       }
     }
-    __syncwarp();  // counts complete
 
     // epilogue: thread holds rows g, g+8 and columns j*8 + 2t + {0, 1}
     float scale[2] = {1.f, 1.f};
@@ -497,7 +461,7 @@ bank_dense_kernel(const float* __restrict__ query, const BankT* __restrict__ ban
         for (int j = 0; j < 8; ++j) {
 #pragma unroll
           for (int c = 0; c < 2; ++c) {
-            if (cntw[(g + 8 * h) * kBN + j * 8 + 2 * t + c] > 0) m = fmaxf(m, sacc[j][2 * h + c] * inv_t);
+            if (cword[h][j] >> (16 * c) & 0xffffu) m = fmaxf(m, sacc[j][2 * h + c] * inv_t);
           }
         }
         m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
@@ -510,7 +474,7 @@ bank_dense_kernel(const float* __restrict__ query, const BankT* __restrict__ ban
         for (int j = 0; j < 8; ++j) {
 #pragma unroll
           for (int c = 0; c < 2; ++c) {
-            const int n = cntw[(g + 8 * h) * kBN + j * 8 + 2 * t + c];
+            const int n = static_cast<int>(cword[h][j] >> (16 * c) & 0xffffu);
             const float p = n > 0 ? n * __expf(sacc[j][2 * h + c] * inv_t - safe) : 0.f;
             cw[(g + 8 * h) * S::ldc + j * 8 + 2 * t + c] = p;
             sum += p;
@@ -533,7 +497,7 @@ bank_dense_kernel(const float* __restrict__ query, const BankT* __restrict__ ban
         for (int j = 0; j < 8; ++j) {
 #pragma unroll
           for (int c = 0; c < 2; ++c) {
-            const int n = cntw[(g + 8 * h) * kBN + j * 8 + 2 * t + c];
+            const int n = static_cast<int>(cword[h][j] >> (16 * c) & 0xffffu);
             float coef = 0.f;
             if (n > 0) {
               const float tt = sacc[j][2 * h + c] * inv_t - log_z - log_c;
@@ -589,17 +553,17 @@ bank_dense_kernel(const float* __restrict__ query, const BankT* __restrict__ ban
 }
 
 template <typename BankT, int DP>
-void launch_dense_dp(int epilogue, dim3 grid, cudaStream_t stream, const float* q, const BankT* bank, const int* ids,
-                     const int* offs, const float* z, float* loss, float* dq, float* mx, float* sm, int batch,
-                     int n_bank, int dim, int n_neg, int n_tiles, int per, int64_t stride_bank, int64_t stride_offs,
+void launch_dense_dp(int epilogue, dim3 grid, cudaStream_t stream, const float* q, const BankT* bank,
+                     const uint32_t* counts, const float* z, float* loss, float* dq, float* mx, float* sm, int batch,
+                     int n_bank, int dim, int n_tiles, int per, int64_t stride_bank, int64_t stride_counts,
                      float inv_t, float log_c, float log_mpn_c, bool vec4_q, bool vec4_bank) {
   const size_t smem = DenseSmem<DP>::bytes;
 #define RDK_DENSE(EPI)                                                                                        \
   do {                                                                                                        \
     auto kernel = bank_dense_kernel<BankT, DP, EPI>;                                                          \
     reserve_shared_memory(kernel, smem, "bank_contrast_dense");                                              \
-    kernel<<<grid, kDenseThreads, smem, stream>>>(q, bank, ids, offs, z, loss, dq, mx, sm, batch, n_bank, dim, \
-                                                  n_neg, n_tiles, per, stride_bank, stride_offs, inv_t, log_c, \
+    kernel<<<grid, kDenseThreads, smem, stream>>>(q, bank, counts, z, loss, dq, mx, sm, batch, n_bank, dim,    \
+                                                  n_tiles, per, stride_bank, stride_counts, inv_t, log_c,        \
                                                   log_mpn_c, vec4_q, vec4_bank);                              \
   } while (0)
   if (epilogue == kNce) {
@@ -613,21 +577,20 @@ void launch_dense_dp(int epilogue, dim3 grid, cudaStream_t stream, const float* 
 }
 
 template <typename BankT>
-void launch_dense(int epilogue, dim3 grid, cudaStream_t stream, const float* q, const void* bank, const int* ids,
-                  const int* offs, const float* z, float* loss, float* dq, float* mx, float* sm, int batch,
-                  int n_bank, int dim, int n_neg, int n_tiles, int per, int64_t stride_bank, int64_t stride_offs,
-                  float inv_t, float log_c, float log_mpn_c) {
+void launch_dense(int epilogue, dim3 grid, cudaStream_t stream, const float* q, const void* bank,
+                  const uint32_t* counts, const float* z, float* loss, float* dq, float* mx, float* sm, int batch,
+                  int n_bank, int dim, int n_tiles, int per, int64_t stride_bank, int64_t stride_counts, float inv_t,
+                  float log_c, float log_mpn_c) {
   const int align = sizeof(BankT) == 4 ? 16 : 8;
   const bool vec4_q = dim % 4 == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0;
   const bool vec4_bank = dim % 4 == 0 && stride_bank % 4 == 0 && reinterpret_cast<uintptr_t>(bank) % align == 0;
   auto* b = static_cast<const BankT*>(bank);
   if (dim <= 64) {
-    launch_dense_dp<BankT, 64>(epilogue, grid, stream, q, b, ids, offs, z, loss, dq, mx, sm, batch, n_bank, dim, n_neg,
-                               n_tiles, per, stride_bank, stride_offs, inv_t, log_c, log_mpn_c, vec4_q, vec4_bank);
+    launch_dense_dp<BankT, 64>(epilogue, grid, stream, q, b, counts, z, loss, dq, mx, sm, batch, n_bank, dim, n_tiles,
+                               per, stride_bank, stride_counts, inv_t, log_c, log_mpn_c, vec4_q, vec4_bank);
   } else {
-    launch_dense_dp<BankT, 128>(epilogue, grid, stream, q, b, ids, offs, z, loss, dq, mx, sm, batch, n_bank, dim,
-                                n_neg, n_tiles, per, stride_bank, stride_offs, inv_t, log_c, log_mpn_c, vec4_q,
-                                vec4_bank);
+    launch_dense_dp<BankT, 128>(epilogue, grid, stream, q, b, counts, z, loss, dq, mx, sm, batch, n_bank, dim, n_tiles,
+                                per, stride_bank, stride_counts, inv_t, log_c, log_mpn_c, vec4_q, vec4_bank);
   }
 }
 
@@ -664,24 +627,24 @@ void bank_contrast(uintptr_t query, uintptr_t bank, int bank_dtype, uintptr_t id
 }
 
 // Dense launch: grid (ceil(B / 64), n_splits), 128 threads, dynamic smem
-// dense_shared_memory_bytes(dim): 68 608 / 101 376 B for d <= 64 / 128, opted in above
-// 48 KB; the latter is all an sm_86/89/120 block may have, so the Python side checks it.
-void bank_contrast_dense(uintptr_t query, uintptr_t bank, int bank_dtype, uintptr_t ids, uintptr_t offsets,
-                         uintptr_t z, uintptr_t loss, uintptr_t dq, uintptr_t run_max, uintptr_t run_sum,
-                         int64_t batch, int64_t n_bank, int64_t dim, int64_t n_neg, int64_t n_tiles,
-                         int64_t tiles_per_split, int64_t n_splits, int64_t stride_bank, int64_t stride_offs,
-                         float inv_t, float log_c, float log_mpn_c, int epilogue, uintptr_t stream) {
+// dense_shared_memory_bytes(dim): 52 224 / 84 992 B for d <= 64 / 128, opted in above
+// 48 KB; the Python side checks the latter against the device's per-block limit.
+void bank_contrast_dense(uintptr_t query, uintptr_t bank, int bank_dtype, uintptr_t counts, uintptr_t z,
+                         uintptr_t loss, uintptr_t dq, uintptr_t run_max, uintptr_t run_sum, int64_t batch,
+                         int64_t n_bank, int64_t dim, int64_t n_tiles, int64_t tiles_per_split, int64_t n_splits,
+                         int64_t stride_bank, int64_t stride_counts, float inv_t, float log_c, float log_mpn_c,
+                         int epilogue, uintptr_t stream) {
   if (batch == 0) return;
   if (dim > kDenseMaxDim) throw std::runtime_error("rdkernels._C.bank_contrast_dense: dim must be <= 128");
   const dim3 grid(static_cast<unsigned>((batch + kBM - 1) / kBM), static_cast<unsigned>(n_splits));
   auto s = reinterpret_cast<cudaStream_t>(stream);
 #define RDK_ARGS                                                                                              \
   epilogue, grid, s, reinterpret_cast<const float*>(query), reinterpret_cast<const void*>(bank),             \
-      reinterpret_cast<const int*>(ids), reinterpret_cast<const int*>(offsets), reinterpret_cast<const float*>(z), \
+      reinterpret_cast<const uint32_t*>(counts), reinterpret_cast<const float*>(z),                          \
       reinterpret_cast<float*>(loss), reinterpret_cast<float*>(dq), reinterpret_cast<float*>(run_max),        \
       reinterpret_cast<float*>(run_sum), static_cast<int>(batch), static_cast<int>(n_bank), static_cast<int>(dim), \
-      static_cast<int>(n_neg), static_cast<int>(n_tiles), static_cast<int>(tiles_per_split), stride_bank,     \
-      stride_offs, inv_t, log_c, log_mpn_c
+      static_cast<int>(n_tiles), static_cast<int>(tiles_per_split), stride_bank, stride_counts, inv_t, log_c,  \
+      log_mpn_c
   if (bank_dtype == kFloat32) launch_dense<float>(RDK_ARGS);
   else if (bank_dtype == kBFloat16) launch_dense<__nv_bfloat16>(RDK_ARGS);
   else throw bad_dtype("bank", bank_dtype);

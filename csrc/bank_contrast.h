@@ -16,15 +16,16 @@ void bank_contrast(uintptr_t query, uintptr_t bank, int bank_dtype, uintptr_t id
                    int64_t stride_idx, float inv_t, float log_c, float log_mpn_c, int epilogue, uintptr_t stream);
 
 // Dense strategy (d <= 128): tensor-core (3xTF32 mma.sync) scores of 64-row query
-// blocks against 64-row bank tiles, multiplicities from the per-row CSR of
-// sorted negatives (ids[B, n_neg] int32, offsets[B, n_tiles + 1] int32 over
-// tiles of dense_block_n() bank rows). Epilogue 0 nce, 1 softmax; the positive
-// is left to the caller. Partials as above, over splits of the bank tiles.
-void bank_contrast_dense(uintptr_t query, uintptr_t bank, int bank_dtype, uintptr_t ids, uintptr_t offsets,
-                         uintptr_t z, uintptr_t loss, uintptr_t dq, uintptr_t run_max, uintptr_t run_sum,
-                         int64_t batch, int64_t n_bank, int64_t dim, int64_t n_neg, int64_t n_tiles,
-                         int64_t tiles_per_split, int64_t n_splits, int64_t stride_bank, int64_t stride_offs,
-                         float inv_t, float log_c, float log_mpn_c, int epilogue, uintptr_t stream);
+// blocks against 64-row bank tiles, multiplicities from the packed sample counts
+// (counts[B, stride_counts] uint32: bank row j's count in bits 16 * (j % 2) of word
+// j / 2, rows padded to whole tiles of dense_block_n() bank rows; see
+// rdkernels/ops/bank_contrast/sample_counts.py). Epilogue 0 nce, 1 softmax; the
+// positive is left to the caller. Partials as above, over splits of the bank tiles.
+void bank_contrast_dense(uintptr_t query, uintptr_t bank, int bank_dtype, uintptr_t counts, uintptr_t z,
+                         uintptr_t loss, uintptr_t dq, uintptr_t run_max, uintptr_t run_sum, int64_t batch,
+                         int64_t n_bank, int64_t dim, int64_t n_tiles, int64_t tiles_per_split, int64_t n_splits,
+                         int64_t stride_bank, int64_t stride_counts, float inv_t, float log_c, float log_mpn_c,
+                         int epilogue, uintptr_t stream);
 
 int dense_block_m();
 int dense_block_n();

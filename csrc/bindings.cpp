@@ -29,13 +29,13 @@ PYBIND11_MODULE(_C, m) {
         py::arg("epilogue"), py::arg("stream"));
   m.def("bank_contrast_dense", &rdk::bank_contrast_dense,
         "Bank contrast, dense strategy (tensor cores, 3xTF32): per-(row, split) partials over the negatives",
-        py::arg("query"), py::arg("bank"), py::arg("bank_dtype"), py::arg("ids"), py::arg("offsets"),
-        py::arg("z"), py::arg("loss"), py::arg("dq"), py::arg("run_max"), py::arg("run_sum"), py::arg("batch"),
-        py::arg("n_bank"), py::arg("dim"), py::arg("n_neg"), py::arg("n_tiles"), py::arg("tiles_per_split"),
-        py::arg("n_splits"), py::arg("stride_bank"), py::arg("stride_offs"), py::arg("inv_t"), py::arg("log_c"),
-        py::arg("log_mpn_c"), py::arg("epilogue"), py::arg("stream"));
+        py::arg("query"), py::arg("bank"), py::arg("bank_dtype"), py::arg("counts"), py::arg("z"), py::arg("loss"),
+        py::arg("dq"), py::arg("run_max"), py::arg("run_sum"), py::arg("batch"), py::arg("n_bank"), py::arg("dim"),
+        py::arg("n_tiles"), py::arg("tiles_per_split"), py::arg("n_splits"), py::arg("stride_bank"),
+        py::arg("stride_counts"), py::arg("inv_t"), py::arg("log_c"), py::arg("log_mpn_c"), py::arg("epilogue"),
+        py::arg("stream"));
   m.def("dense_block_m", &rdk::dense_block_m, "Query rows per block of bank_contrast_dense");
-  m.def("dense_block_n", &rdk::dense_block_n, "Bank rows per tile of bank_contrast_dense (the CSR tile width)");
+  m.def("dense_block_n", &rdk::dense_block_n, "Bank rows per tile of bank_contrast_dense");
   m.def("dense_max_dim", &rdk::dense_max_dim, "Widest embedding bank_contrast_dense supports");
   m.def("dense_shared_memory_bytes", &rdk::dense_shared_memory_bytes,
         "Dynamic shared memory per block of bank_contrast_dense", py::arg("dim"));

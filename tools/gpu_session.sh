@@ -66,7 +66,7 @@ phase_overhead() {
     --op bank_contrast --json "$dir/overhead.json" 2>&1 | tee "$LOGS/overhead.txt" || rc=1
   python -m benchmarks.overhead --op crd_step --preset cifar --json "$dir/overhead-crd_step-cifar.json" \
     2>&1 | tee -a "$LOGS/overhead.txt" || rc=1
-  # per-kernel times of both strategies at CIFAR-100 (the dense CSR build, kernel and merge);
+  # per-kernel times of both strategies at CIFAR-100 (the dense sample count, kernel and merge);
   # copied into the results only when complete
   if python -m benchmarks.profile > "$LOGS/profile-bank_contrast.txt" 2> "$LOGS/profile.err"; then
     cp "$LOGS/profile-bank_contrast.txt" "$dir/profile-bank_contrast.txt"

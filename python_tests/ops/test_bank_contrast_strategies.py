@@ -272,7 +272,7 @@ def test_triton_many_splits(monkeypatch, strategy, epilogue):
     split per tile so the merge walks several of its 16-split steps, and (dense,
     few negatives) merges splits that saw no negative (softmax max = -inf)."""
     gather_mod = importlib.import_module("rdkernels.ops.bank_contrast.triton")
-    dense_mod = importlib.import_module("rdkernels.ops.bank_contrast.triton_dense")
+    dense_mod = importlib.import_module("rdkernels.ops.bank_contrast.dense")
     monkeypatch.setattr(dense_mod, "dense_splits", lambda m_blocks, n_tiles, device: (n_tiles, 1))
     monkeypatch.setattr(gather_mod, "_splits", lambda batch, n_cols, block_k, device: (-(-n_cols // block_k), block_k))
     # gather: 701 columns in 32-column tiles = 22 splits; dense: 1400 rows in 32-row tiles = 44 splits
@@ -280,52 +280,86 @@ def test_triton_many_splits(monkeypatch, strategy, epilogue):
     _check("triton", strategy, epilogue, *_inputs(*shape), 1e-5, 1e-4)
 
 
-def _csr_by_sorting(idx, n_bank, block_n):
-    """The CSR as a full per-row sort gives it (each segment ascending)."""
-    ids = torch.sort(idx[:, 1:].to(torch.int32), dim=1).values
-    bounds = torch.arange(0, -(-n_bank // block_n) + 1, device=idx.device, dtype=torch.int32) * block_n
-    return ids, torch.searchsorted(ids, bounds.expand(idx.shape[0], -1).contiguous(), out_int32=True)
+def _bincounts(idx, n_bank):
+    """counts[b, j]: how many of idx[b, 1:] are j (ids outside [0, n_bank) left out)."""
+    neg = idx[:, 1:].long()
+    valid = (neg >= 0) & (neg < n_bank)
+    return torch.stack([torch.bincount(row[ok], minlength=n_bank) for row, ok in zip(neg, valid)]).to(torch.int32)
 
 
-@pytest.mark.skipif(not triton_runs, reason="the CSR builder is a Triton kernel")
-def test_csr_layout():
-    from rdkernels.ops.bank_contrast.csr import build_csr
+@pytest.mark.skipif(not triton_runs, reason="the sample counts are a Triton kernel")
+def test_sample_counts_layout():
+    """Two 16-bit counts a word, row j in the high half when j is odd; rows padded to 64-row tiles."""
+    from rdkernels.ops.bank_contrast.sample_counts import count_samples
     idx = torch.tensor([[0, 5, 1, 5, 70, 64], [3, 63, 64, 0, 0, 127]], device=DEVICE)
-    ids, offsets = build_csr(idx, 130, 64)
-    assert ids.dtype == torch.int32 and offsets.dtype == torch.int32
-    assert torch.sort(ids, dim=1).values.tolist() == [[1, 5, 5, 64, 70], [0, 0, 63, 64, 127]]
-    assert offsets.tolist() == [[0, 3, 5, 5], [0, 3, 5, 5]]
+    counts = count_samples(idx, 130)
+    assert counts.dtype == torch.int32 and counts.shape == (2, 96)   # 130 rows -> 3 tiles of 64 -> 96 words
+    expected = torch.zeros(2, 96, dtype=torch.int32)
+    expected[0, 0] = 1 << 16        # row 1
+    expected[0, 2] = 2 << 16        # row 5, twice
+    expected[0, 32] = 1             # row 64
+    expected[0, 35] = 1             # row 70
+    expected[1, 31] = 1 << 16       # row 63
+    expected[1, 32] = 1             # row 64
+    expected[1, 0] = 2              # row 0, twice
+    expected[1, 63] = 1 << 16       # row 127
+    assert torch.equal(counts.cpu(), expected)
 
 
-@pytest.mark.skipif(not triton_runs, reason="the CSR builder is a Triton kernel")
-@pytest.mark.parametrize("batch,k,n_bank,block_n,idx_dtype", [
-    (7, 3000, 500, 32, torch.int32),     # ~190 entries per (row, tile): many atomics on one counter
-    (3, 1500, 100_000, 64, torch.int64),  # most tiles empty
-    (2, 2500, 33, 16, torch.int64),       # ragged last tile
-    (4, 1, 10, 64, torch.int64),          # one negative per row
+@pytest.mark.skipif(not triton_runs, reason="the sample counts are a Triton kernel")
+@pytest.mark.parametrize("batch,k,n_bank,idx_dtype", [
+    (7, 3000, 500, torch.int32),       # ~6 a (query, bank row): atomics meet on one word
+    (3, 1500, 100_000, torch.int64),   # most counts zero
+    (2, 2500, 33, torch.int64),        # ragged last tile
+    (4, 1, 10, torch.int64),           # one negative a row
+    (2, 65_535, 3, torch.int32),       # ~21 845 a count; row 1 below: 65 535, the 16-bit maximum
 ])
-def test_csr_matches_a_full_sort(batch, k, n_bank, block_n, idx_dtype):
-    """Same offsets as a full sort; each (row, tile) segment the same multiset of ids."""
-    from rdkernels.ops.bank_contrast.csr import build_csr
+def test_sample_counts_match_bincount(batch, k, n_bank, idx_dtype):
+    from rdkernels.ops.bank_contrast.sample_counts import count_samples, unpack_counts
     idx = torch.randint(0, n_bank, (batch, k + 1), device=DEVICE, dtype=idx_dtype)
-    ids, offsets = build_csr(idx, n_bank, block_n)
-    want_ids, want_offsets = _csr_by_sorting(idx, n_bank, block_n)
-    assert torch.equal(offsets, want_offsets)
-    assert torch.equal(torch.sort(ids, dim=1).values, want_ids)
-    tile_of = ids.long() // block_n   # every entry sits in its own tile's segment
-    pos = torch.arange(k, device=DEVICE).expand(batch, -1)
-    assert torch.equal(offsets.long().gather(1, tile_of) <= pos, torch.ones_like(pos, dtype=torch.bool))
-    assert torch.equal(pos < offsets.long().gather(1, tile_of + 1), torch.ones_like(pos, dtype=torch.bool))
+    if k == 65_535:
+        idx[1, 1:] = 1   # the high half of word 0 full: no carry may leave it
+    counts = count_samples(idx, n_bank)
+    assert torch.equal(unpack_counts(counts, n_bank), _bincounts(idx, n_bank))
+    assert not unpack_counts(counts, counts.shape[1] * 2)[:, n_bank:].any(), "the tile padding stays zero"
 
 
-@pytest.mark.skipif(not triton_runs, reason="the CSR builder is a Triton kernel")
-def test_csr_drops_out_of_range_ids():
+@pytest.mark.skipif(not triton_runs, reason="the sample counts are a Triton kernel")
+def test_sample_counts_drop_out_of_range_ids():
     """With index checks off, a bad id is left out, never written out of bounds."""
-    from rdkernels.ops.bank_contrast.csr import build_csr
+    from rdkernels.ops.bank_contrast.sample_counts import count_samples, unpack_counts
     idx = torch.tensor([[0, 3, 50, -1, 7, 3]], device=DEVICE)
-    ids, offsets = build_csr(idx, 10, 4)
-    assert offsets.tolist() == [[0, 2, 3, 3]]
-    assert sorted(ids[0, :3].tolist()) == [3, 3, 7]
+    counts = count_samples(idx, 10)
+    assert unpack_counts(counts, 64).tolist() == [[0, 0, 0, 2, 0, 0, 0, 1] + [0] * 56]
+
+
+def test_sample_counts_refuse_what_16_bits_cannot_hold():
+    from rdkernels.ops.bank_contrast.sample_counts import MAX_NEGATIVES, count_samples
+    with pytest.raises(ValueError, match="16-bit counts"):
+        count_samples(torch.zeros(1, MAX_NEGATIVES + 2, dtype=torch.int64, device=DEVICE), 5)
+
+
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
+def test_dense_beyond_16_bit_counts_runs_the_torch_formulation(backend):
+    """K = 65 536 negatives, every one the same row of a row: a count 16 bits cannot
+    hold. The fused backends hand such a call to the torch dense formulation, whose
+    fp32 sum of 65 536 equal gradient terms (embedding_bag on a CPU) drifts by up to
+    K * 2^-24 ~ 4e-3 relative: the gradient tolerance allows that."""
+    query, bank, idx = _inputs(2, 65_536, 50, 16)
+    idx[0, 1:] = 7
+    _check(backend, "dense", "softmax", query, bank, idx, 1e-5, 1e-4, grad_tol=(1e-5, 5e-3))
+
+
+@pytest.mark.parametrize("epilogue", ["nce", "softmax"])
+@pytest.mark.parametrize("backend", [b for b in backends("bank_contrast") if b != "torch"])
+def test_dense_in_chunks_of_query_rows(backend, epilogue, monkeypatch):
+    """Counts past CHUNK_BYTES (ImageNet's N at B = 256) run in chunks of query rows,
+    into one set of split buffers and one merge: forced here to 16-row chunks and a
+    ragged last one."""
+    from rdkernels.ops.bank_contrast import sample_counts
+    monkeypatch.setattr(sample_counts, "CHUNK_BYTES", 4 * sample_counts.words_per_row(300) * 20)
+    assert sample_counts.row_chunks(37, 300, 16) == [(0, 16), (16, 32), (32, 37)]
+    _check(backend, "dense", epilogue, *_inputs(37, 60, 300, 64), 1e-5, 1e-4)
 
 
 def test_opcheck_dense_ops():
@@ -360,10 +394,9 @@ def test_benchmark_shape_matches_float64(backend, strategy, epilogue):
 
 def _sparse_first_tile_idx(batch, n_bank, block_n=32, dense_entries=3 * 8 + 5):
     """Negatives that put one entry of every row in bank tile 0 and ``dense_entries``
-    (more than the counting loop's ENTRY_CHUNK = 8, three steps and a bit) in
-    every later tile: a program that walks all tiles meets its widest segments
-    after its first tile. With the counting loop's trip count computed from the
-    first tile (what Triton 3.6 compiled), every later tile would count 8 of them."""
+    in every later tile: a program that walks all tiles meets its densest tiles
+    after its first. (The CSR-walking kernel this one replaced lost entries here
+    under Triton 3.6, which sized every tile's counting loop by the first tile.)"""
     gen = torch.Generator().manual_seed(0)
     tiles = -(-n_bank // block_n)
     cols = [torch.randint(0, block_n, (batch, 1), generator=gen)]
@@ -376,13 +409,11 @@ def _sparse_first_tile_idx(batch, n_bank, block_n=32, dense_entries=3 * 8 + 5):
     return torch.cat([positive, negatives], dim=1).to(DEVICE)
 
 
-# The Triton dense kernel's two loops, each driven hard on its own and together: many
-# 32-row bank tiles in one program (the tile loop) and more than ENTRY_CHUNK = 8 entries
-# of a row in one tile (the counting loop runs twice or more). The last case is the
-# one Triton 3.6's hoisted trip count got wrong; the first two were wrong with it too
-# whenever a later tile outgrew a program's first one.
+# The Triton dense kernel's tile loop driven hard: many 32-row bank tiles in one program,
+# counts of many samples in a tile (atomics meeting on one word), nearly empty tiles,
+# and a sparse first tile before dense ones.
 DENSE_LOOP_CASES = {
-    "many-entries-one-tile-a-program": ((32, 2048, 256, 128), None),   # ~256 entries a tile
+    "many-entries-one-tile-a-program": ((32, 2048, 256, 128), None),   # ~8 samples a (row, bank row)
     "many-entries-all-tiles-in-one-program": ((32, 2048, 256, 128), 1),
     "few-entries-all-tiles-in-one-program": ((32, 256, 20_000, 128), 1),  # ~0.4 entries a tile
     "sparse-first-tile-all-tiles-in-one-program": ((20, None, 160, 128), 1),
@@ -399,8 +430,8 @@ def test_triton_dense_loops_match_float64(case, epilogue, monkeypatch):
     if DEVICE.type != "cuda" and batch * (k or 0) > 10_000:
         pytest.skip("minutes under the interpreter")
     if splits is not None:
-        triton_dense = importlib.import_module("rdkernels.ops.bank_contrast.triton_dense")
-        monkeypatch.setattr(triton_dense, "dense_splits", lambda m_blocks, n_tiles, device: (1, n_tiles))
+        dense_mod = importlib.import_module("rdkernels.ops.bank_contrast.dense")
+        monkeypatch.setattr(dense_mod, "dense_splits", lambda m_blocks, n_tiles, device: (1, n_tiles))
     if k is None:
         query, bank, _ = _inputs(batch, 1, n, dim)
         idx = _sparse_first_tile_idx(batch, n)
@@ -419,29 +450,19 @@ print(aot.compile_variant(variant, int(sys.argv[3])).asm["ttgir"])
 """
 
 
-def _defining_line(lines, name):
-    pattern = re.compile(r"^\s*" + re.escape(name) + r"(:\d+)? = ")
-    return next(i for i, line in enumerate(lines) if pattern.match(line))
-
-
 @pytest.mark.parametrize("arch", [80, 90])
-def test_dense_count_loop_bound_stays_in_the_tile_loop(arch):
-    """Triton 3.6 computed the counting loop's trip count (a max over the rows' segment
-    lengths) once, before the tile loop, from the first tile's CSR bounds, when those
-    bounds were carried from tile to tile: on a GPU every later tile then counted at
-    most that many entries a row. Compiled here (no GPU needed) with the installed
-    Triton, the bound must be defined inside the tile loop, before the counting loop."""
+def test_dense_tile_loop_is_pipelined(arch):
+    """The tile loop is the kernel's only loop and Triton software-pipelines its
+    three loads (the bank tile as each dot's operand, and the counts): async copies
+    issued stages ahead, so a tile's load latency overlaps earlier tiles' work.
+    Compiled here (no GPU needed) with the installed Triton, fp32 bank."""
     root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # a real JIT function
     name = "bank_contrast_dense[nce,d128,q=fp32,bank=fp32]"
     done = subprocess.run([sys.executable, "-c", _COMPILE_DENSE_TTGIR, str(root / "tools" / "aot_check.py"), name,
                            str(arch)], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.splitlines()
-    loops = [i for i, line in enumerate(lines) if "scf.for" in line]
-    assert len(loops) >= 2, "expected the tile loop and the counting loop inside it"
-    tile_loop, count_loop = loops[0], loops[1]
-    bound = re.search(r"scf\.for %\S+ = %\S+ to (%[\w#.]+) step", lines[count_loop]).group(1)
-    assert tile_loop < _defining_line(lines, bound) < count_loop, (
-        f"the counting loop's bound {bound} is computed outside the tile loop:\n"
-        + "\n".join(lines[max(0, tile_loop - 20):count_loop + 1]))
+    ttgir = done.stdout
+    assert ttgir.count("scf.for") == 1, "expected the tile loop alone"
+    staged = set(re.findall(r"%([a-z_]+?)_\d+ = ttg\.async_copy_global_to_local", ttgir))
+    assert staged == {"w", "w_t", "words"}, f"pipelined loads: {sorted(staged)}"

@@ -1,8 +1,8 @@
 """Shapes the CUDA kernels take only on GPUs with enough shared memory.
 
 The DCD and RRD (shared_bank_contrast) CUDA kernels keep batch- or width-sized
-strips in shared memory, and bank contrast's dense kernel 64-row tiles (101 376 B
-at d = 128, all an sm_86 block may have; wider need falls back to torch's dense path). A block may opt in to 227 KB on an H100 and 163 KB on
+strips in shared memory, and bank contrast's dense kernel 64-row tiles (84 992 B
+at d = 128; a GPU that gives a block less runs torch's dense path). A block may opt in to 227 KB on an H100 and 163 KB on
 an A100, but only 99 KB on sm_86/sm_89 GPUs (RTX 30/40, A10, L4, L40S), so a
 shape an H100 runs must move to the next backend there under ``auto``, and an
 explicit ``backend="cuda"`` must say why. The launchers also refuse such a
@@ -26,6 +26,7 @@ sbc_op = importlib.import_module("rdkernels.ops.shared_bank_contrast")  # the pa
 _C = pytest.importorskip("rdkernels._C", reason="the CUDA extension is not built")
 
 SM86, SM80, SM90 = 101376, 166912, 232448   # opt-in bytes per block
+DENSE_128 = 84992                            # the dense kernel's block at d = 128
 
 
 def test_sizes_follow_the_kernels_layouts():
@@ -35,10 +36,10 @@ def test_sizes_follow_the_kernels_layouts():
     assert _C.shared_bank_contrast_shared_memory_bytes(512) == (32 * 513 + 2 * 16 * 512) * 4 == 131200
     # ... whose rows are padded to an odd stride only where d is even (bank-conflict-free reads)
     assert _C.shared_bank_contrast_shared_memory_bytes(127) == (32 * 127 + 2 * 16 * 127) * 4
-    # bank contrast, dense: [64, DP + 4] query and bank tiles, [64, 68] coefficients, [64, 64] counts
+    # bank contrast, dense: [64, DP + 4] query and bank tiles, [64, 68] coefficients (counts live in registers)
     for dim, padded in ((1, 64), (64, 64), (65, 128), (128, 128)):
-        assert _C.dense_shared_memory_bytes(dim) == (2 * 64 * (padded + 4) + 64 * 68 + 64 * 64) * 4
-    assert _C.dense_shared_memory_bytes(128) == SM86   # exactly what an sm_86 block may opt in to
+        assert _C.dense_shared_memory_bytes(dim) == (2 * 64 * (padded + 4) + 64 * 68) * 4
+    assert _C.dense_shared_memory_bytes(128) == DENSE_128
 
 
 @pytest.fixture
@@ -84,8 +85,8 @@ def test_the_limit_is_the_devices():
         assert limit == SM86
 
 
-@pytest.mark.parametrize("limit,dim,runs", [(SM86, 128, True), (SM86 - 1, 128, False), (SM86 - 1, 64, True),
-                                            (SM90, 129, False)])
+@pytest.mark.parametrize("limit,dim,runs", [(SM86, 128, True), (DENSE_128, 128, True), (DENSE_128 - 1, 128, False),
+                                            (DENSE_128 - 1, 64, True), (SM90, 129, False)])
 def test_the_dense_kernel_leaves_what_the_gpu_cannot_hold_to_torch(on_gpu_with, limit, dim, runs):
     from rdkernels.ops.bank_contrast.cuda import dense_kernel_shortfall
     reason = dense_kernel_shortfall(on_gpu_with(limit, 64, dim).device, dim)

@@ -5,8 +5,8 @@ and checks every call against csrc: the argument count of the binding
 (bindings.cpp), the Python type each C++ parameter takes (headers), that each
 pointer is 0 or points into a tensor (its data_ptr, or an element of it: the
 wrappers carve several buffers out of one allocation), and that the tensor has the dtype the
-kernel reads it as: the one its dtype code names, int32 for the CSR, done
-flags and iteration counts, float32 for everything else. A swapped or missing
+kernel reads it as: the one its dtype code names, int32 for the sample
+counts, done flags and iteration counts, float32 for everything else. A swapped or missing
 argument fails here, in CI, instead of as garbage on the next GPU run.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from rdkernels.ops._cuda_common import _DTYPE_CODES
 
 CSRC = pathlib.Path(__file__).resolve().parents[2] / "csrc"
 PY_TYPES = {"uintptr_t": int, "int": int, "int64_t": int, "float": float, "bool": bool}
-INT32_POINTERS = {"ids", "offsets", "done", "n_iters"}
+INT32_POINTERS = {"counts", "done", "n_iters"}
 SHARED_CODES = {"q_t": "q_dtype", "q_s": "q_dtype", "z_s": "z_dtype", "z_t": "z_dtype"}  # else bank -> bank_dtype
 
 pytestmark = [
@@ -109,7 +109,8 @@ def ext(monkeypatch):
     bc = importlib.import_module("rdkernels.ops.bank_contrast.cuda")
     monkeypatch.setattr(bc, "kernel_shortfall", lambda device, kernel, *sizes: None)  # no GPU to ask
     monkeypatch.setattr(bc, "_gather_splits", lambda batch, n_cols, device: (2, -(-n_cols // 2)))
-    monkeypatch.setattr(bc, "dense_splits", lambda m_blocks, n_tiles, device: (2, -(-n_tiles // 2)))
+    dense = importlib.import_module("rdkernels.ops.bank_contrast.dense")
+    monkeypatch.setattr(dense, "dense_splits", lambda m_blocks, n_tiles, device: (2, -(-n_tiles // 2)))
     sbc = importlib.import_module("rdkernels.ops.shared_bank_contrast.cuda")
     monkeypatch.setattr(sbc, "num_splits_cuda", lambda *args: (2, 32))
     return stand_in

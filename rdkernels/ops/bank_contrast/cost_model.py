@@ -10,9 +10,10 @@ Both strategies compute the same loss and gradient (to float rounding):
   reads the bank ``ceil(B / rows_per_pass)`` times (``N * d * e`` bytes each,
   sequentially; rows_per_pass is the kernel's query block: 64 for CUDA, 16
   for Triton, all rows for torch), does ``4 * B * N * d`` flops (scores, then
-  dq), and pays a per-sample index cost: the fused kernels group the B*K
-  negative ids by bank tile per row (the CSR they walk, csr.py), torch
-  gathers the scalar scores and scatter-adds their gradients.
+  dq), and pays a per-sample index cost: the fused kernels count the B*K
+  negatives into a zeroed [B, N] matrix of 16-bit counts (one atomic each,
+  sample_counts.py) that they read back beside the bank, torch gathers the
+  scalar scores and scatter-adds their gradients.
 
 The model estimates both times from per-device constants and picks the
 smaller::
@@ -21,13 +22,13 @@ smaller::
     t_dense  = ceil(B / rows_per_pass) * N*d*e / bw_stream
                + 4*B*N*d / flops
                + B*K * t_index
-               + extra_dense_bytes / bw_stream      # torch: the [B, N] scores and coefficients
+               + extra_dense_bytes / bw_stream      # the [B, N] counts (fused), scores and coefficients (torch)
                + t_launch                          # t_graph inside a CUDA graph capture
 
 The constants are coarse. By bytes alone, dense wins on CIFAR-100 (B=64,
 K=16384, N=50 000: every bank row is sampled about 21 times a step), but on an
 H100 in eager mode its fixed host-side cost (then: sorting the negatives,
-building the CSR, more launches) outweighs that at B=64, so the model picks
+a CSR of them, more launches) outweighed that at B=64, so the model picks
 gather there and dense from B ~ 256 up; on ImageNet with small batches (N=1.28 M,
 B*K/N < ~4) gathering wins outright. ``strategy="gather" | "dense"`` in
 :func:`rdkernels.ops.bank_contrast` overrides the choice.
@@ -82,7 +83,7 @@ class DeviceRates:
     bw_gather: float      # bytes/s of random bank-row reads (rows of 128-512 bytes)
     bw_stream: float      # bytes/s of sequential bank reads
     flops: float          # dense-matmul flop/s at the bank's precision (fp32 accumulate)
-    t_index: float       # seconds per sampled index (the CSR build, or gather + scatter-add)
+    t_index: float       # seconds per sampled index (the sample count, or gather + scatter-add)
     t_launch: float       # fixed host-side cost of the dense path's extra launches (eager)
     t_graph: float        # their device-side cost where a CUDA graph replays them
 
@@ -94,11 +95,11 @@ class DeviceRates:
 # K=16384, N=50 000) with the CSR then built by a per-row sort: the sort cost
 # ~115 us (1.1e-10 s per id), and the dense path's host-side work (CSR, launches,
 # a torch merge) ~1 ms more than gather's; end to end gather took 0.51 ms (Triton)
-# and dense 1.46 ms there. The counting build (csr.py) and the one-launch merge
-# that replaced them should cost less on both counts; until a GPU times them,
-# these measured values stay, so the model errs towards gather.
-# t_graph: the CSR build's count, scan and fill kernels and the merge, a few
-# microseconds each on the device once their launches cost nothing.
+# and dense 1.46 ms there. The sample counts (a memset and one atomic kernel) and
+# the one-launch merge that replaced them should cost less on both counts; until
+# a GPU times them, these measured values stay, so the model errs towards gather.
+# t_graph: the count kernel and the merge, a few microseconds each on the device
+# once their launches cost nothing.
 _CUDA = DeviceRates(bw_gather=1.2e12, bw_stream=2.5e12, flops=2.5e14, t_index=1.1e-10, t_launch=1e-3,
                     t_graph=2e-5)
 # A few CPU cores: gathering materialises [B, chunk, d] and runs batched
@@ -121,8 +122,9 @@ def estimate_times(batch: int, n_cols: int, n_bank: int, dim: int, bank_dtype: t
     negatives = max(n_cols - 1, 0)
     t_gather = batch * n_cols * dim * e / r.bw_gather
     passes = math.ceil(batch / _ROWS_PER_PASS.get(backend, 64))
-    # the torch formulation writes and re-reads fp32 scores and coefficients [B, N]
-    extra = 4 * 4 * batch * n_bank if backend == "torch" else 0
+    # the torch formulation writes and re-reads fp32 scores and coefficients [B, N];
+    # the fused kernels zero and read back 16-bit counts [B, N]
+    extra = (4 * 4 if backend == "torch" else 2 * 2) * batch * n_bank
     t_dense = (passes * n_bank * dim * e / r.bw_stream + 4.0 * batch * n_bank * dim / r.flops
                + batch * negatives * r.t_index + extra / r.bw_stream + (r.t_graph if captured else r.t_launch))
     return t_gather, t_dense

@@ -19,10 +19,9 @@ import torch
 from rdkernels.backend import cuda_extension
 from rdkernels.ops._cuda_common import dtype_code, kernel_shortfall, stream_of
 from rdkernels.ops._splits import split_tiles, splits_wanted
-from rdkernels.ops.bank_contrast.csr import build_csr
-from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, dense_splits
+from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, fused_dense_takes, run_fused_dense
 from rdkernels.ops.bank_contrast.partials import EPILOGUE_CODES as _EPILOGUES
-from rdkernels.ops.bank_contrast.partials import NCE, SCORES, SCORES_BWD, gather_buffers, split_buffers
+from rdkernels.ops.bank_contrast.partials import NCE, SCORES, SCORES_BWD, gather_buffers
 from rdkernels.ops.bank_contrast.reference import nce_constants
 from rdkernels.ops.bank_contrast.triton_merge import merge_gather_partials, merge_partials_triton
 
@@ -78,23 +77,21 @@ def dense_kernel_shortfall(device: torch.device, dim: int) -> str | None:
 def bank_contrast_loss_dense_cuda(query, bank, idx, z, temperature, epilogue, n_data):
     """(row_loss[B], dq[B, d]) fp32, dense strategy (tensor cores, 3xTF32)."""
     ext = cuda_extension()
-    batch, n_cols = idx.shape
+    n_cols = idx.shape[1]
     n_bank, dim = bank.shape
-    if dense_kernel_shortfall(query.device, dim) is not None:  # cuBLAS GEMMs + gathered scalar scores
+    if dense_kernel_shortfall(query.device, dim) is not None or not fused_dense_takes(n_cols):
         return bank_contrast_loss_dense_torch(query, bank, idx, z, temperature, epilogue, n_data)
-    block_m, block_n = ext.dense_block_m(), ext.dense_block_n()
-    ids, offsets = build_csr(idx, n_bank, block_n)
-    n_tiles = offsets.shape[1] - 1
-    n_splits, per = dense_splits(-(-batch // block_m), n_tiles, query.device)
     code = _EPILOGUES[epilogue]
-    loss_parts, dq_parts, max_parts, sum_parts = split_buffers(code, batch, n_splits, dim, query.device)
     log_c, log_mpn_c = nce_constants(n_cols - 1, n_data) if code == NCE else (0.0, 0.0)
     q = query.float().contiguous()
     ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    ext.bank_contrast_dense(
-        q.data_ptr(), bank.data_ptr(), dtype_code(bank), ptr(ids), offsets.data_ptr(), ptr(z),
-        ptr(loss_parts), dq_parts.data_ptr(), ptr(max_parts), ptr(sum_parts), batch, n_bank, dim,
-        max(n_cols - 1, 1), n_tiles, per, n_splits, bank.stride(0), offsets.stride(0),
-        1.0 / temperature, log_c, log_mpn_c, code, stream_of(query))
-    return merge_partials_triton(epilogue, query, bank, idx, z, temperature, n_data, loss_parts, dq_parts,
-                                 max_parts, sum_parts, positive_in_parts=False)
+
+    def launch(rows, counts, parts, grid, n_tiles, per):
+        loss_parts, dq_parts, max_parts, sum_parts = parts
+        ext.bank_contrast_dense(
+            q[rows].data_ptr(), bank.data_ptr(), dtype_code(bank), counts.data_ptr(), ptr(z), ptr(loss_parts),
+            dq_parts.data_ptr(), ptr(max_parts), ptr(sum_parts), counts.shape[0], n_bank, dim, n_tiles, per, grid[1],
+            bank.stride(0), counts.stride(0), 1.0 / temperature, log_c, log_mpn_c, code, stream_of(query))
+
+    parts = run_fused_dense(launch, query, bank, idx, code, ext.dense_block_m(), ext.dense_block_n())
+    return merge_partials_triton(epilogue, query, bank, idx, z, temperature, n_data, *parts, positive_in_parts=False)

@@ -15,15 +15,13 @@ always handled apart, by one gathered row per query, so a positive that also
 appears among the negatives is counted exactly as the gather strategy counts
 it (once as the positive, once per negative occurrence).
 
-Multiplicities. A [B, N] count matrix would be B*N entries (3.2 M at CIFAR,
-328 M at ImageNet B=256), written and re-read every step, and a compact dtype
-(uint8) would overflow when one id is drawn more than 255 times in a row. The
-fused kernels instead take the negatives of each row grouped by bank tile (a
-per-row CSR, csr.py: ``ids[B, K]`` int32 plus ``offsets[B, n_tiles+1]``
-int32, where each BLOCK_N-wide bank tile's entries start). That is
-B*K + B*N/BLOCK_N ints (the size of idx itself), exact for any multiplicity,
-and a kernel finds the entries of its (row block, bank tile) from two offsets,
-loaded in the tile (see triton_dense.py for why they are not carried over).
+Multiplicities. The fused kernels (Triton and CUDA) read neg(b, j) from a
+packed [B, N] count matrix, two 16-bit counts an int32 word
+(sample_counts.py): 2 bytes a (query, bank row) pair, 6.4 MB at CIFAR-100,
+built by one atomic add per negative. A bank tile's counts are then one load
+beside the bank tile, which is what lets the tile loop be software-pipelined.
+Counts are exact up to K = 65 535 negatives a row; wider K, and rows wider
+than the kernels take, run the torch formulation below.
 
 This module holds the pure-PyTorch dense formulation (the torch backend's
 dense strategy and the best pure-PyTorch formulation of the op: a matmul of
@@ -37,10 +35,12 @@ from __future__ import annotations
 import torch
 
 from rdkernels.ops._splits import split_tiles, splits_wanted
+from rdkernels.ops.bank_contrast.partials import split_buffers
 from rdkernels.ops.bank_contrast.reference import nce_constants
+from rdkernels.ops.bank_contrast.sample_counts import MAX_NEGATIVES, TILE_ROWS, count_samples, row_chunks
 
 __all__ = ["bank_contrast_loss_dense_torch", "bank_scores_dense_torch", "bank_scores_backward_dense_torch",
-           "dense_splits"]
+           "fused_dense_takes", "run_fused_dense"]
 
 _CHUNK_ELEMS = 1 << 24  # fp32 elements of one [rows, N] score chunk (64 MB)
 
@@ -151,3 +151,31 @@ def dense_splits(m_blocks: int, n_tiles: int, device: torch.device) -> tuple[int
     """(splits, bank tiles per split) of the fused dense kernels (Triton and CUDA):
     about two programs per SM (ops/_splits.py)."""
     return split_tiles(n_tiles, splits_wanted(m_blocks, device, programs_per_sm=2))
+
+
+def fused_dense_takes(n_cols: int) -> bool:
+    """The fused kernels' 16-bit counts hold this K (n_cols = K + 1)."""
+    return n_cols - 1 <= MAX_NEGATIVES
+
+
+def run_fused_dense(launch, query, bank, idx, code: int, block_m: int, block_n: int):
+    """Count the samples and run a fused dense kernel over every chunk of query rows.
+
+    ``launch(rows, counts, parts, grid, n_tiles, tiles_per_split)`` runs the kernel on
+    query rows ``rows`` (a slice) with their counts and the same rows of the split
+    buffers ``parts`` (loss, dq, max, sum; None where the epilogue writes none).
+    Every chunk has the same number of splits, so the buffers are allocated once
+    and merged once. Returns the buffers.
+    """
+    assert TILE_ROWS % block_n == 0, "count rows are padded to TILE_ROWS"
+    batch, n_bank, dim = query.shape[0], bank.shape[0], bank.shape[1]
+    chunks = row_chunks(batch, n_bank, block_m)
+    n_tiles = -(-n_bank // block_n)
+    m_blocks = -(-(chunks[0][1] - chunks[0][0]) // block_m)
+    n_splits, per = dense_splits(m_blocks, n_tiles, query.device)
+    parts = split_buffers(code, batch, n_splits, dim, query.device)
+    for b0, b1 in chunks:
+        counts = count_samples(idx[b0:b1], n_bank)
+        chunk_parts = tuple(None if p is None else p[b0:b1] for p in parts)
+        launch(slice(b0, b1), counts, chunk_parts, (-(-(b1 - b0) // block_m), n_splits), n_tiles, per)
+    return parts

@@ -5,11 +5,10 @@ of the bank). It streams its bank tiles of BLOCK_N rows once; per tile
 
 * ``s = q @ tile^T / T`` on tensor cores (fp32 via 3xTF32, bf16 natively when
   both operands are bf16; fp32 accumulation),
-* the multiplicity tile ``cnt[BLOCK_M, BLOCK_N]`` is rebuilt from the per-row
-  CSR of negatives grouped by tile (csr.py): each row's entries in this tile
-  are contiguous, so the program loads ENTRY_CHUNK of them for all its rows at
-  once and counts them by comparison (~K*BLOCK_N/N entries a row: ~10 at
-  CIFAR-100, so one or two steps),
+* the multiplicity tile ``cnt[BLOCK_M, BLOCK_N]`` is one load of the packed
+  sample counts (sample_counts.py: two 16-bit counts a word), issued beside
+  the bank tile's; nothing in the loop depends on a previous load, so Triton
+  software-pipelines both,
 * the epilogue weights each (row, bank row) pair by its count: NCE terms and
   d loss / d s, or the online softmax's max / sum, rescaled flash-style,
 * ``acc += coef @ tile`` (the dq GEMM), so no [B, N] matrix ever exists.
@@ -30,9 +29,7 @@ import triton
 import triton.language as tl
 
 from rdkernels.backend import triton_interpreter_enabled
-from rdkernels.ops.bank_contrast.csr import build_csr
-from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, dense_splits
-from rdkernels.ops.bank_contrast.partials import split_buffers
+from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, fused_dense_takes, run_fused_dense
 from rdkernels.ops.bank_contrast.reference import nce_constants
 # the epilogue codes are the gather kernel's
 from rdkernels.ops.bank_contrast.triton import _EPILOGUES, _NCE_C, _SOFTMAX_C, NCE, SOFTMAX
@@ -43,13 +40,13 @@ BLOCK_N = 32
 
 @triton.jit
 def bank_contrast_dense_kernel(
-    q_ptr, bank_ptr, ids_ptr, offs_ptr, z_ptr,
+    q_ptr, bank_ptr, counts_ptr, z_ptr,
     loss_ptr, dq_ptr, max_ptr, sum_ptr,
-    batch, n_bank, dim, n_neg, n_tiles, tiles_per_split,
-    stride_q, stride_bank, stride_offs,
+    batch, n_bank, dim, n_tiles, tiles_per_split,
+    stride_q, stride_bank, stride_counts,
     inv_t, log_c, log_mpn_c,
     EPILOGUE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    ENTRY_CHUNK: tl.constexpr, BF16_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BF16_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
@@ -74,41 +71,35 @@ def bank_contrast_dense_kernel(
     run_max = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)
     run_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
     n_col = tl.arange(0, BLOCK_N)
-    e_col = tl.arange(0, ENTRY_CHUNK)
+    # bank row j's count: bits 16 * (j % 2) of word j // 2 (sample_counts.py)
+    word_col = n_col // 2
+    shift = (n_col % 2) * 16
 
     t_start = split * tiles_per_split
     t_stop = tl.minimum(t_start + tiles_per_split, n_tiles)
-    offs_row = offs_ptr + rows64 * stride_offs
-    seg_row = ids_ptr + rows64 * n_neg
+    counts_row = counts_ptr + rows64 * stride_counts
     for t in range(t_start, t_stop):
-        # This tile's segment bounds, loaded here and not carried over from the
-        # previous tile: Triton 3.6 hoists the counting loop's trip count (a max
-        # over the rows of loop-carried bounds) out of this loop and computes it
-        # from the first tile's bounds (its TTGIR shows it; 3.9 does not), so a
-        # tile with more entries than the split's first one lost the rest on a
-        # GPU (the query gradient 3e-3 off at K >= 4096, N = 50 000).
-        # test_dense_count_loop_bound_stays_in_the_tile_loop checks the IR.
-        e_lo = tl.load(offs_row + t, mask=row_mask, other=0)
-        e_hi = tl.load(offs_row + t + 1, mask=row_mask, other=0)
         j = t * BLOCK_N + n_col
         j_mask = j < n_bank
-        w = tl.load(bank_ptr + j.to(tl.int64)[:, None] * stride_bank + d[None, :],
-                    mask=j_mask[:, None] & d_mask[None, :], other=0.0)
+        tile_ptr = bank_ptr + j.to(tl.int64)[:, None] * stride_bank + d[None, :]
+        tile_mask = j_mask[:, None] & d_mask[None, :]
+        # The tile is loaded twice, as each dot's operand: Triton's pipeliner stages
+        # (async copies, num_stages deep) a load feeding one dot, not one load feeding
+        # a dot and a transpose. The second read hits L2; fp32 banks pipeline both
+        # (TTGIR), a bf16 bank's conversion keeps its tile loads synchronous.
+        w = tl.load(tile_ptr, mask=tile_mask, other=0.0)
+        w_t = tl.load(tl.trans(tile_ptr), mask=tl.trans(tile_mask), other=0.0)
+        # count rows are padded to whole tiles (zeros past n_bank): no column mask
+        words = tl.load(counts_row[:, None] + (t * (BLOCK_N // 2) + word_col)[None, :], mask=row_mask[:, None],
+                        other=0)
+        cnt = (words >> shift[None, :]) & 0xFFFF
         if BF16_DOT:
             w = w.to(tl.bfloat16)
+            w_t = w_t.to(tl.bfloat16)
         else:
             w = w.to(tl.float32)
-        s = tl.dot(q, tl.trans(w), input_precision=DOT_PRECISION) * inv_t          # [BLOCK_M, BLOCK_N]
-
-        # multiplicities of this tile from the rows' CSR segments, ENTRY_CHUNK
-        # entries of every row per step (independent loads, one latency each)
-        n_e = e_hi - e_lo
-        cnt = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
-        for e0 in range(0, tl.max(n_e, axis=0), ENTRY_CHUNK):
-            e = e0 + e_col
-            live = e[None, :] < n_e[:, None]
-            col = tl.load(seg_row[:, None] + e_lo[:, None] + e[None, :], mask=live, other=-1) - t * BLOCK_N
-            cnt += tl.sum((col[:, :, None] == n_col[None, None, :]).to(tl.int32), axis=1)
+            w_t = w_t.to(tl.float32)
+        s = tl.dot(q, w_t, input_precision=DOT_PRECISION) * inv_t          # [BLOCK_M, BLOCK_N]
         has = cnt > 0
         cnt_f = cnt.to(tl.float32)
 
@@ -150,17 +141,22 @@ MAX_DIM = 128
 def launch_config(dim: int) -> dict:
     """BLOCK_M = 16: with 3xTF32 dots Triton keeps hi/lo copies of the query, the
     tile and the coefficients in registers; 16 x 32 tiles at d <= 128 compile
-    without spills on sm_80 and sm_90 (ptxas -v: up to 255 registers), 32- or
-    64-row blocks and d = 256 do not. Query rows share each bank tile through L2.
+    without spills on sm_80 and sm_90 (ptxas -v: up to 255 registers), 32-row
+    blocks (8 warps) and d = 256 do not. Query rows share each bank tile through L2.
 
-    ENTRY_CHUNK: CSR entries per row loaded at once when counting a tile's
-    samples (~K*BLOCK_N/N per row: ~10 at CIFAR-100), so the count costs a few
-    load latencies, not one per entry. The widest chunk without spills: 8 at
-    d = 128; at d = 64 ptxas caps sm_90 at 168 registers (3 blocks an SM) and
-    spills 16-32 B with 8 or 16, none with 2. (4 spills at both widths.)"""
+    num_stages = 3: the staged loads (both bank tiles and the counts) take 90 KB of
+    shared memory at d = 128 (two programs an SM on sm_90; one on sm_80). Two
+    stages spill 36 B in the sm_90 softmax variant; 16-row bank tiles leave
+    [16, 16] score tiles, too narrow for four warps' MMAs."""
     block_d = max(16, triton.next_power_of_2(dim))
-    return dict(BLOCK_M=16, BLOCK_N=BLOCK_N, BLOCK_D=block_d, ENTRY_CHUNK=8 if block_d >= 128 else 2,
-                num_warps=4, num_stages=2)
+    return dict(BLOCK_M=16, BLOCK_N=BLOCK_N, BLOCK_D=block_d, num_warps=4, num_stages=3)
+
+
+def _stages_for(cfg: dict, tiles_per_split: int) -> dict:
+    """One tile a program (banks of up to ~2 000 rows) leaves the pipeliner nothing
+    to overlap; its prologue then only adds registers, so it is off (sm_90, fp32,
+    Triton 3.9: 136 B of spills with three stages, 116 B with two, 8 B with one)."""
+    return dict(cfg, num_stages=1) if tiles_per_split == 1 else cfg
 
 
 def _use_bf16_dot(q_dtype, bank_dtype, block_d: int) -> bool:
@@ -180,31 +176,27 @@ def _dot_mode(query, bank, block_d) -> tuple[bool, str]:
 
 def bank_contrast_loss_dense_triton(query, bank, idx, z, temperature, epilogue, n_data):
     """(row_loss[B], dq[B, d]) fp32, as bank_contrast_loss_torch, dense strategy."""
-    batch, n_cols = idx.shape
+    n_cols = idx.shape[1]
     n_bank, dim = bank.shape
-    if dim > MAX_DIM:  # wider rows: cuBLAS GEMMs + gathered scalar scores (dense.py)
+    if dim > MAX_DIM or not fused_dense_takes(n_cols):  # cuBLAS GEMMs + gathered scalar scores (dense.py)
         return bank_contrast_loss_dense_torch(query, bank, idx, z, temperature, epilogue, n_data)
     cfg = launch_config(dim)
-    ids, offsets = build_csr(idx, n_bank, cfg["BLOCK_N"])
-    n_tiles = offsets.shape[1] - 1
-    m_blocks = triton.cdiv(batch, cfg["BLOCK_M"])
-    n_splits, per = dense_splits(m_blocks, n_tiles, query.device)
     code = _EPILOGUES[epilogue]
-    loss_parts, dq_parts, max_parts, sum_parts = split_buffers(code, batch, n_splits, dim, query.device)
     unused = torch.empty(1, device=query.device, dtype=torch.float32)
     log_c, log_mpn_c = nce_constants(n_cols - 1, n_data) if code == NCE else (0.0, 0.0)
     bf16_dot, precision = _dot_mode(query, bank, cfg["BLOCK_D"])
-    bank_contrast_dense_kernel[(m_blocks, n_splits)](
-        query, bank, ids, offsets, unused if z is None else z,
-        unused if loss_parts is None else loss_parts, dq_parts,
-        unused if max_parts is None else max_parts, unused if sum_parts is None else sum_parts,
-        batch, n_bank, dim, max(n_cols - 1, 1), n_tiles, per,
-        query.stride(0), bank.stride(0), offsets.stride(0),
-        1.0 / temperature, log_c, log_mpn_c,
-        EPILOGUE=code, BF16_DOT=bf16_dot, DOT_PRECISION=precision, **cfg,
-    )
-    return merge_partials_triton(epilogue, query, bank, idx, z, temperature, n_data, loss_parts, dq_parts,
-                                 max_parts, sum_parts, positive_in_parts=False)
+
+    def launch(rows, counts, parts, grid, n_tiles, per):
+        loss_parts, dq_parts, max_parts, sum_parts = (unused if p is None else p for p in parts)
+        bank_contrast_dense_kernel[grid](
+            query[rows], bank, counts, unused if z is None else z, loss_parts, dq_parts, max_parts, sum_parts,
+            counts.shape[0], n_bank, dim, n_tiles, per, query.stride(0), bank.stride(0), counts.stride(0),
+            1.0 / temperature, log_c, log_mpn_c,
+            EPILOGUE=code, BF16_DOT=bf16_dot, DOT_PRECISION=precision, **_stages_for(cfg, per),
+        )
+
+    parts = run_fused_dense(launch, query, bank, idx, code, cfg["BLOCK_M"], cfg["BLOCK_N"])
+    return merge_partials_triton(epilogue, query, bank, idx, z, temperature, n_data, *parts, positive_in_parts=False)
 
 
 _TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -221,10 +213,10 @@ def aot_variants() -> list[dict]:
                     bf16_dot = _use_bf16_dot(q_dt, bank_dt, cfg["BLOCK_D"])
                     sig = {
                         "q_ptr": "*" + _TRITON_TYPES[q_dt], "bank_ptr": "*" + _TRITON_TYPES[bank_dt],
-                        "ids_ptr": "*i32", "offs_ptr": "*i32", "z_ptr": "*fp32",
+                        "counts_ptr": "*i32", "z_ptr": "*fp32",
                         "loss_ptr": "*fp32", "dq_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32",
-                        "batch": "i32", "n_bank": "i32", "dim": "i32", "n_neg": "i32", "n_tiles": "i32",
-                        "tiles_per_split": "i32", "stride_q": "i32", "stride_bank": "i32", "stride_offs": "i32",
+                        "batch": "i32", "n_bank": "i32", "dim": "i32", "n_tiles": "i32",
+                        "tiles_per_split": "i32", "stride_q": "i32", "stride_bank": "i32", "stride_counts": "i32",
                         "inv_t": "fp32", "log_c": "fp32", "log_mpn_c": "fp32",
                     }
                     variants.append(dict(
@@ -232,7 +224,7 @@ def aot_variants() -> list[dict]:
                              f"bank={_TRITON_TYPES[bank_dt]}]",
                         kernel=bank_contrast_dense_kernel, signature=sig,
                         constexprs=dict(EPILOGUE=code, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                                        BLOCK_D=cfg["BLOCK_D"], ENTRY_CHUNK=cfg["ENTRY_CHUNK"], BF16_DOT=bf16_dot,
+                                        BLOCK_D=cfg["BLOCK_D"], BF16_DOT=bf16_dot,
                                         DOT_PRECISION="tf32" if bf16_dot else "tf32x3"),
                         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
     # integers the dispatcher can pass as 1 (B = 1; one tile per split) are their own specialisation
@@ -240,5 +232,7 @@ def aot_variants() -> list[dict]:
         for arg in ("batch", "tiles_per_split"):
             one = dict(v, name=v["name"][:-1] + f",{arg}=1]", signature=dict(v["signature"], **{arg: "constexpr"}),
                        constexprs=dict(v["constexprs"], **{arg: 1}))
+            if arg == "tiles_per_split":
+                one["num_stages"] = _stages_for({"num_stages": v["num_stages"]}, 1)["num_stages"]
             variants.append(one)
     return variants
