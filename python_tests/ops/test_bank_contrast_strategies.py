@@ -351,7 +351,7 @@ def test_dense_beyond_16_bit_counts_runs_the_torch_formulation(backend):
 
 
 @pytest.mark.parametrize("epilogue", ["nce", "softmax"])
-@pytest.mark.parametrize("backend", [b for b in backends("bank_contrast") if b != "torch"])
+@pytest.mark.parametrize("backend", [b for b in backends("bank_contrast") if b.values[0] != "torch"])
 def test_dense_in_chunks_of_query_rows(backend, epilogue, monkeypatch):
     """Counts past CHUNK_BYTES (ImageNet's N at B = 256) run in chunks of query rows,
     into one set of split buffers and one merge: forced here to 16-row chunks and a
@@ -360,6 +360,39 @@ def test_dense_in_chunks_of_query_rows(backend, epilogue, monkeypatch):
     monkeypatch.setattr(sample_counts, "CHUNK_BYTES", 4 * sample_counts.words_per_row(300) * 20)
     assert sample_counts.row_chunks(37, 300, 16) == [(0, 16), (16, 32), (32, 37)]
     _check(backend, "dense", epilogue, *_inputs(37, 60, 300, 64), 1e-5, 1e-4)
+
+
+@pytest.mark.parametrize("backend", [b for b in backends("bank_contrast") if b.values[0] != "torch"])
+def test_shared_sample_counts_count_an_idx_once(backend, monkeypatch):
+    """CRD's two directions score one idx against two banks: inside
+    shared_sample_counts() the counts are built once, and both losses and
+    gradients are those of separate calls; an in-place write to idx recounts."""
+    from rdkernels.ops.bank_contrast import triton_counts
+    from rdkernels.ops.bank_contrast.sample_counts import shared_sample_counts
+    built = []
+    real = triton_counts.count_samples_triton
+    monkeypatch.setattr(triton_counts, "count_samples_triton", lambda idx, n: built.append(idx.shape) or real(idx, n))
+    query, bank, idx = _inputs(9, 40, 300, 64)
+    other = unit_rows(300, 64, device=DEVICE)
+    kw = dict(temperature=TEMPERATURE, epilogue="softmax", reduction="none", backend=backend, strategy="dense")
+
+    def both():
+        qs, qt = query.clone().requires_grad_(), query.flip(0).clone().requires_grad_()
+        out = bank_contrast(qs, bank, idx, **kw), bank_contrast(qt, other, idx, **kw)
+        (out[0].sum() + 2 * out[1].sum()).backward()
+        return out + (qs.grad, qt.grad)
+
+    separate = both()
+    assert len(built) == 2
+    with shared_sample_counts():
+        shared = both()
+        assert len(built) == 3
+        idx[:, 1:] = idx[:, 1:].flip(1).roll(1, dims=0)   # same tensor, new contents
+        changed = bank_contrast(query, bank, idx, **kw)
+        assert len(built) == 4
+    assert torch.equal(changed, bank_contrast(query, bank, idx, **kw))
+    for a, b in zip(separate, shared):
+        assert torch.equal(a, b)
 
 
 def test_opcheck_dense_ops():

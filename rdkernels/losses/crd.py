@@ -23,6 +23,7 @@ leaves the state as it was.
 """
 from __future__ import annotations
 
+import contextlib
 
 import torch
 from torch import nn
@@ -35,6 +36,7 @@ from rdkernels.losses._inputs import (check_bank_loss_args, check_bank_loss_inpu
                                      check_bank_storage, check_first_z)
 from rdkernels.memory import init_bank_, sample_uniform
 from rdkernels.ops import bank_contrast, bank_update_, estimate_nce_z
+from rdkernels.ops.bank_contrast.sample_counts import shared_sample_counts
 
 _OPT_FIELDS = ("s_dim", "t_dim", "n_data", "feat_dim", "nce_k", "nce_t", "nce_m")
 
@@ -109,8 +111,11 @@ class ContrastMemory(nn.Module):
         temperature, momentum, z, z_new = self._read_params(v_s, v_t, idx, backend, check_indices, synced)
         kw = dict(temperature=temperature, epilogue="nce", n_data=self.n_data, backend=backend,
                   strategy=strategy, check_indices=check_indices)
-        loss_s = bank_contrast(v_s, self.memory_v2, idx, z=z[0:1], **kw)
-        loss_t = bank_contrast(v_t, self.memory_v1, idx, z=z[1:2], **kw)
+        # The dense strategy counts idx's samples once for both directions (a memo in
+        # Python state: eager only; compiled graphs count twice).
+        with contextlib.nullcontext() if torch.compiler.is_compiling() else shared_sample_counts():
+            loss_s = bank_contrast(v_s, self.memory_v2, idx, z=z[0:1], **kw)
+            loss_t = bank_contrast(v_t, self.memory_v1, idx, z=z[1:2], **kw)
         with torch.no_grad():  # both losses computed: only now is any state written
             if z_new:
                 self.params[2:4] = z

@@ -175,7 +175,7 @@ def run_fused_dense(launch, query, bank, idx, code: int, block_m: int, block_n: 
     n_splits, per = dense_splits(m_blocks, n_tiles, query.device)
     parts = split_buffers(code, batch, n_splits, dim, query.device)
     for b0, b1 in chunks:
-        counts = count_samples(idx[b0:b1], n_bank)
+        counts = count_samples(idx, n_bank, (b0, b1))
         chunk_parts = tuple(None if p is None else p[b0:b1] for p in parts)
         launch(slice(b0, b1), counts, chunk_parts, (-(-(b1 - b0) // block_m), n_splits), n_tiles, per)
     return parts

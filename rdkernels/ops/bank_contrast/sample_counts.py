@@ -22,27 +22,46 @@ with N where the CSR grew with K, so a call whose counts would pass
 where the cost model picks gather anyway).
 
 Built by one atomic add per negative into a zeroed buffer (1 << 16 for an odd
-row: the high half). Ids outside ``[0, n_bank)``, possible only with index
-checks off, are dropped, never written out of bounds.
+row: the high half; the kernel is in triton_counts.py). Ids outside
+``[0, n_bank)``, possible only with index checks off, are dropped, never
+written out of bounds.
+
+CRD scores one idx against two banks of one size (student and teacher
+directions): inside :func:`shared_sample_counts` the second call reuses the
+first's counts (same idx object, unmodified, same rows and bank size).
 """
 from __future__ import annotations
 
-import torch
-import triton
-import triton.language as tl
+import contextlib
+import contextvars
 
-__all__ = ["CHUNK_BYTES", "MAX_NEGATIVES", "TILE_ROWS", "count_samples", "row_chunks", "unpack_counts",
-           "words_per_row"]
+import torch
+
+__all__ = ["CHUNK_BYTES", "MAX_NEGATIVES", "TILE_ROWS", "count_samples", "row_chunks", "shared_sample_counts",
+           "unpack_counts", "words_per_row"]
 
 TILE_ROWS = 64                 # bank rows a count row is padded to (the widest dense kernel tile)
 MAX_NEGATIVES = (1 << 16) - 1  # counts are 16-bit
 CHUNK_BYTES = 1 << 25          # counts of one chunk of query rows: at most 32 MB
-BLOCK = 1024                   # negatives per program
+
+_SHARED = contextvars.ContextVar("rdkernels_shared_sample_counts", default=None)
+
+
+@contextlib.contextmanager
+def shared_sample_counts():
+    """Within this block, counts of the same ``idx`` are built once. The memo keys on
+    the tensor object (held, so its id stays unique), its version counter (an
+    in-place write recounts), the rows and the bank size, and ends with the block."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
 
 
 def words_per_row(n_bank: int) -> int:
     """int32 words of one query row's counts: N rounded up to whole tiles, two rows a word."""
-    return triton.cdiv(n_bank, TILE_ROWS) * TILE_ROWS // 2
+    return -(-n_bank // TILE_ROWS) * TILE_ROWS // 2
 
 
 def row_chunks(batch: int, n_bank: int, block_m: int) -> list[tuple[int, int]]:
@@ -55,42 +74,22 @@ def row_chunks(batch: int, n_bank: int, block_m: int) -> list[tuple[int, int]]:
     return [(b0, min(batch, b0 + rows)) for b0 in range(0, batch, rows)]
 
 
-@triton.jit
-def sample_count_kernel(idx_ptr, counts_ptr, n_neg, n_bank, stride_idx, stride_counts, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    k = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    in_row = k < n_neg
-    ids = tl.load(idx_ptr + row * stride_idx + 1 + k, mask=in_row, other=0)
-    valid = in_row & (ids >= 0) & (ids < n_bank)
-    one = tl.where((ids % 2) == 1, 1 << 16, 1)
-    tl.atomic_add(counts_ptr + row * stride_counts + ids // 2, one, mask=valid, sem="relaxed")
-
-
-def count_samples(idx: torch.Tensor, n_bank: int) -> torch.Tensor:
-    """counts[B, words_per_row(n_bank)] int32, two 16-bit counts a word (see above), of
-    the negatives ``idx[:, 1:]``. Needs K <= MAX_NEGATIVES. Runs on a GPU, or on
-    CPU tensors under Triton's interpreter."""
-    batch, n_cols = idx.shape
-    if n_cols - 1 > MAX_NEGATIVES:
-        raise ValueError(f"idx has {n_cols - 1} negatives a row; 16-bit counts hold at most {MAX_NEGATIVES}")
-    counts = torch.zeros(batch, words_per_row(n_bank), device=idx.device, dtype=torch.int32)
-    if n_cols > 1 and batch > 0:
-        grid = (batch, triton.cdiv(n_cols - 1, BLOCK))
-        sample_count_kernel[grid](idx, counts, n_cols - 1, n_bank, idx.stride(0), counts.stride(0), BLOCK=BLOCK,
-                                  num_warps=4)
-    return counts
+def count_samples(idx: torch.Tensor, n_bank: int, rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """counts[rows, words_per_row(n_bank)] int32, two 16-bit counts a word (see above),
+    of the negatives ``idx[b0:b1, 1:]`` (all rows by default). Needs K <= MAX_NEGATIVES.
+    Runs on a GPU, or on CPU tensors under Triton's interpreter."""
+    from rdkernels.ops.bank_contrast.triton_counts import count_samples_triton as _count
+    b0, b1 = rows if rows is not None else (0, idx.shape[0])
+    memo = _SHARED.get()
+    if memo is None:
+        return _count(idx[b0:b1], n_bank)
+    key = (id(idx), idx._version, b0, b1, n_bank)
+    if key not in memo:
+        memo[key] = (idx, _count(idx[b0:b1], n_bank))
+    return memo[key][1]
 
 
 def unpack_counts(counts: torch.Tensor, n_bank: int) -> torch.Tensor:
     """counts[B, N] int32 from the packed words (tests and debugging)."""
     low, high = counts & 0xFFFF, (counts >> 16) & 0xFFFF
     return torch.stack([low, high], dim=2).reshape(counts.shape[0], -1)[:, :n_bank]
-
-
-def aot_variants() -> list[dict]:
-    """The kernel for the int32 and int64 idx it takes."""
-    return [dict(name=f"sample_count_kernel[idx={idx_t}]", kernel=sample_count_kernel,
-                 signature={"idx_ptr": "*" + idx_t, "counts_ptr": "*i32", "n_neg": "i32", "n_bank": "i32",
-                            "stride_idx": "i32", "stride_counts": "i32"},
-                 constexprs=dict(BLOCK=BLOCK), num_warps=4, num_stages=1)
-            for idx_t in ("i32", "i64")]

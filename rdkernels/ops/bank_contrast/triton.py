@@ -175,7 +175,7 @@ def aot_variants() -> list[dict]:
                             kernel=bank_contrast_kernel, signature=sig,
                             constexprs=dict(EPILOGUE=code, BLOCK_K=cfg["BLOCK_K"], BLOCK_D=cfg["BLOCK_D"]),
                             num_warps=cfg["num_warps"], num_stages=3))
-    from rdkernels.ops.bank_contrast.sample_counts import aot_variants as count_variants
+    from rdkernels.ops.bank_contrast.triton_counts import aot_variants as count_variants
     from rdkernels.ops.bank_contrast.triton_dense import aot_variants as dense_variants
     from rdkernels.ops.bank_contrast.triton_merge import aot_variants as merge_variants
     return variants + dense_variants() + count_variants() + merge_variants()
