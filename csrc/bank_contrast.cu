@@ -16,10 +16,10 @@
 //   through shared memory once. Per tile, each warp computes its 16 x 64
 //   score tile with mma.sync m16n8k8 TF32 in 3xTF32 (hi/lo splits: fp32
 //   accuracy on tensor cores; a bf16 bank is exact in TF32, so its lo part is
-//   skipped), reads the tile's sample counts (how often each bank row is a
-//   negative of each query; packed 16-bit pairs, ops/bank_contrast/sample_counts.py)
-//   straight into the registers that apply them, applies the epilogue in registers, and accumulates
-//   dq += coef @ tile with a second 3xTF32 mma. No [B, N] matrix exists.
+//   skipped), loads the tile's sample counts (how often each bank row is a
+//   negative of each query: packed 16-bit pairs, ops/bank_contrast/sample_counts.py)
+//   into the registers that hold the matching scores, applies the epilogue
+//   there, and accumulates dq += coef @ tile with a second 3xTF32 mma. No [B, N] matrix exists.
 //   The positive column is merged by the caller.
 //
 // Accumulation is always fp32. Launch configurations are listed next to each launcher.

@@ -2,9 +2,9 @@
 
 The DCD and RRD (shared_bank_contrast) CUDA kernels keep batch- or width-sized
 strips in shared memory, and bank contrast's dense kernel 64-row tiles (84 992 B
-at d = 128; a GPU that gives a block less runs torch's dense path). A block may opt in to 227 KB on an H100 and 163 KB on
-an A100, but only 99 KB on sm_86/sm_89 GPUs (RTX 30/40, A10, L4, L40S), so a
-shape an H100 runs must move to the next backend there under ``auto``, and an
+at d = 128; a GPU that gives a block less runs torch's dense path). A block
+may opt in to 227 KB on an H100 and 163 KB on an A100, but only 99 KB on
+sm_86/sm_89 GPUs (RTX 30/40, A10, L4, L40S), so a shape an H100 runs must move to the next backend there under ``auto``, and an
 explicit ``backend="cuda"`` must say why. The launchers also refuse such a
 launch with the same message (csrc/common.cuh, reserve_shared_memory).
 

@@ -6,8 +6,9 @@ and checks every call against csrc: the argument count of the binding
 pointer is 0 or points into a tensor (its data_ptr, or an element of it: the
 wrappers carve several buffers out of one allocation), and that the tensor has the dtype the
 kernel reads it as: the one its dtype code names, int32 for the sample
-counts, done flags and iteration counts, float32 for everything else. A swapped or missing
-argument fails here, in CI, instead of as garbage on the next GPU run.
+counts, done flags and iteration counts, float32 for everything else. A
+swapped or missing argument fails here, in CI, instead of as garbage on the
+next GPU run.
 """
 from __future__ import annotations
 

@@ -66,8 +66,8 @@ def bank_scores_backward_cuda(grad_scores, query, bank, idx, temperature):
 
 def dense_kernel_shortfall(device: torch.device, dim: int) -> str | None:
     """Why the dense CUDA kernel cannot take width ``dim`` on ``device``, or None. At
-    d <= 128 it needs 101 376 B of shared memory per block: all an sm_86/89/120 block
-    may have, so any growth of it must send those GPUs to the torch path, not fail."""
+    d <= 128 it needs 84 992 B of shared memory per block (an sm_86/89/120 block may
+    have 101 376 B), so a GPU that gives less goes to the torch path, not a failed launch."""
     ext = cuda_extension()
     if dim > ext.dense_max_dim():
         return f"embedding width {dim} > {ext.dense_max_dim()}"
