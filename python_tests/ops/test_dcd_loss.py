@@ -41,7 +41,7 @@ def _check(loss, inputs, expected, dtype):
 
 
 @pytest.mark.parametrize("backend", backends("dcd_loss"))
-@pytest.mark.parametrize("batch,dim", [(1, 64), (5, 96), (37, 128), (64, 32), (16, 16)])
+@pytest.mark.parametrize("batch,dim", [(1, 64), (5, 96), (37, 128), (64, 32), (16, 16), (20, 256)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_matches_reference(backend, batch, dim, dtype):
     inputs = _inputs(batch, dim, dtype, tau=0.7, bias=-0.2)
@@ -58,9 +58,10 @@ def _triton_candidates():
 @pytest.mark.parametrize("config", _triton_candidates())
 @pytest.mark.parametrize("batch,dim", [(70, 128), (37, 48)])
 def test_triton_every_launch_candidate(config, batch, dim):
-    """Each configuration the GPU may pick by timing gives the same loss and the four
-    gradients: column chunks of 16 or 32 (a batch that ends mid-chunk), K slices of
-    16 or 32, exact or 3xTF32 gradient dots (on a GPU; exact under the interpreter)."""
+    """Each configuration of the gradient kernel the GPU may pick by timing gives the
+    same loss and the four gradients: row blocks of 16 to 64 and steps of 32 or 64
+    (a batch that ends mid-block, 3 and 5 logit tiles under the interpreter); 3xTF32
+    dots on a GPU, exact fp32 under the interpreter."""
     from rdkernels.backend import triton_unavailable_reason
     if triton_unavailable_reason(DEVICE):
         pytest.skip(triton_unavailable_reason(DEVICE))
@@ -78,6 +79,23 @@ def test_triton_every_launch_candidate(config, batch, dim):
         assert_close(f"d{name}", got, want, 1e-5, 1e-4)
     fwd_only, _ = dcd_triton(z_s.detach(), z_t.detach(), t, b, 10.0, 0.5, False, config=config)
     assert_close("loss without gradient", fwd_only.reshape(()), exp_loss, 2e-5, 1e-5)
+
+
+@pytest.mark.parametrize("batch,dim", [(100, 32), (300, 16)])
+def test_triton_gpu_tiling(monkeypatch, batch, dim):
+    """The GPU's layout under the interpreter too: 32-wide logit tiles and each walk
+    cut into 8 splits. B = 100 has 4 tiles, so splits 4..7 walk nothing (their
+    partials must be neutral); B = 300 has 10, two a split, the last one ragged."""
+    from rdkernels.backend import triton_unavailable_reason
+    if triton_unavailable_reason(DEVICE):
+        pytest.skip(triton_unavailable_reason(DEVICE))
+    from rdkernels.ops.dcd import triton as dcd_triton
+    monkeypatch.setattr(dcd_triton, "INTERPRETER_TILE", dcd_triton.TILE)
+    monkeypatch.setattr(dcd_triton, "INTERPRETER_SPLITS", dcd_triton.SPLITS)
+    inputs = _inputs(batch, dim, tau=1.1, bias=0.3)
+    loss = dcd_loss(*inputs, backend="triton")
+    loss.backward()
+    _check(loss, inputs, _expected(*inputs), torch.float32)
 
 
 @pytest.mark.parametrize("backend", backends("dcd_loss"))

@@ -4,8 +4,9 @@
     loss  = CE(L, arange(B)) + alpha * KL(colsoftmax(L)^T || rowsoftmax(L)), batchmean
 
 The fused backends compute the loss and the gradients to z_s, z_t, tau and bias
-in the forward, in one launch that computes the logits once, and backward only scales them.
-The Triton kernel takes any batch size (d <= 128); the CUDA kernel B <= 1024,
+in the forward, computing the logits once, and backward only scales them.
+The Triton kernels (three launches over tiles of the logits, triton.py) take any
+batch size, d <= 256, with 2 B^2 floats of scratch; the CUDA kernel B <= 1024,
 d <= 256 within the GPU's shared memory (all of it on an A100 or H100; on a
 99 KB GPU such as an RTX 4090 or L40S, B up to about 660 at d = 128); other
 shapes go to the next backend under ``auto``.
@@ -24,7 +25,7 @@ __all__ = ["dcd_loss", "dcd_reference", "validate_dcd", "check_dcd_scalars"]
 
 MAX_FUSED_BATCH = 1024  # CUDA: the [16, B] logit strips live in shared memory (2*16*B + 2*16*d floats)
 MAX_CUDA_DIM = 256
-MAX_FUSED_DIM = 128  # Triton: [16, d] accumulators in registers (any batch size)
+MAX_FUSED_DIM = 256  # Triton: [BLOCK_M, d] accumulators in registers (any batch size)
 
 
 def _cuda_shortfall(z_s: torch.Tensor) -> str | None:
@@ -86,7 +87,7 @@ def _dcd_impl(z_s: torch.Tensor, z_t: torch.Tensor, tau: torch.Tensor, bias: tor
         flat = torch.cat([g.reshape(-1) for g in grads]) if need_grad else grads[0]
         return loss.float(), flat.float()
     # the kernels read tau and bias as fp32 scalars (scale = min(exp(tau), max_scale)) and
-    # apply the chain rule through the clamp themselves: a call is two launches
+    # apply the chain rule through the clamp themselves: no torch op around the launches
     tau, bias = (t if t.dtype == torch.float32 else t.float() for t in (tau, bias))
     if backend == "cuda":
         from rdkernels.ops.dcd.cuda import dcd_cuda as run

@@ -1,15 +1,17 @@
-"""Buffers shared by the fused DCD kernels (Triton and CUDA).
+"""The fused DCD kernels' outputs, and the CUDA kernel's partials.
 
-Each program (block) of 16 rows writes scratch partials: stats[P, 4] = (sum CE,
-sum KL, sum G*S, sum G) and, for the gradient, local[2, B, d] (its own rows)
-and part[2, P, B, d] (every row; dz / scale). A second kernel of the same call
-sums them into the outputs, in a fixed order (deterministic, no atomics).
+Both backends return the loss and one flat gradient buffer
+``[dz_s (B*d) | dz_t (B*d) | d tau | d bias]`` (``dcd_outputs``), beside one
+scratch block of their own: three allocations a call. The op is host-bound at
+training sizes, and one buffer for the four gradients means backward scales
+them with one multiply, not four.
 
-Three allocations a call, whatever the backend: one scratch block carved into
-the partials, the loss, and one flat gradient buffer
-``[dz_s (B*d) | dz_t (B*d) | d tau | d bias]``. The op is host-bound at
-training sizes (its kernels run in tens of microseconds), and one buffer for
-the four gradients means backward scales them with one multiply, not four.
+The CUDA kernel's scratch (``dcd_buffers``): each block of 16 rows writes
+stats[P, 4] = (sum CE, sum KL, sum G*S, sum G) and, for the gradient,
+local[2, B, d] (its own rows) and part[2, P, B, d] (every row; dz / scale); a
+second kernel of the same call sums them into the outputs, in a fixed order
+(deterministic, no atomics). The Triton kernels lay out their own scratch
+(triton.py).
 """
 from __future__ import annotations
 
@@ -21,24 +23,27 @@ from rdkernels.ops._scratch import aligned as _aligned
 
 
 class DcdBuffers(NamedTuple):
-    scratch: torch.Tensor   # fp32, flat: stats, then (with the gradient) local, part, then `extra`
+    scratch: torch.Tensor   # fp32, flat: stats, then (with the gradient) local, part
     local_at: int           # element offsets of the segments in scratch (stats is at 0)
     part_at: int
-    extra_at: int
     loss: torch.Tensor      # fp32, 0-dim
     grads: torch.Tensor     # fp32, flat [2*B*d + 2]; empty without the gradient
 
 
-def dcd_buffers(z_s: torch.Tensor, n_prog: int, need_grad: bool, extra: int = 0) -> DcdBuffers:
-    """The call's buffers; ``extra`` floats of backend scratch go at the end of ``scratch``."""
-    batch, dim = z_s.shape
-    bd = batch * dim
+def dcd_outputs(z_s: torch.Tensor, need_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss: fp32 0-dim, grads: fp32 flat [2*B*d + 2], empty without the gradient)."""
+    f32 = dict(device=z_s.device, dtype=torch.float32)
+    return torch.empty((), **f32), torch.empty(2 * z_s.numel() + 2 if need_grad else 0, **f32)
+
+
+def dcd_buffers(z_s: torch.Tensor, n_prog: int, need_grad: bool) -> DcdBuffers:
+    """The CUDA kernel's buffers for ``n_prog`` blocks."""
+    bd = z_s.numel()
     local_at = _aligned(4 * n_prog)
     part_at = local_at + (_aligned(2 * bd) if need_grad else 0)
-    extra_at = part_at + (_aligned(2 * n_prog * bd) if need_grad else 0)
-    f32 = dict(device=z_s.device, dtype=torch.float32)
-    return DcdBuffers(torch.empty(extra_at + extra, **f32), local_at, part_at, extra_at, torch.empty((), **f32),
-                      torch.empty(2 * bd + 2 if need_grad else 0, **f32))
+    end = part_at + (_aligned(2 * n_prog * bd) if need_grad else 0)
+    scratch = torch.empty(end, device=z_s.device, dtype=torch.float32)
+    return DcdBuffers(scratch, local_at, part_at, *dcd_outputs(z_s, need_grad))
 
 
 def split_grads(grads: torch.Tensor, like: list[tuple[torch.dtype, torch.Size]]) -> list[torch.Tensor]:
