@@ -97,6 +97,12 @@ def _tile(mat_ptr, ld, rows, cols, valid):
 
 
 @triton.jit
+def _square(ld):
+    """ld * ld in int64: S^T starts ld^2 floats after S (past int32 from B = 46 341)."""
+    return tl.cast(ld, tl.int64) * ld
+
+
+@triton.jit
 def dcd_similarity_kernel(
     zs_ptr, zt_ptr, tau_ptr, bias_ptr, sim_ptr, part_ptr,
     batch, dim, ld, stride_zs, stride_zt, max_scale,
@@ -122,7 +128,7 @@ def dcd_similarity_kernel(
     rows = pi * TILE + tl.arange(0, TILE)
     row_mask = rows < batch
     rows64 = rows.to(tl.int64)
-    mat = sim_ptr + side * ld * ld
+    mat = sim_ptr + side * _square(ld)
     first, last = _split_range(split, ld // TILE, SPLITS)
     m = tl.full([TILE], -float("inf"), tl.float32)
     total = tl.zeros([TILE], tl.float32)
@@ -185,7 +191,7 @@ def dcd_stats_kernel(
         a = i * TILE + tl.arange(0, TILE)
         a_mask = a < batch
         valid = b_mask[:, None] & a_mask[None, :]
-        s_ab = _tile(sim_ptr + ld * ld, ld, b, a, valid)   # [b, a]: S^T[b, a] = S[a, b]
+        s_ab = _tile(sim_ptr + _square(ld), ld, b, a, valid)   # [b, a]: S^T[b, a] = S[a, b]
         l_ab = s_ab * scale + bias                           # L[a, b]
         l_ba = _tile(sim_ptr, ld, b, a, valid) * scale + bias  # L[b, a]
         log_q = l_ab - c_b[:, None]                          # log Qc[a, b]
@@ -291,7 +297,7 @@ def dcd_grad_kernel(
                 c_b = tl.load(lse_ptr + ld + b, mask=b_mask, other=0.0)
                 kl_b = _summed(col_ptr, b, b_mask, ld, SPLITS)
                 grad = _grad_tile(_tile(sim_ptr, ld, own, b, valid) * scale + bias,
-                                  _tile(sim_ptr + ld * ld, ld, own, b, valid) * scale + bias,
+                                  _tile(sim_ptr + _square(ld), ld, own, b, valid) * scale + bias,
                                   r_own[:, None], c_own[:, None], r_b[None, :], c_b[None, :], kl_b[None, :],
                                   tl.where(own[:, None] == b[None, :], 1.0, 0.0), valid, alpha, inv_batch)
                 z = tl.load(zt_ptr + b.to(tl.int64)[:, None] * stride_zt + d[None, :],
@@ -307,7 +313,7 @@ def dcd_grad_kernel(
                 valid = own_mask[:, None] & a_mask[None, :]
                 r_a = tl.load(lse_ptr + a, mask=a_mask, other=0.0)
                 c_a = tl.load(lse_ptr + ld + a, mask=a_mask, other=0.0)
-                grad_t = _grad_tile(_tile(sim_ptr + ld * ld, ld, own, a, valid) * scale + bias,
+                grad_t = _grad_tile(_tile(sim_ptr + _square(ld), ld, own, a, valid) * scale + bias,
                                     _tile(sim_ptr, ld, own, a, valid) * scale + bias,
                                     r_a[None, :], c_a[None, :], r_own[:, None], c_own[:, None], kl_own[:, None],
                                     tl.where(own[:, None] == a[None, :], 1.0, 0.0), valid, alpha, inv_batch)
