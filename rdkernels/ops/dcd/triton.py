@@ -97,6 +97,20 @@ def _tile(mat_ptr, ld, rows, cols, valid):
 
 
 @triton.jit
+def _embeddings(z_ptr, stride, rows, row_mask, cols, col_mask):
+    """z[rows, cols] of an embedding matrix, as fp32 (0 outside the masks)."""
+    return tl.load(z_ptr + rows.to(tl.int64)[:, None] * stride + cols[None, :],
+                   mask=row_mask[:, None] & col_mask[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _row_col_lse(lse_ptr, ld, idx, mask):
+    """The merged R[idx] and C[idx] (0 outside ``mask``)."""
+    return (tl.load(lse_ptr + idx, mask=mask, other=0.0),
+            tl.load(lse_ptr + ld + idx, mask=mask, other=0.0))
+
+
+@triton.jit
 def _square(ld):
     """ld * ld in int64: S^T starts ld^2 floats after S (past int32 from B = 46 341)."""
     return tl.cast(ld, tl.int64) * ld
@@ -127,7 +141,6 @@ def dcd_similarity_kernel(
         stride_b = stride_zs
     rows = pi * TILE + tl.arange(0, TILE)
     row_mask = rows < batch
-    rows64 = rows.to(tl.int64)
     mat = sim_ptr + side * _square(ld)
     first, last = _split_range(split, ld // TILE, SPLITS)
     m = tl.full([TILE], -float("inf"), tl.float32)
@@ -135,19 +148,16 @@ def dcd_similarity_kernel(
     for j in range(first, last):
         cols = j * TILE + tl.arange(0, TILE)
         col_mask = cols < batch
-        cols64 = cols.to(tl.int64)
         # K in slices: a whole [TILE, d] row block held across the walk spills at d >= 128
         s = tl.zeros([TILE, TILE], tl.float32)
         for k0 in range(0, dim, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             k_mask = k < dim
-            za = tl.load(a_ptr + rows64[:, None] * stride_a + k[None, :], mask=row_mask[:, None] & k_mask[None, :],
-                         other=0.0).to(tl.float32)
-            zb = tl.load(b_ptr + cols64[:, None] * stride_b + k[None, :], mask=col_mask[:, None] & k_mask[None, :],
-                         other=0.0).to(tl.float32)
+            za = _embeddings(a_ptr, stride_a, rows, row_mask, k, k_mask)
+            zb = _embeddings(b_ptr, stride_b, cols, col_mask, k, k_mask)
             s += tl.dot(za, tl.trans(zb), input_precision=DOT_PRECISION)
         # [ld, ld] with ld a multiple of TILE: whole tiles, no mask
-        tl.store(mat + rows64[:, None] * ld + cols[None, :], s)
+        tl.store(mat + rows.to(tl.int64)[:, None] * ld + cols[None, :], s)
         logits = tl.where(row_mask[:, None] & col_mask[None, :], s * scale + bias, -float("inf"))
         new = tl.maximum(m, tl.max(logits, axis=1))
         safe = tl.where(new == -float("inf"), 0.0, new)
@@ -205,10 +215,9 @@ def dcd_stats_kernel(
             w += tl.sum(q, axis=1)
             r_a = _merged_lse(part_ptr, part_ptr + plane, a, a_mask, ld, SPLITS)
             c_a = _merged_lse(part_ptr + 2 * plane, part_ptr + 3 * plane, a, a_mask, ld, SPLITS)
-            p = tl.exp(l_ab - r_a[None, :])                 # P[a, b]
-            q_ba = tl.exp(l_ba - c_a[None, :])              # Qc[b, a]
-            g_part = ((1.0 + alpha) * p - tl.where(eye, 1.0, 0.0) - alpha * q_ba) * inv_batch
-            g_part = tl.where(valid, g_part, 0.0) + alpha * inv_batch * qg
+            # G' = G with KL_b = 0, its tile [b, a]
+            g_part = _grad_tile(l_ab, l_ba, r_a[None, :], c_a[None, :], r_b[:, None], c_b[:, None], 0.0,
+                                tl.where(eye, 1.0, 0.0), valid, alpha, inv_batch)
             gs += g_part * s_ab
             g += g_part
     col = split * ld + b
@@ -282,8 +291,7 @@ def dcd_grad_kernel(
         d_mask = d < dim
         own = (pid % n_m) * BLOCK_M + tl.arange(0, BLOCK_M)
         own_mask = own < batch
-        r_own = tl.load(lse_ptr + own, mask=own_mask, other=0.0)
-        c_own = tl.load(lse_ptr + ld + own, mask=own_mask, other=0.0)
+        r_own, c_own = _row_col_lse(lse_ptr, ld, own, own_mask)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         # S and S^T are both stored, so either walk reads rows: dz_s's tile [a, b]
         # takes L[a, b] from S and L[b, a] from S^T, dz_t's tile [b, a] the reverse
@@ -293,16 +301,14 @@ def dcd_grad_kernel(
                 b = b0 + tl.arange(0, BLOCK_N)
                 b_mask = b < batch
                 valid = own_mask[:, None] & b_mask[None, :]
-                r_b = tl.load(lse_ptr + b, mask=b_mask, other=0.0)
-                c_b = tl.load(lse_ptr + ld + b, mask=b_mask, other=0.0)
+                r_b, c_b = _row_col_lse(lse_ptr, ld, b, b_mask)
                 kl_b = _summed(col_ptr, b, b_mask, ld, SPLITS)
                 grad = _grad_tile(_tile(sim_ptr, ld, own, b, valid) * scale + bias,
                                   _tile(sim_ptr + _square(ld), ld, own, b, valid) * scale + bias,
                                   r_own[:, None], c_own[:, None], r_b[None, :], c_b[None, :], kl_b[None, :],
                                   tl.where(own[:, None] == b[None, :], 1.0, 0.0), valid, alpha, inv_batch)
-                z = tl.load(zt_ptr + b.to(tl.int64)[:, None] * stride_zt + d[None, :],
-                            mask=b_mask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
-                acc += tl.dot(grad, z, input_precision=GRAD_PRECISION)
+                acc += tl.dot(grad, _embeddings(zt_ptr, stride_zt, b, b_mask, d, d_mask),
+                              input_precision=GRAD_PRECISION)
             out_ptr = dzs_ptr
         else:
             # dz_t[own] = scale * sum_a G[a, own] z_s[a], from the tiles G^T[own, a]
@@ -311,15 +317,13 @@ def dcd_grad_kernel(
                 a = a0 + tl.arange(0, BLOCK_N)
                 a_mask = a < batch
                 valid = own_mask[:, None] & a_mask[None, :]
-                r_a = tl.load(lse_ptr + a, mask=a_mask, other=0.0)
-                c_a = tl.load(lse_ptr + ld + a, mask=a_mask, other=0.0)
+                r_a, c_a = _row_col_lse(lse_ptr, ld, a, a_mask)
                 grad_t = _grad_tile(_tile(sim_ptr + _square(ld), ld, own, a, valid) * scale + bias,
                                     _tile(sim_ptr, ld, own, a, valid) * scale + bias,
                                     r_a[None, :], c_a[None, :], r_own[:, None], c_own[:, None], kl_own[:, None],
                                     tl.where(own[:, None] == a[None, :], 1.0, 0.0), valid, alpha, inv_batch)
-                z = tl.load(zs_ptr + a.to(tl.int64)[:, None] * stride_zs + d[None, :],
-                            mask=a_mask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
-                acc += tl.dot(grad_t, z, input_precision=GRAD_PRECISION)
+                acc += tl.dot(grad_t, _embeddings(zs_ptr, stride_zs, a, a_mask, d, d_mask),
+                              input_precision=GRAD_PRECISION)
             out_ptr = dzt_ptr
         tl.store(out_ptr + own.to(tl.int64)[:, None] * dim + d[None, :], acc * scale,
                  mask=own_mask[:, None] & d_mask[None, :])
