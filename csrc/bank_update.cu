@@ -16,7 +16,7 @@ __global__ void bank_update_kernel(BankT* __restrict__ bank, const IdxT* __restr
   // One float per warp for the norm's block sum. The mixed row is not kept in shared
   // memory (that capped dim at 48 KB of floats): the second pass mixes it again, and
   // each element is read and written by the same thread.
-  extern __shared__ float scratch[];
+  RDK_DYNAMIC_SHARED(float, scratch);
   const int64_t b = blockIdx.x;
   const IdxT row = index[b];
 
@@ -44,11 +44,13 @@ void launch_with_index(void* bank, int index_dtype, const void* index, const voi
   const int threads = dim >= 256 ? 256 : (dim >= 128 ? 128 : 64);
   const size_t smem = (threads / 32) * sizeof(float);  // block_sum's one float per warp
   if (index_dtype == kInt64) {
-    bank_update_kernel<BankT, ValT, int64_t><<<batch, threads, smem, stream>>>(
+    auto kernel = bank_update_kernel<BankT, ValT, int64_t>;
+    RDK_LAUNCH(kernel, batch, threads, smem, stream)(
         static_cast<BankT*>(bank), static_cast<const int64_t*>(index), static_cast<const ValT*>(values), batch,
         dim, momentum);
   } else if (index_dtype == kInt32) {
-    bank_update_kernel<BankT, ValT, int32_t><<<batch, threads, smem, stream>>>(
+    auto kernel = bank_update_kernel<BankT, ValT, int32_t>;
+    RDK_LAUNCH(kernel, batch, threads, smem, stream)(
         static_cast<BankT*>(bank), static_cast<const int32_t*>(index), static_cast<const ValT*>(values), batch,
         dim, momentum);
   } else {

@@ -12,7 +12,13 @@
 
 namespace py = pybind11;
 
-PYBIND11_MODULE(_C, m) {
+// The tests' CPU emulation (emulation/simt.h) builds these bindings as another module,
+// without the tensor-core bank-contrast kernels it cannot run.
+#ifndef RDK_MODULE_NAME
+#define RDK_MODULE_NAME _C
+#endif
+
+PYBIND11_MODULE(RDK_MODULE_NAME, m) {
   m.doc() = "rdkernels CUDA kernels (raw-pointer interface; see rdkernels/ops/*/cuda.py)";
   m.def("max_shared_memory_per_block", &rdk::max_shared_memory_per_block,
         "Largest dynamic shared memory one block may opt in to on the current CUDA device (bytes)");
@@ -20,6 +26,7 @@ PYBIND11_MODULE(_C, m) {
         "Architectures the device code was compiled for (__CUDA_ARCH_LIST__: 800 = sm_80)");
   m.def("kernel_image_error", &rdk::kernel_image_error,
         "'' if this module has code the current device can run, else the CUDA error ('name: description')");
+#ifndef RDK_CPU_EMULATION
   m.def("bank_contrast", &rdk::bank_contrast,
         "Bank contrast, gather strategy: per-(row, split) partials of an nce/softmax/scores epilogue",
         py::arg("query"), py::arg("bank"), py::arg("bank_dtype"), py::arg("idx"), py::arg("idx_dtype"),
@@ -39,6 +46,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("dense_max_dim", &rdk::dense_max_dim, "Widest embedding bank_contrast_dense supports");
   m.def("dense_shared_memory_bytes", &rdk::dense_shared_memory_bytes,
         "Dynamic shared memory per block of bank_contrast_dense", py::arg("dim"));
+#endif
   m.def("bank_update", &rdk::bank_update, "In-place momentum update + L2 renormalisation of bank rows",
         py::arg("bank"), py::arg("bank_dtype"), py::arg("dim"), py::arg("index"), py::arg("index_dtype"),
         py::arg("values"), py::arg("values_dtype"), py::arg("batch"), py::arg("momentum"), py::arg("stream"));

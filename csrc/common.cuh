@@ -6,15 +6,28 @@
 // torch is a CPU build.
 #pragma once
 
+#ifndef RDK_CPU_EMULATION  // the emulation (emulation/simt.h) defines what the kernels use of these
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#endif
 
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 
 #include "device_limits.h"
+
+// A kernel launch, RDK_LAUNCH(kernel, grid, block, shared_bytes, stream)(args...), and a
+// kernel's dynamic shared memory, RDK_DYNAMIC_SHARED(type, name): the CUDA syntax
+// here, and what the CPU emulation of the tests runs instead (emulation/simt.h).
+#ifdef RDK_CPU_EMULATION
+#define RDK_LAUNCH(kernel, grid, block, shared_bytes, stream) ::rdk_emu::launch(kernel, grid, block, shared_bytes)
+#define RDK_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(::rdk_emu::dynamic_shared())
+#else
+#define RDK_LAUNCH(kernel, grid, block, shared_bytes, stream) kernel<<<grid, block, shared_bytes, stream>>>
+#define RDK_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
+#endif
 
 namespace rdk {
 

@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(kThreads) dcd_kernel(const T* __restrict__ z_s
                                                        float max_scale, float alpha, float* __restrict__ stats,
                                                        float* __restrict__ local, float* __restrict__ part,
                                                        bool need_grad) {
-  extern __shared__ float smem[];
+  RDK_DYNAMIC_SHARED(float, smem);
   float* sa = smem;                        // [16][batch]
   float* sb = sa + kDcdRows * batch;       // [16][batch]
   float* zs_j = sb + kDcdRows * batch;     // [16][dim]
@@ -242,7 +242,7 @@ void launch(const void* z_s, const void* z_t, int batch, int dim, const float* t
   const size_t smem = static_cast<size_t>(dcd_shared_memory_bytes(batch, dim));
   reserve_shared_memory(kernel, smem, "dcd_loss");
   const int blocks = (batch + kDcdRows - 1) / kDcdRows;
-  kernel<<<blocks, kThreads, smem, stream>>>(static_cast<const T*>(z_s), static_cast<const T*>(z_t), batch, dim,
+  RDK_LAUNCH(kernel, blocks, kThreads, smem, stream)(static_cast<const T*>(z_s), static_cast<const T*>(z_t), batch, dim,
                                              tau, bias, max_scale, alpha, stats, local, part, need_grad);
 }
 
@@ -277,7 +277,7 @@ void dcd_loss(uintptr_t z_s, uintptr_t z_t, int z_dtype, int64_t batch, int64_t 
   check_launch("dcd_loss");
   const int blocks = (b + kDcdRows - 1) / kDcdRows;
   auto out = [](uintptr_t p) { return reinterpret_cast<float*>(p); };
-  dcd_finish_kernel<<<need_grad ? b : 1, kThreads, 0, s>>>(
+  RDK_LAUNCH(dcd_finish_kernel, need_grad ? b : 1, kThreads, 0, s)(
       st, lo, pa, ta, blocks, b, d, max_scale, alpha, out(loss), need_grad ? out(dzs) : nullptr,
       need_grad ? out(dzt) : nullptr, need_grad ? out(dtau) : nullptr, need_grad ? out(dbias) : nullptr);
   check_launch("dcd_finish");

@@ -1,7 +1,9 @@
 // Device limits the launchers and the Python side share (see device_limits.h).
 #include "device_limits.h"
 
+#ifndef RDK_CPU_EMULATION
 #include <cuda_runtime.h>
+#endif
 
 namespace rdk {
 

@@ -37,7 +37,7 @@ __device__ __forceinline__ float warp_max(float v) {
 __global__ void __launch_bounds__(kThreads) shared_bank_merge_kernel(
     const float* __restrict__ stats, const float* __restrict__ acc, int64_t batch, int64_t splits, int dim,
     float inv_tau_s, float* __restrict__ loss, float* __restrict__ dq) {
-  extern __shared__ float weights[];  // [2][splits]: w_s / sum_s, then w_t / sum_t
+  RDK_DYNAMIC_SHARED(float, weights);  // [2][splits]: w_s / sum_s, then w_t / sum_t
   const int64_t b = blockIdx.x;
   const int64_t plane = splits * batch;
   const float* m_s = stats + b;
@@ -95,7 +95,7 @@ __global__ void __launch_bounds__(kThreads) shared_bank_contrast_kernel(
     const QT* __restrict__ q_s, const QT* __restrict__ q_t, const BT* __restrict__ queue, int64_t batch,
     int64_t n_rows, int dim, int64_t rows_per_split, float scale_s, float scale_t, float* __restrict__ stats,
     float* __restrict__ acc_out, bool need_grad) {
-  extern __shared__ float smem[];
+  RDK_DYNAMIC_SHARED(float, smem);
   const int ld = sbc_tile_ld(dim);
   float* tile = smem;                               // [kSbcTile][ld]
   float* qs = tile + kSbcTile * ld;                 // [16][dim], pre-scaled
@@ -215,7 +215,7 @@ void launch_dpl(const void* q_s, const void* q_t, const void* queue, int64_t bat
   reserve_shared_memory(kernel, smem, "shared_bank_contrast");
   const dim3 grid(static_cast<unsigned>((batch + kSbcRowsPerBlock - 1) / kSbcRowsPerBlock),
                   static_cast<unsigned>(splits));
-  kernel<<<grid, kThreads, smem, stream>>>(static_cast<const QT*>(q_s), static_cast<const QT*>(q_t),
+  RDK_LAUNCH(kernel, grid, kThreads, smem, stream)(static_cast<const QT*>(q_s), static_cast<const QT*>(q_t),
                                            static_cast<const BT*>(queue), batch, n_rows, dim, rows_per_split,
                                            scale_s, scale_t, stats, acc, need_grad);
 }
@@ -275,7 +275,7 @@ void shared_bank_contrast(uintptr_t q_s, uintptr_t q_t, int q_dtype, uintptr_t q
   check_launch("shared_bank_contrast");
   const size_t merge_smem = 2 * static_cast<size_t>(splits) * sizeof(float);
   reserve_shared_memory(shared_bank_merge_kernel, merge_smem, "shared_bank_merge");
-  shared_bank_merge_kernel<<<static_cast<unsigned>(batch), kThreads, merge_smem, s>>>(
+  RDK_LAUNCH(shared_bank_merge_kernel, static_cast<unsigned>(batch), kThreads, merge_smem, s)(
       stats_p, acc_p, batch, splits, d, inv_tau_s, reinterpret_cast<float*>(loss),
       need_grad ? reinterpret_cast<float*>(dq) : nullptr);
   check_launch("shared_bank_merge");

@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(kThreads) sinkhorn_fused_kernel(
     const float* __restrict__ a_in, float* __restrict__ f_out, float* __restrict__ g_out,
     float* __restrict__ total_out, float* __restrict__ plan_out, int* __restrict__ iters_out, int n, int m,
     float eps, float tol, int max_iters, int check, int rows_smem, size_t header) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  RDK_DYNAMIC_SHARED(unsigned char, smem_raw);
   float* F = reinterpret_cast<float*>(smem_raw);
   float* Fn = F + n;
   float* la = Fn + n;
@@ -302,7 +302,8 @@ template <typename T, int R, int CPL>
 void launch_regs(const void* cost, const float* log_a, const float* log_b, const float* a, float* f, float* g,
                  float* total, float* plan, int* n_iters, int64_t P, int64_t n, int64_t m, float eps, float tol,
                  int64_t max_iters, bool check, cudaStream_t stream) {
-  sinkhorn_regs_kernel<T, R, CPL><<<static_cast<unsigned>(P), kRegThreads, 0, stream>>>(
+  auto kernel = sinkhorn_regs_kernel<T, R, CPL>;
+  RDK_LAUNCH(kernel, static_cast<unsigned>(P), kRegThreads, 0, stream)(
       static_cast<const T*>(cost), log_a, log_b, a, f, g, total, plan, n_iters, static_cast<int>(n),
       static_cast<int>(m), eps, tol, static_cast<int>(max_iters), check ? 1 : 0);
 }
@@ -414,7 +415,7 @@ void launch_fused(const void* cost, const float* log_a, const float* log_b, cons
   const size_t smem = header + static_cast<size_t>(rows_smem) * row_bytes;
   auto kernel = sinkhorn_fused_kernel<T>;
   reserve_shared_memory(kernel, smem, "sinkhorn");
-  kernel<<<static_cast<unsigned>(P), kThreads, smem, stream>>>(
+  RDK_LAUNCH(kernel, static_cast<unsigned>(P), kThreads, smem, stream)(
       static_cast<const T*>(cost), log_a, log_b, a, f, g, total, plan, n_iters, static_cast<int>(n),
       static_cast<int>(m), eps, tol, static_cast<int>(max_iters), check ? 1 : 0, rows_smem, header);
 }
@@ -474,7 +475,7 @@ void sinkhorn_rows(uintptr_t cost, int cost_dtype, uintptr_t log_b, uintptr_t G,
   auto s = reinterpret_cast<cudaStream_t>(stream);
   for_problem_chunks(problems, [&](int64_t first, unsigned count) {
     RDK_DISPATCH_COST(cost_dtype, T,
-        sinkhorn_rows_kernel<T><<<dim3(row_blocks, count), kThreads, 0, s>>>(
+        RDK_LAUNCH(sinkhorn_rows_kernel<T>, dim3(row_blocks, count), kThreads, 0, s)(
             reinterpret_cast<const T*>(cost), reinterpret_cast<const float*>(log_b),
             reinterpret_cast<const float*>(G), reinterpret_cast<const float*>(F), reinterpret_cast<float*>(F_new),
             reinterpret_cast<const float*>(a), reinterpret_cast<float*>(err), reinterpret_cast<const int*>(done), n,
@@ -490,7 +491,7 @@ void sinkhorn_cols(uintptr_t cost, int cost_dtype, uintptr_t log_a, uintptr_t F,
   auto s = reinterpret_cast<cudaStream_t>(stream);
   for_problem_chunks(problems, [&](int64_t first, unsigned count) {
     RDK_DISPATCH_COST(cost_dtype, T,
-        sinkhorn_cols_kernel<T><<<dim3(col_blocks, count), kThreads, 0, s>>>(
+        RDK_LAUNCH(sinkhorn_cols_kernel<T>, dim3(col_blocks, count), kThreads, 0, s)(
             reinterpret_cast<const T*>(cost), reinterpret_cast<const float*>(log_a),
             reinterpret_cast<const float*>(F), reinterpret_cast<float*>(G), reinterpret_cast<const int*>(done), n, m,
             inv_eps, first))
@@ -506,7 +507,7 @@ void sinkhorn_plan_cost(uintptr_t cost, int cost_dtype, uintptr_t log_a, uintptr
   auto s = reinterpret_cast<cudaStream_t>(stream);
   for_problem_chunks(problems, [&](int64_t first, unsigned count) {
     RDK_DISPATCH_COST(cost_dtype, T,
-        sinkhorn_plan_cost_kernel<T><<<dim3(row_blocks, count), kThreads, 0, s>>>(
+        RDK_LAUNCH(sinkhorn_plan_cost_kernel<T>, dim3(row_blocks, count), kThreads, 0, s)(
             reinterpret_cast<const T*>(cost), reinterpret_cast<const float*>(log_a),
             reinterpret_cast<const float*>(log_b), reinterpret_cast<const float*>(F),
             reinterpret_cast<const float*>(G), reinterpret_cast<float*>(rowcost), reinterpret_cast<float*>(plan), n,

@@ -1,0 +1,410 @@
+// SIMT emulation of rdkernels' CUDA kernels on the CPU, for tests on machines without a GPU.
+//
+// The kernel sources are compiled unchanged as C++ by the host compiler with this header
+// force-included (-include csrc/emulation/simt.h -DRDK_CPU_EMULATION; see
+// python_tests/cuda_emulation.py). Device pointers are host pointers (CPU tensors' data),
+// and a launch runs its grid on the calling thread before it returns:
+//
+// * blocks one after another, so a function-local `static` is the block's shared memory
+//   (`__shared__` becomes `static`; dynamic shared memory is one buffer, see
+//   RDK_DYNAMIC_SHARED in common.cuh);
+// * the threads of a block as cooperative fibers (ucontext). A thread runs until it
+//   reaches a barrier (__syncthreads, __syncthreads_or, __syncwarp, a shuffle) and
+//   resumes once every live thread of its block (or warp) has arrived there: each
+//   thread runs as far ahead of its warp as the code allows, so code that relies on
+//   lanes moving in lockstep without a __syncwarp or a shuffle between them fails
+//   here, as it may on Volta and later GPUs. Between barriers the threads run in
+//   the order RDKERNELS_EMULATION_ORDER names: "forward" (thread 0 first, the
+//   default), "reverse", or "shuffle:<seed>" (a random order per block): a write
+//   that races a read of another thread gives different results in different orders;
+// * a barrier that can never complete (a __syncthreads some threads skip) throws.
+//
+// Covered: the SIMT subset the kernels use (barriers, shuffles, fast-math
+// intrinsics, bf16/fp16 conversions, the runtime calls of the launchers). Not
+// covered: tensor-core PTX (mma.sync, ldmatrix, cp.async), so the dense and gather
+// bank-contrast kernels are not built here; atomics; concurrency between blocks.
+#pragma once
+
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+// ------------------------------------------------------------------ qualifiers
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+
+// ------------------------------------------------------------------ launch geometry
+struct uint3 {
+  unsigned x, y, z;
+};
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+inline uint3 threadIdx{0, 0, 0};
+inline uint3 blockIdx{0, 0, 0};
+inline dim3 blockDim{1, 1, 1};
+inline dim3 gridDim{1, 1, 1};
+
+namespace rdk_emu {
+
+constexpr size_t kStackBytes = 256 * 1024;  // per emulated thread (kernels keep small arrays)
+
+struct Fiber {
+  ucontext_t context;
+  void* stack = nullptr;
+  unsigned tid = 0;
+  bool done = false;
+  int waiting = 0;  // 0: runnable, 1: at the block barrier, 2: at its warp's barrier
+  uint64_t generation = 0;
+};
+
+struct Warp {
+  unsigned live = 0, arrived = 0;
+  uint64_t generation = 0;
+  uint32_t slots[2][32];  // a shuffle's values, double-buffered by generation
+};
+
+struct Block {
+  std::vector<Fiber> fibers;
+  std::vector<Warp> warps;
+  ucontext_t scheduler;
+  Fiber* current = nullptr;
+  const std::function<void()>* body = nullptr;
+  unsigned live = 0, arrived = 0;
+  uint64_t generation = 0;
+  int vote = 0, vote_result = 0;  // __syncthreads_or
+};
+
+inline Block& block() {
+  static Block b;
+  return b;
+}
+
+inline std::vector<unsigned char>& dynamic_shared_buffer() {
+  static std::vector<unsigned char> buffer;
+  return buffer;
+}
+
+inline void* dynamic_shared() { return dynamic_shared_buffer().data(); }
+
+inline void set_thread_index(unsigned tid) {
+  threadIdx.x = tid % blockDim.x;
+  threadIdx.y = (tid / blockDim.x) % blockDim.y;
+  threadIdx.z = tid / (blockDim.x * blockDim.y);
+}
+
+inline void yield_to_scheduler() {
+  Block& b = block();
+  swapcontext(&b.current->context, &b.scheduler);
+}
+
+// A barrier completes when every live thread (block) or lane (warp) has arrived; a
+// thread that returns no longer counts, so it may complete a barrier others wait at.
+inline void complete_if_ready(Block& b) {
+  if (b.arrived > 0 && b.arrived == b.live) {
+    b.vote_result = b.vote;
+    b.vote = 0;
+    b.arrived = 0;
+    ++b.generation;
+  }
+}
+
+inline void complete_if_ready(Warp& w) {
+  if (w.arrived > 0 && w.arrived == w.live) {
+    w.arrived = 0;
+    ++w.generation;
+  }
+}
+
+inline int block_barrier(int predicate) {
+  Block& b = block();
+  const uint64_t generation = b.generation;
+  b.vote |= predicate ? 1 : 0;
+  ++b.arrived;
+  complete_if_ready(b);
+  if (b.generation == generation) {
+    b.current->waiting = 1;
+    b.current->generation = generation;
+    yield_to_scheduler();
+  }
+  return b.vote_result;
+}
+
+// Every live lane of the warp publishes `bits` and reads lane `source`'s.
+inline uint32_t warp_exchange(uint32_t bits, unsigned source) {
+  Block& b = block();
+  const unsigned tid = b.current->tid, lane = tid & 31u;
+  Warp& w = b.warps[tid >> 5];
+  const uint64_t generation = w.generation;
+  w.slots[generation & 1][lane] = bits;
+  ++w.arrived;
+  complete_if_ready(w);
+  if (w.generation == generation) {
+    b.current->waiting = 2;
+    b.current->generation = generation;
+    yield_to_scheduler();
+  }
+  return w.slots[generation & 1][source & 31u];
+}
+
+inline void fiber_entry() {
+  Block& b = block();
+  (*b.body)();
+  Fiber& f = *b.current;
+  f.done = true;
+  --b.live;
+  Warp& w = b.warps[f.tid >> 5];
+  --w.live;
+  complete_if_ready(b);
+  complete_if_ready(w);
+  // returning switches to uc_link, the scheduler
+}
+
+// The order in which the scheduler resumes a block's threads (RDKERNELS_EMULATION_ORDER).
+inline std::vector<unsigned> schedule_order(unsigned n) {
+  std::vector<unsigned> order(n);
+  std::iota(order.begin(), order.end(), 0u);
+  const char* env = std::getenv("RDKERNELS_EMULATION_ORDER");
+  const std::string mode = env == nullptr ? "forward" : env;
+  if (mode == "reverse") {
+    std::reverse(order.begin(), order.end());
+  } else if (mode.rfind("shuffle:", 0) == 0) {
+    const unsigned long seed = std::stoul(mode.substr(8));
+    std::mt19937 rng(static_cast<uint32_t>(seed * 1000003ul + blockIdx.x + 65536ul * (blockIdx.y + 65536ul * blockIdx.z)));
+    std::shuffle(order.begin(), order.end(), rng);
+  } else if (mode != "forward") {
+    throw std::runtime_error("RDKERNELS_EMULATION_ORDER must be forward, reverse or shuffle:<seed>, got " + mode);
+  }
+  return order;
+}
+
+inline void run_block(const std::function<void()>& body) {
+  Block& b = block();
+  const unsigned n = blockDim.x * blockDim.y * blockDim.z;
+  if (b.fibers.size() < n) b.fibers.resize(n);
+  b.warps.assign((n + 31) / 32, Warp{});
+  for (unsigned t = 0; t < n; ++t) ++b.warps[t >> 5].live;
+  b.body = &body;
+  b.live = n;
+  b.arrived = 0;
+  b.vote = 0;
+  for (unsigned t = 0; t < n; ++t) {
+    Fiber& f = b.fibers[t];
+    if (f.stack == nullptr) f.stack = std::malloc(kStackBytes);
+    if (f.stack == nullptr) throw std::runtime_error("CUDA emulation: out of memory for thread stacks");
+    f.tid = t;
+    f.done = false;
+    f.waiting = 0;
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = f.stack;
+    f.context.uc_stack.ss_size = kStackBytes;
+    f.context.uc_link = &b.scheduler;
+    makecontext(&f.context, fiber_entry, 0);
+  }
+  const std::vector<unsigned> order = schedule_order(n);
+  unsigned remaining = n;
+  while (remaining > 0) {
+    bool progressed = false;
+    for (const unsigned t : order) {
+      Fiber& f = b.fibers[t];
+      if (f.done) continue;
+      if (f.waiting == 1 && f.generation == b.generation) continue;
+      if (f.waiting == 2 && f.generation == b.warps[t >> 5].generation) continue;
+      f.waiting = 0;
+      b.current = &f;
+      set_thread_index(t);
+      swapcontext(&b.scheduler, &f.context);
+      progressed = true;
+      if (f.done) --remaining;
+    }
+    if (!progressed) {
+      throw std::runtime_error("CUDA emulation: a barrier can never complete (a __syncthreads or a shuffle that "
+                               "not every live thread of the block or warp reaches)");
+    }
+  }
+  b.current = nullptr;
+}
+
+inline void run_grid(dim3 grid, dim3 threads, size_t shared_bytes, const std::function<void()>& body) {
+  if (threads.x * threads.y * threads.z == 0 || threads.x * threads.y * threads.z > 1024) {
+    throw std::runtime_error("CUDA emulation: a block must have 1..1024 threads");
+  }
+  auto& shared = dynamic_shared_buffer();
+  if (shared.size() < shared_bytes + 16) shared.resize(shared_bytes + 16);
+  gridDim = grid;
+  blockDim = threads;
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        blockIdx = uint3{x, y, z};
+        run_block(body);
+      }
+}
+
+template <typename... Params>
+struct Launch {
+  void (*kernel)(Params...);
+  dim3 grid, threads;
+  size_t shared_bytes;
+  template <typename... Args>
+  void operator()(Args&&... args) const {
+    // the kernel's parameters by value, converted once, as a launch copies them
+    const std::tuple<Params...> params(static_cast<Params>(args)...);
+    const std::function<void()> body = [&] { std::apply(kernel, params); };
+    run_grid(grid, threads, shared_bytes, body);
+  }
+};
+
+template <typename... Params>
+Launch<Params...> launch(void (*kernel)(Params...), dim3 grid, dim3 threads, size_t shared_bytes) {
+  return Launch<Params...>{kernel, grid, threads, shared_bytes};
+}
+
+}  // namespace rdk_emu
+
+// ------------------------------------------------------------------ barriers and shuffles
+inline void __syncthreads() { rdk_emu::block_barrier(0); }
+inline int __syncthreads_or(int predicate) { return rdk_emu::block_barrier(predicate); }
+inline void __syncwarp(unsigned = 0xffffffffu) {
+  rdk_emu::warp_exchange(0, threadIdx.x & 31u);
+}
+
+template <typename T>
+inline T rdk_emu_shuffle(T value, unsigned source) {
+  static_assert(sizeof(T) == 4, "the emulated shuffles move 32-bit values");
+  uint32_t bits;
+  std::memcpy(&bits, &value, 4);
+  bits = rdk_emu::warp_exchange(bits, source);
+  std::memcpy(&value, &bits, 4);
+  return value;
+}
+
+inline unsigned rdk_emu_lane() { return rdk_emu::block().current->tid & 31u; }
+
+template <typename T>
+inline T __shfl_xor_sync(unsigned, T value, int lane_mask, int width = 32) {
+  const unsigned lane = rdk_emu_lane();
+  const unsigned source = lane ^ static_cast<unsigned>(lane_mask);
+  // a source outside the lane's segment of `width` lanes reads the lane itself
+  const bool same = (source / width) == (lane / width);
+  return rdk_emu_shuffle(value, same ? source : lane);
+}
+
+template <typename T>
+inline T __shfl_sync(unsigned, T value, int source_lane, int width = 32) {
+  const unsigned lane = rdk_emu_lane();
+  const unsigned base = lane - lane % width;
+  return rdk_emu_shuffle(value, base + static_cast<unsigned>(source_lane) % width);
+}
+
+template <typename T>
+inline T __shfl_down_sync(unsigned, T value, unsigned delta, int width = 32) {
+  const unsigned lane = rdk_emu_lane();
+  const unsigned source = lane + delta;
+  const bool inside = (source / width) == (lane / width);
+  return rdk_emu_shuffle(value, inside ? source : lane);
+}
+
+// ------------------------------------------------------------------ math
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+using std::isinf;
+using std::isnan;
+
+template <typename A, typename B>
+inline typename std::common_type<A, B>::type min(A a, B b) {
+  return b < a ? b : a;
+}
+template <typename A, typename B>
+inline typename std::common_type<A, B>::type max(A a, B b) {
+  return a < b ? b : a;
+}
+
+// ------------------------------------------------------------------ 16-bit floats
+struct __nv_bfloat16 {
+  uint16_t bits;
+};
+struct __half {
+  uint16_t bits;
+};
+
+inline float __bfloat162float(__nv_bfloat16 x) {
+  const uint32_t bits = static_cast<uint32_t>(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if (std::isnan(f)) return __nv_bfloat16{static_cast<uint16_t>((bits >> 16) | 0x40u)};
+  bits += 0x7fffu + ((bits >> 16) & 1u);  // round to nearest, ties to even
+  return __nv_bfloat16{static_cast<uint16_t>(bits >> 16)};
+}
+
+inline float __half2float(__half x) {
+  _Float16 h;
+  std::memcpy(&h, &x.bits, 2);
+  return static_cast<float>(h);
+}
+
+inline __half __float2half_rn(float f) {
+  const _Float16 h = static_cast<_Float16>(f);
+  __half out;
+  std::memcpy(&out.bits, &h, 2);
+  return out;
+}
+
+// ------------------------------------------------------------------ the runtime calls of the launchers
+typedef struct CUstream_st* cudaStream_t;
+enum cudaError_t { cudaSuccess = 0 };
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+struct cudaFuncAttributes {
+  int maxThreadsPerBlock;
+};
+
+inline constexpr int kEmulatedSharedMemoryOptin = 227 * 1024;  // as an H100
+
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline const char* cudaGetErrorString(cudaError_t) { return "no error"; }
+inline const char* cudaGetErrorName(cudaError_t) { return "cudaSuccess"; }
+inline cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int) {
+  *value = kEmulatedSharedMemoryOptin;
+  return cudaSuccess;
+}
+template <typename Kernel>
+inline cudaError_t cudaFuncSetAttribute(Kernel*, cudaFuncAttribute, int) {
+  return cudaSuccess;
+}
+template <typename Kernel>
+inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, Kernel*) {
+  attributes->maxThreadsPerBlock = 1024;
+  return cudaSuccess;
+}

@@ -1,0 +1,122 @@
+"""The CUDA extension's SIMT kernels (DCD, shared-bank contrast, bank update,
+Sinkhorn) against the float64 references, run on the CPU through the emulation
+of python_tests/cuda_emulation.py: every kernel path of those wrappers, with the
+block's threads scheduled in three orders, so that a shared-memory race shows
+as a wrong value. The same wrappers run on a GPU in the backend tests."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from python_tests import cuda_emulation
+from python_tests.helpers import assert_close, tolerance
+from rdkernels.ops.bank_update.reference import bank_update_reference_
+from rdkernels.ops.dcd.reference import dcd_reference
+from rdkernels.ops.shared_bank_contrast.reference import shared_bank_contrast_reference
+from rdkernels.ops.sinkhorn.reference import sinkhorn_reference
+
+
+@pytest.fixture(scope="module")
+def extension():
+    try:
+        return cuda_emulation.build()
+    except cuda_emulation.EmulationUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(params=cuda_emulation.ORDERS)
+def emulated(request, extension, monkeypatch):
+    cuda_emulation.install(extension, monkeypatch, order=request.param)
+    return extension
+
+
+def _normalized(rows: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.randn(rows, dim, dtype=torch.float64), dim=1).to(dtype)
+
+
+# ---------------------------------------------------------------------------- DCD
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("batch,dim", [(1, 16), (5, 16), (40, 64), (100, 256)])
+@pytest.mark.parametrize("need_grad", [True, False], ids=["grad", "nograd"])
+def test_dcd(emulated, batch, dim, dtype, need_grad):
+    from rdkernels.ops.dcd.cuda import dcd_cuda
+    z_s, z_t = _normalized(batch, dim, dtype), _normalized(batch, dim, dtype)
+    tau, bias = torch.tensor([0.7]), torch.tensor([-0.3])
+    loss, grads = dcd_cuda(z_s, z_t, tau, bias, 10.0, 0.5, need_grad)
+    inputs = [z_s.double().requires_grad_(), z_t.double().requires_grad_(),
+              tau.double().reshape(()).requires_grad_(), bias.double().reshape(()).requires_grad_()]
+    expected = dcd_reference(*inputs, alpha=0.5, max_scale=10.0)
+    expected.backward()
+    atol, rtol = tolerance(torch.float32)  # the inputs are rounded alike: fp32 arithmetic on both sides
+    assert_close("loss", loss.reshape(()), expected, atol, rtol)
+    if not need_grad:
+        assert grads.numel() == 0
+        return
+    bd = batch * dim
+    for name, got, x in (("dz_s", grads[:bd], inputs[0]), ("dz_t", grads[bd:2 * bd], inputs[1]),
+                         ("dtau", grads[2 * bd], inputs[2]), ("dbias", grads[2 * bd + 1], inputs[3])):
+        assert_close(name, got.reshape(x.shape), x.grad, atol, rtol)
+
+
+# ------------------------------------------------------------- shared-bank contrast
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("batch,rows,dim", [(1, 7, 16), (5, 70, 32), (33, 300, 128), (4, 90, 512)])
+def test_shared_bank_contrast(emulated, batch, rows, dim, dtype):
+    from rdkernels.ops.shared_bank_contrast.cuda import shared_bank_contrast_cuda
+    q_s, q_t, queue = _normalized(batch, dim, dtype), _normalized(batch, dim, dtype), _normalized(rows, dim, dtype)
+    loss, dq = shared_bank_contrast_cuda(q_s, q_t, queue, 0.1, 0.05, True)
+    q64 = q_s.double().requires_grad_()
+    expected = shared_bank_contrast_reference(q64, q_t.double(), queue.double(), 0.1, 0.05)
+    expected.sum().backward()
+    atol, rtol = tolerance(torch.float32)
+    assert_close("loss", loss, expected, atol, rtol)
+    assert_close("dq_s", dq, q64.grad, atol, rtol)
+    loss_only, _ = shared_bank_contrast_cuda(q_s, q_t, queue, 0.1, 0.05, False)
+    assert torch.equal(loss_only, loss)
+
+
+# --------------------------------------------------------------------- bank update
+
+@pytest.mark.parametrize("bank_dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("values_dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32], ids=str)
+@pytest.mark.parametrize("dim", [16, 128, 300])
+def test_bank_update(emulated, dim, bank_dtype, values_dtype, index_dtype):
+    from rdkernels.ops.bank_update.cuda import bank_update_cuda_
+    bank = _normalized(50, dim, bank_dtype)
+    index = torch.tensor([3, 17, 3, 49, 0, 17, 17], dtype=index_dtype)  # duplicates: the last one wins
+    values = torch.randn(index.numel(), dim).to(values_dtype)
+    expected = bank_update_reference_(bank.double(), index, values.double(), 0.5)
+    bank_update_cuda_(bank, index, values, 0.5)
+    atol, rtol = tolerance(bank_dtype)
+    assert_close("bank", bank, expected, atol, rtol)
+
+
+# ------------------------------------------------------------------------ Sinkhorn
+
+@pytest.mark.parametrize("problems,n,m", [(1, 1, 3), (3, 20, 33), (2, 100, 64), (2, 130, 256), (2, 300, 40)])
+@pytest.mark.parametrize("registers", [False, True], ids=["shared", "registers"])
+def test_sinkhorn(emulated, monkeypatch, problems, n, m, registers):
+    from rdkernels.ops.sinkhorn import cuda as sinkhorn_cuda_module
+    monkeypatch.setenv(sinkhorn_cuda_module.REGISTERS_ENV, "1" if registers else "0")
+    cost = torch.rand(problems, n, m)
+    a = torch.softmax(torch.randn(problems, n), dim=1)
+    b = torch.softmax(torch.randn(problems, m), dim=1)
+    got = sinkhorn_cuda_module.sinkhorn_cuda(cost, a, b, 0.1, 30, tol=None, return_plan=True)
+    want = sinkhorn_reference(cost.double(), a.double(), b.double(), 0.1, 30, return_plan=True)
+    atol, rtol = 1e-4, 1e-4  # 30 iterations of fp32 log-sum-exps against float64
+    for name, x, y in zip(("f", "g", "cost", "plan"), got[:4], want[:4]):
+        assert_close(name, x, y, atol, rtol)
+    assert torch.equal(got[4].long(), want[4].long())
+
+
+def test_sinkhorn_stops_on_tolerance(emulated):
+    from rdkernels.ops.sinkhorn.cuda import sinkhorn_cuda
+    cost = torch.rand(3, 24, 17)
+    a, b = torch.full((3, 24), 1 / 24), torch.full((3, 17), 1 / 17)
+    got = sinkhorn_cuda(cost, a, b, 0.5, 200, tol=1e-6)
+    want = sinkhorn_reference(cost.double(), a.double(), b.double(), 0.5, 200, tol=1e-6)
+    assert (got[4] < 200).all()
+    assert (got[4].long() - want[4].long()).abs().max() <= 1  # fp32 vs fp64 may cross tol one step apart
