@@ -84,7 +84,7 @@ bank_gather_kernel(const float* __restrict__ query, const BankT* __restrict__ ba
   constexpr int VEC = Vec16<BankT>::n;
   constexpr int E = NV * VEC;             // bank elements per lane
   constexpr int U = NV >= 4 ? 1 : 4 / NV;  // rows in flight per group
-  extern __shared__ float smem[];          // [warps, dim] dq per warp, then 2 x 32 floats of reductions
+  RDK_DYNAMIC_SHARED(float, smem);  // [warps, dim] dq per warp, then 2 x 32 floats of reductions
   float* sm_acc = smem;
   float* sm_red = smem + kGatherWarps * dim;
 
@@ -235,9 +235,12 @@ void launch_gather_nv(int epilogue, dim3 grid, size_t smem, cudaStream_t stream,
                       float* sm, int n_cols, int dim, int cols, int lpr, bool vec_ok, int64_t stride_bank,
                       int64_t stride_idx, float inv_t, float log_c, float log_mpn_c) {
 #define RDK_GATHER(EPI)                                                                                        \
-  bank_gather_kernel<BankT, IdxT, NV, EPI><<<grid, kGatherThreads, smem, stream>>>(                           \
-      q, bank, idx, z, grad, out, dq, mx, sm, n_cols, dim, cols, lpr, vec_ok, stride_bank, stride_idx, inv_t, \
-      log_c, log_mpn_c)
+  do {                                                                                                        \
+    auto kernel = bank_gather_kernel<BankT, IdxT, NV, EPI>;                                                   \
+    RDK_LAUNCH(kernel, grid, kGatherThreads, smem, stream)(q, bank, idx, z, grad, out, dq, mx, sm, n_cols, dim, \
+                                                           cols, lpr, vec_ok, stride_bank, stride_idx, inv_t,  \
+                                                           log_c, log_mpn_c);                                 \
+  } while (0)
   switch (epilogue) {
     case kNce: RDK_GATHER(kNce); break;
     case kSoftmax: RDK_GATHER(kSoftmax); break;
@@ -285,9 +288,13 @@ constexpr int kTileLoads = 8;   // 16-byte tile loads in flight per thread (load
 static_assert(kBM == kBN, "load_tile copies kBN rows for the query block too");
 
 __device__ __forceinline__ uint32_t to_tf32(float x) {
+#ifdef RDK_CPU_EMULATION
+  return rdk_emu::to_tf32_rna(x);
+#else
   uint32_t r;
   asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
   return r;
+#endif
 }
 
 __device__ __forceinline__ void split_tf32(float x, uint32_t& hi, uint32_t& lo) {
@@ -297,11 +304,15 @@ __device__ __forceinline__ void split_tf32(float x, uint32_t& hi, uint32_t& lo) 
 
 // c += a @ b for one m16n8k8 TF32 tile (fp32 accumulate).
 __device__ __forceinline__ void mma_tf32(float* c, const uint32_t* a, const uint32_t* b) {
+#ifdef RDK_CPU_EMULATION
+  rdk_emu::mma_m16n8k8_tf32(c, a, b);
+#else
   asm volatile(
       "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
 }
 
 // 3xTF32: (a_hi + a_lo)(b_hi + b_lo) without the lo*lo term; b_lo is zero
@@ -392,7 +403,7 @@ bank_dense_kernel(const float* __restrict__ query, const BankT* __restrict__ ban
   using S = DenseSmem<DP>;
   constexpr bool B_EXACT = sizeof(BankT) == 2;
   constexpr int NT = DP / 8;  // n-tiles of dq per warp
-  extern __shared__ float4 smem4[];
+  RDK_DYNAMIC_SHARED(float4, smem4);
   float* qs = reinterpret_cast<float*>(smem4);
   float* ws = qs + S::q_floats;
   float* cs = ws + S::w_floats;
@@ -562,9 +573,9 @@ void launch_dense_dp(int epilogue, dim3 grid, cudaStream_t stream, const float* 
   do {                                                                                                        \
     auto kernel = bank_dense_kernel<BankT, DP, EPI>;                                                          \
     reserve_shared_memory(kernel, smem, "bank_contrast_dense");                                              \
-    kernel<<<grid, kDenseThreads, smem, stream>>>(q, bank, counts, z, loss, dq, mx, sm, batch, n_bank, dim,    \
-                                                  n_tiles, per, stride_bank, stride_counts, inv_t, log_c,        \
-                                                  log_mpn_c, vec4_q, vec4_bank);                              \
+    RDK_LAUNCH(kernel, grid, kDenseThreads, smem, stream)(q, bank, counts, z, loss, dq, mx, sm, batch, n_bank, \
+                                                          dim, n_tiles, per, stride_bank, stride_counts, inv_t,  \
+                                                          log_c, log_mpn_c, vec4_q, vec4_bank);               \
   } while (0)
   if (epilogue == kNce) {
     RDK_DENSE(kNce);

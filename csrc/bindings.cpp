@@ -12,8 +12,7 @@
 
 namespace py = pybind11;
 
-// The tests' CPU emulation (emulation/simt.h) builds these bindings as another module,
-// without the tensor-core bank-contrast kernels it cannot run.
+// The tests' CPU emulation (emulation/simt.h) builds these bindings as another module.
 #ifndef RDK_MODULE_NAME
 #define RDK_MODULE_NAME _C
 #endif
@@ -26,7 +25,6 @@ PYBIND11_MODULE(RDK_MODULE_NAME, m) {
         "Architectures the device code was compiled for (__CUDA_ARCH_LIST__: 800 = sm_80)");
   m.def("kernel_image_error", &rdk::kernel_image_error,
         "'' if this module has code the current device can run, else the CUDA error ('name: description')");
-#ifndef RDK_CPU_EMULATION
   m.def("bank_contrast", &rdk::bank_contrast,
         "Bank contrast, gather strategy: per-(row, split) partials of an nce/softmax/scores epilogue",
         py::arg("query"), py::arg("bank"), py::arg("bank_dtype"), py::arg("idx"), py::arg("idx_dtype"),
@@ -46,7 +44,6 @@ PYBIND11_MODULE(RDK_MODULE_NAME, m) {
   m.def("dense_max_dim", &rdk::dense_max_dim, "Widest embedding bank_contrast_dense supports");
   m.def("dense_shared_memory_bytes", &rdk::dense_shared_memory_bytes,
         "Dynamic shared memory per block of bank_contrast_dense", py::arg("dim"));
-#endif
   m.def("bank_update", &rdk::bank_update, "In-place momentum update + L2 renormalisation of bank rows",
         py::arg("bank"), py::arg("bank_dtype"), py::arg("dim"), py::arg("index"), py::arg("index_dtype"),
         py::arg("values"), py::arg("values_dtype"), py::arg("batch"), py::arg("momentum"), py::arg("stream"));
@@ -64,8 +61,7 @@ PYBIND11_MODULE(RDK_MODULE_NAME, m) {
   m.def("dcd_loss", &rdk::dcd_loss, "Fused DCD loss and its gradients to z_s, z_t, tau and bias",
         py::arg("z_s"), py::arg("z_t"), py::arg("z_dtype"), py::arg("batch"), py::arg("dim"), py::arg("tau"),
         py::arg("bias"),
-        py::arg("max_scale"), py::arg("alpha"), py::arg("stats"), py::arg("local"), py::arg("part"),
-        py::arg("loss"), py::arg("dzs"), py::arg("dzt"), py::arg("dtau"), py::arg("dbias"), py::arg("need_grad"),
+        py::arg("max_scale"), py::arg("alpha"), py::arg("stats"), py::arg("rck"), py::arg("loss"), py::arg("dzs"), py::arg("dzt"), py::arg("dtau"), py::arg("dbias"), py::arg("need_grad"),
         py::arg("stream"));
   m.def("sinkhorn", &rdk::sinkhorn,
         "Batched log-domain Sinkhorn, one CTA per problem running every iteration (n, m <= 256)",

@@ -19,10 +19,12 @@
 //   that races a read of another thread gives different results in different orders;
 // * a barrier that can never complete (a __syncthreads some threads skip) throws.
 //
-// Covered: the SIMT subset the kernels use (barriers, shuffles, fast-math
-// intrinsics, bf16/fp16 conversions, the runtime calls of the launchers). Not
-// covered: tensor-core PTX (mma.sync, ldmatrix, cp.async), so the dense and gather
-// bank-contrast kernels are not built here; atomics; concurrency between blocks.
+// Covered: what the kernels use: barriers, shuffles, fast-math intrinsics, vector
+// types and __ldg, bf16/fp16 conversions, the runtime calls of the launchers, and
+// the TF32 tensor-core instruction the bank-contrast kernels issue
+// (mma.sync.m16n8k8 with the PTX ISA's fragment layout, and cvt.rna.tf32), which a
+// kernel reaches through `#ifdef RDK_CPU_EMULATION`. Not covered: other inline PTX,
+// atomics, concurrency between blocks, timing.
 #pragma once
 
 #include <ucontext.h>
@@ -77,10 +79,12 @@ struct Fiber {
   uint64_t generation = 0;
 };
 
+constexpr int kSlotWords = 8;  // words a lane publishes at one warp barrier (an mma's fragments: 6)
+
 struct Warp {
   unsigned live = 0, arrived = 0;
   uint64_t generation = 0;
-  uint32_t slots[2][32];  // a shuffle's values, double-buffered by generation
+  uint32_t slots[2][32][kSlotWords];  // the lanes' words, double-buffered by generation
 };
 
 struct Block {
@@ -149,13 +153,14 @@ inline int block_barrier(int predicate) {
   return b.vote_result;
 }
 
-// Every live lane of the warp publishes `bits` and reads lane `source`'s.
-inline uint32_t warp_exchange(uint32_t bits, unsigned source) {
+// Every live lane of the warp publishes `count` words and, once all have, reads the
+// warp's: slots[lane][i] (valid until the lane's next warp barrier).
+inline const uint32_t (*warp_gather(const uint32_t* words, int count))[kSlotWords] {
   Block& b = block();
   const unsigned tid = b.current->tid, lane = tid & 31u;
   Warp& w = b.warps[tid >> 5];
   const uint64_t generation = w.generation;
-  w.slots[generation & 1][lane] = bits;
+  for (int i = 0; i < count; ++i) w.slots[generation & 1][lane][i] = words[i];
   ++w.arrived;
   complete_if_ready(w);
   if (w.generation == generation) {
@@ -163,7 +168,12 @@ inline uint32_t warp_exchange(uint32_t bits, unsigned source) {
     b.current->generation = generation;
     yield_to_scheduler();
   }
-  return w.slots[generation & 1][source & 31u];
+  return w.slots[generation & 1];
+}
+
+// Every live lane of the warp publishes `bits` and reads lane `source`'s.
+inline uint32_t warp_exchange(uint32_t bits, unsigned source) {
+  return warp_gather(&bits, 1)[source & 31u][0];
 }
 
 inline void fiber_entry() {
@@ -323,6 +333,69 @@ inline T __shfl_down_sync(unsigned, T value, unsigned delta, int width = 32) {
   const bool inside = (source / width) == (lane / width);
   return rdk_emu_shuffle(value, inside ? source : lane);
 }
+
+// ------------------------------------------------------------------ vector types and loads
+struct __align__(8) uint2 {
+  unsigned x, y;
+};
+struct __align__(16) uint4 {
+  unsigned x, y, z, w;
+};
+struct __align__(16) float4 {
+  float x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+template <typename T>
+inline T __ldg(const T* p) {
+  return *p;
+}
+inline float __uint_as_float(unsigned u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline unsigned __float_as_uint(float f) {
+  unsigned u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+// ------------------------------------------------------------------ TF32 tensor cores
+namespace rdk_emu {
+
+// cvt.rna.tf32.f32: round to the 10-bit TF32 mantissa, ties away from zero (the low
+// 13 bits of the result are zero); NaN and infinity pass unchanged.
+inline uint32_t to_tf32_rna(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, 4);
+  if ((bits & 0x7f800000u) == 0x7f800000u) return bits;
+  return (bits + 0x1000u) & 0xffffe000u;
+}
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32, c += a @ b, with the PTX ISA's
+// fragments: lane = 4 * group + t holds a = A[group][t], A[group + 8][t], A[group][t + 4],
+// A[group + 8][t + 4]; b = B[t][group], B[t + 4][group]; c = C[group][2t], C[group][2t + 1],
+// C[group + 8][2t], C[group + 8][2t + 1]. Products of TF32 values are exact in fp32;
+// the sum runs over k in order.
+inline void mma_m16n8k8_tf32(float* c, const uint32_t* a, const uint32_t* b) {
+  const uint32_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+  const uint32_t(*all)[kSlotWords] = warp_gather(mine, 6);
+  const unsigned lane = block().current->tid & 31u, group = lane >> 2, t = lane & 3u;
+  auto A = [&](unsigned row, unsigned k) {  // the lane holding A[row][k] and which of its registers
+    const unsigned owner = 4 * (row & 7u) + (k & 3u);
+    return __uint_as_float(all[owner][(row >= 8 ? 1 : 0) + (k >= 4 ? 2 : 0)]);
+  };
+  auto B = [&](unsigned k, unsigned col) { return __uint_as_float(all[4 * col + (k & 3u)][4 + (k >= 4 ? 1 : 0)]); };
+  for (int i = 0; i < 4; ++i) {
+    const unsigned row = group + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+    float acc = c[i];
+    for (unsigned k = 0; k < 8; ++k) acc += A(row, k) * B(k, col);
+    c[i] = acc;
+  }
+}
+
+}  // namespace rdk_emu
 
 // ------------------------------------------------------------------ math
 inline float __expf(float x) { return std::exp(x); }

@@ -1,8 +1,9 @@
-"""The CUDA extension's SIMT kernels (DCD, shared-bank contrast, bank update,
-Sinkhorn) against the float64 references, run on the CPU through the emulation
-of python_tests/cuda_emulation.py: every kernel path of those wrappers, with the
-block's threads scheduled in three orders, so that a shared-memory race shows
-as a wrong value. The same wrappers run on a GPU in the backend tests."""
+"""The CUDA extension's kernels (bank contrast, DCD, shared-bank contrast, bank
+update, Sinkhorn) against the float64 references, run on the CPU through the
+emulation of python_tests/cuda_emulation.py: every kernel path of the ops' CUDA
+wrappers, with each block's threads scheduled in three orders, so that a
+shared-memory race shows as a wrong value. The same wrappers run on a GPU in
+the backend tests."""
 from __future__ import annotations
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from python_tests import cuda_emulation
 from python_tests.helpers import assert_close, tolerance
+from rdkernels.ops.bank_contrast.reference import bank_contrast_reference
 from rdkernels.ops.bank_update.reference import bank_update_reference_
 from rdkernels.ops.dcd.reference import dcd_reference
 from rdkernels.ops.shared_bank_contrast.reference import shared_bank_contrast_reference
@@ -32,6 +34,68 @@ def emulated(request, extension, monkeypatch):
 
 def _normalized(rows: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.randn(rows, dim, dtype=torch.float64), dim=1).to(dtype)
+
+
+# ------------------------------------------------------------------- bank contrast
+
+def _bank_case(batch, cols, n_bank, dim, bank_dtype, idx_dtype=torch.int64):
+    query = torch.randn(batch, dim) * 0.5
+    bank = _normalized(n_bank, dim, bank_dtype)
+    idx = torch.randint(0, n_bank, (batch, cols), dtype=idx_dtype)
+    return query, bank, idx
+
+
+def _bank_expected(query, bank, idx, epilogue, z, n_data):
+    q64 = query.double().requires_grad_()
+    rows = bank_contrast_reference(q64, bank.double(), idx, temperature=0.07, epilogue=epilogue, z=z.double(),
+                                   n_data=n_data, reduction="none")
+    rows.sum().backward()
+    return rows, q64.grad
+
+
+BANK_SHAPES = [(3, 17, 40, 32), (5, 70, 100, 128), (2, 9, 30, 48)]   # (B, K + 1, N, d)
+
+
+@pytest.mark.parametrize("bank_dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("epilogue", ["nce", "softmax"])
+@pytest.mark.parametrize("batch,cols,n_bank,dim", BANK_SHAPES)
+def test_bank_contrast_gather(emulated, batch, cols, n_bank, dim, epilogue, bank_dtype):
+    from rdkernels.ops.bank_contrast.cuda import bank_contrast_loss_cuda
+    query, bank, idx = _bank_case(batch, cols, n_bank, dim, bank_dtype, torch.int32 if dim == 48 else torch.int64)
+    z = torch.tensor([3.0])
+    loss, dq = bank_contrast_loss_cuda(query, bank, idx, z, 0.07, epilogue, n_bank)
+    rows, grad = _bank_expected(query, bank, idx, epilogue, z, n_bank)
+    assert_close("loss", loss, rows, 1e-5, 1e-4)
+    assert_close("dq", dq, grad, 1e-5, 1e-4)
+
+
+@pytest.mark.parametrize("batch,cols,n_bank,dim", BANK_SHAPES)
+def test_bank_scores_gather(emulated, batch, cols, n_bank, dim):
+    from rdkernels.ops.bank_contrast.cuda import bank_scores_backward_cuda, bank_scores_cuda
+    query, bank, idx = _bank_case(batch, cols, n_bank, dim, torch.float32)
+    scores = bank_scores_cuda(query, bank, idx, 0.07)
+    expected = bank_contrast_reference(query.double(), bank.double(), idx, temperature=0.07, epilogue="scores")
+    assert_close("scores", scores, expected, 1e-5, 1e-5)
+    grad_scores = torch.randn(batch, cols)
+    dq = bank_scores_backward_cuda(grad_scores, query, bank, idx, 0.07)
+    expected_dq = torch.einsum("bk,bkd->bd", grad_scores.double(), bank.double()[idx]) / 0.07
+    assert_close("dq", dq, expected_dq, 1e-5, 1e-5)
+
+
+@pytest.mark.parametrize("bank_dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("epilogue", ["nce", "softmax"])
+@pytest.mark.parametrize("batch,cols,n_bank,dim", [(5, 33, 150, 128), (70, 9, 90, 64), (3, 200, 70, 32)])
+def test_bank_contrast_dense(emulated, batch, cols, n_bank, dim, epilogue, bank_dtype):
+    """The dense strategy: 3xTF32 tensor-core tiles over the whole bank, the sampled
+    multiplicities from the packed counts, 64-row query blocks (B = 70 has two)."""
+    from rdkernels.ops.bank_contrast.cuda import bank_contrast_loss_dense_cuda
+    query, bank, idx = _bank_case(batch, cols, n_bank, dim, bank_dtype)
+    idx[:, 3] = idx[:, 0]  # a positive that is also a negative counts once as each
+    z = torch.tensor([3.0])
+    loss, dq = bank_contrast_loss_dense_cuda(query, bank, idx, z, 0.07, epilogue, n_bank)
+    rows, grad = _bank_expected(query, bank, idx, epilogue, z, n_bank)
+    assert_close("loss", loss, rows, 1e-5, 1e-4)
+    assert_close("dq", dq, grad, 1e-5, 1e-4)
 
 
 # ---------------------------------------------------------------------------- DCD

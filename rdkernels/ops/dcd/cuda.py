@@ -1,5 +1,6 @@
-"""rdkernels._C wrapper for the fused DCD loss: one call launches the kernel and
-the kernel that sums its per-block partials into the outputs."""
+"""rdkernels._C wrapper for the fused DCD loss: one call launches the statistics
+kernel, the gradient kernel (with the gradient) and the kernel that sums the
+blocks' statistics (csrc/dcd.cu)."""
 from __future__ import annotations
 
 from rdkernels.backend import cuda_extension
@@ -20,11 +21,11 @@ def dcd_cuda(z_s, z_t, tau, bias, max_scale: float, alpha: float, need_grad: boo
     # raw pointers into the two flat buffers (4 bytes a float): no view tensors to build
     # (0: the gradient's buffers, which a call without it neither has nor touches)
     scratch, bd = buf.scratch.data_ptr(), batch * dim
-    local, part = (scratch + 4 * buf.local_at, scratch + 4 * buf.part_at) if need_grad else (0, 0)
+    rck = scratch + 4 * buf.rck_at if need_grad else 0
     g = buf.grads.data_ptr() if need_grad else 0
     cuda_extension().dcd_loss(
         z_s.data_ptr(), z_t.data_ptr(), dtype_code(z_s), batch, dim, tau.data_ptr(), bias.data_ptr(),
-        float(max_scale), float(alpha), scratch, local, part,
+        float(max_scale), float(alpha), scratch, rck,
         buf.loss.data_ptr(), g, g and g + 4 * bd, g and g + 8 * bd, g and g + 8 * bd + 4, bool(need_grad),
         stream_of(z_s),
     )
