@@ -6,10 +6,10 @@
 // and a launch runs its grid on the calling thread before it returns:
 //
 // * blocks one after another, so a function-local `static` is the block's shared memory
-//   (`__shared__` becomes `static`; dynamic shared memory is one buffer, see
-//   RDK_DYNAMIC_SHARED in common.cuh);
+//   (`__shared__` becomes `static`; dynamic shared memory is one buffer a launch, of
+//   the launch's size, see RDK_DYNAMIC_SHARED in common.cuh);
 // * the threads of a block as cooperative fibers (ucontext). A thread runs until it
-//   reaches a barrier (__syncthreads, __syncthreads_or, __syncwarp, a shuffle) and
+//   reaches a barrier (__syncthreads, __syncthreads_or, __syncwarp, a shuffle, an mma) and
 //   resumes once every live thread of its block (or warp) has arrived there: each
 //   thread runs as far ahead of its warp as the code allows, so code that relies on
 //   lanes moving in lockstep without a __syncwarp or a shuffle between them fails
@@ -17,7 +17,10 @@
 //   the order RDKERNELS_EMULATION_ORDER names: "forward" (thread 0 first, the
 //   default), "reverse", or "shuffle:<seed>" (a random order per block): a write
 //   that races a read of another thread gives different results in different orders;
-// * a barrier that can never complete (a __syncthreads some threads skip) throws.
+// * a barrier that can never complete (a __syncthreads some threads skip) throws;
+// * built with AddressSanitizer (RDKERNELS_EMULATION_SANITIZE=address, see
+//   python_tests/cuda_emulation.py), an access past a tensor, a static shared array or
+//   the dynamic shared memory stops with ASan's report, naming the kernel's line.
 //
 // Covered: what the kernels use: barriers, shuffles, fast-math intrinsics, vector
 // types and __ldg, bf16/fp16 conversions, the runtime calls of the launchers, and
@@ -35,6 +38,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <stdexcept>
@@ -103,12 +107,14 @@ inline Block& block() {
   return b;
 }
 
-inline std::vector<unsigned char>& dynamic_shared_buffer() {
-  static std::vector<unsigned char> buffer;
+// A launch's dynamic shared memory, allocated at its exact size (so that AddressSanitizer,
+// when the module is built with it, reports an access past the end).
+inline std::unique_ptr<unsigned char[]>& dynamic_shared_buffer() {
+  static std::unique_ptr<unsigned char[]> buffer;
   return buffer;
 }
 
-inline void* dynamic_shared() { return dynamic_shared_buffer().data(); }
+inline void* dynamic_shared() { return dynamic_shared_buffer().get(); }
 
 inline void set_thread_index(unsigned tid) {
   threadIdx.x = tid % blockDim.x;
@@ -258,8 +264,7 @@ inline void run_grid(dim3 grid, dim3 threads, size_t shared_bytes, const std::fu
   if (threads.x * threads.y * threads.z == 0 || threads.x * threads.y * threads.z > 1024) {
     throw std::runtime_error("CUDA emulation: a block must have 1..1024 threads");
   }
-  auto& shared = dynamic_shared_buffer();
-  if (shared.size() < shared_bytes + 16) shared.resize(shared_bytes + 16);
+  dynamic_shared_buffer().reset(new unsigned char[shared_bytes > 0 ? shared_bytes : 1]);
   gridDim = grid;
   blockDim = threads;
   for (unsigned z = 0; z < grid.z; ++z)
