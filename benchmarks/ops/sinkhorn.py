@@ -9,9 +9,10 @@ gradient by autodiff through its iterations, so only its forward is checked)
 and geomloss (SamplesLoss, tensorized, batched; it takes points, so the cost is
 built as |x - y|^2 / 2 = 1 - cos of unit vectors, and it returns the dual value
 <a, f> + <b, g>, with its own eps-scaling schedule).
-cuda-registers: the CUDA backend with its register-resident kernel for n, m <=
-128 (RDKERNELS_SINKHORN_REGISTERS=1), a candidate kept off by default until a
-GPU has validated and timed it; benchmarks.targets does not count it.
+cuda: the CUDA backend as shipped, which runs n, m <= 128 on its register-resident
+kernel; cuda-shared: the same problems on its shared-memory kernel
+(RDKERNELS_SINKHORN_REGISTERS=0, the default before), for comparison;
+benchmarks.targets does not count it.
 geomloss-fixed: geomloss at equal iterations. geomloss's own tensorized
 log-domain loop (sinkhorn_loop with softmin_tensorized, the loop behind
 SamplesLoss(backend="tensorized")) run on the same batched cost C [P, n, m]
@@ -57,17 +58,21 @@ from benchmarks.registry import (Case, Floor, Impl, OpBench, cuda_unavailable, m
 
 
 @contextlib.contextmanager
-def _register_kernel(on: bool):
-    """The CUDA backend's register-resident kernel (RDKERNELS_SINKHORN_REGISTERS) for
-    the calls inside, whatever the environment says; read per call by the op."""
+def _register_kernel(on: bool | None):
+    """The CUDA backend's register-resident kernel (RDKERNELS_SINKHORN_REGISTERS) on or
+    off for the calls inside, or (None) as shipped, whatever the environment says;
+    read per call by the op."""
     from rdkernels.ops.sinkhorn.cuda import REGISTERS_ENV
     saved = os.environ.get(REGISTERS_ENV)
-    os.environ[REGISTERS_ENV] = "1" if on else "0"
+    if on is None:
+        os.environ.pop(REGISTERS_ENV, None)
+    else:
+        os.environ[REGISTERS_ENV] = "1" if on else "0"
     try:
         yield
     finally:
         if saved is None:
-            del os.environ[REGISTERS_ENV]
+            os.environ.pop(REGISTERS_ENV, None)
         else:
             os.environ[REGISTERS_ENV] = saved
 
@@ -106,7 +111,7 @@ class Sinkhorn(OpBench):
     def unavailable(self):
         return module_missing("rdkernels.ops.sinkhorn", "sinkhorn")
 
-    def _rdk(self, backend, registers=False):
+    def _rdk(self, backend, registers=None):
         def prepare(inp):
             from rdkernels.ops.sinkhorn import sinkhorn
             C, eps, iters = inp["C"], inp["eps"], inp["iters"]
@@ -188,10 +193,10 @@ class Sinkhorn(OpBench):
             Impl("torch", self._rdk("torch")),
             Impl("triton", self._rdk("triton"), unavailable=triton_unavailable),
             Impl("cuda", self._rdk("cuda"), unavailable=cuda_unavailable("sinkhorn")),
-            # A candidate, not what a user gets: its name has no "cuda:" prefix, so
-            # benchmarks.targets does not count it until it becomes the default.
-            Impl("cuda-registers", self._rdk("cuda", registers=True), unavailable=cuda_unavailable("sinkhorn"),
-                 note="CUDA register-resident kernel (n, m <= 128), off by default until validated on a GPU"),
+            # Not what a user gets: its name has no "cuda:" prefix, so benchmarks.targets
+            # does not count it.
+            Impl("cuda-shared", self._rdk("cuda", registers=False), unavailable=cuda_unavailable("sinkhorn"),
+                 note="CUDA shared-memory kernel at n, m <= 128 (RDKERNELS_SINKHORN_REGISTERS=0), the former default"),
             Impl("pot", self._pot, kind="peer", unavailable=peer_missing("ot"), check="forward", rtol_scale=10,
                  fwd_no_grad=True, note="POT sinkhorn2 (log), a loop over problems; autodiff gradient: forward checked only"),
             Impl("geomloss", self._geomloss, kind="peer", unavailable=peer_missing("geomloss"), check="forward",

@@ -155,8 +155,9 @@ def test_matches_reference(backend, P, n, m, eps, dtype, iters):
     assert res.f.dtype == res.g.dtype == res.cost.dtype == torch.float32
 
 
-# The CUDA register-resident kernel (n, m <= 128; RDKERNELS_SINKHORN_REGISTERS=1):
-# every (rows per warp, columns per lane) instantiation, ragged edges, all dtypes.
+# The CUDA one-launch kernels at n, m <= 128: the register-resident one (the default)
+# in every (rows per warp, columns per lane) instantiation, and the shared-memory one
+# (RDKERNELS_SINKHORN_REGISTERS=0) on the same problems; ragged edges, all dtypes.
 REGISTER_SWEEP = [
     (3, 1, 1, 1.0, torch.float32, 20),
     (7, 32, 32, 0.1, torch.float32, 15),
@@ -169,14 +170,15 @@ REGISTER_SWEEP = [
 ]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA register kernel needs a GPU")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernels need a GPU")
+@pytest.mark.parametrize("registers", ["1", "0"], ids=["registers", "shared"])
 @pytest.mark.parametrize("P,n,m,eps,dtype,iters", REGISTER_SWEEP,
                          ids=[f"P{c[0]}-{c[1]}x{c[2]}-eps{c[3]}-{str(c[4])[6:]}" for c in REGISTER_SWEEP])
-def test_cuda_register_kernel_matches_reference(monkeypatch, P, n, m, eps, dtype, iters):
+def test_cuda_small_problem_kernels_match_reference(monkeypatch, P, n, m, eps, dtype, iters, registers):
     from rdkernels.backend import available_backends
     if "cuda" not in available_backends(DEVICE, "sinkhorn"):
         pytest.skip("the CUDA extension is not built")
-    monkeypatch.setenv("RDKERNELS_SINKHORN_REGISTERS", "1")
+    monkeypatch.setenv("RDKERNELS_SINKHORN_REGISTERS", registers)
     C = (torch.rand(P, n, m, device=DEVICE) * 4).to(dtype)
     a, b = _marginal(P, n, False), _marginal(P, m, False)
     res = sinkhorn(C, a, b, eps=eps, max_iters=iters, return_plan=True, backend="cuda")
