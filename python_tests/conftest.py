@@ -18,6 +18,36 @@ from rdkernels.backend import available_backends  # noqa: E402
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _emulate_cuda_backend() -> None:
+    """RDKERNELS_TEST_EMULATED_CUDA=1 on a machine without a GPU: the cuda backend runs
+    on CPU tensors through the CPU emulation of the extension's kernels
+    (python_tests/cuda_emulation.py), so every test parametrised over backends runs
+    its cuda case too."""
+    from python_tests import cuda_emulation
+    from rdkernels import backend as _backend
+    extension = cuda_emulation.build()
+    patch = pytest.MonkeyPatch()  # for the whole session
+    cuda_emulation.install(extension, patch)
+    reason = _backend.cuda_unavailable_reason
+
+    def emulated_reason(device, op):
+        if torch.device(device).type != "cpu":
+            return reason(device, op)
+        return None if hasattr(extension, op) else f"the CUDA emulation has no kernel for {op!r}"
+    patch.setattr(_backend, "cuda_unavailable_reason", emulated_reason)
+    patch.setattr(_backend, "cuda_extension", lambda: extension)
+    from rdkernels.ops import _cuda_common
+    limit = _cuda_common.shared_memory_shortfall  # the emulated GPU gives a block an H100's shared memory
+    patch.setattr(_cuda_common, "shared_memory_shortfall",
+                  lambda device, needed: None if torch.device(device).type == "cpu" else limit(device, needed))
+
+
+from python_tests.helpers import EMULATED_CUDA  # noqa: E402
+
+if EMULATED_CUDA:
+    _emulate_cuda_backend()
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_reset_backend():
     torch.manual_seed(0)

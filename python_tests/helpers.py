@@ -1,9 +1,18 @@
 """Comparison helpers for the parity tests, and a stand-in GPU for the backend choice."""
 from __future__ import annotations
 
+import os
 import types
 
+import pytest
 import torch
+
+# The cuda backend runs on CPU tensors through the CPU emulation of the kernels
+# (RDKERNELS_TEST_EMULATED_CUDA=1, see conftest.py): tests of what happens where it
+# cannot run, or of a real GPU's limits, do not apply.
+EMULATED_CUDA = os.environ.get("RDKERNELS_TEST_EMULATED_CUDA") == "1" and not torch.cuda.is_available()
+not_under_emulated_cuda = pytest.mark.skipif(
+    EMULATED_CUDA, reason="the CUDA emulation runs the cuda backend on CPU tensors, with an H100's limits")
 
 # (atol, rtol) for a fast path against the float64 reference, by the lowest
 # precision among the inputs. bf16 storage rounds to 8 bits of mantissa.

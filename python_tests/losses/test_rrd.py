@@ -4,7 +4,7 @@ import torch
 
 import rdkernels
 from conftest import DEVICE, backends
-from helpers import assert_close
+from helpers import assert_close, not_under_emulated_cuda
 from rdkernels.backend import BackendUnavailable
 from rdkernels.losses import RRDLoss
 from rdkernels.losses._queue import fifo_enqueue_
@@ -347,6 +347,7 @@ def test_train_teacher_projection_backward_after_enqueue(enqueue, steps_per_back
     assert_close("queue", fused.queue, ref.queue, 1e-6, 1e-6)
 
 
+@not_under_emulated_cuda
 @pytest.mark.parametrize("backend,feat_dim", [("cuda", 16), ("triton", 256)])
 def test_unavailable_backend_leaves_queue_untouched(backend, feat_dim):
     """A backend asked for that cannot run (no CUDA tensors; Triton's width limit)
@@ -379,6 +380,7 @@ def test_momentum_variant_strided_idx_matches_contiguous():
     assert (a.params[2:4] > 0).all()
 
 
+@not_under_emulated_cuda
 def test_momentum_variant_unavailable_backend_leaves_state():
     loss = RRDMomentumLoss(8, 12, n_data=30, feat_dim=16, nce_k=4)
     before = {k: v.clone() for k, v in loss.state_dict().items()}

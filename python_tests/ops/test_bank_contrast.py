@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import DEVICE, backends
-from helpers import assert_close, unit_rows
+from helpers import assert_close, not_under_emulated_cuda, unit_rows
 from rdkernels.ops import bank_contrast, estimate_nce_z
 from rdkernels.ops.bank_contrast import bank_contrast_reference
 from rdkernels.ops.bank_contrast import reference as ref_module
@@ -278,6 +278,7 @@ def test_z_beyond_float32_is_inf_and_refused(backend):
     bank_contrast(query, bank, idx, check_indices=False, **kw)  # no sync, no check
 
 
+@not_under_emulated_cuda
 def test_unavailable_backend_says_why():
     import rdkernels
     args = _good()

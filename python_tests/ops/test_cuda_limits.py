@@ -19,6 +19,7 @@ import torch
 
 from rdkernels import backend as _backend
 from rdkernels.ops import _cuda_common
+from python_tests.helpers import not_under_emulated_cuda
 
 dcd_op = importlib.import_module("rdkernels.ops.dcd")
 sbc_op = importlib.import_module("rdkernels.ops.shared_bank_contrast")  # the package exports a function of that name
@@ -30,8 +31,8 @@ DENSE_128 = 84992                            # the dense kernel's block at d = 1
 
 
 def test_sizes_follow_the_kernels_layouts():
-    # dcd: [16, B] strips of s and t, [16, d] rows of z_s and z_t, 8 warps x 4 partial sums
-    assert _C.dcd_shared_memory_bytes(1024, 128) == (2 * 16 * 1024 + 2 * 16 * 128 + 8 * 4) * 4 == 147584
+    # dcd: [16, B] strips of s and t, [16, d] rows of z_s and z_t, 8 warps x 2 partial sums
+    assert _C.dcd_shared_memory_bytes(1024, 128) == (2 * 16 * 1024 + 2 * 16 * 128 + 8 * 2) * 4 == 147520
     # shared_bank_contrast: a [32, d | 1] queue tile and two [16, d] query blocks
     assert _C.shared_bank_contrast_shared_memory_bytes(512) == (32 * 513 + 2 * 16 * 512) * 4 == 131200
     # ... whose rows are padded to an odd stride only where d is even (bank-conflict-free reads)
@@ -62,7 +63,7 @@ def test_dcd_auto_moves_past_what_the_gpu_holds(on_gpu_with, limit, batch, expec
 
 def test_dcd_explicit_cuda_says_why(on_gpu_with):
     z_s = on_gpu_with(SM86, 1024, 128)
-    with pytest.raises(_backend.BackendUnavailable, match="147584 bytes of shared memory.*allows 101376"):
+    with pytest.raises(_backend.BackendUnavailable, match="147520 bytes of shared memory.*allows 101376"):
         dcd_op._resolve(z_s, "cuda")
 
 
@@ -85,6 +86,7 @@ def test_the_limit_is_the_devices():
         assert limit == SM86
 
 
+@not_under_emulated_cuda
 @pytest.mark.parametrize("limit,dim,runs", [(SM86, 128, True), (DENSE_128, 128, True), (DENSE_128 - 1, 128, False),
                                             (DENSE_128 - 1, 64, True), (SM90, 129, False)])
 def test_the_dense_kernel_leaves_what_the_gpu_cannot_hold_to_torch(on_gpu_with, limit, dim, runs):
