@@ -47,6 +47,17 @@
 #include <type_traits>
 #include <vector>
 
+namespace rdk_emu {
+// The bits of `from` as a `To` of the same size (std::bit_cast is C++20).
+template <typename To, typename From>
+inline To bit_cast(const From& from) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast between types of different sizes");
+  To to;
+  std::memcpy(&to, &from, sizeof(To));
+  return to;
+}
+}  // namespace rdk_emu
+
 // ------------------------------------------------------------------ qualifiers
 #define __global__
 #define __device__
@@ -74,20 +85,33 @@ namespace rdk_emu {
 
 constexpr size_t kStackBytes = 256 * 1024;  // per emulated thread (kernels keep small arrays)
 
+// A barrier completes when every live thread (block) or lane (warp) has arrived; a
+// thread that returns no longer counts, so it may complete a barrier others wait at.
+struct Barrier {
+  unsigned live = 0, arrived = 0;
+  uint64_t generation = 0;
+
+  bool complete_if_ready() {
+    if (arrived == 0 || arrived != live) return false;
+    arrived = 0;
+    ++generation;
+    return true;
+  }
+};
+
 struct Fiber {
   ucontext_t context;
   void* stack = nullptr;
   unsigned tid = 0;
   bool done = false;
-  int waiting = 0;  // 0: runnable, 1: at the block barrier, 2: at its warp's barrier
+  const Barrier* waiting_at = nullptr;  // runnable again once its generation moves on
   uint64_t generation = 0;
 };
 
 constexpr int kSlotWords = 8;  // words a lane publishes at one warp barrier (an mma's fragments: 6)
 
 struct Warp {
-  unsigned live = 0, arrived = 0;
-  uint64_t generation = 0;
+  Barrier barrier;
   uint32_t slots[2][32][kSlotWords];  // the lanes' words, double-buffered by generation
 };
 
@@ -97,9 +121,16 @@ struct Block {
   ucontext_t scheduler;
   Fiber* current = nullptr;
   const std::function<void()>* body = nullptr;
-  unsigned live = 0, arrived = 0;
-  uint64_t generation = 0;
+  Barrier barrier;
   int vote = 0, vote_result = 0;  // __syncthreads_or
+
+  void complete_if_ready() {
+    const int votes = vote;
+    if (barrier.complete_if_ready()) {
+      vote_result = votes;
+      vote = 0;
+    }
+  }
 };
 
 inline Block& block() {
@@ -122,40 +153,22 @@ inline void set_thread_index(unsigned tid) {
   threadIdx.z = tid / (blockDim.x * blockDim.y);
 }
 
-inline void yield_to_scheduler() {
+// The current thread waits at `barrier` (arrived at `generation`) unless its arrival completed it.
+inline void wait_at(const Barrier& barrier, uint64_t generation) {
   Block& b = block();
+  if (barrier.generation != generation) return;
+  b.current->waiting_at = &barrier;
+  b.current->generation = generation;
   swapcontext(&b.current->context, &b.scheduler);
-}
-
-// A barrier completes when every live thread (block) or lane (warp) has arrived; a
-// thread that returns no longer counts, so it may complete a barrier others wait at.
-inline void complete_if_ready(Block& b) {
-  if (b.arrived > 0 && b.arrived == b.live) {
-    b.vote_result = b.vote;
-    b.vote = 0;
-    b.arrived = 0;
-    ++b.generation;
-  }
-}
-
-inline void complete_if_ready(Warp& w) {
-  if (w.arrived > 0 && w.arrived == w.live) {
-    w.arrived = 0;
-    ++w.generation;
-  }
 }
 
 inline int block_barrier(int predicate) {
   Block& b = block();
-  const uint64_t generation = b.generation;
+  const uint64_t generation = b.barrier.generation;
   b.vote |= predicate ? 1 : 0;
-  ++b.arrived;
-  complete_if_ready(b);
-  if (b.generation == generation) {
-    b.current->waiting = 1;
-    b.current->generation = generation;
-    yield_to_scheduler();
-  }
+  ++b.barrier.arrived;
+  b.complete_if_ready();
+  wait_at(b.barrier, generation);
   return b.vote_result;
 }
 
@@ -165,15 +178,11 @@ inline const uint32_t (*warp_gather(const uint32_t* words, int count))[kSlotWord
   Block& b = block();
   const unsigned tid = b.current->tid, lane = tid & 31u;
   Warp& w = b.warps[tid >> 5];
-  const uint64_t generation = w.generation;
+  const uint64_t generation = w.barrier.generation;
   for (int i = 0; i < count; ++i) w.slots[generation & 1][lane][i] = words[i];
-  ++w.arrived;
-  complete_if_ready(w);
-  if (w.generation == generation) {
-    b.current->waiting = 2;
-    b.current->generation = generation;
-    yield_to_scheduler();
-  }
+  ++w.barrier.arrived;
+  w.barrier.complete_if_ready();
+  wait_at(w.barrier, generation);
   return w.slots[generation & 1];
 }
 
@@ -187,11 +196,11 @@ inline void fiber_entry() {
   (*b.body)();
   Fiber& f = *b.current;
   f.done = true;
-  --b.live;
   Warp& w = b.warps[f.tid >> 5];
-  --w.live;
-  complete_if_ready(b);
-  complete_if_ready(w);
+  --b.barrier.live;
+  --w.barrier.live;
+  b.complete_if_ready();
+  w.barrier.complete_if_ready();
   // returning switches to uc_link, the scheduler
 }
 
@@ -218,10 +227,10 @@ inline void run_block(const std::function<void()>& body) {
   const unsigned n = blockDim.x * blockDim.y * blockDim.z;
   if (b.fibers.size() < n) b.fibers.resize(n);
   b.warps.assign((n + 31) / 32, Warp{});
-  for (unsigned t = 0; t < n; ++t) ++b.warps[t >> 5].live;
+  for (unsigned t = 0; t < n; ++t) ++b.warps[t >> 5].barrier.live;
   b.body = &body;
-  b.live = n;
-  b.arrived = 0;
+  b.barrier = Barrier{};
+  b.barrier.live = n;
   b.vote = 0;
   for (unsigned t = 0; t < n; ++t) {
     Fiber& f = b.fibers[t];
@@ -229,7 +238,7 @@ inline void run_block(const std::function<void()>& body) {
     if (f.stack == nullptr) throw std::runtime_error("CUDA emulation: out of memory for thread stacks");
     f.tid = t;
     f.done = false;
-    f.waiting = 0;
+    f.waiting_at = nullptr;
     getcontext(&f.context);
     f.context.uc_stack.ss_sp = f.stack;
     f.context.uc_stack.ss_size = kStackBytes;
@@ -243,9 +252,8 @@ inline void run_block(const std::function<void()>& body) {
     for (const unsigned t : order) {
       Fiber& f = b.fibers[t];
       if (f.done) continue;
-      if (f.waiting == 1 && f.generation == b.generation) continue;
-      if (f.waiting == 2 && f.generation == b.warps[t >> 5].generation) continue;
-      f.waiting = 0;
+      if (f.waiting_at != nullptr && f.waiting_at->generation == f.generation) continue;
+      f.waiting_at = nullptr;
       b.current = &f;
       set_thread_index(t);
       swapcontext(&b.scheduler, &f.context);
@@ -306,11 +314,7 @@ inline void __syncwarp(unsigned = 0xffffffffu) {
 template <typename T>
 inline T rdk_emu_shuffle(T value, unsigned source) {
   static_assert(sizeof(T) == 4, "the emulated shuffles move 32-bit values");
-  uint32_t bits;
-  std::memcpy(&bits, &value, 4);
-  bits = rdk_emu::warp_exchange(bits, source);
-  std::memcpy(&value, &bits, 4);
-  return value;
+  return rdk_emu::bit_cast<T>(rdk_emu::warp_exchange(rdk_emu::bit_cast<uint32_t>(value), source));
 }
 
 inline unsigned rdk_emu_lane() { return rdk_emu::block().current->tid & 31u; }
@@ -355,16 +359,8 @@ template <typename T>
 inline T __ldg(const T* p) {
   return *p;
 }
-inline float __uint_as_float(unsigned u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-inline unsigned __float_as_uint(float f) {
-  unsigned u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
+inline float __uint_as_float(unsigned u) { return rdk_emu::bit_cast<float>(u); }
+inline unsigned __float_as_uint(float f) { return rdk_emu::bit_cast<unsigned>(f); }
 
 // ------------------------------------------------------------------ TF32 tensor cores
 namespace rdk_emu {
@@ -372,8 +368,7 @@ namespace rdk_emu {
 // cvt.rna.tf32.f32: round to the 10-bit TF32 mantissa, ties away from zero (the low
 // 13 bits of the result are zero); NaN and infinity pass unchanged.
 inline uint32_t to_tf32_rna(float x) {
-  uint32_t bits;
-  std::memcpy(&bits, &x, 4);
+  const uint32_t bits = bit_cast<uint32_t>(x);
   if ((bits & 0x7f800000u) == 0x7f800000u) return bits;
   return (bits + 0x1000u) & 0xffffe000u;
 }
@@ -428,15 +423,11 @@ struct __half {
 };
 
 inline float __bfloat162float(__nv_bfloat16 x) {
-  const uint32_t bits = static_cast<uint32_t>(x.bits) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
+  return rdk_emu::bit_cast<float>(static_cast<uint32_t>(x.bits) << 16);
 }
 
 inline __nv_bfloat16 __float2bfloat16_rn(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
+  uint32_t bits = rdk_emu::bit_cast<uint32_t>(f);
   if (std::isnan(f)) return __nv_bfloat16{static_cast<uint16_t>((bits >> 16) | 0x40u)};
   bits += 0x7fffu + ((bits >> 16) & 1u);  // round to nearest, ties to even
   return __nv_bfloat16{static_cast<uint16_t>(bits >> 16)};
