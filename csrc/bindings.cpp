@@ -57,12 +57,12 @@ PYBIND11_MODULE(RDK_MODULE_NAME, m) {
         py::arg("scale_t"), py::arg("inv_tau_s"), py::arg("stats"), py::arg("acc"), py::arg("loss"), py::arg("dq"),
         py::arg("need_grad"), py::arg("stream"));
   m.def("dcd_shared_memory_bytes", &rdk::dcd_shared_memory_bytes,
-        "Dynamic shared memory per block of dcd_loss's main kernel", py::arg("batch"), py::arg("dim"));
+        "Dynamic shared memory per block of dcd_loss's two main kernels", py::arg("batch"), py::arg("dim"));
   m.def("dcd_loss", &rdk::dcd_loss, "Fused DCD loss and its gradients to z_s, z_t, tau and bias",
         py::arg("z_s"), py::arg("z_t"), py::arg("z_dtype"), py::arg("batch"), py::arg("dim"), py::arg("tau"),
         py::arg("bias"),
-        py::arg("max_scale"), py::arg("alpha"), py::arg("stats"), py::arg("rck"), py::arg("loss"), py::arg("dzs"), py::arg("dzt"), py::arg("dtau"), py::arg("dbias"), py::arg("need_grad"),
-        py::arg("stream"));
+        py::arg("max_scale"), py::arg("alpha"), py::arg("stats"), py::arg("rck"), py::arg("loss"), py::arg("dzs"),
+        py::arg("dzt"), py::arg("dtau"), py::arg("dbias"), py::arg("need_grad"), py::arg("stream"));
   m.def("sinkhorn", &rdk::sinkhorn,
         "Batched log-domain Sinkhorn, one CTA per problem running every iteration (n, m <= 256)",
         py::arg("cost"), py::arg("cost_dtype"), py::arg("log_a"), py::arg("log_b"), py::arg("a"), py::arg("f"),

@@ -24,13 +24,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
-SOURCES = ["bank_contrast.cu", "dcd.cu", "bank_update.cu", "shared_bank_contrast.cu", "sinkhorn.cu", "device_limits.cu", "bindings.cpp"]
+SOURCES = ["bank_contrast.cu", "dcd.cu", "bank_update.cu", "shared_bank_contrast.cu", "sinkhorn.cu",
+           "device_limits.cu", "bindings.cpp"]
 MODULE = "_C_emulated"
 ORDERS = ("forward", "reverse", "shuffle:1")   # RDKERNELS_EMULATION_ORDER values (simt.h)
 
 # The ops' CUDA wrappers: each imports cuda_extension and stream_of by name.
-WRAPPERS = ("rdkernels.ops.bank_contrast.cuda", "rdkernels.ops.dcd.cuda", "rdkernels.ops.shared_bank_contrast.cuda", "rdkernels.ops.sinkhorn.cuda",
-            "rdkernels.ops.bank_update.cuda")
+WRAPPERS = ("rdkernels.ops.bank_contrast.cuda", "rdkernels.ops.dcd.cuda", "rdkernels.ops.shared_bank_contrast.cuda",
+            "rdkernels.ops.sinkhorn.cuda", "rdkernels.ops.bank_update.cuda")
 
 
 class EmulationUnavailable(RuntimeError):
@@ -62,7 +63,8 @@ def _command(cxx: str, out: Path) -> list[str]:
 
 
 def _fingerprint(cxx: str) -> str:
-    digest = hashlib.sha256(f"{cxx} {sys.version} {sysconfig.get_config_var('EXT_SUFFIX')} {_sanitizer_flags()}".encode())
+    build = f"{cxx} {sys.version} {sysconfig.get_config_var('EXT_SUFFIX')} {_sanitizer_flags()}"
+    digest = hashlib.sha256(build.encode())
     for path in sorted(CSRC.rglob("*")):
         if path.suffix in (".cu", ".cuh", ".h", ".cpp"):
             digest.update(path.name.encode() + path.read_bytes())

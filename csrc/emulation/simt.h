@@ -214,7 +214,8 @@ inline std::vector<unsigned> schedule_order(unsigned n) {
     std::reverse(order.begin(), order.end());
   } else if (mode.rfind("shuffle:", 0) == 0) {
     const unsigned long seed = std::stoul(mode.substr(8));
-    std::mt19937 rng(static_cast<uint32_t>(seed * 1000003ul + blockIdx.x + 65536ul * (blockIdx.y + 65536ul * blockIdx.z)));
+    const unsigned long block_id = blockIdx.x + 65536ul * (blockIdx.y + 65536ul * blockIdx.z);
+    std::mt19937 rng(static_cast<uint32_t>(seed * 1000003ul + block_id));
     std::shuffle(order.begin(), order.end(), rng);
   } else if (mode != "forward") {
     throw std::runtime_error("RDKERNELS_EMULATION_ORDER must be forward, reverse or shuffle:<seed>, got " + mode);

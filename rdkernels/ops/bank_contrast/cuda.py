@@ -5,8 +5,9 @@ next to the bank traffic) and write per-(row, split) partials in the Triton
 kernels' layout, merged as the Triton backend merges them: NCE gather
 partials by two torch sums, the rest by the Triton merge kernel
 (triton_merge.py); the dense kernel's sample counts are built by a Triton
-kernel too (sample_counts.py). Both are linear passes over [B, K] or [B, splits, d] that the two
-backends share, so this backend needs Triton as well (rdkernels.backend checks).
+kernel too (sample_counts.py). Both are linear passes over [B, K] or
+[B, splits, d] that the two backends share, so this backend needs Triton as
+well (rdkernels.backend checks).
 The dense kernel covers d <= 128 (its dq accumulator lives in registers) on
 GPUs that give a block its shared memory; wider rows, and other GPUs, run the
 pure-PyTorch dense formulation instead (cuBLAS GEMMs + gathered scalar
