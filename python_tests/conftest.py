@@ -35,11 +35,6 @@ def _emulate_cuda_backend() -> None:
             return reason(device, op)
         return None if hasattr(extension, op) else f"the CUDA emulation has no kernel for {op!r}"
     patch.setattr(_backend, "cuda_unavailable_reason", emulated_reason)
-    patch.setattr(_backend, "cuda_extension", lambda: extension)
-    from rdkernels.ops import _cuda_common
-    limit = _cuda_common.shared_memory_shortfall  # the emulated GPU gives a block an H100's shared memory
-    patch.setattr(_cuda_common, "shared_memory_shortfall",
-                  lambda device, needed: None if torch.device(device).type == "cpu" else limit(device, needed))
 
 
 from python_tests.helpers import EMULATED_CUDA  # noqa: E402

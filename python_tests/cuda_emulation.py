@@ -13,6 +13,7 @@ built; a GPU runs those.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import os
@@ -24,8 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
-SOURCES = ["bank_contrast.cu", "dcd.cu", "bank_update.cu", "shared_bank_contrast.cu", "sinkhorn.cu",
-           "device_limits.cu", "bindings.cpp"]
+SOURCES = sorted(p.name for p in CSRC.glob("*.cu")) + ["bindings.cpp"]   # what CMakeLists.txt builds
 MODULE = "_C_emulated"
 ORDERS = ("forward", "reverse", "shuffle:1")   # RDKERNELS_EMULATION_ORDER values (simt.h)
 
@@ -102,11 +102,22 @@ def build() -> object:
 
 def install(module, monkeypatch, order: str = "forward") -> None:
     """Until ``monkeypatch`` undoes it, the ops' CUDA wrappers call ``module`` (CPU
-    tensors, stream 0), whose block threads run in ``order``."""
+    tensors, stream 0), whose block threads run in ``order``. The shared-memory checks
+    (ops/_cuda_common.py) ask ``module`` too: CPU tensors stand on an emulated GPU
+    whose blocks get the shared memory the emulation reports (an H100's)."""
+    import torch
+
+    from rdkernels import backend
+    from rdkernels.ops import _cuda_common
     for name in WRAPPERS:
         wrapper = importlib.import_module(name)
         monkeypatch.setattr(wrapper, "cuda_extension", lambda: module)
         monkeypatch.setattr(wrapper, "stream_of", lambda tensor: 0)
-        if hasattr(wrapper, "kernel_shortfall"):  # the emulated GPU's shared memory is an H100's
-            monkeypatch.setattr(wrapper, "kernel_shortfall", lambda device, kernel, *sizes: None)
+    monkeypatch.setattr(backend, "cuda_extension", lambda: module)
+    device_index = _cuda_common.cuda_index
+    monkeypatch.setattr(_cuda_common, "cuda_index",
+                        lambda device: 0 if torch.device(device).type == "cpu" else device_index(device))
+    # cached, as the function it stands in for (tests clear that cache)
+    limit = functools.lru_cache(maxsize=None)(lambda index: module.max_shared_memory_per_block())
+    monkeypatch.setattr(_cuda_common, "_shared_memory_limit", limit)
     monkeypatch.setenv("RDKERNELS_EMULATION_ORDER", order)
