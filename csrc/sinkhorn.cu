@@ -13,9 +13,10 @@
 // tile is copied once into shared memory in its storage type (bf16 stays bf16,
 // lossless); if an fp32 tile does not fit (256 x 256 x 4 B > 227 KiB), the rows
 // that do not fit are read from global memory (L2) instead. The row update is a
-// warp per row with an online log-sum-exp across lanes; the column update is a
-// thread per column walking the rows (consecutive threads read consecutive
-// columns: no bank conflicts). The row update also yields the row-marginal
+// warp per row, the row's terms in registers, reduced max first, then the sum
+// (shuffles only); the column update is a thread per column walking the rows
+// with an online log-sum-exp (consecutive threads read consecutive columns: no
+// bank conflicts). The row update also yields the row-marginal
 // error of the current plan, sum_i a_i |exp(F_i - F_new_i) - 1|, so the
 // convergence test is a block reduction per iteration and needs no host sync.
 //
@@ -33,6 +34,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxFused = 256;
+constexpr int kLaneCols = kMaxFused / 32;  // the fused kernel's row terms per lane
 // A finite "minus infinity": the running max starts here, so exp(max_old - max_new)
 // never computes (-inf) - (-inf).
 constexpr float kNegBig = -1e30f;
@@ -50,6 +52,12 @@ __device__ __forceinline__ void lse_merge(float& mx, float& s, float omx, float 
   const float nm = fmaxf(mx, omx);
   s = s * __expf(mx - nm) + os * __expf(omx - nm);
   mx = nm;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
 }
 
 __device__ __forceinline__ void warp_lse(float& mx, float& s) {
@@ -87,6 +95,7 @@ __global__ void __launch_bounds__(kThreads) sinkhorn_fused_kernel(
   const int64_t p = blockIdx.x;
   const T* C = cost + p * n * m;
   const float inv_eps = 1.f / eps;
+  const int lane_cols = (m + 31) / 32;  // a row's columns per lane
 
   for (int i = tid; i < n; i += kThreads) {
     F[i] = 0.f;
@@ -108,9 +117,25 @@ __global__ void __launch_bounds__(kThreads) sinkhorn_fused_kernel(
   for (; it < max_iters; ++it) {
     float err_local = 0.f;
     for (int i = warp; i < n; i += kWarps) {
-      float mx = kNegBig, s = 0.f;
-      for (int j = lane; j < m; j += 32) lse_add(mx, s, lb[j] + G[j] - c_at(i, j) * inv_eps);
-      warp_lse(mx, s);
+      // The row's terms stay in registers (m <= 256: at most 8 a lane), so the
+      // log-sum-exp takes two passes, a max then a sum, whose warp reductions are
+      // plain shuffles: an online merge would spend two exps per shuffle level,
+      // more than the lane's own terms cost at m = 256.
+      float x[kLaneCols];
+      float mx = kNegBig;
+#pragma unroll
+      for (int c = 0; c < kLaneCols; ++c) {
+        const int j = lane + 32 * c;
+        x[c] = c < lane_cols && j < m ? lb[j] + G[j] - c_at(i, j) * inv_eps : kNegBig;
+        mx = fmaxf(mx, x[c]);
+      }
+      mx = warp_max(mx);
+      float s = 0.f;
+#pragma unroll
+      for (int c = 0; c < kLaneCols; ++c) {
+        if (c < lane_cols) s += __expf(x[c] - mx);  // uniform: a warp skips the columns past m
+      }
+      s = warp_sum(s);
       const float fn = -(mx + __logf(s));
       if (lane == 0) {
         Fn[i] = fn;
@@ -158,12 +183,6 @@ constexpr int kRegWarps = 16;
 constexpr int kRegThreads = kRegWarps * 32;
 constexpr int kRegMaxRows = 8 * kRegWarps;  // R <= 8 rows per warp
 constexpr int kRegMaxCols = 4 * 32;         // CPL <= 4 columns per lane
-
-__device__ __forceinline__ float warp_max_f(float v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  return v;
-}
 
 // R rows per warp (n <= 16 R), CPL columns per lane (m <= 32 CPL). Potentials are
 // kept divided by eps; lbg_j = log b_j + G_j is what the row update needs.
@@ -216,13 +235,13 @@ __global__ void __launch_bounds__(kRegThreads, 1) sinkhorn_regs_kernel(
       float mx = kNegBig;
 #pragma unroll
       for (int c = 0; c < CPL; ++c) mx = fmaxf(mx, lbg[c] - cs[r][c]);
-      mx = warp_max_f(mx);
+      mx = warp_max(mx);
       float s = 0.f;
 #pragma unroll
       for (int c = 0; c < CPL; ++c) s += __expf(lbg[c] - cs[r][c] - mx);
       s = warp_sum(s);
       fn[r] = (warp * R + r < n) ? -(mx + __logf(s)) : 0.f;
-      err += av[r] * fabsf(__expf(F[r] - fn[r]) - 1.f);
+      if (check) err += av[r] * fabsf(__expf(F[r] - fn[r]) - 1.f);  // an exp a row: only when it is read
     }
     if (check && it > 0) {
       // Row-marginal L1 error of the current plan; the same value in every thread.
