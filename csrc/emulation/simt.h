@@ -25,8 +25,8 @@
 // Covered: what the kernels use: barriers, shuffles, fast-math intrinsics, vector
 // types and __ldg, bf16/fp16 conversions, the runtime calls of the launchers, and
 // the TF32 tensor-core instruction the bank-contrast kernels issue
-// (mma.sync.m16n8k8 with the PTX ISA's fragment layout, and cvt.rna.tf32), which a
-// kernel reaches through `#ifdef RDK_CPU_EMULATION`. Not covered: other inline PTX,
+// (mma.sync.m16n8k8 with the PTX ISA's fragment layout), which a kernel reaches
+// through `#ifdef RDK_CPU_EMULATION`. Not covered: other inline PTX,
 // atomics, concurrency between blocks, timing.
 #pragma once
 
@@ -365,14 +365,6 @@ inline unsigned __float_as_uint(float f) { return rdk_emu::bit_cast<unsigned>(f)
 
 // ------------------------------------------------------------------ TF32 tensor cores
 namespace rdk_emu {
-
-// cvt.rna.tf32.f32: round to the 10-bit TF32 mantissa, ties away from zero (the low
-// 13 bits of the result are zero); NaN and infinity pass unchanged.
-inline uint32_t to_tf32_rna(float x) {
-  const uint32_t bits = bit_cast<uint32_t>(x);
-  if ((bits & 0x7f800000u) == 0x7f800000u) return bits;
-  return (bits + 0x1000u) & 0xffffe000u;
-}
 
 // mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32, c += a @ b, with the PTX ISA's
 // fragments: lane = 4 * group + t holds a = A[group][t], A[group + 8][t], A[group][t + 4],
