@@ -6,9 +6,8 @@ fibers that switch at barriers and shuffles (see the header). This module
 builds that variant of the extension once per source state (cached under
 ``~/.cache/rdkernels/emulation``, or ``$RDKERNELS_EMULATION_CACHE``) and
 hands it to the ops' CUDA wrappers in place of ``rdkernels._C``, so their
-tests run where no GPU is: the DCD, shared-bank contrast, bank update and
-Sinkhorn kernels. The tensor-core bank-contrast kernels (inline PTX) are not
-built; a GPU runs those.
+tests run where no GPU is: every kernel of ``csrc/``, the bank-contrast ones
+included (their tensor-core ``mma.sync`` is emulated from the warp's fragments).
 """
 from __future__ import annotations
 

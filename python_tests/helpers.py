@@ -48,9 +48,13 @@ def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, atol: 
         )
 
 
-def unit_rows(n: int, d: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
-    x = torch.randn(n, d, dtype=torch.float64, device=device)
-    return (x / x.norm(dim=1, keepdim=True)).to(dtype)
+def unit_rows(n: int, d: int, dtype=torch.float32, device="cpu", generator: torch.Generator | None = None
+              ) -> torch.Tensor:
+    """n random unit rows, normalised in float64, then cast; drawn from ``generator``
+    (a CPU one) when given, on ``device`` otherwise."""
+    x = torch.randn(n, d, dtype=torch.float64, device="cpu" if generator is not None else device,
+                    generator=generator)
+    return (x / x.norm(dim=1, keepdim=True)).to(device=device, dtype=dtype)
 
 
 def bank_loss_batch(b: int, k: int, s_dim: int, t_dim: int, n_data: int, device) -> tuple:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from python_tests import cuda_emulation
-from python_tests.helpers import assert_close, tolerance
+from python_tests.helpers import assert_close, tolerance, unit_rows
 from rdkernels.backend import triton_interpreter_enabled
 from rdkernels.ops.bank_contrast.reference import bank_contrast_reference
 from rdkernels.ops.bank_update.reference import bank_update_reference_
@@ -33,10 +33,6 @@ def emulated(request, extension, monkeypatch):
     return extension
 
 
-def _normalized(rows: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
-    return torch.nn.functional.normalize(torch.randn(rows, dim, dtype=torch.float64), dim=1).to(dtype)
-
-
 # ------------------------------------------------------------------- bank contrast
 
 # The CUDA bank-contrast wrappers count samples and merge splits with Triton kernels,
@@ -47,7 +43,7 @@ needs_interpreter = pytest.mark.skipif(not triton_interpreter_enabled(),
 
 def _bank_case(batch, cols, n_bank, dim, bank_dtype, idx_dtype=torch.int64):
     query = torch.randn(batch, dim) * 0.5
-    bank = _normalized(n_bank, dim, bank_dtype)
+    bank = unit_rows(n_bank, dim, bank_dtype)
     idx = torch.randint(0, n_bank, (batch, cols), dtype=idx_dtype)
     return query, bank, idx
 
@@ -115,7 +111,7 @@ def test_bank_contrast_dense(emulated, batch, cols, n_bank, dim, epilogue, bank_
 @pytest.mark.parametrize("need_grad", [True, False], ids=["grad", "nograd"])
 def test_dcd(emulated, batch, dim, dtype, need_grad):
     from rdkernels.ops.dcd.cuda import dcd_cuda
-    z_s, z_t = _normalized(batch, dim, dtype), _normalized(batch, dim, dtype)
+    z_s, z_t = unit_rows(batch, dim, dtype), unit_rows(batch, dim, dtype)
     tau, bias = torch.tensor([0.7]), torch.tensor([-0.3])
     loss, grads = dcd_cuda(z_s, z_t, tau, bias, 10.0, 0.5, need_grad)
     inputs = [z_s.double().requires_grad_(), z_t.double().requires_grad_(),
@@ -139,7 +135,7 @@ def test_dcd(emulated, batch, dim, dtype, need_grad):
 @pytest.mark.parametrize("batch,rows,dim", [(1, 7, 16), (5, 70, 32), (33, 300, 128), (4, 90, 512)])
 def test_shared_bank_contrast(emulated, batch, rows, dim, dtype):
     from rdkernels.ops.shared_bank_contrast.cuda import shared_bank_contrast_cuda
-    q_s, q_t, queue = _normalized(batch, dim, dtype), _normalized(batch, dim, dtype), _normalized(rows, dim, dtype)
+    q_s, q_t, queue = unit_rows(batch, dim, dtype), unit_rows(batch, dim, dtype), unit_rows(rows, dim, dtype)
     loss, dq = shared_bank_contrast_cuda(q_s, q_t, queue, 0.1, 0.05, True)
     q64 = q_s.double().requires_grad_()
     expected = shared_bank_contrast_reference(q64, q_t.double(), queue.double(), 0.1, 0.05)
@@ -159,7 +155,7 @@ def test_shared_bank_contrast(emulated, batch, rows, dim, dtype):
 @pytest.mark.parametrize("dim", [16, 128, 300])
 def test_bank_update(emulated, dim, bank_dtype, values_dtype, index_dtype):
     from rdkernels.ops.bank_update.cuda import bank_update_cuda_
-    bank = _normalized(50, dim, bank_dtype)
+    bank = unit_rows(50, dim, bank_dtype)
     index = torch.tensor([3, 17, 3, 49, 0, 17, 17], dtype=index_dtype)  # duplicates: the last one wins
     values = torch.randn(index.numel(), dim).to(values_dtype)
     expected = bank_update_reference_(bank.double(), index, values.double(), 0.5)

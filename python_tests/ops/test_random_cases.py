@@ -16,10 +16,9 @@ import random
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import DEVICE, backends
-from helpers import assert_close, tolerance
+from helpers import assert_close, tolerance, unit_rows
 from rdkernels.ops import bank_contrast, bank_update_, dcd_loss, shared_bank_contrast, sinkhorn
 from rdkernels.ops.bank_contrast.reference import bank_contrast_reference
 from rdkernels.ops.bank_update.reference import bank_update_reference_
@@ -30,10 +29,6 @@ SEEDS = range(int(os.environ.get("RDKERNELS_TEST_RANDOM_CASES", "12")))
 FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 BANKS = (torch.float32, torch.bfloat16)
 INDICES = (torch.int32, torch.int64)
-
-
-def _unit_rows(n: int, d: int, dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
-    return F.normalize(torch.randn(n, d, generator=gen), dim=1).to(dtype).to(DEVICE)
 
 
 def _check_value_and_grad(case: str, out, ref, grads, gen: torch.Generator, atol: float, rtol: float) -> None:
@@ -59,8 +54,8 @@ def test_bank_contrast(backend, seed):
     case = (f"{epilogue} {strategy} B={batch} d={dim} N={n_bank} K+1={cols} T={temperature} "
             f"q={q_dtype} bank={bank_dtype} idx={idx_dtype}")
 
-    query = _unit_rows(batch, dim, q_dtype, gen).requires_grad_()
-    bank = _unit_rows(n_bank, dim, bank_dtype, gen)
+    query = unit_rows(batch, dim, q_dtype, DEVICE, gen).requires_grad_()
+    bank = unit_rows(n_bank, dim, bank_dtype, DEVICE, gen)
     idx = torch.randint(0, n_bank, (batch, cols), generator=gen).to(idx_dtype).to(DEVICE)
     kw = dict(temperature=temperature, epilogue=epilogue)
     if epilogue == "nce":
@@ -82,9 +77,9 @@ def test_shared_bank_contrast(backend, seed):
     tau_s, tau_t = r.choice([0.02, 0.1, 1.0]), r.choice([0.05, 0.1, 2.0])
     case = f"B={batch} d={dim} N={n_rows} tau_s={tau_s} tau_t={tau_t} q={q_dtype} queue={queue_dtype}"
 
-    q_s = _unit_rows(batch, dim, q_dtype, gen).requires_grad_()
-    q_t = _unit_rows(batch, dim, q_dtype, gen)
-    queue = _unit_rows(n_rows, dim, queue_dtype, gen)
+    q_s = unit_rows(batch, dim, q_dtype, DEVICE, gen).requires_grad_()
+    q_t = unit_rows(batch, dim, q_dtype, DEVICE, gen)
+    queue = unit_rows(n_rows, dim, queue_dtype, DEVICE, gen)
     out = shared_bank_contrast(q_s, q_t, queue, tau_s=tau_s, tau_t=tau_t, backend=backend)
     q64 = q_s.detach().double().requires_grad_()
     ref = shared_bank_contrast_reference(q64, q_t.double(), queue.double(), tau_s=tau_s, tau_t=tau_t)
@@ -99,8 +94,8 @@ def test_dcd_loss(backend, seed):
     tau_value, bias_value, alpha = r.choice([0.0, 1.0, 2.66, 3.0]), r.choice([0.0, -10.0, 1.5]), r.choice([0.0, 0.5, 1.0])
     case = f"B={batch} d={dim} {dtype} tau={tau_value} bias={bias_value} alpha={alpha}"
 
-    z_s = _unit_rows(batch, dim, dtype, gen).requires_grad_()
-    z_t = _unit_rows(batch, dim, dtype, gen).requires_grad_()
+    z_s = unit_rows(batch, dim, dtype, DEVICE, gen).requires_grad_()
+    z_t = unit_rows(batch, dim, dtype, DEVICE, gen).requires_grad_()
     tau = torch.tensor(tau_value, device=DEVICE, requires_grad=True)
     bias = torch.tensor(bias_value, device=DEVICE, requires_grad=True)
     out = dcd_loss(z_s, z_t, tau, bias, alpha=alpha, backend=backend)
@@ -153,7 +148,7 @@ def test_bank_update(backend, seed):
     bank_dtype, value_dtype, idx_dtype = r.choice(BANKS), r.choice(FLOATS), r.choice(INDICES)
     case = f"N={n_bank} d={dim} B={batch} m={momentum} bank={bank_dtype} values={value_dtype} idx={idx_dtype}"
 
-    bank = _unit_rows(n_bank, dim, bank_dtype, gen)
+    bank = unit_rows(n_bank, dim, bank_dtype, DEVICE, gen)
     index = torch.randint(0, n_bank, (batch,), generator=gen).to(idx_dtype).to(DEVICE)
     values = torch.randn(batch, dim, generator=gen).to(value_dtype).to(DEVICE)
     expected = bank_update_reference_(bank.double(), index, values.double(), momentum)
