@@ -126,7 +126,9 @@ __global__ void __launch_bounds__(kThreads) sinkhorn_fused_kernel(
 #pragma unroll
       for (int c = 0; c < kLaneCols; ++c) {
         const int j = lane + 32 * c;
-        x[c] = j < m ? lb[j] + G[j] - c_at(i, j) * inv_eps : kNegBig;
+        // (c < lane_cols follows from j < m, but the uniform test is what keeps
+        // ptxas from spilling x: 12 B on sm_90 with -lineinfo without it)
+        x[c] = c < lane_cols && j < m ? lb[j] + G[j] - c_at(i, j) * inv_eps : kNegBig;
         mx = fmaxf(mx, x[c]);
       }
       mx = warp_max(mx);
