@@ -3,8 +3,9 @@
 Flash-attention-shaped: one program per (block of BLOCK_M query rows, split
 of the bank). It streams its bank tiles of BLOCK_N rows once; per tile
 
-* ``s = q @ tile^T / T`` on tensor cores (fp32 via 3xTF32, bf16 natively when
-  both operands are bf16; fp32 accumulation),
+* ``s = q @ tile^T / T`` on tensor cores (fp32 via 3xTF32, split as
+  ops/_tf32.py does, each tile once a layout; bf16 natively when both operands
+  are bf16; fp32 accumulation),
 * the multiplicity tile ``cnt[BLOCK_M, BLOCK_N]`` is one load of the packed
   sample counts (sample_counts.py: two 16-bit counts a word), issued beside
   the bank tile's; nothing in the loop depends on a previous load, so Triton
@@ -19,8 +20,9 @@ them without spills.
 
 The positive (column 0) is left to the merge kernel (triton_merge.py), which
 also merges the splits. Narrow types are loaded, then converted to
-fp32 unless both dot operands are bf16 on a GPU; under the interpreter every
-dot is fp32 (its bf16 dot is garbage).
+fp32 unless both dot operands are bf16 on a GPU. The interpreter runs the
+3xTF32 path for every dtype pair (its bf16 dot is garbage), so the CPU tests
+exercise the split.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import triton
 import triton.language as tl
 
 from rdkernels.backend import triton_interpreter_enabled
+from rdkernels.ops._tf32 import dot_split, split_tf32, tf32_exact
 from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, fused_dense_takes, run_fused_dense
 from rdkernels.ops.bank_contrast.reference import nce_constants
 # the epilogue codes are the gather kernel's
@@ -46,7 +49,7 @@ def bank_contrast_dense_kernel(
     stride_q, stride_bank, stride_counts,
     inv_t, log_c, log_mpn_c,
     EPILOGUE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    BF16_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BF16_DOT: tl.constexpr, Q_EXACT: tl.constexpr, BANK_EXACT: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
@@ -60,8 +63,9 @@ def bank_contrast_dense_kernel(
                 other=0.0)
     if BF16_DOT:
         q = q.to(tl.bfloat16)
+        q_lo = q  # unused
     else:
-        q = q.to(tl.float32)
+        q, q_lo = split_tf32(q.to(tl.float32), Q_EXACT)  # once, for every tile
     log_z = 0.0
     if EPILOGUE == _NCE_C:
         log_z = tl.log(tl.load(z_ptr).to(tl.float32))
@@ -96,10 +100,13 @@ def bank_contrast_dense_kernel(
         if BF16_DOT:
             w = w.to(tl.bfloat16)
             w_t = w_t.to(tl.bfloat16)
+            s = tl.dot(q, w_t) * inv_t                                        # [BLOCK_M, BLOCK_N]
         else:
-            w = w.to(tl.float32)
-            w_t = w_t.to(tl.float32)
-        s = tl.dot(q, w_t, input_precision=DOT_PRECISION) * inv_t          # [BLOCK_M, BLOCK_N]
+            # 3xTF32 (ops/_tf32.py); a bf16 or fp16 operand is exact in TF32 and not split
+            w, w_lo = split_tf32(w.to(tl.float32), BANK_EXACT)
+            w_t, w_t_lo = split_tf32(w_t.to(tl.float32), BANK_EXACT)
+            s = dot_split(q, q_lo, w_t, w_t_lo, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32),
+                          Q_EXACT, BANK_EXACT) * inv_t
         has = cnt > 0
         cnt_f = cnt.to(tl.float32)
 
@@ -121,10 +128,11 @@ def bank_contrast_dense_kernel(
             # dq entries where the K terms cancel (an H100 run); hi + lo keeps ~16 bits
             coef_hi = coef.to(tl.bfloat16)
             coef_lo = (coef - coef_hi.to(tl.float32)).to(tl.bfloat16)
-            acc += tl.dot(coef_hi, w, input_precision=DOT_PRECISION)
-            acc += tl.dot(coef_lo, w, input_precision=DOT_PRECISION)
+            acc += tl.dot(coef_hi, w)
+            acc += tl.dot(coef_lo, w)
         else:
-            acc += tl.dot(coef, w, input_precision=DOT_PRECISION)
+            coef_hi, coef_lo = split_tf32(coef)
+            acc = dot_split(coef_hi, coef_lo, w, w_lo, acc, False, BANK_EXACT)
 
     part = rows64 * n_splits + split
     tl.store(dq_ptr + part[:, None] * dim + d[None, :], acc, mask=row_mask[:, None] & d_mask[None, :])
@@ -166,12 +174,13 @@ def _use_bf16_dot(q_dtype, bank_dtype, block_d: int) -> bool:
     return q_dtype == torch.bfloat16 and bank_dtype == torch.bfloat16 and block_d >= 128
 
 
-def _dot_mode(query, bank, block_d) -> tuple[bool, str]:
-    if triton_interpreter_enabled() or query.device.type != "cuda":
-        return False, "ieee"
-    if _use_bf16_dot(query.dtype, bank.dtype, block_d):
-        return True, "tf32"   # ignored for bf16 operands
-    return False, "tf32x3"
+def _dot_flags(query, bank, block_d) -> dict:
+    """The kernel's dot constexprs: native bf16 dots on a GPU when both operands are
+    bf16 (the interpreter's bf16 dot is garbage), else 3xTF32 with the operands that
+    are exact in TF32 left unsplit."""
+    on_gpu = query.device.type == "cuda" and not triton_interpreter_enabled()
+    return dict(BF16_DOT=on_gpu and _use_bf16_dot(query.dtype, bank.dtype, block_d),
+                Q_EXACT=tf32_exact(query.dtype), BANK_EXACT=tf32_exact(bank.dtype))
 
 
 def bank_contrast_loss_dense_triton(query, bank, idx, z, temperature, epilogue, n_data):
@@ -184,7 +193,7 @@ def bank_contrast_loss_dense_triton(query, bank, idx, z, temperature, epilogue, 
     code = _EPILOGUES[epilogue]
     unused = torch.empty(1, device=query.device, dtype=torch.float32)
     log_c, log_mpn_c = nce_constants(n_cols - 1, n_data) if code == NCE else (0.0, 0.0)
-    bf16_dot, precision = _dot_mode(query, bank, cfg["BLOCK_D"])
+    dot_flags = _dot_flags(query, bank, cfg["BLOCK_D"])
 
     def launch(rows, counts, parts, grid, n_tiles, per):
         loss_parts, dq_parts, max_parts, sum_parts = (unused if p is None else p for p in parts)
@@ -192,7 +201,7 @@ def bank_contrast_loss_dense_triton(query, bank, idx, z, temperature, epilogue, 
             query[rows], bank, counts, unused if z is None else z, loss_parts, dq_parts, max_parts, sum_parts,
             counts.shape[0], n_bank, dim, n_tiles, per, query.stride(0), bank.stride(0), counts.stride(0),
             1.0 / temperature, log_c, log_mpn_c,
-            EPILOGUE=code, BF16_DOT=bf16_dot, DOT_PRECISION=precision, **_stages_for(cfg, per),
+            EPILOGUE=code, **dot_flags, **_stages_for(cfg, per),
         )
 
     parts = run_fused_dense(launch, query, bank, idx, code, cfg["BLOCK_M"], cfg["BLOCK_N"])
@@ -225,7 +234,7 @@ def aot_variants() -> list[dict]:
                         kernel=bank_contrast_dense_kernel, signature=sig,
                         constexprs=dict(EPILOGUE=code, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                                         BLOCK_D=cfg["BLOCK_D"], BF16_DOT=bf16_dot,
-                                        DOT_PRECISION="tf32" if bf16_dot else "tf32x3"),
+                                        Q_EXACT=tf32_exact(q_dt), BANK_EXACT=tf32_exact(bank_dt)),
                         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
     # integers the dispatcher can pass as 1 (B = 1; one tile per split) are their own specialisation
     for v in [v for v in variants if "d128,q=fp32,bank=fp32" in v["name"]]:

@@ -44,6 +44,7 @@ import triton.language as tl
 from rdkernels.backend import triton_interpreter_enabled
 from rdkernels.ops._autotune import TunedKernel
 from rdkernels.ops._scratch import aligned
+from rdkernels.ops._tf32 import dot_3xtf32, tf32_exact
 from rdkernels.ops.dcd.buffers import dcd_outputs
 
 TILE = 32              # launches 1 and 2: logit tiles of TILE x TILE
@@ -120,7 +121,7 @@ def _square(ld):
 def dcd_similarity_kernel(
     zs_ptr, zt_ptr, tau_ptr, bias_ptr, sim_ptr, part_ptr,
     batch, dim, ld, stride_zs, stride_zt, max_scale,
-    TILE: tl.constexpr, SPLITS: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    TILE: tl.constexpr, SPLITS: tl.constexpr, BLOCK_K: tl.constexpr, Z_EXACT: tl.constexpr,
 ):
     """Program (i, s, side): rows I of S = z_s z_t^T (side 0) or of S^T = z_t z_s^T
     (side 1) against the column tiles of split s: the tiles into ``sim[side]``, the
@@ -155,7 +156,7 @@ def dcd_similarity_kernel(
             k_mask = k < dim
             za = _embeddings(a_ptr, stride_a, rows, row_mask, k, k_mask)
             zb = _embeddings(b_ptr, stride_b, cols, col_mask, k, k_mask)
-            s += tl.dot(za, tl.trans(zb), input_precision=DOT_PRECISION)
+            s = dot_3xtf32(za, tl.trans(zb), s, Z_EXACT, Z_EXACT)
         # [ld, ld] with ld a multiple of TILE: whole tiles, no mask
         tl.store(mat + rows.to(tl.int64)[:, None] * ld + cols[None, :], s)
         logits = tl.where(row_mask[:, None] & col_mask[None, :], s * scale + bias, -float("inf"))
@@ -250,7 +251,7 @@ def dcd_grad_kernel(
     loss_ptr, dzs_ptr, dzt_ptr, dtau_ptr, dbias_ptr,
     batch, dim, ld, n_tiles, stride_zs, stride_zt, inv_batch, alpha, max_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS: tl.constexpr,
-    SCALAR_BLOCK: tl.constexpr, NEED_GRAD: tl.constexpr, GRAD_PRECISION: tl.constexpr,
+    SCALAR_BLOCK: tl.constexpr, NEED_GRAD: tl.constexpr, Z_EXACT: tl.constexpr,
 ):
     """Programs [0, n_m): rows of dz_s; [n_m, 2 n_m): rows of dz_t; the last one
     (the only one without the gradient): loss, d tau, d bias."""
@@ -307,8 +308,7 @@ def dcd_grad_kernel(
                                   _tile(sim_ptr + _square(ld), ld, own, b, valid) * scale + bias,
                                   r_own[:, None], c_own[:, None], r_b[None, :], c_b[None, :], kl_b[None, :],
                                   tl.where(own[:, None] == b[None, :], 1.0, 0.0), valid, alpha, inv_batch)
-                acc += tl.dot(grad, _embeddings(zt_ptr, stride_zt, b, b_mask, d, d_mask),
-                              input_precision=GRAD_PRECISION)
+                acc = dot_3xtf32(grad, _embeddings(zt_ptr, stride_zt, b, b_mask, d, d_mask), acc, False, Z_EXACT)
             out_ptr = dzs_ptr
         else:
             # dz_t[own] = scale * sum_a G[a, own] z_s[a], from the tiles G^T[own, a]
@@ -322,8 +322,7 @@ def dcd_grad_kernel(
                                     _tile(sim_ptr, ld, own, a, valid) * scale + bias,
                                     r_a[None, :], c_a[None, :], r_own[:, None], c_own[:, None], kl_own[:, None],
                                     tl.where(own[:, None] == a[None, :], 1.0, 0.0), valid, alpha, inv_batch)
-                acc += tl.dot(grad_t, _embeddings(zs_ptr, stride_zs, a, a_mask, d, d_mask),
-                              input_precision=GRAD_PRECISION)
+                acc = dot_3xtf32(grad_t, _embeddings(zs_ptr, stride_zs, a, a_mask, d, d_mask), acc, False, Z_EXACT)
             out_ptr = dzt_ptr
         tl.store(out_ptr + own.to(tl.int64)[:, None] * dim + d[None, :], acc * scale,
                  mask=own_mask[:, None] & d_mask[None, :])
@@ -337,14 +336,15 @@ def _candidate(block_m: int, block_n: int, num_warps: int, num_stages: int = 1) 
 # (rdkernels/ops/_autotune.py); the first runs before any timing. Taller row blocks
 # reuse each z tile over more rows, shorter ones give the GPU more programs
 # (2 B / BLOCK_M of them: 64 at B = 1024 with 32-row blocks); two stages prefetch
-# the next step's tiles. What ptxas says (Triton 3.9, fp32, gradient variant):
+# the next step's tiles. What ptxas says (Triton 3.9, sm_80 and sm_90, fp32, gradient
+# variant, 3xTF32 split as ops/_tf32.py does):
 #
 #   BLOCK_M x BLOCK_N, warps, stages   d = 128: regs, spills   d = 256
-#   32 x 32, 8, 1                      170-172, 0              236-254, 0
-#   32 x 32, 8, 2                      178-180, 0              255, 148-188 B
-#   16 x 32, 4, 1                      192-200, 0
-#   64 x 32, 8, 1                      232-255, 0-12 B
-#   32 x 64, 8, 1                      234-250, 0
+#   32 x 32, 8, 1                      158, 0                  206-255, 0
+#   32 x 32, 8, 2                      178, 0
+#   16 x 32, 4, 1                      164-201, 0
+#   64 x 32, 8, 1                      230-252, 0
+#   32 x 64, 8, 1                      222-238, 0
 #
 # 16 x 64 blocks at 4 warps spill ~900 B at d = 128 with two stages.
 CANDIDATES = [
@@ -409,12 +409,12 @@ def dcd_triton(z_s, z_t, tau, bias, max_scale: float, alpha: float, need_grad: b
     scratch = torch.empty(lay.total, device=z_s.device, dtype=torch.float32)
     sim, part, lse, col, tiles = (scratch[at:] for at in (lay.sim, lay.part, lay.lse, lay.col, lay.tile))
     loss, grads = dcd_outputs(z_s, need_grad)
-    # GPU: 3xTF32 dots (scale up to 10 magnifies the logits' error, and dz is a
-    # difference of nearly equal sums); the interpreter computes them in exact fp32.
-    precision = "tf32x3" if on_gpu else "ieee"
+    # 3xTF32 dots (ops/_tf32.py; the scale, up to 10, magnifies the logits' error, and
+    # dz is a difference of nearly equal sums); bf16 / fp16 embeddings are not split
+    z_exact = tf32_exact(z_s.dtype) and tf32_exact(z_t.dtype)
     dcd_similarity_kernel[(lay.n_tiles, splits, 2)](
         z_s, z_t, tau, bias, sim, part, batch, dim, lay.ld, z_s.stride(0), z_t.stride(0), float(max_scale),
-        TILE=tile, SPLITS=splits, BLOCK_K=_block_k(block_d), DOT_PRECISION=precision, num_warps=4, num_stages=2)
+        TILE=tile, SPLITS=splits, BLOCK_K=_block_k(block_d), Z_EXACT=z_exact, num_warps=4, num_stages=2)
     dcd_stats_kernel[(lay.n_tiles, splits)](
         sim, tau, bias, part, lse, col, tiles, batch, lay.ld, 1.0 / batch, float(alpha), float(max_scale),
         TILE=tile, SPLITS=splits, NEED_GRAD=need_grad, num_warps=4, num_stages=2)
@@ -427,7 +427,7 @@ def dcd_triton(z_s, z_t, tau, bias, max_scale: float, alpha: float, need_grad: b
         batch, dim, lay.ld, lay.n_tiles, z_s.stride(0), z_t.stride(0), 1.0 / batch, float(alpha),
         float(max_scale),
         config=config, fallback=None if on_gpu else _interpreter_config(),
-        BLOCK_D=block_d, SPLITS=splits, SCALAR_BLOCK=SCALAR_BLOCK, NEED_GRAD=need_grad, GRAD_PRECISION=precision,
+        BLOCK_D=block_d, SPLITS=splits, SCALAR_BLOCK=SCALAR_BLOCK, NEED_GRAD=need_grad, Z_EXACT=z_exact,
     )
     return loss, grads
 
@@ -453,7 +453,7 @@ def aot_variants() -> list[dict]:
         for block_k in (16, 32):
             out.append({"name": f"dcd_similarity_k{block_k}_{name}", "kernel": dcd_similarity_kernel,
                         "signature": sig, "num_warps": 4, "num_stages": 2,
-                        "constexprs": dict(TILE=TILE, SPLITS=SPLITS, BLOCK_K=block_k, DOT_PRECISION="tf32x3")})
+                        "constexprs": dict(TILE=TILE, SPLITS=SPLITS, BLOCK_K=block_k, Z_EXACT=name != "fp32")})
         for dim in (16, 32, 64, 128, 256):
             block_d = max(16, triton.next_power_of_2(dim))
             sig = {**z, **{k: "*fp32" for k in ("tau_ptr", "bias_ptr", "sim_ptr", "lse_ptr", "col_ptr", "tile_ptr",
@@ -468,7 +468,7 @@ def aot_variants() -> list[dict]:
                                 "num_warps": cand.num_warps, "num_stages": cand.num_stages,
                                 "constexprs": dict(cand.kwargs, BLOCK_D=block_d, SPLITS=SPLITS,
                                                    SCALAR_BLOCK=SCALAR_BLOCK, NEED_GRAD=need_grad,
-                                                   GRAD_PRECISION="tf32x3")})
+                                                   Z_EXACT=name != "fp32")})
     for need_grad in (True, False):
         sig = {k: "*fp32" for k in ("sim_ptr", "tau_ptr", "bias_ptr", "part_ptr", "lse_ptr", "col_ptr",
                                     "tile_ptr")}

@@ -25,9 +25,10 @@ accumulators are therefore computed with or without a gradient.
 Because dq_s is complete after the forward, backward never re-reads the queue
 (which RRD overwrites right after scoring when it enqueues after).
 
-Narrow types are loaded and converted to fp32 before any arithmetic. On the
-GPU both dots run in 3xTF32 (fp32-accurate; see CANDIDATES); under the
-interpreter every dot is exact fp32.
+Narrow types are loaded and converted to fp32 before any arithmetic. Both dots
+run in 3xTF32 (fp32-accurate; see CANDIDATES), their operands split by
+ops/_tf32.py, one split of each queue tile serving both; the interpreter runs
+the same split (its dots are exact fp32 products of the TF32 parts).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ import triton.language as tl
 
 from rdkernels.backend import triton_interpreter_enabled
 from rdkernels.ops._autotune import TunedKernel
+from rdkernels.ops._tf32 import dot_split, split_tf32
 from rdkernels.ops.shared_bank_contrast.splits import LN2, LOG2E, queue_splits_wanted, split_buffers, split_queue
 
 _LN2 = tl.constexpr(LN2)  # kernel-visible (compiled code reads only constexpr globals)
@@ -50,7 +52,6 @@ def shared_bank_contrast_kernel(
     stride_qs, stride_qt, stride_queue,
     scale_s, scale_t,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     split = tl.program_id(1)
@@ -70,6 +71,7 @@ def shared_bank_contrast_kernel(
                     qt_ptr + rows64[:, None] * stride_qt + d[None, :])
     # Queries pre-scaled so that the dots give base-2 logits.
     q = tl.load(q_at, mask=qmask, other=0.0).to(tl.float32) * tl.where(is_s, scale_s, scale_t)[:, None]
+    q_hi, q_lo = split_tf32(q)  # once, for every queue tile
 
     m = tl.full([2 * BLOCK_B], -float("inf"), tl.float32)
     l = tl.zeros([2 * BLOCK_B], tl.float32)
@@ -82,13 +84,16 @@ def shared_bank_contrast_kernel(
         n_mask = n < stop
         bank = tl.load(queue_ptr + n.to(tl.int64)[:, None] * stride_queue + d[None, :],
                        mask=n_mask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
-        x = tl.dot(q, tl.trans(bank), input_precision=DOT_PRECISION)
+        # one split of the tile serves both dots (3xTF32, ops/_tf32.py)
+        bank_hi, bank_lo = split_tf32(bank)
+        x = dot_split(q_hi, q_lo, tl.trans(bank_hi), tl.trans(bank_lo), tl.zeros([2 * BLOCK_B, BLOCK_N], tl.float32))
         x = tl.where(n_mask[None, :], x, -float("inf"))
         new_m = tl.maximum(m, tl.max(x, axis=1))
         alpha = tl.exp2(m - new_m)
         p = tl.exp2(x - new_m[:, None])
         l = l * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p, bank, input_precision=DOT_PRECISION)
+        p_hi, p_lo = split_tf32(p)
+        acc = dot_split(p_hi, p_lo, bank_hi, bank_lo, acc * alpha[:, None])
         m = new_m
 
     # stats: [4, splits, batch] = m_s, l_s, m_t, l_t (base-2 units); acc: [2, splits, batch, dim]
@@ -157,15 +162,20 @@ def _candidate(block_b, block_n, num_warps):
 # (rdkernels/ops/_autotune.py); the first is the configuration used before any
 # timing. A program's dots have 2 * BLOCK_B rows (student and teacher stacked).
 # What the compiler says at d = 128, fp32 (SASS instructions of the tile loop per
-# (query row, queue row) pair, all warps of a program together, Triton 3.6):
+# (query row, queue row) pair, all warps of a program together, Triton 3.9; spills
+# for any sizes, and at round ones, the "+ints%16" compile of tools/aot_check.py):
 #
-#   BLOCK_B x BLOCK_N, warps   sm_90 spills (3.9 / 3.6)   instr / pair   sm_80 spills (3.9)
-#   16 x 32, 8                 0 / 8 B                    15.1           36 B
-#   16 x 16, 4                 0 / 16 B                   16.3           60 B
-#   16 x 64, 8                 120 / 0 B                  11.2           60 B
-#   32 x 16, 4                 120 / 88 B                 7.9 (wgmma)    ~1.9 KB
-#   64 x 16, 8                 248 / 52 B                 6.7 (wgmma)    ~750 B
-#   64 x 32, 8                 124 / 0 B                  4.5 (wgmma)    ~12 KB
+#   BLOCK_B x BLOCK_N, warps   sm_90 spills (3.9 / 3.6)   round sizes   instr / pair   sm_80 spills
+#   16 x 32, 8                 0 / 0                      0 / 0         12.7           0
+#   16 x 16, 4                 0 / 0                      0 / 0         12.3           0
+#   16 x 64, 8                 36 / 0 B                   0 / 0         9.7            0
+#   32 x 16, 4                 8 / 0 B                    0 / 0         5.9 (wgmma)    -
+#   64 x 16, 8                 100 / 8 B                  0 / 0         5.1 (wgmma)    -
+#   64 x 32, 8                 96 / 80 B                  0 / 4 B       3.8 (wgmma)    -
+#
+# With Triton's own "tf32x3" split (cvt.rna, ~10 instructions a value) the same
+# loops took 15.5, 16.9, 11.7, 7.7, 6.5 and 4.7 instructions a pair and spilled up
+# to 248 B on sm_90 and 60 B on sm_80.
 #
 # The previous kernel (separate student and teacher dots, two [16, d]
 # accumulators, four dots a tile) took 16.1 instructions a pair in its best
@@ -174,7 +184,7 @@ def _candidate(block_b, block_n, num_warps):
 # 128-row dots, which Hopper runs as warpgroup MMAs; older GPUs run them as
 # mma.sync tiles that keep the accumulator in registers and spill, so those
 # candidates are timed on sm_90 and newer only.
-# Both dots are 3xTF32 on the GPU: TF32 alone errs by ~5e-4 in q.Q, which a
+# Both dots are 3xTF32: TF32 alone errs by ~5e-4 in q.Q, which a
 # temperature of 0.02 magnifies fifty-fold in the exponent, and cost ~1e-3
 # relative error in the gradient, a difference of nearly equal sums.
 CANDIDATES = [
@@ -238,7 +248,7 @@ def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, nee
         q_s.stride(0), q_t.stride(0), queue.stride(0),
         LOG2E / tau_s, LOG2E / tau_t,
         config=config, fallback=None if on_gpu else INTERPRETER_CONFIG,
-        BLOCK_D=block_d, DOT_PRECISION="tf32x3" if on_gpu else "ieee",
+        BLOCK_D=block_d,
     )
     shared_bank_merge_kernel[(batch,)](stats, acc, q_s, loss, dq if need_grad else loss, batch, splits, dim,
                                        q_s.stride(0), LOG2E / tau_s, 1.0 / tau_s,
@@ -273,7 +283,7 @@ def aot_variants() -> list[dict]:
                 out.append({
                     "name": f"shared_bank_contrast_d{dim}_{name}_" + _candidate_tag(cand),
                     "kernel": shared_bank_contrast_kernel, "signature": signature,
-                    "constexprs": dict(cand.kwargs, BLOCK_D=block_d, DOT_PRECISION="tf32x3"),
+                    "constexprs": dict(cand.kwargs, BLOCK_D=block_d),
                     "num_warps": cand.num_warps, "num_stages": cand.num_stages, "min_arch": min_arch(cand),
                 })
             for need_grad in (False, True):
