@@ -81,6 +81,21 @@ def test_a_variant_is_compiled_only_from_its_min_arch(tmp_path):
     assert all(r["loop_instrs"] > r["loop_mma"] > 0 for r in rows), rows
 
 
+def test_round_sizes_are_compiled_too(tmp_path):
+    """Each variant is compiled twice: as for any integer arguments, and (+ints%16) as
+    the JIT specialises a launch whose integers are all multiples of 16 (d = 128 and
+    its strides), where the row loads are vectorised: another main loop."""
+    out = tmp_path / "aot.json"
+    proc = _run(tmp_path, "--arch", "90", "--ops", "shared_bank_contrast", "--variants",
+                r"^shared_bank_contrast_d128_fp32_b16n16w4(\+ints%16)?$", "--json", str(out), "--jobs", "1",
+                "--sass")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {r["variant"].rpartition("_")[2]: r for r in json.loads(out.read_text())["rows"]}
+    assert sorted(rows) == ["b16n16w4", "b16n16w4+ints%16"], rows
+    assert all(r["status"] == "ok" for r in rows.values()), rows
+    assert rows["b16n16w4+ints%16"]["loop_instrs"] < rows["b16n16w4"]["loop_instrs"], rows
+
+
 @pytest.fixture
 def aot_check():
     """The tool as a module, loaded by path, with TRITON_INTERPRET put back: the tool

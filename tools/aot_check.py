@@ -5,7 +5,10 @@ never sees what the GPU compiler rejects: dot tiles under 16, layouts that do no
 fit, register spills, shared memory over the limit. Triton compiles ahead of time
 without a GPU, so this tool compiles every kernel configuration the dispatchers can
 launch, for each requested architecture, and runs ``ptxas -v`` on the PTX to read
-registers, spills and shared memory.
+registers, spills and shared memory. A configuration is compiled as the JIT would
+for two kinds of launch: pointers 16-byte aligned and integers of any value, and
+(``+ints%16``) every integer a multiple of 16 as well, as at round sizes, whose
+vectorised loads are a different register allocation.
 
 Usage::
 
@@ -173,11 +176,27 @@ def load_variants(op: str) -> list[dict]:
                 raise VariantError(f"{where}: divisible_by_16 names {name!r}, not a runtime argument")
         # Keep Triton's argument order: positions index the attributes.
         v["signature"] = {a: sig[a] for a in args}
-    variants += _ones_variants(variants)
+    variants += _aligned_variants(variants) + _ones_variants(variants)
     _VARIANTS[op] = variants
     if multiprocessing.parent_process() is None:  # once, not per worker
         _warn_uncovered(module, variants)
     return variants
+
+
+def _aligned_variants(variants: list[dict]) -> list[dict]:
+    """Each variant that leaves its alignment to the default (pointers only) again
+    with every integer argument a multiple of 16, as the JIT compiles a launch at
+    round sizes (d = 128, strides 128, B = 64, N = 16 384): that specialisation
+    vectorises the loads along a row (16-byte copies where the default gets 4-byte
+    ones) and so is another register allocation, with spills of its own. It is the
+    one a GPU usually runs, so it is checked too."""
+    aligned = []
+    for v in variants:
+        ints = [a for a, ty in v["signature"].items() if re.fullmatch(r"[iu](8|16|32|64)", ty)]
+        if "divisible_by_16" in v or not ints:
+            continue
+        aligned.append(dict(v, name=f"{v['name']}+ints%16", divisible_by_16=_aligned(v) + ints))
+    return aligned
 
 
 def _ones_variants(variants: list[dict]) -> list[dict]:
