@@ -257,13 +257,15 @@ def compile_variant(variant: dict, arch: int):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from rdkernels.ops._compile_options import COMPILE_OPTIONS
+
     sig = variant["signature"]
     positions = {name: i for i, name in enumerate(sig)}
     attr = _divisibility_attr()
     attrs = {(positions[name],): attr for name in _aligned(variant)}
     src = ASTSource(fn=variant["kernel"], signature=dict(sig), constexprs=dict(variant["constexprs"]),
                     attrs=attrs)
-    options = dict(variant.get("options", {}))
+    options = {**COMPILE_OPTIONS, **variant.get("options", {})}  # as the dispatchers launch
     options.update(num_warps=int(variant["num_warps"]), num_stages=int(variant["num_stages"]))
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 

@@ -39,6 +39,7 @@ import triton
 
 from rdkernels._validation import host_reads_allowed
 from rdkernels.backend import triton_interpreter_enabled
+from rdkernels.ops._compile_options import COMPILE_OPTIONS
 
 
 def autotune_enabled() -> bool:
@@ -112,12 +113,12 @@ class TunedKernel:
         if config is None and timing_possible(probe):
             key = self._timing_key(args, meta)
             if key in self._timed or host_reads_allowed(probe):
-                self.tuner[grid](*args, **meta)
+                self.tuner[grid](*args, **meta, **COMPILE_OPTIONS)
                 self._timed.add(key)
                 return {**meta, **self.tuner.best_config.all_kwargs()}
         if config is None:
             chosen = dict(fallback) if fallback is not None else self.default.all_kwargs()
         else:
             chosen = config.all_kwargs() if isinstance(config, triton.Config) else dict(config)
-        self.kernel[grid(chosen)](*args, **meta, **chosen)
+        self.kernel[grid(chosen)](*args, **meta, **chosen, **COMPILE_OPTIONS)
         return {**meta, **chosen}

@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops._splits import split_tiles, splits_wanted
 from rdkernels.ops.bank_contrast.partials import EPILOGUE_CODES as _EPILOGUES
 from rdkernels.ops.bank_contrast.partials import NCE, SCORES, SCORES_BWD, SOFTMAX, gather_buffers
@@ -128,7 +129,7 @@ def _launch(epilogue_code, query, bank, idx, *, temperature, z=None, grad=None, 
         query, bank, idx, z, grad, out, dq, run_max, run_sum,
         n_cols, dim, cols, query.stride(0), bank.stride(0), idx.stride(0),
         1.0 / temperature, log_c, log_mpn_c,
-        EPILOGUE=epilogue_code, **cfg,
+        EPILOGUE=epilogue_code, **cfg, **COMPILE_OPTIONS,
     )
     return out, dq, run_max, run_sum
 

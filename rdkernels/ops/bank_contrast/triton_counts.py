@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops.bank_contrast.sample_counts import MAX_NEGATIVES, words_per_row
 
 __all__ = ["count_samples_triton"]
@@ -38,7 +39,7 @@ def count_samples_triton(idx: torch.Tensor, n_bank: int) -> torch.Tensor:
     if n_cols > 1 and batch > 0:
         grid = (batch, triton.cdiv(n_cols - 1, BLOCK))
         sample_count_kernel[grid](idx, counts, n_cols - 1, n_bank, idx.stride(0), counts.stride(0), BLOCK=BLOCK,
-                                  num_warps=4)
+                                  num_warps=4, **COMPILE_OPTIONS)
     return counts
 
 

@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from rdkernels.backend import triton_interpreter_enabled
+from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops._tf32 import dot_split, split_tf32, tf32_exact
 from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, fused_dense_takes, run_fused_dense
 from rdkernels.ops.bank_contrast.reference import nce_constants
@@ -201,7 +202,7 @@ def bank_contrast_loss_dense_triton(query, bank, idx, z, temperature, epilogue, 
             query[rows], bank, counts, unused if z is None else z, loss_parts, dq_parts, max_parts, sum_parts,
             counts.shape[0], n_bank, dim, n_tiles, per, query.stride(0), bank.stride(0), counts.stride(0),
             1.0 / temperature, log_c, log_mpn_c,
-            EPILOGUE=code, **dot_flags, **_stages_for(cfg, per),
+            EPILOGUE=code, **dot_flags, **_stages_for(cfg, per), **COMPILE_OPTIONS,
         )
 
     parts = run_fused_dense(launch, query, bank, idx, code, cfg["BLOCK_M"], cfg["BLOCK_N"])

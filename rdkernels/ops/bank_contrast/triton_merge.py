@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops.bank_contrast.partials import NCE, SOFTMAX
 from rdkernels.ops.bank_contrast.reference import nce_constants
 
@@ -124,7 +125,7 @@ def merge_partials_triton(epilogue, query, bank, idx, z, temperature, n_data, lo
         loss_parts if nce else placeholder, dq_parts,
         placeholder if nce else max_parts, placeholder if nce else sum_parts,
         loss, dq, n_splits, dim, query.stride(0), bank.stride(0), idx.stride(0), 1.0 / temperature, log_c,
-        EPILOGUE=NCE if nce else SOFTMAX, POSITIVE_IN_PARTS=positive_in_parts, **launch_config(dim))
+        EPILOGUE=NCE if nce else SOFTMAX, POSITIVE_IN_PARTS=positive_in_parts, **launch_config(dim), **COMPILE_OPTIONS)
     return loss, dq
 
 

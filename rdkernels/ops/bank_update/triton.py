@@ -5,6 +5,8 @@ import torch
 import triton
 import triton.language as tl
 
+from rdkernels.ops._compile_options import COMPILE_OPTIONS
+
 
 @triton.jit
 def bank_update_kernel(bank_ptr, index_ptr, values_ptr, batch, dim, stride_bank, stride_values,
@@ -83,4 +85,4 @@ def aot_variants() -> list[dict]:
 def bank_update_triton_(bank: torch.Tensor, index: torch.Tensor, values: torch.Tensor, momentum: float) -> None:
     batch, dim = values.shape
     bank_update_kernel[(batch,)](bank, index, values, batch, dim, bank.stride(0), values.stride(0),
-                                 float(momentum), **launch_config(dim))
+                                 float(momentum), **launch_config(dim), **COMPILE_OPTIONS)

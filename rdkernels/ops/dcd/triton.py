@@ -43,6 +43,7 @@ import triton.language as tl
 
 from rdkernels.backend import triton_interpreter_enabled
 from rdkernels.ops._autotune import TunedKernel
+from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops._scratch import aligned
 from rdkernels.ops._tf32 import dot_3xtf32, tf32_exact
 from rdkernels.ops.dcd.buffers import dcd_outputs
@@ -414,10 +415,11 @@ def dcd_triton(z_s, z_t, tau, bias, max_scale: float, alpha: float, need_grad: b
     z_exact = tf32_exact(z_s.dtype) and tf32_exact(z_t.dtype)
     dcd_similarity_kernel[(lay.n_tiles, splits, 2)](
         z_s, z_t, tau, bias, sim, part, batch, dim, lay.ld, z_s.stride(0), z_t.stride(0), float(max_scale),
-        TILE=tile, SPLITS=splits, BLOCK_K=_block_k(block_d), Z_EXACT=z_exact, num_warps=4, num_stages=2)
+        TILE=tile, SPLITS=splits, BLOCK_K=_block_k(block_d), Z_EXACT=z_exact, num_warps=4, num_stages=2,
+        **COMPILE_OPTIONS)
     dcd_stats_kernel[(lay.n_tiles, splits)](
         sim, tau, bias, part, lse, col, tiles, batch, lay.ld, 1.0 / batch, float(alpha), float(max_scale),
-        TILE=tile, SPLITS=splits, NEED_GRAD=need_grad, num_warps=4, num_stages=2)
+        TILE=tile, SPLITS=splits, NEED_GRAD=need_grad, num_warps=4, num_stages=2, **COMPILE_OPTIONS)
     bd = batch * dim
     # (without the gradient only the summing program runs: the other pointers are placeholders)
     outs = (grads, grads[bd:], grads[2 * bd:], grads[2 * bd + 1:]) if need_grad else (loss,) * 4

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops.l2_normalize import MAX_TRITON_DIM
 
 
@@ -55,7 +56,8 @@ def l2_normalize_fwd_triton(x: torch.Tensor, eps: float, out_dtype: torch.dtype)
     batch, dim = x.shape
     y = torch.empty(batch, dim, device=x.device, dtype=out_dtype)
     norm = torch.empty(batch, device=x.device, dtype=torch.float32)
-    l2_normalize_fwd_kernel[(batch,)](x, y, norm, dim, x.stride(0), float(eps), **launch_config(dim))
+    l2_normalize_fwd_kernel[(batch,)](x, y, norm, dim, x.stride(0), float(eps), **launch_config(dim),
+                                      **COMPILE_OPTIONS)
     return y, norm
 
 
@@ -63,7 +65,8 @@ def l2_normalize_bwd_triton(grad: torch.Tensor, x: torch.Tensor, norm: torch.Ten
     """dx [B, d] in x's dtype; ``grad`` contiguous."""
     batch, dim = x.shape
     dx = torch.empty(batch, dim, device=x.device, dtype=x.dtype)
-    l2_normalize_bwd_kernel[(batch,)](grad, x, norm, dx, dim, x.stride(0), float(eps), **launch_config(dim))
+    l2_normalize_bwd_kernel[(batch,)](grad, x, norm, dx, dim, x.stride(0), float(eps), **launch_config(dim),
+                                      **COMPILE_OPTIONS)
     return dx
 
 

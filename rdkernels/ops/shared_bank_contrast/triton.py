@@ -38,6 +38,7 @@ import triton.language as tl
 
 from rdkernels.backend import triton_interpreter_enabled
 from rdkernels.ops._autotune import TunedKernel
+from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops._tf32 import dot_split, split_tf32
 from rdkernels.ops.shared_bank_contrast.splits import LN2, LOG2E, queue_splits_wanted, split_buffers, split_queue
 
@@ -252,7 +253,8 @@ def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, nee
     )
     shared_bank_merge_kernel[(batch,)](stats, acc, q_s, loss, dq if need_grad else loss, batch, splits, dim,
                                        q_s.stride(0), LOG2E / tau_s, 1.0 / tau_s,
-                                       NEED_GRAD=need_grad, BLOCK_S=MERGE_BLOCK_S, BLOCK_D=block_d, num_warps=4)
+                                       NEED_GRAD=need_grad, BLOCK_S=MERGE_BLOCK_S, BLOCK_D=block_d, num_warps=4,
+                                       **COMPILE_OPTIONS)
     return loss, dq
 
 

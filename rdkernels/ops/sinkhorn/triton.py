@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from rdkernels.ops._autotune import TunedKernel
+from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops.sinkhorn._driver import fused_buffers, run_tiled
 
 # ptxas (sm_90): about 8 fp32 tile elements per thread keep the resident kernel
@@ -306,7 +307,7 @@ def _launch_fused(cost, a, b, eps, max_iters, tol, return_plan, config: triton.C
     if cfg["kernel"] == "resident":
         _sinkhorn_resident_kernel[(P,)](cost, la, lb, a, f, g, total, plan_arg, n_iters, n, m, float(eps), tol_,
                                         max_iters, check, int(return_plan), BN=cfg["BN"], BM=cfg["BM"],
-                                        num_warps=cfg["num_warps"])
+                                        num_warps=cfg["num_warps"], **COMPILE_OPTIONS)
     else:
         fn = torch.empty_like(f)
         streamed_kernel.launch(lambda meta: (P,), cost, la, lb, a, f, g, fn, total, plan_arg, n_iters, n, m,
@@ -325,18 +326,18 @@ class _TritonTiled:
     def rows(self, lb, G, F, Fn, a, err, done, check):
         grid = (self.P * triton.cdiv(self.n, TILED_BR),)
         _row_kernel[grid](self.cost, lb, G, F, Fn, a, err, done, self.n, self.m, self.inv_eps, int(check),
-                          BR=TILED_BR, BC=TILED_BC, num_warps=TILED_WARPS)
+                          BR=TILED_BR, BC=TILED_BC, num_warps=TILED_WARPS, **COMPILE_OPTIONS)
 
     def cols(self, la, F, G, done):
         grid = (self.P * triton.cdiv(self.m, TILED_BC),)
         _col_kernel[grid](self.cost, la, F, G, done, self.n, self.m, self.inv_eps, BR=TILED_BR, BC=TILED_BC,
-                          num_warps=TILED_WARPS)
+                          num_warps=TILED_WARPS, **COMPILE_OPTIONS)
 
     def plan_cost(self, la, lb, F, G, rowcost, plan):
         grid = (self.P * triton.cdiv(self.n, TILED_BR),)
         _plan_cost_kernel[grid](self.cost, la, lb, F, G, rowcost, rowcost if plan is None else plan, self.n,
                                 self.m, self.inv_eps, int(plan is not None), BR=TILED_BR, BC=TILED_BC,
-                                num_warps=TILED_WARPS)
+                                num_warps=TILED_WARPS, **COMPILE_OPTIONS)
 
 
 @triton.jit(do_not_specialize=["n", "m"])
@@ -365,7 +366,7 @@ def cost_grad_triton(cost, a, b, f, g, eps, grad_cost):
     out = torch.empty_like(cost)
     _cost_grad_kernel[(P * triton.cdiv(n, TILED_BR),)](
         cost, a.to(torch.float32).contiguous(), b.to(torch.float32).contiguous(), f, g, grad_cost.contiguous(), out,
-        n, m, 1.0 / eps, BR=TILED_BR, BC=TILED_BC, num_warps=TILED_WARPS)
+        n, m, 1.0 / eps, BR=TILED_BR, BC=TILED_BC, num_warps=TILED_WARPS, **COMPILE_OPTIONS)
     return out
 
 
