@@ -28,7 +28,7 @@ from rdkernels.ops._splits import split_tiles, splits_wanted
 from rdkernels.ops.bank_contrast.partials import EPILOGUE_CODES as _EPILOGUES
 from rdkernels.ops.bank_contrast.partials import NCE, SCORES, SCORES_BWD, SOFTMAX, gather_buffers
 from rdkernels.ops.bank_contrast.reference import nce_constants
-from rdkernels.ops.bank_contrast.triton_merge import _softplus, merge_gather_partials
+from rdkernels.ops.bank_contrast.triton_merge import _softplus_sigmoid, merge_gather_partials
 
 # the same codes as kernel-visible globals (compiled code reads only constexpr globals)
 _NCE_C, _SOFTMAX_C, _SCORES_C, _SCORES_BWD_C = (tl.constexpr(c) for c in (NCE, SOFTMAX, SCORES, SCORES_BWD))
@@ -84,9 +84,9 @@ def bank_contrast_kernel(
             log_x = s - log_z
             is_pos = k == 0
             t = tl.where(is_pos, log_c - log_x, log_x - log_c)
-            term = tl.where(is_pos, _softplus(t), _softplus(t) - log_mpn_c)
+            term, sig = _softplus_sigmoid(t)
+            term = tl.where(is_pos, term, term - log_mpn_c)
             loss += tl.sum(tl.where(k_mask, term, 0.0), axis=0)
-            sig = 1.0 / (1.0 + tl.exp(-t))
             g = tl.where(k_mask, tl.where(is_pos, -sig, sig), 0.0) * inv_t
             acc += tl.sum(g[:, None] * w, axis=0)
 

@@ -37,7 +37,7 @@ from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, fu
 from rdkernels.ops.bank_contrast.reference import nce_constants
 # the epilogue codes are the gather kernel's
 from rdkernels.ops.bank_contrast.triton import _EPILOGUES, _NCE_C, _SOFTMAX_C, NCE, SOFTMAX
-from rdkernels.ops.bank_contrast.triton_merge import _softplus, merge_partials_triton
+from rdkernels.ops.bank_contrast.triton_merge import _softplus_sigmoid, merge_partials_triton
 
 BLOCK_N = 32
 
@@ -122,8 +122,9 @@ def bank_contrast_dense_kernel(
             run_max = new_max
         else:  # NCE negatives, in log space: t = log x - log c
             tt = s - log_z - log_c
-            loss += tl.sum(tl.where(has, cnt_f * (_softplus(tt) - log_mpn_c), 0.0), axis=1)
-            coef = tl.where(has, cnt_f / (1.0 + tl.exp(-tt)), 0.0) * inv_t
+            term, sig = _softplus_sigmoid(tt)
+            loss += tl.sum(tl.where(has, cnt_f * (term - log_mpn_c), 0.0), axis=1)
+            coef = tl.where(has, cnt_f * sig, 0.0) * inv_t
         if BF16_DOT:
             # coef in two bf16 halves: one bf16 rounding of coef (2^-9) put 2% errors in
             # dq entries where the K terms cancel (an H100 run); hi + lo keeps ~16 bits
