@@ -288,17 +288,18 @@ constexpr int kTileLoads = 8;   // 16-byte tile loads in flight per thread (load
 static_assert(kBM == kBN, "load_tile copies kBN rows for the query block too");
 
 // 3xTF32's split, as CUTLASS's fast fp32 GEMMs make it (FastF32): the big part is x
-// rounded toward zero (its low 13 bits cleared), the small part x - big (exact in fp32)
-// rounded half an ulp up, then cleared likewise; both are valid TF32 operands. Four
-// instructions a value. cvt.rna.tf32.f32 has no sm_80/sm_90 instruction of its own:
+// rounded half an ulp up to TF32 (an integer add and an AND on its bits), the small part
+// x - big (exact in fp32) with its low 13 bits cleared; both are valid TF32 operands.
+// Four instructions a value. cvt.rna.tf32.f32 has no sm_80/sm_90 instruction of its own:
 // ptxas expands it into a NaN/inf test, an add, a select and an AND, and with the small
 // part's conversion the split took seven instructions a value, 140 of the 194 in a k-step
-// of the sm_90 score loop (cuobjdump). Accuracy: a product misses at most 2^-20 of
-// itself (the dropped lo * lo term, larger with a truncated big part; ~2^-22 on average),
-// against 2^-22 with round-to-nearest splits: fp32-class either way.
+// of the sm_90 score loop (cuobjdump). Accuracy: hi + lo is x to 2^-21, the dropped
+// lo * lo term at most 2^-22 of a product; with the big part rounded to nearest, lo takes
+// either sign, so neither error leans one way across a dot's terms. The Triton kernels
+// split the same way (rdkernels/ops/_tf32.py).
 __device__ __forceinline__ void split_tf32(float x, uint32_t& hi, uint32_t& lo) {
-  hi = __float_as_uint(x) & 0xffffe000u;
-  lo = (__float_as_uint(x - __uint_as_float(hi)) + 0x1000u) & 0xffffe000u;
+  hi = (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
+  lo = __float_as_uint(x - __uint_as_float(hi)) & 0xffffe000u;
 }
 
 // c += a @ b for one m16n8k8 TF32 tile (fp32 accumulate).

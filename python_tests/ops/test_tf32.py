@@ -2,7 +2,8 @@
 
 Both parts must be TF32 values (low 13 mantissa bits clear: a "tf32" dot reads
 only the top 19 bits, so anything below would be dropped on a GPU while the
-interpreter kept it), their sum must be x to 2^-22 of x, and three dots of the
+interpreter kept it), hi must be x rounded to the nearest TF32 value (so lo
+takes either sign), their sum must be x to 2^-21 of x, and three dots of the
 parts must match a float64 product to fp32 accuracy.
 """
 import pytest
@@ -67,16 +68,24 @@ def test_split_parts_are_tf32_and_sum_to_x():
     for name, part in (("hi", hi), ("lo", lo)):
         bits = part.cpu().view(torch.int32)
         assert ((bits & LOW_BITS) == 0).all(), f"{name} has bits below TF32's mantissa"
-    x64, err = x.double().cpu(), (x.double() - hi.double() - lo.double()).abs().cpu()
-    # half a TF32 ulp of the remainder, relative to x, down to TF32's subnormal step 2^-136 (fp32 subnormals below it are lost, as
-    # with any TF32 conversion)
-    bound = torch.maximum(2.0 ** -22 * x64.abs(), torch.tensor(2.0 ** -136, dtype=torch.float64))
+    x64 = x.double().cpu()
+    hi64, lo64 = hi.double().cpu(), lo.double().cpu()
+    # down to TF32's subnormal step 2^-136 (fp32 subnormals below it are lost, as with
+    # any TF32 conversion)
+    floor = torch.tensor(2.0 ** -136, dtype=torch.float64)
+    # hi is the nearest TF32 value: half a TF32 ulp (2^-11 of x's binade) off at most
+    near = torch.maximum(2.0 ** -11 * x64.abs(), floor)
+    assert ((x64 - hi64).abs() <= near).all(), f"hi off by {((x64 - hi64).abs() / near).max()} of half an ulp"
+    # lo is the remainder truncated toward zero, so hi + lo is x to one TF32 ulp of lo
+    assert (lo64.abs() <= (x64 - hi64).abs()).all()
+    bound = torch.maximum(2.0 ** -21 * x64.abs(), floor)
+    err = (x64 - hi64 - lo64).abs()
     assert (err <= bound).all(), f"worst error {(err / bound).max()} of the bound"
-    # hi truncates (|hi| <= |x|, same sign) and lo carries what it drops
-    assert (hi.abs().cpu() <= x.abs().cpu()).all()
+    # both signs of lo occur (a truncated hi would give lo x's sign every time)
+    assert ((lo64 * x64) < 0).any() and ((lo64 * x64) > 0).any()
     # a value that is TF32 already splits into itself and zero
-    tf32 = x.cpu()[(x.cpu().view(torch.int32) & LOW_BITS) == 0]
-    assert torch.equal(hi.cpu()[(x.cpu().view(torch.int32) & LOW_BITS) == 0], tf32)
+    exact = (x.cpu().view(torch.int32) & LOW_BITS) == 0
+    assert torch.equal(hi.cpu()[exact], x.cpu()[exact]) and (lo.cpu()[exact] == 0).all()
 
 
 @pytest.mark.parametrize("a_dtype,b_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),

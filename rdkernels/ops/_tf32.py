@@ -1,21 +1,23 @@
 """3xTF32 products for the Triton kernels, split as CUTLASS's fast fp32 GEMMs split.
 
-An fp32 operand x is carried as two TF32 values, x = hi + lo (to 2^-22 of x), and
+An fp32 operand x is carried as two TF32 values, x = hi + lo (to 2^-21 of x), and
 a product as three tensor-core dots, a_lo b_hi + a_hi b_lo + a_hi b_hi (the
 small terms first, so they are not lost against the big one). The dropped
-a_lo b_lo is under 2^-20 of a_i b_i and has its sign (``hi`` truncates, so ``lo``
-has x's sign): across a dot it sums to about 2^-23 of the result, fp32's own
-rounding. That is fp32 accuracy at tensor-core speed, as
-``input_precision="tf32x3"`` gives, with a cheaper split:
+a_lo b_lo is at most 2^-22 of a_i b_i. That is fp32 accuracy at tensor-core
+speed, as ``input_precision="tf32x3"`` gives, with a cheaper split:
 
 * Triton's "tf32x3" rounds both parts with ``cvt.rna.tf32.f32``, which has no
   native instruction on sm_80 or sm_90: ptxas expands it into a NaN/inf test, an
   add, a select and an AND (about ten instructions a value for the pair);
-* here ``hi`` is x with its low 13 mantissa bits cleared (one AND) and ``lo`` the
-  exact remainder x - hi rounded half an ulp up to TF32 (an add, an integer add,
-  an AND): four instructions a value. CUTLASS's complex fast-fp32 GEMMs split
-  so (big part toward zero, small part half-ulp); the CUDA kernels here too
-  (csrc/bank_contrast.cu, ``split_tf32``).
+* here ``hi`` is x rounded half an ulp up to TF32 (an integer add and an AND on
+  its bits) and ``lo`` the exact remainder x - hi with its low 13 bits cleared
+  (an add, an AND): four instructions a value, as CUTLASS's FastF32 splits
+  (big part round-half-ulp, small part toward zero), and as the CUDA kernels
+  here do (csrc/bank_contrast.cu, ``split_tf32``). Rounding ``hi`` to nearest
+  gives ``lo`` either sign, so neither the dropped term nor ``lo``'s truncation
+  leans one way across a dot's terms (a truncated ``hi`` would leave every ``lo``
+  with x's sign, and a dropped a_lo b_lo of up to 2^-20 with the product's).
+  |x| within 2^-12 of the float32 maximum rounds ``hi`` to infinity.
 
 Both parts are exact TF32 values, so a "tf32" dot (which reads the top 19 bits of
 each operand) multiplies them exactly, and so does Triton's interpreter, which
@@ -33,13 +35,14 @@ import triton.language as tl
 
 @triton.jit
 def split_tf32(x, EXACT: tl.constexpr = False):
-    """(hi, lo): fp32 ``x`` as two exact TF32 values with hi + lo = x to 2^-22 of x.
+    """(hi, lo): fp32 ``x`` as two exact TF32 values, hi the nearest to x, with
+    hi + lo = x to 2^-21 of x.
     EXACT: ``x`` is a TF32 value already (see tf32_exact); (x, x), the second unused."""
     hi = x
     lo = x
     if not EXACT:
-        hi = (x.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
-        lo = (((x - hi).to(tl.uint32, bitcast=True) + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+        hi = ((x.to(tl.uint32, bitcast=True) + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+        lo = ((x - hi).to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
     return hi, lo
 
 
