@@ -341,9 +341,9 @@ def _candidate(block_m: int, block_n: int, num_warps: int, num_stages: int = 1) 
 # variant, 3xTF32 split as ops/_tf32.py does):
 #
 #   BLOCK_M x BLOCK_N, warps, stages   d = 128: regs, spills   d = 256
-#   32 x 32, 8, 1                      158, 0                  206-255, 0
+#   32 x 32, 8, 1                      158-160, 0              208-254, 0
 #   32 x 32, 8, 2                      178, 0
-#   16 x 32, 4, 1                      164-201, 0
+#   16 x 32, 4, 1                      164-196, 0
 #   64 x 32, 8, 1                      230-252, 0
 #   32 x 64, 8, 1                      222-238, 0
 #

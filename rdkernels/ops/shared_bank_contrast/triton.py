@@ -167,12 +167,12 @@ def _candidate(block_b, block_n, num_warps):
 # for any sizes, and at round ones, the "+ints%16" compile of tools/aot_check.py):
 #
 #   BLOCK_B x BLOCK_N, warps   sm_90 spills (3.9 / 3.6)   round sizes   instr / pair   sm_80 spills
-#   16 x 32, 8                 0 / 0                      0 / 0         12.7           0
-#   16 x 16, 4                 0 / 0                      0 / 0         12.3           0
-#   16 x 64, 8                 36 / 0 B                   0 / 0         9.7            0
-#   32 x 16, 4                 8 / 0 B                    0 / 0         5.9 (wgmma)    -
+#   16 x 32, 8                 0 / 0                      0 / 0         12.6           0
+#   16 x 16, 4                 0 / 0                      0 / 0         12.4           0
+#   16 x 64, 8                 0 / 0                      0 / 0         9.7            0
+#   32 x 16, 4                 8 / 0 B                    0 / 8 B       5.9 (wgmma)    -
 #   64 x 16, 8                 100 / 8 B                  0 / 0         5.1 (wgmma)    -
-#   64 x 32, 8                 96 / 80 B                  0 / 4 B       3.8 (wgmma)    -
+#   64 x 32, 8                 96 / 80 B                  12 / 20 B     3.8 (wgmma)    -
 #
 # With Triton's own "tf32x3" split (cvt.rna, ~10 instructions a value) the same
 # loops took 15.5, 16.9, 11.7, 7.7, 6.5 and 4.7 instructions a pair and spilled up
