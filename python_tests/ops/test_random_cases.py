@@ -83,7 +83,12 @@ def test_shared_bank_contrast(backend, seed):
     out = shared_bank_contrast(q_s, q_t, queue, tau_s=tau_s, tau_t=tau_t, backend=backend)
     q64 = q_s.detach().double().requires_grad_()
     ref = shared_bank_contrast_reference(q64, q_t.double(), queue.double(), tau_s=tau_s, tau_t=tau_t)
-    _check_value_and_grad(case, out, ref, [("q_s", q_s, q64)], gen, *tolerance(q_dtype, queue_dtype))
+    atol, rtol = tolerance(q_dtype, queue_dtype)
+    # The loss LSE(s) - p_t . s is a difference of terms up to 1 / tau_s (unit rows), which
+    # cancel to 0 at N = 1; the fast paths' 3xTF32 logits carry ~2^-21 of that size (a
+    # 400-case sweep drew B=17 d=2 N=1 tau_s=0.02: 1.3e-5 off, over the fp32 atol of 1e-5)
+    atol = max(atol, 2.0 ** -20 / tau_s)
+    _check_value_and_grad(case, out, ref, [("q_s", q_s, q64)], gen, atol, rtol)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
