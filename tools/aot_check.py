@@ -183,6 +183,11 @@ def load_variants(op: str) -> list[dict]:
     return variants
 
 
+def _int_args(variant: dict) -> list[str]:
+    """The variant's runtime integer arguments (the ones the JIT specialises on value)."""
+    return [a for a, ty in variant["signature"].items() if re.fullmatch(r"[iu](8|16|32|64)", ty)]
+
+
 def _aligned_variants(variants: list[dict]) -> list[dict]:
     """Each variant that leaves its alignment to the default (pointers only) again
     with every integer argument a multiple of 16, as the JIT compiles a launch at
@@ -192,7 +197,7 @@ def _aligned_variants(variants: list[dict]) -> list[dict]:
     one a GPU usually runs, so it is checked too."""
     aligned = []
     for v in variants:
-        ints = [a for a, ty in v["signature"].items() if re.fullmatch(r"[iu](8|16|32|64)", ty)]
+        ints = _int_args(v)
         if "divisible_by_16" in v or not ints:
             continue
         aligned.append(dict(v, name=f"{v['name']}+ints%16", divisible_by_16=_aligned(v) + ints))
@@ -210,7 +215,7 @@ def _ones_variants(variants: list[dict]) -> list[dict]:
         if id(v["kernel"]) in seen:
             continue
         seen.add(id(v["kernel"]))
-        ints = [a for a, ty in v["signature"].items() if re.fullmatch(r"[iu](8|16|32|64)", ty)]
+        ints = _int_args(v)
         if not ints:
             continue
         ones.append(dict(v, name=f"{v['name']}+ints=1",

@@ -29,6 +29,7 @@ contrast, DCD) their main loops issue 17-38% fewer instructions than with
 """
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -70,5 +71,4 @@ def dot_3xtf32(a, b, acc, A_EXACT: tl.constexpr = False, B_EXACT: tl.constexpr =
 def tf32_exact(dtype) -> bool:
     """Whether every value of a torch dtype is a TF32 value (bf16, fp16: their
     mantissas have at most TF32's 10 bits, their exponents fit its 8)."""
-    import torch
     return dtype in (torch.bfloat16, torch.float16)

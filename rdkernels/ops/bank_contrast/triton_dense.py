@@ -64,7 +64,6 @@ def bank_contrast_dense_kernel(
                 other=0.0)
     if BF16_DOT:
         q = q.to(tl.bfloat16)
-        q_lo = q  # unused
     else:
         q, q_lo = split_tf32(q.to(tl.float32), Q_EXACT)  # once, for every tile
     log_z = 0.0

@@ -448,14 +448,14 @@ def aot_variants() -> list[dict]:
     width. B is a runtime value."""
     out = []
     ints = {k: "i32" for k in ("batch", "dim", "ld", "stride_zs", "stride_zt")}
-    for name in _DTYPE_STR.values():
+    for dtype, name in _DTYPE_STR.items():
         z = {"zs_ptr": f"*{name}", "zt_ptr": f"*{name}"}
         sig = {**z, **{k: "*fp32" for k in ("tau_ptr", "bias_ptr", "sim_ptr", "part_ptr")}, **ints,
                "max_scale": "fp32"}
         for block_k in (16, 32):
             out.append({"name": f"dcd_similarity_k{block_k}_{name}", "kernel": dcd_similarity_kernel,
                         "signature": sig, "num_warps": 4, "num_stages": 2,
-                        "constexprs": dict(TILE=TILE, SPLITS=SPLITS, BLOCK_K=block_k, Z_EXACT=name != "fp32")})
+                        "constexprs": dict(TILE=TILE, SPLITS=SPLITS, BLOCK_K=block_k, Z_EXACT=tf32_exact(dtype))})
         for dim in (16, 32, 64, 128, 256):
             block_d = max(16, triton.next_power_of_2(dim))
             sig = {**z, **{k: "*fp32" for k in ("tau_ptr", "bias_ptr", "sim_ptr", "lse_ptr", "col_ptr", "tile_ptr",
@@ -470,7 +470,7 @@ def aot_variants() -> list[dict]:
                                 "num_warps": cand.num_warps, "num_stages": cand.num_stages,
                                 "constexprs": dict(cand.kwargs, BLOCK_D=block_d, SPLITS=SPLITS,
                                                    SCALAR_BLOCK=SCALAR_BLOCK, NEED_GRAD=need_grad,
-                                                   Z_EXACT=name != "fp32")})
+                                                   Z_EXACT=tf32_exact(dtype))})
     for need_grad in (True, False):
         sig = {k: "*fp32" for k in ("sim_ptr", "tau_ptr", "bias_ptr", "part_ptr", "lse_ptr", "col_ptr",
                                     "tile_ptr")}
