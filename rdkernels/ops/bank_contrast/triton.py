@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rdkernels.ops._aot_types import TRITON_TYPE
 from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops._splits import split_tiles, splits_wanted
 from rdkernels.ops.bank_contrast.partials import EPILOGUE_CODES as _EPILOGUES
@@ -149,10 +150,6 @@ def bank_scores_backward_triton(grad_scores, query, bank, idx, temperature):
     return _launch(SCORES_BWD, query, bank, idx, temperature=temperature, grad=grad)[1].sum(dim=1)
 
 
-_TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
-                 torch.int32: "i32", torch.int64: "i64"}
-
-
 def aot_variants() -> list[dict]:
     """Every specialisation the dispatcher can launch, for the ahead-of-time check."""
     variants = []
@@ -163,16 +160,16 @@ def aot_variants() -> list[dict]:
                 for bank_dt in (torch.float32, torch.bfloat16):
                     for idx_dt in (torch.int32, torch.int64):
                         sig = {
-                            "q_ptr": "*" + _TRITON_TYPES[q_dt], "bank_ptr": "*" + _TRITON_TYPES[bank_dt],
-                            "idx_ptr": "*" + _TRITON_TYPES[idx_dt], "z_ptr": "*fp32", "grad_ptr": "*fp32",
+                            "q_ptr": "*" + TRITON_TYPE[q_dt], "bank_ptr": "*" + TRITON_TYPE[bank_dt],
+                            "idx_ptr": "*" + TRITON_TYPE[idx_dt], "z_ptr": "*fp32", "grad_ptr": "*fp32",
                             "out_ptr": "*fp32", "dq_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32",
                             "n_cols": "i32", "dim": "i32", "cols_per_split": "i32",
                             "stride_q": "i32", "stride_bank": "i32", "stride_idx": "i32",
                             "inv_t": "fp32", "log_c": "fp32", "log_mpn_c": "fp32",
                         }
                         variants.append(dict(
-                            name=f"bank_contrast[{epi_name},d{cfg['BLOCK_D']},q={_TRITON_TYPES[q_dt]},"
-                                 f"bank={_TRITON_TYPES[bank_dt]},idx={_TRITON_TYPES[idx_dt]}]",
+                            name=f"bank_contrast[{epi_name},d{cfg['BLOCK_D']},q={TRITON_TYPE[q_dt]},"
+                                 f"bank={TRITON_TYPE[bank_dt]},idx={TRITON_TYPE[idx_dt]}]",
                             kernel=bank_contrast_kernel, signature=sig,
                             constexprs=dict(EPILOGUE=code, BLOCK_K=cfg["BLOCK_K"], BLOCK_D=cfg["BLOCK_D"]),
                             num_warps=cfg["num_warps"], num_stages=3))

@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from rdkernels.backend import triton_interpreter_enabled
+from rdkernels.ops._aot_types import TRITON_TYPE
 from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops._tf32 import dot_split, split_tf32, tf32_exact
 from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, fused_dense_takes, run_fused_dense
@@ -209,9 +210,6 @@ def bank_contrast_loss_dense_triton(query, bank, idx, z, temperature, epilogue, 
     return merge_partials_triton(epilogue, query, bank, idx, z, temperature, n_data, *parts, positive_in_parts=False)
 
 
-_TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
 def aot_variants() -> list[dict]:
     """Every specialisation bank_contrast_loss_dense_triton can launch."""
     variants = []
@@ -222,7 +220,7 @@ def aot_variants() -> list[dict]:
                 for bank_dt in (torch.float32, torch.bfloat16):
                     bf16_dot = _use_bf16_dot(q_dt, bank_dt, cfg["BLOCK_D"])
                     sig = {
-                        "q_ptr": "*" + _TRITON_TYPES[q_dt], "bank_ptr": "*" + _TRITON_TYPES[bank_dt],
+                        "q_ptr": "*" + TRITON_TYPE[q_dt], "bank_ptr": "*" + TRITON_TYPE[bank_dt],
                         "counts_ptr": "*i32", "z_ptr": "*fp32",
                         "loss_ptr": "*fp32", "dq_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32",
                         "batch": "i32", "n_bank": "i32", "dim": "i32", "n_tiles": "i32",
@@ -230,8 +228,8 @@ def aot_variants() -> list[dict]:
                         "inv_t": "fp32", "log_c": "fp32", "log_mpn_c": "fp32",
                     }
                     variants.append(dict(
-                        name=f"bank_contrast_dense[{epi_name},d{cfg['BLOCK_D']},q={_TRITON_TYPES[q_dt]},"
-                             f"bank={_TRITON_TYPES[bank_dt]}]",
+                        name=f"bank_contrast_dense[{epi_name},d{cfg['BLOCK_D']},q={TRITON_TYPE[q_dt]},"
+                             f"bank={TRITON_TYPE[bank_dt]}]",
                         kernel=bank_contrast_dense_kernel, signature=sig,
                         constexprs=dict(EPILOGUE=code, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                                         BLOCK_D=cfg["BLOCK_D"], BF16_DOT=bf16_dot,

@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rdkernels.ops._aot_types import TRITON_TYPE
 from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops.bank_contrast.partials import NCE, SOFTMAX
 from rdkernels.ops.bank_contrast.reference import nce_constants
@@ -144,9 +145,6 @@ def merge_gather_partials(epilogue, query, bank, idx, z, temperature, n_data, lo
                                  max_parts, sum_parts, positive_in_parts=True)
 
 
-_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
 def aot_variants() -> list[dict]:
     """Every width, epilogue, idx type and placement of the positive the wrappers launch."""
     cases = [(name, code, True, dim) for name, code in (("nce", NCE), ("softmax", SOFTMAX))
@@ -160,14 +158,14 @@ def aot_variants() -> list[dict]:
                               (torch.float16, torch.float32)):
             for idx_t in ("i32", "i64"):
                 f32 = "*fp32"
-                sig = {"q_ptr": "*" + _TYPES[q_dt], "bank_ptr": "*" + _TYPES[bank_dt], "idx_ptr": "*" + idx_t,
+                sig = {"q_ptr": "*" + TRITON_TYPE[q_dt], "bank_ptr": "*" + TRITON_TYPE[bank_dt], "idx_ptr": "*" + idx_t,
                        "z_ptr": f32, "loss_parts_ptr": f32, "dq_parts_ptr": f32, "max_parts_ptr": f32,
                        "sum_parts_ptr": f32, "loss_ptr": f32, "dq_ptr": f32, "n_splits": "i32", "dim": "i32",
                        "stride_q": "i32", "stride_bank": "i32", "stride_idx": "i32", "inv_t": "fp32",
                        "log_c": "fp32"}
                 variants.append(dict(
                     name=f"bank_contrast_merge[{epi_name},{'gather' if positive_in_parts else 'dense'},"
-                         f"d{cfg['BLOCK_D']},q={_TYPES[q_dt]},bank={_TYPES[bank_dt]},idx={idx_t}]",
+                         f"d{cfg['BLOCK_D']},q={TRITON_TYPE[q_dt]},bank={TRITON_TYPE[bank_dt]},idx={idx_t}]",
                     kernel=merge_kernel, signature=sig,
                     constexprs=dict(EPILOGUE=code, POSITIVE_IN_PARTS=positive_in_parts,
                                     BLOCK_S=cfg["BLOCK_S"], BLOCK_D=cfg["BLOCK_D"]),

@@ -42,6 +42,7 @@ import triton
 import triton.language as tl
 
 from rdkernels.backend import triton_interpreter_enabled
+from rdkernels.ops._aot_types import FLOAT_TYPES
 from rdkernels.ops._autotune import TunedKernel
 from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops._scratch import aligned
@@ -439,16 +440,13 @@ def _interpreter_config() -> dict:
     return dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=1)
 
 
-_DTYPE_STR = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
 def aot_variants() -> list[dict]:
     """Every configuration the GPU dispatcher launches: three dtypes, BLOCK_D 16 .. 256;
     the gradient kernel with and without the gradient, each candidate that fits the
     width. B is a runtime value."""
     out = []
     ints = {k: "i32" for k in ("batch", "dim", "ld", "stride_zs", "stride_zt")}
-    for dtype, name in _DTYPE_STR.items():
+    for dtype, name in FLOAT_TYPES.items():
         z = {"zs_ptr": f"*{name}", "zt_ptr": f"*{name}"}
         sig = {**z, **{k: "*fp32" for k in ("tau_ptr", "bias_ptr", "sim_ptr", "part_ptr")}, **ints,
                "max_scale": "fp32"}

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rdkernels.ops._aot_types import FLOAT_TYPES
 from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops.l2_normalize import MAX_TRITON_DIM
 
@@ -70,9 +71,6 @@ def l2_normalize_bwd_triton(grad: torch.Tensor, x: torch.Tensor, norm: torch.Ten
     return dx
 
 
-_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
 def aot_variants() -> list[dict]:
     """Both kernels at every BLOCK_D up to MAX_TRITON_DIM, for each input dtype and the
     output dtypes the op writes (its input's, or fp32 under autocast)."""
@@ -80,7 +78,7 @@ def aot_variants() -> list[dict]:
     for block_d in [16 << i for i in range(MAX_TRITON_DIM.bit_length() - 4)]:   # 16 .. MAX_TRITON_DIM
         cfg = launch_config(block_d)
         ints = {"dim": "i32", "stride_x": "i32", "eps": "fp32"}
-        for x_t in _TYPES.values():
+        for x_t in FLOAT_TYPES.values():
             for y_t in sorted({x_t, "fp32"}):
                 out.append(dict(
                     name=f"l2_normalize_fwd[D={block_d},x={x_t},y={y_t}]", kernel=l2_normalize_fwd_kernel,

@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 
 from rdkernels.backend import triton_interpreter_enabled
+from rdkernels.ops._aot_types import FLOAT_TYPES
 from rdkernels.ops._autotune import TunedKernel
 from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops._tf32 import dot_split, split_tf32
@@ -258,9 +259,6 @@ def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, nee
     return loss, dq
 
 
-_DTYPE_STR = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
 def _candidate_tag(c: triton.Config) -> str:
     k = c.kwargs
     return f"b{k['BLOCK_B']}n{k['BLOCK_N']}w{c.num_warps}"
@@ -273,7 +271,7 @@ def aot_variants() -> list[dict]:
     out = []
     for dim in (16, 32, 64, 128):
         block_d = max(16, triton.next_power_of_2(dim))
-        for dt, name in _DTYPE_STR.items():
+        for dt, name in FLOAT_TYPES.items():
             for cand in CANDIDATES:
                 signature = {
                     "qs_ptr": f"*{name}", "qt_ptr": f"*{name}", "queue_ptr": f"*{name}",

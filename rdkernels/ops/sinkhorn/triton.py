@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rdkernels.ops._aot_types import FLOAT_TYPES
 from rdkernels.ops._autotune import TunedKernel
 from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops.sinkhorn._driver import fused_buffers, run_tiled
@@ -380,9 +381,6 @@ def sinkhorn_triton(cost, a, b, eps, max_iters, tol=None, check_every=10, return
     return run_tiled(_TritonTiled(cost, 1.0 / eps), cost, a, b, eps, max_iters, tol, check_every, return_plan)
 
 
-_PTR = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}
-
-
 def aot_variants() -> list[dict]:
     """Every kernel configuration the dispatcher can launch, for the AOT compile check."""
     out = []
@@ -390,7 +388,8 @@ def aot_variants() -> list[dict]:
     tail = {"cost_ptr": "*fp32", "plan_ptr": "*fp32", "iters_ptr": "*i32", "n": "i32", "m": "i32",
             "eps": "fp32", "tol": "fp32", "max_iters": "i32", "check": "i32", "write_plan": "i32"}
     sizes = [16, 32, 64, 128, 256]
-    for dt, ptr in _PTR.items():
+    for dt, triton_type in FLOAT_TYPES.items():
+        ptr = "*" + triton_type
         name = str(dt).replace("torch.", "")
         seen = set()
         for n in sizes:
