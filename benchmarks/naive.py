@@ -165,3 +165,13 @@ def rrd_loss(z_s, z_t, queue, tau_s, tau_t):
     out_s = torch.mm(z_s, queue.t())
     out_t = torch.mm(z_t, queue.t()).detach()
     return -(F.softmax(out_t / tau_t, dim=1) * F.log_softmax(out_s / tau_s, dim=1)).sum(dim=1).mean()
+
+
+@torch.no_grad()
+def fifo_enqueue_(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor) -> None:
+    """RRD's public code: the pointer read on the host (a sync), one slice write, the
+    pointer written back; it asserts N % B == 0 (its loader drops the last batch)."""
+    p = int(ptr)
+    assert queue.shape[0] % keys.shape[0] == 0
+    queue[p:p + keys.shape[0]] = keys
+    ptr[0] = (p + keys.shape[0]) % queue.shape[0]

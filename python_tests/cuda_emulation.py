@@ -12,7 +12,6 @@ included (their tensor-core ``mma.sync`` is emulated from the warp's fragments).
 from __future__ import annotations
 
 import fcntl
-import functools
 import hashlib
 import importlib.util
 import os
@@ -27,11 +26,6 @@ CSRC = ROOT / "csrc"
 SOURCES = sorted(p.name for p in CSRC.glob("*.cu")) + ["bindings.cpp"]   # what CMakeLists.txt builds
 MODULE = "_C_emulated"
 ORDERS = ("forward", "reverse", "shuffle:1")   # RDKERNELS_EMULATION_ORDER values (simt.h)
-
-# The ops' CUDA wrappers: each imports cuda_extension and stream_of by name.
-WRAPPERS = ("rdkernels.ops.bank_contrast.cuda", "rdkernels.ops.dcd.cuda", "rdkernels.ops.shared_bank_contrast.cuda",
-            "rdkernels.ops.sinkhorn.cuda", "rdkernels.ops.bank_update.cuda")
-
 
 class EmulationUnavailable(RuntimeError):
     """No C++ compiler or no pybind11 here: the emulated tests skip (a failed build fails them)."""
@@ -104,19 +98,7 @@ def install(module, monkeypatch, order: str = "forward") -> None:
     tensors, stream 0), whose block threads run in ``order``. The shared-memory checks
     (ops/_cuda_common.py) ask ``module`` too: CPU tensors stand on an emulated GPU
     whose blocks get the shared memory the emulation reports (an H100's)."""
-    import torch
-
-    from rdkernels import backend
-    from rdkernels.ops import _cuda_common
-    for name in WRAPPERS:
-        wrapper = importlib.import_module(name)
-        monkeypatch.setattr(wrapper, "cuda_extension", lambda: module)
-        monkeypatch.setattr(wrapper, "stream_of", lambda tensor: 0)
-    monkeypatch.setattr(backend, "cuda_extension", lambda: module)
-    device_index = _cuda_common.cuda_index
-    monkeypatch.setattr(_cuda_common, "cuda_index",
-                        lambda device: 0 if torch.device(device).type == "cpu" else device_index(device))
-    # cached, as the function it stands in for (tests clear that cache)
-    limit = functools.lru_cache(maxsize=None)(lambda index: module.max_shared_memory_per_block())
-    monkeypatch.setattr(_cuda_common, "_shared_memory_limit", limit)
+    from rdkernels.ops._cuda_common import extension_patches
+    for target, name, value in extension_patches(module):
+        monkeypatch.setattr(target, name, value)
     monkeypatch.setenv("RDKERNELS_EMULATION_ORDER", order)

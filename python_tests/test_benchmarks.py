@@ -453,3 +453,40 @@ def test_float32_floors_count_tf32_tensor_cores():
     c = Ceilings(bandwidth_gbps=3000.0, matmul_tflops={"float32": 50.0, "tfloat32": 400.0, "bfloat16": 700.0})
     assert c.rate(torch.float32) == 400e12 and c.rate("bfloat16") == 700e12
     assert Ceilings(bandwidth_gbps=1.0, matmul_tflops={"float32": 0.05}).rate(torch.float32) == 0.05e12  # a CPU
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") in ("", "0"),
+                    reason="benchmarks.host stubs the launches of Triton's interpreter")
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_host_cost_stubs_every_launch_and_counts_it(backend):
+    """benchmarks.host: each loss's step runs with its kernels stubbed, and the row counts
+    what a GPU would launch (the CUDA backend on the extension where it is built);
+    the stubs come off afterwards."""
+    from benchmarks import host
+    from rdkernels import backend as _backend
+    if backend == "cuda" and host._available("cuda") is not None:
+        pytest.skip(host._available("cuda"))
+    reason = _backend.cuda_unavailable_reason
+    rows = {name: host.measure(name, backend, steps=2) for name in host.LOSSES}
+    assert _backend.cuda_unavailable_reason is reason
+    rrd = rows["rrd"]["launches_by_kernel"]
+    assert rrd["triton:fifo_enqueue_kernel"] == 1 and rrd["triton:l2_normalize_fwd_kernel"] == 2
+    assert rrd["triton:l2_normalize_bwd_kernel"] == 1    # the teacher's head gets no gradient
+    scoring = {"triton": ("triton:shared_bank_contrast_kernel", "triton:shared_bank_merge_kernel"),
+               "cuda": ("cuda:shared_bank_contrast",)}[backend]
+    assert all(rrd[k] == 1 for k in scoring) and rows["rrd"]["launches"] == 4 + len(scoring)
+    dcd = rows["dcd"]["launches_by_kernel"]
+    assert any(k.startswith(f"{backend}:dcd") for k in dcd)
+    for name in ("crd", "wcord"):
+        launched = rows[name]["launches_by_kernel"]
+        assert launched[f"{backend}:bank_update" + ("_kernel" if backend == "triton" else "")] == 2
+    assert any("sinkhorn" in k for k in rows["wcord"]["launches_by_kernel"])
+    for row in rows.values():
+        assert row["host_us"] > 0 and row["python_calls"] > 0 and row["torch_ops"] > 0
+
+
+def test_host_cost_tool_parses_its_arguments():
+    from benchmarks import host
+    assert host.parse_args(["--loss", "rrd", "dcd", "--backend", "cuda"]).loss == ["rrd", "dcd"]
+    with pytest.raises(SystemExit):
+        host.parse_args(["--steps", "0"])

@@ -98,14 +98,15 @@ def test_readme_python_block_runs(block):
 def _parsers() -> dict:
     """Module run by ``python -m`` -> a function that parses its argv (SystemExit on a usage error)."""
     from benchmarks import __main__ as bench_main
-    from benchmarks import overhead, profile, targets
+    from benchmarks import host, overhead, profile, targets
     from rdkernels import __main__ as env_report
     from rdkernels.harness import __main__ as harness_main
 
     return {"rdkernels": env_report.parse_args,
             "rdkernels.harness": lambda argv: harness_main._build_parser()[0].parse_args(argv),
             "benchmarks": bench_main.parse_args, "benchmarks.targets": targets.parse_args,
-            "benchmarks.overhead": overhead.parse_args, "benchmarks.profile": profile.parse_args}
+            "benchmarks.overhead": overhead.parse_args, "benchmarks.profile": profile.parse_args,
+            "benchmarks.host": host.parse_args}
 
 
 def _shell_lines(script: str) -> list[str]:

@@ -5,16 +5,15 @@ import torch
 import rdkernels
 from conftest import DEVICE, backends
 from helpers import assert_close, not_under_emulated_cuda
-from rdkernels.backend import BackendUnavailable
+from rdkernels.backend import BackendUnavailable, triton_interpreter_enabled
 from rdkernels.losses import RRDLoss
-from rdkernels.losses._queue import fifo_enqueue_
 from rdkernels.losses.rrd import ENQUEUE_MODES
 from rdkernels.losses.reference.rrd import RRDLoss as ReferenceRRD
 
 
 def _naive_enqueue_(queue, ptr, keys):
     """The FIFO written the obvious way, one key after another: an independent check of
-    rdkernels.losses._queue.fifo_enqueue_, which the fused and reference losses share."""
+    the fused loss's fifo_enqueue_ op and of the reference loss's torch formulation."""
     with torch.no_grad():
         for key in keys:
             queue[int(ptr)] = key.to(queue.dtype)
@@ -23,9 +22,9 @@ def _naive_enqueue_(queue, ptr, keys):
 
 @pytest.fixture
 def naive_reference_queue(monkeypatch):
-    """The reference loss enqueues with _naive_enqueue_ instead of the shared fifo_enqueue_."""
+    """The reference loss enqueues with _naive_enqueue_ instead of its torch formulation."""
     import rdkernels.losses.reference.rrd as reference_rrd
-    monkeypatch.setattr(reference_rrd, "fifo_enqueue_", _naive_enqueue_)
+    monkeypatch.setattr(reference_rrd, "fifo_enqueue_reference_", _naive_enqueue_)
 
 
 def _pair(s_dim=24, t_dim=40, queue_size=50, **kwargs):
@@ -69,31 +68,6 @@ def test_enqueue_before_includes_own_teacher_embedding():
     z_t = torch.nn.functional.normalize(fused.embed_t(f), dim=1)
     assert_close("queue[0:4]", fused.queue[:4], z_t, 1e-6, 1e-6)
     assert int(fused.ptr) == 4
-
-
-@pytest.mark.parametrize("queue_size,batch,start", [(5, 7, 3), (50, 7, 46), (12, 12, 5), (12, 25, 11), (9, 1, 8),
-                                                     (16, 4, 0)])
-def test_fifo_enqueue_matches_one_by_one_writes(queue_size, batch, start):
-    """Any B against N (smaller, equal, larger, N % B != 0), any start: the queue and
-    pointer a row-by-row FIFO leaves, over three calls."""
-    queue, ptr = torch.randn(queue_size, 3, device=DEVICE), torch.tensor([start], device=DEVICE)
-    expected_queue, expected_ptr = queue.clone(), ptr.clone()
-    for _ in range(3):
-        keys = torch.randn(batch, 3, device=DEVICE)
-        fifo_enqueue_(queue, ptr, keys)
-        _naive_enqueue_(expected_queue, expected_ptr, keys)
-        assert torch.equal(queue, expected_queue) and torch.equal(ptr, expected_ptr)
-        assert ptr.dtype == torch.long and ptr.shape == (1,)
-
-
-def test_fifo_enqueue_wraps_and_keeps_last_rows():
-    queue = torch.zeros(5, 2)
-    ptr = torch.tensor([3])
-    keys = torch.arange(14, dtype=torch.float32).reshape(7, 2)
-    fifo_enqueue_(queue, ptr, keys)
-    # rows written in order 3,4,0,1,2,3,4: the last five keys (2..6) survive at 0,1,2,3,4
-    assert torch.equal(queue[[0, 1, 2, 3, 4]], keys[[2, 3, 4, 5, 6]])
-    assert int(ptr) == (3 + 7) % 5
 
 
 def test_queue_init_is_column_normalised():
@@ -202,7 +176,10 @@ def test_bf16_queue_steps_match_reference(backend, enqueue, naive_reference_queu
             assert_close(f"embed_s.weight grad step {step}", fused.embed_s.weight.grad, ref.embed_s.weight.grad,
                          tol[0] * grad_scale, 5 * tol[1])
             assert fused.queue.dtype == torch.bfloat16
-            assert_close("queue", fused.queue, ref.queue.bfloat16(), 0, 0)
+            # Triton's interpreter truncates to bf16 where a GPU rounds to nearest (DESIGN.md
+            # section 8): one bf16 ulp there, exact elsewhere
+            ulp = 2.0 ** -7 if backend == "triton" and triton_interpreter_enabled() else 0
+            assert_close("queue", fused.queue, ref.queue.bfloat16(), 0, ulp)
             assert torch.equal(fused.ptr, ref.ptr)
             with torch.no_grad():
                 ref.queue.copy_(fused.queue.double())  # keep both on the same rounded rows

@@ -26,6 +26,11 @@ class Embed(nn.Module):
         self.linear = nn.Linear(dim_in, dim_out)
         self.fused = fused
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The linear layer's weight: where the loss's input checks read the device and dtype."""
+        return self.linear.weight
+
     def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
         """``backend``: the fused op's (see l2_normalize); the owning loss passes its own."""
         v = self.linear(x.reshape(x.shape[0], -1))

@@ -35,7 +35,9 @@ def check_bank_options(bank_dtype, backend, strategy="auto") -> None:
 def check_fits_projection(name: str, f: torch.Tensor, projection: nn.Module) -> None:
     """``f`` on the device of the projection it goes through and, outside autocast,
     of its dtype: ``F.linear`` would otherwise refuse it naming neither."""
-    weight = next(projection.parameters())
+    weight = getattr(projection, "weight", None)   # nn.Linear's, Embed's: parameters() walks the module tree
+    if not isinstance(weight, torch.Tensor):
+        weight = next(projection.parameters())
     if f.device != weight.device:
         raise ValueError(f"{name} is on {f.device} but the loss's parameters and buffers are on {weight.device}: "
                          f"move the loss there (loss.to({str(f.device)!r})) or {name} to {weight.device}")

@@ -8,11 +8,10 @@ from torch import nn
 from rdkernels import backend as _backend
 from rdkernels._validation import check_positive, check_positive_int, check_tensors_finite, host_reads_allowed
 from rdkernels.losses._inputs import check_bank_loss_args, check_bank_loss_inputs, check_bank_storage, check_first_z
-from rdkernels.losses._queue import fifo_enqueue_
-from rdkernels.ops import bank_update_
+from rdkernels.ops import bank_update_, fifo_enqueue_
 from rdkernels.losses.dcd import _check_pair, _embed
 from rdkernels.ops.shared_bank_contrast import _resolve as _resolve_shared_bank_contrast
-from rdkernels.ops.shared_bank_contrast import shared_bank_contrast, validate_shared_bank_contrast
+from rdkernels.ops.shared_bank_contrast import run_shared_bank_contrast, validate_shared_bank_contrast
 
 ENQUEUE_MODES = ("before", "after")
 
@@ -93,8 +92,7 @@ class RRDLoss(nn.Module):
         check_tensors_finite({"the teacher embedding embed_t(f_t)": z_t.detach()})
         if self.enqueue == "before":
             fifo_enqueue_(self.queue, self.ptr, z_t)
-        loss = shared_bank_contrast(z_s, z_t.detach(), self.queue, tau_s=self.tau_s, tau_t=self.tau_t,
-                                    reduction="mean", backend=backend)
+        loss = run_shared_bank_contrast(z_s, z_t, self.queue, self.tau_s, self.tau_t, "mean", backend)
         if self.train_teacher_proj and z_t.requires_grad:
             loss = loss + _teacher_term(z_s.detach(), z_t, self.queue, self.tau_s, self.tau_t)
         if self.enqueue == "after":

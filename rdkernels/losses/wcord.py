@@ -133,6 +133,10 @@ def _embed_critic_grads(embed_s: Embed, embed_t: Embed, xs: torch.Tensor, xt: to
     return gs, gt
 
 
+def _weighted(weight: float, term: torch.Tensor) -> torch.Tensor:
+    return term if weight == 1.0 else weight * term
+
+
 class WCoRDLoss(nn.Module):
     """Wasserstein contrastive representation distillation loss.
 
@@ -191,21 +195,24 @@ class WCoRDLoss(nn.Module):
             contrast_idx = self.memory_s.sample(idx, self.nce_k, check_indices=False)  # idx checked above
         v_s = self.embed_s(f_s, backend=self.backend)
         v_t = self.embed_t(f_t, backend=self.backend)
-        loss = v_s.new_zeros((), dtype=torch.float32)
+        terms = []   # summed at the end: a weight of 1 and a zero start would each be another launch
         if self.lambda_global:
             # Eagerly, _validate checked every index with one sync; under torch.compile
             # that check is skipped and the op makes it inside its opaque body.
             kw = dict(temperature=self.nce_t, epilogue="softmax", backend=self.backend,
                       check_indices=torch.compiler.is_compiling())
             glob = self.memory_t.contrast(v_s, contrast_idx, **kw) + self.memory_s.contrast(v_t, contrast_idx, **kw)
-            loss = loss + self.lambda_global * glob
+            terms.append(_weighted(self.lambda_global, glob))
         if self.lambda_local:
             C = pairwise_cost(v_s, v_t, self.cost)
             res = sinkhorn(C[None].contiguous(), eps=self.eps, max_iters=self.iters, tol=self.tol,
                            backend=self.backend, check_inputs=self.check_costs)
-            loss = loss + self.lambda_local * res.cost[0]
+            terms.append(_weighted(self.lambda_local, res.cost[0]))
         if self.gp_weight:
-            loss = loss + self.gp_weight * critic_gradient_penalty(self.embed_s, self.embed_t, f_s, f_t)
+            terms.append(_weighted(self.gp_weight, critic_gradient_penalty(self.embed_s, self.embed_t, f_s, f_t)))
+        loss = sum(terms[1:], terms[0]) if terms else v_s.new_zeros((), dtype=torch.float32)
+        if loss.dtype in (torch.bfloat16, torch.float16):   # a narrow head's penalty alone: float32 as ever
+            loss = loss.float()
         with torch.no_grad():  # after scoring, never before
             checks = torch.compiler.is_compiling()
             self.memory_s.update_(idx, v_s.detach(), backend=self.backend, check_indices=checks)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+import importlib
+import sys
 
 import torch
 
@@ -58,7 +60,40 @@ def kernel_shortfall(device: torch.device, kernel: str, *sizes: int) -> str | No
     while torch.compile traces the loss: dynamo cannot trace the extension's or the
     driver's host calls (a fullgraph compile failed on them), and the answer is a
     constant of the kernel, the sizes and the GPU, so the trace runs it once and
-    keeps the result."""
+    keeps the result. Eager calls ask once per extension, kernel and sizes."""
     from rdkernels.backend import cuda_extension
-    needed = getattr(cuda_extension(), f"{kernel}_shared_memory_bytes")(*(int(n) for n in sizes))
+    module = cuda_extension()
+    key = (module, kernel, sizes)
+    needed = _needed_bytes.get(key)
+    if needed is None:
+        needed = _needed_bytes[key] = getattr(module, f"{kernel}_shared_memory_bytes")(*(int(n) for n in sizes))
     return shared_memory_shortfall(device, needed)
+
+
+_needed_bytes: dict = {}   # (extension, kernel, sizes) -> bytes; the module is the key, not its id
+
+
+# The ops' CUDA wrappers: each imports cuda_extension and stream_of by name.
+WRAPPERS = ("rdkernels.ops.bank_contrast.cuda", "rdkernels.ops.dcd.cuda", "rdkernels.ops.shared_bank_contrast.cuda",
+            "rdkernels.ops.sinkhorn.cuda", "rdkernels.ops.bank_update.cuda")
+
+
+def extension_patches(module) -> list[tuple[object, str, object]]:
+    """(object, attribute, value) patches that point the ops' CUDA wrappers at ``module``
+    in place of rdkernels._C, on CPU tensors and stream 0: the CPU emulation of the
+    kernels in the tests, the stubbed launches of ``benchmarks.host``. The
+    shared-memory checks ask ``module`` too, once per device as for the real one.
+    Whoever applies them undoes them (pytest's monkeypatch, unittest.mock)."""
+    from rdkernels import backend
+    patches: list[tuple[object, str, object]] = []
+    for name in WRAPPERS:
+        wrapper = importlib.import_module(name)
+        patches += [(wrapper, "cuda_extension", lambda: module), (wrapper, "stream_of", lambda tensor: 0)]
+    this, device_index = sys.modules[__name__], cuda_index
+    # cached, as the function it stands in for (tests clear that cache)
+    limit = functools.lru_cache(maxsize=None)(lambda index: module.max_shared_memory_per_block())
+    return patches + [
+        (backend, "cuda_extension", lambda: module),
+        (this, "cuda_index", lambda device: 0 if torch.device(device).type == "cpu" else device_index(device)),
+        (this, "_shared_memory_limit", limit),
+    ]

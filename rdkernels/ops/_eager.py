@@ -72,33 +72,50 @@ def op_body(impl: Callable) -> Callable:
 
     @functools.wraps(impl)  # custom_op infers the schema through __wrapped__
     def body(*args, **kwargs):
-        device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+        device = None
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                device = a.device
+                break
         if device is None:
             return impl(*args, **kwargs)
-        if device.type == "cuda" and device.index != torch.cuda.current_device():
+        kind = device.type
+        if kind == "cuda" and device.index != torch.cuda.current_device():
             with torch.cuda.device(device):
-                return without_autocast(device.type, args, kwargs)
-        return without_autocast(device.type, args, kwargs)
+                return without_autocast(kind, args, kwargs)
+        # the usual case in one frame: the ops run at every training step, host-bound
+        if (kind == "meta" or not torch.is_autocast_enabled(kind)) \
+                and torch.get_float32_matmul_precision() == "highest":
+            return impl(*args, **kwargs)
+        return without_autocast(kind, args, kwargs)
     return body
 
 
 # What a plain eager call passes; anything else (a fake or functional tensor of a
 # trace, a tensor subclass) goes through the custom op and its fake implementation.
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+_TRACE, _GRAD, _RUN = range(3)   # how a call goes: the custom op, the autograd Function, the body
 
 
-def _traced(args) -> bool:
-    """Whether this call is being traced rather than run: under torch.compile, but also
+def _route(args) -> int:
+    """_TRACE, _GRAD or _RUN, in one pass over the arguments (it runs on every call).
+
+    _TRACE: the call is being traced rather than run: under torch.compile, but also
     under AOT autograd's own tracing of a backward (torch.library.opcheck, make_fx),
-    which runs with fake tensors and a dispatch mode while ``is_compiling()`` is False.
-    A body that launches a kernel cannot take fake tensors."""
+    which runs with fake tensors and a dispatch mode while ``is_compiling()`` is False,
+    or an argument is not a plain tensor. A body that launches a kernel cannot take
+    fake tensors. _GRAD: plain tensors, one of which needs a gradient. _RUN: neither."""
     if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
-        return True
-    return any(isinstance(a, torch.Tensor) and type(a) not in _PLAIN for a in args)
-
-
-def _has_grad(args) -> bool:
-    return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+        return _TRACE
+    grad_mode = torch.is_grad_enabled()
+    route = _RUN
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            if type(a) not in _PLAIN:
+                return _TRACE
+            if grad_mode and a.requires_grad:
+                route = _GRAD
+    return route
 
 
 def eager_or_compiled(op, impl: Callable, setup_context: Callable | None = None,
@@ -121,9 +138,10 @@ def eager_or_compiled(op, impl: Callable, setup_context: Callable | None = None,
         })
 
     def call(*args):
-        if _traced(args):
+        route = _route(args)
+        if route == _TRACE:
             return op(*args)
-        if function is not None and _has_grad(args):
+        if route == _GRAD and function is not None:
             return function.apply(*args)
         return impl(*args)
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rdkernels.losses._queue import fifo_enqueue_
+from rdkernels.ops.fifo_enqueue.reference import fifo_enqueue_reference_
 
 
 class RRDLoss(nn.Module):
@@ -37,7 +37,7 @@ class RRDLoss(nn.Module):
         f_s = F.normalize(self.embed_s(f_s.reshape(f_s.shape[0], -1)), dim=1)
         f_t = F.normalize(self.embed_t(f_t.reshape(f_t.shape[0], -1)), dim=1)
         if self.enqueue == "before":
-            fifo_enqueue_(self.queue, self.ptr, f_t)
+            fifo_enqueue_reference_(self.queue, self.ptr, f_t)
         out_s = torch.einsum("nc,kc->nk", f_s, self.queue.clone().detach())
         out_t = torch.einsum("nc,kc->nk", f_t, self.queue.clone().detach())
         if not self.train_teacher_proj:
@@ -45,7 +45,7 @@ class RRDLoss(nn.Module):
         loss = -torch.sum(F.softmax(out_t / self.tau_t, dim=1) * F.log_softmax(out_s / self.tau_s, dim=1),
                           dim=1).mean()
         if self.enqueue == "after":
-            fifo_enqueue_(self.queue, self.ptr, f_t)
+            fifo_enqueue_reference_(self.queue, self.ptr, f_t)
         return loss
 
 

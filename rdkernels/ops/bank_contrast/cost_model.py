@@ -118,7 +118,7 @@ def estimate_times(batch: int, n_cols: int, n_bank: int, dim: int, bank_dtype: t
     """(t_gather, t_dense) in seconds, as modelled above. ``n_cols`` = K + 1;
     ``captured``: the call is being recorded into a CUDA graph."""
     r = _rates(torch.device(device))
-    e = torch.empty((), dtype=bank_dtype).element_size()
+    e = bank_dtype.itemsize
     negatives = max(n_cols - 1, 0)
     t_gather = batch * n_cols * dim * e / r.bw_gather
     passes = math.ceil(batch / _ROWS_PER_PASS.get(backend, 64))

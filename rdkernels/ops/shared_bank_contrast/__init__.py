@@ -18,7 +18,8 @@ from rdkernels.ops._eager import eager_or_compiled, op_body
 from rdkernels.ops.shared_bank_contrast.reference import (shared_bank_contrast_fwd_reference,
                                                           shared_bank_contrast_reference)
 
-__all__ = ["shared_bank_contrast", "shared_bank_contrast_reference", "validate_shared_bank_contrast"]
+__all__ = ["run_shared_bank_contrast", "shared_bank_contrast", "shared_bank_contrast_reference",
+           "validate_shared_bank_contrast"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -129,10 +130,15 @@ def shared_bank_contrast(q_s: torch.Tensor, q_t: torch.Tensor, queue: torch.Tens
         size [B, N] is materialised by the fused backends.
     """
     validate_shared_bank_contrast(q_s, q_t, queue, tau_s, tau_t, reduction)
-    name = _resolve(q_s, backend)
+    return run_shared_bank_contrast(q_s, q_t, queue, tau_s, tau_t, reduction, _resolve(q_s, backend))
+
+
+def run_shared_bank_contrast(q_s, q_t, queue, tau_s, tau_t, reduction: str, backend: str) -> torch.Tensor:
+    """:func:`shared_bank_contrast` after its checks, on a resolved ``backend``: for a
+    caller that made both (RRDLoss, before it enqueues), so a step makes them once."""
     need_grad = bool(q_s.requires_grad and torch.is_grad_enabled())
     loss, _ = _shared_bank_contrast(q_s.contiguous(), q_t.detach().contiguous(), queue.detach(), float(tau_s),
-                                    float(tau_t), need_grad, name)
+                                    float(tau_t), need_grad, backend)
     if reduction == "mean":
         return loss.mean()
     if reduction == "sum":
