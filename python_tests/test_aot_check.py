@@ -172,3 +172,29 @@ def test_hoisted_loop_values_finds_the_dense_kernel_miscompile(aot_check):
         "      %cnt_127", "      %9 = arith.maxsi %n_e_121, %n_e_121 : i32 loc(#loc181)\n      %cnt_127")
     assert aot_check.hoisted_loop_values(fixed) == []
     assert aot_check.hoisted_loop_values("") == []
+
+
+_BARRIER_BEFORE_LAST_STORE = r"""
+import re, sys
+sys.path.insert(0, "tools")
+import aot_check
+variant = next(v for v in aot_check.load_variants("fifo_enqueue") if v["name"] == "fifo_enqueue_d128_fp32_fp32")
+lines = aot_check.compile_variant(variant, 90).asm["ptx"].splitlines()
+barriers = [i for i, line in enumerate(lines) if re.search(r"\b(bar|barrier)\.sync\b", line)]
+stores = [i for i, line in enumerate(lines) if re.search(r"\bst\.global", line)]
+print(max(barriers, default=-1), max(stores))
+"""
+
+
+def test_fifo_enqueue_stores_the_pointer_behind_a_barrier(tmp_path):
+    """The FIFO kernel's warps all read the pointer before any stores the moved one: a
+    barrier sits before the pointer's store, the kernel's last. At d = 128 its tile loop
+    has none of its own (no layout change through shared memory), which left a warp
+    running late free to place its rows from the new pointer."""
+    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run([sys.executable, "-c", _BARRIER_BEFORE_LAST_STORE], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last_barrier, last_store = map(int, proc.stdout.splitlines()[-1].split())   # after the compile's log
+    assert 0 <= last_barrier < last_store

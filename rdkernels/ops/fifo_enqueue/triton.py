@@ -4,7 +4,8 @@ One program does all of it. Every write position depends on the pointer, and
 the pointer must advance only after every position was computed from its old
 value; programs of one launch cannot wait for each other, so a second program
 could read a pointer the first had already moved. A single program reads it
-once, writes the rows, then stores the new value. That bounds the batch the
+once, writes the rows, then, behind a barrier (its warps too run apart),
+stores the new value. That bounds the batch the
 kernel is worth launching for (MAX_ELEMENTS in __init__.py): RRD enqueues a
 few hundred rows of 128 floats, tens of kilobytes, where one program's copy
 takes about a microsecond and the torch formulation seven launches.
@@ -42,6 +43,11 @@ def fifo_enqueue_kernel(queue_ptr, ptr_ptr, keys_ptr, n_rows, batch, dim, stride
             key = tl.load(keys_ptr + rows.to(tl.int64)[:, None] * stride_keys + cols[None, :], mask=mask)
             tl.store(queue_ptr + pos[:, None] * dim + cols[None, :], key.to(queue_ptr.dtype.element_ty),
                      mask=mask)
+    # Every warp read the pointer at the top; none may store the new one before all have,
+    # or a warp running late would place its rows from the moved pointer. (The tile loop
+    # usually holds a barrier of its own, a layout change through shared memory, but
+    # nothing guarantees one.)
+    tl.debug_barrier()
     tl.store(ptr_ptr, (start + batch) % n_rows)
 
 
