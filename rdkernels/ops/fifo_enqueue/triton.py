@@ -5,10 +5,10 @@ the pointer must advance only after every position was computed from its old
 value; programs of one launch cannot wait for each other, so a second program
 could read a pointer the first had already moved. A single program reads it
 once, writes the rows, then, behind a barrier (its warps too run apart),
-stores the new value. That bounds the batch the
-kernel is worth launching for (MAX_ELEMENTS in __init__.py): RRD enqueues a
-few hundred rows of 128 floats, tens of kilobytes, where one program's copy
-takes about a microsecond and the torch formulation seven launches.
+stores the new value. That bounds the batch the kernel is worth launching for
+(MAX_ELEMENTS in __init__.py): RRD enqueues a few hundred rows of 128 floats,
+tens of kilobytes, where one program's copy takes about a microsecond and the
+torch formulation seven launches.
 """
 from __future__ import annotations
 
