@@ -187,6 +187,35 @@ def test_shared_bank_contrast_captures(backend):
 
 
 @gpu
+def test_shared_bank_contrast_auto_records_triton_after_a_replay_warm_up(monkeypatch):
+    """With the extension built, auto runs the CUDA kernel eagerly and Triton's where a
+    replay is priced (assume_graph_replay, a capture): warmed up under the switch, the
+    capture records the kernel the warm-up compiled and tuned. Replays match eager calls."""
+    import importlib
+    if rdkernels.backend.cuda_unavailable_reason(DEVICE, "shared_bank_contrast") is not None:
+        pytest.skip("auto takes Triton's kernel everywhere without the CUDA extension")
+    sbc = importlib.import_module("rdkernels.ops.shared_bank_contrast")
+    chosen = []
+    real_resolve = sbc._resolve
+    monkeypatch.setattr(sbc, "_resolve", lambda *a: chosen.append(real_resolve(*a)) or chosen[-1])
+    B, N, d = 64, 16384, 128
+
+    def make():
+        return _unit(B, d, requires_grad=True), _unit(B, d), _unit(N, d)
+
+    def step(q_s, q_t, queue):
+        loss = shared_bank_contrast(q_s, q_t, queue, tau_s=0.02, tau_t=0.1, reduction="mean")
+        return loss.detach(), _grad_of(loss, q_s)
+
+    step(*make())
+    assert chosen == ["cuda"]
+    chosen.clear()
+    with rdkernels.ops.assume_graph_replay():
+        _capture_and_compare(make, step, atol=1e-5)   # 2 warm-ups, the capture, 2 eager checks
+    assert chosen == ["triton"] * 5
+
+
+@gpu
 @pytest.mark.parametrize("backend", [p for p in backends("dcd_loss") if p.id != "torch"])
 def test_dcd_captures(backend):
     B, d = 64, 128

@@ -216,3 +216,36 @@ def test_gpu_rrd_default_shape(backend, q_dtype, queue_dtype):
     assert_close("loss", loss, exp_loss, 5e-4, 1e-4)
     atol, rtol = tolerance(q_dtype)
     assert_close("dq_s", q_s.grad, exp_grad, 50 * atol, max(rtol, 1e-4))
+
+
+def test_auto_takes_triton_where_only_device_time_counts(monkeypatch):
+    """auto on a GPU: the CUDA kernel eagerly (fewer launches), Triton's tensor-core kernel
+    while a graph records the call or inside assume_graph_replay; an explicit backend,
+    or a width Triton's kernel cannot take, keeps the CUDA kernel."""
+    import importlib
+
+    import rdkernels
+    sbc = importlib.import_module("rdkernels.ops.shared_bank_contrast")
+    monkeypatch.setattr(rdkernels.backend, "resolve", lambda device, op, requested=None: "cuda")
+    monkeypatch.setattr(rdkernels.backend, "triton_unavailable_reason", lambda device: None)
+    monkeypatch.setattr(sbc, "_shortfall", lambda name, q: "too wide" if name == "triton" and q.shape[1] > 128
+                        else None)
+    narrow, wide = torch.empty(4, 128), torch.empty(4, 256)
+    for recording in (False, True):
+        monkeypatch.setattr(sbc, "capturing", lambda t, recording=recording: recording)
+        assert sbc._resolve(narrow, None) == ("triton" if recording else "cuda")
+        assert sbc._resolve(narrow, "cuda") == "cuda"
+        assert sbc._resolve(wide, None) == "cuda"
+        with rdkernels.use_backend("cuda"):
+            assert sbc._resolve(narrow, None) == "cuda"
+
+
+def test_capturing_follows_assume_graph_replay_on_gpu_tensors_only():
+    import types
+
+    from rdkernels.ops import assume_graph_replay
+    from rdkernels.ops._graph_replay import capturing
+    on_gpu, on_cpu = types.SimpleNamespace(is_cuda=True), types.SimpleNamespace(is_cuda=False)
+    assert not capturing(on_cpu)
+    with assume_graph_replay():
+        assert capturing(on_gpu) and not capturing(on_cpu)

@@ -25,7 +25,9 @@ from rdkernels import backend as _backend
 from rdkernels.ops._eager import eager_or_compiled, op_body
 from rdkernels._validation import (BANK_DTYPES, FLOAT_DTYPES, INDEX_DTYPES, check_dim, check_index_range,
                                    check_index_ranges, check_positive, check_positive_int, check_tensor)
-from rdkernels.ops.bank_contrast.cost_model import assume_graph_replay, choose_strategy, graph_replay_assumed
+from rdkernels.ops._graph_replay import assume_graph_replay
+from rdkernels.ops._graph_replay import capturing as _capturing
+from rdkernels.ops.bank_contrast.cost_model import choose_strategy
 from rdkernels.ops.bank_contrast.dense import (bank_contrast_loss_dense_torch, bank_scores_backward_dense_torch,
                                                bank_scores_dense_torch)
 from rdkernels.ops.bank_contrast.reference import (bank_contrast_loss_torch, bank_contrast_reference,
@@ -209,16 +211,6 @@ def _choose(strategy, query, bank, idx, backend_name):
         return strategy
     return choose_strategy(query.shape[0], idx.shape[1], bank.shape[0], query.shape[1], bank.dtype,
                            query.device, backend_name, captured=_capturing(query))
-
-
-def _capturing(query: torch.Tensor) -> bool:
-    """This call is being recorded into a CUDA graph (its replays pay no host cost), or
-    runs inside ``assume_graph_replay()`` (the warm-up of a step that will be). A
-    torch.compile trace cannot tell whether its graph will be captured later: it
-    keeps the eager model, and Dynamo need not trace the capture query."""
-    if not query.is_cuda or torch.compiler.is_compiling():
-        return False
-    return graph_replay_assumed() or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
 def bank_contrast(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, *, temperature: float,

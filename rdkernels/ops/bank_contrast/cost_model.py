@@ -45,38 +45,14 @@ call compiles and tunes kernels, which a capture cannot): run it inside
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
 from dataclasses import dataclass
 
 import torch
 
+from rdkernels.ops._graph_replay import assume_graph_replay, graph_replay_assumed
+
 __all__ = ["DeviceRates", "assume_graph_replay", "choose_strategy", "estimate_times", "graph_replay_assumed"]
-
-_GRAPH_REPLAY = contextvars.ContextVar("rdkernels_assume_graph_replay", default=False)
-
-
-@contextlib.contextmanager
-def assume_graph_replay(enabled: bool = True):
-    """Within this block ``strategy="auto"`` prices calls as CUDA graph replays
-    (device time only), as it does by itself while a capture is recording.
-
-    For the eager warm-up steps of a step that will be captured: they then run,
-    compile and tune the strategy the capture records, so the capture meets no
-    first call. Results agree either way to float rounding; only speed differs.
-    """
-    token = _GRAPH_REPLAY.set(bool(enabled))
-    try:
-        yield
-    finally:
-        _GRAPH_REPLAY.reset(token)
-
-
-def graph_replay_assumed() -> bool:
-    """Inside :func:`assume_graph_replay`."""
-    return _GRAPH_REPLAY.get()
-
 
 @dataclass(frozen=True)
 class DeviceRates:
