@@ -51,7 +51,7 @@ def on_gpu_with(monkeypatch):
         monkeypatch.setattr(_cuda_common, "_shared_memory_limit", lambda index: limit)
         monkeypatch.setattr(_backend, "resolve", lambda device, op, requested=None: requested or "cuda")
         monkeypatch.setattr(_backend, "triton_unavailable_reason", lambda device: None)
-        return SimpleNamespace(shape=shape, device=torch.device("cuda", 0))
+        return SimpleNamespace(shape=shape, device=torch.device("cuda", 0), is_cuda=True)
     return make
 
 
