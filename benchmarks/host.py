@@ -1,6 +1,7 @@
 """Host cost of the losses' training steps with every kernel launch stubbed out (any machine).
 
-    python -m benchmarks.host [--loss crd rrd ...] [--backend triton cuda] [--steps 300] [--json PATH]
+    python -m benchmarks.host [--loss crd rrd ...] [--backend triton cuda] [--op [OP ...]] [--steps 300]
+                              [--json PATH]
 
 At training sizes the fused losses are host-bound on a GPU: their kernels take
 tens of microseconds, the Python, dispatcher and allocator work around them
@@ -12,12 +13,18 @@ on tiny CPU tensors, so the torch ops between the kernels cost little more
 than their dispatch. Index checks are off, as in the timed suite and the
 harness's comparisons (they add one host sync a step).
 
+``--op`` adds each op alone: fused, launches stubbed, beside its naive
+formulation (the public code's torch ops, which at these sizes cost about
+their dispatch), so an op's eager speed-up on a GPU can be bounded from the
+host side.
+
 Per step it prints the host time (the fastest of seven blocks), the Python
-function calls made, and the kernel launches; and, for scale, the same for a
-floor: one ``nn.Linear`` forward, a mean and the backward. Times move with
-the CPU: compare rows of one run. Not seen here: Triton's own launch path
-(argument binding, cache lookup) and the driver's, which a GPU adds to every
-launch counted.
+function calls made, the kernel launches and the torch ops that launch
+kernels on a GPU; and, for scale, the same for a floor: one ``nn.Linear``
+forward, a mean and the backward. Times move with the CPU: compare rows of
+one run. Not seen here: Triton's own launch path (argument binding, cache
+lookup) and the driver's, which a GPU adds to every launch counted, ours and
+the torch ops' alike.
 """
 from __future__ import annotations
 
@@ -148,6 +155,52 @@ def _loss_step(name: str) -> Callable[[], None]:
     return step
 
 
+OPS = ("shared_bank_contrast", "dcd", "bank_contrast")
+
+
+def _op_step(name: str, impl: str) -> Callable[[], None]:
+    """forward + backward of op ``name`` at the tiny sizes: the fused op (``impl`` =
+    "fused", kernels stubbed) or its reference formulation (``impl`` = "naive", the
+    public code's torch ops, whose arithmetic at these sizes costs little beside
+    their dispatch: about what they cost a GPU's host)."""
+    from benchmarks import naive
+    from rdkernels import ops
+    q = torch.nn.functional.normalize(torch.randn(BATCH, WIDTH), dim=1).requires_grad_()
+    other = torch.nn.functional.normalize(torch.randn(BATCH, WIDTH), dim=1)
+    rows = torch.nn.functional.normalize(torch.randn(64, WIDTH), dim=1)
+    fused = impl == "fused"
+    if name == "shared_bank_contrast":
+        if fused:
+            forward = lambda: ops.shared_bank_contrast(q, other, rows, tau_s=0.02, tau_t=0.1,  # noqa: E731
+                                                       reduction="mean")
+        else:
+            forward = lambda: naive.rrd_loss(q, other, rows, 0.02, 0.1)   # noqa: E731
+    elif name == "dcd":
+        tau, bias = torch.tensor(1.0, requires_grad=True), torch.tensor(0.0, requires_grad=True)
+        other.requires_grad_()
+        if fused:
+            forward = lambda: ops.dcd_loss(q, other, tau, bias)   # noqa: E731
+        else:
+            forward = lambda: naive.dcd_loss(q, other, tau, bias)   # noqa: E731
+    elif name == "bank_contrast":
+        idx = torch.randint(0, rows.shape[0], (BATCH, 33))
+        z = torch.tensor([float(rows.shape[0])])
+        kw = dict(temperature=0.07, epilogue="nce", z=z, n_data=rows.shape[0])
+        if fused:
+            forward = lambda: ops.bank_contrast(q, rows, idx, strategy="gather", **kw)   # noqa: E731
+        else:
+            forward = lambda: naive.bank_contrast(q, rows, idx, **kw)   # noqa: E731
+    else:
+        raise ValueError(f"unknown op {name!r}; choose from {OPS}")
+    leaves = [t for t in (q, other) if t.requires_grad]
+
+    def step():
+        for leaf in leaves:
+            leaf.grad = None
+        forward().backward()
+    return step
+
+
 def _python_calls(step: Callable[[], None], steps: int) -> float:
     """Python function calls per step (sys.setprofile's 'call' events)."""
     calls = 0
@@ -200,11 +253,12 @@ def _torch_ops(step: Callable[[], None], steps: int = 10) -> float:
     return sum(name not in _METADATA_OPS for name in top) / steps
 
 
-def measure(name: str, backend: str, steps: int) -> dict:
-    """One row: host us per step, Python calls per step and launches per step."""
+def measure(name: str, backend: str, steps: int, op: str | None = None) -> dict:
+    """One row: host us per step, Python calls per step and launches per step, of loss
+    ``name`` or, with ``op`` = "fused" or "naive", of that implementation of op ``name``."""
     rdkernels = _rdkernels()
     with stubbed_launches() as launches, _triton_ops_as_on_gpu(), rdkernels.use_backend(backend):
-        step = _loss_step(name)
+        step = _loss_step(name) if op is None else _op_step(name, op)
         for _ in range(20):       # first-call work: caches, lazy imports, allocator
             step()
         torch_ops = _torch_ops(step)
@@ -217,7 +271,7 @@ def measure(name: str, backend: str, steps: int) -> dict:
             for _ in range(steps):
                 step()
             blocks.append((time.perf_counter() - start) / steps * 1e6)
-    return dict(loss=name, backend=backend, host_us=min(blocks), python_calls=calls,
+    return dict(loss=name if op is None else f"{name}:{op}", backend=backend, host_us=min(blocks), python_calls=calls,
                 launches=sum(per_step.values()), launches_by_kernel=per_step, torch_ops=torch_ops)
 
 
@@ -235,6 +289,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.host", description=__doc__.split("\n\n")[0])
     parser.add_argument("--loss", nargs="+", choices=LOSSES, default=list(LOSSES))
     parser.add_argument("--backend", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument("--op", nargs="*", choices=OPS, default=None,
+                        help="also each op alone, fused (stubbed) beside its naive formulation (no names: all)")
     parser.add_argument("--steps", type=int, default=300, help="steps per timed block (default 300)")
     parser.add_argument("--json", help="save the rows, with the CPU and versions, to this path")
     args = parser.parse_args(argv)
@@ -257,11 +313,15 @@ def main(argv=None) -> int:
             skipped[backend] = reason
             continue
         rows += [measure(name, backend, args.steps) for name in args.loss]
+        if args.op is not None:
+            rows += [measure(name, backend, args.steps, op="fused") for name in args.op or OPS]
+    if args.op is not None:
+        rows += [dict(measure(name, "torch", args.steps, op="naive"), backend="-") for name in args.op or OPS]
     floor = rows[0]["host_us"]
-    print(f"{'loss':<7} {'backend':<8} {'host us/step':>12} {'x floor':>8} {'py calls':>9} {'launches':>9} "
+    print(f"{'loss':<26} {'backend':<8} {'host us/step':>12} {'x floor':>8} {'py calls':>9} {'launches':>9} "
           f"{'torch ops':>9}")
     for r in rows:
-        print(f"{r['loss']:<7} {r['backend']:<8} {r['host_us']:>12.1f} {r['host_us'] / floor:>8.2f} "
+        print(f"{r['loss']:<26} {r['backend']:<8} {r['host_us']:>12.1f} {r['host_us'] / floor:>8.2f} "
               f"{r['python_calls']:>9.0f} {r['launches']:>9.1f} {r['torch_ops']:>9.1f}")
     for backend, reason in skipped.items():
         print(f"{backend}: not measured: {reason}")

@@ -485,8 +485,24 @@ def test_host_cost_stubs_every_launch_and_counts_it(backend):
         assert row["host_us"] > 0 and row["python_calls"] > 0 and row["torch_ops"] > 0
 
 
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") in ("", "0"),
+                    reason="benchmarks.host stubs the launches of Triton's interpreter")
+def test_host_cost_of_each_op_beside_its_naive_formulation():
+    """--op: each op alone, fused with its launches stubbed, and its naive formulation,
+    which launches nothing of ours and runs more torch ops."""
+    from benchmarks import host
+    for name in host.OPS:
+        fused = host.measure(name, "triton", steps=2, op="fused")
+        naive = host.measure(name, "torch", steps=2, op="naive")
+        assert fused["loss"] == f"{name}:fused" and naive["loss"] == f"{name}:naive"
+        assert fused["launches"] >= 1 and naive["launches"] == 0
+        assert naive["torch_ops"] > fused["torch_ops"] > 0
+
+
 def test_host_cost_tool_parses_its_arguments():
     from benchmarks import host
     assert host.parse_args(["--loss", "rrd", "dcd", "--backend", "cuda"]).loss == ["rrd", "dcd"]
+    assert host.parse_args([]).op is None and host.parse_args(["--op"]).op == []
+    assert host.parse_args(["--op", "dcd"]).op == ["dcd"]
     with pytest.raises(SystemExit):
         host.parse_args(["--steps", "0"])

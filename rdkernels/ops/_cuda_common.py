@@ -63,7 +63,7 @@ def kernel_shortfall(device: torch.device, kernel: str, *sizes: int) -> str | No
     keeps the result. Eager calls ask once per extension, kernel and sizes."""
     from rdkernels.backend import cuda_extension
     module = cuda_extension()
-    sizes = tuple(int(n) for n in sizes)   # plain ints: a size may come in as a tensor's symbolic one
+    sizes = tuple(map(int, sizes))   # plain ints: a size may come in as a tensor's symbolic one
     key = (module, kernel, sizes)
     needed = _needed_bytes.get(key)
     if needed is None:
