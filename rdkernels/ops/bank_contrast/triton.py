@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from rdkernels.ops._aot_types import TRITON_TYPE
+from rdkernels.ops._blocks import block_width, cdiv
 from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops._splits import split_tiles, splits_wanted
 from rdkernels.ops.bank_contrast.partials import EPILOGUE_CODES as _EPILOGUES
@@ -102,7 +103,7 @@ def bank_contrast_kernel(
 
 
 def launch_config(dim: int) -> dict:
-    block_d = max(16, triton.next_power_of_2(dim))
+    block_d = block_width(dim)
     # ~4K fp32 elements per gathered tile (32 registers a thread at 4 warps): 8K spilled
     # in the NCE and scores-backward epilogues (ptxas -v, sm_80/sm_90); 8 warps at d = 1024.
     return dict(BLOCK_D=block_d, BLOCK_K=max(16, 4096 // block_d), num_warps=4 if block_d <= 512 else 8)
@@ -111,7 +112,7 @@ def launch_config(dim: int) -> dict:
 def _splits(batch: int, n_cols: int, block_k: int, device: torch.device) -> tuple[int, int]:
     """(number of column splits, columns per split, a multiple of BLOCK_K): about
     four programs per SM (ops/_splits.py)."""
-    splits, per = split_tiles(triton.cdiv(n_cols, block_k), splits_wanted(batch, device, programs_per_sm=4))
+    splits, per = split_tiles(cdiv(n_cols, block_k), splits_wanted(batch, device, programs_per_sm=4))
     return splits, per * block_k
 
 

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rdkernels.ops._blocks import cdiv
 from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops.bank_contrast.sample_counts import MAX_NEGATIVES, words_per_row
 
@@ -37,7 +38,7 @@ def count_samples_triton(idx: torch.Tensor, n_bank: int) -> torch.Tensor:
         raise ValueError(f"idx has {n_cols - 1} negatives a row; 16-bit counts hold at most {MAX_NEGATIVES}")
     counts = torch.zeros(batch, words_per_row(n_bank), device=idx.device, dtype=torch.int32)
     if n_cols > 1 and batch > 0:
-        grid = (batch, triton.cdiv(n_cols - 1, BLOCK))
+        grid = (batch, cdiv(n_cols - 1, BLOCK))
         sample_count_kernel[grid](idx, counts, n_cols - 1, n_bank, idx.stride(0), counts.stride(0), BLOCK=BLOCK,
                                   num_warps=4, **COMPILE_OPTIONS)
     return counts

@@ -32,6 +32,7 @@ import triton.language as tl
 
 from rdkernels.backend import triton_interpreter_enabled
 from rdkernels.ops._aot_types import TRITON_TYPE
+from rdkernels.ops._blocks import block_width
 from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops._tf32 import dot_split, split_tf32, tf32_exact
 from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, fused_dense_takes, run_fused_dense
@@ -158,7 +159,7 @@ def launch_config(dim: int) -> dict:
     shared memory at d = 128 (two programs an SM on sm_90; one on sm_80). Two
     stages spill 36 B in the sm_90 softmax variant; 16-row bank tiles leave
     [16, 16] score tiles, too narrow for four warps' MMAs."""
-    block_d = max(16, triton.next_power_of_2(dim))
+    block_d = block_width(dim)
     return dict(BLOCK_M=16, BLOCK_N=BLOCK_N, BLOCK_D=block_d, num_warps=4, num_stages=3)
 
 

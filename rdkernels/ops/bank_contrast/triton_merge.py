@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from rdkernels.ops._aot_types import TRITON_TYPE
+from rdkernels.ops._blocks import block_width
 from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops.bank_contrast.partials import NCE, SOFTMAX
 from rdkernels.ops.bank_contrast.reference import nce_constants
@@ -49,7 +50,7 @@ def _softplus_sigmoid(x):
 
 def launch_config(dim: int) -> dict:
     """Splits per step x BLOCK_D: at most 4K fp32 elements a tile (32 a thread at 4 warps)."""
-    block_d = max(16, triton.next_power_of_2(dim))
+    block_d = block_width(dim)
     return dict(BLOCK_S=max(2, min(16, 4096 // block_d)), BLOCK_D=block_d, num_warps=4)
 
 

@@ -5,6 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rdkernels.ops._blocks import block_width
 from rdkernels.ops._compile_options import COMPILE_OPTIONS
 
 
@@ -31,7 +32,7 @@ def bank_update_kernel(bank_ptr, index_ptr, values_ptr, batch, dim, stride_bank,
 
 
 def launch_config(dim: int) -> dict:
-    block_d = max(16, triton.next_power_of_2(dim))
+    block_d = block_width(dim)
     return dict(BLOCK_D=block_d, BLOCK_B=128, num_warps=4 if block_d <= 512 else 8)
 
 

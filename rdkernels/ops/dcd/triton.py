@@ -44,6 +44,7 @@ import triton.language as tl
 from rdkernels.backend import triton_interpreter_enabled
 from rdkernels.ops._aot_types import FLOAT_TYPES
 from rdkernels.ops._autotune import TunedKernel
+from rdkernels.ops._blocks import block_width, cdiv
 from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops._scratch import aligned
 from rdkernels.ops._tf32 import dot_3xtf32, tf32_exact
@@ -404,7 +405,7 @@ def dcd_triton(z_s, z_t, tau, bias, max_scale: float, alpha: float, need_grad: b
     flat [dz_s | dz_t | d tau | d bias] (buffers.py), empty without need_grad.
     ``config`` forces one launch candidate of the gradient kernel (tests)."""
     batch, dim = z_s.shape
-    block_d = max(16, triton.next_power_of_2(dim))
+    block_d = block_width(dim)
     on_gpu = z_s.device.type == "cuda" and not triton_interpreter_enabled()
     tile, splits = (TILE, SPLITS) if on_gpu else (INTERPRETER_TILE, INTERPRETER_SPLITS)
     lay = _Layout(batch, tile, splits)
@@ -425,7 +426,7 @@ def dcd_triton(z_s, z_t, tau, bias, max_scale: float, alpha: float, need_grad: b
     # (without the gradient only the summing program runs: the other pointers are placeholders)
     outs = (grads, grads[bd:], grads[2 * bd:], grads[2 * bd + 1:]) if need_grad else (loss,) * 4
     dcd_grad_tuned.launch(
-        lambda meta: (2 * triton.cdiv(batch, meta["BLOCK_M"]) + 1 if need_grad else 1,),
+        lambda meta: (2 * cdiv(batch, meta["BLOCK_M"]) + 1 if need_grad else 1,),
         z_s, z_t, tau, bias, sim, lse, col, tiles, loss, *outs,
         batch, dim, lay.ld, lay.n_tiles, z_s.stride(0), z_t.stride(0), 1.0 / batch, float(alpha),
         float(max_scale),
@@ -455,7 +456,7 @@ def aot_variants() -> list[dict]:
                         "signature": sig, "num_warps": 4, "num_stages": 2,
                         "constexprs": dict(TILE=TILE, SPLITS=SPLITS, BLOCK_K=block_k, Z_EXACT=tf32_exact(dtype))})
         for dim in (16, 32, 64, 128, 256):
-            block_d = max(16, triton.next_power_of_2(dim))
+            block_d = block_width(dim)
             sig = {**z, **{k: "*fp32" for k in ("tau_ptr", "bias_ptr", "sim_ptr", "lse_ptr", "col_ptr", "tile_ptr",
                                                 "loss_ptr", "dzs_ptr", "dzt_ptr", "dtau_ptr", "dbias_ptr")},
                    **ints, "n_tiles": "i32", "inv_batch": "fp32", "alpha": "fp32", "max_scale": "fp32"}

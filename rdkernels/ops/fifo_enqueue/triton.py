@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from rdkernels.ops._aot_types import FLOAT_TYPES
+from rdkernels.ops._blocks import block_width
 from rdkernels.ops._compile_options import COMPILE_OPTIONS
 
 TILE_ELEMENTS = 4096   # rows x columns a loop step copies: 16 KB of fp32, 16 values a thread
@@ -52,7 +53,7 @@ def fifo_enqueue_kernel(queue_ptr, ptr_ptr, keys_ptr, n_rows, batch, dim, stride
 
 
 def launch_config(dim: int) -> dict:
-    block_d = min(MAX_BLOCK_D, max(16, triton.next_power_of_2(dim)))
+    block_d = min(MAX_BLOCK_D, block_width(dim))
     return dict(BLOCK_B=TILE_ELEMENTS // block_d, BLOCK_D=block_d, num_warps=8)   # one program: more warps, more loads in flight
 
 

@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from rdkernels.ops._aot_types import FLOAT_TYPES
+from rdkernels.ops._blocks import block_width
 from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops.l2_normalize import MAX_TRITON_DIM
 
@@ -47,7 +48,7 @@ def l2_normalize_bwd_kernel(g_ptr, x_ptr, norm_ptr, dx_ptr, dim, stride_x, eps, 
 
 
 def launch_config(dim: int) -> dict:
-    block_d = max(16, triton.next_power_of_2(dim))
+    block_d = block_width(dim)
     # (8 warps at 8192 spill 4 bytes on sm_90 with bf16 in, fp32 out)
     return dict(BLOCK_D=block_d, num_warps=4 if block_d <= 2048 else 8 if block_d <= 4096 else 16)
 

@@ -39,6 +39,7 @@ import triton.language as tl
 from rdkernels.backend import triton_interpreter_enabled
 from rdkernels.ops._aot_types import FLOAT_TYPES
 from rdkernels.ops._autotune import TunedKernel
+from rdkernels.ops._blocks import block_width, cdiv
 from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops._tf32 import dot_split, split_tf32
 from rdkernels.ops.shared_bank_contrast.splits import LN2, LOG2E, queue_splits_wanted, split_buffers, split_queue
@@ -242,9 +243,9 @@ def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, nee
     # the accumulators are written with or without the gradient: the loss's cross term comes from them
     stats, acc_at, loss, dq = split_buffers(batch, dim, splits, need_grad, dev, accumulators=True)
     acc = stats[acc_at:]
-    block_d = max(16, triton.next_power_of_2(dim))
+    block_d = block_width(dim)
     contrast_kernel.launch(
-        lambda m: (triton.cdiv(batch, m["BLOCK_B"]), splits),
+        lambda m: (cdiv(batch, m["BLOCK_B"]), splits),
         q_s, q_t, queue, stats, acc,
         batch, n_rows, dim, rows_per_split,
         q_s.stride(0), q_t.stride(0), queue.stride(0),
@@ -270,7 +271,7 @@ def aot_variants() -> list[dict]:
     queries' dtype -- other pairings compile to the same tiles."""
     out = []
     for dim in (16, 32, 64, 128):
-        block_d = max(16, triton.next_power_of_2(dim))
+        block_d = block_width(dim)
         for dt, name in FLOAT_TYPES.items():
             for cand in CANDIDATES:
                 signature = {

@@ -29,6 +29,7 @@ import triton.language as tl
 
 from rdkernels.ops._aot_types import FLOAT_TYPES
 from rdkernels.ops._autotune import TunedKernel
+from rdkernels.ops._blocks import block_width, cdiv
 from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops.sinkhorn._driver import fused_buffers, run_tiled
 
@@ -260,7 +261,7 @@ def _plan_cost_kernel(C_ptr, la_ptr, lb_ptr, f_ptr, g_ptr, rowcost_ptr, plan_ptr
 
 
 def _pow2(x: int) -> int:
-    return max(16, triton.next_power_of_2(x))
+    return block_width(x)
 
 
 def fused_config(n: int, m: int) -> dict:
@@ -325,17 +326,17 @@ class _TritonTiled:
         self.P, self.n, self.m = cost.shape
 
     def rows(self, lb, G, F, Fn, a, err, done, check):
-        grid = (self.P * triton.cdiv(self.n, TILED_BR),)
+        grid = (self.P * cdiv(self.n, TILED_BR),)
         _row_kernel[grid](self.cost, lb, G, F, Fn, a, err, done, self.n, self.m, self.inv_eps, int(check),
                           BR=TILED_BR, BC=TILED_BC, num_warps=TILED_WARPS, **COMPILE_OPTIONS)
 
     def cols(self, la, F, G, done):
-        grid = (self.P * triton.cdiv(self.m, TILED_BC),)
+        grid = (self.P * cdiv(self.m, TILED_BC),)
         _col_kernel[grid](self.cost, la, F, G, done, self.n, self.m, self.inv_eps, BR=TILED_BR, BC=TILED_BC,
                           num_warps=TILED_WARPS, **COMPILE_OPTIONS)
 
     def plan_cost(self, la, lb, F, G, rowcost, plan):
-        grid = (self.P * triton.cdiv(self.n, TILED_BR),)
+        grid = (self.P * cdiv(self.n, TILED_BR),)
         _plan_cost_kernel[grid](self.cost, la, lb, F, G, rowcost, rowcost if plan is None else plan, self.n,
                                 self.m, self.inv_eps, int(plan is not None), BR=TILED_BR, BC=TILED_BC,
                                 num_warps=TILED_WARPS, **COMPILE_OPTIONS)
@@ -365,7 +366,7 @@ def cost_grad_triton(cost, a, b, f, g, eps, grad_cost):
     """grad_cost[p] * plan[p] in cost's dtype; a, b, f, g, grad_cost float32."""
     P, n, m = cost.shape
     out = torch.empty_like(cost)
-    _cost_grad_kernel[(P * triton.cdiv(n, TILED_BR),)](
+    _cost_grad_kernel[(P * cdiv(n, TILED_BR),)](
         cost, a.to(torch.float32).contiguous(), b.to(torch.float32).contiguous(), f, g, grad_cost.contiguous(), out,
         n, m, 1.0 / eps, BR=TILED_BR, BC=TILED_BC, num_warps=TILED_WARPS, **COMPILE_OPTIONS)
     return out
