@@ -103,3 +103,15 @@ def stub_cuda_gpu(monkeypatch, capability: tuple[int, int], image_error: str, op
     monkeypatch.setattr(backend, "_kernel_image_error", lambda module, index: image_error)
     monkeypatch.setattr(backend, "triton_unavailable_reason", lambda device: None)
     return module
+
+
+def naive_enqueue_(queue, ptr, keys):
+    """A FIFO queue written the obvious way, one key after another, the pointer wrapping
+    as torch's remainder does (a negative or too large start included): an independent
+    check of fifo_enqueue_ and of the reference RRD loss's torch formulation."""
+    with torch.no_grad():
+        for key in keys:
+            row = int(ptr) % queue.shape[0]
+            queue[row] = key.to(queue.dtype)
+            ptr.fill_(row + 1)
+        ptr.remainder_(queue.shape[0])

@@ -4,27 +4,18 @@ import torch
 
 import rdkernels
 from conftest import DEVICE, backends
-from helpers import assert_close, not_under_emulated_cuda
+from helpers import assert_close, naive_enqueue_, not_under_emulated_cuda
 from rdkernels.backend import BackendUnavailable, triton_interpreter_enabled
 from rdkernels.losses import RRDLoss
 from rdkernels.losses.rrd import ENQUEUE_MODES
 from rdkernels.losses.reference.rrd import RRDLoss as ReferenceRRD
 
 
-def _naive_enqueue_(queue, ptr, keys):
-    """The FIFO written the obvious way, one key after another: an independent check of
-    the fused loss's fifo_enqueue_ op and of the reference loss's torch formulation."""
-    with torch.no_grad():
-        for key in keys:
-            queue[int(ptr)] = key.to(queue.dtype)
-            ptr.copy_((ptr + 1) % queue.shape[0])
-
-
 @pytest.fixture
 def naive_reference_queue(monkeypatch):
-    """The reference loss enqueues with _naive_enqueue_ instead of its torch formulation."""
+    """The reference loss enqueues with naive_enqueue_ instead of its torch formulation."""
     import rdkernels.losses.reference.rrd as reference_rrd
-    monkeypatch.setattr(reference_rrd, "fifo_enqueue_reference_", _naive_enqueue_)
+    monkeypatch.setattr(reference_rrd, "fifo_enqueue_reference_", naive_enqueue_)
 
 
 def _pair(s_dim=24, t_dim=40, queue_size=50, **kwargs):

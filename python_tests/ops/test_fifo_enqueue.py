@@ -4,7 +4,7 @@ import torch
 
 import rdkernels
 from conftest import DEVICE, backends
-from helpers import assert_close
+from helpers import assert_close, naive_enqueue_
 from rdkernels.backend import BackendUnavailable, triton_interpreter_enabled
 from rdkernels.ops import fifo_enqueue_
 from rdkernels.ops.fifo_enqueue import MAX_ELEMENTS, _fifo_enqueue_op, _resolve, fifo_enqueue_reference_
@@ -13,17 +13,6 @@ from rdkernels.ops.fifo_enqueue import MAX_ELEMENTS, _fifo_enqueue_op, _resolve,
 BACKENDS = [p for p in backends("fifo_enqueue_") if p.id != "cuda"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 INTERPRETER = triton_interpreter_enabled()
-
-
-def naive_enqueue_(queue, ptr, keys):
-    """The FIFO written the obvious way, one key after another, the pointer wrapping
-    as torch's remainder does (a negative or too large start included)."""
-    with torch.no_grad():
-        for key in keys:
-            row = int(ptr) % queue.shape[0]
-            queue[row] = key.to(queue.dtype)
-            ptr.fill_(row + 1)
-        ptr.remainder_(queue.shape[0])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

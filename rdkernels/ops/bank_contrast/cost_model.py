@@ -54,6 +54,7 @@ from rdkernels.ops._graph_replay import assume_graph_replay, graph_replay_assume
 
 __all__ = ["DeviceRates", "assume_graph_replay", "choose_strategy", "estimate_times", "graph_replay_assumed"]
 
+
 @dataclass(frozen=True)
 class DeviceRates:
     bw_gather: float      # bytes/s of random bank-row reads (rows of 128-512 bytes)

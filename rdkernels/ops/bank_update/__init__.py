@@ -18,6 +18,7 @@ from rdkernels import backend as _backend
 from rdkernels._validation import (BANK_DTYPES, FLOAT_DTYPES, INDEX_DTYPES, check_dim,
                                    check_in_unit_interval, check_index_range, check_tensor)
 from rdkernels.ops._eager import eager_or_compiled, op_body
+from rdkernels.ops._in_place import mark_modified, private_copy
 from rdkernels.ops.bank_update.reference import bank_update_reference_
 
 __all__ = ["bank_update_", "bank_update_reference_"]
@@ -43,18 +44,6 @@ def _validate(bank, index, values, momentum) -> float:
     return momentum
 
 
-def _private_values(values: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """``values``, copied if it shares memory with ``bank``.
-
-    The kernels read a program's ``values`` row while other programs write bank
-    rows, so a ``values`` that is a view of the bank would see rows half updated.
-    Checked in the op's body, where the tensors are real under torch.compile too.
-    """
-    if values.untyped_storage().data_ptr() == bank.untyped_storage().data_ptr():
-        return values.clone()
-    return values
-
-
 @op_body
 def _bank_update_impl(bank: torch.Tensor, index: torch.Tensor, values: torch.Tensor, momentum: float,
                     backend: str, check_indices: bool) -> None:
@@ -62,10 +51,10 @@ def _bank_update_impl(bank: torch.Tensor, index: torch.Tensor, values: torch.Ten
         check_index_range("index", index, bank.shape[0])
     if backend == "cuda":
         from rdkernels.ops.bank_update.cuda import bank_update_cuda_
-        bank_update_cuda_(bank, index, _private_values(values, bank), momentum)
+        bank_update_cuda_(bank, index, private_copy(values, bank), momentum)
     elif backend == "triton":
         from rdkernels.ops.bank_update.triton import bank_update_triton_
-        bank_update_triton_(bank, index, _private_values(values, bank), momentum)
+        bank_update_triton_(bank, index, private_copy(values, bank), momentum)
     else:  # reads the values rows (a gather: a copy) before it writes
         bank_update_reference_(bank, index, values, momentum)
 
@@ -93,13 +82,6 @@ def bank_update_(bank: torch.Tensor, index: torch.Tensor, values: torch.Tensor, 
     name = _backend.resolve(bank.device, "bank_update", backend)
     _bank_update(bank, index.contiguous(), values.detach().contiguous(), momentum, name, check_indices)
     if not torch.compiler.is_compiling():  # compiled: the custom op declares the mutation
-        _mark_modified(bank)
+        mark_modified(bank)
     return bank
 
-
-def _mark_modified(bank: torch.Tensor) -> None:
-    """Bump the version counter as an in-place torch op would: the eager path
-    skips the dispatcher, and the kernels write through a raw pointer. Inference
-    tensors have no version counter."""
-    if not bank.is_inference():
-        torch.autograd.graph.increment_version(bank)

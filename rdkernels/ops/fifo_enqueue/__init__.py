@@ -21,6 +21,7 @@ import torch
 from rdkernels import backend as _backend
 from rdkernels._validation import FLOAT_DTYPES, check_dim, check_tensor
 from rdkernels.ops._eager import eager_or_compiled, op_body
+from rdkernels.ops._in_place import mark_modified, private_copy
 from rdkernels.ops.fifo_enqueue.reference import fifo_enqueue_reference_
 
 __all__ = ["fifo_enqueue_", "fifo_enqueue_reference_"]
@@ -57,10 +58,7 @@ def _resolve(keys: torch.Tensor, requested: str | None) -> str:
 
 @op_body
 def _fifo_enqueue_impl(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor, backend: str) -> None:
-    if keys.untyped_storage().data_ptr() == queue.untyped_storage().data_ptr():
-        # rows of the queue itself: the kernel could overwrite a row before reading it,
-        # and index_copy_ refuses the overlap
-        keys = keys.clone()
+    keys = private_copy(keys, queue)   # rows of the queue itself
     if backend == "triton":
         from rdkernels.ops.fifo_enqueue.triton import fifo_enqueue_triton_
         fifo_enqueue_triton_(queue, ptr, keys)
@@ -98,9 +96,5 @@ def fifo_enqueue_(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor, *,
         keys = keys.contiguous()
     _fifo_enqueue(queue, ptr, keys, name)
     if name == "triton" and not torch.compiler.is_compiling():
-        # the kernel writes through raw pointers, which autograd does not see: bump the
-        # version counters as an in-place torch op would (the custom op declares it compiled)
-        for t in (queue, ptr):
-            if not t.is_inference():
-                torch.autograd.graph.increment_version(t)
+        mark_modified(queue, ptr)
     return queue

@@ -54,7 +54,8 @@ def fifo_enqueue_kernel(queue_ptr, ptr_ptr, keys_ptr, n_rows, batch, dim, stride
 
 def launch_config(dim: int) -> dict:
     block_d = min(MAX_BLOCK_D, block_width(dim))
-    return dict(BLOCK_B=TILE_ELEMENTS // block_d, BLOCK_D=block_d, num_warps=8)   # one program: more warps, more loads in flight
+    # one program: more warps, more loads in flight
+    return dict(BLOCK_B=TILE_ELEMENTS // block_d, BLOCK_D=block_d, num_warps=8)
 
 
 def fifo_enqueue_triton_(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor) -> None:

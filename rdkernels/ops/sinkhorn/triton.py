@@ -260,13 +260,9 @@ def _plan_cost_kernel(C_ptr, la_ptr, lb_ptr, f_ptr, g_ptr, rowcost_ptr, plan_ptr
     tl.store(rowcost_ptr + p * n + rows, acc, mask=rmask)
 
 
-def _pow2(x: int) -> int:
-    return block_width(x)
-
-
 def fused_config(n: int, m: int) -> dict:
     """Which one-launch kernel runs an (n, m) problem, with its launch parameters."""
-    bn, bm = _pow2(n), _pow2(m)
+    bn, bm = block_width(n), block_width(m)
     if bn * bm <= RESIDENT_TILE:
         return dict(kernel="resident", BN=bn, BM=bm, num_warps=min(16, max(4, bn * bm // 256)))
     return dict(kernel="streamed", BR=max(16, min(bn, STREAM_TILE // bm)), BM=bm, num_warps=8)
@@ -287,7 +283,7 @@ STREAM_MAX_BLOCK = 8192
 
 
 def _fits(br: int, n: int, bm: int) -> bool:
-    return br <= _pow2(n) and br * bm <= STREAM_MAX_BLOCK
+    return br <= block_width(n) and br * bm <= STREAM_MAX_BLOCK
 
 
 def _prune_streamed(configs: list, args: dict) -> list:
