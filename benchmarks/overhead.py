@@ -16,7 +16,9 @@ For every implementation of the chosen ops' cases, forward + backward, prints
 An implementation whose host time is close to its wall time is bound by the
 Python, dispatcher and launch work, not by its kernels: faster kernels would
 not help it, fewer launches would. Index range checks are off, as in the
-timed suite. ``--json PATH`` saves the rows with the device name.
+timed suite. ``--json PATH`` saves the rows with the device name, each with
+its case's parameters and bytes floor and the run's measured ceilings, so that
+``benchmarks.targets`` can judge the issues' targets in kernel time too.
 """
 from __future__ import annotations
 
@@ -28,11 +30,13 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import ceilings as _ceilings
 from benchmarks.registry import OP_MODULES, load_ops
-from benchmarks.suite import _index_checks, _mode_fn
+from benchmarks.suite import _index_checks, _mode_fn, lowest_floor
 from rdkernels.harness.profiling import device_profile
 from rdkernels.ops import assume_graph_replay
 
+SCHEMA = "rdkernels-overhead/1"
 TOP_KERNELS = 4  # per row: which kernels make up its device time
 
 
@@ -116,9 +120,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def measure_ops(ops, device: torch.device, args: argparse.Namespace, timer=measure) -> list[dict]:
+def measure_ops(ops, device: torch.device, args: argparse.Namespace, timer=measure,
+                ceilings: _ceilings.Ceilings | None = None) -> list[dict]:
     """One row per (op, case, implementation) that can run on ``device``, printed as it
-    comes; ``timer(fn, iters)`` is :func:`measure` (replaceable to test the plumbing)."""
+    comes; ``timer(fn, iters)`` is :func:`measure` (replaceable to test the plumbing).
+    With ``ceilings``, each row also carries its case's bytes floor."""
     rows = []
     print(f"{'op':<22} {'case':<44} {'impl':<16} {'wall ms':>8} {'host ms':>8} {'gpu ms':>8} {'graph ms':>8}")
     for op in ops:
@@ -138,7 +144,10 @@ def measure_ops(ops, device: torch.device, args: argparse.Namespace, timer=measu
                 except Exception as exc:  # report and go on: one broken impl should not hide the rest
                     print(f"{op.name:<22} {case.label:<44} {impl.name:<16} failed: {exc}", flush=True)
                     continue
-                rows.append(dict(op=op.name, case=case.label, impl=impl.name, mode=mode, **r))
+                row = dict(op=op.name, case=case.label, params=case.params, impl=impl.name, mode=mode, **r)
+                if ceilings is not None:
+                    row["floor_bytes"] = lowest_floor(op, case, mode, ceilings).nbytes
+                rows.append(row)
                 graph = "-" if r["graph_ms"] is None else f"{r['graph_ms']:8.3f}"
                 print(f"{op.name:<22} {case.label:<44} {impl.name:<16} {r['wall_ms']:8.3f} {r['host_ms']:8.3f} "
                       f"{r['gpu_ms']:8.3f} {graph:>8}", flush=True)
@@ -147,11 +156,13 @@ def measure_ops(ops, device: torch.device, args: argparse.Namespace, timer=measu
     return rows
 
 
-def write_record(path, rows: list[dict], device_name: str, args: argparse.Namespace) -> Path:
+def write_record(path, rows: list[dict], device_name: str, args: argparse.Namespace,
+                 ceilings: _ceilings.Ceilings | None = None) -> Path:
     """The rows with what they were measured on and with (the folder is made if missing)."""
     from benchmarks.report import command_line, utc_now, versions
 
-    record = {"device": device_name, "torch": torch.__version__, "versions": versions(),
+    record = {"schema": SCHEMA, "device": device_name, "torch": torch.__version__, "versions": versions(),
+              "ceilings": ceilings.to_json() if ceilings is not None else None,
               "command": command_line("benchmarks.overhead"),
               "written_utc": utc_now(), "iters": args.iters, "rows": rows}
     path = Path(path)
@@ -168,9 +179,10 @@ def main(argv=None) -> int:
     ops, skipped = load_ops(args.op)
     for s in skipped:
         print(f"skipping {s['op']}: {s['reason']}", file=sys.stderr)
-    rows = measure_ops(ops, device, args)
+    ceilings = _ceilings.measure(device) if args.json else None   # the floors the saved rows carry
+    rows = measure_ops(ops, device, args, ceilings=ceilings)
     if args.json:
-        print(f"JSON: {write_record(args.json, rows, torch.cuda.get_device_name(device), args)}")
+        print(f"JSON: {write_record(args.json, rows, torch.cuda.get_device_name(device), args, ceilings)}")
     return 0
 
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from benchmarks.ceilings import Ceilings
-from benchmarks.registry import Case, Impl, OpBench, to_float64
+from benchmarks.registry import Case, Floor, Impl, OpBench, to_float64
 from benchmarks.timing import Budget, peak_memory_bytes, time_fns
 from rdkernels.backend import BackendUnavailable
 
@@ -159,6 +159,13 @@ def _input_sets(op: OpBench, case: Case, device: torch.device, set_bytes: int, m
     return int(max(1, min(max_sets, math.ceil(2 * cache / max(set_bytes, 1)))))
 
 
+def lowest_floor(op: OpBench, case: Case, mode: str, ceilings: Ceilings) -> Floor:
+    """The case's floor: of the Floors the op lists (one per strategy it could
+    take, or just one), the lowest at this device's ceilings."""
+    fl = op.floor(case, mode)
+    return min(fl if isinstance(fl, list) else [fl], key=lambda f: ceilings.floor_ms(f.nbytes, f.flops, f.dtype))
+
+
 def run_case(op: OpBench, case: Case, device: torch.device, ceilings: Ceilings, budget: Budget,
              max_sets: int = 4, progress=None) -> list[Row]:
     rows: list[Row] = []
@@ -240,9 +247,7 @@ def run_case(op: OpBench, case: Case, device: torch.device, ceilings: Ceilings, 
                     fns = [_mode_fn(op, impl, s, mode) for s in sets]
                     t = time_fns(fns, device, budget)
                     peak = peak_memory_bytes(fns[0], device)
-                    fl = op.floor(case, mode)   # one Floor, or one per possible strategy
-                    fl = min(fl if isinstance(fl, list) else [fl],
-                             key=lambda f: ceilings.floor_ms(f.nbytes, f.flops, f.dtype))
+                    fl = lowest_floor(op, case, mode, ceilings)
                     floor_ms = ceilings.floor_ms(fl.nbytes, fl.flops, fl.dtype)
                     emit(impl, mode, status="ok", time_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms,
                          reps=t.reps, input_sets=n_sets, peak_mem_bytes=peak, floor_ms=floor_ms,

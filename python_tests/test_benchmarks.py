@@ -15,6 +15,7 @@ import torch
 
 from benchmarks import __main__ as cli
 from benchmarks import suite
+from benchmarks.suite import lowest_floor
 from benchmarks.ceilings import Ceilings
 from benchmarks.registry import OP_MODULES, Impl, load_ops
 from benchmarks.timing import TINY
@@ -290,15 +291,23 @@ def test_overhead_rows_and_record_on_cpu(tmp_path, capsys):
     ops, _ = load_ops(["dcd", "bank_update"])
     args = overhead.parse_args(["--op", "dcd", "--op", "bank_update", "--size", "quick", "--match", "B=64",
                                 "--iters", "2", "--json", str(tmp_path / "deep" / "overhead.json")])
-    rows = overhead.measure_ops(ops, CPU, args, timer=_fake_timer)
+    ceilings = Ceilings(bandwidth_gbps=1000.0, matmul_tflops={"float32": 10.0})
+    rows = overhead.measure_ops(ops, CPU, args, timer=_fake_timer, ceilings=ceilings)
     assert {(r["op"], r["impl"], r["mode"]) for r in rows} >= {("dcd", "naive", "fwd+bwd"), ("dcd", "torch", "fwd+bwd"),
                                                                 ("bank_update", "torch", "fwd")}
+    # each row says which case it measured and what its bytes floor is (benchmarks.targets reads both)
+    by_op = {op.name: op for op in ops}
+    for r in rows:
+        (case,) = [c for c in by_op[r["op"]].cases("quick", None) if c.label == r["case"]]
+        assert r["params"] == case.params and r["params"]["B"] == 64
+        assert r["floor_bytes"] == lowest_floor(by_op[r["op"]], case, r["mode"], ceilings).nbytes > 0
     out = capsys.readouterr().out
     assert "failed" not in out
     assert out.count("400.0 us   2.0x  some_kernel_name") == len(rows)  # each row's kernels under it
-    path = overhead.write_record(args.json, rows, "Some GPU", args)
+    path = overhead.write_record(args.json, rows, "Some GPU", args, ceilings)
     record = json.loads(path.read_text())
     assert record["device"] == "Some GPU" and record["rows"] == rows and record["iters"] == 2
+    assert record["schema"] == overhead.SCHEMA and record["ceilings"]["bandwidth_gbps"] == 1000.0
     assert record["versions"]["torch"] == torch.__version__ and "git_commit" in record["versions"]
 
 
@@ -388,10 +397,10 @@ def test_session_script_passes_flags_its_tools_take(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     results = str(tmp_path / "results" / "some-gpu")
     modules = [argv[1] for argv in argvs if argv[0] == "-m"]
-    assert modules.count("benchmarks.overhead") == 2 and modules.count("benchmarks.profile") == 1
+    assert modules.count("benchmarks.overhead") == 4 and modules.count("benchmarks.profile") == 1
     assert modules.count("benchmarks") == 4 and modules.count("rdkernels.harness") == 9
     assert modules.count("benchmarks.targets") == 1
-    suites = []
+    suites, overheads = [], []
     harness = _build_parser()[0]
     distillers = []
     for argv in argvs:
@@ -399,7 +408,9 @@ def test_session_script_passes_flags_its_tools_take(tmp_path):
             continue
         module, rest = argv[1], argv[2:]
         if module == "benchmarks.overhead":
-            assert overhead.parse_args(rest).json.startswith(results + "/")
+            args = overhead.parse_args(rest)
+            assert args.json.startswith(results + "/")
+            overheads.append((tuple(args.op), args.size, args.preset, args.match))
         elif module == "benchmarks.profile":
             profile.parse_args(rest)
         elif module == "benchmarks":
@@ -418,6 +429,10 @@ def test_session_script_passes_flags_its_tools_take(tmp_path):
     # the quick sweep, and the sizes the issues' targets name that it leaves out
     assert suites == [(True, None, ()), (False, "cifar", ("crd_step", "bank_contrast")),
                       (False, "imagenet", ("crd_step", "bank_contrast")), (False, None, ("dcd",))]
+    # kernel time at the sizes the targets name (benchmarks/targets.py's [kernel time] rows)
+    assert overheads == [(("shared_bank_contrast", "sinkhorn", "bank_contrast"), "quick", None, None),
+                         (("dcd",), "full", None, "float32"), (("crd_step",), "quick", "cifar", None),
+                         (("crd_step",), "quick", "imagenet", None)]
 
 
 def test_session_script_fails_a_phase_when_any_command_fails(tmp_path):
@@ -426,7 +441,7 @@ def test_session_script_fails_a_phase_when_any_command_fails(tmp_path):
     assert done.returncode == 1
     assert "=== overhead:" in done.stdout and "FAILED" in done.stdout.split("=== overhead:")[1].splitlines()[0]
     modules = [argv[1] for argv in argvs if argv[0] == "-m"]
-    assert modules == ["benchmarks.overhead", "benchmarks.overhead", "benchmarks.profile"] + ["benchmarks"] * 4
+    assert modules == ["benchmarks.overhead"] * 4 + ["benchmarks.profile"] + ["benchmarks"] * 4
     # one failing compare does not hide the others
     done, argvs = _session(tmp_path, "train", fail_on="--distill dcd --cuda-graph")
     assert done.returncode == 1

@@ -138,14 +138,17 @@ def _gpu_script_commands() -> list[tuple[str, str]]:
     script = GPU_SCRIPT.read_text()
     common = re.search(r"local common=\((.*?)\)", script).group(1)
     values = {'"${common[@]}"': common, '"$dir/': '"results/', '"$LOGS/': '"logs/', "$dir": "results"}
-    loops = {var: words.split() for var, words in re.findall(r"for (\w+) in ([^;]+); do", script)}
+    loops = {var: [w for w in words.split() if w != "\\"]   # a continued line's backslash is no value
+             for var, words in re.findall(r"for (\w+) in ([^;]+); do", script)}
     found = []
     for line in _shell_lines(script):
         for var, value in values.items():
             line = line.replace(var, value)
         lines = [line]
         for var, words in loops.items():  # a loop's command once per value the loop takes
-            lines = [ln.replace(f'"${var}"', w) for ln in lines for w in words] if f'"${var}"' in line else lines
+            # "$var" (a word of its own), or $var / ${var} inside a word
+            use = re.compile(rf'"\${var}"|\$\{{?{var}\b\}}?')
+            lines = [use.sub(lambda _, w=w: w, ln) for ln in lines for w in words] if use.search(line) else lines
         found += [(GPU_SCRIPT.name, ln) for ln in lines]
     return found
 

@@ -74,8 +74,55 @@ def results(tmp_path):
 
 
 def _find(results, words):
-    (row,) = [r for text, r in results.items() if words in text]
+    """The one target whose text holds ``words`` (its kernel-time twin only if they say so)."""
+    in_kernel_time = targets.KERNEL_TIME in words
+    (row,) = [r for text, r in results.items() if words in text and (targets.KERNEL_TIME in text) == in_kernel_time]
     return row
+
+
+def _overhead(tmp_path, name, device, rows, bandwidth_gbps=3000.0):
+    """A ``benchmarks.overhead --json`` record: rows with device (gpu_ms) and host times."""
+    record = dict(schema=targets.OVERHEAD_SCHEMA, device=device, rows=rows,
+                  ceilings=dict(bandwidth_gbps=bandwidth_gbps, matmul_tflops={"float32": 50.0}))
+    (tmp_path / f"{name}.json").write_text(json.dumps(record))
+
+
+def _device_row(op, params, impl, gpu_ms, graph_ms=None, **extra):
+    return dict(op=op, case="", params=params, impl=impl, mode="fwd+bwd", wall_ms=1.0, host_ms=1.0, gpu_ms=gpu_ms,
+                graph_ms=graph_ms, kernels=[], **extra)
+
+
+def test_every_op_target_is_also_judged_in_kernel_time(tmp_path):
+    """The overhead records' kernel time per call, paired within one record, beside the
+    eager rows of the suite (which it never mixes with)."""
+    _bench(tmp_path, "cifar", H100, [_row("crd_step", CIFAR, "naive", "fwd+bwd", 4.0),
+                                     _row("crd_step", CIFAR, "cuda", "fwd+bwd", 2.0)])
+    _overhead(tmp_path, "overhead-crd_step-cifar", H100, [
+        _device_row("crd_step", CIFAR, "naive", 2.5),                 # its host reads: no graph
+        _device_row("crd_step", CIFAR, "torch:dense", 0.3, graph_ms=0.35),
+        _device_row("crd_step", CIFAR, "cuda", 0.05, graph_ms=0.06, floor_bytes=6e7),
+        _device_row("crd_step", CIFAR, "triton", None)])             # no kernel time: not a row
+    _overhead(tmp_path, "overhead", H100, [
+        _device_row("shared_bank_contrast", dict(B=64, N=16_384, d=128, dtype="float32"), "naive", 0.08),
+        _device_row("shared_bank_contrast", dict(B=64, N=16_384, d=128, dtype="float32"), "cuda", 0.12)])
+    results = _evaluate(tmp_path)
+    assert _find(results, ">= 50x the RepDistiller")["value"] == pytest.approx(2)
+    row = _find(results, ">= 50x the RepDistiller formulation [kernel time]")
+    assert row["value"] == pytest.approx(50) and row["status"] == "met"
+    assert row["source"] == "overhead-crd_step-cifar.json" and "naive 2.5 ms / cuda 0.05 ms" in row["detail"]
+    assert _find(results, "best pure-PyTorch formulation (torch backend, fastest strategy) [kernel time]")[
+        "value"] == pytest.approx(6)
+    # 6e7 B at 3000 GB/s = 0.02 ms
+    row = _find(results, "bytes floor (bytes that must move / measured bandwidth) [kernel time]")
+    assert row["value"] == pytest.approx(2.5) and row["status"] == "not met"
+    row = _find(results, ">= 5x the reference formulation [kernel time]")
+    assert row["value"] == pytest.approx(0.08 / 0.12) and row["status"] == "not met"
+    row = _find(results, "ImageNet CRD step >= 20x the RepDistiller formulation [kernel time]")
+    assert row["status"] == "not measured" and "benchmarks.overhead --op crd_step --preset imagenet" in row["detail"]
+    assert _find(results, "DCD, B = 64 ... 1024, fwd+bwd: >= 3x the reference formulation at every B [kernel time]")[
+        "status"] == "not measured"
+    # targets with no kernel-time twin: memory, the CPU one, the peers, training
+    assert len(targets.TARGETS) == 13 + 7 and sum(targets.KERNEL_TIME in t.text for t in targets.TARGETS) == 7
 
 
 def test_speed_ups_memory_and_floor(results):

@@ -48,6 +48,30 @@ def test_an_old_triton_is_refused_by_name_and_auto_falls_back(monkeypatch, devic
     assert backend.available_backends(dev, "bank_update") == ["torch"]
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_triton_only_ops_resolve_by_device_size_and_request(monkeypatch, device):
+    """The ops with a Triton kernel and no CUDA one (l2_normalize, fifo_enqueue_):
+    auto and cuda take Triton's on a GPU only, an explicit triton runs anywhere
+    Triton does, and a size the kernel cannot take moves auto to torch but
+    makes an explicit triton raise, as a Triton that cannot run does."""
+    dev = torch.device(device)
+    monkeypatch.setattr(backend, "triton_unavailable_reason", lambda d: None)
+    for name in ("auto", "cuda", None):
+        with backend.use_backend(name or "auto"):
+            assert backend.resolve_triton_only(dev, "op", name) == ("triton" if device == "cuda" else "torch")
+            assert backend.resolve_triton_only(dev, "op", name, too_large="rows too wide") == "torch"
+    assert backend.resolve_triton_only(dev, "op", "triton") == "triton"
+    assert backend.resolve_triton_only(dev, "op", "torch") == "torch"
+    with pytest.raises(BackendUnavailable, match="backend 'triton' cannot run op: rows too wide"):
+        backend.resolve_triton_only(dev, "op", "triton", too_large="rows too wide")
+    monkeypatch.setattr(backend, "triton_unavailable_reason", lambda d: "no Triton here")
+    assert backend.resolve_triton_only(dev, "op", "auto") == "torch"
+    with pytest.raises(BackendUnavailable, match="backend 'triton' cannot run op: no Triton here"):
+        backend.resolve_triton_only(dev, "op", "triton")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        backend.resolve_triton_only(dev, "op", "gpu")
+
+
 def test_the_environment_report_names_the_old_triton(monkeypatch, capsys):
     from rdkernels.__main__ import main
     _old_triton(monkeypatch)

@@ -247,6 +247,26 @@ def resolve(device: torch.device, op: str, requested: str | None = None) -> str:
     return "torch"
 
 
+def resolve_triton_only(device: torch.device, op: str, requested: str | None = None,
+                        too_large: str | None = None) -> str:
+    """The backend (``triton | torch``) of an op with a Triton kernel and no CUDA one.
+
+    ``auto`` and ``cuda`` take Triton's kernel on a GPU where Triton runs, torch
+    otherwise; ``triton`` takes it wherever Triton runs (the interpreter included)
+    and raises where it cannot. ``too_large``, the reason the kernel cannot take
+    this call's size, sends ``auto`` and ``cuda`` to torch and makes ``triton`` raise.
+    """
+    name = _check_name(requested) if requested is not None else get_backend()
+    if name == "torch":
+        return "torch"
+    reason = triton_unavailable_reason(device) or too_large
+    if name == "triton":
+        if reason:
+            raise BackendUnavailable(f"backend 'triton' cannot run {op}: {reason}")
+        return "triton"
+    return "triton" if device.type == "cuda" and reason is None else "torch"
+
+
 def available_backends(device: torch.device | str, op: str) -> list[str]:
     """Concrete backends that can run ``op`` on ``device`` (for tests and benchmarks)."""
     device = torch.device(device)

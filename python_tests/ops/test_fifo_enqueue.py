@@ -107,6 +107,36 @@ def test_wide_batches_and_cpu_tensors_take_the_torch_formulation():
         assert _resolve(keys[:1], "cuda") == "torch"
 
 
+def test_a_misspelt_backend_raises_at_any_batch_size():
+    keys = torch.empty(MAX_ELEMENTS // 128 + 1, 128, device=DEVICE)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        _resolve(keys, "gpu")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inference_queue_is_written_only_in_inference_mode(backend):
+    with torch.inference_mode():
+        queue, ptr = torch.randn(6, 4, device=DEVICE), torch.tensor([5], device=DEVICE)
+    keys = torch.randn(2, 4, device=DEVICE)
+    before = queue.clone(), ptr.clone()
+    with pytest.raises(ValueError, match="queue was created under torch.inference_mode"):
+        fifo_enqueue_(queue, ptr, keys, backend=backend)
+    assert torch.equal(queue, before[0]) and torch.equal(ptr, before[1])
+    with torch.inference_mode():  # no version counter to bump: must not fail
+        fifo_enqueue_(queue, ptr, keys, backend=backend)
+    expected_queue, expected_ptr = before[0].clone(), before[1].clone()
+    naive_enqueue_(expected_queue, expected_ptr, keys)
+    assert torch.equal(queue, expected_queue) and torch.equal(ptr, expected_ptr)
+
+
+def test_inference_ptr_is_refused():
+    queue = torch.randn(6, 4, device=DEVICE)
+    with torch.inference_mode():
+        ptr = torch.tensor([1], device=DEVICE)
+    with pytest.raises(ValueError, match="ptr was created under torch.inference_mode"):
+        fifo_enqueue_(queue, ptr, torch.randn(2, 4, device=DEVICE))
+
+
 def test_triton_unavailable_raises(monkeypatch):
     monkeypatch.setattr(rdkernels.backend, "triton_unavailable_reason", lambda device: "no Triton here")
     with pytest.raises(BackendUnavailable, match="fifo_enqueue_: no Triton here"):

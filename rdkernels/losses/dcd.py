@@ -6,6 +6,7 @@ from torch import nn
 
 from rdkernels._validation import FLOAT_DTYPES, check_dim, check_finite, check_positive_int, check_tensor
 from rdkernels.losses._inputs import check_fits_projection
+from rdkernels.losses.reference.dcd import load_reference_keys
 from rdkernels.ops.dcd import check_dcd_scalars, dcd_loss
 from rdkernels.ops.l2_normalize import l2_normalize
 
@@ -79,7 +80,7 @@ class DCDLoss(nn.Module):
         self.embed_t = nn.Linear(self.t_dim, self.feat_dim)
         self.tau = nn.Parameter(torch.tensor(check_finite("init_tau", init_tau)))
         self.bias = nn.Parameter(torch.tensor(check_finite("init_bias", init_bias)))
-        self.register_load_state_dict_pre_hook(_load_reference_keys)
+        self.register_load_state_dict_pre_hook(load_reference_keys)
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
         _check_pair(f_s, f_t, self.s_dim, self.t_dim, (self.embed_s, self.embed_t))
@@ -93,10 +94,3 @@ class DCDLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, max_scale={self.max_scale}"
-
-
-def _load_reference_keys(module, state_dict, prefix, *args) -> None:
-    """Rename the reference code's ``params.tau`` / ``params.b`` to ``tau`` / ``bias``."""
-    for old, new in (("params.tau", "tau"), ("params.b", "bias")):
-        if prefix + old in state_dict and prefix + new not in state_dict:
-            state_dict[prefix + new] = state_dict.pop(prefix + old)

@@ -10,6 +10,7 @@ from rdkernels._validation import check_positive, check_positive_int, check_tens
 from rdkernels.losses._inputs import check_bank_loss_args, check_bank_loss_inputs, check_bank_storage, check_first_z
 from rdkernels.ops import bank_update_, fifo_enqueue_
 from rdkernels.losses.dcd import _check_pair, _embed
+from rdkernels.losses.reference.rrd import load_reference_keys
 from rdkernels.ops.shared_bank_contrast import _resolve as _resolve_shared_bank_contrast
 from rdkernels.ops.shared_bank_contrast import run_shared_bank_contrast, validate_shared_bank_contrast
 
@@ -68,7 +69,7 @@ class RRDLoss(nn.Module):
         self.embed_t = nn.Linear(self.t_dim, self.feat_dim)
         self.register_buffer("queue", init_queue(self.queue_size, self.feat_dim))
         self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))
-        self.register_load_state_dict_pre_hook(_load_reference_keys)
+        self.register_load_state_dict_pre_hook(load_reference_keys)
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
         _check_pair(f_s, f_t, self.s_dim, self.t_dim, (self.embed_s, self.embed_t))
@@ -115,16 +116,6 @@ def _teacher_term(z_s, z_t, queue, tau_s, tau_t):
     p_t = torch.softmax(z_t.to(dt) @ queue.t() / tau_t, dim=1)
     term = -(p_t * log_p_s).sum(dim=1).mean()
     return term - term.detach()
-
-
-def _load_reference_keys(module, state_dict, prefix, *args) -> None:
-    """Rename the reference code's keys: ``memory.X`` -> ``X``, ``queue_ptr`` -> ``ptr``."""
-    for key in [k for k in state_dict if k.startswith(prefix + "memory.")]:
-        new = prefix + key[len(prefix + "memory."):]
-        if new not in state_dict:
-            state_dict[new] = state_dict.pop(key)
-    if prefix + "queue_ptr" in state_dict and prefix + "ptr" not in state_dict:
-        state_dict[prefix + "ptr"] = state_dict.pop(prefix + "queue_ptr").reshape(1).long()
 
 
 class _AttachGradient(torch.autograd.Function):

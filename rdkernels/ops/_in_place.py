@@ -3,7 +3,21 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["mark_modified", "private_copy"]
+__all__ = ["check_writable", "mark_modified", "private_copy"]
+
+
+def check_writable(name: str, buffer: torch.Tensor, how: str) -> None:
+    """Refuse, before anything is written, the writes torch would refuse only after
+    a kernel ran (and the fused kernels never refuse): to an inference tensor
+    outside inference mode, and to a tensor that requires grad in grad mode.
+    ``how`` completes "update it under torch.no_grad()"-style advice, e.g. "update"."""
+    # (Dynamo cannot trace is_inference(); a compiled step leaves that check to torch.)
+    if not torch.compiler.is_compiling() and buffer.is_inference() and not torch.is_inference_mode_enabled():
+        raise ValueError(f"{name} was created under torch.inference_mode() and cannot be written outside it: "
+                         f"{how} it inside torch.inference_mode(), or make the {name} outside it")
+    if buffer.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{name} requires grad; it is a buffer: {how} it under torch.no_grad() or pass a "
+                         "tensor that does not require grad")
 
 
 def private_copy(values: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ class DCDLoss(nn.Module):
         self.embed_t = nn.Linear(t_dim, feat_dim)
         self.tau = nn.Parameter(torch.tensor(float(init_tau)))
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
-        self.register_load_state_dict_pre_hook(_load_reference_keys)
+        self.register_load_state_dict_pre_hook(load_reference_keys)
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
         f_s = F.normalize(self.embed_s(f_s.reshape(f_s.shape[0], -1)), dim=1)
@@ -38,7 +38,9 @@ class DCDLoss(nn.Module):
         return contrastive + self.alpha * invariance
 
 
-def _load_reference_keys(module, state_dict, prefix, *args) -> None:
+def load_reference_keys(module, state_dict, prefix, *args) -> None:
+    """A load_state_dict pre-hook that renames the public code's ``params.tau`` / ``params.b``
+    to ``tau`` / ``bias`` (shared with :class:`rdkernels.DCDLoss`)."""
     for old, new in (("params.tau", "tau"), ("params.b", "bias")):
         if prefix + old in state_dict and prefix + new not in state_dict:
             state_dict[prefix + new] = state_dict.pop(prefix + old)

@@ -31,7 +31,7 @@ class RRDLoss(nn.Module):
         self.embed_t = nn.Linear(t_dim, feat_dim)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, feat_dim), dim=0))
         self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))
-        self.register_load_state_dict_pre_hook(_load_reference_keys)
+        self.register_load_state_dict_pre_hook(load_reference_keys)
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
         f_s = F.normalize(self.embed_s(f_s.reshape(f_s.shape[0], -1)), dim=1)
@@ -49,7 +49,9 @@ class RRDLoss(nn.Module):
         return loss
 
 
-def _load_reference_keys(module, state_dict, prefix, *args) -> None:
+def load_reference_keys(module, state_dict, prefix, *args) -> None:
+    """A load_state_dict pre-hook that renames the public code's keys: ``memory.X`` -> ``X``,
+    ``queue_ptr`` -> ``ptr`` (shared with :class:`rdkernels.RRDLoss`)."""
     for key in [k for k in state_dict if k.startswith(prefix + "memory.")]:
         new = prefix + key[len(prefix + "memory."):]
         if new not in state_dict:

@@ -18,7 +18,7 @@ from rdkernels import backend as _backend
 from rdkernels._validation import (BANK_DTYPES, FLOAT_DTYPES, INDEX_DTYPES, check_dim,
                                    check_in_unit_interval, check_index_range, check_tensor)
 from rdkernels.ops._eager import eager_or_compiled, op_body
-from rdkernels.ops._in_place import mark_modified, private_copy
+from rdkernels.ops._in_place import check_writable, mark_modified, private_copy
 from rdkernels.ops.bank_update.reference import bank_update_reference_
 
 __all__ = ["bank_update_", "bank_update_reference_"]
@@ -32,15 +32,7 @@ def _validate(bank, index, values, momentum) -> float:
     check_dim("values", values, 0, index.shape[0], "index's length")
     check_dim("values", values, 1, bank.shape[1], "the bank's row width")
     momentum = check_in_unit_interval("momentum", momentum)
-    # torch refuses both writes below only after the kernel has run (and the
-    # fused kernels never refuse them), so they are caught here, bank untouched.
-    # (Dynamo cannot trace is_inference(); a compiled step leaves that check to torch.)
-    if not torch.compiler.is_compiling() and bank.is_inference() and not torch.is_inference_mode_enabled():
-        raise ValueError("bank was created under torch.inference_mode() and cannot be updated outside it: "
-                         "update it inside torch.inference_mode(), or make the bank outside it")
-    if bank.requires_grad and torch.is_grad_enabled():
-        raise ValueError("bank requires grad; it is a buffer: update it under torch.no_grad() or pass a tensor "
-                         "that does not require grad")
+    check_writable("bank", bank, "update")
     return momentum
 
 

@@ -21,7 +21,7 @@ import torch
 from rdkernels import backend as _backend
 from rdkernels._validation import FLOAT_DTYPES, check_dim, check_tensor
 from rdkernels.ops._eager import eager_or_compiled, op_body
-from rdkernels.ops._in_place import mark_modified, private_copy
+from rdkernels.ops._in_place import check_writable, mark_modified, private_copy
 from rdkernels.ops.fifo_enqueue.reference import fifo_enqueue_reference_
 
 __all__ = ["fifo_enqueue_", "fifo_enqueue_reference_"]
@@ -37,23 +37,19 @@ def _validate(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor) -> Non
     check_tensor("keys", keys, ndim=2, dtypes=FLOAT_DTYPES, device=queue.device, contiguous=False,
                  nonempty=False)
     check_dim("keys", keys, 1, queue.shape[1], "the queue's row width")
-    if queue.requires_grad and torch.is_grad_enabled():
-        raise ValueError("queue requires grad; it is a buffer: enqueue under torch.no_grad() or pass a tensor "
-                         "that does not require grad")
+    check_writable("queue", queue, "enqueue into")
+    check_writable("ptr", ptr, "enqueue with")
 
 
 def _resolve(keys: torch.Tensor, requested: str | None) -> str:
     """triton where its kernel runs and the batch is within MAX_ELEMENTS, else torch;
-    an explicit ``triton`` that cannot run raises."""
-    name = _backend._check_name(requested) if requested is not None else _backend.get_backend()
-    if name == "torch" or keys.numel() > MAX_ELEMENTS:
+    an explicit ``triton`` that cannot run raises. A larger batch is not refused:
+    the torch formulation is this op's path for it under every backend."""
+    if keys.numel() > MAX_ELEMENTS:
+        if requested is not None:
+            _backend._check_name(requested)   # a misspelt name raises all the same
         return "torch"
-    reason = _backend.triton_unavailable_reason(keys.device)
-    if name == "triton" and reason:
-        raise _backend.BackendUnavailable(f"backend 'triton' cannot run fifo_enqueue_: {reason}")
-    if reason or (name != "triton" and not keys.is_cuda):   # auto and cuda: Triton on a GPU only
-        return "torch"
-    return "triton"
+    return _backend.resolve_triton_only(keys.device, "fifo_enqueue_", requested)
 
 
 @op_body

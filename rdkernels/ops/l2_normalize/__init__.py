@@ -29,19 +29,9 @@ MAX_TRITON_DIM = 16384  # one row in registers (triton.py); wider rows take the 
 
 
 def _resolve(x: torch.Tensor, requested: str | None) -> str:
-    name = _backend._check_name(requested) if requested is not None else _backend.get_backend()
     dim = x.shape[1]
-    if name == "triton":
-        reason = _backend.triton_unavailable_reason(x.device)
-        if reason is None and dim > MAX_TRITON_DIM:
-            reason = f"rows wider than {MAX_TRITON_DIM} (got {dim})"
-        if reason:
-            raise _backend.BackendUnavailable(f"backend 'triton' cannot run l2_normalize: {reason}")
-        return "triton"
-    if name in ("auto", "cuda") and x.is_cuda and dim <= MAX_TRITON_DIM \
-            and _backend.triton_unavailable_reason(x.device) is None:
-        return "triton"
-    return "torch"
+    too_large = f"rows wider than {MAX_TRITON_DIM} (got {dim})" if dim > MAX_TRITON_DIM else None
+    return _backend.resolve_triton_only(x.device, "l2_normalize", requested, too_large)
 
 
 @op_body
