@@ -142,7 +142,7 @@ def to_float64(obj):
 # --- the registry ----------------------------------------------------------------
 
 OP_MODULES = ("bank_update", "bank_contrast", "crd_step", "sinkhorn", "shared_bank_contrast", "dcd", "l2_normalize",
-              "fifo_enqueue")
+              "fifo_enqueue", "kd_loss")
 _REGISTRY: dict[str, type[OpBench]] = {}
 
 

@@ -37,6 +37,9 @@ def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, atol: 
     e = expected.detach().to(torch.float64).cpu()
     assert a.shape == e.shape, f"{name}: shape {tuple(a.shape)} != expected {tuple(e.shape)}"
     assert torch.isfinite(a).all(), f"{name}: non-finite values at {torch.nonzero(~torch.isfinite(a))[:5].tolist()}"
+    # (a NaN expectation would compare False against any value, and pass)
+    assert torch.isfinite(e).all(), f"{name}: the expected values are not finite at " \
+                                    f"{torch.nonzero(~torch.isfinite(e))[:5].tolist()}"
     err = (a - e).abs()
     bound = atol + rtol * e.abs()
     if (err > bound).any():
