@@ -43,7 +43,7 @@ import torch
 
 BATCH, WIDTH, N_DATA = 4, 16, 256          # tiny: the torch ops between the kernels cost their dispatch
 BLOCKS = 7    # timed blocks of --steps steps; the fastest is reported (the others met other processes)
-LOSSES = ("crd", "wcord", "rrd", "dcd")
+LOSSES = ("crd", "wcord", "rrd", "dcd", "kd")
 BACKENDS = ("triton", "cuda")
 # The extension's host-side queries (sizes, limits, what it was built for) stay real;
 # every other entry point launches kernels and becomes a counted no-op.
@@ -144,6 +144,9 @@ def _loss_step(name: str) -> Callable[[], None]:
     elif name == "dcd":
         module = rdkernels.DCDLoss(WIDTH, WIDTH, feat_dim=WIDTH)
         forward = lambda: module(f_s, f_t)   # noqa: E731
+    elif name == "kd":   # the features stand in for logits of WIDTH classes
+        module = rdkernels.KDLoss(T=4.0)
+        forward = lambda: module(f_s, f_t)   # noqa: E731
     else:
         raise ValueError(f"unknown loss {name!r}; choose from {LOSSES}")
     leaves = [f_s, *module.parameters()]
@@ -155,7 +158,7 @@ def _loss_step(name: str) -> Callable[[], None]:
     return step
 
 
-OPS = ("shared_bank_contrast", "dcd", "bank_contrast")
+OPS = ("shared_bank_contrast", "dcd", "bank_contrast", "kd_loss")
 
 
 def _op_step(name: str, impl: str) -> Callable[[], None]:
@@ -190,6 +193,13 @@ def _op_step(name: str, impl: str) -> Callable[[], None]:
             forward = lambda: ops.bank_contrast(q, rows, idx, strategy="gather", **kw)   # noqa: E731
         else:
             forward = lambda: naive.bank_contrast(q, rows, idx, **kw)   # noqa: E731
+    elif name == "kd_loss":
+        if fused:
+            forward = lambda: ops.kd_loss(q, other, T=4.0)   # noqa: E731
+        else:
+            from rdkernels.losses.reference.kd import KDLoss
+            kd = KDLoss(4.0)
+            forward = lambda: kd(q, other)   # noqa: E731
     else:
         raise ValueError(f"unknown op {name!r}; choose from {OPS}")
     leaves = [t for t in (q, other) if t.requires_grad]
@@ -218,17 +228,18 @@ def _python_calls(step: Callable[[], None], steps: int) -> float:
 
 
 def _triton_ops_as_on_gpu():
-    """Patch: the ops without a CUDA kernel (l2_normalize, fifo_enqueue_) run Triton's
-    under the cuda backend, as on a GPU, where on CPU tensors they would take the torch
-    formulation."""
+    """Patch: the ops without a CUDA kernel (l2_normalize, fifo_enqueue_, kd_loss) run
+    Triton's under the cuda backend, as on a GPU, where on CPU tensors they would take
+    the torch formulation."""
     get_backend = _rdkernels().get_backend
     patches = contextlib.ExitStack()
-    for name in ("rdkernels.ops.l2_normalize", "rdkernels.ops.fifo_enqueue"):
+    for name in ("rdkernels.ops.l2_normalize", "rdkernels.ops.fifo_enqueue", "rdkernels.ops.kd_loss"):
         module = importlib.import_module(name)   # the module (the package re-exports a function by its name)
 
-        def on_gpu(x, requested, resolve=module._resolve):
+        def on_gpu(*args, resolve=module._resolve):   # (tensors..., requested backend)
+            requested = args[-1]
             chosen = requested if requested is not None else get_backend()
-            return "triton" if chosen == "cuda" else resolve(x, requested)
+            return "triton" if chosen == "cuda" else resolve(*args)
         patches.enter_context(mock.patch.object(module, "_resolve", on_gpu))
     return patches
 
