@@ -11,7 +11,7 @@ import torch
 import rdkernels
 from helpers import stub_cuda_gpu
 from rdkernels import backend
-from rdkernels.__main__ import OPS, collect
+from rdkernels.__main__ import OPS, TRITON_ONLY_OPS, collect
 
 
 def test_report_names_auto_choice_and_reasons_for_every_op_and_device():
@@ -22,13 +22,18 @@ def test_report_names_auto_choice_and_reasons_for_every_op_and_device():
     assert devices[0] == "cpu" and len(devices) == 1 + torch.cuda.device_count() * torch.cuda.is_available()
     for entry in report["devices"]:
         device = torch.device(entry["device"])
-        assert set(entry["ops"]) == set(OPS)
+        assert set(entry["ops"]) == set(OPS + TRITON_ONLY_OPS)
         for op, choice in entry["ops"].items():
-            assert choice["auto"] == backend.resolve(device, op, "auto")
+            if op in TRITON_ONLY_OPS:   # cuda runs Triton's kernel, on a GPU
+                assert choice["auto"] == backend.resolve_triton_only(device, op, "auto")
+                runnable = {"triton": backend.triton_unavailable_reason(device) is None,
+                            "cuda": backend.resolve_triton_only(device, op, "cuda") == "triton"}
+            else:
+                assert choice["auto"] == backend.resolve(device, op, "auto")
+                runnable = {name: name in backend.available_backends(device, op) for name in ("triton", "cuda")}
             # every backend is either runnable here or has its reason
             for name in ("triton", "cuda"):
-                runnable = name in backend.available_backends(device, op)
-                assert runnable != (name in choice["unavailable"]), (entry["device"], op, name)
+                assert runnable[name] != (name in choice["unavailable"]), (entry["device"], op, name)
     cpu_ops = report["devices"][0]["ops"]
     assert all(choice["auto"] == "torch" for choice in cpu_ops.values())
     assert all("CUDA tensors" in choice["unavailable"]["cuda"] for choice in cpu_ops.values())
@@ -42,6 +47,9 @@ def test_the_ops_listed_are_the_ones_the_dispatchers_resolve():
         names |= set(re.findall(r"resolve\([^,()]+(?:\([^()]*\))?[^,()]*, \"(\w+)\"", path.read_text()))
         names |= set(re.findall(r'_CUDA_OP = "(\w+)"', path.read_text()))
     assert names and names <= set(OPS), sorted(names - set(OPS))
+    triton_only = {name for path in root.rglob("*.py")
+                   for name in re.findall(r'resolve_triton_only\([^,()]+, "(\w+)"', path.read_text())}
+    assert triton_only == set(TRITON_ONLY_OPS), triton_only
 
 
 def test_command_line_prints_text_and_json():
@@ -67,11 +75,13 @@ def test_report_on_a_gpu_the_extension_cannot_run_on(monkeypatch, capsys):
     gpu = report["devices"][1]
     assert gpu["device"] == "cuda:0" and gpu["capability"] == "sm_75"
     assert all(choice["auto"] == "triton" for choice in gpu["ops"].values())
-    assert all("need sm_80 or newer" in choice["unavailable"]["cuda"] for choice in gpu["ops"].values())
+    assert all("need sm_80 or newer" in gpu["ops"][op]["unavailable"]["cuda"] for op in OPS)
+    assert all("cuda" not in gpu["ops"][op]["unavailable"] for op in TRITON_ONLY_OPS)   # Triton's kernel runs
     _print(report)
     text = capsys.readouterr().out
     assert "cuda:0: Tesla T4 (sm_75, 15.0 GiB)" in text and "built for sm_80, sm_90" in text
-    assert "no cuda: rdkernels' CUDA kernels need sm_80 or newer" in text
+    # (the Triton-only ops' cuda backend runs Triton's kernel: they are not on that line)
+    assert f"no cuda ({', '.join(OPS)}): rdkernels' CUDA kernels need sm_80 or newer" in text
 
 
 def test_a_misspelt_backend_is_reported_not_raised():

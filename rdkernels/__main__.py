@@ -20,6 +20,9 @@ from rdkernels import backend
 
 # The ops as the backend resolver names them (the CUDA extension's function names).
 OPS = ("bank_contrast", "bank_update", "shared_bank_contrast", "dcd_loss", "sinkhorn")
+# The ops with a Triton kernel and no CUDA one (backend.resolve_triton_only): their
+# cuda backend runs Triton's kernel on a GPU.
+TRITON_ONLY_OPS = ("l2_normalize", "fifo_enqueue_", "kd_loss")
 
 
 def _version(module_name: str) -> str | None:
@@ -50,10 +53,16 @@ def _devices() -> list[dict]:
 
 def _backends(device: torch.device, op: str) -> dict:
     """auto's choice for ``op`` on ``device``, and why each other backend cannot run it."""
-    unavailable = {"triton": backend.triton_unavailable_reason(device),
-                   "cuda": backend.cuda_unavailable_reason(device, op)}
-    return {"auto": backend.resolve(device, op, "auto"),
-            "unavailable": {name: why for name, why in unavailable.items() if why}}
+    triton = backend.triton_unavailable_reason(device)
+    if op in TRITON_ONLY_OPS:
+        auto = backend.resolve_triton_only(device, op, "auto")
+        cuda = None if auto == "triton" else (
+            f"the cuda backend needs CUDA tensors, got {device.type} tensors" if device.type != "cuda"
+            else f"it has no CUDA kernel and runs Triton's, and {triton}")
+    else:
+        auto, cuda = backend.resolve(device, op, "auto"), backend.cuda_unavailable_reason(device, op)
+    unavailable = {"triton": triton, "cuda": cuda}
+    return {"auto": auto, "unavailable": {name: why for name, why in unavailable.items() if why}}
 
 
 def collect() -> dict:
@@ -73,7 +82,7 @@ def collect() -> dict:
     }
     for entry in report["devices"]:
         device = torch.device(entry["device"])
-        entry["ops"] = {op: _backends(device, op) for op in OPS}
+        entry["ops"] = {op: _backends(device, op) for op in OPS + TRITON_ONLY_OPS}
     return report
 
 
