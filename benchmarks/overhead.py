@@ -2,7 +2,8 @@
 
     python -m benchmarks.overhead [--op OP ...] [--preset cifar] [--match TEXT] [--iters 30]
 
-For every implementation of the chosen ops' cases, forward + backward, prints
+For every implementation of the chosen ops' cases, forward + backward (the
+forward alone with ``--forward-only``), prints
 
 * wall:  ms per call, back to back (CUDA events around ``iters`` calls);
 * host:  ms of CPU time to issue one call (no sync in between);
@@ -115,6 +116,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", choices=("quick", "full"), default="quick")
     p.add_argument("--match", default=None, help="only cases whose label contains this text")
     p.add_argument("--impl", action="append", default=None, help="only these implementations (repeatable)")
+    p.add_argument("--forward-only", action="store_true",
+                   help="time the forward alone (as the suite's fwd rows), not forward + backward")
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--json", default=None, help="also write the rows here")
     return p.parse_args(argv)
@@ -137,7 +140,7 @@ def measure_ops(ops, device: torch.device, args: argparse.Namespace, timer=measu
                     continue
                 if impl.unavailable(device):
                     continue
-                mode = "fwd+bwd" if op.differentiable else "fwd"
+                mode = "fwd+bwd" if op.differentiable and not args.forward_only else "fwd"
                 try:
                     with _index_checks(False):
                         r = timer(_mode_fn(op, impl, inputs, mode), args.iters)

@@ -308,6 +308,10 @@ def test_overhead_rows_and_record_on_cpu(tmp_path, capsys):
     record = json.loads(path.read_text())
     assert record["device"] == "Some GPU" and record["rows"] == rows and record["iters"] == 2
     assert record["schema"] == overhead.SCHEMA and record["ceilings"]["bandwidth_gbps"] == 1000.0
+    # --forward-only: the forward alone, as the suite's fwd rows
+    args = overhead.parse_args(["--op", "dcd", "--match", "B=64", "--iters", "2", "--forward-only"])
+    rows = overhead.measure_ops(ops[:1], CPU, args, timer=_fake_timer)
+    assert rows and all(r["mode"] == "fwd" for r in rows)
     assert record["versions"]["torch"] == torch.__version__ and "git_commit" in record["versions"]
 
 
@@ -397,7 +401,7 @@ def test_session_script_passes_flags_its_tools_take(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     results = str(tmp_path / "results" / "some-gpu")
     modules = [argv[1] for argv in argvs if argv[0] == "-m"]
-    assert modules.count("benchmarks.overhead") == 4 and modules.count("benchmarks.profile") == 1
+    assert modules.count("benchmarks.overhead") == 5 and modules.count("benchmarks.profile") == 1
     assert modules.count("benchmarks") == 4 and modules.count("rdkernels.harness") == 9
     assert modules.count("benchmarks.targets") == 1
     suites, overheads = [], []
@@ -410,7 +414,7 @@ def test_session_script_passes_flags_its_tools_take(tmp_path):
         if module == "benchmarks.overhead":
             args = overhead.parse_args(rest)
             assert args.json.startswith(results + "/")
-            overheads.append((tuple(args.op), args.size, args.preset, args.match))
+            overheads.append((tuple(args.op), args.size, args.preset, args.match, args.forward_only))
         elif module == "benchmarks.profile":
             profile.parse_args(rest)
         elif module == "benchmarks":
@@ -430,9 +434,10 @@ def test_session_script_passes_flags_its_tools_take(tmp_path):
     assert suites == [(True, None, ()), (False, "cifar", ("crd_step", "bank_contrast")),
                       (False, "imagenet", ("crd_step", "bank_contrast")), (False, None, ("dcd",))]
     # kernel time at the sizes the targets name (benchmarks/targets.py's [kernel time] rows)
-    assert overheads == [(("shared_bank_contrast", "sinkhorn", "bank_contrast"), "quick", None, None),
-                         (("dcd",), "full", None, "float32"), (("crd_step",), "quick", "cifar", None),
-                         (("crd_step",), "quick", "imagenet", None)]
+    assert overheads == [(("shared_bank_contrast", "sinkhorn", "bank_contrast"), "quick", None, None, False),
+                         (("dcd",), "full", None, "float32", False), (("sinkhorn",), "quick", None, None, True),
+                         (("crd_step",), "quick", "cifar", None, False),
+                         (("crd_step",), "quick", "imagenet", None, False)]
 
 
 def test_session_script_fails_a_phase_when_any_command_fails(tmp_path):
@@ -441,7 +446,7 @@ def test_session_script_fails_a_phase_when_any_command_fails(tmp_path):
     assert done.returncode == 1
     assert "=== overhead:" in done.stdout and "FAILED" in done.stdout.split("=== overhead:")[1].splitlines()[0]
     modules = [argv[1] for argv in argvs if argv[0] == "-m"]
-    assert modules == ["benchmarks.overhead"] * 4 + ["benchmarks.profile"] + ["benchmarks"] * 4
+    assert modules == ["benchmarks.overhead"] * 5 + ["benchmarks.profile"] + ["benchmarks"] * 4
     # one failing compare does not hide the others
     done, argvs = _session(tmp_path, "train", fail_on="--distill dcd --cuda-graph")
     assert done.returncode == 1

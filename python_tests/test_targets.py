@@ -87,8 +87,8 @@ def _overhead(tmp_path, name, device, rows, bandwidth_gbps=3000.0):
     (tmp_path / f"{name}.json").write_text(json.dumps(record))
 
 
-def _device_row(op, params, impl, gpu_ms, graph_ms=None, **extra):
-    return dict(op=op, case="", params=params, impl=impl, mode="fwd+bwd", wall_ms=1.0, host_ms=1.0, gpu_ms=gpu_ms,
+def _device_row(op, params, impl, gpu_ms, graph_ms=None, mode="fwd+bwd", **extra):
+    return dict(op=op, case="", params=params, impl=impl, mode=mode, wall_ms=1.0, host_ms=1.0, gpu_ms=gpu_ms,
                 graph_ms=graph_ms, kernels=[], **extra)
 
 
@@ -105,7 +105,14 @@ def test_every_op_target_is_also_judged_in_kernel_time(tmp_path):
     _overhead(tmp_path, "overhead", H100, [
         _device_row("shared_bank_contrast", dict(B=64, N=16_384, d=128, dtype="float32"), "naive", 0.08),
         _device_row("shared_bank_contrast", dict(B=64, N=16_384, d=128, dtype="float32"), "cuda", 0.12)])
+    # Sinkhorn's target times the solve alone: a record of fwd+bwd rows does not answer it
+    _overhead(tmp_path, "overhead-sinkhorn", H100, [_device_row("sinkhorn", SINKHORN, "naive", 12.0),
+                                                    _device_row("sinkhorn", SINKHORN, "cuda", 0.1)])
+    assert _find(_evaluate(tmp_path), "logsumexp updates [kernel time]")["status"] == "not measured"
+    _overhead(tmp_path, "overhead-sinkhorn-fwd", H100, [_device_row("sinkhorn", SINKHORN, "naive", 12.0, mode="fwd"),
+                                                        _device_row("sinkhorn", SINKHORN, "cuda", 0.6, mode="fwd")])
     results = _evaluate(tmp_path)
+    assert _find(results, "logsumexp updates [kernel time]")["value"] == pytest.approx(20)
     assert _find(results, ">= 50x the RepDistiller")["value"] == pytest.approx(2)
     row = _find(results, ">= 50x the RepDistiller formulation [kernel time]")
     assert row["value"] == pytest.approx(50) and row["status"] == "met"

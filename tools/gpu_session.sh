@@ -64,10 +64,14 @@ phase_overhead() {
   # TRITON_PRINT_AUTOTUNING: the log records which launch candidate won, and each one's time
   TRITON_PRINT_AUTOTUNING=1 python -m benchmarks.overhead --op shared_bank_contrast --op sinkhorn \
     --op bank_contrast --json "$dir/overhead.json" 2>&1 | tee "$LOGS/overhead.txt" || rc=1
-  # the sizes the issues' targets name, judged in kernel time by benchmarks/targets.py: DCD's
-  # batches up to 1024 and the CRD step at RepDistiller's CIFAR-100 and ImageNet sizes
+  # the sizes and modes the issues' targets name, judged in kernel time by benchmarks/targets.py:
+  # DCD's batches up to 1024, the Sinkhorn solve alone, the CRD step at RepDistiller's CIFAR-100
+  # and ImageNet sizes
   TRITON_PRINT_AUTOTUNING=1 python -m benchmarks.overhead --op dcd --size full --match float32 \
     --json "$dir/overhead-dcd.json" 2>&1 | tee -a "$LOGS/overhead.txt" || rc=1
+  # Sinkhorn's targets time the solve alone, as the suite's fwd rows do
+  python -m benchmarks.overhead --op sinkhorn --forward-only --json "$dir/overhead-sinkhorn-fwd.json" 2>&1 \
+    | tee -a "$LOGS/overhead.txt" || rc=1
   for preset in cifar imagenet; do
     python -m benchmarks.overhead --op crd_step --preset "$preset" --json "$dir/overhead-crd_step-$preset.json" \
       2>&1 | tee -a "$LOGS/overhead.txt" || rc=1
