@@ -81,8 +81,9 @@ class OpBench:
         raise NotImplementedError
 
     def reference(self) -> Impl:
-        """Ground truth, run on the float64 copy of the inputs."""
-        raise NotImplementedError
+        """Ground truth, run on the float64 copy of the inputs: the naive formulation,
+        unless the op names another."""
+        return next(impl for impl in self.implementations() if impl.kind == "naive")
 
     def cases(self, size: str, preset: str | None) -> list[Case]:
         raise NotImplementedError
@@ -185,6 +186,16 @@ def triton_unavailable(device: torch.device) -> str | None:
     if triton_interpreter_enabled():
         return "TRITON_INTERPRET is set: the interpreter is never timed"
     return triton_unavailable_reason(device)
+
+
+def backend_impls(prepare: Callable[[str], Callable], cuda_op: str | None = None) -> list[Impl]:
+    """rdkernels' rows: ``torch``, ``triton`` and, for an op with a CUDA kernel (``cuda_op``,
+    the name the backend resolver knows it by), ``cuda``; ``prepare(backend)`` makes each
+    row's prepare function."""
+    impls = [Impl("torch", prepare("torch")), Impl("triton", prepare("triton"), unavailable=triton_unavailable)]
+    if cuda_op is not None:
+        impls.append(Impl("cuda", prepare("cuda"), unavailable=cuda_unavailable(cuda_op)))
+    return impls
 
 
 def cuda_unavailable(op: str) -> Callable[[torch.device], str | None]:

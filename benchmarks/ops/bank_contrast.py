@@ -18,8 +18,8 @@ import torch
 
 from benchmarks import naive
 from benchmarks.ops._common import PRESETS, bank_init, dtype_of, elt, generator, sample_idx, unit_rows
-from benchmarks.registry import (Case, Floor, Impl, OpBench, cuda_unavailable, module_missing, register,
-                                 triton_unavailable)
+from benchmarks.registry import (Case, Floor, Impl, OpBench, backend_impls, cuda_unavailable, module_missing,
+                                 register, triton_unavailable)
 
 TEMPERATURE = 0.07
 
@@ -74,9 +74,7 @@ class BankContrast(OpBench):
                                                         epilogue=inp["epilogue"], z=z, n_data=bank.shape[0])}
         impls = [
             Impl("naive", naive_prepare, kind="naive"),
-            Impl("torch", self._rdk("torch")),
-            Impl("triton", self._rdk("triton"), unavailable=triton_unavailable),
-            Impl("cuda", self._rdk("cuda"), unavailable=cuda_unavailable("bank_contrast")),
+            *backend_impls(self._rdk, "bank_contrast"),
         ]
         strategies = self._strategies()
         if len(strategies) > 1:   # a real choice: time each strategy too
@@ -86,8 +84,6 @@ class BankContrast(OpBench):
                 impls.append(Impl(f"cuda:{s}", self._rdk("cuda", s), unavailable=cuda_unavailable("bank_contrast")))
         return impls
 
-    def reference(self):
-        return self.implementations()[0]
 
     def cases(self, size, preset):
         if size == "tiny":

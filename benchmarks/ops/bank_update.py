@@ -9,8 +9,7 @@ import torch
 
 from benchmarks import naive
 from benchmarks.ops._common import PRESETS, dtype_of, elt, generator, unit_rows
-from benchmarks.registry import (Case, Floor, Impl, OpBench, cuda_unavailable, module_missing, register,
-                                 triton_unavailable)
+from benchmarks.registry import Case, Floor, Impl, OpBench, backend_impls, module_missing, register
 
 MOMENTUM = 0.5
 
@@ -38,13 +37,9 @@ class BankUpdate(OpBench):
             return lambda: {"bank": naive.bank_update_(bank, index, values, MOMENTUM)}
         return [
             Impl("naive", naive_prepare, kind="naive"),
-            Impl("torch", self._rdk("torch")),
-            Impl("triton", self._rdk("triton"), unavailable=triton_unavailable),
-            Impl("cuda", self._rdk("cuda"), unavailable=cuda_unavailable("bank_update")),
+            *backend_impls(self._rdk, "bank_update"),
         ]
 
-    def reference(self):
-        return self.implementations()[0]   # naive, run on the float64 copy
 
     def cases(self, size, preset):
         if size == "tiny":

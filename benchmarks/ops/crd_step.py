@@ -15,8 +15,7 @@ import torch
 from benchmarks import naive
 from benchmarks.ops._common import PRESETS, elt, generator, sample_idx
 from benchmarks.ops.bank_contrast import TEMPERATURE, BankContrast, bank_contrast_floor
-from benchmarks.registry import (Case, Floor, Impl, OpBench, cuda_unavailable, module_missing, register,
-                                 triton_unavailable)
+from benchmarks.registry import Case, Floor, Impl, OpBench, backend_impls, module_missing, register
 
 MOMENTUM = 0.5
 
@@ -63,9 +62,7 @@ class CRDStep(OpBench):
     def implementations(self):
         impls = [
             Impl("naive", self._prepare(False), kind="naive"),
-            Impl("torch", self._prepare(True, "torch")),
-            Impl("triton", self._prepare(True, "triton"), unavailable=triton_unavailable),
-            Impl("cuda", self._prepare(True, "cuda"), unavailable=cuda_unavailable("bank_contrast")),
+            *backend_impls(lambda backend: self._prepare(True, backend), "bank_contrast"),
         ]
         # The best pure-PyTorch formulation is the faster strategy, whichever the
         # cost model would pick ("auto"), so each torch strategy gets a row too.
@@ -74,8 +71,6 @@ class CRDStep(OpBench):
             impls += [Impl(f"torch:{s}", self._prepare(True, "torch", s)) for s in strategies]
         return impls
 
-    def reference(self):
-        return self.implementations()[0]
 
     def cases(self, size, preset):
         if size == "tiny":

@@ -11,8 +11,7 @@ import torch
 
 from benchmarks import naive
 from benchmarks.ops._common import dtype_of, elt, generator, unit_rows
-from benchmarks.registry import (Case, Floor, Impl, OpBench, cuda_unavailable, module_missing, register,
-                                 triton_unavailable)
+from benchmarks.registry import Case, Floor, Impl, OpBench, backend_impls, module_missing, register
 
 ALPHA = 0.5
 
@@ -39,13 +38,9 @@ class DCD(OpBench):
             return lambda: {"loss": naive.dcd_loss(z_s, z_t, tau, bias, alpha=ALPHA)}
         return [
             Impl("naive", naive_prepare, kind="naive"),
-            Impl("torch", self._rdk("torch")),
-            Impl("triton", self._rdk("triton"), unavailable=triton_unavailable),
-            Impl("cuda", self._rdk("cuda"), unavailable=cuda_unavailable("dcd_loss")),
+            *backend_impls(self._rdk, "dcd_loss"),
         ]
 
-    def reference(self):
-        return self.implementations()[0]
 
     def cases(self, size, preset):
         if size == "tiny":

@@ -11,7 +11,7 @@ import torch
 
 from benchmarks import naive
 from benchmarks.ops._common import dtype_of, elt, generator, unit_rows
-from benchmarks.registry import Case, Floor, Impl, OpBench, module_missing, register, triton_unavailable
+from benchmarks.registry import Case, Floor, Impl, OpBench, backend_impls, module_missing, register
 
 
 @register
@@ -41,12 +41,9 @@ class FifoEnqueue(OpBench):
             return run
         return [
             Impl("naive", naive_prepare, kind="naive"),
-            Impl("torch", self._rdk("torch")),
-            Impl("triton", self._rdk("triton"), unavailable=triton_unavailable),
+            *backend_impls(self._rdk),
         ]
 
-    def reference(self):
-        return self.implementations()[0]   # naive, run on the float64 copy
 
     def cases(self, size, preset):
         if size == "tiny":

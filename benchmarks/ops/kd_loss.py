@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from benchmarks.ops._common import dtype_of, elt, generator
-from benchmarks.registry import Case, Floor, Impl, OpBench, module_missing, register, triton_unavailable
+from benchmarks.registry import Case, Floor, Impl, OpBench, backend_impls, module_missing, register
 
 T = 4.0   # RepDistiller's default kd_T
 
@@ -38,12 +38,9 @@ class KDLoss(OpBench):
             return lambda: {"loss": kd(y_s, y_t)}
         return [
             Impl("naive", naive_prepare, kind="naive"),
-            Impl("torch", self._rdk("torch")),
-            Impl("triton", self._rdk("triton"), unavailable=triton_unavailable),
+            *backend_impls(self._rdk),
         ]
 
-    def reference(self):
-        return self.implementations()[0]
 
     def cases(self, size, preset):
         if size == "tiny":

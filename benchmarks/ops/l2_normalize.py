@@ -10,7 +10,7 @@ import torch
 
 from benchmarks import naive
 from benchmarks.ops._common import dtype_of, elt, generator
-from benchmarks.registry import Case, Floor, Impl, OpBench, module_missing, register, triton_unavailable
+from benchmarks.registry import Case, Floor, Impl, OpBench, backend_impls, module_missing, register
 
 
 @register
@@ -36,12 +36,9 @@ class L2Normalize(OpBench):
             return lambda: {"y": naive.l2_normalize(x)}
         return [
             Impl("naive", naive_prepare, kind="naive"),
-            Impl("torch", self._rdk("torch")),
-            Impl("triton", self._rdk("triton"), unavailable=triton_unavailable),
+            *backend_impls(self._rdk),
         ]
 
-    def reference(self):
-        return self.implementations()[0]
 
     def cases(self, size, preset):
         if size == "tiny":

@@ -12,8 +12,7 @@ import torch
 
 from benchmarks import naive
 from benchmarks.ops._common import PRESETS, dtype_of, elt, generator, unit_rows
-from benchmarks.registry import (Case, Floor, Impl, OpBench, cuda_unavailable, module_missing, register,
-                                 triton_unavailable)
+from benchmarks.registry import Case, Floor, Impl, OpBench, backend_impls, module_missing, register
 
 TAU_S, TAU_T = 0.02, 0.1   # RRD's documented pair (student sharper)
 
@@ -41,13 +40,9 @@ class SharedBankContrast(OpBench):
             return lambda: {"loss": naive.rrd_loss(q_s, q_t, queue, TAU_S, TAU_T)}
         return [
             Impl("naive", naive_prepare, kind="naive"),
-            Impl("torch", self._rdk("torch")),
-            Impl("triton", self._rdk("triton"), unavailable=triton_unavailable),
-            Impl("cuda", self._rdk("cuda"), unavailable=cuda_unavailable("shared_bank_contrast")),
+            *backend_impls(self._rdk, "shared_bank_contrast"),
         ]
 
-    def reference(self):
-        return self.implementations()[0]
 
     def cases(self, size, preset):
         if size == "tiny":

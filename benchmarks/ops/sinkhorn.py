@@ -53,8 +53,8 @@ import torch
 
 from benchmarks import naive
 from benchmarks.ops._common import dtype_of, elt, generator, unit_rows
-from benchmarks.registry import (Case, Floor, Impl, OpBench, cuda_unavailable, module_missing, peer_missing,
-                                 register, triton_unavailable)
+from benchmarks.registry import (Case, Floor, Impl, OpBench, backend_impls, cuda_unavailable, module_missing,
+                                 peer_missing, register)
 
 
 @contextlib.contextmanager
@@ -190,9 +190,7 @@ class Sinkhorn(OpBench):
             # would record for a backward (rdkernels records none through its iterations)
             Impl("naive", self._naive, kind="naive", check="forward", fwd_no_grad=True,
                  note="gradient by unrolled autograd: forward checked only"),
-            Impl("torch", self._rdk("torch")),
-            Impl("triton", self._rdk("triton"), unavailable=triton_unavailable),
-            Impl("cuda", self._rdk("cuda"), unavailable=cuda_unavailable("sinkhorn")),
+            *backend_impls(self._rdk, "sinkhorn"),
             # Not what a user gets: its name has no "cuda:" prefix, so benchmarks.targets
             # does not count it.
             Impl("cuda-shared", self._rdk("cuda", registers=False), unavailable=cuda_unavailable("sinkhorn"),
