@@ -2,10 +2,9 @@
 
 The kernels take a float32 query (converting B*d elements here costs nothing
 next to the bank traffic) and write per-(row, split) partials in the Triton
-kernels' layout, merged as the Triton backend merges them: NCE gather
-partials by two torch sums, the rest by the Triton merge kernel
-(triton_merge.py); the dense kernel's sample counts are built by a Triton
-kernel too (sample_counts.py). Both are linear passes over [B, K] or
+kernels' layout, merged as the Triton backend merges them, by one launch of
+the Triton merge kernel (triton_merge.py); the dense kernel's sample counts
+are built by a Triton kernel too (sample_counts.py). Both are linear passes over [B, K] or
 [B, splits, d] that the two backends share, so this backend needs Triton as
 well (rdkernels.backend checks).
 The dense kernel covers d <= 128 (its dq accumulator lives in registers) on
