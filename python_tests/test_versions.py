@@ -70,6 +70,11 @@ def test_triton_only_ops_resolve_by_device_size_and_request(monkeypatch, device)
         backend.resolve_triton_only(dev, "op", "triton")
     with pytest.raises(ValueError, match="backend must be one of"):
         backend.resolve_triton_only(dev, "op", "gpu")
+    # a call the op sends to torch by design: every request takes it, a misspelt one still raises
+    for name in ("triton", "cuda", "auto", "torch", None):
+        assert backend.resolve_triton_only(dev, "op", name, too_large="rows too wide", torch_only=True) == "torch"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        backend.resolve_triton_only(dev, "op", "gpu", torch_only=True)
 
 
 def test_the_environment_report_names_the_old_triton(monkeypatch, capsys):

@@ -248,14 +248,20 @@ def resolve(device: torch.device, op: str, requested: str | None = None) -> str:
 
 
 def resolve_triton_only(device: torch.device, op: str, requested: str | None = None,
-                        too_large: str | None = None) -> str:
+                        too_large: str | None = None, torch_only: bool = False) -> str:
     """The backend (``triton | torch``) of an op with a Triton kernel and no CUDA one.
 
     ``auto`` and ``cuda`` take Triton's kernel on a GPU where Triton runs, torch
     otherwise; ``triton`` takes it wherever Triton runs (the interpreter included)
     and raises where it cannot. ``too_large``, the reason the kernel cannot take
     this call's size, sends ``auto`` and ``cuda`` to torch and makes ``triton`` raise.
+    ``torch_only``: a call the op sends to its torch formulation under every backend,
+    by design (the request is still checked: a misspelt name raises all the same).
     """
+    if torch_only:
+        if requested is not None:
+            _check_name(requested)
+        return "torch"
     name = _check_name(requested) if requested is not None else get_backend()
     if name == "torch":
         return "torch"

@@ -45,11 +45,8 @@ def _resolve(keys: torch.Tensor, requested: str | None) -> str:
     """triton where its kernel runs and the batch is within MAX_ELEMENTS, else torch;
     an explicit ``triton`` that cannot run raises. A larger batch is not refused:
     the torch formulation is this op's path for it under every backend."""
-    if keys.numel() > MAX_ELEMENTS:
-        if requested is not None:
-            _backend._check_name(requested)   # a misspelt name raises all the same
-        return "torch"
-    return _backend.resolve_triton_only(keys.device, "fifo_enqueue_", requested)
+    return _backend.resolve_triton_only(keys.device, "fifo_enqueue_", requested,
+                                        torch_only=keys.numel() > MAX_ELEMENTS)
 
 
 @op_body

@@ -39,13 +39,11 @@ def _validate(y_s: torch.Tensor, y_t: torch.Tensor, T: float) -> float:
 
 
 def _resolve(y_s: torch.Tensor, y_t: torch.Tensor, requested: str | None) -> str:
-    if torch.float64 in (y_s.dtype, y_t.dtype):   # the kernel computes in fp32
-        if requested is not None:
-            _backend._check_name(requested)
-        return "torch"
     n_cls = y_s.shape[1]
     too_large = f"rows of more than {MAX_TRITON_CLASSES} classes (got {n_cls})" if n_cls > MAX_TRITON_CLASSES else None
-    return _backend.resolve_triton_only(y_s.device, "kd_loss", requested, too_large)
+    # float64 logits: the torch formulation in float64 (the kernel computes in fp32)
+    return _backend.resolve_triton_only(y_s.device, "kd_loss", requested, too_large,
+                                        torch_only=torch.float64 in (y_s.dtype, y_t.dtype))
 
 
 @op_body
