@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import os
 import sys
@@ -228,20 +227,18 @@ def _python_calls(step: Callable[[], None], steps: int) -> float:
 
 
 def _triton_ops_as_on_gpu():
-    """Patch: the ops without a CUDA kernel (l2_normalize, fifo_enqueue_, kd_loss) run
-    Triton's under the cuda backend, as on a GPU, where on CPU tensors they would take
-    the torch formulation."""
-    get_backend = _rdkernels().get_backend
-    patches = contextlib.ExitStack()
-    for name in ("rdkernels.ops.l2_normalize", "rdkernels.ops.fifo_enqueue", "rdkernels.ops.kd_loss"):
-        module = importlib.import_module(name)   # the module (the package re-exports a function by its name)
+    """Patch: the ops without a CUDA kernel (those that resolve their backend by
+    ``backend.resolve_triton_only``) run Triton's under the cuda backend, as on a GPU,
+    where on CPU tensors they would take the torch formulation."""
+    from rdkernels import backend
+    resolve = backend.resolve_triton_only
 
-        def on_gpu(*args, resolve=module._resolve):   # (tensors..., requested backend)
-            requested = args[-1]
-            chosen = requested if requested is not None else get_backend()
-            return "triton" if chosen == "cuda" else resolve(*args)
-        patches.enter_context(mock.patch.object(module, "_resolve", on_gpu))
-    return patches
+    def on_gpu(device, op, requested=None, too_large=None, torch_only=False):
+        chosen = requested if requested is not None else backend.get_backend()
+        if chosen == "cuda" and too_large is None and not torch_only:
+            return "triton"
+        return resolve(device, op, requested, too_large, torch_only)
+    return mock.patch.object(backend, "resolve_triton_only", on_gpu)
 
 
 # ATen ops that only make or reshape tensor metadata: no kernel on a GPU
