@@ -20,6 +20,7 @@ import torch
 from conftest import DEVICE, backends
 from rdkernels.backend import available_backends
 from helpers import assert_close, unit_rows
+import interpreter_bf16
 
 from rdkernels.ops.bank_contrast import STRATEGIES, bank_contrast, bank_contrast_reference, estimate_nce_z
 from rdkernels.ops.bank_contrast.cost_model import choose_strategy, estimate_times
@@ -89,6 +90,23 @@ def test_dtypes(backend, strategy, epilogue, dtypes):
     # dtype: one rounding (2^-8 relative in bf16, 2^-11 in fp16) on top.
     g_rtol = {torch.float32: 1e-4, torch.float16: 1e-3, torch.bfloat16: 8e-3}[q_dtype]
     _check(backend, strategy, epilogue, query, bank, idx, 1e-4, 1e-4, grad_tol=(1e-5, g_rtol))
+
+
+@pytest.mark.skipif(DEVICE.type == "cuda" or not triton_runs,
+                    reason="on a GPU test_dtypes runs the native-bf16 variant itself")
+@pytest.mark.parametrize("epilogue", ["nce", "softmax"])
+def test_triton_dense_native_bf16_variant_under_the_interpreter(monkeypatch, epilogue):
+    """The dense kernel's BF16_DOT variant (bf16 query and bank at d = 128: the scores
+    in one bf16 dot, the coefficients in two bf16 halves), which only a GPU picks,
+    run by the interpreter given a GPU's bf16 dot and rounding (interpreter_bf16.py).
+    Tolerances as test_dtypes' bf16 case: one bf16 rounding of the coefficients
+    instead of two halves fails them."""
+    interpreter_bf16.install(monkeypatch)
+    dense_mod = importlib.import_module("rdkernels.ops.bank_contrast.triton_dense")
+    monkeypatch.setattr(dense_mod, "_native_bf16_dots", lambda device: True)
+    query, bank, idx = _inputs(6, 300, 160, 128, torch.bfloat16, torch.bfloat16, torch.int32)
+    assert dense_mod._dot_flags(query, bank, 128)["BF16_DOT"]
+    _check("triton", "dense", epilogue, query, bank, idx, 1e-4, 1e-4, grad_tol=(1e-5, 8e-3))
 
 
 @pytest.mark.parametrize("strategy", STRATEGY_PARAMS)

@@ -22,7 +22,8 @@ The positive (column 0) is left to the merge kernel (triton_merge.py), which
 also merges the splits. Narrow types are loaded, then converted to
 fp32 unless both dot operands are bf16 on a GPU. The interpreter runs the
 3xTF32 path for every dtype pair (its bf16 dot is garbage), so the CPU tests
-exercise the split.
+exercise the split; one test gives it a GPU's bf16 dot and rounding to run the
+native-bf16 variant as well.
 """
 from __future__ import annotations
 
@@ -177,12 +178,18 @@ def _use_bf16_dot(q_dtype, bank_dtype, block_d: int) -> bool:
     return q_dtype == torch.bfloat16 and bank_dtype == torch.bfloat16 and block_d >= 128
 
 
+def _native_bf16_dots(device: torch.device) -> bool:
+    """Whether bf16 dots are exact where the kernel runs: on a GPU, not under the
+    interpreter, whose bf16 dot is garbage (the tests give it a correct one to
+    check the variant on a CPU: python_tests/interpreter_bf16.py)."""
+    return device.type == "cuda" and not triton_interpreter_enabled()
+
+
 def _dot_flags(query, bank, block_d) -> dict:
-    """The kernel's dot constexprs: native bf16 dots on a GPU when both operands are
-    bf16 (the interpreter's bf16 dot is garbage), else 3xTF32 with the operands that
-    are exact in TF32 left unsplit."""
-    on_gpu = query.device.type == "cuda" and not triton_interpreter_enabled()
-    return dict(BF16_DOT=on_gpu and _use_bf16_dot(query.dtype, bank.dtype, block_d),
+    """The kernel's dot constexprs: native bf16 dots where they are exact and both
+    operands are bf16, else 3xTF32 with the operands that are exact in TF32 left
+    unsplit."""
+    return dict(BF16_DOT=_native_bf16_dots(query.device) and _use_bf16_dot(query.dtype, bank.dtype, block_d),
                 Q_EXACT=tf32_exact(query.dtype), BANK_EXACT=tf32_exact(bank.dtype))
 
 
