@@ -80,7 +80,7 @@ def test_rows_are_unit_norm_and_others_untouched(backend):
     (dict(momentum=1.5), "momentum must lie in"),
     (dict(momentum=True), "momentum must be a real number, got bool"),
     (dict(momentum=torch.tensor(0.5)), "momentum must be a real number, got Tensor"),
-    (dict(index=torch.zeros(2, 1, dtype=torch.long)), "index must have 1 dimensions"),
+    (dict(index=torch.zeros(2, 1, dtype=torch.long)), "index must have 1 dimension,"),
 ])
 def test_bad_input_raises_and_leaves_bank(bad, match):
     args = dict(bank=torch.randn(10, 16), index=torch.tensor([0, 1]), values=torch.randn(2, 16), momentum=0.5)
