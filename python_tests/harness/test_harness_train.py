@@ -10,6 +10,7 @@ from rdkernels.backend import triton_interpreter_enabled, triton_unavailable_rea
 from rdkernels.harness import __main__ as cli
 from rdkernels.harness.__main__ import main
 from rdkernels.harness.distillers import DEFAULT_WEIGHTS, DISTILLERS, build_distiller
+from rdkernels.harness import train as train_mod
 from rdkernels.harness.train import Trainer, TrainConfig, lr_at
 
 
@@ -33,6 +34,31 @@ def test_each_distiller_trains(name, impl):
         assert any("memory" in k for k in changed), changed
     if name == "rrd":
         assert any("queue" in k for k in changed), changed
+
+
+def test_a_random_teacher_takes_batch_norm_statistics_from_the_first_training_images():
+    """Without them (mean 0, variance 1 at initialisation) a random teacher's eval-mode
+    logits grow through the layers and its softmax is one-hot (train.calibrate_random_teacher_)."""
+    from rdkernels.harness import data as hdata
+    trainer = Trainer(tiny_config(distill="kd", max_steps=1))
+    teacher = trainer.teacher
+    assert not teacher.training
+    images = trainer.train_set.images[:train_mod.TEACHER_CALIBRATION_IMAGES]
+    with torch.no_grad():
+        first = teacher.conv1(hdata.augment(images, train=False))   # what the stem's BatchNorm saw
+    # 32 images in batches of 4: the cumulative average of the batch means is the mean over all of them
+    torch.testing.assert_close(teacher.bn1.running_mean, first.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    again = Trainer(tiny_config(distill="kd", max_steps=1)).teacher.state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in teacher.state_dict().items())   # deterministic
+
+
+def test_a_teacher_from_a_checkpoint_keeps_its_batch_norm_statistics(tmp_path):
+    from rdkernels.harness.models import build_model
+    saved = build_model("resnet8_tiny", 2)
+    saved.bn1.running_mean.fill_(7.0)
+    torch.save(saved.state_dict(), tmp_path / "teacher.pth")
+    teacher = Trainer(tiny_config(distill="kd", max_steps=1, teacher=str(tmp_path / "teacher.pth"))).teacher
+    assert torch.equal(teacher.bn1.running_mean, saved.bn1.running_mean)
 
 
 @pytest.mark.parametrize("name", ["crd", "wcord", "dcd", "rrd"])

@@ -93,7 +93,8 @@ def _distill_args(p: argparse.ArgumentParser, *, compare: bool = False) -> None:
     g.add_argument("--arch", "--model_s", default="resnet8x4", choices=sorted(MODELS), help="student")
     g.add_argument("--teacher-arch", "--model_t", default="resnet32x4", choices=sorted(MODELS))
     g.add_argument("--teacher", "--path_t", default=None,
-                   help="teacher checkpoint from train-teacher; default: a randomly initialised teacher (timing only)")
+                   help="teacher checkpoint from train-teacher; default: a randomly initialised teacher "
+                        "(BatchNorm statistics from the first 512 training images; timing only)")
     if compare:
         g.add_argument("--distill", default="crd", type=_distill_list,
                        help="crd|wcord|dcd|rrd, or a comma-separated list to compare several in one go")

@@ -208,6 +208,31 @@ def _from_repdistiller_names(state: dict) -> dict:
     return out
 
 
+# images whose activations set a random teacher's BatchNorm statistics
+TEACHER_CALIBRATION_IMAGES = 512
+
+
+def calibrate_random_teacher_(teacher: torch.nn.Module, train_set: hdata.ImageSet, batch_size: int,
+                              device: torch.device) -> None:
+    """Set a randomly initialised teacher's BatchNorm running statistics from the
+    first TEACHER_CALIBRATION_IMAGES training images (unaugmented; torch's
+    ``update_bn``: a cumulative average over the batches, in train mode, no grad).
+
+    At initialisation those statistics are mean 0, variance 1, while the
+    activations they normalise in eval mode grow layer by layer: a random
+    resnet32x4's logits have a standard deviation of ~16 and resnet56's of ~6 000,
+    so the teacher's softmax is one-hot on arbitrary classes and a KD student
+    copying it drives its cross-entropy from 4.6 to ~20 within a few steps. With
+    statistics of the data it sees, the random teacher's predictions are soft and
+    the KD-only run's curves mean something. Deterministic: fixed images, no
+    random draws (the run's random streams are untouched); a checkpointed run
+    resumes with the teacher it saved."""
+    images = train_set.images[:TEACHER_CALIBRATION_IMAGES]
+    batches = [hdata.augment(images[i:i + batch_size].to(device), train=False)
+               for i in range(0, images.shape[0], batch_size)]
+    torch.optim.swa_utils.update_bn(batches, teacher)
+
+
 def load_teacher_weights(model: torch.nn.Module, path: str, arch: str) -> None:
     """Load a train-teacher checkpoint, a bare state_dict, or RepDistiller's
     {'model': state_dict} (its WRN key names are mapped to the harness's).
@@ -315,7 +340,10 @@ class Trainer:
             self.teacher = build_model(cfg.teacher_arch, self.num_classes)
             if cfg.teacher:
                 load_teacher_weights(self.teacher, cfg.teacher, cfg.teacher_arch)
-            self.teacher.to(self.device).eval()
+            self.teacher.to(self.device)
+            if not cfg.teacher:
+                calibrate_random_teacher_(self.teacher, train_set, cfg.batch_size, self.device)
+            self.teacher.eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
             self.criterion = build_distiller(
