@@ -28,11 +28,11 @@ def _bench(tmp_path, name, device, rows, bandwidth_gbps=3000.0):
     path.write_text(json.dumps(record))
 
 
-def _training(tmp_path, name, device, ratio_vs_kd, speedup, **config):
+def _training(tmp_path, name, device, ratio_vs_kd, speedup, report_fields=None, **config):
     cfg = dict(dict(distill="crd", arch="resnet8x4", teacher_arch="resnet32x4", batch_size=64,
                     loss=dict(nce_k=16_384), synthetic_n=50_000, data=None, cuda_graph=False, amp=False), **config)
     report = dict(device=device, config=cfg, speedup_fused_vs_reference=speedup,
-                  runs=dict(fused=dict(step_ratio_vs_kd=ratio_vs_kd)))
+                  runs=dict(fused=dict(step_ratio_vs_kd=ratio_vs_kd)), **(report_fields or {}))
     (tmp_path / f"{name}.json").write_text(json.dumps(report))
 
 
@@ -129,7 +129,7 @@ def test_every_op_target_is_also_judged_in_kernel_time(tmp_path):
     assert _find(results, "DCD, B = 64 ... 1024, fwd+bwd: >= 3x the reference formulation at every B [kernel time]")[
         "status"] == "not measured"
     # targets with no kernel-time twin: memory, the CPU one, the peers, training
-    assert len(targets.TARGETS) == 13 + 7 and sum(targets.KERNEL_TIME in t.text for t in targets.TARGETS) == 7
+    assert len(targets.TARGETS) == 14 + 7 and sum(targets.KERNEL_TIME in t.text for t in targets.TARGETS) == 7
 
 
 def test_speed_ups_memory_and_floor(results):
@@ -166,6 +166,19 @@ def test_training_targets_take_the_best_run_of_the_issue_configuration(results):
     assert row["value"] == pytest.approx(1.05) and row["status"] == "met" and "CUDA graphs" in row["detail"]
     row = _find(results, "2x faster than the reference CRD step")
     assert row["value"] == pytest.approx(1.9) and row["status"] == "not met"
+
+
+def test_curves_agree_against_the_rounding_spread_of_a_200_step_run(tmp_path):
+    words = "loss curves agree to float tolerance"
+    _training(tmp_path, "train_eager", H100, 1.2, 3.0, dict(steps=200, loss_diff_vs_rounding=2.6))
+    _training(tmp_path, "train_graph", H100, 1.2, 3.0, dict(steps=200, loss_diff_vs_rounding=0.7), cuda_graph=True)
+    _training(tmp_path, "train_short", H100, 1.2, 3.0, dict(steps=30, loss_diff_vs_rounding=0.1))  # too few steps
+    _training(tmp_path, "train_old", H100, 1.2, 3.0, dict(steps=200))  # before the control existed
+    row = _find({r["target"]: r for r in targets.evaluate(targets.Results(sorted(tmp_path.glob("*.json"))))}, words)
+    assert row["value"] == pytest.approx(0.7) and row["status"] == "met" and "CUDA graphs" in row["detail"]
+    (tmp_path / "train_graph.json").unlink()
+    row = _find({r["target"]: r for r in targets.evaluate(targets.Results(sorted(tmp_path.glob("*.json"))))}, words)
+    assert row["value"] == pytest.approx(2.6) and row["status"] == "not met"
 
 
 def test_cli_prints_a_table_and_writes_json(tmp_path, capsys):

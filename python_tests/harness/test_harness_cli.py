@@ -13,7 +13,8 @@ import torch
 from harness_helpers import TINY_LOSS, require_loss, single_thread, tiny_config  # noqa: F401 (autouse fixture)
 from rdkernels.harness import __main__ as cli
 from rdkernels.harness.__main__ import main
-from rdkernels.harness.compare import compare, format_report, result_stem
+from rdkernels.harness import data as hdata
+from rdkernels.harness.compare import compare, format_report, nudge_one_ulp_, result_stem, rounding_control_losses
 from rdkernels.harness.models import build_model
 from rdkernels.harness.train import Trainer
 
@@ -112,6 +113,41 @@ def test_compare_runs_the_steps_asked_for_whatever_the_epochs(tmp_path):
     assert [len(run["loss"]) for run in report["runs"].values()] == [12, 12, 12]
     assert report["steps"] == 12 and all(run["steps"] == 12 for run in report["runs"].values())
     assert json.loads(Path(report["json"]).read_text())["steps"] == 12
+
+
+@pytest.mark.parametrize("name", ["crd", "dcd"])
+def test_rounding_control_is_the_fused_run_with_its_last_bits_moved(tmp_path, name):
+    """The control repeats compare's fused run exactly without the nudge (same seed,
+    data, initial state: nothing else differs), and strays from it with the nudge;
+    the report sets the reference/fused difference against that spread."""
+    require_loss(name, "fused")
+    require_loss(name, "reference")
+    cfg = tiny_config(distill=name)
+    report = compare(cfg, steps=12, warmup=2, out_dir=tmp_path, plot=True)
+    fused = report["runs"]["fused"]["loss"]
+    train_set, test_set = hdata.load_dataset(None, synthetic_n=cfg.synthetic_n, synthetic_test_n=cfg.synthetic_test_n,
+                                             num_classes=cfg.num_classes, image_size=cfg.image_size, seed=cfg.seed)
+    fused_cfg = dataclasses.replace(cfg, impl="fused", epochs=0, max_steps=12, out=None, save_every=None,
+                                    eval_every_epoch=False)
+    assert rounding_control_losses(fused_cfg, 12, train_set, test_set, nudge=False) == fused
+    control = report["rounding_control"]
+    assert control["loss"] == rounding_control_losses(fused_cfg, 12, train_set, test_set)
+    spread = max(abs(a - b) for a, b in zip(control["loss"], fused))
+    assert len(control["loss"]) == 12 and spread > 0 and control["max_abs_loss_diff_vs_fused"] == spread
+    assert report["loss_diff_vs_rounding"] == pytest.approx(report["max_abs_loss_diff"] / spread)
+    assert json.loads(Path(report["json"]).read_text())["rounding_control"] == control
+    assert "float-rounding spread" in format_report(report)
+    off = compare(cfg, steps=4, warmup=1, out_dir=tmp_path, plot=False, rounding_control=False)
+    assert "rounding_control" not in off and "loss_diff_vs_rounding" not in off
+
+
+def test_nudge_moves_every_weight_by_one_ulp():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    before = [p.detach().clone() for p in model.parameters()]
+    nudge_one_ulp_(model)
+    for old, new in zip(before, model.parameters()):
+        assert (new > old).all()
+        assert torch.equal(torch.nextafter(new, torch.full_like(new, -float("inf"))), old)
 
 
 def test_compare_refuses_a_step_it_cannot_capture_before_any_run(monkeypatch, capsys):

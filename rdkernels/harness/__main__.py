@@ -263,6 +263,10 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
                         "kernels (default 0: none)")
     p.add_argument("--turn-steps", type=_POSITIVE, default=TURN_STEPS,
                    help="timed steps a run takes in its turn: the runs' timed steps are interleaved")
+    p.add_argument("--rounding-control", action=_ON_OFF, default=True,
+                   help="afterwards, the fused run again (untimed) with its initial student weights one ulp up: "
+                        "the spread float rounding alone makes in the loss curves, the yardstick for the "
+                        "reference/fused difference (default: on)")
     p.add_argument("--results", default="benchmarks/results", help="folder for the JSON and PNG")
     p.add_argument("--no-plot", action="store_true")
     for name in ("train-teacher", "distill"):
@@ -294,7 +298,7 @@ def _compare(args) -> None:
     for name in args.distill.split(","):
         cfg = _config(args, impl="fused", distill=name)
         compare(cfg, steps=args.steps, warmup=args.warmup, out_dir=args.results, plot=not args.no_plot,
-                turn_steps=args.turn_steps, profile_steps=args.profile_steps)
+                turn_steps=args.turn_steps, profile_steps=args.profile_steps, rounding_control=args.rounding_control)
 
 
 def main(argv=None) -> int:

@@ -2,9 +2,10 @@
 and ``--impl fused``, plus a KD-only run, for a fixed number of steps.
 
 Reports steps/s (after a warm-up), peak device memory, the distiller-step /
-KD-step time ratio of each implementation, and both loss curves, as a JSON file
-and a PNG, both named with the device and the settings that differ from the
-benchmark's (``result_stem``).
+KD-step time ratio of each implementation, and both loss curves, with the
+spread float rounding alone makes in them (``rounding_control_losses``), as a
+JSON file and a PNG, both named with the device and the settings that differ
+from the benchmark's (``result_stem``).
 
 The timed steps are interleaved: the three runs take turns of ``turn_steps`` steps
 (20 by default), so a drift of the machine's speed over the minutes the
@@ -37,7 +38,8 @@ def _slug(text: str) -> str:
 
 
 def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str | Path = "benchmarks/results",
-            plot: bool = True, turn_steps: int = TURN_STEPS, profile_steps: int = 0) -> dict:
+            plot: bool = True, turn_steps: int = TURN_STEPS, profile_steps: int = 0,
+            rounding_control: bool = True) -> dict:
     """Run ``cfg.distill`` with both impls and a KD-only run for ``steps`` steps each.
 
     All three runs share the seed, data, batch order, teacher and student
@@ -65,6 +67,13 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     costliest kernels (CPU ops on a CPU), which is where the distiller's
     step-time ratio to KD comes from. Those steps are not in the timing or the
     loss curves.
+
+    ``rounding_control``: afterwards the fused run once more, alone and untimed,
+    with every initial student weight one ulp up (:func:`rounding_control_losses`).
+    How far its curve strays from the fused one is what float rounding alone does
+    to these trainings, the yardstick for "the reference and fused curves agree to
+    float tolerance": the report's ``loss_diff_vs_rounding`` is the largest
+    reference/fused difference over that spread.
     """
     if cfg.distill in (None, "kd"):
         raise ValueError("compare needs a representation distiller: --distill crd|wcord|dcd|rrd")
@@ -96,12 +105,14 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
         "kd": dataclasses.replace(cfg, distill="kd", impl="fused", gamma=None, alpha=None, beta=None),
     }
     # one progress bar for the whole comparison, none per run and turn
-    bar = progress_bar(total=steps * len(runs), initial=0, enabled=cfg.progress, desc=f"compare {cfg.distill}")
-    trainers, eager_reasons, peaks, rng = {}, {}, {}, {}
+    bar = progress_bar(total=steps * (len(runs) + rounding_control), initial=0, enabled=cfg.progress,
+                       desc=f"compare {cfg.distill}")
+    trainers, eager_reasons, peaks, rng, run_cfgs = {}, {}, {}, {}, {}
     for name, run_cfg in runs.items():
         eager_reasons[name] = graph_blocker(run_cfg.distill, run_cfg.impl) if run_cfg.cuda_graph else None
         graphed = run_cfg.cuda_graph and not eager_reasons[name]
         run_cfg = dataclasses.replace(run_cfg, progress=False, cuda_graph=graphed)
+        run_cfgs[name] = run_cfg
         before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
         trainer = Trainer(run_cfg, train_set=train_set, test_set=test_set)
         summary = trainer.run(warmup)
@@ -112,8 +123,6 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
         if bar is not None:
             bar.update(warmup)
     turns = _interleave(trainers, rng, steps, turn_steps, bar)
-    if bar is not None:
-        bar.close()
     profiles = {}
     if profile_steps:
         for name, trainer in trainers.items():
@@ -148,6 +157,13 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    control = None
+    if rounding_control:
+        control = rounding_control_losses(run_cfgs["fused"], steps, train_set, test_set)
+        if bar is not None:
+            bar.update(steps)
+    if bar is not None:
+        bar.close()
 
     kd_ms = results["kd"]["ms_per_step"]
     for name in ("reference", "fused"):
@@ -174,10 +190,15 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
         # steps add the drift of two trainings that started that far apart
         "first_step_loss_diff": (abs(results["reference"]["loss"][0] - results["fused"]["loss"][0])
                                  if results["reference"]["loss"] and results["fused"]["loss"] else None),
-        "max_abs_loss_diff": max((abs(a - b) for a, b in zip(results["reference"]["loss"], results["fused"]["loss"])),
-                                 default=None),
+        "max_abs_loss_diff": _max_abs_diff(results["reference"]["loss"], results["fused"]["loss"]),
         "runs": results,
     }
+    if control is not None:
+        spread = _max_abs_diff(control, results["fused"]["loss"])
+        report["rounding_control"] = {"run": ROUNDING_CONTROL, "loss": control,
+                                      "max_abs_loss_diff_vs_fused": spread}
+        report["loss_diff_vs_rounding"] = (report["max_abs_loss_diff"] / spread
+                                           if spread and report["max_abs_loss_diff"] is not None else None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = result_stem(cfg, dev_name)
@@ -189,6 +210,41 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
         report["png"] = str(plot_report(report, out_dir / f"{stem}.png"))
     print(format_report(report))
     return report
+
+
+ROUNDING_CONTROL = "fused, every initial student weight one ulp up (torch.nextafter), alone and untimed"
+
+
+def _max_abs_diff(a: list[float], b: list[float]) -> float | None:
+    return max((abs(x - y) for x, y in zip(a, b)), default=None)
+
+
+def nudge_one_ulp_(model: torch.nn.Module) -> None:
+    """Every floating-point parameter to the next representable value above it."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point():
+                p.copy_(torch.nextafter(p, torch.full_like(p, float("inf"))))
+
+
+def rounding_control_losses(cfg: TrainConfig, steps: int, train_set: hdata.ImageSet, test_set: hdata.ImageSet,
+                            *, nudge: bool = True) -> list[float]:
+    """The loss curve of ``steps`` steps of the run ``cfg``, built afresh (same seed,
+    data, batch order and initial state as compare's run of it) with every initial
+    student weight one ulp up: the spread float rounding alone makes in a training
+    curve. SGD on these networks amplifies a difference in the last bit to one in
+    the third digit of the loss within tens of steps, so two correct float32
+    implementations of a loss cannot agree closer than this, and a curve that
+    strays much further is a difference in the arithmetic, not in its rounding.
+    ``nudge=False`` reruns the run as it was (the tests check it repeats itself)."""
+    trainer = Trainer(cfg, train_set=train_set, test_set=test_set)
+    if nudge:
+        nudge_one_ulp_(trainer.model)
+    try:
+        trainer.run(steps)
+    finally:
+        trainer.close()
+    return [row["loss"] for row in trainer.history[:steps]]
 
 
 def profile_kernels(trainer: Trainer, steps: int, device: torch.device, top: int = 12) -> dict:
@@ -323,6 +379,12 @@ def format_report(report: dict) -> str:
         lines.append(f"fused vs reference: step-time speed-up {report['speedup_fused_vs_reference']:.2f}x; "
                      f"|loss difference| at step 1 {report['first_step_loss_diff']:.3g}, "
                      f"at most {report['max_abs_loss_diff']:.3g} over the run")
+    control = report.get("rounding_control")
+    if control and control["max_abs_loss_diff_vs_fused"] is not None:
+        ratio = report.get("loss_diff_vs_rounding")
+        lines.append(f"float-rounding spread (fused, initial student weights one ulp up): |loss difference| at most "
+                     f"{control['max_abs_loss_diff_vs_fused']:.3g}; reference vs fused is "
+                     + (f"{ratio:.2f}x that" if ratio is not None else "not comparable (no spread)"))
     for name, r in report["runs"].items():
         prof = r.get("profile")
         if not prof:
@@ -338,14 +400,15 @@ def format_report(report: dict) -> str:
 
 
 def plot_report(report: dict, path: str | Path) -> Path:
-    """Loss curves of both impls (total and distiller term) and the step times, one PNG."""
+    """Loss curves of both impls (total and distiller term), their distance from the
+    fused curve beside the rounding control's, and the step times, one PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     runs = report["runs"]
     cfg = report["config"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
     for name, style in (("reference", dict(color="tab:blue", lw=2.2, alpha=0.6)),
                         ("fused", dict(color="tab:orange", lw=1.0, ls="--"))):
         steps = range(1, len(runs[name]["loss"]) + 1)
@@ -353,19 +416,29 @@ def plot_report(report: dict, path: str | Path) -> Path:
         axes[1].plot(steps, runs[name]["loss_feat"], label=f"{cfg['distill']} {name}", **style)
     axes[0].set(title="total training loss", xlabel="step", ylabel="loss")
     axes[1].set(title=f"{cfg['distill']} term", xlabel="step")
-    for ax in axes[:2]:
+    # the curves lie on top of each other: their distance, against float rounding's (the control)
+    fused = runs["fused"]["loss"]
+    others = [("reference", runs["reference"]["loss"], dict(color="tab:blue"))]
+    if report.get("rounding_control"):
+        others.append(("fused, initial weights +1 ulp", report["rounding_control"]["loss"],
+                       dict(color="tab:gray", ls=":")))
+    for label, loss, style in others:
+        axes[2].plot(range(1, len(loss) + 1), [abs(a - b) for a, b in zip(loss, fused)], label=label, **style)
+    axes[2].set_yscale("symlog", linthresh=1e-6)
+    axes[2].set(title="|total loss - fused's|", xlabel="step")
+    for ax in axes[:3]:
         ax.legend()
         ax.grid(alpha=0.3)
     names = list(runs)
     ms = [runs[n]["ms_per_step"] or 0.0 for n in names]
-    bars = axes[2].bar(names, ms, color=["tab:blue", "tab:orange", "tab:gray"])
+    bars = axes[3].bar(names, ms, color=["tab:blue", "tab:orange", "tab:gray"])
     for bar, n in zip(bars, names):
         mem = runs[n]["peak_memory_bytes"]
         label = f"{bar.get_height():.1f} ms" + (f"\n{mem / 2**20:.0f} MiB" if mem else "")
-        axes[2].annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+        axes[3].annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                          ha="center", va="bottom", fontsize=9)
-    axes[2].set(title="time per training step", ylabel="ms")
-    axes[2].margins(y=0.25)
+    axes[3].set(title="time per training step", ylabel="ms")
+    axes[3].margins(y=0.25)
     fig.suptitle(f"{cfg['distill']}: {_setting(cfg)}, on {report['device']}")
     fig.tight_layout()
     path = Path(path)
