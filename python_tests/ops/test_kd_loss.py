@@ -143,9 +143,38 @@ def test_bad_input_raises(call, error, match):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck(backend):
-    y_s, y_t = _logits(4, 10, torch.float32).requires_grad_(), _logits(4, 10, torch.float32)
-    for teacher_grad in (False, True):
-        torch.library.opcheck(_kd_loss_op, (y_s, y_t.requires_grad_(teacher_grad), 4.0, teacher_grad, backend))
+    for student_grad, teacher_grad in ((False, False), (True, False), (True, True), (False, True)):
+        y_s = _logits(4, 10, torch.float32).requires_grad_(student_grad)
+        y_t = _logits(4, 10, torch.float32).requires_grad_(teacher_grad)
+        torch.library.opcheck(_kd_loss_op, (y_s, y_t, 4.0, student_grad or teacher_grad, teacher_grad, backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_only_the_gradients_autograd_asks_for_are_written(backend, monkeypatch):
+    """Under no_grad, or with logits that do not require it, no [B, C] gradient is
+    allocated or written; the value is the same."""
+    import importlib
+    asked = []   # (need_grad, teacher_grad) of each call of the backend's formulation
+    for module, name in (("rdkernels.ops.kd_loss", "kd_loss_rows_torch"), ("rdkernels.ops.kd_loss.triton",
+                                                                          "kd_loss_triton")):
+        if backend == "torch" and name == "kd_loss_triton":
+            continue
+        mod = importlib.import_module(module)
+        fn = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, fn=fn: (asked.append(a[3:5]), fn(*a))[1])
+    y_s, y_t = _logits(5, 30, torch.float32), _logits(5, 30, torch.float32)
+    expected = kd_loss_reference(y_s.double(), y_t.double(), 4.0)
+    rows, grad_s, grad_t = _kd_loss_op(y_s, y_t, 4.0, False, False, backend)
+    assert grad_s.numel() == 0 and grad_t.numel() == 0
+    assert_close("rows", rows.mean(), expected, 1e-6, 1e-6)
+    full = _kd_loss_op(y_s, y_t, 4.0, True, True, backend)
+    assert torch.equal(full[0], rows) and full[1].shape == full[2].shape == (5, 30)
+    with torch.no_grad():
+        assert_close("no_grad", kd_loss(y_s.requires_grad_(), y_t, T=4.0, backend=backend), expected, 1e-6, 1e-6)
+    kd_loss(y_s.detach(), y_t, T=4.0, backend=backend)
+    kd_loss(y_s.detach(), y_t.requires_grad_(), T=4.0, backend=backend).backward()   # a learning teacher alone
+    assert y_t.grad is not None and y_t.grad.isfinite().all()
+    assert asked == [(False, False), (True, True), (False, False), (False, False), (True, True)]
 
 
 @TRITON

@@ -47,24 +47,24 @@ def _resolve(y_s: torch.Tensor, y_t: torch.Tensor, requested: str | None) -> str
 
 
 @op_body
-def _kd_loss_impl(y_s: torch.Tensor, y_t: torch.Tensor, T: float, teacher_grad: bool, backend: str
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rows [B], d rows / d y_s [B, C], d rows / d y_t [B, C] or [0]) in fp32 (float64
-    for float64 logits, on torch)."""
+def _kd_loss_impl(y_s: torch.Tensor, y_t: torch.Tensor, T: float, need_grad: bool, teacher_grad: bool,
+                  backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows [B], d rows / d y_s [B, C] or [0], d rows / d y_t [B, C] or [0]) in fp32
+    (float64 for float64 logits, on torch); teacher_grad implies need_grad."""
     if backend == "triton":
         from rdkernels.ops.kd_loss.triton import kd_loss_triton
-        return kd_loss_triton(y_s, y_t, T, teacher_grad)
-    return kd_loss_rows_torch(y_s, y_t, T, teacher_grad)
+        return kd_loss_triton(y_s, y_t, T, need_grad, teacher_grad)
+    return kd_loss_rows_torch(y_s, y_t, T, need_grad, teacher_grad)
 
 
 _kd_loss_op = torch.library.custom_op("rdkernels::kd_loss", _kd_loss_impl, mutates_args=())
 
 
 @_kd_loss_op.register_fake
-def _(y_s, y_t, T, teacher_grad, backend):
+def _(y_s, y_t, T, need_grad, teacher_grad, backend):
     batch, n_cls = y_s.shape
     dt = torch.float64 if torch.float64 in (y_s.dtype, y_t.dtype) else torch.float32
-    return (y_s.new_empty(batch, dtype=dt), y_s.new_empty(batch, n_cls, dtype=dt),
+    return (y_s.new_empty(batch, dtype=dt), y_s.new_empty((batch, n_cls) if need_grad else (0,), dtype=dt),
             y_s.new_empty((batch, n_cls) if teacher_grad else (0,), dtype=dt))
 
 
@@ -77,11 +77,11 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_rows, grad_gs, grad_gt):
     grad_s, grad_t = ctx.saved_tensors
     if grad_rows is None:
-        return None, None, None, None, None
+        return None, None, None, None, None, None
     scale = grad_rows[:, None]
-    dy_s = (scale * grad_s).to(ctx.dtypes[0])
+    dy_s = (scale * grad_s).to(ctx.dtypes[0]) if grad_s.numel() else None
     dy_t = (scale * grad_t).to(ctx.dtypes[1]) if grad_t.numel() else None
-    return dy_s, dy_t, None, None, None
+    return dy_s, dy_t, None, None, None, None
 
 
 _kd_loss_op.register_autograd(_backward, setup_context=_setup_context)
@@ -114,5 +114,7 @@ def kd_loss(y_s: torch.Tensor, y_t: torch.Tensor, *, T: float = 4.0, backend: st
     name = _resolve(y_s, y_t, backend)
     y_s = y_s if y_s.stride(1) == 1 else y_s.contiguous()   # the kernel reads a row as one vector
     y_t = y_t if y_t.stride(1) == 1 else y_t.contiguous()
+    # the kernel writes only the gradients autograd will ask for (none under no_grad)
     teacher_grad = y_t.requires_grad and torch.is_grad_enabled()
-    return _kd_loss(y_s, y_t, T, teacher_grad, name)[0].mean()
+    need_grad = teacher_grad or (y_s.requires_grad and torch.is_grad_enabled())
+    return _kd_loss(y_s, y_t, T, need_grad, teacher_grad, name)[0].mean()

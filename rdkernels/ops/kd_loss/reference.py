@@ -27,15 +27,18 @@ def kd_loss_reference(y_s: torch.Tensor, y_t: torch.Tensor, T: float) -> torch.T
     return F.kl_div(log_p_s, p_t, reduction="sum") * (T ** 2) / y_s.shape[0]
 
 
-def kd_loss_rows_torch(y_s: torch.Tensor, y_t: torch.Tensor, T: float, teacher_grad: bool
+def kd_loss_rows_torch(y_s: torch.Tensor, y_t: torch.Tensor, T: float, need_grad: bool, teacher_grad: bool
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rows [B], d rows / d y_s, d rows / d y_t or an empty tensor), with
+    """(rows [B], d rows / d y_s, d rows / d y_t), each gradient an empty tensor where not
+    asked for (teacher_grad implies need_grad), with
     rows = T^2 sum_c (xlogy(p_t, p_t) - p_t log p_s), in float32 (float64 for float64 inputs)."""
     dt = torch.float64 if torch.float64 in (y_s.dtype, y_t.dtype) else torch.float32
     log_p_s = F.log_softmax(y_s.to(dt) / T, dim=1)
     log_p_t = F.log_softmax(y_t.to(dt) / T, dim=1)
     p_t = log_p_t.exp()
     rows = (torch.xlogy(p_t, p_t) - p_t * log_p_s).sum(dim=1) * (T * T)
+    if not need_grad:
+        return rows, rows.new_empty(0), rows.new_empty(0)
     grad_s = (log_p_s.exp() - p_t) * T
     if not teacher_grad:
         return rows, grad_s, grad_s.new_empty(0)
