@@ -117,9 +117,9 @@ def test_compare_runs_the_steps_asked_for_whatever_the_epochs(tmp_path):
 
 @pytest.mark.parametrize("name", ["crd", "dcd"])
 def test_rounding_control_is_the_fused_run_with_its_last_bits_moved(tmp_path, name):
-    """The control repeats compare's fused run exactly without the nudge (same seed,
-    data, initial state: nothing else differs), and strays from it with the nudge;
-    the report sets the reference/fused difference against that spread."""
+    """The control repeats compare's fused run exactly without a nudge (same seed,
+    data, initial state: nothing else differs), and strays from it with one; the
+    report sets the reference/fused difference against the larger of its two spreads."""
     require_loss(name, "fused")
     require_loss(name, "reference")
     cfg = tiny_config(distill=name)
@@ -129,25 +129,33 @@ def test_rounding_control_is_the_fused_run_with_its_last_bits_moved(tmp_path, na
                                              num_classes=cfg.num_classes, image_size=cfg.image_size, seed=cfg.seed)
     fused_cfg = dataclasses.replace(cfg, impl="fused", epochs=0, max_steps=12, out=None, save_every=None,
                                     eval_every_epoch=False)
-    assert rounding_control_losses(fused_cfg, 12, train_set, test_set, nudge=False) == fused
+    assert rounding_control_losses(fused_cfg, 12, train_set, test_set, direction=0) == fused
     control = report["rounding_control"]
-    assert control["loss"] == rounding_control_losses(fused_cfg, 12, train_set, test_set)
-    spread = max(abs(a - b) for a, b in zip(control["loss"], fused))
-    assert len(control["loss"]) == 12 and spread > 0 and control["max_abs_loss_diff_vs_fused"] == spread
-    assert report["loss_diff_vs_rounding"] == pytest.approx(report["max_abs_loss_diff"] / spread)
+    assert set(control["loss"]) == {"up", "down"}
+    spreads = []
+    for label, direction in (("up", 1), ("down", -1)):
+        loss = control["loss"][label]
+        assert loss == rounding_control_losses(fused_cfg, 12, train_set, test_set, direction=direction)
+        spreads.append(max(abs(a - b) for a, b in zip(loss, fused)))
+    assert control["loss"]["up"] != control["loss"]["down"] and min(spreads) > 0
+    assert control["max_abs_loss_diff_vs_fused"] == max(spreads)
+    assert report["loss_diff_vs_rounding"] == pytest.approx(report["max_abs_loss_diff"] / max(spreads))
     assert json.loads(Path(report["json"]).read_text())["rounding_control"] == control
     assert "float-rounding spread" in format_report(report)
     off = compare(cfg, steps=4, warmup=1, out_dir=tmp_path, plot=False, rounding_control=False)
     assert "rounding_control" not in off and "loss_diff_vs_rounding" not in off
 
 
-def test_nudge_moves_every_weight_by_one_ulp():
+@pytest.mark.parametrize("direction", [1, -1])
+def test_nudge_moves_every_weight_by_one_ulp(direction):
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
     before = [p.detach().clone() for p in model.parameters()]
-    nudge_one_ulp_(model)
+    nudge_one_ulp_(model, direction)
     for old, new in zip(before, model.parameters()):
-        assert (new > old).all()
-        assert torch.equal(torch.nextafter(new, torch.full_like(new, -float("inf"))), old)
+        assert ((new - old) * direction > 0).all()
+        assert torch.equal(torch.nextafter(new, torch.full_like(new, -direction * float("inf"))), old)
+    with pytest.raises(ValueError, match="direction must be 1 or -1"):
+        nudge_one_ulp_(model, 0)
 
 
 def test_compare_refuses_a_step_it_cannot_capture_before_any_run(monkeypatch, capsys):

@@ -68,12 +68,14 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     step-time ratio to KD comes from. Those steps are not in the timing or the
     loss curves.
 
-    ``rounding_control``: afterwards the fused run once more, alone and untimed,
-    with every initial student weight one ulp up (:func:`rounding_control_losses`).
-    How far its curve strays from the fused one is what float rounding alone does
-    to these trainings, the yardstick for "the reference and fused curves agree to
-    float tolerance": the report's ``loss_diff_vs_rounding`` is the largest
-    reference/fused difference over that spread.
+    ``rounding_control``: afterwards the fused run twice more, alone and untimed,
+    with every initial student weight one ulp up, then one ulp down
+    (:func:`rounding_control_losses`). How far their curves stray from the fused
+    one is what float rounding alone does to these trainings, the yardstick for
+    "the reference and fused curves agree to float tolerance": the report's
+    ``loss_diff_vs_rounding`` is the largest reference/fused difference over the
+    larger of the two spreads (two draws, since the largest difference between
+    two chaotic trainings varies from one pair to the next).
     """
     if cfg.distill in (None, "kd"):
         raise ValueError("compare needs a representation distiller: --distill crd|wcord|dcd|rrd")
@@ -105,7 +107,7 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
         "kd": dataclasses.replace(cfg, distill="kd", impl="fused", gamma=None, alpha=None, beta=None),
     }
     # one progress bar for the whole comparison, none per run and turn
-    bar = progress_bar(total=steps * (len(runs) + rounding_control), initial=0, enabled=cfg.progress,
+    bar = progress_bar(total=steps * (len(runs) + len(NUDGES) * rounding_control), initial=0, enabled=cfg.progress,
                        desc=f"compare {cfg.distill}")
     trainers, eager_reasons, peaks, rng, run_cfgs = {}, {}, {}, {}, {}
     for name, run_cfg in runs.items():
@@ -157,9 +159,9 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    control = None
-    if rounding_control:
-        control = rounding_control_losses(run_cfgs["fused"], steps, train_set, test_set)
+    controls = {}
+    for name, direction in NUDGES.items() if rounding_control else ():
+        controls[name] = rounding_control_losses(run_cfgs["fused"], steps, train_set, test_set, direction=direction)
         if bar is not None:
             bar.update(steps)
     if bar is not None:
@@ -193,9 +195,9 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
         "max_abs_loss_diff": _max_abs_diff(results["reference"]["loss"], results["fused"]["loss"]),
         "runs": results,
     }
-    if control is not None:
-        spread = _max_abs_diff(control, results["fused"]["loss"])
-        report["rounding_control"] = {"run": ROUNDING_CONTROL, "loss": control,
+    if controls:
+        spread = max(_max_abs_diff(loss, results["fused"]["loss"]) for loss in controls.values())
+        report["rounding_control"] = {"run": ROUNDING_CONTROL, "loss": controls,
                                       "max_abs_loss_diff_vs_fused": spread}
         report["loss_diff_vs_rounding"] = (report["max_abs_loss_diff"] / spread
                                            if spread and report["max_abs_loss_diff"] is not None else None)
@@ -212,35 +214,41 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     return report
 
 
-ROUNDING_CONTROL = "fused, every initial student weight one ulp up (torch.nextafter), alone and untimed"
+ROUNDING_CONTROL = ("fused, every initial student weight one ulp up, and again one ulp down (torch.nextafter); "
+                    "alone and untimed")
+NUDGES = {"up": 1, "down": -1}   # the rounding control's runs: which way the weights move
 
 
 def _max_abs_diff(a: list[float], b: list[float]) -> float | None:
     return max((abs(x - y) for x, y in zip(a, b)), default=None)
 
 
-def nudge_one_ulp_(model: torch.nn.Module) -> None:
-    """Every floating-point parameter to the next representable value above it."""
+def nudge_one_ulp_(model: torch.nn.Module, direction: int = 1) -> None:
+    """Every floating-point parameter to the next representable value above it
+    (``direction`` 1) or below it (-1)."""
+    if direction not in (1, -1):
+        raise ValueError(f"direction must be 1 or -1, got {direction!r}")
     with torch.no_grad():
         for p in model.parameters():
             if p.is_floating_point():
-                p.copy_(torch.nextafter(p, torch.full_like(p, float("inf"))))
+                p.copy_(torch.nextafter(p, torch.full_like(p, direction * float("inf"))))
 
 
 def rounding_control_losses(cfg: TrainConfig, steps: int, train_set: hdata.ImageSet, test_set: hdata.ImageSet,
-                            *, nudge: bool = True) -> list[float]:
+                            *, direction: int = 1) -> list[float]:
     """The loss curve of ``steps`` steps of the run ``cfg``, built afresh (same seed,
     data, batch order and initial state as compare's run of it) with every initial
-    student weight one ulp up: the spread float rounding alone makes in a training
+    student weight one ulp up (``direction`` 1) or down (-1): the spread float
+    rounding alone makes in a training
     curve. SGD on these networks amplifies a difference in the last bit to 1e-4 of
     the loss within ten steps and 1e-3 within fifty (resnet20 -> resnet8 on a CPU),
     so two correct float32 implementations of a loss are not expected to agree
     closer than this, and a curve that strays much further differs in its
     arithmetic, not in its rounding.
-    ``nudge=False`` reruns the run as it was (the tests check it repeats itself)."""
+    ``direction=0`` reruns the run as it was (the tests check it repeats itself)."""
     trainer = Trainer(cfg, train_set=train_set, test_set=test_set)
-    if nudge:
-        nudge_one_ulp_(trainer.model)
+    if direction:
+        nudge_one_ulp_(trainer.model, direction)
     try:
         trainer.run(steps)
     finally:
@@ -383,8 +391,8 @@ def format_report(report: dict) -> str:
     control = report.get("rounding_control")
     if control and control["max_abs_loss_diff_vs_fused"] is not None:
         ratio = report.get("loss_diff_vs_rounding")
-        lines.append(f"float-rounding spread (fused, initial student weights one ulp up): |loss difference| at most "
-                     f"{control['max_abs_loss_diff_vs_fused']:.3g}; reference vs fused is "
+        lines.append(f"float-rounding spread (fused, initial student weights one ulp up / down): |loss difference| "
+                     f"at most {control['max_abs_loss_diff_vs_fused']:.3g}; reference vs fused is "
                      + (f"{ratio:.2f}x that" if ratio is not None else "not comparable (no spread)"))
     for name, r in report["runs"].items():
         prof = r.get("profile")
@@ -420,9 +428,9 @@ def plot_report(report: dict, path: str | Path) -> Path:
     # the curves lie on top of each other: their distance, against float rounding's (the control)
     fused = runs["fused"]["loss"]
     others = [("reference", runs["reference"]["loss"], dict(color="tab:blue"))]
-    if report.get("rounding_control"):
-        others.append(("fused, initial weights +1 ulp", report["rounding_control"]["loss"],
-                       dict(color="tab:gray", ls=":")))
+    for name, loss in (report.get("rounding_control") or {}).get("loss", {}).items():
+        others.append((f"fused, initial weights 1 ulp {name}", loss,
+                       dict(color="tab:gray", ls=":" if name == "up" else "--")))
     for label, loss, style in others:
         axes[2].plot(range(1, len(loss) + 1), [abs(a - b) for a, b in zip(loss, fused)], label=label, **style)
     axes[2].set_yscale("symlog", linthresh=1e-6)
