@@ -58,7 +58,12 @@ def device():
 
 def backends(op: str) -> list:
     """pytest params for every concrete backend that can run ``op`` here; the
-    ones that cannot appear as skips, so a run shows what it did not test."""
+    ones that cannot appear as skips, so a run shows what it did not test. ``op``
+    is a name ``python -m rdkernels`` reports: a misspelt one would make the cuda
+    case a skip on every machine (the extension has no kernel of that name)."""
+    from rdkernels.__main__ import OPS, TRITON_ONLY_OPS
+    if op not in OPS + TRITON_ONLY_OPS:
+        raise ValueError(f"unknown op {op!r}: one of {OPS + TRITON_ONLY_OPS}")
     here = available_backends(DEVICE, op)
     params = []
     for name in ("torch", "triton", "cuda"):

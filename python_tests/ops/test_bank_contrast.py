@@ -280,11 +280,11 @@ def test_z_beyond_float32_is_inf_and_refused(backend):
 
 @not_under_emulated_cuda
 def test_unavailable_backend_says_why():
+    """CPU tensors (on a GPU machine too) asked to run on the cuda backend."""
     import rdkernels
-    args = _good()
-    if DEVICE.type == "cpu":
-        with pytest.raises(rdkernels.BackendUnavailable, match="needs CUDA tensors"):
-            bank_contrast(**args, backend="cuda")
+    args = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in _good().items()}
+    with pytest.raises(rdkernels.BackendUnavailable, match="needs CUDA tensors, got cpu tensors"):
+        bank_contrast(**args, backend="cuda")
 
 
 def test_auto_backend_on_cpu_is_torch():

@@ -40,7 +40,7 @@ def _check(backend, y_s, y_t, T, teacher_grad=True):
         if want is None:
             assert got is None, name
             continue
-        assert got.dtype == y_s.dtype if name == "grad y_s" else y_t.dtype
+        assert got.dtype == (y_s.dtype if name == "grad y_s" else y_t.dtype), name
         # fp32 arithmetic on log-probabilities of size ~|y| / T, times T: an error of ~eps |y|
         atol = 1e-6 * scale + GRAD_RTOL[got.dtype] * want.abs().max().item()
         assert_close(name, got, want, atol, GRAD_RTOL[got.dtype])

@@ -1,4 +1,6 @@
 """l2_normalize: Triton and torch against the float64 reference, forward and backward."""
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,8 +9,8 @@ from helpers import assert_close, tolerance
 
 from rdkernels.backend import BackendUnavailable, triton_unavailable_reason
 from rdkernels.losses._embed import Embed
-from rdkernels.ops.l2_normalize import (_l2_normalize_backward_op, _l2_normalize_op, l2_normalize,
-                                        l2_normalize_reference)
+from rdkernels.ops.l2_normalize import (MAX_TRITON_DIM, _l2_normalize_backward_op, _l2_normalize_op, _resolve,
+                                        l2_normalize, l2_normalize_reference)
 
 BACKENDS = [pytest.param("torch"),
             pytest.param("triton", marks=pytest.mark.skipif(triton_unavailable_reason(DEVICE) is not None,
@@ -132,6 +134,8 @@ def test_compiles_fullgraph(backend):
 def test_cuda_backend_uses_a_kernel_it_has():
     """No CUDA C++ kernel: backend 'cuda' runs Triton's on a GPU, torch elsewhere."""
     x = _rows(3, 16, torch.float32)
+    on_gpu_triton = DEVICE.type == "cuda" and triton_unavailable_reason(DEVICE) is None
+    assert _resolve(x, "cuda") == ("triton" if on_gpu_triton else "torch")
     torch.testing.assert_close(l2_normalize(x, backend="cuda"), l2_normalize_reference(x))
 
 
@@ -151,9 +155,12 @@ def test_bad_input_raises(kwargs, error, match):
 
 
 def test_triton_refuses_what_it_cannot_run():
-    reason = triton_unavailable_reason(torch.device("cpu"))
-    x = torch.randn(2, 16385)
-    with pytest.raises(BackendUnavailable, match="l2_normalize"):
+    """Where Triton runs, rows wider than MAX_TRITON_DIM (the width, not the device);
+    where it cannot, any row, with that reason."""
+    reason = triton_unavailable_reason(DEVICE)
+    x = torch.randn(2, MAX_TRITON_DIM + 1, device=DEVICE)
+    expected = f"l2_normalize: {reason}" if reason else f"rows wider than {MAX_TRITON_DIM} (got {MAX_TRITON_DIM + 1})"
+    with pytest.raises(BackendUnavailable, match=re.escape(expected)):
         l2_normalize(x, backend="triton")
-    if reason is None:   # the width, not the device, is what it refuses
-        l2_normalize(torch.randn(2, 16384), backend="triton")
+    if reason is None:
+        l2_normalize(torch.randn(2, MAX_TRITON_DIM, device=DEVICE), backend="triton")

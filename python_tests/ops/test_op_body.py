@@ -63,7 +63,7 @@ def test_shared_bank_contrast(backend):
         lambda q_s: shared_bank_contrast(q_s, q_t, queue, tau_s=0.02, tau_t=0.1, backend=backend), [_unit(6, 32)])
 
 
-@pytest.mark.parametrize("backend", backends("dcd"))
+@pytest.mark.parametrize("backend", backends("dcd_loss"))
 def test_dcd(backend):
     tau, bias = torch.tensor([1.0], device=DEVICE), torch.tensor([0.1], device=DEVICE)
     _assert_autocast_has_no_effect(lambda z_s, z_t: dcd_loss(z_s, z_t, tau, bias, backend=backend),
