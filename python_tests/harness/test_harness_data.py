@@ -136,15 +136,19 @@ def test_device_sampler_falls_back_to_replacement_per_row_as_the_reference():
     assert not sampler.replace
     gen = torch.Generator().manual_seed(0)
     index = torch.arange(20)
-    short_rows_repeat = 0
+    short = []   # class 0's rows: 12 draws each from its pool of 10 (the indices 10..19)
     for _ in range(200):
         neg = sampler.sample(index, gen)[:, 1:]
         assert (labels[neg] != labels[index][:, None]).all()
         rows = neg.tolist()
         assert all(len(set(row)) == k for row in rows[10:])  # classes 1, 2: K of 15, distinct
-        assert all(len(set(row)) <= 10 for row in rows[:10])  # class 0: 12 of 10, so repeats
-        short_rows_repeat += sum(len(set(row)) < k for row in rows[:10])
-    assert short_rows_repeat == 200 * 10
+        short += rows[:10]
+    # uniform with replacement: each pool index in a tenth of the draws, and 10 (1 - 0.9^12) = 7.18
+    # distinct indices a row on average (a sampler that took all ten and repeated two would show 10)
+    counts = torch.bincount(torch.tensor(short).flatten(), minlength=20)[10:].double()
+    assert ((counts / counts.sum() - 0.1).abs() < 0.01).all()
+    distinct = sum(len(set(row)) for row in short) / len(short)
+    assert abs(distinct - 10 * (1 - 0.9 ** k)) < 0.15
     # the reference, on the same labels: the same rule
     data = hdata.ImageSet(torch.zeros(20, 3, 4, 4, dtype=torch.uint8), labels, 3)
     ref = hdata.InstanceSampleDataset(data, k=k)

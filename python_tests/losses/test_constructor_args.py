@@ -58,12 +58,33 @@ def test_bad_argument_raises_naming_it(loss, name, value, error):
         cls(**dict(good, **{name: value}))
 
 
+# where an argument lands when the module keeps no attribute of its name
+STORED_AT = {
+    ("crd", "feat_dim"): lambda m: m.embed_s.linear.out_features,
+    ("crd", "nce_t"): lambda m: m.contrast.params[1],   # RepDistiller's params buffer: [K, T, Z_v1, Z_v2, m]
+    ("crd", "nce_m"): lambda m: m.contrast.params[4],
+    ("wcord", "feat_dim"): lambda m: m.memory_s.dim,
+    ("wcord", "nce_m"): lambda m: m.memory_s.momentum,
+    ("rrd_momentum", "nce_m"): lambda m: m.memory_s.momentum,
+    ("dcd", "init_tau"): lambda m: m.tau,
+    ("dcd", "init_bias"): lambda m: m.bias,
+}
+
+
 @pytest.mark.parametrize("loss,name,value", [p.values[:3] for p in _cases(lambda kind: [(NUMPY_GOOD[kind],)])])
 def test_numpy_numbers_are_accepted(loss, name, value):
+    """Stored as a plain Python number (not a NumPy scalar), or in a float32 buffer or
+    parameter, with the value given."""
     cls, good, _ = LOSSES[loss]
     module = cls(**dict(good, **{name: value}))
-    stored = getattr(module, name, None)
-    if stored is not None:  # kept as a plain Python number, not a NumPy scalar
+    if (loss, name) in STORED_AT:
+        stored = STORED_AT[loss, name](module)
+    else:
+        assert hasattr(module, name), f"say in STORED_AT where {loss}'s {name} is kept"
+        stored = getattr(module, name)
+    if isinstance(stored, torch.Tensor):
+        assert stored.dtype == torch.float32 and stored.numel() == 1 and stored.item() == float(value)
+    else:
         assert type(stored) in (int, float) and stored == value
 
 

@@ -51,14 +51,35 @@ def test_steps_match_reference(backend, enqueue, batch, queue_size, naive_refere
     assert int(fused.ptr) == (3 * batch) % queue_size
 
 
-def test_enqueue_before_includes_own_teacher_embedding():
-    """With enqueue='before' the batch's teacher rows sit in the queue when scoring."""
-    fused = RRDLoss(8, 8, feat_dim=16, queue_size=10, enqueue="before").to(DEVICE)
-    f = torch.randn(4, 8, device=DEVICE)
-    fused(f, f)
-    z_t = torch.nn.functional.normalize(fused.embed_t(f), dim=1)
+def _rrd_by_hand(z_s, z_t, queue, tau_s, tau_t):
+    """RRD's loss written out in float64: the teacher's softmax over the queue against
+    the student's log-softmax, summed over the queue, averaged over the batch."""
+    z_s, z_t, queue = z_s.double(), z_t.double(), queue.double()
+    p_t = torch.softmax(z_t @ queue.T / tau_t, dim=1)
+    return -(p_t * torch.log_softmax(z_s @ queue.T / tau_s, dim=1)).sum(dim=1).mean()
+
+
+@pytest.mark.parametrize("enqueue", ENQUEUE_MODES)
+def test_enqueue_before_scores_against_the_batch_own_teacher_rows(enqueue):
+    """With enqueue='before' the batch's teacher rows sit in the queue when scoring;
+    with 'after' they replace the oldest rows once scored. The queue and pointer
+    end the same either way: the loss is what tells them apart."""
+    fused = RRDLoss(8, 8, feat_dim=16, queue_size=10, enqueue=enqueue).to(DEVICE)
+    start = fused.queue.clone()
+    f_s, f_t = torch.randn(4, 8, device=DEVICE), torch.randn(4, 8, device=DEVICE)
+    loss = fused(f_s, f_t)
+    with torch.no_grad():
+        z_s = torch.nn.functional.normalize(fused.embed_s(f_s), dim=1)
+        z_t = torch.nn.functional.normalize(fused.embed_t(f_t), dim=1)
+    after = start.clone()
+    after[:4] = z_t
     assert_close("queue[0:4]", fused.queue[:4], z_t, 1e-6, 1e-6)
-    assert int(fused.ptr) == 4
+    assert torch.equal(fused.queue[4:], start[4:]) and int(fused.ptr) == 4
+    scored = after if enqueue == "before" else start
+    expected = _rrd_by_hand(z_s, z_t, scored, fused.tau_s, fused.tau_t)
+    other = _rrd_by_hand(z_s, z_t, start if enqueue == "before" else after, fused.tau_s, fused.tau_t)
+    assert_close("loss", loss, expected, 1e-5, 1e-5)
+    assert abs(other.item() - expected.item()) > 1e-2   # the two modes' losses differ here
 
 
 def test_queue_init_is_column_normalised():
