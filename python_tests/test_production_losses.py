@@ -174,15 +174,18 @@ def test_compiled_wcord_still_checks_costs():
 
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_autocast_bf16_close_to_fp32(name):
-    """bf16 activations under autocast; the losses come back fp32, finite, close to fp32."""
+    """bf16 activations under autocast (the heads' matmuls; KD, which has none, gets the
+    bf16 logits an autocast network gives); the losses come back fp32, finite, close to fp32."""
     fp32, amp = make(name), make(name)
     for seed in range(2):
         inputs = batch(name, seed)
         l32, g32, _, _ = step(fp32, inputs)
         with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
-            l16, g16, p16, _ = step(amp, inputs)
+            l16, g16, p16, _ = step(amp, [t.bfloat16() for t in inputs] if name == "kd" else inputs)
         assert l16.dtype == torch.float32 and torch.isfinite(l16)
-        assert all(torch.isfinite(g).all() for g in p16.values())
+        assert (len(p16) > 0) == (name != "kd") and all(torch.isfinite(g).all() for g in p16.values())
+        if name == "kd":
+            assert g16.dtype == torch.bfloat16 and not torch.equal(l16, l32)
         assert_close("autocast loss", l16, l32, atol=0.05, rtol=0.02)
         assert_close("autocast grad", g16, g32, atol=0.05 * g32.abs().max().item(), rtol=0.1)
 
@@ -227,8 +230,16 @@ OPCHECK_BACKENDS = {
     "bank_contrast_loss": "bank_contrast", "bank_scores": "bank_contrast", "bank_scores_backward": "bank_contrast",
     "bank_update_": "bank_update", "sinkhorn": "sinkhorn", "shared_bank_contrast": "shared_bank_contrast",
     "dcd_loss": "dcd_loss", "l2_normalize": "l2_normalize", "l2_normalize_backward": "l2_normalize",
-    "sinkhorn_cost_grad": "sinkhorn",
+    "sinkhorn_cost_grad": "sinkhorn", "fifo_enqueue_": "fifo_enqueue_", "kd_loss": "kd_loss",
 }
+
+
+def test_opcheck_covers_every_custom_op():
+    """A new rdkernels:: op must join OPCHECK_BACKENDS (and _opcheck_args)."""
+    import rdkernels.ops  # noqa: F401 (registers every op)
+    registered = {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names()
+                  if name.startswith("rdkernels::")}
+    assert registered == set(OPCHECK_BACKENDS) == set(_opcheck_args())
 
 
 def _opcheck_args():
@@ -238,6 +249,8 @@ def _opcheck_args():
     from rdkernels.ops.shared_bank_contrast import _shared_bank_contrast_op
     from rdkernels.ops.l2_normalize import _l2_normalize_backward_op, _l2_normalize_op
     from rdkernels.ops.sinkhorn import _cost_grad_op, _sinkhorn_op
+    from rdkernels.ops.fifo_enqueue import _fifo_enqueue_op
+    from rdkernels.ops.kd_loss import _kd_loss_op
 
     q = unit_rows(4, 16, device=DEVICE).requires_grad_()
     bank, idx = unit_rows(20, 16, device=DEVICE), torch.randint(0, 20, (4, 6), device=DEVICE)
@@ -266,6 +279,11 @@ def _opcheck_args():
         "sinkhorn_cost_grad": [(_cost_grad_op, (cost.detach(), a, b, 0.1 * torch.randn(2, 3, device=DEVICE),
                                                 0.1 * torch.randn(2, 4, device=DEVICE), 0.1,
                                                 torch.rand(2, device=DEVICE)))],
+        "fifo_enqueue_": [(_fifo_enqueue_op, (unit_rows(10, 16, device=DEVICE), torch.tensor([7], device=DEVICE),
+                                              unit_rows(5, 16, device=DEVICE)))],
+        "kd_loss": [(_kd_loss_op, (torch.randn(4, 10, device=DEVICE, requires_grad=g_s),
+                                   torch.randn(4, 10, device=DEVICE, requires_grad=g_t), 4.0, g_s or g_t, g_t))
+                    for g_s, g_t in ((True, False), (True, True), (False, False))],
     }
 
 

@@ -47,11 +47,15 @@ def _grid(meta):
     return (64 // meta["BLOCK"],)
 
 
-def test_eager_call_times_and_reuses(tuned):
+def test_eager_call_times_and_reuses(tuned, monkeypatch):
+    """The first eager call times and records its key; a later call of that key goes to
+    the tuner (which reuses its choice) even where a fresh timing is not allowed."""
     tk, log = tuned
     x = torch.zeros(4)
     used = tk.launch(_grid, x, 64)
     assert log[-1][0] == "timed" and used["BLOCK"] == 32 and log[-1][1] == (2,)
+    assert tk._timing_key((x, 64), {}) in tk._timed
+    monkeypatch.setattr(_autotune, "host_reads_allowed", lambda probe: False)
     tk.launch(_grid, x, 64)
     assert [entry[0] for entry in log] == ["timed", "timed"]
 

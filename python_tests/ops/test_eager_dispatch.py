@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from conftest import DEVICE
+from rdkernels.ops import _eager
 from rdkernels.ops.bank_contrast import _loss, _loss_op
 from rdkernels.ops.dcd import _dcd, _dcd_op
 from rdkernels.ops.shared_bank_contrast import _shared_bank_contrast, _shared_bank_contrast_op
@@ -48,11 +49,23 @@ def test_eager_path_equals_custom_op(case):
 
 
 @pytest.mark.parametrize("case", list(_cases()), ids=lambda c: c[0])
-def test_eager_path_without_grad_records_nothing(case):
-    _, _, eager, args, _ = case
+def test_eager_path_without_grad_records_nothing(case, monkeypatch):
+    """Inputs that require grad, under no_grad: the call routes to the body itself, not
+    through the dispatcher or an autograd Function (whose apply is made to fail here)."""
+    _, _, eager, args, grad_positions = case
+    args = list(args)
+    for i in grad_positions:
+        args[i] = args[i].detach().clone().requires_grad_(True)
+
+    def refuse(*a, **k):
+        raise AssertionError("a no-grad eager call left the shortcut")
+    monkeypatch.setattr(torch.autograd.Function, "apply", classmethod(refuse))
     with torch.no_grad():
+        assert _eager._route(args) == _eager._RUN
         out = eager(*args)
     assert all(o.grad_fn is None and not o.requires_grad for o in out)
+    with pytest.raises(AssertionError, match="left the shortcut"):   # with grad on, the Function is taken
+        eager(*args)
 
 
 def _double_backward_cases():
