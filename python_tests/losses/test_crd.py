@@ -38,6 +38,22 @@ def test_steps_match_reference(backend, b, k):
 
 
 @pytest.mark.parametrize("backend", backends("bank_contrast"))
+def test_in_place_edits_of_params_take_effect_at_the_next_call(backend):
+    """A temperature or momentum schedule written into contrast.params applies from the
+    next call, as in the reference, which reads params on every call."""
+    fused, reference = make_pair(backend)
+    assert_bank_loss_step_matches(fused, reference, batch(8, 33), "step 0", loss_atol=1e-4)
+    for step_no, (temperature, momentum) in enumerate([(0.1, 0.9), (0.1, 0.9), (0.05, 0.2)], start=1):
+        for module in (fused, reference):
+            with torch.no_grad():
+                module.contrast.params[1], module.contrast.params[4] = temperature, momentum
+        assert_bank_loss_step_matches(fused, reference, batch(8, 33), f"step {step_no}", loss_atol=1e-4)
+        for buf in ("memory_v1", "memory_v2", "params"):
+            assert_close(f"step {step_no} {buf}", getattr(fused.contrast, buf), getattr(reference.contrast, buf),
+                         atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", backends("bank_contrast"))
 def test_z_set_once_then_frozen(backend):
     fused, _ = make_pair(backend)
     assert (fused.contrast.params[2:4] == -1).all()

@@ -131,6 +131,20 @@ def test_bad_input_leaves_queue_untouched(call, match):
 
 
 @pytest.mark.parametrize("enqueue", ["before", "after"])
+def test_non_finite_student_features_leave_the_queue_as_it_was(enqueue):
+    """As the bank losses refuse a NaN f_s before writing a bank."""
+    loss = RRDLoss(8, 12, feat_dim=16, queue_size=32, enqueue=enqueue).to(DEVICE)
+    loss(torch.randn(4, 8, device=DEVICE), torch.randn(4, 12, device=DEVICE))
+    before = {k: v.clone() for k, v in loss.state_dict().items()}
+    f_s = torch.randn(4, 8, device=DEVICE)
+    f_s[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="f_s holds NaN or inf entries"):
+        loss(f_s, torch.randn(4, 12, device=DEVICE))
+    for k, v in loss.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("enqueue", ["before", "after"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_teacher_features_never_reach_the_queue(enqueue, bad, monkeypatch):
     loss = RRDLoss(8, 12, feat_dim=16, queue_size=32, enqueue=enqueue).to(DEVICE)
@@ -216,7 +230,8 @@ from rdkernels.losses.reference.rrd import RRDMomentumLoss as ReferenceRRDMoment
 @pytest.mark.parametrize("backend", backends("bank_update"))
 def test_momentum_variant_matches_reference(backend):
     """Three steps: loss, student-projection gradient, both banks and Z (unique indices:
-    the reference's index_copy_ leaves duplicates undefined)."""
+    the reference's index_copy_ leaves duplicates undefined); before the last, a
+    schedule's in-place edit of T and momentum in params, which both must read."""
     n_data, k, batch = 40, 6, 5
     fused = RRDMomentumLoss(24, 40, n_data, feat_dim=16, nce_k=k, tau_s=0.5, tau_t=1.0).to(DEVICE)
     ref = ReferenceRRDMomentum(24, 40, n_data, feat_dim=16, nce_k=k, tau_s=0.5, tau_t=1.0)
@@ -224,6 +239,10 @@ def test_momentum_variant_matches_reference(backend):
     ref = ref.double().to(DEVICE)
     with rdkernels.use_backend(backend):
         for step in range(3):
+            if step == 2:
+                for module in (fused, ref):
+                    with torch.no_grad():
+                        module.params[1], module.params[4] = 0.2, 0.9
             f_s, f_t = torch.randn(batch, 24, device=DEVICE), torch.randn(batch, 40, device=DEVICE)
             idx = torch.randperm(n_data, device=DEVICE)[:batch]
             contrast_idx = torch.randint(0, n_data, (batch, k + 1), device=DEVICE)

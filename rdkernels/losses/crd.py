@@ -32,6 +32,7 @@ from rdkernels import backend as _backend
 from rdkernels import distributed
 from rdkernels._validation import as_real
 from rdkernels.losses._embed import Embed
+from rdkernels.losses._host_copy import HostCopy
 from rdkernels.losses._inputs import (check_bank_loss_args, check_bank_loss_inputs, check_bank_options,
                                      check_bank_storage, check_first_z)
 from rdkernels.memory import init_bank_, sample_uniform
@@ -54,16 +55,17 @@ class ContrastMemory(nn.Module):
         self.register_buffer("params", torch.tensor([float(nce_k), nce_t, -1.0, -1.0, nce_m]))
         self.register_buffer("memory_v1", init_bank_(torch.empty(n_data, feat_dim)).to(bank_dtype))
         self.register_buffer("memory_v2", init_bank_(torch.empty(n_data, feat_dim)).to(bank_dtype))
-        # (T, momentum) read from params once and kept on the host, so a step
-        # costs no device sync; and whether the synced banks were made identical
-        # on every rank. Both forgotten whenever a state_dict is loaded.
-        self._host_params = None
+        # (T, momentum) read from params and kept on the host while params is unchanged,
+        # so a step costs no device sync (losses/_host_copy.py); and whether the synced
+        # banks were made identical on every rank. Both forgotten whenever a state_dict
+        # is loaded.
+        self._host_params = HostCopy()
         self._ranks_aligned = False
         self.register_load_state_dict_post_hook(ContrastMemory._forget_host_state)
 
     @staticmethod
     def _forget_host_state(module, incompatible_keys) -> None:
-        module._host_params = None
+        module._host_params.clear()
         module._ranks_aligned = False
 
     def _batch_z(self, v_s, v_t, idx, temperature, backend, check_indices, synced):
@@ -78,14 +80,17 @@ class ContrastMemory(nn.Module):
         """(T, momentum, z, z_new): ``z`` = [Z_v1, Z_v2] in float32, as bank_contrast
         takes it (free for fp32 params; a module cast to bf16 has bf16 params).
 
-        T and momentum are read on the host once and cached. On that first read any
-        unset Z is estimated from this batch (CRD's rule: mean of exp(s) over all
+        T and momentum are read on the host and kept while params is unchanged (an
+        in-place edit of params, as a momentum or temperature schedule makes, is read
+        at the next call, as the reference reads params every call). On the first read
+        any unset Z is estimated from this batch (CRD's rule: mean of exp(s) over all
         B*(K+1) scores times n_data), rounded to params' dtype as it will be stored,
         and returned with z_new=True: forward writes it only after the losses were
         computed, so a call that fails leaves Z unset. Later calls read nothing."""
         z = self.params[2:4]
-        if self._host_params is not None:
-            return (*self._host_params, z.float(), False)
+        kept = self._host_params.get(self.params)
+        if kept is not None:
+            return (*kept, z.float(), False)
         if self.params.is_cuda and torch.cuda.is_current_stream_capturing():
             raise RuntimeError("CRDLoss reads T and momentum (and sets Z) on the host on its first call; run one "
                                "step outside CUDA graph capture first, as graph warm-up steps do")
@@ -119,11 +124,10 @@ class ContrastMemory(nn.Module):
         with torch.no_grad():  # both losses computed: only now is any state written
             if z_new:
                 self.params[2:4] = z
-            if self._host_params is None:
-                self._host_params = (temperature, momentum)
             if self.z_momentum is not None:  # EMA of Z, from the banks as scored
                 z = self._batch_z(v_s, v_t, idx, temperature, backend, False, synced)
                 self.params[2:4] = self.z_momentum * self.params[2:4] + (1.0 - self.z_momentum) * z
+            self._host_params.set(self.params, (temperature, momentum))  # after the Z writes: T, m as read
             v_s, v_t = v_s.detach(), v_t.detach()
             if synced:  # every rank applies the global batch's update, in rank order
                 group = self.process_group

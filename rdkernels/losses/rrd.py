@@ -7,6 +7,7 @@ from torch import nn
 
 from rdkernels import backend as _backend
 from rdkernels._validation import check_positive, check_positive_int, check_tensors_finite, host_reads_allowed
+from rdkernels.losses._host_copy import HostCopy
 from rdkernels.losses._inputs import check_bank_loss_args, check_bank_loss_inputs, check_bank_storage, check_first_z
 from rdkernels.ops import bank_update_, fifo_enqueue_
 from rdkernels.losses.dcd import _check_pair, _embed
@@ -87,10 +88,10 @@ class RRDLoss(nn.Module):
         validate_shared_bank_contrast(z_s, z_t, self.queue, self.tau_s, self.tau_t, "mean")
         backend = _resolve_shared_bank_contrast(z_s, None)
         # A NaN or inf teacher embedding would sit in the queue for queue_size / B steps and
-        # make every loss on it NaN: one host sync refuses it, as the bank losses refuse
-        # non-finite features (off with RDKERNELS_CHECK_INDICES=0, skipped under compile
-        # and CUDA graph capture).
-        check_tensors_finite({"the teacher embedding embed_t(f_t)": z_t.detach()})
+        # make every loss on it NaN; a non-finite f_s gives a NaN loss. One host sync refuses
+        # both before the queue moves, as the bank losses refuse non-finite features (off
+        # with RDKERNELS_CHECK_INDICES=0, skipped under compile and CUDA graph capture).
+        check_tensors_finite({"f_s": f_s.detach(), "the teacher embedding embed_t(f_t)": z_t.detach()})
         if self.enqueue == "before":
             fifo_enqueue_(self.queue, self.ptr, z_t)
         loss = run_shared_bank_contrast(z_s, z_t, self.queue, self.tau_s, self.tau_t, "mean", backend)
@@ -180,25 +181,27 @@ class RRDMomentumLoss(nn.Module):
         # and (T, momentum) as params holds them (see _temperature_and_momentum); both
         # forgotten whenever a state_dict is loaded.
         self._z_set_on_host = False
-        self._host_params: tuple[float, float] | None = None
+        self._host_params = HostCopy()
         self.register_load_state_dict_post_hook(RRDMomentumLoss._forget_host_state)
 
     @staticmethod
     def _forget_host_state(module, incompatible_keys) -> None:
         module._z_set_on_host = False
-        module._host_params = None
+        module._host_params.clear()
 
     def _temperature_and_momentum(self) -> tuple[float, float]:
         """(T, momentum) from ``params``, as the reference reads them on every call: a
-        loaded checkpoint's own values, not the constructor's. Read on the host once
-        (until the next load_state_dict); under torch.compile before any eager call,
-        the constructor's values."""
-        if self._host_params is None:
+        loaded checkpoint's own values, not the constructor's, and an in-place edit's.
+        Read on the host and kept while params is unchanged (losses/_host_copy.py);
+        under torch.compile before any eager call, the constructor's values."""
+        kept = self._host_params.get(self.params)
+        if kept is None:
             if not host_reads_allowed(self.params):
                 return self.nce_t, self.memory_s.momentum
             _, temperature, _, _, momentum = self.params.tolist()
-            self._host_params = (temperature, momentum)
-        return self._host_params
+            kept = (temperature, momentum)
+            self._host_params.set(self.params, kept)
+        return kept
 
     def _check_first_z(self, z: torch.Tensor) -> None:
         """Z is frozen once set, so a NaN or inf estimate would poison every later step.
@@ -255,6 +258,7 @@ class RRDMomentumLoss(nn.Module):
 
         with torch.no_grad():  # the state changes only now: Z, then the banks
             self.params[2:4] = z
+            self._host_params.stamp(self.params)   # T and momentum as read
         if not torch.compiler.is_compiling():
             self._z_set_on_host = True
         bank_update_(self.memory_s.memory, idx, z_s.detach(), momentum, check_indices=checks)

@@ -1,0 +1,41 @@
+"""Values a loss reads from one of its buffers on the host, kept while the buffer is unchanged.
+
+CRD's and RRD-momentum's ``params`` buffer holds [K, T, Z_s, Z_t, momentum] as
+RepDistiller's ContrastMemory does, and the reference reads T and momentum from it
+on every call (``params[1].item()``): a device sync a step. The losses read them
+once and keep them here until ``params`` changes: its version counter moves with
+every in-place write (a temperature or momentum schedule written into
+``params``, a broadcast, ``load_state_dict``), and the loss re-stamps it after
+its own writes of Z, which leave T and momentum as they were. A traced call
+(torch.compile) cannot see the counter and keeps the values it has.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class HostCopy:
+    def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        self._tensor: torch.Tensor | None = None
+        self._version: int | None = None   # None: set while tracing, so re-read on the next eager call
+        self._values: tuple | None = None
+
+    def get(self, tensor: torch.Tensor) -> tuple | None:
+        """The values kept for ``tensor``, or None if there are none or it has been written since."""
+        if self._values is None or self._tensor is not tensor:
+            return None
+        if not torch.compiler.is_compiling() and tensor._version != self._version:
+            return None
+        return self._values
+
+    def set(self, tensor: torch.Tensor, values: tuple) -> None:
+        self._tensor, self._values = tensor, values
+        self.stamp(tensor)
+
+    def stamp(self, tensor: torch.Tensor) -> None:
+        """Keep the values across the caller's own write to ``tensor`` (one that leaves them as they are)."""
+        if self._tensor is tensor:
+            self._version = None if torch.compiler.is_compiling() else tensor._version
