@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import rdkernels
@@ -87,4 +88,17 @@ def test_report_on_a_gpu_the_extension_cannot_run_on(monkeypatch, capsys):
 def test_a_misspelt_backend_is_reported_not_raised():
     run = subprocess.run([sys.executable, "-m", "rdkernels"], capture_output=True, text=True,
                          env={**os.environ, "RDKERNELS_BACKEND": "cdua"})
-    assert run.returncode == 2 and "invalid: backend must be one of" in run.stdout and "'cdua'" in run.stdout
+    assert run.returncode == 2 and "'cdua'" in run.stdout
+    assert "invalid: the environment variable RDKERNELS_BACKEND must be one of" in run.stdout
+
+
+def test_the_backend_variable_is_named_when_misspelt_and_empty_means_unset(monkeypatch):
+    from rdkernels.ops import l2_normalize
+    monkeypatch.setattr(backend, "_forced", None)   # no set_backend call: the variable decides
+    monkeypatch.setenv("RDKERNELS_BACKEND", "gpu")
+    with pytest.raises(ValueError, match="environment variable RDKERNELS_BACKEND must be one of .* got 'gpu'"):
+        l2_normalize(torch.randn(2, 4))
+    monkeypatch.setenv("RDKERNELS_BACKEND", "")
+    assert rdkernels.get_backend() == "auto" and l2_normalize(torch.randn(2, 4)).shape == (2, 4)
+    monkeypatch.setenv("RDKERNELS_BACKEND", "Torch")
+    assert rdkernels.get_backend() == "torch"

@@ -46,10 +46,13 @@ def set_backend(name: str) -> None:
 
 
 def get_backend() -> str:
-    """The backend asked for: set_backend's, else RDKERNELS_BACKEND's, else auto."""
+    """The backend asked for: set_backend's, else RDKERNELS_BACKEND's (empty: unset), else auto."""
     if _forced is not None:
         return _forced
-    return _check_name(os.environ.get(_ENV_VAR, "auto"))
+    value = os.environ.get(_ENV_VAR) or "auto"
+    if not isinstance(value, str) or value.lower() not in BACKENDS:
+        raise ValueError(f"the environment variable {_ENV_VAR} must be one of {BACKENDS}, got {value!r}")
+    return value.lower()
 
 
 @contextlib.contextmanager

@@ -16,7 +16,9 @@ from torch._subclasses import fake_tensor
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from conftest import DEVICE, backends
-from rdkernels.ops import _eager, bank_contrast, bank_update_, dcd_loss, shared_bank_contrast, sinkhorn
+from helpers import assert_close
+from rdkernels.ops import _eager, bank_contrast, bank_update_, dcd_loss, kd_loss, shared_bank_contrast, sinkhorn
+from rdkernels.ops.kd_loss import kd_loss_reference
 
 AUTOCAST_DTYPE = torch.bfloat16
 
@@ -140,3 +142,37 @@ def test_body_runs_float32_matmuls_at_full_precision(precision):
     finally:
         torch.set_float32_matmul_precision(previous)
     assert seen == ["highest"]
+
+
+_PER_BACKEND = {"global": lambda: torch.backends, "cuda": lambda: torch.backends.cuda.matmul,
+                "mkldnn": lambda: torch.backends.mkldnn.matmul}
+
+
+@pytest.mark.skipif(not hasattr(torch.backends, "fp32_precision"), reason="torch without per-backend precision")
+@pytest.mark.parametrize("where,value", [("global", "tf32"), ("cuda", "tf32"), ("mkldnn", "bf16")])
+def test_body_runs_at_full_precision_under_the_per_backend_api(where, value):
+    """torch's per-backend settings (fp32_precision = "tf32") make the legacy getter
+    raise; the ops still run, their matmuls at "ieee" inside, and every setting is
+    the script's again after the call, an inherited one still inheriting."""
+    settings = lambda: {name: get().fp32_precision for name, get in _PER_BACKEND.items()}  # noqa: E731
+    before = settings()
+    seen = []
+    body = _eager.op_body(lambda t: seen.append((torch.backends.cuda.matmul.fp32_precision,
+                                                 torch.backends.mkldnn.matmul.fp32_precision)) or t)
+    try:
+        _PER_BACKEND[where]().fp32_precision = value
+        lowered = settings()
+        body(torch.ones(2, device=DEVICE))
+        x = torch.randn(4, 8, device=DEVICE)
+        assert_close("kd_loss", kd_loss(x, x.flip(0)), kd_loss_reference(x.double(), x.flip(0).double(), 4.0),
+                     1e-6, 1e-6)
+        with pytest.raises(ZeroDivisionError):  # restored on the way out of an error too
+            _eager.op_body(lambda t: 1 / 0)(torch.ones(2, device=DEVICE))
+        assert settings() == lowered
+        if where == "global":  # the leaves inherit the global value, and still do
+            torch.backends.fp32_precision = "ieee"
+            assert settings()["cuda"] == settings()["mkldnn"] == "ieee"
+    finally:
+        for name in ("cuda", "mkldnn", "global"):
+            _PER_BACKEND[name]().fp32_precision = before[name]
+    assert seen == [("ieee", "ieee")]

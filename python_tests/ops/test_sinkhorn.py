@@ -531,8 +531,13 @@ def test_check_inputs_false_skips_the_value_checks():
 
 
 def test_float64_on_kernel_backend_raises():
-    with pytest.raises(BackendUnavailable, match="float64"):
-        sinkhorn(torch.rand(1, 2, 2, dtype=torch.float64), backend="triton")
+    cost = torch.rand(1, 2, 2, dtype=torch.float64)
+    for name in ("triton", "CUDA"):   # backend names are case-insensitive, as everywhere
+        with pytest.raises(BackendUnavailable, match="float64"):
+            sinkhorn(cost, backend=name)
+    with pytest.raises(ValueError, match="backend must be one of"):   # misspelt: refused, not run on torch
+        sinkhorn(cost, backend="gpu")
+    assert sinkhorn(cost, backend="Torch").cost.dtype == torch.float64
 
 
 def test_default_marginals_are_made_once_and_shared_read_only():

@@ -23,12 +23,53 @@ back without a graph). torch.compile refuses double backward itself.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Callable
 
 import torch
 from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+
+# torch's per-backend float32 precision settings that reach a matmul (torch >= 2.9:
+# torch.backends.cuda.matmul.fp32_precision = "tf32", or the global
+# torch.backends.fp32_precision they inherit from)
+_MATMUL_PRECISIONS = tuple(getattr(getattr(torch.backends, name, None), "matmul", None)
+                           for name in ("cuda", "mkldnn"))
+_MATMUL_PRECISIONS = tuple(m for m in _MATMUL_PRECISIONS if m is not None and hasattr(m, "fp32_precision"))
+
+
+def _matmul_precision() -> str | None:
+    """torch's float32 matmul precision as the legacy API names it, or None where the
+    per-backend API set it (the legacy getter then refuses to summarise it: it raises)."""
+    try:
+        return torch.get_float32_matmul_precision()
+    except RuntimeError:
+        return None
+
+
+@contextlib.contextmanager
+def _full_precision_matmuls(legacy: str | None):
+    """torch's float32 matmuls at full precision inside, the caller's settings restored
+    after: through the API that lowered them. A per-backend setting that only
+    inherited the global one (it reads the same) is handed back as inheriting."""
+    if legacy is not None:
+        torch.set_float32_matmul_precision("highest")
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(legacy)
+        return
+    inherited = torch.backends.fp32_precision
+    saved = [(m, m.fp32_precision) for m in _MATMUL_PRECISIONS]
+    for m, _ in saved:
+        m.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        for m, value in saved:
+            m.fp32_precision = "none" if value == inherited else value
 
 
 def op_body(impl: Callable) -> Callable:
@@ -48,20 +89,18 @@ def op_body(impl: Callable) -> Callable:
     caller's autocast state, eagerly and inside a compiled graph alike. For the
     same reason a body runs with the float32 matmul precision at "highest": a
     training script's ``torch.set_float32_matmul_precision("high")`` (or
-    ``allow_tf32``) would put those GEMMs on TF32 (~5e-4 relative error in q.M,
-    times 1/T in the logits), while the kernels beside them are fp32-accurate.
+    ``allow_tf32``, or torch's per-backend ``fp32_precision = "tf32"``) would put
+    those GEMMs on TF32 (~5e-4 relative error in q.M, times 1/T in the logits),
+    while the kernels beside them are fp32-accurate.
     """
     def in_fp32(args, kwargs):
         # a lowered float32 matmul precision (TF32 on a GPU, bf16 passes on some CPUs)
-        # would change the torch formulations' dots, not the kernels': restore "highest"
-        precision = torch.get_float32_matmul_precision()
+        # would change the torch formulations' dots, not the kernels': run at full precision
+        precision = _matmul_precision()
         if precision == "highest":
             return impl(*args, **kwargs)
-        torch.set_float32_matmul_precision("highest")
-        try:
+        with _full_precision_matmuls(precision):
             return impl(*args, **kwargs)
-        finally:
-            torch.set_float32_matmul_precision(precision)
 
     def without_autocast(device_type, args, kwargs):
         # meta tensors (shape inference) have no autocast state to ask about
@@ -84,8 +123,7 @@ def op_body(impl: Callable) -> Callable:
             with torch.cuda.device(device):
                 return without_autocast(kind, args, kwargs)
         # the usual case in one frame: the ops run at every training step, host-bound
-        if (kind == "meta" or not torch.is_autocast_enabled(kind)) \
-                and torch.get_float32_matmul_precision() == "highest":
+        if (kind == "meta" or not torch.is_autocast_enabled(kind)) and _matmul_precision() == "highest":
             return impl(*args, **kwargs)
         return without_autocast(kind, args, kwargs)
     return body

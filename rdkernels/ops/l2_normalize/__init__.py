@@ -6,9 +6,10 @@ The losses' heads (CRD/WCoRD ``Embed``, DCD/RRD ``F.normalize``) run it on the
 student and the teacher side every step. As torch ops that is about 14 kernel
 launches forward and backward per side; the Triton kernels make it one each
 way. The math is fp32 whatever x's dtype. The output has x's dtype, except
-under autocast, where it is fp32 -- what the torch formulation gives there
-(autocast runs ``pow`` and the vector norm in fp32, and the division promotes),
-so the fused and reference heads hand the same dtype to the loss.
+under CUDA autocast, where it is fp32 -- what the torch formulation gives there
+(CUDA autocast runs ``pow`` and the vector norm in fp32, and the division
+promotes; CPU autocast leaves them in the narrow type), so the fused and
+reference heads hand the same dtype to the loss.
 
 Backends: ``triton`` (a GPU, or CPU tensors under Triton's interpreter) and
 ``torch``; there is no CUDA C++ kernel, so the ``cuda`` backend uses Triton's
@@ -111,11 +112,13 @@ def l2_normalize(x: torch.Tensor, *, eps: float = 0.0, backend: str | None = Non
             per :mod:`rdkernels.backend`.
 
     Returns:
-        [B, d] in x's dtype, or float32 under autocast.
+        [B, d] in x's dtype, or float32 under CUDA autocast (as the torch formulation).
     """
     check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES, contiguous=False)
     if x.stride(1) != 1:  # the kernel takes any row stride, but reads a row's elements as one vector
         x = x.contiguous()
     eps = check_non_negative("eps", eps)
-    fp32_out = x.dtype != torch.float32 and torch.is_autocast_enabled(x.device.type)
+    # CUDA autocast computes the torch formulation's norm in fp32 (its fp32 op list has pow
+    # and norm), CPU autocast does not: the output dtype follows
+    fp32_out = x.dtype != torch.float32 and x.device.type == "cuda" and torch.is_autocast_enabled("cuda")
     return _l2_normalize(x, float(eps), bool(fp32_out), _resolve(x, backend))[0]

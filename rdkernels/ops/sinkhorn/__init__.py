@@ -232,7 +232,7 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
     cost = cost.contiguous()  # a strided cost (a transposed batch, an expand): a copy, differentiable
     if cost.dtype == torch.float64:
         name = "torch"
-        if backend in ("cuda", "triton"):
+        if backend is not None and _backend._check_name(backend) in ("cuda", "triton"):
             raise _backend.BackendUnavailable(
                 f"backend {backend!r} cannot run sinkhorn on float64 costs (its kernels compute in float32); "
                 "use float32/bfloat16 costs or backend='torch'")
