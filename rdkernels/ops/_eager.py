@@ -35,9 +35,9 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 # torch's per-backend float32 precision settings that reach a matmul (torch >= 2.9:
 # torch.backends.cuda.matmul.fp32_precision = "tf32", or the global
 # torch.backends.fp32_precision they inherit from)
-_MATMUL_PRECISIONS = tuple(getattr(getattr(torch.backends, name, None), "matmul", None)
-                           for name in ("cuda", "mkldnn"))
-_MATMUL_PRECISIONS = tuple(m for m in _MATMUL_PRECISIONS if m is not None and hasattr(m, "fp32_precision"))
+_MATMUL_PRECISIONS = tuple(
+    m for m in (getattr(getattr(torch.backends, name, None), "matmul", None) for name in ("cuda", "mkldnn"))
+    if m is not None and hasattr(m, "fp32_precision"))
 
 
 def _matmul_precision() -> str | None:
