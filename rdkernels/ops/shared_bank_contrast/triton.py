@@ -151,7 +151,7 @@ def shared_bank_merge_kernel(stats_ptr, acc_ptr, qs_ptr, loss_ptr, dq_ptr, batch
     cross = tl.sum(q_s * mean_t, axis=0)
     tl.store(loss_ptr + b, (big_s + tl.log2(sum_s) - cross) * _LN2)
     if NEED_GRAD:
-        tl.store(dq_ptr + b * dim + d, (acc_s / sum_s - mean_t) * inv_tau_s, mask=dmask)
+        tl.store(dq_ptr + b.to(tl.int64) * dim + d, (acc_s / sum_s - mean_t) * inv_tau_s, mask=dmask)
 
 
 MERGE_BLOCK_S = 16  # splits per step of the merge: [16, d <= 128] fp32 tiles, no spills
