@@ -33,9 +33,9 @@ class BackendUnavailable(RuntimeError):
     """The requested backend cannot run the op on these tensors."""
 
 
-def _check_name(name: str) -> str:
+def _check_name(name: str, what: str = "backend") -> str:
     if not isinstance(name, str) or name.lower() not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+        raise ValueError(f"{what} must be one of {BACKENDS}, got {name!r}")
     return name.lower()
 
 
@@ -49,10 +49,7 @@ def get_backend() -> str:
     """The backend asked for: set_backend's, else RDKERNELS_BACKEND's (empty: unset), else auto."""
     if _forced is not None:
         return _forced
-    value = os.environ.get(_ENV_VAR) or "auto"
-    if not isinstance(value, str) or value.lower() not in BACKENDS:
-        raise ValueError(f"the environment variable {_ENV_VAR} must be one of {BACKENDS}, got {value!r}")
-    return value.lower()
+    return _check_name(os.environ.get(_ENV_VAR) or "auto", what=f"the environment variable {_ENV_VAR}")
 
 
 @contextlib.contextmanager
