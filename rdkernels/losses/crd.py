@@ -127,7 +127,8 @@ class ContrastMemory(nn.Module):
             if self.z_momentum is not None:  # EMA of Z, from the banks as scored
                 z = self._batch_z(v_s, v_t, idx, temperature, backend, False, synced)
                 self.params[2:4] = self.z_momentum * self.params[2:4] + (1.0 - self.z_momentum) * z
-            self._host_params.set(self.params, (temperature, momentum))  # after the Z writes: T, m as read
+            # kept only now, after Z is written: a kept (T, momentum) means Z is set (see _read_params)
+            self._host_params.set(self.params, (temperature, momentum))
             v_s, v_t = v_s.detach(), v_t.detach()
             if synced:  # every rank applies the global batch's update, in rank order
                 group = self.process_group
