@@ -28,13 +28,16 @@ def _emulate_cuda_backend() -> None:
     extension = cuda_emulation.build()
     patch = pytest.MonkeyPatch()  # for the whole session
     cuda_emulation.install(extension, patch)
-    reason = _backend.cuda_unavailable_reason
+    reason, device_reason = _backend.cuda_unavailable_reason, _backend.cuda_device_reason
 
     def emulated_reason(device, op):
         if torch.device(device).type != "cpu":
             return reason(device, op)
         return None if hasattr(extension, op) else f"the CUDA emulation has no kernel for {op!r}"
     patch.setattr(_backend, "cuda_unavailable_reason", emulated_reason)
+    # the ops with no CUDA kernel take torch's formulation under the emulated cuda backend
+    patch.setattr(_backend, "cuda_device_reason",
+                  lambda device: None if torch.device(device).type == "cpu" else device_reason(device))
 
 
 from python_tests.helpers import EMULATED_CUDA  # noqa: E402

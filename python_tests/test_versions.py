@@ -58,6 +58,8 @@ def test_triton_only_ops_resolve_by_device_size_and_request(monkeypatch, device)
     monkeypatch.setattr(backend, "triton_unavailable_reason", lambda d: None)
     for name in ("auto", "cuda", None):
         with backend.use_backend(name or "auto"):
+            if backend.cuda_device_reason(dev) and (name or backend.get_backend()) == "cuda":
+                continue  # raises: below
             assert backend.resolve_triton_only(dev, "op", name) == ("triton" if device == "cuda" else "torch")
             assert backend.resolve_triton_only(dev, "op", name, too_large="rows too wide") == "torch"
     assert backend.resolve_triton_only(dev, "op", "triton") == "triton"
@@ -72,9 +74,19 @@ def test_triton_only_ops_resolve_by_device_size_and_request(monkeypatch, device)
         backend.resolve_triton_only(dev, "op", "gpu")
     # a call the op sends to torch by design: every request takes it, a misspelt one still raises
     for name in ("triton", "cuda", "auto", "torch", None):
+        if backend.cuda_device_reason(dev) and name == "cuda":
+            continue
         assert backend.resolve_triton_only(dev, "op", name, too_large="rows too wide", torch_only=True) == "torch"
     with pytest.raises(ValueError, match="backend must be one of"):
         backend.resolve_triton_only(dev, "op", "gpu", torch_only=True)
+    # cuda on CPU tensors raises, as it does for the ops with a CUDA kernel, whatever the call
+    if backend.cuda_device_reason(dev):
+        for kwargs in ({}, {"too_large": "rows too wide"}, {"torch_only": True}):
+            with pytest.raises(BackendUnavailable, match="backend 'cuda' cannot run op: the cuda backend "
+                                                         "needs CUDA tensors, got cpu tensors"):
+                backend.resolve_triton_only(dev, "op", "cuda", **kwargs)
+            with backend.use_backend("cuda"), pytest.raises(BackendUnavailable, match="needs CUDA tensors"):
+                backend.resolve_triton_only(dev, "op", None, **kwargs)
 
 
 def test_the_environment_report_names_the_old_triton(monkeypatch, capsys):

@@ -57,7 +57,7 @@ def _backends(device: torch.device, op: str) -> dict:
     if op in TRITON_ONLY_OPS:
         auto = backend.resolve_triton_only(device, op, "auto")
         cuda = None if auto == "triton" else (
-            f"the cuda backend needs CUDA tensors, got {device.type} tensors" if device.type != "cuda"
+            backend.cuda_device_reason(device) if device.type != "cuda"
             else f"it has no CUDA kernel and runs Triton's, and {triton}")
     else:
         auto, cuda = backend.resolve(device, op, "auto"), backend.cuda_unavailable_reason(device, op)

@@ -205,9 +205,17 @@ def _cuda_arch_reason(index: int) -> str | None:
 _CUDA_OPS_USING_TRITON = ("bank_contrast",)
 
 
-def cuda_unavailable_reason(device: torch.device, op: str) -> str | None:
+def cuda_device_reason(device: torch.device) -> str | None:
+    """Why the cuda backend cannot run on ``device``'s tensors, whatever the op."""
     if device.type != "cuda":
         return f"the cuda backend needs CUDA tensors, got {device.type} tensors"
+    return None
+
+
+def cuda_unavailable_reason(device: torch.device, op: str) -> str | None:
+    reason = cuda_device_reason(device)
+    if reason:
+        return reason
     module, err = _cuda_extension()
     if module is None:
         return err
@@ -251,19 +259,21 @@ def resolve_triton_only(device: torch.device, op: str, requested: str | None = N
                         too_large: str | None = None, torch_only: bool = False) -> str:
     """The backend (``triton | torch``) of an op with a Triton kernel and no CUDA one.
 
-    ``auto`` and ``cuda`` take Triton's kernel on a GPU where Triton runs, torch
-    otherwise; ``triton`` takes it wherever Triton runs (the interpreter included)
-    and raises where it cannot. ``too_large``, the reason the kernel cannot take
-    this call's size, sends ``auto`` and ``cuda`` to torch and makes ``triton`` raise.
-    ``torch_only``: a call the op sends to its torch formulation under every backend,
-    by design (the request is still checked: a misspelt name raises all the same).
+    ``auto`` takes Triton's kernel on a GPU where Triton runs, torch otherwise.
+    ``cuda`` does the same on CUDA tensors and raises on others, as it does for the
+    ops with a CUDA kernel: a script that asked for the GPU path and runs on CPU
+    tensors hears of it at its first op, whichever op that is. ``triton`` takes the
+    kernel wherever Triton runs (the interpreter included) and raises where it cannot.
+    ``too_large``, the reason the kernel cannot take this call's size, sends ``auto``
+    and ``cuda`` to torch and makes ``triton`` raise. ``torch_only``: a call the op
+    sends to its torch formulation under every backend, by design (the request is
+    still checked: a misspelt name, or cuda on CPU tensors, raises all the same).
     """
-    if torch_only:
-        if requested is not None:
-            _check_name(requested)
-        return "torch"
     name = _check_name(requested) if requested is not None else get_backend()
-    if name == "torch":
+    reason = cuda_device_reason(device) if name == "cuda" else None
+    if reason:
+        raise BackendUnavailable(f"backend 'cuda' cannot run {op}: {reason}")
+    if torch_only or name == "torch":
         return "torch"
     reason = triton_unavailable_reason(device) or too_large
     if name == "triton":

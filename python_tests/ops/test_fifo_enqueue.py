@@ -6,7 +6,7 @@ import rdkernels
 from conftest import DEVICE, backends
 from helpers import naive_enqueue_
 import interpreter_bf16
-from rdkernels.backend import BackendUnavailable, triton_interpreter_enabled
+from rdkernels.backend import BackendUnavailable, cuda_device_reason, triton_interpreter_enabled
 from rdkernels.ops import fifo_enqueue_
 from rdkernels.ops.fifo_enqueue import MAX_ELEMENTS, _fifo_enqueue_op, _resolve, fifo_enqueue_reference_
 
@@ -106,7 +106,10 @@ def test_wide_batches_and_cpu_tensors_take_the_torch_formulation():
     assert _resolve(keys[:1], "torch") == "torch"
     if DEVICE.type == "cpu":
         assert _resolve(keys[:1], "auto") == "torch"   # auto runs Triton on a GPU only
-        assert _resolve(keys[:1], "cuda") == "torch"
+    if cuda_device_reason(DEVICE):   # CPU tensors (the tests' emulated cuda backend takes them)
+        for rows in (keys[:1], keys):   # cuda on CPU tensors raises, as for the ops with a CUDA kernel
+            with pytest.raises(BackendUnavailable, match="fifo_enqueue_: the cuda backend needs CUDA tensors"):
+                _resolve(rows, "cuda")
 
 
 def test_a_misspelt_backend_raises_at_any_batch_size():

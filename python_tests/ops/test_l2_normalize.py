@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from conftest import DEVICE
 from helpers import assert_close, tolerance
 
-from rdkernels.backend import BackendUnavailable, triton_unavailable_reason
+from rdkernels.backend import BackendUnavailable, cuda_device_reason, triton_unavailable_reason
 from rdkernels.losses._embed import Embed
 from rdkernels.ops.l2_normalize import (MAX_TRITON_DIM, _l2_normalize_backward_op, _l2_normalize_op, _resolve,
                                         l2_normalize, l2_normalize_reference)
@@ -137,8 +137,14 @@ def test_compiles_fullgraph(backend):
 
 
 def test_cuda_backend_uses_a_kernel_it_has():
-    """No CUDA C++ kernel: backend 'cuda' runs Triton's on a GPU, torch elsewhere."""
+    """No CUDA C++ kernel: backend 'cuda' runs Triton's on a GPU (torch's where Triton
+    cannot run there), and raises on CPU tensors, as for the ops with a CUDA kernel."""
     x = _rows(3, 16, torch.float32)
+    if cuda_device_reason(DEVICE):   # CPU tensors (the tests' emulated cuda backend takes them)
+        with pytest.raises(BackendUnavailable, match="backend 'cuda' cannot run l2_normalize: the cuda "
+                                                     "backend needs CUDA tensors, got cpu tensors"):
+            l2_normalize(x, backend="cuda")
+        return
     on_gpu_triton = DEVICE.type == "cuda" and triton_unavailable_reason(DEVICE) is None
     assert _resolve(x, "cuda") == ("triton" if on_gpu_triton else "torch")
     torch.testing.assert_close(l2_normalize(x, backend="cuda"), l2_normalize_reference(x))
