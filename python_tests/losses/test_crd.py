@@ -125,6 +125,10 @@ def test_accepts_repdistiller_opt():
     crd = rdkernels.CRDLoss(opt)
     assert crd.nce_k == 32 and crd.contrast.params.tolist()[1] == pytest.approx(0.1)
     assert crd.contrast.params.tolist()[4] == pytest.approx(0.3)
+    # RepDistiller sets n_data (and s_dim, t_dim) on opt by hand: one forgotten is named
+    del opt.n_data, opt.t_dim
+    with pytest.raises(TypeError, match=r"CRDLoss\(opt\): opt has no t_dim, n_data; it needs s_dim, t_dim, n_data"):
+        rdkernels.CRDLoss(opt)
 
 
 def test_state_dict_keys_match_repdistiller():

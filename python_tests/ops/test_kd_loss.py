@@ -119,7 +119,11 @@ def test_loss_module_runs_the_op(backend):
 
 def test_float64_and_wide_rows_take_the_torch_formulation():
     y = torch.empty(2, 8, device=DEVICE)
-    assert _resolve(y.double(), y, "triton") == "torch" and _resolve(y, y.double(), "auto") == "torch"
+    assert _resolve(y.double(), y, "auto") == "torch" and _resolve(y, y.double(), "torch") == "torch"
+    # an explicit triton cannot run float64 logits: it says so, as sinkhorn does for float64 costs
+    for s, t in ((y.double(), y), (y, y.double())):
+        with pytest.raises(BackendUnavailable, match="backend 'triton' cannot run kd_loss: float64 logits"):
+            _resolve(s, t, "triton")
     wide = torch.empty(2, MAX_TRITON_CLASSES + 1, device=DEVICE)
     assert _resolve(wide, wide, "auto") == "torch"
     with pytest.raises(BackendUnavailable, match=f"kd_loss: rows of more than {MAX_TRITON_CLASSES} classes"):

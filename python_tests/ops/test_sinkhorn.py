@@ -10,7 +10,7 @@ import torch
 
 from conftest import DEVICE, backends
 from helpers import assert_close
-from rdkernels.backend import BackendUnavailable
+from rdkernels.backend import BackendUnavailable, use_backend
 from rdkernels.ops import SinkhornResult, sinkhorn
 from rdkernels.ops.sinkhorn import sinkhorn_reference
 
@@ -538,6 +538,13 @@ def test_float64_on_kernel_backend_raises():
     with pytest.raises(ValueError, match="backend must be one of"):   # misspelt: refused, not run on torch
         sinkhorn(cost, backend="gpu")
     assert sinkhorn(cost, backend="Torch").cost.dtype == torch.float64
+    # a backend set globally is asked for just as much as one passed per call
+    for name in ("triton", "cuda"):
+        with use_backend(name), pytest.raises(BackendUnavailable, match=f"backend '{name}' cannot run sinkhorn "
+                                                                        "on float64 costs"):
+            sinkhorn(cost)
+    with use_backend("auto"):
+        assert sinkhorn(cost).cost.dtype == torch.float64
 
 
 def test_default_marginals_are_made_once_and_shared_read_only():

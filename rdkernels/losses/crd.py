@@ -42,6 +42,21 @@ from rdkernels.ops.bank_contrast.sample_counts import shared_sample_counts
 _OPT_FIELDS = ("s_dim", "t_dim", "n_data", "feat_dim", "nce_k", "nce_t", "nce_m")
 
 
+def _is_opt(s_dim) -> bool:
+    """Whether the first argument is RepDistiller's options object rather than a size."""
+    return s_dim is not None and not isinstance(s_dim, int) and any(hasattr(s_dim, f) for f in _OPT_FIELDS)
+
+
+def _opt_fields(opt) -> tuple:
+    # RepDistiller's train_student.py sets s_dim, t_dim and n_data on opt by hand before
+    # building the loss: a script that forgot one hears which, not that s_dim is no integer
+    missing = [f for f in _OPT_FIELDS if not hasattr(opt, f)]
+    if missing:
+        raise TypeError(f"CRDLoss(opt): opt has no {', '.join(missing)}; it needs {', '.join(_OPT_FIELDS)} "
+                        "(RepDistiller's train_student.py sets s_dim, t_dim and n_data before building the loss)")
+    return tuple(getattr(opt, f) for f in _OPT_FIELDS)
+
+
 class ContrastMemory(nn.Module):
     """The two banks and ``params = [K, T, Z_v1, Z_v2, momentum]`` (Z = -1 until
     set), under RepDistiller's buffer names so its checkpoints load as they are."""
@@ -82,7 +97,8 @@ class ContrastMemory(nn.Module):
 
         T and momentum are read on the host and kept while params is unchanged (an
         in-place edit of params, as a momentum or temperature schedule makes, is read
-        at the next call, as the reference reads params every call). On the first read
+        at the next call, as the reference reads params every call; an edit through
+        ``params.data`` bumps no version counter and is not seen). On the first read
         any unset Z is estimated from this batch (CRD's rule: mean of exp(s) over all
         B*(K+1) scores times n_data), rounded to params' dtype as it will be stored,
         and returned with z_new=True: forward writes it only after the losses were
@@ -177,9 +193,8 @@ class CRDLoss(nn.Module):
                  sync_banks: bool | str = "auto", process_group=None, backend: str | None = None,
                  strategy: str = "auto"):
         super().__init__()
-        if s_dim is not None and not isinstance(s_dim, int) and all(hasattr(s_dim, f) for f in _OPT_FIELDS):
-            opt = s_dim
-            s_dim, t_dim, n_data, feat_dim, nce_k, nce_t, nce_m = (getattr(opt, f) for f in _OPT_FIELDS)
+        if _is_opt(s_dim):
+            s_dim, t_dim, n_data, feat_dim, nce_k, nce_t, nce_m = _opt_fields(s_dim)
         s_dim, t_dim, n_data, feat_dim, nce_k, nce_t, nce_m = check_bank_loss_args(
             s_dim, t_dim, n_data, feat_dim, nce_k, nce_t, nce_m)
         if z_momentum is not None:

@@ -6,7 +6,8 @@ As torch ops that is about six kernels each way; the Triton kernel computes
 each row's loss and gradients in one pass over the two logit rows, and the
 backward only scales them. The gradient reaches the teacher's logits too when
 they require it (DistillKL does not detach them). Arithmetic in fp32 whatever
-the logits' dtype; float64 logits take the torch formulation, in float64.
+the logits' dtype; float64 logits take the torch formulation, in float64
+(under ``auto``; an explicit ``triton`` refuses them, as for any input its kernel cannot take).
 Both backends compute each row's value and gradients from log-probabilities
 (reference.py), so a teacher probability that underflows gives a finite
 teacher gradient on both, where autograd through the reference is NaN there.
@@ -41,9 +42,11 @@ def _validate(y_s: torch.Tensor, y_t: torch.Tensor, T: float) -> float:
 def _resolve(y_s: torch.Tensor, y_t: torch.Tensor, requested: str | None) -> str:
     n_cls = y_s.shape[1]
     too_large = f"rows of more than {MAX_TRITON_CLASSES} classes (got {n_cls})" if n_cls > MAX_TRITON_CLASSES else None
-    # float64 logits: the torch formulation in float64 (the kernel computes in fp32)
-    return _backend.resolve_triton_only(y_s.device, "kd_loss", requested, too_large,
-                                        torch_only=torch.float64 in (y_s.dtype, y_t.dtype))
+    if torch.float64 in (y_s.dtype, y_t.dtype):
+        # auto takes the torch formulation, in float64; an explicit triton raises, as
+        # sinkhorn's does on float64 costs (DESIGN §4: a backend asked for that cannot run)
+        too_large = "float64 logits (its kernel computes in float32; backend 'torch' or 'auto' runs them)"
+    return _backend.resolve_triton_only(y_s.device, "kd_loss", requested, too_large)
 
 
 @op_body
@@ -94,7 +97,7 @@ def kd_loss(y_s: torch.Tensor, y_t: torch.Tensor, *, T: float = 4.0, backend: st
 
     Args:
         y_s: student logits [B, C], float32/bfloat16/float16 (float64: the torch
-            formulation), any strides (rows are read in place where the classes
+            formulation, under backend ``auto`` or ``torch``), any strides (rows are read in place where the classes
             have stride 1, copied otherwise).
         y_t: teacher logits, same shape, device. Not detached, as in the reference:
             pass them detached (or from a frozen teacher) unless the teacher learns.

@@ -87,7 +87,7 @@ def _validate(cost, a, b, eps, max_iters, tol, check_every, check_inputs=True):
     given = [name for name, x in (("a", a), ("b", b)) if x is not None]
     a = _marginal("a", a, P, n, cost)
     b = _marginal("b", b, P, m, cost)
-    # Value checks cost one host sync each; they guard against silent NaNs. Under
+    # Value checks cost one host sync (all of them); they guard against silent NaNs. Under
     # torch.compile they cannot run here (a host read breaks the graph), so the op
     # makes them inside its opaque body instead.
     if check_inputs and not torch.compiler.is_compiling():
@@ -98,26 +98,26 @@ def _validate(cost, a, b, eps, max_iters, tol, check_every, check_inputs=True):
 @torch.no_grad()  # reads values only; a marginal that requires grad must not warn about float(tensor)
 def _check_values(cost, a, b, marginals: bool) -> None:
     """Finite costs; with ``marginals``, finite nonnegative a, b of equal positive mass.
-    Uniform marginals (a, b = None) are valid by construction and skip theirs."""
+    Uniform marginals (a, b = None) are valid by construction and skip theirs.
+    Every check is computed on the device and read back in one host sync."""
     if not host_reads_allowed(cost):  # capturing a CUDA graph: see host_reads_allowed
         return
-    if not bool(torch.isfinite(cost).all()):
-        raise ValueError("cost holds NaN or inf entries; every cost must be finite")
-    if not marginals:
-        return
-    for name, x in (("a", a), ("b", b)):
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name} holds NaN or inf entries")
-        if bool((x < 0).any()):
-            raise ValueError(f"{name} holds negative entries; marginals must be nonnegative")
-    mass_a, mass_b = a.sum(dim=1), b.sum(dim=1)
-    if not bool((mass_a > 0).all()):
-        raise ValueError("a has a problem with zero total mass; every marginal needs positive mass")
-    if not bool((mass_b > 0).all()):
-        raise ValueError("b has a problem with zero total mass; every marginal needs positive mass")
-    rel = ((mass_a - mass_b).abs() / torch.maximum(mass_a, mass_b)).max()
-    if float(rel) > MASS_RTOL:
-        raise ValueError(f"a and b must have equal total mass per problem (relative difference {float(rel):.3g} "
+    checks = {"cost holds NaN or inf entries; every cost must be finite": torch.isfinite(cost).all()}
+    if marginals:
+        for name, x in (("a", a), ("b", b)):
+            checks[f"{name} holds NaN or inf entries"] = torch.isfinite(x).all()
+            checks[f"{name} holds negative entries; marginals must be nonnegative"] = (x >= 0).all()
+        mass_a, mass_b = a.sum(dim=1), b.sum(dim=1)
+        for name, mass in (("a", mass_a), ("b", mass_b)):
+            checks[f"{name} has a problem with zero total mass; every marginal needs positive mass"] = (mass > 0).all()
+        rel = ((mass_a - mass_b).abs() / torch.maximum(mass_a, mass_b)).max()
+    values = torch.stack([ok.to(torch.float64) for ok in checks.values()]
+                         + ([rel.to(torch.float64)] if marginals else [])).tolist()
+    for message, ok in zip(checks, values):   # in order: the first failed check is the one reported
+        if not ok:
+            raise ValueError(message)
+    if marginals and values[-1] > MASS_RTOL:
+        raise ValueError(f"a and b must have equal total mass per problem (relative difference {values[-1]:.3g} "
                          f"exceeds {MASS_RTOL:g}); normalise them")
 
 
@@ -232,10 +232,12 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
     cost = cost.contiguous()  # a strided cost (a transposed batch, an expand): a copy, differentiable
     if cost.dtype == torch.float64:
         name = "torch"
-        if backend is not None and _backend._check_name(backend) in ("cuda", "triton"):
+        # asked for per call or set globally (set_backend, RDKERNELS_BACKEND): either raises
+        asked = _backend._check_name(backend) if backend is not None else _backend.get_backend()
+        if asked in ("cuda", "triton"):
             raise _backend.BackendUnavailable(
-                f"backend {backend!r} cannot run sinkhorn on float64 costs (its kernels compute in float32); "
-                "use float32/bfloat16 costs or backend='torch'")
+                f"backend {asked!r} cannot run sinkhorn on float64 costs (its kernels compute in float32); "
+                "use float32/bfloat16 costs or backend 'torch' or 'auto'")
     else:
         name = _backend.resolve(cost.device, "sinkhorn", backend)
     f, g, total, plan, n_iters = _sinkhorn(cost, a, b, float(eps), int(max_iters),
