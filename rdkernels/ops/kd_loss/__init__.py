@@ -41,12 +41,12 @@ def _validate(y_s: torch.Tensor, y_t: torch.Tensor, T: float) -> float:
 
 def _resolve(y_s: torch.Tensor, y_t: torch.Tensor, requested: str | None) -> str:
     n_cls = y_s.shape[1]
-    too_large = f"rows of more than {MAX_TRITON_CLASSES} classes (got {n_cls})" if n_cls > MAX_TRITON_CLASSES else None
+    # why the kernel cannot take this call: auto takes the torch formulation, an explicit
+    # triton raises (as sinkhorn's does on float64 costs: DESIGN §4)
+    unfit = f"rows of more than {MAX_TRITON_CLASSES} classes (got {n_cls})" if n_cls > MAX_TRITON_CLASSES else None
     if torch.float64 in (y_s.dtype, y_t.dtype):
-        # auto takes the torch formulation, in float64; an explicit triton raises, as
-        # sinkhorn's does on float64 costs (DESIGN §4: a backend asked for that cannot run)
-        too_large = "float64 logits (its kernel computes in float32; backend 'torch' or 'auto' runs them)"
-    return _backend.resolve_triton_only(y_s.device, "kd_loss", requested, too_large)
+        unfit = "float64 logits (its kernel computes in float32; backend 'torch' or 'auto' runs them, in float64)"
+    return _backend.resolve_triton_only(y_s.device, "kd_loss", requested, too_large=unfit)
 
 
 @op_body
