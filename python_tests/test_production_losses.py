@@ -122,6 +122,62 @@ def test_compile_fullgraph_matches_eager(name, backend):
     assert counter.frame_count == 1
 
 
+# the losses that keep RepDistiller's params = [K, T, Z_s, Z_t, momentum] buffer, by
+# how to reach it
+WITH_PARAMS = {
+    "crd": (lambda **kw: rdkernels.CRDLoss(S_DIM, T_DIM, N_DATA, feat_dim=FEAT, nce_k=K, **kw),
+            lambda module: module.contrast),
+    "rrd_momentum": (lambda **kw: rdkernels.RRDMomentumLoss(S_DIM, T_DIM, N_DATA, feat_dim=FEAT, nce_k=K, **kw),
+                     lambda module: module),
+}
+
+
+@pytest.mark.parametrize("name", WITH_PARAMS)
+def test_compiled_loss_takes_reread_params_and_loaded_checkpoints(name):
+    """A compiled call cannot see an in-place write to params (eager calls see its
+    version counter): reread_params() hands a schedule's T and momentum to it, and
+    load_state_dict a checkpoint's, each with one recompile."""
+    torch._dynamo.reset()
+    build, owner = WITH_PARAMS[name]
+
+    def make_one(**kw):
+        torch.manual_seed(1)
+        return build(**kw).to(DEVICE)
+    eager, module = make_one(), make_one()
+    for m in (eager, module):
+        step(m, _to_device(_bank_batch(4, 0)))
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    other = make_one(nce_t=0.2, nce_m=0.8)   # a checkpoint with other T and momentum
+    step(other, _to_device(_bank_batch(4, 9)))
+    checkpoint = other.state_dict()
+
+    def both(seed):
+        expected = step(eager, _to_device(_bank_batch(4, seed)))
+        assert_steps_equal(step(module, _to_device(_bank_batch(4, seed)), fn=compiled), expected)
+    both(1)
+    for m in (eager, module):   # a schedule, written into params in place
+        with torch.no_grad():
+            owner(m).params[1], owner(m).params[4] = 0.1, 0.9
+    module.reread_params()
+    both(2)
+    for m in (eager, module):
+        m.load_state_dict(checkpoint)
+    both(3)
+
+
+def _to_device(tensors):
+    return [t.to(DEVICE) for t in tensors]
+
+
+def test_compiled_crd_before_its_first_eager_step_says_what_to_do():
+    torch._dynamo.reset()
+    crd = WITH_PARAMS["crd"][0]().to(DEVICE)
+    with pytest.raises(Exception, match="CRDLoss sets Z and reads T and momentum on the host at its first call: "
+                                        "run one eager step"):
+        torch.compile(crd, fullgraph=True, backend="aot_eager")(*_to_device(_bank_batch(4, 0)))
+    assert (crd.contrast.params[2:4] < 0).all()   # Z left unset
+
+
 @pytest.mark.parametrize("name", ["wcord", "rrd_momentum"])
 def test_compile_samples_negatives_in_graph(name):
     """contrast_idx=None: the negatives are drawn inside the compiled graph, from

@@ -6,8 +6,13 @@ on every call (``params[1].item()``): a device sync a step. The losses read them
 once and keep them here until ``params`` changes: its version counter moves with
 every in-place write (a temperature or momentum schedule written into
 ``params``, a broadcast, ``load_state_dict``), and the loss re-stamps it after
-its own writes of Z, which leave T and momentum as they were. A traced call
-(torch.compile) cannot see the counter and keeps the values it has.
+its own writes of Z, which leave T and momentum as they were.
+
+A traced call (torch.compile) can see neither the counter nor whether the buffer
+was replaced by a copy (``.to()``): it takes the values last read eagerly, and
+the graph guards on them. The losses' ``reread_params()`` (and every
+``load_state_dict``) reads them again, so the next compiled call recompiles with
+the new values.
 """
 from __future__ import annotations
 
@@ -24,10 +29,11 @@ class HostCopy:
         self._values: tuple | None = None
 
     def get(self, tensor: torch.Tensor) -> tuple | None:
-        """The values kept for ``tensor``, or None if there are none or it has been written since."""
-        if self._values is None or self._tensor is not tensor:
-            return None
-        if not torch.compiler.is_compiling() and tensor._version != self._version:
+        """The values kept for ``tensor``, or None if there are none or it has been written
+        (or replaced) since; under torch.compile, whatever was kept (see above)."""
+        if self._values is None or torch.compiler.is_compiling():
+            return self._values
+        if self._tensor is not tensor or tensor._version != self._version:
             return None
         return self._values
 

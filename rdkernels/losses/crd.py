@@ -30,7 +30,7 @@ from torch import nn
 
 from rdkernels import backend as _backend
 from rdkernels import distributed
-from rdkernels._validation import as_real
+from rdkernels._validation import as_real, host_reads_allowed
 from rdkernels.losses._embed import Embed
 from rdkernels.losses._host_copy import HostCopy
 from rdkernels.losses._inputs import (check_bank_loss_args, check_bank_loss_inputs, check_bank_options,
@@ -72,16 +72,30 @@ class ContrastMemory(nn.Module):
         self.register_buffer("memory_v2", init_bank_(torch.empty(n_data, feat_dim)).to(bank_dtype))
         # (T, momentum) read from params and kept on the host while params is unchanged,
         # so a step costs no device sync (losses/_host_copy.py); and whether the synced
-        # banks were made identical on every rank. Both forgotten whenever a state_dict
-        # is loaded.
+        # banks were made identical on every rank. A loaded state_dict's T and momentum
+        # are read at once (so a compiled loss takes them too); the ranks align again.
         self._host_params = HostCopy()
         self._ranks_aligned = False
-        self.register_load_state_dict_post_hook(ContrastMemory._forget_host_state)
+        self.register_load_state_dict_post_hook(ContrastMemory._after_load)
 
     @staticmethod
-    def _forget_host_state(module, incompatible_keys) -> None:
-        module._host_params.clear()
+    def _after_load(module, incompatible_keys) -> None:
+        module.reread_params()
         module._ranks_aligned = False
+
+    def reread_params(self) -> None:
+        """Read T and momentum from ``params`` again, on the host (one device sync).
+
+        Eager calls notice an in-place write to ``params`` by themselves (its version
+        counter); a compiled loss cannot, so a schedule that writes ``params`` while
+        the loss runs under torch.compile calls this after each write, and the next
+        call recompiles with the new values. ``load_state_dict`` calls it."""
+        self._host_params.clear()
+        if not host_reads_allowed(self.params):
+            return
+        _, temperature, z_v1, z_v2, momentum = self.params.tolist()
+        if z_v1 >= 0 and z_v2 >= 0:  # kept values mean Z is set (_read_params): else the next call sets Z
+            self._host_params.set(self.params, (temperature, momentum))
 
     def _batch_z(self, v_s, v_t, idx, temperature, backend, check_indices, synced):
         """[Z_v1, Z_v2] of this batch (mean of exp(s) times n_data), averaged
@@ -107,6 +121,10 @@ class ContrastMemory(nn.Module):
         kept = self._host_params.get(self.params)
         if kept is not None:
             return (*kept, z.float(), False)
+        if torch.compiler.is_compiling():
+            raise RuntimeError("CRDLoss sets Z and reads T and momentum on the host at its first call: run one "
+                               "eager step before calling it compiled (also after loading a checkpoint saved "
+                               "before its first step)")
         if self.params.is_cuda and torch.cuda.is_current_stream_capturing():
             raise RuntimeError("CRDLoss reads T and momentum (and sets Z) on the host on its first call; run one "
                                "step outside CUDA graph capture first, as graph warm-up steps do")
@@ -185,7 +203,9 @@ class CRDLoss(nn.Module):
       bank_contrast's "auto" (default), "gather" or "dense".
 
     With ``torch.compile``, run one step eagerly first (it sets Z and reads the
-    hyper-parameters to the host), then compile; ``fullgraph=True`` works.
+    hyper-parameters to the host), then compile; ``fullgraph=True`` works. A
+    compiled loss keeps T and momentum as last read: after a schedule writes
+    ``contrast.params``, call :meth:`reread_params` (``load_state_dict`` does).
     """
 
     def __init__(self, s_dim=None, t_dim=None, n_data=None, feat_dim=128, nce_k=16384, nce_t=0.07, nce_m=0.5,
@@ -216,6 +236,11 @@ class CRDLoss(nn.Module):
                               "contrast.memory_v2": self.contrast.memory_v2})
         return check_bank_loss_inputs(f_s, f_t, idx, contrast_idx, s_dim=self.s_dim, t_dim=self.t_dim,
                                       n_data=self.n_data, projections=(self.embed_s, self.embed_t))
+
+    def reread_params(self) -> None:
+        """Read T and momentum from ``contrast.params`` again (one device sync): for a
+        compiled loss after a schedule writes them (eager calls see such writes)."""
+        self.contrast.reread_params()
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor, idx: torch.Tensor,
                 contrast_idx: torch.Tensor | None = None) -> torch.Tensor:

@@ -178,29 +178,42 @@ class RRDMomentumLoss(nn.Module):
         self.register_buffer("params", torch.tensor([float(nce_k), float(nce_t), -1.0, -1.0, float(nce_m)]))
         self.register_load_state_dict_pre_hook(_load_reference_momentum_keys)
         # Whether Z is known to be set, so eager calls stop reading it (see _check_first_z),
-        # and (T, momentum) as params holds them (see _temperature_and_momentum); both
-        # forgotten whenever a state_dict is loaded.
+        # and (T, momentum) as params holds them (see _temperature_and_momentum): read
+        # now, from the CPU tensor, and again whenever a state_dict is loaded.
         self._z_set_on_host = False
         self._host_params = HostCopy()
-        self.register_load_state_dict_post_hook(RRDMomentumLoss._forget_host_state)
+        self.reread_params()
+        self.register_load_state_dict_post_hook(RRDMomentumLoss._after_load)
 
     @staticmethod
-    def _forget_host_state(module, incompatible_keys) -> None:
+    def _after_load(module, incompatible_keys) -> None:
         module._z_set_on_host = False
-        module._host_params.clear()
+        module.reread_params()
+
+    def reread_params(self) -> None:
+        """Read T and momentum from ``params`` again, on the host (one device sync).
+
+        Eager calls notice an in-place write to ``params`` by themselves (its version
+        counter); a compiled loss cannot, so a schedule that writes ``params`` while
+        the loss runs under torch.compile calls this after each write, and the next
+        call recompiles with the new values. ``load_state_dict`` calls it."""
+        self._host_params.clear()
+        if host_reads_allowed(self.params):
+            _, temperature, _, _, momentum = self.params.tolist()
+            self._host_params.set(self.params, (temperature, momentum))
 
     def _temperature_and_momentum(self) -> tuple[float, float]:
         """(T, momentum) from ``params``, as the reference reads them on every call: a
         loaded checkpoint's own values, not the constructor's, and an in-place edit's.
         Read on the host and kept while params is unchanged (losses/_host_copy.py);
-        under torch.compile before any eager call, the constructor's values."""
+        a compiled call takes those last read (see reread_params)."""
         kept = self._host_params.get(self.params)
         if kept is None:
-            if not host_reads_allowed(self.params):
-                return self.nce_t, self.memory_s.momentum
-            _, temperature, _, _, momentum = self.params.tolist()
-            kept = (temperature, momentum)
-            self._host_params.set(self.params, kept)
+            if not host_reads_allowed(self.params):  # capturing a CUDA graph after params changed
+                raise RuntimeError("RRDMomentumLoss reads T and momentum on the host after params changes: run "
+                                   "one eager step (or call reread_params()) before a CUDA graph capture")
+            self.reread_params()
+            kept = self._host_params.get(self.params)
         return kept
 
     def _check_first_z(self, z: torch.Tensor) -> None:
