@@ -30,9 +30,9 @@ from torch import nn
 
 from rdkernels import backend as _backend
 from rdkernels import distributed
-from rdkernels._validation import as_real, host_reads_allowed
+from rdkernels._validation import as_real
 from rdkernels.losses._embed import Embed
-from rdkernels.losses._host_copy import HostCopy
+from rdkernels.losses._host_copy import HostCopy, reread_temperature_and_momentum
 from rdkernels.losses._inputs import (check_bank_loss_args, check_bank_loss_inputs, check_bank_options,
                                      check_bank_storage, check_first_z)
 from rdkernels.memory import init_bank_, sample_uniform
@@ -84,18 +84,10 @@ class ContrastMemory(nn.Module):
         module._ranks_aligned = False
 
     def reread_params(self) -> None:
-        """Read T and momentum from ``params`` again, on the host (one device sync).
-
-        Eager calls notice an in-place write to ``params`` by themselves (its version
-        counter); a compiled loss cannot, so a schedule that writes ``params`` while
-        the loss runs under torch.compile calls this after each write, and the next
-        call recompiles with the new values. ``load_state_dict`` calls it."""
-        self._host_params.clear()
-        if not host_reads_allowed(self.params):
-            return
-        _, temperature, z_v1, z_v2, momentum = self.params.tolist()
-        if z_v1 >= 0 and z_v2 >= 0:  # kept values mean Z is set (_read_params): else the next call sets Z
-            self._host_params.set(self.params, (temperature, momentum))
+        """Read T and momentum from ``params`` again: after a schedule writes them while
+        the loss runs under torch.compile (eager calls see such writes by themselves);
+        one device sync (losses/_host_copy.py)."""
+        reread_temperature_and_momentum(self._host_params, self.params, only_if_z_set=True)
 
     def _batch_z(self, v_s, v_t, idx, temperature, backend, check_indices, synced):
         """[Z_v1, Z_v2] of this batch (mean of exp(s) times n_data), averaged

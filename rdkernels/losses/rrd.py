@@ -7,7 +7,7 @@ from torch import nn
 
 from rdkernels import backend as _backend
 from rdkernels._validation import check_positive, check_positive_int, check_tensors_finite, host_reads_allowed
-from rdkernels.losses._host_copy import HostCopy
+from rdkernels.losses._host_copy import HostCopy, reread_temperature_and_momentum
 from rdkernels.losses._inputs import check_bank_loss_args, check_bank_loss_inputs, check_bank_storage, check_first_z
 from rdkernels.ops import bank_update_, fifo_enqueue_
 from rdkernels.losses.dcd import _check_pair, _embed
@@ -191,16 +191,10 @@ class RRDMomentumLoss(nn.Module):
         module.reread_params()
 
     def reread_params(self) -> None:
-        """Read T and momentum from ``params`` again, on the host (one device sync).
-
-        Eager calls notice an in-place write to ``params`` by themselves (its version
-        counter); a compiled loss cannot, so a schedule that writes ``params`` while
-        the loss runs under torch.compile calls this after each write, and the next
-        call recompiles with the new values. ``load_state_dict`` calls it."""
-        self._host_params.clear()
-        if host_reads_allowed(self.params):
-            _, temperature, _, _, momentum = self.params.tolist()
-            self._host_params.set(self.params, (temperature, momentum))
+        """Read T and momentum from ``params`` again: after a schedule writes them while
+        the loss runs under torch.compile (eager calls see such writes by themselves);
+        one device sync (losses/_host_copy.py)."""
+        reread_temperature_and_momentum(self._host_params, self.params)
 
     def _temperature_and_momentum(self) -> tuple[float, float]:
         """(T, momentum) from ``params``, as the reference reads them on every call: a
