@@ -48,6 +48,14 @@ def test_an_old_triton_is_refused_by_name_and_auto_falls_back(monkeypatch, devic
     assert backend.available_backends(dev, "bank_update") == ["torch"]
 
 
+def test_requested_backend_is_the_call_s_else_the_global_one_lower_cased():
+    assert backend.requested_backend("AUTO") == "auto" and backend.requested_backend("Triton") == "triton"
+    with backend.use_backend("TORCH"):
+        assert backend.requested_backend() == "torch" and backend.requested_backend("Cuda") == "cuda"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        backend.requested_backend("gpu")
+
+
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_triton_only_ops_resolve_by_device_size_and_request(monkeypatch, device):
     """The ops with a Triton kernel and no CUDA one (l2_normalize, fifo_enqueue_):
@@ -72,13 +80,20 @@ def test_triton_only_ops_resolve_by_device_size_and_request(monkeypatch, device)
         backend.resolve_triton_only(dev, "op", "triton")
     with pytest.raises(ValueError, match="backend must be one of"):
         backend.resolve_triton_only(dev, "op", "gpu")
-    # a call the op sends to torch by design: every request takes it, a misspelt one still raises
+    # a call the op sends to torch by design: every request takes it, a misspelt one still raises,
+    # and so does triton where Triton cannot run (the request could not have been honoured)
     for name in ("triton", "cuda", "auto", "torch", None):
         if backend.cuda_device_reason(dev) and name == "cuda":
+            continue
+        if name == "triton":
+            with pytest.raises(BackendUnavailable, match="backend 'triton' cannot run op: no Triton here"):
+                backend.resolve_triton_only(dev, "op", name, too_large="rows too wide", torch_only=True)
             continue
         assert backend.resolve_triton_only(dev, "op", name, too_large="rows too wide", torch_only=True) == "torch"
     with pytest.raises(ValueError, match="backend must be one of"):
         backend.resolve_triton_only(dev, "op", "gpu", torch_only=True)
+    monkeypatch.setattr(backend, "triton_unavailable_reason", lambda d: None)
+    assert backend.resolve_triton_only(dev, "op", "triton", too_large="rows too wide", torch_only=True) == "torch"
     # cuda on CPU tensors raises, as it does for the ops with a CUDA kernel, whatever the call
     if backend.cuda_device_reason(dev):
         for kwargs in ({}, {"too_large": "rows too wide"}, {"torch_only": True}):

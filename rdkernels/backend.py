@@ -52,6 +52,12 @@ def get_backend() -> str:
     return _check_name(os.environ.get(_ENV_VAR) or "auto", what=f"the environment variable {_ENV_VAR}")
 
 
+def requested_backend(requested: str | None = None) -> str:
+    """The backend a call asks for, lower-cased and checked: ``requested`` (a per-call or
+    per-module setting), else the global one (:func:`get_backend`)."""
+    return _check_name(requested) if requested is not None else get_backend()
+
+
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Context manager form of :func:`set_backend`."""
@@ -228,23 +234,24 @@ def cuda_unavailable_reason(device: torch.device, op: str) -> str | None:
     return _cuda_arch_reason(cuda_index(device))
 
 
-def resolve(device: torch.device, op: str, requested: str | None = None) -> str:
+def resolve(device: torch.device, op: str, requested: str | None = None, *, public_name: str | None = None) -> str:
     """The concrete backend (``cuda | triton | torch``) that runs ``op`` here.
 
-    ``op`` names the function the CUDA extension exports for this op.
+    ``op`` names the function the CUDA extension exports for this op; ``public_name``,
+    the op the caller called, where that is another (estimate_nce_z runs bank_contrast).
     """
-    name = _check_name(requested) if requested is not None else get_backend()
+    name = requested_backend(requested)
     if name == "torch":
         return "torch"
     if name == "cuda":
         reason = cuda_unavailable_reason(device, op)
         if reason:
-            raise BackendUnavailable(f"backend 'cuda' cannot run {op}: {reason}")
+            raise BackendUnavailable(f"backend 'cuda' cannot run {public_name or op}: {reason}")
         return "cuda"
     if name == "triton":
         reason = triton_unavailable_reason(device)
         if reason:
-            raise BackendUnavailable(f"backend 'triton' cannot run {op}: {reason}")
+            raise BackendUnavailable(f"backend 'triton' cannot run {public_name or op}: {reason}")
         return "triton"
     # auto
     if device.type == "cuda":
@@ -260,27 +267,29 @@ def resolve_triton_only(device: torch.device, op: str, requested: str | None = N
     """The backend (``triton | torch``) of an op with a Triton kernel and no CUDA one.
 
     ``auto`` takes Triton's kernel on a GPU where Triton runs, torch otherwise.
-    ``cuda`` does the same on CUDA tensors and raises on others, as it does for the
-    ops with a CUDA kernel: a script that asked for the GPU path and runs on CPU
-    tensors hears of it at its first op, whichever op that is. ``triton`` takes the
+    ``cuda`` does the same on CUDA tensors (the GPU path, with or without Triton: a
+    ``cuda`` setting serves every loss where the extension is built) and raises on
+    others, as it does for the ops with a CUDA kernel: a script that asked for the GPU
+    path and runs on CPU tensors hears of it at its first op. ``triton`` takes the
     kernel wherever Triton runs (the interpreter included) and raises where it cannot.
     ``too_large``, the reason the kernel cannot take this call's size, sends ``auto``
     and ``cuda`` to torch and makes ``triton`` raise. ``torch_only``: a call the op
     sends to its torch formulation under every backend, by design (the request is
-    still checked: a misspelt name, or cuda on CPU tensors, raises all the same).
+    still checked: a misspelt name, cuda on CPU tensors, or triton where Triton
+    cannot run raises all the same).
     """
-    name = _check_name(requested) if requested is not None else get_backend()
+    name = requested_backend(requested)
     reason = cuda_device_reason(device) if name == "cuda" else None
     if reason:
         raise BackendUnavailable(f"backend 'cuda' cannot run {op}: {reason}")
+    triton_reason = triton_unavailable_reason(device)
+    if name == "triton" and (triton_reason or (too_large and not torch_only)):
+        raise BackendUnavailable(f"backend 'triton' cannot run {op}: {triton_reason or too_large}")
     if torch_only or name == "torch":
         return "torch"
-    reason = triton_unavailable_reason(device) or too_large
     if name == "triton":
-        if reason:
-            raise BackendUnavailable(f"backend 'triton' cannot run {op}: {reason}")
         return "triton"
-    return "triton" if device.type == "cuda" and reason is None else "torch"
+    return "triton" if device.type == "cuda" and not (triton_reason or too_large) else "torch"
 
 
 def available_backends(device: torch.device | str, op: str) -> list[str]:

@@ -270,3 +270,20 @@ def test_non_finite_first_z_raises_and_stays_unset(which, monkeypatch):
         assert torch.equal(value, before[key]), key
     bank_loss_step(crd, *batch(5, 8), torch.float32)  # a finite batch then sets Z
     assert torch.isfinite(crd.contrast.params).all() and (crd.contrast.params[2:4] > 0).all()
+
+
+@pytest.mark.parametrize("strategy", ["gather", "dense"])
+def test_strategy_reaches_every_bank_pass(strategy, monkeypatch):
+    """CRDLoss(strategy=...) runs both directions and the Z estimates (the first
+    step's, and the EMA's every step) with the strategy asked for."""
+    import importlib
+    module = importlib.import_module("rdkernels.ops.bank_contrast")   # the package, not the op
+    ran = []
+    real_loss = module._loss
+    monkeypatch.setattr(module, "_loss", lambda *args: ran.append(args[-1]) or real_loss(*args))
+    crd = rdkernels.CRDLoss(S_DIM, T_DIM, N_DATA, feat_dim=FEAT, nce_k=8, strategy=strategy,
+                            z_momentum=0.9).to(DEVICE)
+    for _ in range(2):
+        bank_loss_step(crd, *batch(4, 8), torch.float32)
+    # per step: two estimates (the first step's Z), two losses, two estimates for the EMA
+    assert len(ran) == 10 and set(ran) == {strategy}, ran

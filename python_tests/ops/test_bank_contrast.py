@@ -109,13 +109,33 @@ def test_nce_eps_matters(backend, monkeypatch):
     assert (without_eps - ref).abs() > 100 * (1e-5 + 1e-5 * ref.abs())
 
 
+@pytest.mark.parametrize("strategy", ["auto", "gather", "dense"])
 @pytest.mark.parametrize("backend", backends("bank_contrast"))
-def test_estimate_nce_z(backend):
+def test_estimate_nce_z(backend, strategy):
     query, bank, idx, _ = make_inputs(9, 70, 128, 300, torch.float32, torch.float32)
-    z = estimate_nce_z(query, bank, idx, temperature=0.07, n_data=300, backend=backend)
+    z = estimate_nce_z(query, bank, idx, temperature=0.07, n_data=300, backend=backend, strategy=strategy)
     s = bank_contrast_reference(query.double(), bank.double(), idx, temperature=0.07, epilogue="scores")
     assert z.shape == (1,) and z.dtype == torch.float32 and not z.requires_grad
     assert_close("Z", z, (s.exp().mean() * 300).reshape(1), atol=0, rtol=1e-5)
+
+
+def test_estimate_nce_z_names_itself_and_takes_the_strategy_asked_for(monkeypatch):
+    import importlib
+    import rdkernels
+    module = importlib.import_module("rdkernels.ops.bank_contrast")   # the package (ops.bank_contrast: the op)
+    query, bank, idx, _ = make_inputs(3, 5, 16, 20, torch.float32, torch.float32)
+    with monkeypatch.context() as patch:
+        patch.setattr(rdkernels.backend, "triton_unavailable_reason", lambda device: "no Triton here")
+        with pytest.raises(rdkernels.BackendUnavailable, match="backend 'triton' cannot run estimate_nce_z: no Triton"):
+            estimate_nce_z(query, bank, idx, temperature=0.07, n_data=20, backend="triton")
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        estimate_nce_z(query, bank, idx, temperature=0.07, n_data=20, strategy="Dense")
+    ran = []
+    real_loss = module._loss
+    monkeypatch.setattr(module, "_loss", lambda *args: ran.append(args[-1]) or real_loss(*args))
+    for strategy in ("gather", "dense"):
+        estimate_nce_z(query, bank, idx, temperature=0.07, n_data=20, strategy=strategy)
+    assert ran == ["gather", "dense"]
 
 
 @pytest.mark.parametrize("backend", backends("bank_contrast"))
@@ -308,9 +328,11 @@ def test_widths_past_the_fused_kernels_fall_back_under_auto_and_raise_when_reque
     idx = torch.randint(0, 20, (3, 5), device=DEVICE)
     expected = bank_contrast(query, bank, idx, temperature=0.07, backend="torch")
     # a device where auto would pick a fused backend (a GPU), stood in for on any machine
-    monkeypatch.setattr(backend_module, "resolve", lambda device, op, requested=None: "triton")
+    monkeypatch.setattr(backend_module, "resolve", lambda device, op, requested=None, **kw: "triton")
     assert torch.equal(bank_contrast(query, bank, idx, temperature=0.07), expected)
     with rdkernels.use_backend("triton"), pytest.raises(BackendUnavailable, match=f"query has {d} columns"):
         bank_contrast(query, bank, idx, temperature=0.07)
     with pytest.raises(BackendUnavailable, match="up to 1024"):
         bank_contrast(query, bank, idx, temperature=0.07, backend="triton")
+    # names are case-insensitive everywhere: "AUTO" is auto, not a request for a fused backend
+    assert torch.equal(bank_contrast(query, bank, idx, temperature=0.07, backend="AUTO"), expected)

@@ -89,15 +89,16 @@ class ContrastMemory(nn.Module):
         one device sync (losses/_host_copy.py)."""
         reread_temperature_and_momentum(self._host_params, self.params, only_if_z_set=True)
 
-    def _batch_z(self, v_s, v_t, idx, temperature, backend, check_indices, synced):
+    def _batch_z(self, v_s, v_t, idx, temperature, backend, strategy, check_indices, synced):
         """[Z_v1, Z_v2] of this batch (mean of exp(s) times n_data), averaged
         over the global batch when the banks are synchronised."""
-        kw = dict(temperature=temperature, n_data=self.n_data, backend=backend, check_indices=check_indices)
+        kw = dict(temperature=temperature, n_data=self.n_data, backend=backend, strategy=strategy,
+                  check_indices=check_indices)
         z = torch.cat([estimate_nce_z(v_s.detach(), self.memory_v2, idx, **kw),   # student anchor, teacher bank
                        estimate_nce_z(v_t.detach(), self.memory_v1, idx, **kw)])  # teacher anchor, student bank
         return distributed.weighted_mean(z, idx.numel(), self.process_group) if synced else z
 
-    def _read_params(self, v_s, v_t, idx, backend, check_indices, synced):
+    def _read_params(self, v_s, v_t, idx, backend, strategy, check_indices, synced):
         """(T, momentum, z, z_new): ``z`` = [Z_v1, Z_v2] in float32, as bank_contrast
         takes it (free for fp32 params; a module cast to bf16 has bf16 params).
 
@@ -125,7 +126,7 @@ class ContrastMemory(nn.Module):
         if not any(unset):
             return temperature, momentum, z.float(), False
         with torch.no_grad():
-            z_batch = self._batch_z(v_s, v_t, idx, temperature, backend, check_indices, synced)
+            z_batch = self._batch_z(v_s, v_t, idx, temperature, backend, strategy, check_indices, synced)
             z = torch.where(z < 0, z_batch.to(z.dtype), z)
         check_first_z(z, unset, owner="CRDLoss", names=("Z_v1", "Z_v2"))
         return temperature, momentum, z.float(), True
@@ -139,7 +140,7 @@ class ContrastMemory(nn.Module):
         if synced and not self._ranks_aligned:  # each rank initialised its own banks
             distributed.broadcast_from_first_rank_([self.memory_v1, self.memory_v2, self.params], self.process_group)
             self._ranks_aligned = True
-        temperature, momentum, z, z_new = self._read_params(v_s, v_t, idx, backend, check_indices, synced)
+        temperature, momentum, z, z_new = self._read_params(v_s, v_t, idx, backend, strategy, check_indices, synced)
         kw = dict(temperature=temperature, epilogue="nce", n_data=self.n_data, backend=backend,
                   strategy=strategy, check_indices=check_indices)
         # The dense strategy counts idx's samples once for both directions (a memo in
@@ -151,7 +152,7 @@ class ContrastMemory(nn.Module):
             if z_new:
                 self.params[2:4] = z
             if self.z_momentum is not None:  # EMA of Z, from the banks as scored
-                z = self._batch_z(v_s, v_t, idx, temperature, backend, False, synced)
+                z = self._batch_z(v_s, v_t, idx, temperature, backend, strategy, False, synced)
                 self.params[2:4] = self.z_momentum * self.params[2:4] + (1.0 - self.z_momentum) * z
             # kept only now, after Z is written: a kept (T, momentum) means Z is set (see _read_params)
             self._host_params.set(self.params, (temperature, momentum))

@@ -192,14 +192,15 @@ def _validate(query, bank, idx, temperature, epilogue, z, n_data, reduction, str
     return temperature, check_positive_int("n_data", n_data)
 
 
-def _resolve(query, backend):
+def _resolve(query, backend, op="bank_contrast"):
     """The backend that runs this call; under ``auto`` a width the fused kernels cannot
-    take moves to torch, an explicit request raises instead (as the other ops do)."""
-    name = _backend.resolve(query.device, _CUDA_OP, backend)
+    take moves to torch, an explicit request raises instead (as the other ops do).
+    ``op``: the public op the messages name."""
+    name = _backend.resolve(query.device, _CUDA_OP, backend, public_name=op)
     if name != "torch" and query.shape[1] > MAX_FUSED_DIM:
-        if (backend or _backend.get_backend()) != "auto":
+        if _backend.requested_backend(backend) != "auto":
             raise _backend.BackendUnavailable(
-                f"backend {name!r} cannot run bank_contrast: query has {query.shape[1]} columns, its kernels take "
+                f"backend {name!r} cannot run {op}: query has {query.shape[1]} columns, its kernels take "
                 f"up to {MAX_FUSED_DIM} (use backend='torch' or 'auto')")
         name = "torch"
     return name
@@ -260,7 +261,8 @@ def bank_contrast(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, *,
 
 @torch.no_grad()
 def estimate_nce_z(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, *, temperature: float,
-                   n_data: int, backend: str | None = None, check_indices: bool = True) -> torch.Tensor:
+                   n_data: int, backend: str | None = None, strategy: str = "auto",
+                   check_indices: bool = True) -> torch.Tensor:
     """CRD's normaliser: mean of exp(s) over all B*(K+1) entries, times n_data.
 
     The mean is taken in log space from the softmax epilogue's per-row
@@ -269,13 +271,14 @@ def estimate_nce_z(query: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, *
     about 3.4e38 (e.g. T = 0.01 with a query aligned with its bank rows, where
     s = 100); bank_contrast's nce epilogue refuses such a Z under its index
     check. Computed on the device, with no host sync beyond that check. No gradient.
+    ``backend`` and ``strategy`` as for :func:`bank_contrast`, whose softmax rows it takes.
     """
-    temperature, _ = _validate(query, bank, idx, temperature, "softmax", None, None, "none", "auto")
+    temperature, _ = _validate(query, bank, idx, temperature, "softmax", None, None, "none", strategy)
     query, idx = query.contiguous(), idx.contiguous()
     n_data = check_positive_int("n_data", n_data)
-    name = _resolve(query, backend)
+    name = _resolve(query, backend, op="estimate_nce_z")
     rows, _ = _loss(query, bank, idx, None, temperature, "softmax", 1, name, check_indices,
-                    _choose("auto", query, bank, idx, name))
+                    _choose(strategy, query, bank, idx, name))
     s0 = (bank[idx[:, 0].long()].float() * query.float()).sum(dim=1) / temperature
     row_lse = rows + s0
     log_mean = torch.logsumexp(row_lse, dim=0) - math.log(idx.numel())

@@ -42,7 +42,7 @@ def _resolve(z_s: torch.Tensor, requested: str | None) -> str:
     take move down to the next backend, an explicit request raises instead."""
     name = _backend.resolve(z_s.device, "dcd_loss", requested)
     dim = z_s.shape[1]
-    explicit = (requested or _backend.get_backend()) != "auto"
+    explicit = _backend.requested_backend(requested) != "auto"
     reason = _cuda_shortfall(z_s) if name == "cuda" else None
     if reason is not None:
         if explicit:

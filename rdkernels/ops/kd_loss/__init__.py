@@ -7,7 +7,7 @@ each row's loss and gradients in one pass over the two logit rows, and the
 backward only scales them. The gradient reaches the teacher's logits too when
 they require it (DistillKL does not detach them). Arithmetic in fp32 whatever
 the logits' dtype; float64 logits take the torch formulation, in float64
-(under ``auto``; an explicit ``triton`` refuses them, as for any input its kernel cannot take).
+(an explicit ``triton`` refuses them, as it does any input its kernel cannot take).
 Both backends compute each row's value and gradients from log-probabilities
 (reference.py), so a teacher probability that underflows gives a finite
 teacher gradient on both, where autograd through the reference is NaN there.
@@ -97,7 +97,7 @@ def kd_loss(y_s: torch.Tensor, y_t: torch.Tensor, *, T: float = 4.0, backend: st
 
     Args:
         y_s: student logits [B, C], float32/bfloat16/float16 (float64: the torch
-            formulation, under backend ``auto`` or ``torch``), any strides (rows are read in place where the classes
+            formulation, under any backend but ``triton``, which refuses them), any strides (rows are read in place where the classes
             have stride 1, copied otherwise).
         y_t: teacher logits, same shape, device. Not detached, as in the reference:
             pass them detached (or from a frozen teacher) unless the teacher learns.

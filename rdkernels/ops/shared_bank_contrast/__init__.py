@@ -69,7 +69,7 @@ def _resolve(q_s: torch.Tensor, requested: str | None) -> str:
     B = 64, N = 16384: Triton 0.127 ms, CUDA 0.148 ms, measured with torch merges
     behind both, before either kernel's later rework)."""
     name = _backend.resolve(q_s.device, "shared_bank_contrast", requested)
-    auto = (requested or _backend.get_backend()) == "auto"
+    auto = _backend.requested_backend(requested) == "auto"
     if name == "cuda" and auto and capturing(q_s) and _shortfall("triton", q_s) is None \
             and _backend.triton_unavailable_reason(q_s.device) is None:
         return "triton"

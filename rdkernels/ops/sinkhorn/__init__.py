@@ -233,7 +233,7 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
     if cost.dtype == torch.float64:
         name = "torch"
         # asked for per call or set globally (set_backend, RDKERNELS_BACKEND): either raises
-        asked = _backend._check_name(backend) if backend is not None else _backend.get_backend()
+        asked = _backend.requested_backend(backend)
         if asked in ("cuda", "triton"):
             raise _backend.BackendUnavailable(
                 f"backend {asked!r} cannot run sinkhorn on float64 costs (its kernels compute in float32); "
