@@ -229,14 +229,13 @@ def _python_calls(step: Callable[[], None], steps: int) -> float:
 def _triton_ops_as_on_gpu():
     """Patch: the ops without a CUDA kernel (those that resolve their backend by
     ``backend.resolve_triton_only``) run Triton's under the cuda backend, as on a GPU,
-    where on CPU tensors they would take the torch formulation."""
+    where on CPU tensors they would raise (the cuda backend needs CUDA tensors)."""
     from rdkernels import backend
     resolve = backend.resolve_triton_only
 
     def on_gpu(device, op, requested=None, too_large=None, torch_only=False):
-        chosen = requested if requested is not None else backend.get_backend()
-        if chosen == "cuda" and too_large is None and not torch_only:
-            return "triton"
+        if backend.requested_backend(requested) == "cuda":   # as on a GPU where Triton runs
+            return "torch" if too_large is not None or torch_only else "triton"
         return resolve(device, op, requested, too_large, torch_only)
     return mock.patch.object(backend, "resolve_triton_only", on_gpu)
 

@@ -169,6 +169,24 @@ def _to_device(tensors):
     return [t.to(DEVICE) for t in tensors]
 
 
+def test_rrd_momentum_runs_on_meta_tensors():
+    """Shape inference on the meta device: no value can be read there, so the
+    constructor's T and momentum stand in (params holds them)."""
+    with torch.device("meta"):
+        module = WITH_PARAMS["rrd_momentum"][0]()
+        loss = module(*_bank_batch(4, 0)[:3])
+    assert loss.shape == () and loss.device.type == "meta"
+
+
+def test_whole_module_pickles_of_the_earlier_hook_name_still_load():
+    """torch.save(module) pickles the load_state_dict post-hook by its qualified name;
+    pickles made before the hook's rename name it _forget_host_state."""
+    from rdkernels.losses.crd import ContrastMemory
+    from rdkernels.losses.rrd import RRDMomentumLoss
+    for cls in (ContrastMemory, RRDMomentumLoss):
+        assert cls._forget_host_state is cls._after_load
+
+
 def test_compiled_crd_before_its_first_eager_step_says_what_to_do():
     torch._dynamo.reset()
     crd = WITH_PARAMS["crd"][0]().to(DEVICE)

@@ -12,7 +12,7 @@ A traced call (torch.compile) can see neither the counter nor whether the buffer
 was replaced by a copy (``.to()``): it takes the values last read eagerly, and
 the graph guards on them. The losses' ``reread_params()`` (and every
 ``load_state_dict``) reads them again, so the next compiled call recompiles with
-the new values.
+the new values (one graph per pair of values, up to Dynamo's recompile limit).
 """
 from __future__ import annotations
 

@@ -83,6 +83,8 @@ class ContrastMemory(nn.Module):
         module.reread_params()
         module._ranks_aligned = False
 
+    _forget_host_state = _after_load   # the hook's earlier name, which whole-module pickles refer to
+
     def reread_params(self) -> None:
         """Read T and momentum from ``params`` again: after a schedule writes them while
         the loss runs under torch.compile (eager calls see such writes by themselves);
@@ -198,7 +200,8 @@ class CRDLoss(nn.Module):
     With ``torch.compile``, run one step eagerly first (it sets Z and reads the
     hyper-parameters to the host), then compile; ``fullgraph=True`` works. A
     compiled loss keeps T and momentum as last read: after a schedule writes
-    ``contrast.params``, call :meth:`reread_params` (``load_state_dict`` does).
+    ``contrast.params``, call :meth:`reread_params` (``load_state_dict`` does);
+    each new pair is a recompile, within torch's recompile limit.
     """
 
     def __init__(self, s_dim=None, t_dim=None, n_data=None, feat_dim=128, nce_k=16384, nce_t=0.07, nce_m=0.5,

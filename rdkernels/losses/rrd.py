@@ -155,9 +155,10 @@ class RRDMomentumLoss(nn.Module):
 
     ``torch.compile(fullgraph=True)`` works from the first step: Z is set on the
     device (no host read) and the index checks move into the ops under compile.
-    T and the momentum are read from ``params`` (a loaded checkpoint's values, as
-    the reference reads them) on the first eager call; a compiled call before any
-    eager one uses the constructor's.
+    T and the momentum are read from ``params`` on the host (a loaded checkpoint's
+    values, as the reference reads them): at construction, at every
+    ``load_state_dict``, and at an eager call after an in-place write. A compiled
+    call takes the values last read; :meth:`reread_params` hands it a schedule's.
     """
 
     def __init__(self, s_dim: int, t_dim: int, n_data: int, feat_dim: int = 128, nce_k: int = 16384,
@@ -190,6 +191,8 @@ class RRDMomentumLoss(nn.Module):
         module._z_set_on_host = False
         module.reread_params()
 
+    _forget_host_state = _after_load   # the hook's earlier name, which whole-module pickles refer to
+
     def reread_params(self) -> None:
         """Read T and momentum from ``params`` again: after a schedule writes them while
         the loss runs under torch.compile (eager calls see such writes by themselves);
@@ -202,13 +205,17 @@ class RRDMomentumLoss(nn.Module):
         Read on the host and kept while params is unchanged (losses/_host_copy.py);
         a compiled call takes those last read (see reread_params)."""
         kept = self._host_params.get(self.params)
-        if kept is None:
-            if not host_reads_allowed(self.params):  # capturing a CUDA graph after params changed
-                raise RuntimeError("RRDMomentumLoss reads T and momentum on the host after params changes: run "
-                                   "one eager step (or call reread_params()) before a CUDA graph capture")
-            self.reread_params()
-            kept = self._host_params.get(self.params)
-        return kept
+        if kept is not None:
+            return kept
+        if self.params.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("RRDMomentumLoss reads T and momentum on the host after params changes: run "
+                               "one eager step (or call reread_params()) before a CUDA graph capture")
+        if not host_reads_allowed(self.params):
+            # a trace, or meta / fake tensors (shape inference) with nothing read yet: the
+            # constructor's values, which params holds unless a checkpoint was loaded
+            return self.nce_t, self.memory_s.momentum
+        self.reread_params()
+        return self._host_params.get(self.params)
 
     def _check_first_z(self, z: torch.Tensor) -> None:
         """Z is frozen once set, so a NaN or inf estimate would poison every later step.

@@ -42,7 +42,7 @@ def _validate(y_s: torch.Tensor, y_t: torch.Tensor, T: float) -> float:
 def _resolve(y_s: torch.Tensor, y_t: torch.Tensor, requested: str | None) -> str:
     n_cls = y_s.shape[1]
     # why the kernel cannot take this call: auto takes the torch formulation, an explicit
-    # triton raises (as sinkhorn's does on float64 costs: DESIGN §4)
+    # triton raises (as sinkhorn's does on float64 costs; README: Backends)
     unfit = f"rows of more than {MAX_TRITON_CLASSES} classes (got {n_cls})" if n_cls > MAX_TRITON_CLASSES else None
     if torch.float64 in (y_s.dtype, y_t.dtype):
         unfit = "float64 logits (its kernel computes in float32; backend 'torch' or 'auto' runs them, in float64)"

@@ -237,7 +237,7 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
         if asked in ("cuda", "triton"):
             raise _backend.BackendUnavailable(
                 f"backend {asked!r} cannot run sinkhorn on float64 costs (its kernels compute in float32); "
-                "use float32/bfloat16 costs or backend 'torch' or 'auto'")
+                "use float32/bfloat16/float16 costs or backend 'torch' or 'auto'")
     else:
         name = _backend.resolve(cost.device, "sinkhorn", backend)
     f, g, total, plan, n_iters = _sinkhorn(cost, a, b, float(eps), int(max_iters),
