@@ -28,7 +28,8 @@ def test_report_names_auto_choice_and_reasons_for_every_op_and_device():
             if op in TRITON_ONLY_OPS:   # cuda runs Triton's kernel, on a GPU
                 assert choice["auto"] == backend.resolve_triton_only(device, op, "auto")
                 runnable = {"triton": backend.triton_unavailable_reason(device) is None,
-                            "cuda": device.type == "cuda" and backend.resolve_triton_only(device, op, "cuda") == "triton"}
+                            "cuda": device.type == "cuda"
+                                    and backend.resolve_triton_only(device, op, "cuda") == "triton"}
             else:
                 assert choice["auto"] == backend.resolve(device, op, "auto")
                 runnable = {name: name in backend.available_backends(device, op) for name in ("triton", "cuda")}

@@ -57,8 +57,7 @@ def _backends(device: torch.device, op: str) -> dict:
     if op in TRITON_ONLY_OPS:
         auto = backend.resolve_triton_only(device, op, "auto")
         cuda = None if auto == "triton" else (
-            backend.cuda_device_reason(device) if device.type != "cuda"
-            else f"it has no CUDA kernel and runs Triton's, and {triton}")
+            backend.cuda_device_reason(device) or f"it has no CUDA kernel and runs Triton's, and {triton}")
     else:
         auto, cuda = backend.resolve(device, op, "auto"), backend.cuda_unavailable_reason(device, op)
     unavailable = {"triton": triton, "cuda": cuda}

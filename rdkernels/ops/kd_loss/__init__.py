@@ -97,8 +97,9 @@ def kd_loss(y_s: torch.Tensor, y_t: torch.Tensor, *, T: float = 4.0, backend: st
 
     Args:
         y_s: student logits [B, C], float32/bfloat16/float16 (float64: the torch
-            formulation, under any backend but ``triton``, which refuses them), any strides (rows are read in place where the classes
-            have stride 1, copied otherwise).
+            formulation, under any backend but ``triton``, which refuses them), any
+            strides (rows are read in place where the classes have stride 1, copied
+            otherwise).
         y_t: teacher logits, same shape, device. Not detached, as in the reference:
             pass them detached (or from a frozen teacher) unless the teacher learns.
         T: the temperature, > 0.
