@@ -14,23 +14,14 @@ from pathlib import Path
 import torch
 
 from benchmarks.suite import Row
+from rdkernels import _environment
+from rdkernels._environment import cpu_model
 
 SCHEMA = "rdkernels-bench/1"
 MODES = ("fwd", "bwd", "fwd+bwd")
 
 
 # --- environment ----------------------------------------------------------------------
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def device_info(device: torch.device) -> dict:
     if device.type == "cuda":
@@ -40,7 +31,7 @@ def device_info(device: torch.device) -> dict:
                     memory_bytes=props.total_memory, multiprocessors=props.multi_processor_count,
                     l2_cache_bytes=getattr(props, "L2_cache_size", None))
     else:
-        name = _cpu_model()
+        name = cpu_model()
         info = dict(type="cpu", name=name, threads=torch.get_num_threads(), cores=os.cpu_count())
         try:
             info["load_average_1min"] = round(os.getloadavg()[0], 2)
@@ -54,18 +45,8 @@ def device_info(device: torch.device) -> dict:
 
 
 def versions() -> dict:
-    out = {"python": platform.python_version(), "torch": torch.__version__,
-           "cuda": torch.version.cuda, "platform": platform.platform()}
-    for mod in ("triton", "numpy", "rdkernels", "ot", "geomloss"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:
-            out[mod] = None
-    try:
-        from rdkernels import _C  # noqa: F401
-        out["rdkernels_cuda_extension"] = True
-    except Exception:
-        out["rdkernels_cuda_extension"] = False
+    out = _environment.versions("rdkernels", "ot", "geomloss")
+    out["platform"] = platform.platform()
     out["git_commit"] = git_commit(Path(__file__).resolve().parent.parent)
     return out
 

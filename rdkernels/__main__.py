@@ -17,20 +17,13 @@ import torch
 
 import rdkernels
 from rdkernels import backend
+from rdkernels._environment import cpu_model, module_version
 
 # The ops as the backend resolver names them (the CUDA extension's function names).
 OPS = ("bank_contrast", "bank_update", "shared_bank_contrast", "dcd_loss", "sinkhorn")
 # The ops with a Triton kernel and no CUDA one (backend.resolve_triton_only): their
 # cuda backend runs Triton's kernel on a GPU.
 TRITON_ONLY_OPS = ("l2_normalize", "fifo_enqueue_", "kd_loss")
-
-
-def _version(module_name: str) -> str | None:
-    try:
-        module = __import__(module_name)
-    except Exception:  # not installed, or a broken install: the report says so, not a traceback
-        return None
-    return getattr(module, "__version__", "unknown")
 
 
 def _backend_asked_for() -> str:
@@ -41,7 +34,7 @@ def _backend_asked_for() -> str:
 
 
 def _devices() -> list[dict]:
-    devices = [{"device": "cpu", "name": f"{platform.machine()}, {os.cpu_count()} cores"}]
+    devices = [{"device": "cpu", "name": f"{cpu_model()}, {os.cpu_count()} cores"}]
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
@@ -70,7 +63,8 @@ def collect() -> dict:
     report = {
         "rdkernels": {"version": rdkernels.__version__, "path": os.path.dirname(rdkernels.__file__)},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "torch_cuda": torch.version.cuda, "triton": _version("triton"), "numpy": _version("numpy")},
+                     "torch_cuda": torch.version.cuda, "triton": module_version("triton"),
+                     "numpy": module_version("numpy")},
         "backend_asked_for": _backend_asked_for(),
         "environment": {name: os.environ.get(name) for name in
                         ("RDKERNELS_BACKEND", "RDKERNELS_CHECK_INDICES", "TRITON_INTERPRET")},

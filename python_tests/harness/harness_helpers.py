@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rdkernels.harness.distillers import LossOptions
-from rdkernels.harness.train import TrainConfig
+from rdkernels.harness.config import TrainConfig
 
 TINY_LOSS = LossOptions(feat_dim=16, nce_k=16, wcord_iters=20)
 

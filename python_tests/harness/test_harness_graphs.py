@@ -16,7 +16,8 @@ import torch
 from harness_helpers import require_loss, single_thread, tiny_config  # noqa: F401
 from rdkernels.harness.graphs import GraphedStep
 from rdkernels.ops.bank_contrast.cost_model import graph_replay_assumed
-from rdkernels.harness.train import Trainer, graph_blocker
+from rdkernels.harness.config import graph_blocker
+from rdkernels.harness.train import Trainer
 
 
 class DeferredRecorder:

@@ -3,7 +3,7 @@ import torch
 
 from harness_helpers import single_thread  # noqa: F401 (autouse fixture)
 from rdkernels.harness.models import MODELS, build_model
-from rdkernels.harness.train import load_teacher_weights
+from rdkernels.harness.teacher import load_teacher_weights
 
 # parameter counts of the reference code's CIFAR-100 models (a check that the
 # structure -- widths, depths, shortcuts -- is the same)

@@ -12,7 +12,8 @@ import torch
 
 import rdkernels
 from harness_helpers import require_loss, single_thread, tiny_config  # noqa: F401 (autouse fixture)
-from rdkernels.harness.train import ResumeMismatch, Trainer
+from rdkernels.harness.config import ResumeMismatch
+from rdkernels.harness.train import Trainer
 
 
 def _logged_steps(folder) -> list[int]:

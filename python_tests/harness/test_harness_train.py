@@ -10,8 +10,9 @@ from rdkernels.backend import triton_interpreter_enabled, triton_unavailable_rea
 from rdkernels.harness import __main__ as cli
 from rdkernels.harness.__main__ import main
 from rdkernels.harness.distillers import DEFAULT_WEIGHTS, DISTILLERS, build_distiller
-from rdkernels.harness import train as train_mod
-from rdkernels.harness.train import Trainer, TrainConfig, lr_at
+from rdkernels.harness import teacher as teacher_mod
+from rdkernels.harness.config import TrainConfig, lr_at
+from rdkernels.harness.train import Trainer
 
 
 @pytest.mark.parametrize("impl", ["reference", "fused"])
@@ -43,7 +44,7 @@ def test_a_random_teacher_takes_batch_norm_statistics_from_the_first_training_im
     trainer = Trainer(tiny_config(distill="kd", max_steps=1))
     teacher = trainer.teacher
     assert not teacher.training
-    images = trainer.train_set.images[:train_mod.TEACHER_CALIBRATION_IMAGES]
+    images = trainer.train_set.images[:teacher_mod.TEACHER_CALIBRATION_IMAGES]
     with torch.no_grad():
         first = teacher.conv1(hdata.augment(images, train=False))   # what the stem's BatchNorm saw
     # 32 images in batches of 4: the cumulative average of the batch means is the mean over all of them

@@ -7,7 +7,8 @@ CIFAR-100 copy or a synthetic stand-in.
 """
 from rdkernels.harness.distillers import DISTILLERS, IMPLS, LossOptions, build_distiller
 from rdkernels.harness.models import MODELS, build_model
-from rdkernels.harness.train import Trainer, TrainConfig
+from rdkernels.harness.config import TrainConfig
+from rdkernels.harness.train import Trainer
 
 
 def compare(*args, **kwargs):

@@ -14,7 +14,8 @@ from rdkernels.backend import BackendUnavailable
 from rdkernels.harness.compare import TURN_STEPS
 from rdkernels.harness.distillers import DISTILLERS, IMPLS, LossOptions
 from rdkernels.harness.models import MODELS
-from rdkernels.harness.train import RUN_OPTIONS, SAMPLINGS, ResumeMismatch, Trainer, TrainConfig
+from rdkernels.harness.config import RUN_OPTIONS, SAMPLINGS, ResumeMismatch, TrainConfig
+from rdkernels.harness.train import Trainer
 
 # the errors a user's input causes (a missing file, a bad value, a backend this machine
 # lacks, a resume that would change the run): main() prints them as one line, not a traceback

@@ -27,8 +27,9 @@ import torch
 
 from rdkernels.harness import data as hdata
 from rdkernels.harness.profiling import device_profile
-from rdkernels.harness.train import (Trainer, TrainConfig, check_graphable, command_line, device_name, graph_blocker,
-                                     progress_bar, resolve_device, versions)
+from rdkernels.harness.config import TrainConfig, check_graphable, graph_blocker
+from rdkernels.harness.runtime import command_line, device_name, progress_bar, resolve_device, versions
+from rdkernels.harness.train import Trainer
 
 TURN_STEPS = 20  # timed steps a run takes in its turn
 

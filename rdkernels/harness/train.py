@@ -13,14 +13,11 @@ generator states go into the checkpoint.
 """
 from __future__ import annotations
 
-import csv
+import contextlib
 import dataclasses
 import json
-import contextlib
 import os
 import random
-import re
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -32,260 +29,19 @@ import torch.nn.functional as F
 
 from rdkernels.backend import BACKENDS, cuda_index
 from rdkernels.harness import data as hdata
-from rdkernels.harness.distillers import (DEFAULT_WEIGHTS, DISTILLERS, IMPLS, REFERENCE_GAMMA, LossOptions,
-                                         build_distiller)
+from rdkernels.harness.config import (RUN_OPTIONS, SAMPLINGS, ResumeMismatch, TrainConfig, absolute_path,
+                                      check_counts, check_graphable, check_resume_kind, graph_blocker, lr_at,
+                                      resume_config)
+from rdkernels.harness.distillers import DISTILLERS, IMPLS, build_distiller
 from rdkernels.harness.graphs import GraphedStep
-from rdkernels.harness.models import MODELS, build_model
+from rdkernels.harness.models import build_model
+from rdkernels.harness.run_files import append_eval_row, append_log_rows, truncate_eval, truncate_log
+from rdkernels.harness.runtime import command_line, device_name, progress_bar, resolve_device, versions
+from rdkernels.harness.teacher import calibrate_random_teacher_, load_teacher_weights
 
-SAMPLINGS = ("device", "workers", "loss")
-
-# Options that say how a run executes, not what it computes: a resumed run may
-# change them. Every other option is the training recipe, which a resume keeps.
-RUN_OPTIONS = ("epochs", "max_steps", "out", "device", "backend", "progress", "log_every", "save_every",
-               "eval_every_epoch", "workers", "index_checks", "cuda_graph", "graph_warmup", "deterministic")
-EVAL_HEADER = "epoch,step,acc,loss"
-
-
-class ResumeMismatch(ValueError):
-    """A resume asked for a training recipe (or a command) other than the checkpoint's."""
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything that defines a run (saved in checkpoints and logs)."""
-
-    arch: str = "resnet8x4"                  # the model being trained (student, or the teacher in train-teacher)
-    distill: str | None = None               # None: plain CE training (teacher); else one of DISTILLERS
-    impl: str = "fused"                      # reference | fused
-    teacher_arch: str = "resnet32x4"
-    teacher: str | None = None               # teacher checkpoint; None: a randomly initialised teacher (timing only)
-    gamma: float | None = None               # -r: CE weight    (None: see weights())
-    alpha: float | None = None               # -a: KD weight
-    beta: float | None = None                # -b: distiller weight
-    loss: LossOptions = dataclasses.field(default_factory=LossOptions)
-    mode: str = "exact"                      # contrast sampling: exact | relax
-    sampling: str = "device"                 # device | workers (reference: numpy in DataLoader workers) | loss
-    workers: int = 8
-    data: str | None = None                  # CIFAR-100 python-pickle folder; None: synthetic
-    synthetic_n: int = 50_000
-    synthetic_test_n: int = 10_000
-    num_classes: int = 100
-    image_size: int = 32
-    batch_size: int = 64
-    epochs: int = 240                        # 0: no epoch limit, max_steps alone sets the length
-    max_steps: int | None = None             # stop after this many steps in total (benchmarks, tests)
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_decay_epochs: tuple[int, ...] = (150, 180, 210)
-    lr_decay_rate: float = 0.1
-    amp: bool = False
-    amp_dtype: str = "bfloat16"              # bfloat16 | float16 (float16 adds a GradScaler)
-    device: str = "auto"
-    backend: str = "auto"                    # rdkernels backend for --impl fused
-    deterministic: bool = False              # cuDNN deterministic algorithms instead of benchmark mode
-    index_checks: bool = True                # False: skip the losses' host-synced checks (indices, finiteness, costs)
-    cuda_graph: bool = False                 # replay each step from a CUDA graph (see harness/graphs.py)
-    graph_warmup: int = 3                    # eager steps before the step is captured
-    seed: int = 0
-    out: str | None = None                   # run folder: log.csv, eval.csv, summary.json, last.pt (stored absolute)
-    log_every: int = 10
-    save_every: int | None = None            # steps between checkpoints (also at every epoch end)
-    eval_every_epoch: bool = True
-    progress: bool = True
-
-    def weights(self) -> tuple[float, float, float]:
-        """(gamma, alpha, beta): the CE, KD and distiller weights of the loss.
-
-        With none of them set, the method's weights as the reference scripts run it
-        (``DEFAULT_WEIGHTS``). Once alpha or beta is set, an unset gamma is 1.0, the
-        default of RepDistiller's ``-r``, so that ``-a 0.9 -b 0`` trains as it does
-        there; an unset alpha or beta keeps the method's value.
-        """
-        g, a, b = DEFAULT_WEIGHTS[self.distill or "none"]
-        if self.gamma is None and (self.alpha is not None or self.beta is not None):
-            g = REFERENCE_GAMMA
-        return (g if self.gamma is None else self.gamma, a if self.alpha is None else self.alpha,
-                b if self.beta is None else self.beta)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        d["loss"] = LossOptions(**d.get("loss", {}))
-        d["lr_decay_epochs"] = tuple(d.get("lr_decay_epochs", ()))
-        return cls(**d)
-
-
-# TrainConfig's counts, by the least value each takes (a LossOptions field as "loss.<name>");
-# max_steps and save_every may also be None (no step limit, no periodic checkpoint)
-_COUNT_MINIMUMS = {"batch_size": 1, "epochs": 0, "max_steps": 1, "workers": 0, "synthetic_n": 1,
-                   "synthetic_test_n": 0, "num_classes": 1, "image_size": 1, "graph_warmup": 1, "log_every": 1,
-                   "save_every": 1, "loss.feat_dim": 1, "loss.nce_k": 1, "loss.wcord_iters": 1}
-
-
-def check_counts(cfg: TrainConfig) -> None:
-    """Refuse, naming the field, a count below what it can mean (a batch of 0 images,
-    a checkpoint every 0 steps), and a run with no length (epochs=0 and no max_steps)."""
-    for name, least in _COUNT_MINIMUMS.items():
-        owner, field = (cfg.loss, name[5:]) if name.startswith("loss.") else (cfg, name)
-        value = getattr(owner, field)
-        if value is None and name in ("max_steps", "save_every"):
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-    if cfg.epochs == 0 and cfg.max_steps is None:
-        raise ValueError("epochs=0 means no epoch limit, so max_steps must set the run's length; "
-                         "without it the run would train nothing")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def device_name(device: torch.device) -> str:
-    """GPU name, or the CPU model and core count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"cpu {model} ({os.cpu_count()} cores)"
-
-
-def versions() -> dict:
-    """Versions that matter for a timing (saved in every summary)."""
-    import platform
-    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "triton": None, "numpy": np.__version__}
-    try:
-        import triton
-        out["triton"] = triton.__version__
-    except Exception:
-        pass
-    try:
-        from rdkernels import _C  # noqa: F401
-        out["rdkernels_cuda_extension"] = True
-    except Exception:
-        out["rdkernels_cuda_extension"] = False
-    return out
-
-
-def command_line() -> str:
-    return " ".join(["python", "-m", "rdkernels.harness", *sys.argv[1:]])
-
-
-def lr_at(cfg: TrainConfig, epoch: int) -> float:
-    """The reference's step schedule: x lr_decay_rate after each decay epoch
-    (epochs counted from 0 here, from 1 there: ``epoch > 150`` there is ``epoch >= 150`` here)."""
-    return cfg.lr * cfg.lr_decay_rate ** sum(epoch >= m for m in cfg.lr_decay_epochs)
-
-
-# RepDistiller's wrn.py: WideResNet.blockN is a NetworkBlock holding its blocks in
-# `.layer` (an nn.Sequential), and a block's 1x1 projection is `convShortcut`; the
-# harness's stages are the nn.Sequential itself and the projection is `shortcut`.
-# bn1/conv1/bn2/conv2 and the top-level conv1/bn1/fc have the same names (relu1,
-# relu2, relu hold no parameters). RepDistiller's ResNet keys already match.
-_REPDISTILLER_WRN_KEYS = ((re.compile(r"^(block\d+)\.layer\.(\d+)\."), r"\1.\2."),
-                          (re.compile(r"\.convShortcut\.(weight|bias)$"), r".shortcut.\1"))
-
-
-def _from_repdistiller_names(state: dict) -> dict:
-    """``state`` with RepDistiller's WRN key names renamed to the harness's (other keys unchanged)."""
-    out = {}
-    for key, value in state.items():
-        for pattern, repl in _REPDISTILLER_WRN_KEYS:
-            key = pattern.sub(repl, key)
-        out[key] = value
-    return out
-
-
-# images whose activations set a random teacher's BatchNorm statistics
-TEACHER_CALIBRATION_IMAGES = 512
-
-
-def calibrate_random_teacher_(teacher: torch.nn.Module, train_set: hdata.ImageSet, batch_size: int,
-                              device: torch.device) -> None:
-    """Set a randomly initialised teacher's BatchNorm running statistics from the
-    first TEACHER_CALIBRATION_IMAGES training images (unaugmented; torch's
-    ``update_bn``: a cumulative average over the batches, in train mode, no grad).
-
-    At initialisation those statistics are mean 0, variance 1, while the
-    activations they normalise in eval mode grow layer by layer: a random
-    resnet32x4's logits have a standard deviation of ~16 and resnet56's of ~6 000,
-    so the teacher's softmax is one-hot on arbitrary classes and a KD student
-    copying it drives its cross-entropy from 4.6 to ~20 within a few steps. With
-    statistics of the data it sees, the random teacher's predictions are soft and
-    the KD-only run's curves mean something. Deterministic: fixed images, no
-    random draws (the run's random streams are untouched); a checkpointed run
-    resumes with the teacher it saved."""
-    images = train_set.images[:TEACHER_CALIBRATION_IMAGES]
-    batches = [hdata.augment(images[i:i + batch_size].to(device), train=False)
-               for i in range(0, images.shape[0], batch_size)]
-    torch.optim.swa_utils.update_bn(batches, teacher)
-
-
-def load_teacher_weights(model: torch.nn.Module, path: str, arch: str) -> None:
-    """Load a train-teacher checkpoint, a bare state_dict, or RepDistiller's
-    {'model': state_dict} (its WRN key names are mapped to the harness's).
-
-    A checkpoint that does not fit ``model`` (another architecture, another number
-    of classes) is a ValueError that names the path, ``arch`` and the mismatch.
-    """
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(ckpt, dict) and ckpt.get("arch") not in (None, arch):
-        raise ValueError(f"teacher checkpoint {path!r} holds a {ckpt['arch']!r}, but teacher_arch is {arch!r}; "
-                         f"pass --teacher-arch {ckpt['arch']}")
-    state = _from_repdistiller_names(ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        mismatch = _state_mismatch(model.state_dict(), state) or str(exc).strip().splitlines()[0]
-        raise ValueError(f"teacher checkpoint {path!r} does not fit teacher_arch {arch!r}: {mismatch}; "
-                         f"{_teacher_arch_hint(path, arch)}") from exc
-
-
-def _state_mismatch(own: dict, theirs: dict) -> str:
-    """How ``theirs`` (a checkpoint's state_dict) differs from ``own`` (the model's), in
-    one line: the count of missing, unexpected and reshaped keys, with the first of each."""
-    missing = [k for k in own if k not in theirs]
-    unexpected = [k for k in theirs if k not in own]
-    reshaped = [k for k in own if k in theirs and hasattr(theirs[k], "shape") and theirs[k].shape != own[k].shape]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys (first {missing[0]!r})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys (first {unexpected[0]!r})")
-    if reshaped:
-        k = reshaped[0]
-        parts.append(f"{len(reshaped)} keys of another shape (first {k!r}: {tuple(theirs[k].shape)} in the checkpoint, "
-                     f"{tuple(own[k].shape)} in the model)")
-    return ", ".join(parts)
-
-
-def _arch_from_folder(path: str) -> str | None:
-    """The model a checkpoint's folder name says it holds, by RepDistiller's rule
-    (get_teacher_name: ``save/models/wrn_40_2_vanilla/ckpt_epoch_240.pth`` holds a
-    wrn_40_2, ``.../resnet32x4_vanilla/...`` a resnet32x4), or None if that names no model."""
-    segments = Path(path).parent.name.split("_")
-    name = "_".join(segments[:3]) if segments[0] == "wrn" else segments[0]
-    return name if name in MODELS else None
-
-
-def _teacher_arch_hint(path: str, arch: str) -> str:
-    """What to pass instead: the model the checkpoint's folder names, if another than ``arch``."""
-    named = _arch_from_folder(path)
-    if named is not None and named != arch:
-        return f"its folder name says {named}: pass --teacher-arch {named}"
-    return "check --teacher-arch, and that --data has the classes the teacher was trained on"
+# names other modules and scripts import from here, where they were first defined
+__all__ = ["RUN_OPTIONS", "SAMPLINGS", "ResumeMismatch", "StepClock", "TrainConfig", "Trainer", "graph_blocker",
+           "lr_at"]
 
 
 class Trainer:
@@ -310,7 +66,8 @@ class Trainer:
             warnings.warn(f"save_every={cfg.save_every} is ignored: checkpoints go to the run folder, and out is "
                           "not set", stacklevel=2)
         # absolute paths, so that a checkpoint resumed from another folder still finds them
-        cfg = dataclasses.replace(cfg, out=_absolute(cfg.out), teacher=_absolute(cfg.teacher), data=_absolute(cfg.data))
+        cfg = dataclasses.replace(cfg, out=absolute_path(cfg.out), teacher=absolute_path(cfg.teacher),
+                                  data=absolute_path(cfg.data))
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         if cfg.cuda_graph:
@@ -564,8 +321,8 @@ class Trainer:
         if out_dir:
             out_dir.mkdir(parents=True, exist_ok=True)
             # a resumed run rewrites what came after its checkpoint, so no row appears twice
-            _truncate_log(out_dir / "log.csv", self.step)
-            _truncate_eval(out_dir / "eval.csv", self.step)
+            truncate_log(out_dir / "log.csv", self.step)
+            truncate_eval(out_dir / "eval.csv", self.step)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         bar = progress_bar(total=end, initial=self.step, enabled=cfg.progress,
@@ -655,13 +412,7 @@ class Trainer:
             rows.append(row)
         self.history.extend(rows)
         if out_dir:
-            path = out_dir / "log.csv"
-            new = not path.exists()
-            with open(path, "a", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
-                if new:
-                    writer.writeheader()
-                writer.writerows(rows)
+            append_log_rows(out_dir / "log.csv", rows)
         if bar is not None:
             bar.update(len(pending))
             bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", lr=f"{rows[-1]['lr']:.4g}")
@@ -674,12 +425,7 @@ class Trainer:
         else:
             print(msg)
         if out_dir:
-            path = out_dir / "eval.csv"
-            new = not path.exists()
-            with open(path, "a") as fh:
-                if new:
-                    fh.write(EVAL_HEADER + "\n")
-                fh.write(f"{epoch},{self.step},{result['acc']:.4f},{result['loss']:.6f}\n")
+            append_eval_row(out_dir / "eval.csv", epoch, self.step, result)
 
     @torch.no_grad()
     def evaluate(self, batch_size: int = 256) -> dict:
@@ -758,8 +504,8 @@ class Trainer:
         """
         state = torch.load(path, map_location="cpu", weights_only=False)
         stored = TrainConfig.from_dict(state["config"])
-        _check_resume_kind(stored, expect_distill, path)
-        cfg = _resume_config(stored, path, overrides, option_names or {})
+        check_resume_kind(stored, expect_distill, path)
+        cfg = resume_config(stored, path, overrides, option_names or {})
         if state.get("teacher") is not None:
             # the checkpoint carries the teacher's weights: the teacher file is not read again
             # (it may have moved, or a relative path may now name another file)
@@ -771,62 +517,6 @@ class Trainer:
         return trainer
 
 
-def _check_resume_kind(stored: TrainConfig, expect_distill: bool | None, path) -> None:
-    """Refuse to continue a distillation as teacher training, or the reverse."""
-    if expect_distill is None or expect_distill == (stored.distill is not None):
-        return
-    if stored.distill is not None:
-        raise ResumeMismatch(f"{str(path)!r} is a distillation checkpoint (--distill {stored.distill}); "
-                             f"continue it with `distill --resume {path}`")
-    raise ResumeMismatch(f"{str(path)!r} is a teacher-training checkpoint; continue it with "
-                         f"`train-teacher --resume {path}`")
-
-
-def _resume_config(stored: TrainConfig, path, overrides: dict, option_names: dict[str, str]) -> TrainConfig:
-    """The stored config with the run options in ``overrides`` applied; a
-    ResumeMismatch naming every recipe option in ``overrides`` that differs."""
-    overrides = dict(overrides)
-    loss = overrides.pop("loss", None) or {}
-    if isinstance(loss, LossOptions):
-        loss = dataclasses.asdict(loss)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(overrides) - fields) + sorted(set(loss) - set(dataclasses.asdict(stored.loss)))
-    if unknown:
-        raise TypeError(f"Trainer.resume got unknown config fields {unknown}")
-    conflicts = [(name, value, getattr(stored, name)) for name, value in overrides.items()
-                 if name not in RUN_OPTIONS and not _same_setting(name, value, getattr(stored, name))]
-    conflicts += [(f"loss.{name}", value, getattr(stored.loss, name)) for name, value in loss.items()
-                  if value != getattr(stored.loss, name)]
-    if conflicts:
-        def label(name):  # a flag for the CLI (its loss flags are the bare field names)
-            return option_names.get(name.removeprefix("loss."), name)
-        changed = "; ".join(f"{label(n)} {_show(v)} (the checkpoint has {_show(s)})" for n, v, s in conflicts)
-        allowed = ", ".join(label(n) for n in RUN_OPTIONS if n in option_names or not option_names)
-        raise ResumeMismatch(f"cannot resume {str(path)!r} with a different training recipe: {changed}. Leave "
-                             f"these out to continue the stored run, or start a new run; a resume may change "
-                             f"only {allowed}")
-    run = {name: value for name, value in overrides.items() if name in RUN_OPTIONS}
-    if "out" not in run and stored.out is not None:
-        run["out"] = str(Path(path).resolve().parent)  # next to the checkpoint, wherever the run was started
-    return dataclasses.replace(stored, **run)
-
-
-def _same_setting(name: str, a, b) -> bool:
-    if name in ("teacher", "data") and isinstance(a, str) and isinstance(b, str):
-        return _absolute(a) == _absolute(b)
-    if name == "lr_decay_epochs":
-        return tuple(a) == tuple(b)
-    return a == b
-
-
-def _show(value) -> str:
-    if isinstance(value, (tuple, list)):
-        return ",".join(str(v) for v in value)
-    return str(value)
-
-
-def _absolute(path: str | None) -> str | None:
-    return None if path is None else str(Path(path).expanduser().resolve())
 
 
 @contextlib.contextmanager
@@ -856,26 +546,6 @@ def _attrs(obj, **values) -> Iterator[None]:
             setattr(obj, name, value)
 
 
-def check_graphable(cfg: TrainConfig, device: torch.device) -> None:
-    """Refuse, with the reason, the runs whose step a CUDA graph cannot hold."""
-    if device.type != "cuda":
-        raise ValueError(f"cuda_graph needs a CUDA device, got {device}")
-    if cfg.amp and cfg.amp_dtype == "float16":
-        raise ValueError("cuda_graph does not work with float16 AMP: its GradScaler reads the inf check on the "
-                         "host every step; use --amp-dtype bfloat16")
-    reason = graph_blocker(cfg.distill, cfg.impl)
-    if reason:
-        raise ValueError(f"cuda_graph cannot capture --distill {cfg.distill} --impl {cfg.impl}: {reason}")
-
-
-def graph_blocker(distill: str | None, impl: str) -> str | None:
-    """Why the step of (distill, impl) cannot be captured, or None if it can."""
-    if impl == "reference" and distill in ("crd", "wcord"):
-        return ("the reference formulation reads params[...].item() on the host every step (as the public "
-                "code does)")
-    return None
-
-
 def _to_device(state, device):
     """Move tensors to ``device`` except RNG states, which must stay CPU ByteTensors."""
     out = dict(state)
@@ -883,36 +553,6 @@ def _to_device(state, device):
         if out.get(key) is not None:
             out[key] = {k: v.to(device) if torch.is_tensor(v) else v for k, v in out[key].items()}
     return out
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log rows past ``step`` (a fresh run: all; a resumed run: those after its checkpoint)."""
-    if not path.exists():
-        return
-    if step == 0:
-        path.unlink()
-        return
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        return
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
-        writer.writeheader()
-        writer.writerows(r for r in rows if int(r["step"]) <= step)
-
-
-def _truncate_eval(path: Path, step: int) -> None:
-    """Drop eval.csv rows past ``step`` (as :func:`_truncate_log`); the header is
-    written once, and added to a file from before it had one."""
-    if not path.exists():
-        return
-    if step == 0:
-        path.unlink()
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    rows = [line for line in lines if line != EVAL_HEADER and int(line.split(",")[1]) <= step]
-    path.write_text("".join(f"{line}\n" for line in [EVAL_HEADER, *rows]))
 
 
 def _sync(device: torch.device) -> None:
@@ -964,14 +604,3 @@ def _set_cuda_rng_state(saved, device: torch.device) -> None:
             return
         saved = saved[index]
     torch.cuda.set_rng_state(saved, index)
-
-
-def progress_bar(total: int, initial: int, enabled: bool, desc: str):
-    """A tqdm bar, or None when disabled or tqdm is not installed."""
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=True)
