@@ -78,17 +78,7 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     larger of the two spreads (two draws, since the largest difference between
     two chaotic trainings varies from one pair to the next).
     """
-    if cfg.distill in (None, "kd"):
-        raise ValueError("compare needs a representation distiller: --distill crd|wcord|dcd|rrd")
-    if warmup < 1:
-        raise ValueError(f"warmup must be >= 1 (got {warmup}): the warm-up steps also measure each run's peak "
-                         "memory, before the runs' timed steps are interleaved")
-    if steps <= warmup:
-        raise ValueError(f"steps ({steps}) must exceed warmup ({warmup})")
-    if turn_steps < 1:
-        raise ValueError(f"turn_steps must be >= 1, got {turn_steps}")
-    if profile_steps < 0:
-        raise ValueError(f"profile_steps must be >= 0, got {profile_steps}")
+    _check_compare_args(cfg, steps, warmup, turn_steps, profile_steps)
     # epochs=0: no epoch limit, so max_steps alone sets the length and --steps N means N
     # (and the profiled steps come after them)
     cfg = dataclasses.replace(cfg, epochs=0, max_steps=steps + profile_steps, out=None, save_every=None,
@@ -110,73 +100,30 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
     # one progress bar for the whole comparison, none per run and turn
     bar = progress_bar(total=steps * (len(runs) + len(NUDGES) * rounding_control), initial=0, enabled=cfg.progress,
                        desc=f"compare {cfg.distill}")
-    trainers, eager_reasons, peaks, rng, run_cfgs = {}, {}, {}, {}, {}
-    for name, run_cfg in runs.items():
-        eager_reasons[name] = graph_blocker(run_cfg.distill, run_cfg.impl) if run_cfg.cuda_graph else None
-        graphed = run_cfg.cuda_graph and not eager_reasons[name]
-        run_cfg = dataclasses.replace(run_cfg, progress=False, cuda_graph=graphed)
-        run_cfgs[name] = run_cfg
-        before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
-        trainer = Trainer(run_cfg, train_set=train_set, test_set=test_set)
-        summary = trainer.run(warmup)
-        if before is not None:
-            peaks[name] = summary["peak_memory_bytes"] - before
-        rng[name] = trainer.rng_state()
-        trainers[name] = trainer
-        if bar is not None:
-            bar.update(warmup)
+    started_runs = {name: _start_run(run_cfg, warmup, train_set, test_set, device, bar)
+                    for name, run_cfg in runs.items()}
+    trainers = {name: run.trainer for name, run in started_runs.items()}
+    rng = {name: run.rng for name, run in started_runs.items()}
     turns = _interleave(trainers, rng, steps, turn_steps, bar)
-    profiles = {}
-    if profile_steps:
-        for name, trainer in trainers.items():
-            trainer.set_rng_state(rng[name])
-            try:
-                profiles[name] = profile_kernels(trainer, profile_steps, device)
-            except Exception as exc:  # a profiler that cannot run here must not cost the timings above
-                profiles[name] = {"error": f"{type(exc).__name__}: {exc}"}
-    for trainer in trainers.values():
-        trainer.close()  # a DataLoader's workers (--sampling workers) exit now
-
-    results = {}
-    for name, trainer in trainers.items():
-        timed, seconds = steps - warmup, sum(sec for _, sec in turns[name])
-        results[name] = {
-            "impl": trainer.cfg.impl,
-            "distill": trainer.cfg.distill,
-            "cuda_graph": trainer.cfg.cuda_graph,
-            "eager_because": eager_reasons[name],
-            "steps": steps,
-            "steps_per_s": timed / seconds,
-            "ms_per_step": 1000.0 * seconds / timed,
-            "turn_ms_per_step": [1000.0 * sec / n for n, sec in turns[name]],
-            "peak_memory_bytes": peaks.get(name),
-            "loss": [row["loss"] for row in trainer.history[:steps]],
-            "loss_feat": [row.get("loss_feat", 0.0) for row in trainer.history[:steps]],
-            "loss_ce": [row["loss_ce"] for row in trainer.history[:steps]],
-        }
-        if name in profiles:
-            results[name]["profile"] = profiles[name]
-    del trainers, trainer
+    profiles = _profile_runs(trainers, rng, profile_steps, device) if profile_steps else {}
+    for name in trainers:
+        trainers[name].close()  # a DataLoader's workers (--sampling workers) exit now
+    results = {name: _run_result(run, turns[name], steps, warmup, profiles.get(name))
+               for name, run in started_runs.items()}
+    fused_cfg = started_runs["fused"].trainer.cfg
+    del trainers, started_runs  # their memory is free for the rounding control's runs
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     controls = {}
     for name, direction in NUDGES.items() if rounding_control else ():
-        controls[name] = rounding_control_losses(run_cfgs["fused"], steps, train_set, test_set, direction=direction)
+        controls[name] = rounding_control_losses(fused_cfg, steps, train_set, test_set, direction=direction)
         if bar is not None:
             bar.update(steps)
     if bar is not None:
         bar.close()
+    _add_ratios_to_kd(results)
 
-    kd_ms = results["kd"]["ms_per_step"]
-    for name in ("reference", "fused"):
-        ms = results[name]["ms_per_step"]
-        results[name]["step_ratio_vs_kd"] = ms / kd_ms if ms and kd_ms else None
-        # the same ratio within each round of turns: its spread says how far the machine's
-        # speed moved during the comparison, i.e. what a difference in the ratio is worth
-        results[name]["step_ratio_vs_kd_by_turn"] = [
-            a / b for a, b in zip(results[name]["turn_ms_per_step"], results["kd"]["turn_ms_per_step"])]
-    ref_ms, fused_ms = results["reference"]["ms_per_step"], results["fused"]["ms_per_step"]
     dev_name = device_name(device)
     report = {
         "device": dev_name,
@@ -187,24 +134,119 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
         "steps": min(r["steps"] for r in results.values()),  # the steps run (each run runs ``steps``)
         "warmup": warmup,
         "timing": f"interleaved, {turn_steps} steps a turn",
-        "speedup_fused_vs_reference": ref_ms / fused_ms if ref_ms and fused_ms else None,
+        **_agreement(results, controls),
+        "runs": results,
+    }
+    return _write_report(report, Path(out_dir), result_stem(cfg, dev_name), plot)
+
+
+def _check_compare_args(cfg: TrainConfig, steps: int, warmup: int, turn_steps: int, profile_steps: int) -> None:
+    if cfg.distill in (None, "kd"):
+        raise ValueError("compare needs a representation distiller: --distill crd|wcord|dcd|rrd")
+    if warmup < 1:
+        raise ValueError(f"warmup must be >= 1 (got {warmup}): the warm-up steps also measure each run's peak "
+                         "memory, before the runs' timed steps are interleaved")
+    if steps <= warmup:
+        raise ValueError(f"steps ({steps}) must exceed warmup ({warmup})")
+    if turn_steps < 1:
+        raise ValueError(f"turn_steps must be >= 1, got {turn_steps}")
+    if profile_steps < 0:
+        raise ValueError(f"profile_steps must be >= 0, got {profile_steps}")
+
+
+@dataclasses.dataclass
+class _StartedRun:
+    trainer: Trainer
+    eager_because: str | None      # why a --cuda-graph comparison runs this one eagerly
+    peak_memory_bytes: int | None  # over what was allocated before it was built (None off a GPU)
+    rng: dict                      # its random state, swapped in for each of its turns
+
+
+def _start_run(cfg: TrainConfig, warmup: int, train_set, test_set, device: torch.device, bar) -> _StartedRun:
+    """Build one of the compared runs and take its ``warmup`` steps, which also measure its peak memory."""
+    eager_because = graph_blocker(cfg.distill, cfg.impl) if cfg.cuda_graph else None
+    cfg = dataclasses.replace(cfg, progress=False, cuda_graph=cfg.cuda_graph and not eager_because)
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+    trainer = Trainer(cfg, train_set=train_set, test_set=test_set)
+    summary = trainer.run(warmup)
+    if bar is not None:
+        bar.update(warmup)
+    peak = summary["peak_memory_bytes"] - before if before is not None else None
+    return _StartedRun(trainer, eager_because, peak, trainer.rng_state())
+
+
+def _profile_runs(trainers: dict[str, Trainer], rng: dict[str, dict], steps: int, device: torch.device) -> dict:
+    profiles = {}
+    for name, trainer in trainers.items():
+        trainer.set_rng_state(rng[name])
+        try:
+            profiles[name] = profile_kernels(trainer, steps, device)
+        except Exception as exc:  # a profiler that cannot run here must not cost the timings above
+            profiles[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    return profiles
+
+
+def _run_result(run: _StartedRun, turns: list[tuple[int, float]], steps: int, warmup: int,
+                profile: dict | None) -> dict:
+    """One run's entry in the report: its timing over its turns, memory and loss curves."""
+    trainer = run.trainer
+    timed, seconds = steps - warmup, sum(sec for _, sec in turns)
+    history = trainer.history[:steps]
+    result = {
+        "impl": trainer.cfg.impl,
+        "distill": trainer.cfg.distill,
+        "cuda_graph": trainer.cfg.cuda_graph,
+        "eager_because": run.eager_because,
+        "steps": steps,
+        "steps_per_s": timed / seconds,
+        "ms_per_step": 1000.0 * seconds / timed,
+        "turn_ms_per_step": [1000.0 * sec / n for n, sec in turns],
+        "peak_memory_bytes": run.peak_memory_bytes,
+        "loss": [row["loss"] for row in history],
+        "loss_feat": [row.get("loss_feat", 0.0) for row in history],
+        "loss_ce": [row["loss_ce"] for row in history],
+    }
+    if profile is not None:
+        result["profile"] = profile
+    return result
+
+
+def _add_ratios_to_kd(results: dict) -> None:
+    """Each distiller run's step time over the KD-only run's, overall and per round of turns."""
+    kd_ms = results["kd"]["ms_per_step"]
+    for name in ("reference", "fused"):
+        ms = results[name]["ms_per_step"]
+        results[name]["step_ratio_vs_kd"] = ms / kd_ms if ms and kd_ms else None
+        # the same ratio within each round of turns: its spread says how far the machine's
+        # speed moved during the comparison, i.e. what a difference in the ratio is worth
+        results[name]["step_ratio_vs_kd_by_turn"] = [
+            a / b for a, b in zip(results[name]["turn_ms_per_step"], results["kd"]["turn_ms_per_step"])]
+
+
+def _agreement(results: dict, controls: dict) -> dict:
+    """The report's speed-up and loss-agreement entries: reference against fused, and
+    their largest loss difference against the rounding control's spread."""
+    ref, fused = results["reference"], results["fused"]
+    out = {
+        "speedup_fused_vs_reference": (ref["ms_per_step"] / fused["ms_per_step"]
+                                       if ref["ms_per_step"] and fused["ms_per_step"] else None),
         # step 1 runs both on the same weights and batch: its difference is the losses' arithmetic alone
         # (for CRD mostly the reference's float32 rounding of m*Pn + eps, README "Numerics"); later
         # steps add the drift of two trainings that started that far apart
-        "first_step_loss_diff": (abs(results["reference"]["loss"][0] - results["fused"]["loss"][0])
-                                 if results["reference"]["loss"] and results["fused"]["loss"] else None),
-        "max_abs_loss_diff": _max_abs_diff(results["reference"]["loss"], results["fused"]["loss"]),
-        "runs": results,
+        "first_step_loss_diff": (abs(ref["loss"][0] - fused["loss"][0]) if ref["loss"] and fused["loss"] else None),
+        "max_abs_loss_diff": _max_abs_diff(ref["loss"], fused["loss"]),
     }
     if controls:
-        spread = max(_max_abs_diff(loss, results["fused"]["loss"]) for loss in controls.values())
-        report["rounding_control"] = {"run": ROUNDING_CONTROL, "loss": controls,
-                                      "max_abs_loss_diff_vs_fused": spread}
-        report["loss_diff_vs_rounding"] = (report["max_abs_loss_diff"] / spread
-                                           if spread and report["max_abs_loss_diff"] is not None else None)
-    out_dir = Path(out_dir)
+        spread = max(_max_abs_diff(loss, fused["loss"]) for loss in controls.values())
+        out["rounding_control"] = {"run": ROUNDING_CONTROL, "loss": controls, "max_abs_loss_diff_vs_fused": spread}
+        out["loss_diff_vs_rounding"] = (out["max_abs_loss_diff"] / spread
+                                        if spread and out["max_abs_loss_diff"] is not None else None)
+    return out
+
+
+def _write_report(report: dict, out_dir: Path, stem: str, plot: bool) -> dict:
+    """Save the report as ``<stem>.json`` (and its plot as ``<stem>.png``) in ``out_dir``, print it, return it."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = result_stem(cfg, dev_name)
     json_path = out_dir / f"{stem}.json"
     with open(json_path, "w") as fh:
         json.dump(report, fh, indent=2)
