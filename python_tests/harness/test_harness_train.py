@@ -222,11 +222,11 @@ def test_lr_schedule_is_the_reference_step_schedule():
     assert lr_at(cfg, 239) == pytest.approx(0.00005)
 
 
-def test_bad_config_is_rejected():
-    with pytest.raises(ValueError, match="distill"):
-        Trainer(tiny_config(distill="fitnet"))
-    with pytest.raises(ValueError, match="sampling"):
-        Trainer(tiny_config(distill="crd", sampling="host"))
+@pytest.mark.parametrize("field,value", [("distill", "fitnet"), ("impl", "eager"), ("sampling", "host"),
+                                         ("mode", "loose"), ("amp_dtype", "float8"), ("backend", "cudnn")])
+def test_a_name_outside_its_choices_is_rejected_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=rf"^{field} must be one of .*got '{value}'"):
+        Trainer(tiny_config(**{"distill": "crd", field: value}))
 
 
 def test_cli_teacher_then_distill_then_compare(tmp_path, capsys):

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import torch
 
-from rdkernels.harness.distillers import DEFAULT_WEIGHTS, REFERENCE_GAMMA, LossOptions
+from rdkernels.backend import BACKENDS
+from rdkernels.harness.data import SAMPLING_MODES
+from rdkernels.harness.distillers import DEFAULT_WEIGHTS, DISTILLERS, IMPLS, REFERENCE_GAMMA, LossOptions
 
 SAMPLINGS = ("device", "workers", "loss")
 
@@ -96,6 +98,16 @@ class TrainConfig:
 _COUNT_MINIMUMS = {"batch_size": 1, "epochs": 0, "max_steps": 1, "workers": 0, "synthetic_n": 1,
                    "synthetic_test_n": 0, "num_classes": 1, "image_size": 1, "graph_warmup": 1, "log_every": 1,
                    "save_every": 1, "loss.feat_dim": 1, "loss.nce_k": 1, "loss.wcord_iters": 1}
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse, naming the field, a value no run can take: a name outside its choices, a count out of range."""
+    choices = {"distill": (*DISTILLERS, None), "impl": IMPLS, "sampling": SAMPLINGS, "mode": SAMPLING_MODES,
+               "amp_dtype": ("bfloat16", "float16"), "backend": BACKENDS}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
+    check_counts(cfg)
 
 
 def check_counts(cfg: TrainConfig) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from rdkernels.harness import data as hdata
-from rdkernels.harness.models import MODELS
+from rdkernels.harness.models import MODELS, build_model
 
 # RepDistiller's wrn.py: WideResNet.blockN is a NetworkBlock holding its blocks in
 # `.layer` (an nn.Sequential), and a block's 1x1 projection is `convShortcut`; the
@@ -108,3 +108,18 @@ def _teacher_arch_hint(path: str, arch: str) -> str:
     if named is not None and named != arch:
         return f"its folder name says {named}: pass --teacher-arch {named}"
     return "check --teacher-arch, and that --data has the classes the teacher was trained on"
+
+
+def build_teacher(cfg, num_classes: int, train_set: hdata.ImageSet, device: torch.device) -> torch.nn.Module:
+    """``cfg.teacher_arch`` with ``cfg.teacher``'s weights (or, without a checkpoint, random
+    weights and calibrated BatchNorm statistics), on ``device``, in eval mode and frozen."""
+    teacher = build_model(cfg.teacher_arch, num_classes)
+    if cfg.teacher:
+        load_teacher_weights(teacher, cfg.teacher, cfg.teacher_arch)
+    teacher.to(device)
+    if not cfg.teacher:
+        calibrate_random_teacher_(teacher, train_set, cfg.batch_size, device)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher

@@ -27,17 +27,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rdkernels.backend import BACKENDS, cuda_index
+from rdkernels.backend import cuda_index
 from rdkernels.harness import data as hdata
 from rdkernels.harness.config import (RUN_OPTIONS, SAMPLINGS, ResumeMismatch, TrainConfig, absolute_path,
-                                      check_counts, check_graphable, check_resume_kind, graph_blocker, lr_at,
+                                      check_config, check_graphable, check_resume_kind, graph_blocker, lr_at,
                                       resume_config)
-from rdkernels.harness.distillers import DISTILLERS, IMPLS, build_distiller
+from rdkernels.harness.distillers import build_distiller
 from rdkernels.harness.graphs import GraphedStep
 from rdkernels.harness.models import build_model
 from rdkernels.harness.run_files import append_eval_row, append_log_rows, truncate_eval, truncate_log
 from rdkernels.harness.runtime import command_line, device_name, progress_bar, resolve_device, versions
-from rdkernels.harness.teacher import calibrate_random_teacher_, load_teacher_weights
+from rdkernels.harness.teacher import build_teacher
 
 # names other modules and scripts import from here, where they were first defined
 __all__ = ["RUN_OPTIONS", "SAMPLINGS", "ResumeMismatch", "StepClock", "TrainConfig", "Trainer", "graph_blocker",
@@ -49,19 +49,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, *, train_set: hdata.ImageSet | None = None,
                  test_set: hdata.ImageSet | None = None):
-        if cfg.distill is not None and cfg.distill not in DISTILLERS:
-            raise ValueError(f"distill must be one of {DISTILLERS} or None, got {cfg.distill!r}")
-        if cfg.impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {cfg.impl!r}")
-        if cfg.sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {cfg.sampling!r}")
-        if cfg.mode not in hdata.SAMPLING_MODES:
-            raise ValueError(f"mode must be one of {hdata.SAMPLING_MODES}, got {cfg.mode!r}")
-        if cfg.amp_dtype not in ("bfloat16", "float16"):
-            raise ValueError(f"amp_dtype must be bfloat16 or float16, got {cfg.amp_dtype!r}")
-        if cfg.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {cfg.backend!r}")
-        check_counts(cfg)
+        check_config(cfg)
         if cfg.save_every is not None and not cfg.out:
             warnings.warn(f"save_every={cfg.save_every} is ignored: checkpoints go to the run folder, and out is "
                           "not set", stacklevel=2)
@@ -94,15 +82,7 @@ class Trainer:
         self.criterion = None
         params = list(self.model.parameters())
         if cfg.distill is not None:
-            self.teacher = build_model(cfg.teacher_arch, self.num_classes)
-            if cfg.teacher:
-                load_teacher_weights(self.teacher, cfg.teacher, cfg.teacher_arch)
-            self.teacher.to(self.device)
-            if not cfg.teacher:
-                calibrate_random_teacher_(self.teacher, train_set, cfg.batch_size, self.device)
-            self.teacher.eval()
-            for p in self.teacher.parameters():
-                p.requires_grad_(False)
+            self.teacher = build_teacher(cfg, self.num_classes, train_set, self.device)
             self.criterion = build_distiller(
                 cfg.distill, cfg.impl, s_dim=self.model.feat_dim, t_dim=self.teacher.feat_dim,
                 n_data=self.n_data, opt=cfg.loss, seed=cfg.seed + 1).to(self.device)
