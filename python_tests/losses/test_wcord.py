@@ -138,7 +138,7 @@ def test_bad_inputs_leave_banks_untouched(which, match):
         idx[0] = N_DATA
     elif which == "idx_len":
         idx = idx[:3]
-    elif which == "nan":  # refused with the indices' check, before anything is computed
+    elif which == "nan":  # refused with the indices' check, before the banks are read or written
         f_s = f_s.clone()
         f_s[1, 2] = float("nan")
     elif which == "cidx_range":
@@ -150,6 +150,22 @@ def test_bad_inputs_leave_banks_untouched(which, match):
         fused(f_s, f_t, idx, cidx)
     for k, v in fused.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+@pytest.mark.parametrize("index_checks", ["1", "0"])
+def test_a_non_finite_ot_cost_is_refused_and_leaves_banks_untouched(index_checks, monkeypatch):
+    """Finite features, a NaN projection weight: the OT cost is refused in the
+    indices' host sync, or, with index checks off, by Sinkhorn's own check
+    (check_costs), before either bank moves."""
+    monkeypatch.setenv("RDKERNELS_CHECK_INDICES", index_checks)
+    fused = rdkernels.WCoRDLoss(S_DIM, T_DIM, N_DATA, feat_dim=FEAT, nce_k=5).to(DEVICE)
+    with torch.no_grad():
+        fused.embed_s.linear.weight[0, 0] = float("nan")
+    banks = [fused.memory_s.memory.clone(), fused.memory_t.memory.clone()]
+    match = "the batch's OT cost .* holds NaN or inf" if index_checks == "1" else "cost holds NaN or inf"
+    with pytest.raises(ValueError, match=match):
+        fused(*batch(4, 5))
+    assert torch.equal(fused.memory_s.memory, banks[0]) and torch.equal(fused.memory_t.memory, banks[1])
 
 
 def test_gradient_penalty_runs_in_a_bf16_module():

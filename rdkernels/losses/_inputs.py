@@ -58,14 +58,13 @@ def check_bank_storage(**banks: torch.Tensor) -> None:
 
 
 def check_bank_loss_inputs(f_s, f_t, idx, contrast_idx, *, s_dim: int, t_dim: int, n_data: int,
-                           projections: tuple[nn.Module, nn.Module]) -> tuple:
+                           projections: tuple[nn.Module, nn.Module], check_values: bool = True) -> tuple:
     """f_s [B, s_dim], f_t [B, t_dim] (or reshapeable) that fit their ``projections``,
     idx [B] and contrast_idx [B, K+1] (K >= 1, or None) in [0, n_data): every error
     names the argument. Returns (idx, contrast_idx) made contiguous, as the ops
-    take them (any layout is accepted). With one host sync (skipped under torch.compile and with
-    index checks off), all indices are range-checked and f_s, f_t checked to be
-    finite: a NaN or inf there would be written into the banks and poison every
-    later step."""
+    take them (any layout is accepted). Then, unless ``check_values`` is False (the
+    caller makes :func:`check_bank_loss_values` itself, later, with more to check),
+    the values' check of :func:`check_bank_loss_values`."""
     check_tensor("f_s", f_s, dtypes=FLOAT_DTYPES, contiguous=False)
     check_tensor("f_t", f_t, dtypes=FLOAT_DTYPES, device=f_s.device, contiguous=False)
     if f_s.dim() < 2 or math.prod(f_s.shape[1:]) != s_dim:
@@ -83,8 +82,18 @@ def check_bank_loss_inputs(f_s, f_t, idx, contrast_idx, *, s_dim: int, t_dim: in
         if contrast_idx.shape[1] < 2:
             raise ValueError("contrast_idx must have at least 2 columns (the positive and a negative), "
                              f"got shape {tuple(contrast_idx.shape)}")
-    check_index_ranges({"idx": idx, "contrast_idx": contrast_idx}, n_data, finite={"f_s": f_s, "f_t": f_t})
+    if check_values:
+        check_bank_loss_values(f_s, f_t, idx, contrast_idx, n_data)
     return idx.contiguous(), None if contrast_idx is None else contrast_idx.contiguous()
+
+
+def check_bank_loss_values(f_s, f_t, idx, contrast_idx, n_data: int, more_finite: dict | None = None) -> None:
+    """With one host sync (skipped under torch.compile and with index checks off),
+    all indices range-checked and f_s, f_t (and the ``more_finite`` tensors, by
+    name) checked to be finite: a NaN or inf there would be written into the banks
+    and poison every later step."""
+    check_index_ranges({"idx": idx, "contrast_idx": contrast_idx}, n_data,
+                       finite={"f_s": f_s, "f_t": f_t, **(more_finite or {})})
 
 
 def check_first_z(z: torch.Tensor, unset: tuple[bool, bool], *, owner: str, names: tuple[str, str]) -> None:

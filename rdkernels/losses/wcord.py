@@ -65,10 +65,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rdkernels._validation import check_non_negative, check_positive, check_positive_int
+from rdkernels._validation import check_non_negative, check_positive, check_positive_int, index_checks_enabled
 from rdkernels.losses._embed import Embed
-from rdkernels.losses._inputs import (check_bank_loss_args, check_bank_loss_inputs, check_bank_options,
-                                     check_bank_storage)
+from rdkernels.losses._inputs import (check_bank_loss_args, check_bank_loss_inputs, check_bank_loss_values,
+                                     check_bank_options, check_bank_storage)
 from rdkernels.memory import MemoryBank
 from rdkernels.ops import sinkhorn
 from rdkernels.ops.sinkhorn import check_tol
@@ -148,8 +148,9 @@ class WCoRDLoss(nn.Module):
     Keyword-only extras: ``tol`` (Sinkhorn early stop), ``bank_dtype`` (float32 or
     bfloat16 banks), ``backend`` (per-module override of rdkernels.set_backend),
     ``check_costs`` (True: a NaN or inf in the batch's OT cost raises a clear error,
-    at the price of one host sync per step; False skips it, and a NaN feature then
-    shows as a NaN loss).
+    checked in the host sync the index checks make anyway, or, with
+    ``RDKERNELS_CHECK_INDICES=0``, in one of Sinkhorn's own; False skips it, and a
+    non-finite cost then shows as a NaN loss).
 
     State: ``embed_s.linear.*``, ``embed_t.linear.*``, ``memory_s.memory`` (student
     bank), ``memory_t.memory`` (teacher bank).
@@ -183,30 +184,36 @@ class WCoRDLoss(nn.Module):
         self.memory_s = MemoryBank(n_data, feat_dim, momentum=nce_m, dtype=bank_dtype)  # scored by v_t
         self.memory_t = MemoryBank(n_data, feat_dim, momentum=nce_m, dtype=bank_dtype)  # scored by v_s
 
-    def _validate(self, f_s, f_t, idx, contrast_idx) -> tuple:
-        check_bank_storage(**{"memory_s.memory": self.memory_s.memory, "memory_t.memory": self.memory_t.memory})
-        return check_bank_loss_inputs(f_s, f_t, idx, contrast_idx, s_dim=self.s_dim, t_dim=self.t_dim,
-                                      n_data=self.n_data, projections=(self.embed_s, self.embed_t))
-
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor, idx: torch.Tensor,
                 contrast_idx: torch.Tensor | None = None) -> torch.Tensor:
-        idx, contrast_idx = self._validate(f_s, f_t, idx, contrast_idx)
-        if contrast_idx is None:
-            contrast_idx = self.memory_s.sample(idx, self.nce_k, check_indices=False)  # idx checked above
+        check_bank_storage(**{"memory_s.memory": self.memory_s.memory, "memory_t.memory": self.memory_t.memory})
+        idx, contrast_idx = check_bank_loss_inputs(f_s, f_t, idx, contrast_idx, s_dim=self.s_dim, t_dim=self.t_dim,
+                                                   n_data=self.n_data, projections=(self.embed_s, self.embed_t),
+                                                   check_values=False)
         v_s = self.embed_s(f_s, backend=self.backend)
         v_t = self.embed_t(f_t, backend=self.backend)
+        C = pairwise_cost(v_s, v_t, self.cost) if self.lambda_local else None
+        # One host sync for every value check: the indices, the features and the OT cost
+        # (made before anything reads the banks, and before Sinkhorn, which then skips
+        # its own check). With index checks off, the cost keeps Sinkhorn's check (which
+        # check_costs switches), as it does under torch.compile, inside the op's body.
+        cost_checked_here = (self.check_costs and C is not None and index_checks_enabled()
+                             and not torch.compiler.is_compiling())
+        check_bank_loss_values(f_s, f_t, idx, contrast_idx, self.n_data,
+                               {"the batch's OT cost (from embed_s and embed_t)": C} if cost_checked_here else None)
+        if contrast_idx is None:
+            contrast_idx = self.memory_s.sample(idx, self.nce_k, check_indices=False)  # idx checked above
         terms = []   # summed at the end: a weight of 1 and a zero start would each be another launch
         if self.lambda_global:
-            # Eagerly, _validate checked every index with one sync; under torch.compile
+            # Eagerly, check_bank_loss_values checked every index with one sync; under torch.compile
             # that check is skipped and the op makes it inside its opaque body.
             kw = dict(temperature=self.nce_t, epilogue="softmax", backend=self.backend,
                       check_indices=torch.compiler.is_compiling())
             glob = self.memory_t.contrast(v_s, contrast_idx, **kw) + self.memory_s.contrast(v_t, contrast_idx, **kw)
             terms.append(_weighted(self.lambda_global, glob))
         if self.lambda_local:
-            C = pairwise_cost(v_s, v_t, self.cost)
             res = sinkhorn(C[None].contiguous(), eps=self.eps, max_iters=self.iters, tol=self.tol,
-                           backend=self.backend, check_inputs=self.check_costs)
+                           backend=self.backend, check_inputs=self.check_costs and not cost_checked_here)
             terms.append(_weighted(self.lambda_local, res.cost[0]))
         if self.gp_weight:
             terms.append(_weighted(self.gp_weight, critic_gradient_penalty(self.embed_s, self.embed_t, f_s, f_t)))
