@@ -45,8 +45,7 @@ def device_info(device: torch.device) -> dict:
 
 
 def versions() -> dict:
-    out = _environment.versions("rdkernels", "ot", "geomloss")
-    out["platform"] = platform.platform()
+    out = {"platform": platform.platform(), **_environment.versions("rdkernels", "ot", "geomloss")}
     out["git_commit"] = git_commit(Path(__file__).resolve().parent.parent)
     return out
 

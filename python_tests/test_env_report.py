@@ -13,6 +13,7 @@ import rdkernels
 from helpers import stub_cuda_gpu
 from rdkernels import backend
 from rdkernels.__main__ import OPS, TRITON_ONLY_OPS, collect
+from rdkernels._environment import cpu_model
 
 
 def test_report_names_auto_choice_and_reasons_for_every_op_and_device():
@@ -21,6 +22,7 @@ def test_report_names_auto_choice_and_reasons_for_every_op_and_device():
     assert report["versions"]["torch"] == torch.__version__
     devices = [entry["device"] for entry in report["devices"]]
     assert devices[0] == "cpu" and len(devices) == 1 + torch.cuda.device_count() * torch.cuda.is_available()
+    assert report["devices"][0]["name"] == f"{cpu_model()}, {os.cpu_count()} cores"   # the model, not "x86_64"
     for entry in report["devices"]:
         device = torch.device(entry["device"])
         assert set(entry["ops"]) == set(OPS + TRITON_ONLY_OPS)

@@ -39,7 +39,7 @@ def test_each_distiller_trains(name, impl):
 
 def test_a_random_teacher_takes_batch_norm_statistics_from_the_first_training_images():
     """Without them (mean 0, variance 1 at initialisation) a random teacher's eval-mode
-    logits grow through the layers and its softmax is one-hot (train.calibrate_random_teacher_)."""
+    logits grow through the layers and its softmax is one-hot (teacher.calibrate_random_teacher_)."""
     from rdkernels.harness import data as hdata
     trainer = Trainer(tiny_config(distill="kd", max_steps=1))
     teacher = trainer.teacher

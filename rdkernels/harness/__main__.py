@@ -276,7 +276,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
 
 
 def _resume_help(parser: argparse.ArgumentParser) -> None:
-    """--resume's help, naming the options a resume may change (train.RUN_OPTIONS)."""
+    """--resume's help, naming the options a resume may change (config.RUN_OPTIONS)."""
     names = _option_names(parser)
     allowed = ", ".join(names[n] for n in RUN_OPTIONS if n in names)
     resume = next(a for a in parser._actions if a.dest == "resume")
