@@ -112,12 +112,13 @@ def test_features_on_another_device_than_the_loss_name_the_argument(name):
         loss(*meta)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
 @pytest.mark.parametrize("name", LOSSES)
-def test_a_loss_cast_to_float16_names_its_bank(name):
-    loss = LOSSES[name]().to(DEVICE).half()
+def test_a_loss_cast_to_another_dtype_names_its_bank(name, dtype):
+    loss = LOSSES[name]().to(DEVICE).to(dtype)
     f_s, f_t, idx, cidx = bank_loss_batch(4, K, S_DIM, T_DIM, N_DATA, DEVICE)
-    with pytest.raises(TypeError, match=f"the memory bank {BANKS[name]} is torch.float16"):
-        loss(f_s.half(), f_t.half(), idx, cidx)
+    with pytest.raises(TypeError, match=f"the memory bank {BANKS[name]} is {dtype}.*was the whole loss cast"):
+        loss(f_s.to(dtype), f_t.to(dtype), idx, cidx)
 
 
 @pytest.mark.parametrize("name", ["crd", "rrd_momentum"])

@@ -215,7 +215,8 @@ def _good():
 
 BAD = [
     (dict(query=torch.randn(4, 64, dtype=torch.float64)), TypeError, "query must have dtype"),
-    (dict(query=torch.randn(4, 32)), ValueError, "bank has size 64 in dimension 1"),
+    (dict(query=torch.randn(4, 32)), ValueError,
+     "query has size 32 in dimension 1 but must match the bank's row width \\(64\\)"),
     (dict(query=torch.randn(5, 64)), ValueError, "idx has size 4 in dimension 0"),
     (dict(bank=torch.randn(64, 20).t()), ValueError, "bank must be contiguous: it is state"),
     (dict(query=torch.randn(4, 64, 1)), ValueError, "query must have 2 dimensions"),
@@ -229,6 +230,7 @@ BAD = [
     (dict(z=None), ValueError, "z is required"),
     (dict(z=torch.ones(2)), ValueError, "z must hold one value"),
     (dict(n_data=0), ValueError, "n_data must be a positive int"),
+    (dict(n_data=None), ValueError, "n_data is required for the nce epilogue"),
     (dict(temperature=True), TypeError, "temperature must be a real number, got bool"),
     (dict(temperature=torch.tensor(0.07)), TypeError, "temperature must be a real number, got Tensor"),
     (dict(n_data=True), TypeError, "n_data must be an integer, got bool"),

@@ -162,7 +162,7 @@ def test_opcheck_torch_backend():
     (dict(q_t=torch.randn(3, 16)), "q_t has size 3 in dimension 0"),
     (dict(q_t=torch.randn(4, 8)), "q_t has size 8 in dimension 1"),
     (dict(q_t=torch.randn(4, 16, dtype=torch.float16)), "q_t must have the same dtype"),
-    (dict(queue=torch.randn(10, 8)), "queue has size 8 in dimension 1"),
+    (dict(queue=torch.randn(10, 8)), "q_s has size 16 in dimension 1 but must match the queue's row width \\(8\\)"),
     (dict(queue=torch.randn(16, 10).t()), "queue must be contiguous: it is state"),
     (dict(queue=torch.randn(0, 16)), "queue is empty"),
     (dict(q_s=torch.randn(0, 16), q_t=torch.randn(0, 16)), "q_s is empty"),

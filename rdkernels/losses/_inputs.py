@@ -48,13 +48,13 @@ def check_fits_projection(name: str, f: torch.Tensor, projection: nn.Module) -> 
 
 
 def check_bank_storage(**banks: torch.Tensor) -> None:
-    """Memory banks in a dtype the ops store: ``Module.half()`` casts every floating
-    buffer, banks included, and the ops would then refuse a "bank" the user never named."""
+    """Memory banks in a dtype the ops store: ``Module.half()`` (or ``.double()``) casts
+    every floating buffer, banks included, and the ops would then refuse a "bank" the user never named."""
     for name, bank in banks.items():
         if bank.dtype not in BANK_DTYPES:
-            raise TypeError(f"the memory bank {name} is {bank.dtype} (was the loss cast with .half()?); banks are "
-                            "float32 or bfloat16: keep the loss in float32 and use torch.autocast, or build it with "
-                            "bank_dtype=torch.bfloat16")
+            raise TypeError(f"the memory bank {name} is {bank.dtype} (was the whole loss cast, by .half(), .double() "
+                            "or .to(dtype)?); banks are float32 or bfloat16: keep the loss in float32 and use "
+                            "torch.autocast, or build it with bank_dtype=torch.bfloat16")
 
 
 def check_bank_loss_inputs(f_s, f_t, idx, contrast_idx, *, s_dim: int, t_dim: int, n_data: int,

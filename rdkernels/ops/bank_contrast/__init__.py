@@ -172,7 +172,7 @@ def _validate(query, bank, idx, temperature, epilogue, z, n_data, reduction, str
     check_tensor("query", query, ndim=2, dtypes=FLOAT_DTYPES, contiguous=False)
     check_tensor("bank", bank, ndim=2, dtypes=BANK_DTYPES, device=query.device)
     check_tensor("idx", idx, ndim=2, dtypes=INDEX_DTYPES, device=query.device, contiguous=False)
-    check_dim("bank", bank, 1, query.shape[1], "query's embedding size")
+    check_dim("query", query, 1, bank.shape[1], "the bank's row width")   # the bank is the state: name the query
     check_dim("idx", idx, 0, query.shape[0], "query's batch size")
     if bank.requires_grad and torch.is_grad_enabled():
         # The reference would differentiate the bank; the fused ops never do, and
@@ -189,6 +189,9 @@ def _validate(query, bank, idx, temperature, epilogue, z, n_data, reduction, str
     check_tensor("z", z, dtypes=(torch.float32,), device=query.device, contiguous=False)
     if z.numel() != 1:
         raise ValueError(f"z must hold one value, got shape {tuple(z.shape)}")
+    if n_data is None:
+        raise ValueError("n_data is required for the nce epilogue: the dataset size, whose uniform noise "
+                         "distribution Pn = 1 / n_data the NCE terms use")
     return temperature, check_positive_int("n_data", n_data)
 
 

@@ -31,8 +31,8 @@ def validate_shared_bank_contrast(q_s, q_t, queue, tau_s, tau_t, reduction="none
     check_tensor("q_t", q_t, ndim=2, dtypes=FLOAT_DTYPES, device=q_s.device, contiguous=False)
     check_tensor("queue", queue, ndim=2, dtypes=FLOAT_DTYPES, device=q_s.device)
     check_dim("q_t", q_t, 0, q_s.shape[0], "q_s's batch size")
+    check_dim("q_s", q_s, 1, queue.shape[1], "the queue's row width")   # the queue is the state: name the query
     check_dim("q_t", q_t, 1, q_s.shape[1], "q_s's embedding width")
-    check_dim("queue", queue, 1, q_s.shape[1], "q_s's embedding width")
     if q_t.dtype != q_s.dtype:
         raise TypeError(f"q_t must have the same dtype as q_s ({q_s.dtype}), got {q_t.dtype}")
     check_positive("tau_s", tau_s)
