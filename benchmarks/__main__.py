@@ -17,6 +17,8 @@ import torch
 from benchmarks import report
 from benchmarks.registry import OP_MODULES, load_ops
 from benchmarks.timing import FULL, QUICK, TINY
+from rdkernels._cli import device as device_arg, int_at_least
+from rdkernels.harness.runtime import resolve_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -33,19 +35,26 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"op to run (repeatable; default all): {', '.join(OP_MODULES)}")
     p.add_argument("--preset", choices=("cifar", "imagenet"),
                    help="run only the named CRD configuration (RepDistiller's CIFAR-100 or ImageNet sizes)")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--device", type=device_arg, default="auto",
+                   help="cpu, cuda or cuda:N (default auto: cuda if torch sees a GPU)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default benchmarks/results/<device>/)")
     p.add_argument("--name", default=None, help="file stem of the JSON and plots (default: the mode)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=int_at_least(1), default=None,
                    help="CPU: torch intra-op threads (default: torch's choice; 1 is steadier on a busy machine)")
     p.add_argument("--list", action="store_true", help="list the ops, implementations and cases; run nothing")
-    p.add_argument("--from-json", type=Path, default=None, metavar="PATH",
+    p.add_argument("--from-json", type=_existing_file, default=None, metavar="PATH",
                    help="print the table of a saved run (and redraw its plots unless --no-plots); runs nothing")
-    p.add_argument("--max-sets", type=int, default=4, help="most input sets rotated through while timing")
+    p.add_argument("--max-sets", type=int_at_least(1), default=4, help="most input sets rotated through while timing")
     return p.parse_args(argv)
+
+
+def _existing_file(text: str) -> Path:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    return Path(text)
 
 
 def _busy() -> bool:
@@ -94,7 +103,7 @@ def main(argv=None) -> int:
     from benchmarks import suite
     from benchmarks.ceilings import measure
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     if device.type == "cuda":

@@ -221,6 +221,18 @@ def test_naive_crd_matches_the_reference_module():
         torch.testing.assert_close(ours.contrast.state_dict()[name], buf, msg=name)
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["--threads", "0"], "argument --threads: must be >= 1, got 0"),
+    (["--max-sets", "0"], "argument --max-sets: must be >= 1, got 0"),
+    (["--from-json", "no/such/run.json"], "argument --from-json: no such file: 'no/such/run.json'"),
+    (["--device", "gpu"], "argument --device: device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
+])
+def test_a_bad_option_is_a_usage_error_naming_it(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.parse_args(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_unknown_op_is_an_error():
     with pytest.raises(ValueError, match="unknown op"):
         load_ops(["nope"])

@@ -188,6 +188,8 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys
         (["train-teacher", "--resume", str(tmp_path / "missing.pt")], "error: "),
         ([*TEACHER, "--lr-decay-epochs", "150;180", "--max-steps", "1"], "error: --lr-decay-epochs"),
         ([*DISTILL, "--backend", "cuda", "--max-steps", "1"], "error: backend 'cuda'"),  # BackendUnavailable
+        ([*DISTILL, "--teacher", str(tmp_path / "none.pt"), "--max-steps", "1"],
+         f"error: teacher checkpoint {str(tmp_path / 'none.pt')!r} not found (--teacher)"),
     ]
     for argv, start in cases:
         assert main(argv) == 2, argv
@@ -362,6 +364,8 @@ def test_on_off_options_take_both_spellings_and_a_resume_can_set_them_either_way
     (["--save-every", "0"], "argument --save-every: must be >= 1, got 0"),
     (["--synthetic-n", "0"], "argument --synthetic-n: must be >= 1, got 0"),
     (["--graph-warmup", "zero"], "argument --graph-warmup: takes an integer, got 'zero'"),
+    (["--device", "gpu"], "argument --device: device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
+    (["--device", "cuda:99"], "argument --device: device 'cuda:99': torch sees "),
 ])
 def test_a_count_below_its_least_is_a_usage_error_naming_the_option(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -228,6 +228,9 @@ def test_cost_model_picks_by_workload():
     assert choose_strategy(8, 4097, 1_281_167, 128, torch.float32, cuda) == "gather"
     # CPU, the dense-target config of the benchmarks
     assert choose_strategy(64, 4097, 50_000, 128, torch.float32, torch.device("cpu"), "torch") == "dense"
+    # a CPU's GEMM beats its gather from K ~ 1024 up at CIFAR's bank (README; both CPUs timed agree)
+    assert choose_strategy(64, 1025, 50_000, 128, torch.float32, torch.device("cpu"), "torch") == "dense"
+    assert choose_strategy(64, 257, 50_000, 128, torch.float32, torch.device("cpu"), "torch") == "gather"
     assert choose_strategy(4, 65, 1_000_000, 128, torch.float32, torch.device("cpu"), "torch") == "gather"
     t_gather, t_dense = estimate_times(1024, 16385, 50_000, 128, torch.float32, cuda, "cuda")
     assert t_gather > 2 * t_dense

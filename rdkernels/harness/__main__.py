@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import sys
 
+from rdkernels._cli import device as device_arg, int_at_least
 from rdkernels.backend import BackendUnavailable
 from rdkernels.harness.compare import TURN_STEPS
 from rdkernels.harness.distillers import DISTILLERS, IMPLS, LossOptions
@@ -26,21 +27,7 @@ _ON_OFF = argparse.BooleanOptionalAction
 _LOSS_FIELDS = {f.name for f in dataclasses.fields(LossOptions)}
 
 
-def _at_least(least: int):
-    """An argparse type: an integer >= ``least`` (argparse names the option in its error)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"takes an integer, got {text!r}") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
-        return value
-    parse.__name__ = f"integer >= {least}"  # what argparse calls the type in its messages
-    return parse
-
-
-_POSITIVE, _NON_NEGATIVE = _at_least(1), _at_least(0)
+_POSITIVE, _NON_NEGATIVE = int_at_least(1), int_at_least(0)
 
 
 def _common(p: argparse.ArgumentParser, *, training: bool = True) -> None:
@@ -72,7 +59,8 @@ def _common(p: argparse.ArgumentParser, *, training: bool = True) -> None:
                    "the step; float16 AMP and the reference CRD/WCoRD losses cannot be captured)")
     g.add_argument("--graph-warmup", type=_POSITIVE, default=3, help="eager steps before the step is captured")
     g = p.add_argument_group("run")
-    g.add_argument("--device", default="auto")
+    g.add_argument("--device", type=device_arg, default="auto",
+                   help="auto (a GPU if torch sees one), cpu, cuda or cuda:N")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--deterministic", action=_ON_OFF, default=False,
                    help="deterministic cuDNN kernels (off: cudnn.benchmark, as the reference)")

@@ -62,6 +62,8 @@ def load_teacher_weights(model: torch.nn.Module, path: str, arch: str) -> None:
     A checkpoint that does not fit ``model`` (another architecture, another number
     of classes) is a ValueError that names the path, ``arch`` and the mismatch.
     """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"teacher checkpoint {path!r} not found (--teacher)")
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(ckpt, dict) and ckpt.get("arch") not in (None, arch):
         raise ValueError(f"teacher checkpoint {path!r} holds a {ckpt['arch']!r}, but teacher_arch is {arch!r}; "

@@ -1,0 +1,30 @@
+"""argparse types shared by the command lines (the harness's and the benchmarks'):
+a bad value is a usage error that names the option, not a traceback later."""
+from __future__ import annotations
+
+import argparse
+
+
+def int_at_least(least: int):
+    """An argparse type: an integer >= ``least``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {least}"  # what argparse calls the type in its messages
+    return parse
+
+
+def device(text: str) -> str:
+    """An argparse type: 'auto' or a device this process can run on (see
+    :func:`rdkernels.harness.runtime.resolve_device`), kept as the string given."""
+    from rdkernels.harness.runtime import resolve_device
+    try:
+        resolve_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
