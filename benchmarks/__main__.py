@@ -45,16 +45,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int_at_least(1), default=None,
                    help="CPU: torch intra-op threads (default: torch's choice; 1 is steadier on a busy machine)")
     p.add_argument("--list", action="store_true", help="list the ops, implementations and cases; run nothing")
-    p.add_argument("--from-json", type=_existing_file, default=None, metavar="PATH",
+    p.add_argument("--from-json", type=Path, default=None, metavar="PATH",
                    help="print the table of a saved run (and redraw its plots unless --no-plots); runs nothing")
     p.add_argument("--max-sets", type=int_at_least(1), default=4, help="most input sets rotated through while timing")
     return p.parse_args(argv)
-
-
-def _existing_file(text: str) -> Path:
-    if not Path(text).is_file():
-        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
-    return Path(text)
 
 
 def _busy() -> bool:
@@ -97,6 +91,10 @@ def _list(args) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.from_json is not None:
+        if not args.from_json.is_file():
+            print(f"python -m benchmarks: error: argument --from-json: no such file: {str(args.from_json)!r}",
+                  file=sys.stderr)
+            return 2
         return _replay(args)
     if args.list:
         return _list(args)

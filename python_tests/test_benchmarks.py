@@ -3,6 +3,7 @@ gets a row, the JSON record has its schema, plots are written, and an
 implementation that computes the wrong thing is reported as wrong, not timed."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -224,13 +226,17 @@ def test_naive_crd_matches_the_reference_module():
 @pytest.mark.parametrize("argv,message", [
     (["--threads", "0"], "argument --threads: must be >= 1, got 0"),
     (["--max-sets", "0"], "argument --max-sets: must be >= 1, got 0"),
-    (["--from-json", "no/such/run.json"], "argument --from-json: no such file: 'no/such/run.json'"),
     (["--device", "gpu"], "argument --device: device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
 ])
 def test_a_bad_option_is_a_usage_error_naming_it(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.parse_args(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_missing_saved_run_is_one_error_line(capsys):
+    assert cli.main(["--from-json", "no/such/run.json"]) == 2
+    assert capsys.readouterr().err == "python -m benchmarks: error: argument --from-json: no such file: 'no/such/run.json'\n"
 
 
 def test_unknown_op_is_an_error():
@@ -407,16 +413,16 @@ def test_session_script_passes_flags_its_tools_take(tmp_path):
     from benchmarks import overhead, profile
     from rdkernels.harness.__main__ import _build_parser
 
-    from benchmarks import targets
+    from benchmarks import fit_cost_model, targets
 
-    done, argvs = _session(tmp_path, "overhead", "bench", "train", "targets")
+    done, argvs = _session(tmp_path, "overhead", "bench", "train", "targets", "costmodel")
     assert done.returncode == 0, done.stdout + done.stderr
     results = str(tmp_path / "results" / "some-gpu")
     modules = [argv[1] for argv in argvs if argv[0] == "-m"]
     assert modules.count("benchmarks.overhead") == 5 and modules.count("benchmarks.profile") == 1
     assert modules.count("benchmarks") == 4 and modules.count("rdkernels.harness") == 9
-    assert modules.count("benchmarks.targets") == 1
-    suites, overheads = [], []
+    assert modules.count("benchmarks.targets") == 1 and modules.count("benchmarks.fit_cost_model") == 2
+    suites, overheads, fits = [], [], []
     harness = _build_parser()[0]
     distillers = []
     for argv in argvs:
@@ -432,6 +438,10 @@ def test_session_script_passes_flags_its_tools_take(tmp_path):
         elif module == "benchmarks":
             args = cli.parse_args(rest)
             suites.append((args.quick, args.preset, tuple(args.op or ())))
+        elif module == "benchmarks.fit_cost_model":
+            args = fit_cost_model.parse_args(rest)
+            assert str(args.json).startswith(results + "/")
+            fits.append(args.backend)
         elif module == "benchmarks.targets":
             args = targets.parse_args(rest)
             assert [str(p) for p in args.paths] == [results] and str(args.json).startswith(results + "/")
@@ -442,6 +452,7 @@ def test_session_script_passes_flags_its_tools_take(tmp_path):
     assert sorted(distillers) == sorted([(d, g, False) for d in ("crd", "dcd", "rrd", "wcord") for g in (False, True)]
                                         + [("crd", True, True)])
     assert (tmp_path / "results" / "some-gpu" / "profile-bank_contrast.txt").exists()
+    assert fits == ["cuda", "triton"]
     # the quick sweep, and the sizes the issues' targets name that it leaves out
     assert suites == [(True, None, ()), (False, "cifar", ("crd_step", "bank_contrast")),
                       (False, "imagenet", ("crd_step", "bank_contrast")), (False, None, ("dcd",))]
@@ -538,3 +549,46 @@ def test_host_cost_tool_parses_its_arguments():
     assert host.parse_args(["--op", "dcd"]).op == ["dcd"]
     with pytest.raises(SystemExit):
         host.parse_args(["--steps", "0"])
+
+
+# ------------------------------------------------------------------ cost-model fit
+
+def test_nonnegative_least_squares_is_exact_and_keeps_to_nonnegative_values():
+    from benchmarks.fit_cost_model import nonnegative_lstsq
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.1, 1.0, (20, 3))
+    np.testing.assert_allclose(nonnegative_lstsq(a, a @ np.array([2.0, 0.5, 3.0])), [2.0, 0.5, 3.0], rtol=1e-9)
+    # the unconstrained optimum has a negative entry: the constrained one puts it at 0
+    x = nonnegative_lstsq(a, a @ np.array([2.0, -1.0, 3.0]))
+    assert np.all(x >= 0) and x[1] == 0.0
+
+
+def test_fit_recovers_the_rates_that_made_the_times():
+    """Times made by the model itself from known constants (plus a fixed cost both
+    strategies share) are fitted back to those constants."""
+    from benchmarks.fit_cost_model import fit_rates, picks
+    from rdkernels.ops.bank_contrast.cost_model import DeviceRates, estimate_times
+    cpu, shared = torch.device("cpu"), 3e-4
+    truth = DeviceRates(bw_gather=3e9, bw_stream=2e10, flops=4e11, t_index=1e-8, t_launch=2e-4, t_graph=1e-4)
+    shapes = []
+    for b, k, n in itertools.product((8, 64, 256), (128, 1024, 4096), (5_000, 50_000, 200_000)):
+        t_gather, t_dense = estimate_times(b, k + 1, n, 128, torch.float32, cpu, "torch", rates=truth)
+        shapes.append({"batch": b, "k": k, "n": n, "gather": t_gather + shared, "dense": t_dense + shared})
+    fitted, shared_fit = fit_rates(shapes, 128, torch.float32, "torch", truth)
+    for field in ("bw_gather", "bw_stream", "flops", "t_index", "t_launch"):
+        assert getattr(fitted, field) == pytest.approx(getattr(truth, field), rel=1e-6), field
+    assert shared_fit == pytest.approx(shared, rel=1e-6)
+    assert all(p["cost_of_pick"] == 1.0 for p in picks(shapes, 128, torch.float32, cpu, "torch", fitted))
+
+
+def test_fit_command_times_both_strategies_and_saves_the_fit(tmp_path, capsys):
+    from benchmarks import fit_cost_model
+    out = tmp_path / "fit.json"
+    assert fit_cost_model.main(["--device", "cpu", "--backend", "torch", "--batch", "2", "--k", "4", "16",
+                                "--n", "64", "--dim", "8", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["schema"] == fit_cost_model.SCHEMA and record["backend"] == "torch"
+    assert [(s["batch"], s["k"], s["n"]) for s in record["shapes"]] == [(2, 4, 64), (2, 16, 64)]
+    assert all(s["gather"] > 0 and s["dense"] > 0 for s in record["shapes"])
+    assert set(record["fitted"]["rates"]) == set(record["current"]["rates"])
+    assert "of 2 shapes get the faster strategy" in capsys.readouterr().out

@@ -10,6 +10,8 @@
 #   tools/gpu_session.sh sanitizer            # compute-sanitizer memcheck and racecheck over the CUDA kernels
 #                                             # (alone: memcheck, racecheck; each up to ~9 minutes)
 #   tools/gpu_session.sh targets              # every issue target against the results above (a table)
+#   tools/gpu_session.sh costmodel            # bank contrast's two strategies timed on a grid of shapes, and
+#                                             # the cost model's GPU constants fitted to them (a few minutes)
 #
 # Benchmark JSON and plots go to benchmarks/results/<device>/; logs go to
 # $LOGS (default gpu-session/). Wheels of the optional benchmark peers (POT,
@@ -108,6 +110,19 @@ phase_targets() {
   python -m benchmarks.targets "$dir" --json "$dir/targets.json" | tee "$LOGS/targets.md"
 }
 
+phase_costmodel() {
+  local dir backend rc=0
+  dir=$(device_dir) || return 1
+  mkdir -p "$dir"
+  # the constants in rdkernels/ops/bank_contrast/cost_model.py are from an older dense path;
+  # the fit says which strategy each backend should take where (copy the line in by hand)
+  for backend in cuda triton; do
+    python -m benchmarks.fit_cost_model --backend "$backend" --json "$dir/cost-model-fit-$backend.json" 2>&1 \
+      | tee -a "$LOGS/costmodel.txt" | tail -n 34 || rc=1
+  done
+  return $rc
+}
+
 phase_train() {
   local dir distill rc=0
   dir=$(device_dir) || return 1
@@ -163,10 +178,11 @@ phase_sanitizer() {
   return $rc
 }
 
-[ $# -gt 0 ] || { sed -n 2,18p "$0"; exit 2; }
+[ $# -gt 0 ] || { awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 2; }   # the header above
 for phase in "$@"; do  # a misspelt phase is refused before any phase spends GPU time
   declare -F "phase_$phase" > /dev/null \
-    || { echo "unknown phase: $phase (build test overhead bench train sanitizer memcheck racecheck targets)"; exit 2; }
+    || { echo "unknown phase: $phase (build test overhead bench train sanitizer memcheck racecheck targets costmodel)"
+         exit 2; }
 done
 status=0
 for phase in "$@"; do

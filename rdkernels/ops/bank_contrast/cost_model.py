@@ -52,7 +52,8 @@ import torch
 
 from rdkernels.ops._graph_replay import assume_graph_replay, graph_replay_assumed
 
-__all__ = ["DeviceRates", "assume_graph_replay", "choose_strategy", "estimate_times", "graph_replay_assumed"]
+__all__ = ["DeviceRates", "Work", "assume_graph_replay", "choose_strategy", "estimate_times", "graph_replay_assumed",
+           "rates_for", "work"]
 
 
 @dataclass(frozen=True)
@@ -94,24 +95,44 @@ _CPU = DeviceRates(bw_gather=2.6e9, bw_stream=2.7e10, flops=5.5e11, t_index=9.4e
 _ROWS_PER_PASS = {"cuda": 64, "triton": 16, "torch": 1 << 30}
 
 
-def _rates(device: torch.device) -> DeviceRates:
-    return _CUDA if device.type == "cuda" else _CPU
+def rates_for(device: torch.device) -> DeviceRates:
+    """The constants the model uses on ``device``'s kind (a GPU's or a CPU's)."""
+    return _CUDA if torch.device(device).type == "cuda" else _CPU
 
 
-def estimate_times(batch: int, n_cols: int, n_bank: int, dim: int, bank_dtype: torch.dtype,
-                   device: torch.device, backend: str = "triton", captured: bool = False) -> tuple[float, float]:
-    """(t_gather, t_dense) in seconds, as modelled above. ``n_cols`` = K + 1;
-    ``captured``: the call is being recorded into a CUDA graph."""
-    r = _rates(torch.device(device))
+
+@dataclass(frozen=True)
+class Work:
+    """What each strategy of one call moves and computes: the model's terms, which
+    :class:`DeviceRates` turn into times (and ``benchmarks.fit_cost_model`` fits)."""
+    gather_bytes: float   # the sampled rows, read at random
+    stream_bytes: float   # dense: the bank, once per pass, and the [B, N] side matrices
+    flops: float          # dense: scores, then dq
+    indices: float        # dense: sampled negatives, counted (fused) or gathered and scattered (torch)
+
+
+def work(batch: int, n_cols: int, n_bank: int, dim: int, bank_dtype: torch.dtype, backend: str = "triton") -> Work:
+    """The terms of the model above for one call. ``n_cols`` = K + 1."""
     e = bank_dtype.itemsize
-    negatives = max(n_cols - 1, 0)
-    t_gather = batch * n_cols * dim * e / r.bw_gather
     passes = math.ceil(batch / _ROWS_PER_PASS.get(backend, 64))
     # the torch formulation writes and re-reads fp32 scores and coefficients [B, N];
     # the fused kernels zero and read back 16-bit counts [B, N]
     extra = (4 * 4 if backend == "torch" else 2 * 2) * batch * n_bank
-    t_dense = (passes * n_bank * dim * e / r.bw_stream + 4.0 * batch * n_bank * dim / r.flops
-               + batch * negatives * r.t_index + extra / r.bw_stream + (r.t_graph if captured else r.t_launch))
+    return Work(gather_bytes=batch * n_cols * dim * e, stream_bytes=passes * n_bank * dim * e + extra,
+                flops=4.0 * batch * n_bank * dim, indices=batch * max(n_cols - 1, 0))
+
+
+def estimate_times(batch: int, n_cols: int, n_bank: int, dim: int, bank_dtype: torch.dtype,
+                   device: torch.device, backend: str = "triton", captured: bool = False,
+                   rates: DeviceRates | None = None) -> tuple[float, float]:
+    """(t_gather, t_dense) in seconds, as modelled above. ``n_cols`` = K + 1;
+    ``captured``: the call is being recorded into a CUDA graph; ``rates``: other
+    constants than the device's (a fit's)."""
+    r = rates or rates_for(device)
+    w = work(batch, n_cols, n_bank, dim, bank_dtype, backend)
+    t_gather = w.gather_bytes / r.bw_gather
+    t_dense = (w.stream_bytes / r.bw_stream + w.flops / r.flops + w.indices * r.t_index
+               + (r.t_graph if captured else r.t_launch))
     return t_gather, t_dense
 
 
