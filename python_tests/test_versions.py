@@ -180,3 +180,28 @@ def test_without_triton_the_torch_backend_runs():
     done = subprocess.run([sys.executable, "-c", _WITHOUT_TRITON], capture_output=True, text=True, timeout=300,
                           env={k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"})
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+_INTERPRETER_SET_LATE = """
+import os, torch, rdkernels
+from rdkernels.backend import BackendUnavailable
+os.environ["TRITON_INTERPRET"] = "1"   # too late: importing rdkernels imported Triton
+q, bank, idx = torch.randn(4, 16), torch.randn(50, 16), torch.randint(0, 50, (4, 6))
+try:
+    rdkernels.ops.bank_contrast(q, bank, idx, temperature=0.1, backend="triton")
+except BackendUnavailable as exc:
+    print(exc)
+assert torch.isfinite(rdkernels.ops.bank_contrast(q, bank, idx, temperature=0.1))   # auto: torch
+"""
+
+
+def test_an_interpreter_asked_for_after_import_is_refused_with_the_fix():
+    """Triton reads TRITON_INTERPRET at import: set later, an interpreted kernel fails
+    deep inside Triton; rdkernels says what happened instead, and auto runs torch."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _INTERPRETER_SET_LATE], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "TRITON_INTERPRET=1 was set after rdkernels was imported" in done.stdout, done.stdout

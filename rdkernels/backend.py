@@ -73,6 +73,13 @@ def triton_interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+# Triton reads TRITON_INTERPRET once, when it is imported, and importing rdkernels
+# imports it (torch.compile's modules do): a variable set later leaves Triton's own
+# jitted helpers compiled for a GPU, and an interpreted kernel that calls one fails
+# with "Cannot call @triton.jit'd outside of the scope of a kernel".
+_INTERPRETER_AT_IMPORT = triton_interpreter_enabled()
+
+
 # Import probes, done once. A plain dict rather than functools.lru_cache so that
 # torch.compile traces the lookups without warnings.
 _probes: dict = {}
@@ -109,10 +116,14 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     if device.type == "cuda":
         return None
     if device.type == "cpu":
-        if triton_interpreter_enabled():
-            return None
-        return ("Triton kernels run on CPU tensors only under its interpreter: "
-                "set TRITON_INTERPRET=1 before importing rdkernels' kernels")
+        if not triton_interpreter_enabled():
+            return ("Triton kernels run on CPU tensors only under its interpreter: "
+                    "set TRITON_INTERPRET=1 before importing rdkernels")
+        if not _INTERPRETER_AT_IMPORT:
+            return ("TRITON_INTERPRET=1 was set after rdkernels was imported, and Triton (which rdkernels imports) "
+                    "reads it only at import: set it before importing rdkernels, e.g. at the top of the script "
+                    "or in the shell")
+        return None
     return f"Triton has no backend for device type {device.type!r}"
 
 
