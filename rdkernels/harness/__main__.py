@@ -253,7 +253,8 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     p.add_argument("--turn-steps", type=_POSITIVE, default=TURN_STEPS,
                    help="timed steps a run takes in its turn: the runs' timed steps are interleaved")
     p.add_argument("--rounding-control", action=_ON_OFF, default=True,
-                   help="afterwards, the fused run again (untimed) with its initial student weights one ulp up: "
+                   help="afterwards, the fused run twice more (untimed), its initial student weights one ulp up, "
+                        "then one ulp down: "
                         "the spread float rounding alone makes in the loss curves, the yardstick for the "
                         "reference/fused difference (default: on)")
     p.add_argument("--results", default="benchmarks/results", help="folder for the JSON and PNG")
