@@ -18,7 +18,7 @@ from benchmarks import report
 from benchmarks.registry import OP_MODULES, load_ops
 from benchmarks.timing import FULL, QUICK, TINY
 from rdkernels._cli import device as device_arg, int_at_least
-from rdkernels.harness.runtime import resolve_device
+from rdkernels._environment import resolve_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -36,7 +36,7 @@ from benchmarks.timing import Budget, time_fns
 from rdkernels import ops
 from rdkernels._cli import device as device_arg, int_at_least
 from rdkernels.backend import resolve
-from rdkernels.harness.runtime import resolve_device
+from rdkernels._environment import resolve_device
 from rdkernels.ops.bank_contrast.cost_model import DeviceRates, estimate_times, rates_for, work
 
 SCHEMA = "rdkernels-cost-model-fit/1"

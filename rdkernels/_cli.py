@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from rdkernels._environment import resolve_device
+
 
 def int_at_least(least: int):
     """An argparse type: an integer >= ``least``."""
@@ -21,8 +23,7 @@ def int_at_least(least: int):
 
 def device(text: str) -> str:
     """An argparse type: 'auto' or a device this process can run on (see
-    :func:`rdkernels.harness.runtime.resolve_device`), kept as the string given."""
-    from rdkernels.harness.runtime import resolve_device
+    :func:`rdkernels._environment.resolve_device`), kept as the string given."""
     try:
         resolve_device(text)
     except ValueError as exc:

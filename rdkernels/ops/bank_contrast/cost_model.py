@@ -100,7 +100,6 @@ def rates_for(device: torch.device) -> DeviceRates:
     return _CUDA if torch.device(device).type == "cuda" else _CPU
 
 
-
 @dataclass(frozen=True)
 class Work:
     """What each strategy of one call moves and computes: the model's terms, which
