@@ -187,13 +187,32 @@ def test_whole_module_pickles_of_the_earlier_hook_name_still_load():
         assert cls._forget_host_state is cls._after_load
 
 
-def test_compiled_crd_before_its_first_eager_step_says_what_to_do():
+@pytest.mark.parametrize("checkpoint", [False, True], ids=["fresh", "loaded-before-first-step"])
+@pytest.mark.parametrize("name", WITH_PARAMS)
+def test_compiled_from_the_first_call_matches_eager(name, checkpoint):
+    """Compiled before any eager step (fullgraph=True), the loss sets Z on the device
+    from its first batch, as the eager first call does on the host. CRD's next call
+    recompiles once without that estimate (two gather passes); RRD-momentum's estimate
+    is a mean of the scores it computes anyway, so it keeps one graph. A checkpoint saved before its first step
+    (Z unset) with other T and momentum hands them to the first traced call."""
     torch._dynamo.reset()
-    crd = WITH_PARAMS["crd"][0]().to(DEVICE)
-    with pytest.raises(Exception, match="CRDLoss sets Z and reads T and momentum on the host at its first call: "
-                                        "run one eager step"):
-        torch.compile(crd, fullgraph=True, backend="aot_eager")(*_to_device(_bank_batch(4, 0)))
-    assert (crd.contrast.params[2:4] < 0).all()   # Z left unset
+    build = WITH_PARAMS[name][0]
+
+    def make_one():
+        torch.manual_seed(1)
+        module = build().to(DEVICE)
+        if checkpoint:
+            torch.manual_seed(2)
+            module.load_state_dict(build(nce_t=0.2, nce_m=0.8).to(DEVICE).state_dict())
+        return module
+    eager, module = make_one(), make_one()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(module, fullgraph=True, backend=counter)
+    for seed in range(3):
+        expected = step(eager, _to_device(_bank_batch(4, seed)))
+        assert_steps_equal(step(module, _to_device(_bank_batch(4, seed)), fn=compiled), expected)
+    assert counter.frame_count == {"crd": 2, "rrd_momentum": 1}[name]
+    assert step(module, _to_device(_bank_batch(4, 3)))[0] == step(eager, _to_device(_bank_batch(4, 3)))[0]
 
 
 @pytest.mark.parametrize("name", ["wcord", "rrd_momentum"])

@@ -49,15 +49,18 @@ class HostCopy:
             self._version = None if torch.compiler.is_compiling() else tensor._version
 
 
-def reread_temperature_and_momentum(kept: HostCopy, params: torch.Tensor, *, only_if_z_set: bool = False) -> None:
+def reread_temperature_and_momentum(kept: HostCopy, params: torch.Tensor, *,
+                                    only_if_z_set: bool = False) -> tuple[float, float] | None:
     """Read T and momentum from ``params`` = [K, T, Z_s, Z_t, momentum] on the host (one
     device sync) into ``kept``: the losses' ``reread_params``, which ``load_state_dict``
     calls and a schedule calls after writing ``params`` under torch.compile (eager calls
     notice such a write by themselves). ``only_if_z_set``: keep nothing while a Z is
-    unset (CRD: kept values mean Z is set, so the next call sets it)."""
+    unset (CRD: kept values mean Z is set, so the next call sets it). Returns the pair
+    read, or None where no host read is allowed."""
     kept.clear()
     if not host_reads_allowed(params):   # a meta or fake tensor, a trace, a CUDA graph capture
-        return
+        return None
     _, temperature, z_s, z_t, momentum = params.tolist()
     if not only_if_z_set or (z_s >= 0 and z_t >= 0):
         kept.set(params, (temperature, momentum))
+    return temperature, momentum

@@ -66,6 +66,9 @@ class ContrastMemory(nn.Module):
                  sync_banks: bool | str = "auto", process_group=None):
         super().__init__()
         self.n_data, self.nce_k = n_data, nce_k
+        # (T, momentum) a call traced before any eager step takes (nothing kept on the host
+        # yet): the constructor's, or the last reread_params()'s (a loaded checkpoint's)
+        self._traced_first_params = (float(nce_t), float(nce_m))
         self.z_momentum, self.sync_banks, self.process_group = z_momentum, sync_banks, process_group
         self.register_buffer("params", torch.tensor([float(nce_k), nce_t, -1.0, -1.0, nce_m]))
         self.register_buffer("memory_v1", init_bank_(torch.empty(n_data, feat_dim)).to(bank_dtype))
@@ -89,7 +92,9 @@ class ContrastMemory(nn.Module):
         """Read T and momentum from ``params`` again: after a schedule writes them while
         the loss runs under torch.compile (eager calls see such writes by themselves);
         one device sync (losses/_host_copy.py)."""
-        reread_temperature_and_momentum(self._host_params, self.params, only_if_z_set=True)
+        read = reread_temperature_and_momentum(self._host_params, self.params, only_if_z_set=True)
+        if read is not None:
+            self._traced_first_params = read
 
     def _batch_z(self, v_s, v_t, idx, temperature, backend, strategy, check_indices, synced):
         """[Z_v1, Z_v2] of this batch (mean of exp(s) times n_data), averaged
@@ -111,15 +116,21 @@ class ContrastMemory(nn.Module):
         any unset Z is estimated from this batch (CRD's rule: mean of exp(s) over all
         B*(K+1) scores times n_data), rounded to params' dtype as it will be stored,
         and returned with z_new=True: forward writes it only after the losses were
-        computed, so a call that fails leaves Z unset. Later calls read nothing."""
+        computed, so a call that fails leaves Z unset. Later calls read nothing.
+
+        A call traced by torch.compile before any eager one cannot read params: it
+        takes the constructor's (or a loaded checkpoint's) T and momentum, and sets
+        any unset Z on the device (torch.where, no NaN check). Its forward keeps
+        (T, momentum), so the next compiled call recompiles once without the Z
+        estimate, as RRDMomentumLoss does."""
         z = self.params[2:4]
         kept = self._host_params.get(self.params)
         if kept is not None:
             return (*kept, z.float(), False)
         if torch.compiler.is_compiling():
-            raise RuntimeError("CRDLoss sets Z and reads T and momentum on the host at its first call: run one "
-                               "eager step before calling it compiled (also after loading a checkpoint saved "
-                               "before its first step)")
+            temperature, momentum = self._traced_first_params
+            z_batch = self._batch_z(v_s, v_t, idx, temperature, backend, strategy, check_indices, synced)
+            return temperature, momentum, torch.where(z < 0, z_batch.to(z.dtype), z).float(), True
         if self.params.is_cuda and torch.cuda.is_current_stream_capturing():
             raise RuntimeError("CRDLoss reads T and momentum (and sets Z) on the host on its first call; run one "
                                "step outside CUDA graph capture first, as graph warm-up steps do")
@@ -197,8 +208,9 @@ class CRDLoss(nn.Module):
     * ``backend``: per-module override of rdkernels.set_backend; ``strategy``:
       bank_contrast's "auto" (default), "gather" or "dense".
 
-    With ``torch.compile``, run one step eagerly first (it sets Z and reads the
-    hyper-parameters to the host), then compile; ``fullgraph=True`` works. A
+    ``torch.compile`` (``fullgraph=True`` too) works from the first call: a first
+    call traced before any eager one sets Z on the device (without the eager
+    call's NaN check) and the next call recompiles once without that estimate. A
     compiled loss keeps T and momentum as last read: after a schedule writes
     ``contrast.params``, call :meth:`reread_params` (``load_state_dict`` does);
     each new pair is a recompile, within torch's recompile limit.
