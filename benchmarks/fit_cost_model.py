@@ -37,7 +37,7 @@ from rdkernels import ops
 from rdkernels._cli import device as device_arg, int_at_least
 from rdkernels.backend import resolve
 from rdkernels._environment import resolve_device
-from rdkernels.ops.bank_contrast.cost_model import DeviceRates, estimate_times, rates_for, work
+from rdkernels.ops.bank_contrast.cost_model import DeviceRates, estimate_times, faster_strategy, rates_for, work
 
 SCHEMA = "rdkernels-cost-model-fit/1"
 STRATEGIES = ("gather", "dense")
@@ -125,7 +125,7 @@ def picks(shapes: list[dict], dim: int, bank_dtype: torch.dtype, device: torch.d
     for s in shapes:
         t_gather, t_dense = estimate_times(s["batch"], s["k"] + 1, s["n"], dim, bank_dtype, device, backend,
                                            rates=rates)
-        pick = "dense" if t_dense < t_gather else "gather"
+        pick = faster_strategy(t_gather, t_dense)
         out.append({"pick": pick, "model_gather": t_gather + shared_cost, "model_dense": t_dense + shared_cost,
                     "cost_of_pick": s[pick] / min(s["gather"], s["dense"])})
     return out

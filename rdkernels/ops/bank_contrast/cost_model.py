@@ -138,5 +138,9 @@ def estimate_times(batch: int, n_cols: int, n_bank: int, dim: int, bank_dtype: t
 def choose_strategy(batch: int, n_cols: int, n_bank: int, dim: int, bank_dtype: torch.dtype,
                     device: torch.device, backend: str = "triton", captured: bool = False) -> str:
     """``"dense"`` when the model says it is faster, else ``"gather"``."""
-    t_gather, t_dense = estimate_times(batch, n_cols, n_bank, dim, bank_dtype, device, backend, captured)
+    return faster_strategy(*estimate_times(batch, n_cols, n_bank, dim, bank_dtype, device, backend, captured))
+
+
+def faster_strategy(t_gather: float, t_dense: float) -> str:
+    """The strategy of the lower modelled time (gather on a tie: it needs no bank-wide pass)."""
     return "dense" if t_dense < t_gather else "gather"
