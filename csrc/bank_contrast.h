@@ -3,7 +3,8 @@
 
 namespace rdk {
 
-// See bank_contrast.cu. Pointers are device addresses; stream is a cudaStream_t.
+// See bank_contrast_common.cuh (the overview), bank_contrast_gather.cu and
+// bank_contrast_dense.cu. Pointers are device addresses; stream is a cudaStream_t.
 // The query is float32 (the Python wrapper converts it: B*d elements).
 
 // Gather strategy: one block per (query row, column split). Epilogue codes:

@@ -145,7 +145,7 @@ def cuda_extension():
     return module
 
 
-# The CUDA kernels use TF32 tensor-core mma (bank_contrast.cu): nothing below sm_80 builds.
+# The CUDA kernels use TF32 tensor-core mma (bank_contrast_dense.cu): nothing below sm_80 builds.
 MIN_CUDA_ARCH = 80
 
 

@@ -52,7 +52,7 @@ class _StandIn:
 
     def __init__(self, pointers: list):
         self.sigs, self.pointers, self.calls = _signatures(), pointers, []
-        dense = (CSRC / "bank_contrast.cu").read_text()
+        dense = (CSRC / "bank_contrast_dense.cu").read_text()
         self.consts = {f"dense_{k}": int(re.search(rf"constexpr int {c} = (\d+);", dense).group(1))
                        for k, c in (("block_m", "kBM"), ("block_n", "kBN"), ("max_dim", "kDenseMaxDim"))}
 

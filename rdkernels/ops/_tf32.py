@@ -13,7 +13,7 @@ speed, as ``input_precision="tf32x3"`` gives, with a cheaper split:
   its bits) and ``lo`` the exact remainder x - hi with its low 13 bits cleared
   (an add, an AND): four instructions a value, as CUTLASS's FastF32 splits
   (big part round-half-ulp, small part toward zero), and as the CUDA kernels
-  here do (csrc/bank_contrast.cu, ``split_tf32``). Rounding ``hi`` to nearest
+  here do (csrc/bank_contrast_dense.cu, ``split_tf32``). Rounding ``hi`` to nearest
   gives ``lo`` either sign, so neither the dropped term nor ``lo``'s truncation
   leans one way across a dot's terms (a truncated ``hi`` would leave every ``lo``
   with x's sign, and a dropped a_lo b_lo of up to 2^-20 with the product's).
