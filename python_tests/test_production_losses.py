@@ -165,6 +165,26 @@ def test_compiled_loss_takes_reread_params_and_loaded_checkpoints(name):
     both(3)
 
 
+@pytest.mark.parametrize("name", WITH_PARAMS)
+def test_compiled_loss_takes_a_cast_modules_params(name):
+    """.to(bfloat16) rounds params (T = 0.07 becomes 0.0698...), which an eager call
+    reads; the cast re-reads them (nn.Module._apply), so a compiled call takes the
+    rounded T as well, without reread_params()."""
+    torch._dynamo.reset()
+    build = WITH_PARAMS[name][0]
+
+    def make_one():
+        torch.manual_seed(1)
+        return build().to(DEVICE)
+    eager, module = make_one(), make_one()
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    for m, fn in ((eager, None), (module, compiled)):
+        step(m, _to_device(_bank_batch(4, 0)), fn=fn)
+        m.to(torch.bfloat16)
+    inputs = [t.to(torch.bfloat16) if t.is_floating_point() else t for t in _to_device(_bank_batch(4, 1))]
+    assert_steps_equal(step(module, inputs, fn=compiled), step(eager, inputs))
+
+
 def _to_device(tensors):
     return [t.to(DEVICE) for t in tensors]
 

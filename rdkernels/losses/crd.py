@@ -32,7 +32,7 @@ from rdkernels import backend as _backend
 from rdkernels import distributed
 from rdkernels._validation import as_real
 from rdkernels.losses._embed import Embed
-from rdkernels.losses._host_copy import HostCopy, reread_temperature_and_momentum
+from rdkernels.losses._host_copy import HostCopy, ReadsParamsAfterApply, reread_temperature_and_momentum
 from rdkernels.losses._inputs import (check_bank_loss_args, check_bank_loss_inputs, check_bank_options,
                                      check_bank_storage, check_first_z)
 from rdkernels.memory import init_bank_, sample_uniform
@@ -57,7 +57,7 @@ def _opt_fields(opt) -> tuple:
     return tuple(getattr(opt, f) for f in _OPT_FIELDS)
 
 
-class ContrastMemory(nn.Module):
+class ContrastMemory(ReadsParamsAfterApply, nn.Module):
     """The two banks and ``params = [K, T, Z_v1, Z_v2, momentum]`` (Z = -1 until
     set), under RepDistiller's buffer names so its checkpoints load as they are."""
 
@@ -212,7 +212,7 @@ class CRDLoss(nn.Module):
     call traced before any eager one sets Z on the device (without the eager
     call's NaN check) and the next call recompiles once without that estimate. A
     compiled loss keeps T and momentum as last read: after a schedule writes
-    ``contrast.params``, call :meth:`reread_params` (``load_state_dict`` does);
+    ``contrast.params``, call :meth:`reread_params` (``load_state_dict`` and ``.to()`` do);
     each new pair is a recompile, within torch's recompile limit.
     """
 

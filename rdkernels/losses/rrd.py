@@ -7,7 +7,7 @@ from torch import nn
 
 from rdkernels import backend as _backend
 from rdkernels._validation import check_positive, check_positive_int, check_tensors_finite, host_reads_allowed
-from rdkernels.losses._host_copy import HostCopy, reread_temperature_and_momentum
+from rdkernels.losses._host_copy import HostCopy, ReadsParamsAfterApply, reread_temperature_and_momentum
 from rdkernels.losses._inputs import check_bank_loss_args, check_bank_loss_inputs, check_bank_storage, check_first_z
 from rdkernels.ops import bank_update_, fifo_enqueue_
 from rdkernels.losses.dcd import _check_pair, _embed
@@ -133,7 +133,7 @@ class _AttachGradient(torch.autograd.Function):
         return None, (grad * dx).to(dx.dtype), None
 
 
-class RRDMomentumLoss(nn.Module):
+class RRDMomentumLoss(ReadsParamsAfterApply, nn.Module):
     """RRD with momentum memory banks instead of the FIFO queue (the public code's
     ``memory_type="momentum"``): CRD's two banks, scored at sampled rows.
 
@@ -157,7 +157,8 @@ class RRDMomentumLoss(nn.Module):
     device (no host read) and the index checks move into the ops under compile.
     T and the momentum are read from ``params`` on the host (a loaded checkpoint's
     values, as the reference reads them): at construction, at every
-    ``load_state_dict``, and at an eager call after an in-place write. A compiled
+    ``load_state_dict`` and cast or move (``.to()``), and at an eager call after
+    an in-place write. A compiled
     call takes the values last read; :meth:`reread_params` hands it a schedule's.
     """
 
