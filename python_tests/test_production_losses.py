@@ -185,6 +185,56 @@ def test_compiled_loss_takes_a_cast_modules_params(name):
     assert_steps_equal(step(module, inputs, fn=compiled), step(eager, inputs))
 
 
+def test_crd_compiled_from_an_earlier_versions_pickle():
+    """A whole-module pickle of a version without the traced first call's (T, momentum)
+    takes them from params when it loads."""
+    import io
+    torch._dynamo.reset()
+    torch.manual_seed(1)
+    eager = WITH_PARAMS["crd"][0](nce_t=0.13).to(DEVICE)
+    old = WITH_PARAMS["crd"][0]().to(DEVICE)
+    old.load_state_dict(eager.state_dict())
+    del old.contrast.__dict__["_traced_first_params"]
+    buffer = io.BytesIO()
+    torch.save(old, buffer)
+    buffer.seek(0)
+    module = torch.load(buffer, weights_only=False)
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    inputs = _to_device(_bank_batch(4, 0))
+    assert_steps_equal(step(module, inputs, fn=compiled), step(eager, inputs))
+
+
+def test_crd_compiled_first_call_that_fails_leaves_z_unset():
+    """Under inductor the Z write may be ordered before the loss op that refuses a NaN
+    Z raises; a non-finite estimate is not written, so the next batch sets Z. (The
+    features' own finiteness check is eager only: under compile the NaN reaches Z.)"""
+    torch._dynamo.reset()
+    crd = WITH_PARAMS["crd"][0]().to(DEVICE)
+    compiled = torch.compile(crd, fullgraph=True)
+    f_s, f_t, idx, cidx = _to_device(_bank_batch(4, 0))
+    f_s[1, 0] = float("nan")
+    with pytest.raises(ValueError, match="z must be positive and finite"):
+        compiled(f_s, f_t, idx, cidx)
+    assert (crd.contrast.params[2:4] == -1).all()
+    compiled(*_to_device(_bank_batch(4, 1)))
+    assert torch.isfinite(crd.contrast.params).all() and (crd.contrast.params[2:4] > 0).all()
+
+
+def test_a_capture_after_compiled_calls_takes_the_values_they_kept(monkeypatch):
+    """A compiled call keeps (T, momentum) without a version stamp, so an eager call
+    re-reads them; inside a CUDA graph capture, which cannot read, it takes the kept ones."""
+    from rdkernels.losses import _host_copy
+    torch._dynamo.reset()
+    crd = WITH_PARAMS["crd"][0]().to(DEVICE)
+    compiled = torch.compile(crd, fullgraph=True, backend="aot_eager")
+    for seed in range(2):
+        compiled(*_to_device(_bank_batch(4, seed)))
+    params = crd.contrast.params
+    assert crd.contrast._host_params.get(params) is None   # eagerly: read again
+    monkeypatch.setattr(_host_copy, "_capturing", lambda tensor: True)
+    assert crd.contrast._host_params.get(params) == tuple(params[[1, 4]].tolist())
+
+
 def _to_device(tensors):
     return [t.to(DEVICE) for t in tensors]
 
@@ -207,20 +257,23 @@ def test_whole_module_pickles_of_the_earlier_hook_name_still_load():
         assert cls._forget_host_state is cls._after_load
 
 
+@pytest.mark.parametrize("hyper", [{}, dict(nce_t=0.13, nce_m=0.9)], ids=["default", "t-inexact-in-fp32"])
 @pytest.mark.parametrize("checkpoint", [False, True], ids=["fresh", "loaded-before-first-step"])
 @pytest.mark.parametrize("name", WITH_PARAMS)
-def test_compiled_from_the_first_call_matches_eager(name, checkpoint):
+def test_compiled_from_the_first_call_matches_eager(name, checkpoint, hyper):
     """Compiled before any eager step (fullgraph=True), the loss sets Z on the device
     from its first batch, as the eager first call does on the host. CRD's next call
     recompiles once without that estimate (two gather passes); RRD-momentum's estimate
     is a mean of the scores it computes anyway, so it keeps one graph. A checkpoint saved before its first step
-    (Z unset) with other T and momentum hands them to the first traced call."""
+    (Z unset) with other T and momentum hands them to the first traced call. T and
+    momentum as params holds them (0.13 is 0.12999999523 in float32), as eager reads them."""
     torch._dynamo.reset()
     build = WITH_PARAMS[name][0]
 
     def make_one():
         torch.manual_seed(1)
-        module = build().to(DEVICE)
+        with torch.device(DEVICE):   # no .to(), whose cast re-reads params (see the test below)
+            module = build(**hyper)
         if checkpoint:
             torch.manual_seed(2)
             module.load_state_dict(build(nce_t=0.2, nce_m=0.8).to(DEVICE).state_dict())

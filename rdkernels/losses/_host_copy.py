@@ -33,12 +33,15 @@ class HostCopy:
 
     def get(self, tensor: torch.Tensor) -> tuple | None:
         """The values kept for ``tensor``, or None if there are none or it has been written
-        (or replaced) since; under torch.compile, whatever was kept (see above)."""
+        (or replaced) since; under torch.compile, whatever was kept (see above), and so
+        in a CUDA graph capture (which cannot read them) after compiled calls kept them."""
         if self._values is None or torch.compiler.is_compiling():
             return self._values
-        if self._tensor is not tensor or tensor._version != self._version:
+        if self._tensor is not tensor:
             return None
-        return self._values
+        if self._version is None and _capturing(tensor):
+            return self._values
+        return self._values if tensor._version == self._version else None
 
     def set(self, tensor: torch.Tensor, values: tuple) -> None:
         self._tensor, self._values = tensor, values
@@ -48,6 +51,10 @@ class HostCopy:
         """Keep the values across the caller's own write to ``tensor`` (one that leaves them as they are)."""
         if self._tensor is tensor:
             self._version = None if torch.compiler.is_compiling() else tensor._version
+
+
+def _capturing(tensor: torch.Tensor) -> bool:
+    return tensor.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 class ReadsParamsAfterApply:

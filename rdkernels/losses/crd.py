@@ -42,6 +42,11 @@ from rdkernels.ops.bank_contrast.sample_counts import shared_sample_counts
 _OPT_FIELDS = ("s_dim", "t_dim", "n_data", "feat_dim", "nce_k", "nce_t", "nce_m")
 
 
+def _as_stored(params: torch.Tensor, *values: float) -> tuple[float, ...]:
+    """``values`` rounded to ``params``' dtype (float32 holds 0.13 as 0.12999999523...)."""
+    return tuple(torch.tensor(values, dtype=params.dtype, device="cpu").tolist())
+
+
 def _is_opt(s_dim) -> bool:
     """Whether the first argument is RepDistiller's options object rather than a size."""
     return s_dim is not None and not isinstance(s_dim, int) and any(hasattr(s_dim, f) for f in _OPT_FIELDS)
@@ -66,11 +71,12 @@ class ContrastMemory(ReadsParamsAfterApply, nn.Module):
                  sync_banks: bool | str = "auto", process_group=None):
         super().__init__()
         self.n_data, self.nce_k = n_data, nce_k
-        # (T, momentum) a call traced before any eager step takes (nothing kept on the host
-        # yet): the constructor's, or the last reread_params()'s (a loaded checkpoint's)
-        self._traced_first_params = (float(nce_t), float(nce_m))
         self.z_momentum, self.sync_banks, self.process_group = z_momentum, sync_banks, process_group
         self.register_buffer("params", torch.tensor([float(nce_k), nce_t, -1.0, -1.0, nce_m]))
+        # (T, momentum) a call traced before any eager step takes (nothing kept on the host
+        # yet): the constructor's, or the last reread_params()'s (a loaded checkpoint's);
+        # rounded to params' dtype, as an eager call reads them
+        self._traced_first_params = _as_stored(self.params, nce_t, nce_m)
         self.register_buffer("memory_v1", init_bank_(torch.empty(n_data, feat_dim)).to(bank_dtype))
         self.register_buffer("memory_v2", init_bank_(torch.empty(n_data, feat_dim)).to(bank_dtype))
         # (T, momentum) read from params and kept on the host while params is unchanged,
@@ -87,6 +93,11 @@ class ContrastMemory(ReadsParamsAfterApply, nn.Module):
         module._ranks_aligned = False
 
     _forget_host_state = _after_load   # the hook's earlier name, which whole-module pickles refer to
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "_traced_first_params" not in self.__dict__:   # a whole-module pickle of an earlier version
+            self._traced_first_params = tuple(self.params.detach().cpu()[[1, 4]].tolist())
 
     def reread_params(self) -> None:
         """Read T and momentum from ``params`` again: after a schedule writes them while
@@ -163,7 +174,10 @@ class ContrastMemory(ReadsParamsAfterApply, nn.Module):
             loss_t = bank_contrast(v_t, self.memory_v1, idx, z=z[1:2], **kw)
         with torch.no_grad():  # both losses computed: only now is any state written
             if z_new:
-                self.params[2:4] = z
+                # Traced, inductor may order this write before the loss op that refuses a
+                # non-finite Z raises: keep only a finite pair (else Z stays unset, as eagerly).
+                self.params[2:4] = (torch.where(torch.isfinite(z).all(), z, self.params[2:4])
+                                    if torch.compiler.is_compiling() else z)
             if self.z_momentum is not None:  # EMA of Z, from the banks as scored
                 z = self._batch_z(v_s, v_t, idx, temperature, backend, strategy, False, synced)
                 self.params[2:4] = self.z_momentum * self.params[2:4] + (1.0 - self.z_momentum) * z
