@@ -189,7 +189,7 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys
         ([*TEACHER, "--lr-decay-epochs", "150;180", "--max-steps", "1"], "error: --lr-decay-epochs"),
         ([*DISTILL, "--backend", "cuda", "--max-steps", "1"], "error: backend 'cuda'"),  # BackendUnavailable
         ([*DISTILL, "--teacher", str(tmp_path / "none.pt"), "--max-steps", "1"],
-         f"error: teacher checkpoint {str(tmp_path / 'none.pt')!r} not found (--teacher)"),
+         f"error: --teacher {str(tmp_path / 'none.pt')!r} not found"),
     ]
     for argv, start in cases:
         assert main(argv) == 2, argv
@@ -203,6 +203,42 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys
     monkeypatch.setattr(cli.Trainer, "run", broken)
     with pytest.raises(RuntimeError, match="unexpected failure"):
         main([*TEACHER, "--max-steps", "1"])
+
+
+def test_unreadable_checkpoints_are_one_error_line_naming_the_option(tmp_path, capsys):
+    text, folder, weights = tmp_path / "notes.pt", tmp_path / "runs", tmp_path / "weights.pt"
+    text.write_text("not a checkpoint")
+    folder.mkdir()
+    torch.save({"model": build_model("resnet8_tiny", num_classes=2).state_dict()}, weights)
+    cases = [
+        (["distill", "--resume", str(text)], f"error: --resume {str(text)!r} is not a checkpoint torch.load can read"),
+        (["distill", "--resume", str(folder)], f"error: --resume {str(folder)!r} is a folder"),
+        (["train-teacher", "--resume", str(weights)], f"error: --resume {str(weights)!r} holds no run config"),
+        ([*DISTILL, "--teacher", str(text), "--max-steps", "1"],
+         f"error: --teacher {str(text)!r} is not a checkpoint torch.load can read"),
+    ]
+    for argv, start in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err   # (after a note on the synthetic data where the run got that far)
+        assert err.strip().splitlines()[-1].startswith(start) and "Traceback" not in err, err
+
+
+def test_a_run_is_not_started_over_another_runs_folder(tmp_path, capsys):
+    """A fresh run, or a resumed one sent to another run's folder with --out, is refused
+    before it writes anything there; a resumed run goes on in its own folder."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main([*TEACHER, "--max-steps", "3", "--out", str(first)]) == 0
+    assert main([*TEACHER, "--max-steps", "2", "--out", str(second)]) == 0
+    files = {p.name: p.read_bytes() for p in first.iterdir()}
+    capsys.readouterr()
+    assert main([*TEACHER, "--max-steps", "2", "--out", str(first)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"error: --out {first} already holds a run (last.pt, log.csv) "
+                                              f"that this run would overwrite; continue it with --resume ")
+    assert main(["train-teacher", "--resume", str(second / "last.pt"), "--max-steps", "4", "--out", str(first)]) == 2
+    assert "give another --out or delete the folder" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == files
+    assert main(["train-teacher", "--resume", str(first / "last.pt"), "--max-steps", "5"]) == 0
+    assert _logged_steps(first) == list(range(1, 6))
 
 
 def test_interleaved_runs_train_as_they_would_alone(tmp_path):

@@ -20,7 +20,7 @@ from rdkernels.harness.train import Trainer
 
 # the errors a user's input causes (a missing file, a bad value, a backend this machine
 # lacks, a resume that would change the run): main() prints them as one line, not a traceback
-USER_ERRORS = (FileNotFoundError, ValueError, BackendUnavailable, ResumeMismatch)
+USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, BackendUnavailable, ResumeMismatch)
 
 # on/off options: each takes --name and --no-name, so that a resume can set it either way
 _ON_OFF = argparse.BooleanOptionalAction

@@ -254,6 +254,7 @@ def _write_report(report: dict, out_dir: Path, stem: str, plot: bool) -> dict:
     if plot:
         report["png"] = str(plot_report(report, out_dir / f"{stem}.png"))
     print(format_report(report))
+    print("wrote " + ", ".join(report[k] for k in ("json", "png") if k in report))
     return report
 
 

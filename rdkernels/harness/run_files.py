@@ -1,12 +1,47 @@
-"""The run folder's CSV logs: log.csv (a row per step) and eval.csv (a row per
-evaluation), appended as the run goes and cut back to a checkpoint's step when a
-run resumes from it, so that no row appears twice."""
+"""The run folder's files: its CSV logs, log.csv (a row per step) and eval.csv (a
+row per evaluation), appended as the run goes and cut back to a checkpoint's step
+when a run resumes from it, so that no row appears twice; the checkpoints read
+back; and the refusal to start a run over another one."""
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
+import torch
+
 EVAL_HEADER = "epoch,step,acc,loss"
+RUN_FILES = ("last.pt", "log.csv")   # what marks a folder as holding a run
+
+
+def check_run_folder(out_dir: Path, own_folder: Path | None) -> None:
+    """Refuse a run whose folder holds another run: a fresh run would delete its logs
+    and overwrite its last.pt, a resumed one would cut its log back to its own step
+    and mix in its rows. ``own_folder``: the run's own (its checkpoint's, or where it
+    has written already), which it may go on in."""
+    held = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if not held or (own_folder is not None and own_folder.resolve() == out_dir.resolve()):
+        return
+    fix = "give another --out or delete the folder"
+    if own_folder is None:
+        fix = f"continue it with --resume {out_dir / 'last.pt'}, or {fix}"
+    raise FileExistsError(f"--out {out_dir} already holds a run ({', '.join(held)}) that this run would overwrite; "
+                          f"{fix}")
+
+
+def read_checkpoint(path, option: str):
+    """``torch.load`` of a checkpoint named by ``option`` (--resume, --teacher), with
+    an error that names the option and the file for a path that is missing, a folder,
+    or no file torch.load can read (another format, a truncated copy)."""
+    file = Path(path)
+    if file.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a folder, not a checkpoint file (a run folder's is last.pt)")
+    if not file.is_file():
+        raise FileNotFoundError(f"{option} {str(path)!r} not found")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as exc:   # unpickling errors come as many types; none is the caller's to handle
+        raise ValueError(f"{option} {str(path)!r} is not a checkpoint torch.load can read "
+                         f"({type(exc).__name__}: {exc})") from exc
 
 
 def truncate_log(path: Path, step: int) -> None:

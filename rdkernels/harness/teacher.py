@@ -10,6 +10,7 @@ import torch
 
 from rdkernels.harness import data as hdata
 from rdkernels.harness.models import MODELS, build_model
+from rdkernels.harness.run_files import read_checkpoint
 
 # RepDistiller's wrn.py: WideResNet.blockN is a NetworkBlock holding its blocks in
 # `.layer` (an nn.Sequential), and a block's 1x1 projection is `convShortcut`; the
@@ -62,9 +63,7 @@ def load_teacher_weights(model: torch.nn.Module, path: str, arch: str) -> None:
     A checkpoint that does not fit ``model`` (another architecture, another number
     of classes) is a ValueError that names the path, ``arch`` and the mismatch.
     """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"teacher checkpoint {path!r} not found (--teacher)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(path, "--teacher")
     if isinstance(ckpt, dict) and ckpt.get("arch") not in (None, arch):
         raise ValueError(f"teacher checkpoint {path!r} holds a {ckpt['arch']!r}, but teacher_arch is {arch!r}; "
                          f"pass --teacher-arch {ckpt['arch']}")

@@ -35,7 +35,8 @@ from rdkernels.harness.config import (RUN_OPTIONS, SAMPLINGS, ResumeMismatch, Tr
 from rdkernels.harness.distillers import build_distiller
 from rdkernels.harness.graphs import GraphedStep
 from rdkernels.harness.models import build_model
-from rdkernels.harness.run_files import append_eval_row, append_log_rows, truncate_eval, truncate_log
+from rdkernels.harness.run_files import (append_eval_row, append_log_rows, check_run_folder, read_checkpoint,
+                                         truncate_eval, truncate_log)
 from rdkernels.harness.runtime import command_line, device_name, progress_bar, resolve_device, versions
 from rdkernels.harness.teacher import build_teacher
 
@@ -58,6 +59,7 @@ class Trainer:
                                   data=absolute_path(cfg.data))
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        self._own_folder: Path | None = None   # where this run's files are: it may go on writing there
         if cfg.cuda_graph:
             check_graphable(cfg, self.device)
 
@@ -299,7 +301,9 @@ class Trainer:
     def _run(self, end: int, out_dir: Path | None, timing_warmup: int) -> dict:
         cfg = self.cfg
         if out_dir:
+            check_run_folder(out_dir, self._own_folder)
             out_dir.mkdir(parents=True, exist_ok=True)
+            self._own_folder = out_dir.resolve()
             # a resumed run rewrites what came after its checkpoint, so no row appears twice
             truncate_log(out_dir / "log.csv", self.step)
             truncate_eval(out_dir / "eval.csv", self.step)
@@ -466,8 +470,9 @@ class Trainer:
         self._drop_batch_stream()  # the loaded step's batches come from a new stream
 
     def load_checkpoint(self, path: str | Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = read_checkpoint(path, "checkpoint")
         self.load_state_dict(_to_device(state, self.device))
+        self._own_folder = Path(path).resolve().parent
 
     @classmethod
     def resume(cls, path: str | Path, *, expect_distill: bool | None = None,
@@ -482,7 +487,10 @@ class Trainer:
         the other kind. ``option_names`` names fields in the error (the CLI's
         flags). Without an ``out`` override the run writes next to the checkpoint.
         """
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = read_checkpoint(path, "--resume")
+        if not isinstance(state, dict) or "config" not in state:
+            raise ValueError(f"--resume {str(path)!r} holds no run config: it is not a checkpoint of train-teacher "
+                             "or distill (a teacher's bare weights go to --teacher)")
         stored = TrainConfig.from_dict(state["config"])
         check_resume_kind(stored, expect_distill, path)
         cfg = resume_config(stored, path, overrides, option_names or {})
@@ -494,6 +502,7 @@ class Trainer:
         else:
             trainer = cls(cfg)
         trainer.load_state_dict(_to_device(state, trainer.device))
+        trainer._own_folder = Path(path).resolve().parent
         return trainer
 
 
