@@ -323,7 +323,8 @@ def test_a_run_without_data_says_it_trains_on_synthetic_data(tmp_path, capsys):
     for argv in runs:
         assert main(argv) == 0, argv
         err = capsys.readouterr().err
-        assert err.count(SYNTHETIC_NOTE) == 1 and len(err.strip().splitlines()) <= 2, err  # and --teacher's note
+        assert err.count(SYNTHETIC_NOTE) == 1 and len(err.strip().splitlines()) <= 3, err  # --teacher's, --out's
+        assert ("note: no --out given, nothing is saved" in err) == (argv[0] == "distill"), err
     # a resume trains on the checkpoint's data; a run given --data has nothing to note
     assert main(["train-teacher", "--resume", str(teacher / "last.pt"), "--max-steps", "2"]) == 0
     assert SYNTHETIC_NOTE not in capsys.readouterr().err

@@ -200,6 +200,8 @@ def _train(args, cfg: TrainConfig, parser: argparse.ArgumentParser, typed: set[s
         if cfg.distill is not None and not cfg.teacher:
             print("note: no --teacher given, distilling from a randomly initialised teacher "
                   "(fine for timing, not for accuracy)", file=sys.stderr)
+        if not cfg.out:
+            print("note: no --out given, nothing is saved (no log, checkpoint or summary)", file=sys.stderr)
         trainer = Trainer(cfg)
     summary = trainer.run()
     last = summary["last"] or {}
