@@ -3,6 +3,7 @@
 #include "bank_contrast_common.cuh"
 
 #include <cmath>
+#include <type_traits>
 
 namespace rdk {
 namespace {
@@ -236,13 +237,19 @@ void launch_gather(int epilogue, dim3 grid, cudaStream_t stream, const float* q,
   const size_t smem = (kGatherWarps * static_cast<size_t>(dim) + 32 + 32) * sizeof(float);
   auto* b = static_cast<const BankT*>(bank);
   auto* ix = static_cast<const IdxT*>(idx);
+  // one launch per NV, the template argument the only difference
+  auto launch = [&](auto nv_const) {
+    launch_gather_nv<BankT, IdxT, decltype(nv_const)::value>(epilogue, grid, smem, stream, q, b, ix, z, grad, out,
+                                                             dq, mx, sm, n_cols, dim, cols, lpr, vec_ok,
+                                                             stride_bank, stride_idx, inv_t, log_c, log_mpn_c);
+  };
   switch (nv) {
-    case 1: launch_gather_nv<BankT, IdxT, 1>(epilogue, grid, smem, stream, q, b, ix, z, grad, out, dq, mx, sm, n_cols, dim, cols, lpr, vec_ok, stride_bank, stride_idx, inv_t, log_c, log_mpn_c); break;
-    case 2: launch_gather_nv<BankT, IdxT, 2>(epilogue, grid, smem, stream, q, b, ix, z, grad, out, dq, mx, sm, n_cols, dim, cols, lpr, vec_ok, stride_bank, stride_idx, inv_t, log_c, log_mpn_c); break;
-    case 4: launch_gather_nv<BankT, IdxT, 4>(epilogue, grid, smem, stream, q, b, ix, z, grad, out, dq, mx, sm, n_cols, dim, cols, lpr, vec_ok, stride_bank, stride_idx, inv_t, log_c, log_mpn_c); break;
+    case 1: launch(std::integral_constant<int, 1>{}); break;
+    case 2: launch(std::integral_constant<int, 2>{}); break;
+    case 4: launch(std::integral_constant<int, 4>{}); break;
     default:  // only fp32 rows need 8 vectors a lane (bf16 d <= 1024 fits in 4)
       if constexpr (sizeof(BankT) == 4) {
-        launch_gather_nv<BankT, IdxT, 8>(epilogue, grid, smem, stream, q, b, ix, z, grad, out, dq, mx, sm, n_cols, dim, cols, lpr, vec_ok, stride_bank, stride_idx, inv_t, log_c, log_mpn_c);
+        launch(std::integral_constant<int, 8>{});
       } else {  // unreachable while dim <= 1024: refuse rather than leave the outputs unwritten
         throw std::runtime_error("bank_contrast: no gather kernel for a bf16 bank of this width");
       }

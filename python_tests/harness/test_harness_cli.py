@@ -232,8 +232,9 @@ def test_a_run_is_not_started_over_another_runs_folder(tmp_path, capsys):
     files = {p.name: p.read_bytes() for p in first.iterdir()}
     capsys.readouterr()
     assert main([*TEACHER, "--max-steps", "2", "--out", str(first)]) == 2
-    assert capsys.readouterr().err.splitlines()[-1].startswith(f"error: --out {first} already holds a run (last.pt, log.csv) "
-                                              f"that this run would overwrite; continue it with --resume ")
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        f"error: --out {first} already holds a run (last.pt, log.csv) that this run would overwrite; "
+        "continue it with --resume ")
     assert main(["train-teacher", "--resume", str(second / "last.pt"), "--max-steps", "4", "--out", str(first)]) == 2
     assert "give another --out or delete the folder" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in first.iterdir()} == files
