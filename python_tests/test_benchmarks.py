@@ -276,10 +276,11 @@ def test_overhead_tool_measures_a_callable_or_says_it_needs_a_gpu():
             overhead.main(["--op", "dcd"])
         return
     x = torch.randn(256, 256, device="cuda")
-    r = overhead.measure(lambda: x @ x, iters=5)
+    r = overhead.measure(lambda: x.exp(), iters=5)
     kernels = r.pop("kernels")
     assert set(r) == {"wall_ms", "host_ms", "gpu_ms", "graph_ms"} and all(v > 0 for v in r.values())
-    # one GEMM kernel a call, and it is the whole device time
+    # one elementwise kernel a call, and it is the whole device time (not a GEMM: cuBLAS may
+    # split K into a GEMM and a reduction kernel, as it did at 256 x 256 on an H100)
     assert len(kernels) == 1 and kernels[0]["launches"] == 1, kernels
     assert kernels[0]["us"] == pytest.approx(r["gpu_ms"] * 1e3)
     # a call that reads a value on the host cannot be recorded: no graph time, no crash,

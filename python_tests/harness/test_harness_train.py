@@ -12,6 +12,7 @@ from rdkernels.harness.__main__ import main
 from rdkernels.harness.distillers import DEFAULT_WEIGHTS, DISTILLERS, build_distiller
 from rdkernels.harness import teacher as teacher_mod
 from rdkernels.harness.config import TrainConfig, lr_at
+from rdkernels.harness.compare import nudge_one_ulp_
 from rdkernels.harness.train import Trainer
 
 
@@ -183,13 +184,25 @@ def test_resume_across_an_epoch_boundary(tmp_path):
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history[8:]]
 
 
+def _loss_curves(cfg: TrainConfig, nudge: int = 0) -> torch.Tensor:
+    """[steps, 2]: the run's total and feature loss a step; ``nudge`` 1 or -1 moves
+    every initial student weight one ulp up or down first."""
+    trainer = Trainer(cfg)
+    if nudge:
+        nudge_one_ulp_(trainer.model, nudge)
+    trainer.run()
+    rdkernels.set_backend("auto")
+    return torch.tensor([[r["loss"], r["loss_feat"]] for r in trainer.history])
+
+
 @pytest.mark.parametrize("name", ["crd", "dcd", "rrd", "wcord"])
 def test_reference_and_fused_training_agree_under_the_interpreter(name, monkeypatch):
     """20 training steps, fused losses on the Triton kernels (the interpreter on CPU,
     compiled kernels on a GPU)."""
     require_loss(name, "fused")
     require_loss(name, "reference")
-    reason = triton_unavailable_reason(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = torch.cuda.is_available()
+    reason = triton_unavailable_reason(torch.device("cuda" if on_gpu else "cpu"))
     if reason:
         pytest.skip(reason)
     launches = []
@@ -198,18 +211,24 @@ def test_reference_and_fused_training_agree_under_the_interpreter(name, monkeypa
         run = InterpretedFunction.run
         monkeypatch.setattr(InterpretedFunction, "run",
                             lambda self, *a, **k: (launches.append(1), run(self, *a, **k))[1])
-    histories = {}
-    for impl in ("reference", "fused"):
-        cfg = tiny_config(distill=name, impl=impl, max_steps=20, epochs=3, device="auto",
-                          backend="triton" if impl == "fused" else "auto")
-        trainer = Trainer(cfg)
-        trainer.run()
-        rdkernels.set_backend("auto")
-        histories[impl] = trainer.history
-    ref = torch.tensor([[r["loss"], r["loss_feat"]] for r in histories["reference"]])
-    fused = torch.tensor([[r["loss"], r["loss_feat"]] for r in histories["fused"]])
+    configs = {impl: tiny_config(distill=name, impl=impl, max_steps=20, epochs=3, device="auto",
+                                 backend="triton" if impl == "fused" else "auto", deterministic=on_gpu)
+               for impl in ("reference", "fused")}
+    ref, fused = (_loss_curves(configs[impl]) for impl in ("reference", "fused"))
     assert ref.shape == (20, 2)
-    torch.testing.assert_close(fused, ref, rtol=2e-4, atol=2e-4)
+    # the first step's losses come from the same weights and batch: only the loss's own rounding differs
+    torch.testing.assert_close(fused[0], ref[0], rtol=2e-4, atol=2e-4)
+    if not on_gpu:
+        torch.testing.assert_close(fused, ref, rtol=2e-4, atol=2e-4)
+    else:
+        # On a GPU the convolutions round to TF32 (cuDNN's default), and SGD amplifies a last-bit
+        # difference in the loss's gradient to 1e-3 of the loss within 20 steps (0.04 seen on an
+        # H100): the yardstick is the harness's, the fused run's own spread when its initial
+        # weights move one ulp
+        spread = torch.stack([(_loss_curves(configs["fused"], nudge) - fused).abs()
+                              for nudge in (1, -1)]).amax(dim=(0, 1))
+        difference = (fused - ref).abs().amax(0)
+        assert (difference <= 2 * spread + 2e-4).all(), f"|fused - reference| {difference}, spread {spread}"
     if triton_interpreter_enabled():
         assert len(launches) >= 20, "the fused run launched no Triton kernels"
 
