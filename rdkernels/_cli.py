@@ -3,6 +3,7 @@ a bad value is a usage error that names the option, not a traceback later."""
 from __future__ import annotations
 
 import argparse
+import math
 
 from rdkernels._environment import resolve_device
 
@@ -18,6 +19,31 @@ def int_at_least(least: int):
             raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
         return value
     parse.__name__ = f"integer >= {least}"  # what argparse calls the type in its messages
+    return parse
+
+
+class BriefErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are the error and a pointer to --help,
+    without the usage block: a command with dozens of options printed ~20 lines of
+    usage above a one-line error. Subparsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+
+
+def float_at_least(least: float, *, strictly: bool = False):
+    """An argparse type: a finite float >= ``least`` (> with ``strictly``)."""
+    bound = f"{'>' if strictly else '>='} {least:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes a number, got {text!r}") from None
+        if not math.isfinite(value) or value < least or (strictly and value == least):
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
+        return value
+    parse.__name__ = f"number {bound}"
     return parse
 
 

@@ -61,15 +61,17 @@ def test_resume_refuses_another_recipe_or_command(tmp_path, capsys):
     assert main(["distill", "--resume", str(teacher / "last.pt")]) == 2
     assert "teacher-training checkpoint; continue it with `train-teacher --resume" in capsys.readouterr().err
     assert main(["distill", "--resume", str(student / "last.pt"), "--distill", "rrd", "--nce_k", "999",
-                 "--batch-size", "8", "--max-steps", "4"]) == 2
+                 "--batch-size", "8", "--max-steps", "4", "-b", "0.5"]) == 2
     err = capsys.readouterr().err
     for part in ("--distill rrd (the checkpoint has crd)", "--nce_k 999 (the checkpoint has 16)",
-                 "--batch-size 8 (the checkpoint has 4)"):
+                 "--batch-size 8 (the checkpoint has 4)", "--beta 0.5 (the checkpoint has 0.8)"):
         assert part in err
     assert _final_step(student) == 2  # nothing ran
 
-    # the stored values typed again, and the run options, are accepted
+    # the stored values typed again (the loss weights as the values they give: CRD's -r 1 -b 0.8
+    # where the run left them unset), and the run options, are accepted
     assert main(["distill", "--resume", str(student / "last.pt"), "--distill", "crd", "--nce_k", "16",
+                 "-r", "1", "-a", "0", "-b", "0.8",
                  "--batch_size", "4", "--max-steps", "4", "--log-every", "1", "--save-every", "3", "--no-eval",
                  "--backend", "torch", "--device", "cpu", "--no-index-checks"]) == 0
     cfg = json.loads((student / "summary.json").read_text())["config"]
@@ -385,7 +387,7 @@ def test_on_off_options_take_both_spellings_and_a_resume_can_set_them_either_way
     torch.save(state, tmp_path / "gpu.pt")
     capsys.readouterr()
     assert main(["train-teacher", "--resume", str(tmp_path / "gpu.pt"), "--max-steps", "6"]) == 2
-    assert "cuda_graph needs a CUDA device" in capsys.readouterr().err
+    assert "cuda_graph (--cuda-graph) needs a CUDA device" in capsys.readouterr().err
     assert main(["train-teacher", "--resume", str(tmp_path / "gpu.pt"), "--max-steps", "6", "--no-cuda-graph"]) == 0
     assert stored("cuda_graph") is False and _final_step(tmp_path) == 6
     # the recipe still may not change, and the error lists the on/off run options by both spellings
@@ -402,6 +404,9 @@ def test_on_off_options_take_both_spellings_and_a_resume_can_set_them_either_way
     (["--save-every", "0"], "argument --save-every: must be >= 1, got 0"),
     (["--synthetic-n", "0"], "argument --synthetic-n: must be >= 1, got 0"),
     (["--graph-warmup", "zero"], "argument --graph-warmup: takes an integer, got 'zero'"),
+    (["--lr", "-0.1"], "argument --lr/--learning_rate: must be a finite number >= 0, got -0.1"),
+    (["--weight-decay", "inf"], "argument --weight-decay/--weight_decay: must be a finite number >= 0, got inf"),
+    (["--momentum", "fast"], "argument --momentum: takes a number, got 'fast'"),
     (["--device", "gpu"], "argument --device: device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
     (["--device", "cuda:99"], "argument --device: device 'cuda:99': torch sees "),
 ])
@@ -409,12 +414,16 @@ def test_a_count_below_its_least_is_a_usage_error_naming_the_option(argv, messag
     with pytest.raises(SystemExit) as exc:
         main([*TEACHER, *argv])
     assert exc.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # the error and where the options are listed, not the usage block of every option
+    assert message in err and "usage:" not in err and "(see python -m rdkernels.harness train-teacher --help)" in err
 
 
 def test_worker_and_loss_counts_are_checked_too(capsys):
     for argv, message in ((["--workers", "-1"], "argument --workers: must be >= 0, got -1"),
                           (["--nce_k", "0"], "argument --nce_k: must be >= 1, got 0"),
+                          (["--nce_t", "0"], "argument --nce_t: must be a finite number > 0, got 0"),
+                          (["--kd_T", "nan"], "argument --kd_T: must be a finite number > 0, got nan"),
                           (["--turn-steps", "0"], "argument --turn-steps: must be >= 1, got 0")):
         command = ["compare", "--steps", "2", "--warmup", "1"] if argv[0] == "--turn-steps" else DISTILL
         with pytest.raises(SystemExit) as exc:
@@ -466,6 +475,9 @@ def test_the_benchmark_settings_keep_the_report_name_readme_cites():
     assert result_stem(other, device) == \
         f"{stem}_sampling-workers_workers-4_mode-relax_batch-128_k-4096_backend-triton_index-checks"
     assert result_stem(dataclasses.replace(cfg, data="/data/cifar", seed=1), device) == f"{stem}_cifar100_seed-1"
+    # --nce_k is CRD's and WCoRD's negatives and RRD's queue; DCD has neither, so it names no k
+    dcd = dataclasses.replace(other, distill="dcd", sampling="device", mode="exact", batch_size=64)
+    assert result_stem(dcd, device) == "train_dcd_resnet32x4_resnet8x4_nvidia-h100-80gb-hbm3_backend-triton_index-checks"
 
 
 def test_device_profile_counts_per_unit_of_work():

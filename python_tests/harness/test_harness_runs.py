@@ -118,6 +118,20 @@ def test_resume_applies_run_options_and_refuses_recipe_changes(tmp_path):
         Trainer.resume(ckpt, expect_distill=False)
 
 
+def test_resume_compares_the_loss_weights_by_the_values_they_give(tmp_path):
+    """An unset weight is the method's default (CRD: 1, 0, 0.8), and once alpha or
+    beta is set an unset gamma is RepDistiller's 1: a KD run's 0.1 changes with -a alone."""
+    require_loss("crd", "fused")
+    Trainer(tiny_config(distill="kd", max_steps=2, out=str(tmp_path))).run()
+    ckpt = tmp_path / "last.pt"
+    assert Trainer.resume(ckpt, gamma=0.1, alpha=0.9, beta=0.0).cfg.weights() == (0.1, 0.9, 0.0)
+    assert Trainer.resume(ckpt, gamma=0.1, alpha=0.9).cfg.gamma is None   # the stored config, unchanged
+    with pytest.raises(ResumeMismatch, match=r": gamma 1.0 \(the checkpoint has 0.1\)\. Leave"):
+        Trainer.resume(ckpt, alpha=0.9)   # -a alone: gamma becomes 1
+    with pytest.raises(ResumeMismatch, match=r": beta 0.5 \(the checkpoint has 0.0\)\. Leave"):
+        Trainer.resume(ckpt, beta=0.5, gamma=0.1)
+
+
 def test_a_resume_on_another_device_type_restarts_the_sampling_stream(tmp_path):
     Trainer(tiny_config(max_steps=3, out=str(tmp_path))).run()
     state = torch.load(tmp_path / "last.pt", weights_only=False)

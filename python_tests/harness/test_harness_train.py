@@ -257,7 +257,9 @@ def test_cli_teacher_then_distill_then_compare(tmp_path, capsys):
     assert main(["train-teacher", "--arch", "resnet8_tiny", "--epochs", "1", "--out", str(teacher), *tiny]) == 0
     assert (teacher / "last.pt").exists() and (teacher / "eval.csv").exists()
     summary = json.loads((teacher / "summary.json").read_text())
-    assert summary["final_step"] == 8 and summary["eval"] is not None
+    assert summary["final_step"] == 8 and summary["eval"]["epoch"] == 0   # epochs count from 0, as logged
+    done = capsys.readouterr().out.splitlines()[-1]
+    assert done.startswith("done: step 8") and "% (epoch 0)" in done   # the test accuracy says whose it is
     student = tmp_path / "student"
     distill = ["distill", "--arch", "resnet8_tiny", "--teacher-arch", "resnet8_tiny", "--teacher",
                str(teacher / "last.pt"), "--distill", "crd", "--nce_k", "16", "--feat_dim", "16", *tiny]

@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import sys
 
-from rdkernels._cli import device as device_arg, int_at_least
+from rdkernels._cli import BriefErrorParser, device as device_arg, float_at_least, int_at_least
 from rdkernels.backend import BackendUnavailable
 from rdkernels.harness.compare import TURN_STEPS
 from rdkernels.harness.distillers import DISTILLERS, IMPLS, LossOptions
@@ -28,6 +28,7 @@ _LOSS_FIELDS = {f.name for f in dataclasses.fields(LossOptions)}
 
 
 _POSITIVE, _NON_NEGATIVE = int_at_least(1), int_at_least(0)
+_RATE, _SCALE = float_at_least(0), float_at_least(0, strictly=True)   # >= 0; > 0 (temperatures, eps)
 
 
 def _common(p: argparse.ArgumentParser, *, training: bool = True) -> None:
@@ -47,11 +48,11 @@ def _common(p: argparse.ArgumentParser, *, training: bool = True) -> None:
         g.add_argument("--epochs", type=_NON_NEGATIVE, default=None,
                        help="default 240; 0: no epoch limit (needs --max-steps)")
         g.add_argument("--max-steps", type=_POSITIVE, default=None, help="stop after this many steps in total")
-    g.add_argument("--lr", "--learning_rate", type=float, default=0.05)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", "--weight_decay", type=float, default=5e-4)
+    g.add_argument("--lr", "--learning_rate", type=_RATE, default=0.05)
+    g.add_argument("--momentum", type=_RATE, default=0.9)
+    g.add_argument("--weight-decay", "--weight_decay", type=_RATE, default=5e-4)
     g.add_argument("--lr-decay-epochs", "--lr_decay_epochs", default="150,180,210")
-    g.add_argument("--lr-decay-rate", "--lr_decay_rate", type=float, default=0.1)
+    g.add_argument("--lr-decay-rate", "--lr_decay_rate", type=_RATE, default=0.1)
     g.add_argument("--amp", action="store_true", help="mixed precision (autocast)")
     g.add_argument("--amp-dtype", choices=("bfloat16", "float16"), default="bfloat16")
     g.add_argument("--cuda-graph", action=_ON_OFF, default=False,
@@ -98,15 +99,15 @@ def _distill_args(p: argparse.ArgumentParser, *, compare: bool = False) -> None:
                    "-r/-a/-b, the weights the reference scripts use for the method, e.g. kd: -r 0.1 -a 0.9 -b 0)")
     g.add_argument("-a", "--alpha", type=float, default=None, help="KD weight (default: the method's)")
     g.add_argument("-b", "--beta", type=float, default=None, help="distiller weight (default: the method's)")
-    g.add_argument("--kd_T", type=float, default=4.0)
+    g.add_argument("--kd_T", type=_SCALE, default=4.0)
     g.add_argument("--feat_dim", type=_POSITIVE, default=128)
     g.add_argument("--nce_k", type=_POSITIVE, default=16384, help="CRD/WCoRD negatives; RRD queue size")
-    g.add_argument("--nce_t", type=float, default=0.07)
+    g.add_argument("--nce_t", type=_SCALE, default=0.07)
     g.add_argument("--nce_m", type=float, default=0.5)
-    g.add_argument("--rrd-tau-s", type=float, default=0.02)
-    g.add_argument("--rrd-tau-t", type=float, default=0.1)
+    g.add_argument("--rrd-tau-s", type=_SCALE, default=0.02)
+    g.add_argument("--rrd-tau-t", type=_SCALE, default=0.1)
     g.add_argument("--wcord-lambda-local", type=float, default=1.0, help="WCoRD local (OT) term weight")
-    g.add_argument("--wcord-eps", type=float, default=0.05, help="WCoRD Sinkhorn entropic eps")
+    g.add_argument("--wcord-eps", type=_SCALE, default=0.05, help="WCoRD Sinkhorn entropic eps")
     g.add_argument("--wcord-iters", type=_POSITIVE, default=100, help="WCoRD Sinkhorn iterations")
     g.add_argument("--mode", choices=("exact", "relax"), default="exact", help="contrast sampling mode")
     g.add_argument("--sampling", choices=SAMPLINGS, default="device",
@@ -207,7 +208,7 @@ def _train(args, cfg: TrainConfig, parser: argparse.ArgumentParser, typed: set[s
     last = summary["last"] or {}
     msg = f"done: step {summary['final_step']}, loss {last.get('loss', float('nan')):.4f}"
     if summary["eval"]:
-        msg += f", test acc {summary['eval']['acc']:.2f}%"
+        msg += f", test acc {summary['eval']['acc']:.2f}% (epoch {summary['eval']['epoch']})"
     if summary["steps_per_s"]:
         msg += f", {summary['steps_per_s']:.2f} steps/s"
     print(msg)
@@ -232,7 +233,7 @@ def _note_synthetic_data(data: str | None) -> None:
 
 def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The parser and its sub-parsers by command."""
-    parser = argparse.ArgumentParser(prog="python -m rdkernels.harness", description=__doc__.splitlines()[0])
+    parser = BriefErrorParser(prog="python -m rdkernels.harness", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train-teacher", help="train a model with cross-entropy (the teacher)")

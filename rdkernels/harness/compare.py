@@ -133,7 +133,7 @@ def compare(cfg: TrainConfig, steps: int = 200, warmup: int = 20, out_dir: str |
         "config": cfg.to_dict(),
         "steps": min(r["steps"] for r in results.values()),  # the steps run (each run runs ``steps``)
         "warmup": warmup,
-        "timing": f"interleaved, {turn_steps} steps a turn",
+        "timing": f"interleaved, {turn_steps} step{'' if turn_steps == 1 else 's'} a turn",
         **_agreement(results, controls),
         "runs": results,
     }
@@ -341,7 +341,7 @@ def setting_tags(cfg: TrainConfig) -> list[str]:
         tags.append(f"mode-{cfg.mode}")
     if cfg.batch_size != base.batch_size:
         tags.append(f"batch-{cfg.batch_size}")
-    if cfg.loss.nce_k != base.loss.nce_k:
+    if cfg.loss.nce_k != base.loss.nce_k and cfg.distill in ("crd", "wcord", "rrd"):  # negatives, RRD's queue
         tags.append(f"k-{cfg.loss.nce_k}")
     if cfg.loss.feat_dim != base.loss.feat_dim:
         tags.append(f"dim-{cfg.loss.feat_dim}")

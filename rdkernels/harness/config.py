@@ -142,9 +142,13 @@ def check_resume_kind(stored: TrainConfig, expect_distill: bool | None, path) ->
                          f"`train-teacher --resume {path}`")
 
 
+WEIGHT_FIELDS = ("gamma", "alpha", "beta")   # TrainConfig.weights() order: CE, KD, distiller
+
+
 def resume_config(stored: TrainConfig, path, overrides: dict, option_names: dict[str, str]) -> TrainConfig:
     """The stored config with the run options in ``overrides`` applied; a
-    ResumeMismatch naming every recipe option in ``overrides`` that differs."""
+    ResumeMismatch naming every recipe option in ``overrides`` that differs (the loss
+    weights by the values they give, unset ones the method's)."""
     overrides = dict(overrides)
     loss = overrides.pop("loss", None) or {}
     if isinstance(loss, LossOptions):
@@ -153,8 +157,14 @@ def resume_config(stored: TrainConfig, path, overrides: dict, option_names: dict
     unknown = sorted(set(overrides) - fields) + sorted(set(loss) - set(dataclasses.asdict(stored.loss)))
     if unknown:
         raise TypeError(f"Trainer.resume got unknown config fields {unknown}")
-    conflicts = [(name, value, getattr(stored, name)) for name, value in overrides.items()
-                 if name not in RUN_OPTIONS and not _same_setting(name, value, getattr(stored, name))]
+    # the loss weights by the values they give: -r 1 -b 0.8 spells out a CRD run's unset
+    # defaults, and the same -a on a run whose unset -r was not 1 changes -r too
+    weights = {name: overrides.pop(name) for name in WEIGHT_FIELDS if name in overrides}
+    asked = dataclasses.replace(stored, **weights).weights()
+    conflicts = [(name, value, had) for name, value, had in zip(WEIGHT_FIELDS, asked, stored.weights())
+                 if value != had]
+    conflicts += [(name, value, getattr(stored, name)) for name, value in overrides.items()
+                  if name not in RUN_OPTIONS and not _same_setting(name, value, getattr(stored, name))]
     conflicts += [(f"loss.{name}", value, getattr(stored.loss, name)) for name, value in loss.items()
                   if value != getattr(stored.loss, name)]
     if conflicts:
@@ -192,13 +202,14 @@ def absolute_path(path: str | None) -> str | None:
 def check_graphable(cfg: TrainConfig, device: torch.device) -> None:
     """Refuse, with the reason, the runs whose step a CUDA graph cannot hold."""
     if device.type != "cuda":
-        raise ValueError(f"cuda_graph needs a CUDA device, got {device}")
+        raise ValueError(f"cuda_graph (--cuda-graph) needs a CUDA device, got {device}")
     if cfg.amp and cfg.amp_dtype == "float16":
-        raise ValueError("cuda_graph does not work with float16 AMP: its GradScaler reads the inf check on the "
-                         "host every step; use --amp-dtype bfloat16")
+        raise ValueError("cuda_graph (--cuda-graph) does not work with float16 AMP: its GradScaler reads the inf "
+                         "check on the host every step; use --amp-dtype bfloat16")
     reason = graph_blocker(cfg.distill, cfg.impl)
     if reason:
-        raise ValueError(f"cuda_graph cannot capture --distill {cfg.distill} --impl {cfg.impl}: {reason}")
+        raise ValueError(f"cuda_graph (--cuda-graph) cannot capture --distill {cfg.distill} --impl {cfg.impl}: "
+                         f"{reason}")
 
 
 def graph_blocker(distill: str | None, impl: str) -> str | None:

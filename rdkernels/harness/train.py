@@ -342,7 +342,7 @@ class Trainer:
                 self._drop_batch_stream()  # spent: a loader's workers exit now
                 with clock.paused():  # evaluation and checkpoints are no part of the steps' time
                     if cfg.eval_every_epoch and self.test_set is not None and len(self.test_set):
-                        eval_result = self.evaluate()
+                        eval_result = dict(self.evaluate(), epoch=epoch)   # the summary says which epoch
                         self._log_eval(epoch, eval_result, out_dir, bar)
                     if out_dir:
                         self._flush(pending, out_dir, bar)
