@@ -197,7 +197,9 @@ def test_every_command_line_parses(source, capsys):
             parsers[module](argv)
         except SystemExit as exc:
             if exc.code:  # --help and --list style exits are fine; usage errors are not
-                error = capsys.readouterr().err.strip().splitlines() or [f"exit status {exc.code}"]
+                lines = capsys.readouterr().err.strip().splitlines()
+                # the error line (the harness's parsers end with a pointer to --help after it)
+                error = [line for line in lines if "error:" in line] or lines or [f"exit status {exc.code}"]
                 failures.append(f"{where}: python -m {module} {shlex.join(argv)}\n    {error[-1]}")
     assert not failures, "command lines that their parsers refuse:\n" + "\n".join(failures)
 

@@ -28,19 +28,22 @@ class BriefErrorParser(argparse.ArgumentParser):
     usage above a one-line error. Subparsers inherit it."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+        # a parser of commands also reports their unrecognised options: point at a command's help
+        where = f"{self.prog} COMMAND --help" if self._subparsers is not None else f"{self.prog} --help"
+        self.exit(2, f"{self.prog}: error: {message}\n(see {where})\n")
 
 
-def float_at_least(least: float, *, strictly: bool = False):
-    """An argparse type: a finite float >= ``least`` (> with ``strictly``)."""
-    bound = f"{'>' if strictly else '>='} {least:g}"
+def float_at_least(least: float, *, strictly: bool = False, most: float | None = None):
+    """An argparse type: a finite float >= ``least`` (> with ``strictly``), and <= ``most``."""
+    bound = f"{'>' if strictly else '>='} {least:g}" + ("" if most is None else f" and <= {most:g}")
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"takes a number, got {text!r}") from None
-        if not math.isfinite(value) or value < least or (strictly and value == least):
+        if (not math.isfinite(value) or value < least or (strictly and value == least)
+                or (most is not None and value > most)):
             raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
         return value
     parse.__name__ = f"number {bound}"

@@ -424,6 +424,8 @@ def test_worker_and_loss_counts_are_checked_too(capsys):
                           (["--nce_k", "0"], "argument --nce_k: must be >= 1, got 0"),
                           (["--nce_t", "0"], "argument --nce_t: must be a finite number > 0, got 0"),
                           (["--kd_T", "nan"], "argument --kd_T: must be a finite number > 0, got nan"),
+                          (["-b", "inf"], "argument -b/--beta: must be a finite number >= 0, got inf"),
+                          (["--nce_m", "1.5"], "argument --nce_m: must be a finite number >= 0 and <= 1, got 1.5"),
                           (["--turn-steps", "0"], "argument --turn-steps: must be >= 1, got 0")):
         command = ["compare", "--steps", "2", "--warmup", "1"] if argv[0] == "--turn-steps" else DISTILL
         with pytest.raises(SystemExit) as exc:

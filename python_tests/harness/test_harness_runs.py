@@ -126,7 +126,8 @@ def test_resume_compares_the_loss_weights_by_the_values_they_give(tmp_path):
     ckpt = tmp_path / "last.pt"
     assert Trainer.resume(ckpt, gamma=0.1, alpha=0.9, beta=0.0).cfg.weights() == (0.1, 0.9, 0.0)
     assert Trainer.resume(ckpt, gamma=0.1, alpha=0.9).cfg.gamma is None   # the stored config, unchanged
-    with pytest.raises(ResumeMismatch, match=r": gamma 1.0 \(the checkpoint has 0.1\)\. Leave"):
+    with pytest.raises(ResumeMismatch, match=r": gamma 1.0 \(implied by alpha; the checkpoint has 0.1: "
+                                             r"give gamma 0.1 to keep it\)\. Leave"):
         Trainer.resume(ckpt, alpha=0.9)   # -a alone: gamma becomes 1
     with pytest.raises(ResumeMismatch, match=r": beta 0.5 \(the checkpoint has 0.0\)\. Leave"):
         Trainer.resume(ckpt, beta=0.5, gamma=0.1)

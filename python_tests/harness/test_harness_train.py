@@ -211,6 +211,8 @@ def test_reference_and_fused_training_agree_under_the_interpreter(name, monkeypa
         run = InterpretedFunction.run
         monkeypatch.setattr(InterpretedFunction, "run",
                             lambda self, *a, **k: (launches.append(1), run(self, *a, **k))[1])
+    if on_gpu:  # float32 convolutions, as on the CPU: TF32 turns a last-bit difference into a 1e-3 one
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     configs = {impl: tiny_config(distill=name, impl=impl, max_steps=20, epochs=3, device="auto",
                                  backend="triton" if impl == "fused" else "auto", deterministic=on_gpu)
                for impl in ("reference", "fused")}
@@ -221,14 +223,14 @@ def test_reference_and_fused_training_agree_under_the_interpreter(name, monkeypa
     if not on_gpu:
         torch.testing.assert_close(fused, ref, rtol=2e-4, atol=2e-4)
     else:
-        # On a GPU the convolutions round to TF32 (cuDNN's default), and SGD amplifies a last-bit
-        # difference in the loss's gradient to 1e-3 of the loss within 20 steps (0.04 seen on an
-        # H100): the yardstick is the harness's, the fused run's own spread when its initial
-        # weights move one ulp
-        spread = torch.stack([(_loss_curves(configs["fused"], nudge) - fused).abs()
-                              for nudge in (1, -1)]).amax(dim=(0, 1))
-        difference = (fused - ref).abs().amax(0)
-        assert (difference <= 2 * spread + 2e-4).all(), f"|fused - reference| {difference}, spread {spread}"
+        # The GPU's other reduction orders can still flip a rounding that SGD then amplifies over
+        # 20 steps (0.04 seen on an H100 with TF32 on). The yardstick is the harness's: the fused
+        # run's own spread when its initial weights move one ulp, as far as it has grown by each
+        # step, so the steps before any rounding shows keep the 2e-4
+        spread = torch.stack([(_loss_curves(configs["fused"], nudge) - fused).abs() for nudge in (1, -1)])
+        allowed = 2 * spread.amax(0).cummax(0).values + 2e-4
+        difference = (fused - ref).abs()
+        assert (difference <= allowed).all(), f"|fused - reference| by step\n{difference}\nallowed\n{allowed}"
     if triton_interpreter_enabled():
         assert len(launches) >= 20, "the fused run launched no Triton kernels"
 

@@ -232,3 +232,26 @@ def test_gpu_cuda_limits_explicit_raise_auto_falls_back():
     loss = dcd_loss(*inputs)
     loss.backward()
     _check(loss, inputs, _expected(*inputs), torch.float32)
+
+
+def test_auto_takes_triton_where_only_device_time_counts(monkeypatch):
+    """auto on a GPU: the CUDA kernels eagerly (less host time), Triton's while a graph
+    records the call or inside assume_graph_replay (less device time); an explicit
+    backend, a global one, or a width Triton's kernels cannot take keeps CUDA's choice."""
+    import importlib
+
+    import rdkernels
+    dcd = importlib.import_module("rdkernels.ops.dcd")
+    monkeypatch.setattr(rdkernels.backend, "resolve", lambda device, op, requested=None: "cuda")
+    monkeypatch.setattr(rdkernels.backend, "triton_unavailable_reason", lambda device: None)
+    monkeypatch.setattr(dcd, "_cuda_shortfall", lambda z: None)
+    narrow, wide = torch.empty(4, 128), torch.empty(4, dcd.MAX_FUSED_DIM + 1)
+    for recording in (False, True):
+        monkeypatch.setattr(dcd, "capturing", lambda t, recording=recording: recording)
+        assert dcd._resolve(narrow, None) == ("triton" if recording else "cuda")
+        assert dcd._resolve(narrow, "cuda") == "cuda"
+        assert dcd._resolve(wide, None) == "cuda"
+        with rdkernels.use_backend("cuda"):
+            assert dcd._resolve(narrow, None) == "cuda"
+    monkeypatch.setattr(rdkernels.backend, "triton_unavailable_reason", lambda device: "no Triton here")
+    assert dcd._resolve(narrow, None) == "cuda"   # recording, but Triton cannot run

@@ -216,6 +216,37 @@ def test_shared_bank_contrast_auto_records_triton_after_a_replay_warm_up(monkeyp
 
 
 @gpu
+def test_dcd_auto_records_triton_after_a_replay_warm_up(monkeypatch):
+    """With the extension built, auto runs DCD's CUDA kernels eagerly and Triton's where
+    a replay is priced: warmed up under assume_graph_replay, the capture records the
+    kernels the warm-up compiled. Replays match eager calls."""
+    import importlib
+    if rdkernels.backend.cuda_unavailable_reason(DEVICE, "dcd_loss") is not None:
+        pytest.skip("auto takes Triton's kernels everywhere without the CUDA extension")
+    dcd = importlib.import_module("rdkernels.ops.dcd")
+    chosen = []
+    real_resolve = dcd._resolve
+    monkeypatch.setattr(dcd, "_resolve", lambda *a: chosen.append(real_resolve(*a)) or chosen[-1])
+    B, d = 64, 128
+
+    def make():
+        tau = torch.tensor([0.7], device=DEVICE, requires_grad=True)
+        return _unit(B, d, requires_grad=True), _unit(B, d), tau, torch.tensor([0.1], device=DEVICE)
+
+    def step(z_s, z_t, tau, bias):
+        loss = dcd_loss(z_s, z_t, tau, bias)
+        g_z, g_tau = torch.autograd.grad(loss, [z_s, tau])
+        return loss.detach(), g_z, g_tau
+
+    step(*make())
+    assert chosen == ["cuda"]
+    chosen.clear()
+    with rdkernels.ops.assume_graph_replay():
+        _capture_and_compare(make, step)   # 2 warm-ups, the capture, 2 eager checks
+    assert chosen == ["triton"] * 5
+
+
+@gpu
 @pytest.mark.parametrize("backend", [p for p in backends("dcd_loss") if p.id != "torch"])
 def test_dcd_captures(backend):
     B, d = 64, 128

@@ -28,7 +28,7 @@ _LOSS_FIELDS = {f.name for f in dataclasses.fields(LossOptions)}
 
 
 _POSITIVE, _NON_NEGATIVE = int_at_least(1), int_at_least(0)
-_RATE, _SCALE = float_at_least(0), float_at_least(0, strictly=True)   # >= 0; > 0 (temperatures, eps)
+_RATE, _SCALE = float_at_least(0), float_at_least(0, strictly=True)   # >= 0 (rates, weights); > 0 (temperatures)
 
 
 def _common(p: argparse.ArgumentParser, *, training: bool = True) -> None:
@@ -94,19 +94,19 @@ def _distill_args(p: argparse.ArgumentParser, *, compare: bool = False) -> None:
         g.add_argument("--impl", choices=IMPLS, default="fused")
     g.add_argument("--backend", choices=("auto", "cuda", "triton", "torch"), default="auto",
                    help="rdkernels backend for the fused losses")
-    g.add_argument("-r", "--gamma", type=float, default=None,
+    g.add_argument("-r", "--gamma", type=_RATE, default=None,
                    help="CE weight (default: 1, RepDistiller's default, once -a or -b is given; with none of "
                    "-r/-a/-b, the weights the reference scripts use for the method, e.g. kd: -r 0.1 -a 0.9 -b 0)")
-    g.add_argument("-a", "--alpha", type=float, default=None, help="KD weight (default: the method's)")
-    g.add_argument("-b", "--beta", type=float, default=None, help="distiller weight (default: the method's)")
+    g.add_argument("-a", "--alpha", type=_RATE, default=None, help="KD weight (default: the method's)")
+    g.add_argument("-b", "--beta", type=_RATE, default=None, help="distiller weight (default: the method's)")
     g.add_argument("--kd_T", type=_SCALE, default=4.0)
     g.add_argument("--feat_dim", type=_POSITIVE, default=128)
     g.add_argument("--nce_k", type=_POSITIVE, default=16384, help="CRD/WCoRD negatives; RRD queue size")
     g.add_argument("--nce_t", type=_SCALE, default=0.07)
-    g.add_argument("--nce_m", type=float, default=0.5)
+    g.add_argument("--nce_m", type=float_at_least(0, most=1), default=0.5)
     g.add_argument("--rrd-tau-s", type=_SCALE, default=0.02)
     g.add_argument("--rrd-tau-t", type=_SCALE, default=0.1)
-    g.add_argument("--wcord-lambda-local", type=float, default=1.0, help="WCoRD local (OT) term weight")
+    g.add_argument("--wcord-lambda-local", type=_RATE, default=1.0, help="WCoRD local (OT) term weight")
     g.add_argument("--wcord-eps", type=_SCALE, default=0.05, help="WCoRD Sinkhorn entropic eps")
     g.add_argument("--wcord-iters", type=_POSITIVE, default=100, help="WCoRD Sinkhorn iterations")
     g.add_argument("--mode", choices=("exact", "relax"), default="exact", help="contrast sampling mode")

@@ -170,7 +170,12 @@ def resume_config(stored: TrainConfig, path, overrides: dict, option_names: dict
     if conflicts:
         def label(name):  # a flag for the CLI (its loss flags are the bare field names)
             return option_names.get(name.removeprefix("loss."), name)
-        changed = "; ".join(f"{label(n)} {_show(v)} (the checkpoint has {_show(s)})" for n, v, s in conflicts)
+        def change(name, value, had):
+            if name in WEIGHT_FIELDS and name not in weights:  # not typed: the typed weights moved it
+                return (f"{label(name)} {_show(value)} (implied by {'/'.join(label(w) for w in weights)}; the "
+                        f"checkpoint has {_show(had)}: give {label(name)} {_show(had)} to keep it)")
+            return f"{label(name)} {_show(value)} (the checkpoint has {_show(had)})"
+        changed = "; ".join(change(*conflict) for conflict in conflicts)
         allowed = ", ".join(label(n) for n in RUN_OPTIONS if n in option_names or not option_names)
         raise ResumeMismatch(f"cannot resume {str(path)!r} with a different training recipe: {changed}. Leave "
                              f"these out to continue the stored run, or start a new run; a resume may change "

@@ -1,9 +1,9 @@
 """Whether a call is priced as a CUDA graph replay: device time only, no host cost.
 
-Two choices differ there: bank contrast's strategy (cost_model.py: the dense
-path's extra launches cost host time eagerly, almost nothing in a replay) and
-the shared-bank contrast's backend (its CUDA kernel is one launch, Triton's two
-but on tensor cores). A call is priced as a replay while a capture records it,
+Three choices differ there: bank contrast's strategy (cost_model.py: the dense
+path's extra launches cost host time eagerly, almost nothing in a replay), and
+the shared-bank contrast's and DCD's backends (their CUDA kernels cost less host
+time a call, Triton's less device time: tensor-core products). A call is priced as a replay while a capture records it,
 or inside :func:`assume_graph_replay`: the eager warm-up of a step that will be
 captured must compile and tune what the capture records, since a capture can
 do neither.
@@ -24,7 +24,7 @@ _GRAPH_REPLAY = contextvars.ContextVar("rdkernels_assume_graph_replay", default=
 def assume_graph_replay(enabled: bool = True):
     """Within this block the ops choose as they do while a CUDA graph capture is
     recording: bank contrast's ``strategy="auto"`` prices device time only, and the
-    shared-bank contrast's ``auto`` backend takes Triton's tensor-core kernel.
+    shared-bank contrast's and DCD's ``auto`` backends take Triton's tensor-core kernels.
 
     For the eager warm-up steps of a step that will be captured: they then run,
     compile and tune what the capture records, so the capture meets no first call.

@@ -73,9 +73,14 @@ class DeviceRates:
 # K=16384, N=50 000) with the CSR then built by a per-row sort: the sort cost
 # ~115 us (1.1e-10 s per id), and the dense path's host-side work (CSR, launches,
 # a torch merge) ~1 ms more than gather's; end to end gather took 0.51 ms (Triton)
-# and dense 1.46 ms there. The sample counts (a memset and one atomic kernel) and
-# the one-launch merge that replaced them should cost less on both counts; until
-# a GPU times them, these measured values stay, so the model errs towards gather.
+# and dense 1.46 ms there. With the sample counts (a memset and one atomic kernel)
+# and the one-launch merge that replaced them (H100, 2026-11-24, benchmarks.overhead,
+# fp32): dense's host time is within 0.01-0.23 ms of gather's (0.64-1.03 ms a call)
+# at K = 1024-16384, and at K = 16384 its kernels take 0.096-0.099 ms against the
+# gather's 0.33-0.34 ms. Eager calls are host-bound, so the eager pick stays gather
+# (t_launch keeps it there at every size the suites time); a refit on kernel time
+# would lower t_launch and t_index and send eager CIFAR-size calls to dense too,
+# which pays where the GPU, not the host, bounds the step.
 # t_graph: the count kernel and the merge, a few microseconds each on the device
 # once their launches cost nothing.
 _CUDA = DeviceRates(bw_gather=1.2e12, bw_stream=2.5e12, flops=2.5e14, t_index=1.1e-10, t_launch=1e-3,
