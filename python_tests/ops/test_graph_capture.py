@@ -186,18 +186,27 @@ def test_shared_bank_contrast_captures(backend):
     _capture_and_compare(make, step)
 
 
+def _auto_records_triton_after_a_replay_warm_up(monkeypatch, op, module, make, step, atol=1e-6):
+    """With the extension built, auto runs ``op``'s CUDA kernel eagerly and Triton's where
+    a replay is priced (assume_graph_replay, a capture): warmed up under the switch, the
+    capture records the kernels the warm-up compiled and tuned. Replays match eager calls."""
+    import importlib
+    if rdkernels.backend.cuda_unavailable_reason(DEVICE, op) is not None:
+        pytest.skip("auto takes Triton's kernel everywhere without the CUDA extension")
+    mod = importlib.import_module(module)
+    chosen = []
+    real_resolve = mod._resolve
+    monkeypatch.setattr(mod, "_resolve", lambda *a: chosen.append(real_resolve(*a)) or chosen[-1])
+    step(*make())
+    assert chosen == ["cuda"]
+    chosen.clear()
+    with rdkernels.ops.assume_graph_replay():
+        _capture_and_compare(make, step, atol=atol)   # 2 warm-ups, the capture, 2 eager checks
+    assert chosen == ["triton"] * 5
+
+
 @gpu
 def test_shared_bank_contrast_auto_records_triton_after_a_replay_warm_up(monkeypatch):
-    """With the extension built, auto runs the CUDA kernel eagerly and Triton's where a
-    replay is priced (assume_graph_replay, a capture): warmed up under the switch, the
-    capture records the kernel the warm-up compiled and tuned. Replays match eager calls."""
-    import importlib
-    if rdkernels.backend.cuda_unavailable_reason(DEVICE, "shared_bank_contrast") is not None:
-        pytest.skip("auto takes Triton's kernel everywhere without the CUDA extension")
-    sbc = importlib.import_module("rdkernels.ops.shared_bank_contrast")
-    chosen = []
-    real_resolve = sbc._resolve
-    monkeypatch.setattr(sbc, "_resolve", lambda *a: chosen.append(real_resolve(*a)) or chosen[-1])
     B, N, d = 64, 16384, 128
 
     def make():
@@ -207,60 +216,33 @@ def test_shared_bank_contrast_auto_records_triton_after_a_replay_warm_up(monkeyp
         loss = shared_bank_contrast(q_s, q_t, queue, tau_s=0.02, tau_t=0.1, reduction="mean")
         return loss.detach(), _grad_of(loss, q_s)
 
-    step(*make())
-    assert chosen == ["cuda"]
-    chosen.clear()
-    with rdkernels.ops.assume_graph_replay():
-        _capture_and_compare(make, step, atol=1e-5)   # 2 warm-ups, the capture, 2 eager checks
-    assert chosen == ["triton"] * 5
+    _auto_records_triton_after_a_replay_warm_up(monkeypatch, "shared_bank_contrast",
+                                                "rdkernels.ops.shared_bank_contrast", make, step, atol=1e-5)
+
+
+def _dcd_inputs(B: int = 64, d: int = 128):
+    tau = torch.tensor([0.7], device=DEVICE, requires_grad=True)
+    return _unit(B, d, requires_grad=True), _unit(B, d), tau, torch.tensor([0.1], device=DEVICE)
+
+
+def _dcd_step(backend=None):
+    def step(z_s, z_t, tau, bias):
+        loss = dcd_loss(z_s, z_t, tau, bias, backend=backend)
+        g_z, g_tau = torch.autograd.grad(loss, [z_s, tau])
+        return loss.detach(), g_z, g_tau
+    return step
 
 
 @gpu
 def test_dcd_auto_records_triton_after_a_replay_warm_up(monkeypatch):
-    """With the extension built, auto runs DCD's CUDA kernels eagerly and Triton's where
-    a replay is priced: warmed up under assume_graph_replay, the capture records the
-    kernels the warm-up compiled. Replays match eager calls."""
-    import importlib
-    if rdkernels.backend.cuda_unavailable_reason(DEVICE, "dcd_loss") is not None:
-        pytest.skip("auto takes Triton's kernels everywhere without the CUDA extension")
-    dcd = importlib.import_module("rdkernels.ops.dcd")
-    chosen = []
-    real_resolve = dcd._resolve
-    monkeypatch.setattr(dcd, "_resolve", lambda *a: chosen.append(real_resolve(*a)) or chosen[-1])
-    B, d = 64, 128
-
-    def make():
-        tau = torch.tensor([0.7], device=DEVICE, requires_grad=True)
-        return _unit(B, d, requires_grad=True), _unit(B, d), tau, torch.tensor([0.1], device=DEVICE)
-
-    def step(z_s, z_t, tau, bias):
-        loss = dcd_loss(z_s, z_t, tau, bias)
-        g_z, g_tau = torch.autograd.grad(loss, [z_s, tau])
-        return loss.detach(), g_z, g_tau
-
-    step(*make())
-    assert chosen == ["cuda"]
-    chosen.clear()
-    with rdkernels.ops.assume_graph_replay():
-        _capture_and_compare(make, step)   # 2 warm-ups, the capture, 2 eager checks
-    assert chosen == ["triton"] * 5
+    _auto_records_triton_after_a_replay_warm_up(monkeypatch, "dcd_loss", "rdkernels.ops.dcd", _dcd_inputs,
+                                                _dcd_step())
 
 
 @gpu
 @pytest.mark.parametrize("backend", [p for p in backends("dcd_loss") if p.id != "torch"])
 def test_dcd_captures(backend):
-    B, d = 64, 128
-
-    def make():
-        tau = torch.tensor([0.7], device=DEVICE, requires_grad=True)
-        return _unit(B, d, requires_grad=True), _unit(B, d), tau, torch.tensor([0.1], device=DEVICE)
-
-    def step(z_s, z_t, tau, bias):
-        loss = dcd_loss(z_s, z_t, tau, bias, backend=backend)
-        g_z, g_tau = torch.autograd.grad(loss, [z_s, tau])
-        return loss.detach(), g_z, g_tau
-
-    _capture_and_compare(make, step)
+    _capture_and_compare(_dcd_inputs, _dcd_step(backend))
 
 
 @gpu
