@@ -53,14 +53,36 @@ def test_matches_reference(backend, batch, dim, n_rows, q_dtype, queue_dtype):
     assert_close("dq_s", q_s.grad, exp_grad, 5e-4, rtol)
 
 
+def _far_apart_maxima_inputs(batch, dim, n_rows, n_last):
+    """Queries near one direction e, the queue near -e but for its last ``n_last``
+    rows, near e: the student's base-2 logits are about -70 in the first splits and
+    +70 in the last, so a merge that rescales by a maximum other than the largest
+    overflows exp2 (fp32's range ends at 2^128)."""
+    g = torch.Generator().manual_seed(5)
+    e = torch.nn.functional.normalize(torch.randn(dim, generator=g, dtype=torch.float64), dim=0)
+
+    def near(sign, rows):
+        return torch.nn.functional.normalize(sign * e + 0.02 * torch.randn(rows, dim, generator=g, dtype=torch.float64),
+                                             dim=1).float().to(DEVICE)
+    queue = torch.cat([near(-1, n_rows - n_last), near(1, n_last)])
+    return near(1, batch).requires_grad_(), near(1, batch), queue
+
+
+@pytest.mark.parametrize("merge_steps", ["one step", "several steps"])
 @pytest.mark.parametrize("splits", [1, 3, 100])
-def test_triton_split_merge(splits):
-    """Every split count gives the same loss and gradient (the log-sum-exp merge is exact)."""
+def test_triton_split_merge(splits, merge_steps, monkeypatch):
+    """Every split count gives the same loss and gradient (the log-sum-exp merge is
+    exact), the merge taking its splits in one step of each loop or in several (the
+    90-row queue holds 6 tiles, so 100 splits are 6), its splits' maxima far apart."""
     from rdkernels.backend import triton_unavailable_reason
     if triton_unavailable_reason(DEVICE):
         pytest.skip(triton_unavailable_reason(DEVICE))
+    from rdkernels.ops.shared_bank_contrast import triton as sbc_triton
     from rdkernels.ops.shared_bank_contrast.triton import shared_bank_contrast_triton
-    q_s, q_t, queue = _inputs(5, 64, 90)
+    if merge_steps == "several steps":
+        monkeypatch.setattr(sbc_triton, "MERGE_STATS_BLOCK", 2)
+        monkeypatch.setattr(sbc_triton, "MERGE_BLOCK_S", 2)
+    q_s, q_t, queue = _far_apart_maxima_inputs(5, 64, 90, n_last=10)
     loss, dq = shared_bank_contrast_triton(q_s.detach(), q_t, queue, TAU_S, TAU_T, True, num_splits=splits)
     exp_loss, exp_grad = _expected(q_s, q_t, queue, torch.ones(5, device=DEVICE))
     assert_close("loss", loss, exp_loss, 5e-4, 1e-4)
