@@ -198,6 +198,18 @@ def backend_impls(prepare: Callable[[str], Callable], cuda_op: str | None = None
     return impls
 
 
+def strategy_impls(prepare: Callable[[str, str], Callable], strategies: tuple, cuda_op: str) -> list[Impl]:
+    """A row per backend and strategy (``torch:dense``, ``triton:gather``, ...), beside the
+    ``auto`` rows of :func:`backend_impls`: the cost model prices an eager call, which
+    host work bounds, so its pick need not be the faster kernels (a captured step's)."""
+    impls = []
+    for s in strategies:
+        impls += [Impl(f"torch:{s}", prepare("torch", s)),
+                  Impl(f"triton:{s}", prepare("triton", s), unavailable=triton_unavailable),
+                  Impl(f"cuda:{s}", prepare("cuda", s), unavailable=cuda_unavailable(cuda_op))]
+    return impls
+
+
 def cuda_unavailable(op: str) -> Callable[[torch.device], str | None]:
     def reason(device: torch.device) -> str | None:
         from rdkernels.backend import _CUDA_OPS_USING_TRITON, cuda_unavailable_reason, triton_interpreter_enabled

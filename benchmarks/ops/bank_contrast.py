@@ -18,8 +18,7 @@ import torch
 
 from benchmarks import naive
 from benchmarks.ops._common import PRESETS, bank_init, dtype_of, elt, generator, sample_idx, unit_rows
-from benchmarks.registry import (Case, Floor, Impl, OpBench, backend_impls, cuda_unavailable, module_missing,
-                                 register, triton_unavailable)
+from benchmarks.registry import Case, Floor, Impl, OpBench, backend_impls, module_missing, register, strategy_impls
 
 TEMPERATURE = 0.07
 
@@ -78,10 +77,7 @@ class BankContrast(OpBench):
         ]
         strategies = self._strategies()
         if len(strategies) > 1:   # a real choice: time each strategy too
-            for s in strategies:
-                impls.append(Impl(f"torch:{s}", self._rdk("torch", s)))
-                impls.append(Impl(f"triton:{s}", self._rdk("triton", s), unavailable=triton_unavailable))
-                impls.append(Impl(f"cuda:{s}", self._rdk("cuda", s), unavailable=cuda_unavailable("bank_contrast")))
+            impls += strategy_impls(self._rdk, strategies, "bank_contrast")
         return impls
 
 

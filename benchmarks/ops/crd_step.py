@@ -5,7 +5,7 @@ naive: RepDistiller's CRDLoss.forward (benchmarks.naive.crd_loss: scalars read
 with .item() up front, index_select gathers, bmm, exp, Z, ContrastLoss,
 index_copy_ update) on rdkernels.losses.reference.crd.CRDLoss's weights and banks.
 Fused: rdkernels.CRDLoss with each backend, and the torch backend with each
-strategy (torch:gather, torch:dense) as well as "auto". Both start from the same weights,
+strategy (torch:dense, triton:gather, ...) as well as "auto". Both start from the same weights,
 banks and Z (set beforehand, as after the first step of training).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from benchmarks import naive
 from benchmarks.ops._common import PRESETS, elt, generator, sample_idx
 from benchmarks.ops.bank_contrast import TEMPERATURE, BankContrast, bank_contrast_floor
-from benchmarks.registry import Case, Floor, Impl, OpBench, backend_impls, module_missing, register
+from benchmarks.registry import Case, Floor, Impl, OpBench, backend_impls, module_missing, register, strategy_impls
 
 MOMENTUM = 0.5
 
@@ -65,10 +65,11 @@ class CRDStep(OpBench):
             *backend_impls(lambda backend: self._prepare(True, backend), "bank_contrast"),
         ]
         # The best pure-PyTorch formulation is the faster strategy, whichever the
-        # cost model would pick ("auto"), so each torch strategy gets a row too.
+        # cost model would pick ("auto"), so each strategy gets a row too; a fused
+        # backend's faster one is what a captured training step runs.
         strategies = BankContrast._strategies()
         if len(strategies) > 1:
-            impls += [Impl(f"torch:{s}", self._prepare(True, "torch", s)) for s in strategies]
+            impls += strategy_impls(lambda backend, s: self._prepare(True, backend, s), strategies, "bank_contrast")
         return impls
 
 
