@@ -479,7 +479,8 @@ def test_the_benchmark_settings_keep_the_report_name_readme_cites():
     assert result_stem(dataclasses.replace(cfg, data="/data/cifar", seed=1), device) == f"{stem}_cifar100_seed-1"
     # --nce_k is CRD's and WCoRD's negatives and RRD's queue; DCD has neither, so it names no k
     dcd = dataclasses.replace(other, distill="dcd", sampling="device", mode="exact", batch_size=64)
-    assert result_stem(dcd, device) == "train_dcd_resnet32x4_resnet8x4_nvidia-h100-80gb-hbm3_backend-triton_index-checks"
+    assert result_stem(dcd, device) == \
+        "train_dcd_resnet32x4_resnet8x4_nvidia-h100-80gb-hbm3_backend-triton_index-checks"
 
 
 def test_device_profile_counts_per_unit_of_work():

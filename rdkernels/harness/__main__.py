@@ -261,7 +261,8 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
                         "the spread float rounding alone makes in the loss curves, the yardstick for the "
                         "reference/fused difference (default: on)")
     p.add_argument("--results", default="benchmarks/results",
-                   help="folder for the JSON and PNG (default: benchmarks/results under the current folder, as in a checkout)")
+                   help="folder for the JSON and PNG (default: benchmarks/results under the current folder, "
+                        "as in a checkout)")
     p.add_argument("--no-plot", action="store_true")
     for name in ("train-teacher", "distill"):
         _resume_help(sub.choices[name])

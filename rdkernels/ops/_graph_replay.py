@@ -3,10 +3,10 @@
 Three choices differ there: bank contrast's strategy (cost_model.py: the dense
 path's extra launches cost host time eagerly, almost nothing in a replay), and
 the shared-bank contrast's and DCD's backends (their CUDA kernels cost less host
-time a call, Triton's less device time: tensor-core products). A call is priced as a replay while a capture records it,
-or inside :func:`assume_graph_replay`: the eager warm-up of a step that will be
-captured must compile and tune what the capture records, since a capture can
-do neither.
+time a call, Triton's less device time: tensor-core products). A call is priced
+as a replay while a capture records it, or inside :func:`assume_graph_replay`:
+the eager warm-up of a step that will be captured must compile and tune what the
+capture records, since a capture can do neither.
 """
 from __future__ import annotations
 

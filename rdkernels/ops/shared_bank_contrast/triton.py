@@ -169,8 +169,11 @@ MERGE_STATS_BLOCK = 512
 MERGE_BLOCK_S = 32
 
 
-def merge_warps(block_d: int) -> int:
-    return max(1, MERGE_BLOCK_S * block_d // (16 * 32))
+def merge_launch(block_d: int, need_grad: bool) -> dict:
+    """The merge's constexprs and warps, as launched and as compiled ahead of time
+    (read at each call: tests shrink the steps)."""
+    return dict(NEED_GRAD=need_grad, STATS_BLOCK=MERGE_STATS_BLOCK, BLOCK_S=MERGE_BLOCK_S, BLOCK_D=block_d,
+                num_warps=max(1, MERGE_BLOCK_S * block_d // (16 * 32)))
 
 
 def _candidate(block_b, block_n, num_warps):
@@ -271,9 +274,7 @@ def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, nee
     )
     shared_bank_merge_kernel[(batch,)](stats, acc, q_s, loss, dq if need_grad else loss, batch, splits, dim,
                                        q_s.stride(0), LOG2E / tau_s, 1.0 / tau_s,
-                                       NEED_GRAD=need_grad, STATS_BLOCK=MERGE_STATS_BLOCK, BLOCK_S=MERGE_BLOCK_S,
-                                       BLOCK_D=block_d, num_warps=merge_warps(block_d),
-                                       **COMPILE_OPTIONS)
+                                       **merge_launch(block_d, need_grad), **COMPILE_OPTIONS)
     return loss, dq
 
 
@@ -305,14 +306,13 @@ def aot_variants() -> list[dict]:
                     "num_warps": cand.num_warps, "num_stages": cand.num_stages, "min_arch": min_arch(cand),
                 })
             for need_grad in (False, True):
+                merge = merge_launch(block_d, need_grad)
                 out.append({
                     "name": f"shared_bank_merge_d{dim}_{name}_{'grad' if need_grad else 'fwd'}",
                     "kernel": shared_bank_merge_kernel,
                     "signature": {"stats_ptr": "*fp32", "acc_ptr": "*fp32", "qs_ptr": f"*{name}",
                                   "loss_ptr": "*fp32", "dq_ptr": "*fp32", "batch": "i32", "splits": "i32",
                                   "dim": "i32", "stride_qs": "i32", "scale_s": "fp32", "inv_tau_s": "fp32"},
-                    "constexprs": dict(NEED_GRAD=need_grad, STATS_BLOCK=MERGE_STATS_BLOCK, BLOCK_S=MERGE_BLOCK_S,
-                                       BLOCK_D=block_d),
-                    "num_warps": merge_warps(block_d), "num_stages": 1,
+                    "num_warps": merge.pop("num_warps"), "constexprs": merge, "num_stages": 1,
                 })
     return out
