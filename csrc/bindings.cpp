@@ -56,12 +56,11 @@ PYBIND11_MODULE(RDK_MODULE_NAME, m) {
         py::arg("n_rows"), py::arg("dim"), py::arg("splits"), py::arg("rows_per_split"), py::arg("scale_s"),
         py::arg("scale_t"), py::arg("inv_tau_s"), py::arg("stats"), py::arg("acc"), py::arg("loss"), py::arg("dq"),
         py::arg("need_grad"), py::arg("stream"));
-  m.def("dcd_shared_memory_bytes", &rdk::dcd_shared_memory_bytes,
-        "Dynamic shared memory per block of dcd_loss's two main kernels", py::arg("batch"), py::arg("dim"));
+  m.def("dcd_scratch_bytes", &rdk::dcd_scratch_bytes, "Device scratch of one dcd_loss call (S, S^T, row stats)",
+        py::arg("batch"));
   m.def("dcd_loss", &rdk::dcd_loss, "Fused DCD loss and its gradients to z_s, z_t, tau and bias",
         py::arg("z_s"), py::arg("z_t"), py::arg("z_dtype"), py::arg("batch"), py::arg("dim"), py::arg("tau"),
-        py::arg("bias"),
-        py::arg("max_scale"), py::arg("alpha"), py::arg("stats"), py::arg("rck"), py::arg("loss"), py::arg("dzs"),
+        py::arg("bias"), py::arg("max_scale"), py::arg("alpha"), py::arg("scratch"), py::arg("loss"), py::arg("dzs"),
         py::arg("dzt"), py::arg("dtau"), py::arg("dbias"), py::arg("need_grad"), py::arg("stream"));
   m.def("sinkhorn", &rdk::sinkhorn,
         "Batched log-domain Sinkhorn, one CTA per problem running every iteration (n, m <= 256)",

@@ -1,23 +1,35 @@
-// DCD loss, both terms and all gradients, in three launches of one call, no atomics.
+// DCD loss, both terms and all gradients: five launches of one call, no atomics.
 //
-// L = scale * z_s z_t^T + bias (B x B). Block J owns rows J and columns J (16 of each).
-// Both main kernels first compute the block's raw similarity strips into shared memory
-// (2 * 16 * B floats, B <= 1024):
-//   SA[y][x] = z_s[y] . z_t[x]  (row strip, y in J)     SB[y][x] = z_t[y] . z_s[x] = S[x][y]  (column strip)
+// L = scale * S + bias, S = z_s z_t^T (B x B). Everything the loss and its gradient need is
+// a row or column sum of an elementwise function of L[a, b] and L[b, a] (the formulas:
+// rdkernels/ops/dcd/reference.py), so the launches follow the Triton kernels'
+// (rdkernels/ops/dcd/triton.py), with fp32 FMA tiles where those take 3xTF32 dots:
 //
-// 1. dcd_stats_kernel, per row y in J (one warp per row):
-//      R_y = LSE_x L[y, x],  C_y = LSE_x L[x, y],  CE_y = R_y - L[y, y],
-//      KL_y = sum_x Qc[x, y] g[x, y],  g[x, y] = (L[x, y] - C_y) - (L[y, x] - R_y),
-//    the block's sums of CE and KL, and (with the gradient) R, C, KL for every row, to global memory.
-// 2. dcd_grad_kernel recomputes the strips and, with every row's R, C and KL at hand,
-//    overwrites them with whole rows and whole columns of dloss/dL (reference.py):
-//      G[x, b] = ((1 + alpha) P[x, b] - delta - alpha Qc[b, x]) / B + alpha / B * Qc[x, b] (g[x, b] - KL_b)
-//    (SA[x] <- G[x, :], SB[x] <- G[:, x]), so its own rows' gradients are local products:
-//      dz_s[J] = scale * G[J, :] z_t,   dz_t[J] = scale * G[:, J]^T z_s,
-//    plus the block's sums of G * S and G (each element of G counted once, in its row).
-//    Recomputing the strips (2 * 16 * B * d multiply-adds a block) replaces the
-//    [blocks, B, d] partials a single kernel would otherwise write and re-read (67 MB at B = 1024).
-// 3. dcd_finish_kernel (one block) sums the blocks' statistics into the loss, d tau and d bias.
+// 1. dcd_similarity_kernel, a block per 64 x 64 tile (I, J) of S: the tile into S and,
+//    transposed through shared memory, into S^T (so every later read is a row read), and
+//    the tile's log-sum-exp partials of L's rows over J and of L's columns over I.
+// 2. dcd_lse_kernel merges each row's and column's partials: R (rows), C (columns).
+// 3. dcd_stats_kernel, a warp per column b of L walking its rows a (rows b of S^T and S):
+//      KL_b = sum_a Qc[a, b] g[a, b],  g[a, b] = (L[a, b] - C_b) - (L[b, a] - R_b),
+//    CE on the diagonal, and for the gradient sum_a Qc S, sum_a Qc and the sums of G' S and
+//    G', where G' is dloss/dL without its KL term, which nothing knows before this launch:
+//      G[a, b] = G'[a, b] - alpha / B * Qc[a, b] * KL_b.
+// 4. dcd_grad_kernel, a block per 32 rows and 64 columns of dz_s = scale G z_t or of
+//    dz_t = scale G^T z_s: walks the batch in steps of 32, rebuilding each G tile from S,
+//    S^T, R, C and KL into shared memory beside the step's rows of z.
+// 5. dcd_finish_kernel (one warp) sums the columns' statistics into the loss, d tau
+//    (through the clamp of exp(tau)) and d bias.
+//
+// Every sum runs in a fixed order: deterministic. The scratch is S and S^T (2 B^2 floats,
+// 8 MB at B = 1024, L2-resident on an A100 or H100) and a few floats a row; shared memory
+// is static (under 48 KB), so any batch size and width runs on any GPU.
+//
+// Why not the single pass over [16, B] logit strips in shared memory that this replaced:
+// its B / 16 blocks (4 at B = 64, 64 at B = 1024) each walked every column, a thread per
+// column reading its own rows of z, and it took 0.51 ms at B = 1024 (fwd + bwd, H100)
+// where Triton's tiles take 0.09 ms; it also held the strips in shared memory, so B was
+// capped at 1024 (about 660 on a 99 KB GPU). Here launch 1 runs (B / 64)^2 blocks, launch
+// 3 B / 8 and launch 4 4 B / 32 (d = 128).
 #include "common.cuh"
 #include "dcd.h"
 
@@ -27,13 +39,16 @@ namespace rdk {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
+constexpr int kTile = 64;         // S tiles: kTile x kTile, 16 x 16 threads of 4 x 4 outputs
+constexpr int kStep = 16;         // ... over the width in steps of kStep
+constexpr int kPad = 4;           // row padding of the k-major operand tiles (float4-aligned rows)
+constexpr int kStatWarps = kThreads / 32;   // launch 3: a warp per column of L
+constexpr int kGradRows = 32;     // launch 4: 32 output rows x 64 columns, 16 x 16 threads of 2 x 4
+constexpr int kGradCols = 64;
+constexpr int kGradStep = 32;     // ... over the batch in steps of kGradStep
+constexpr int kAlign = 64;        // scratch segments start on 256-byte boundaries
 
-__device__ __forceinline__ float warp_max_f(float v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  return v;
-}
+static_assert(kTile == 4 * 16 && kGradCols == 4 * 16 && kGradRows == 2 * 16, "16 x 16 thread grids");
 
 // scale = min(exp(tau), max_scale), NaN for a NaN tau as torch.clamp gives (fminf
 // returns the other operand for a NaN one). nvcc's --use_fast_math keeps the isnan
@@ -44,276 +59,401 @@ __device__ __forceinline__ float clamped_scale(float e, float max_scale) {
   return isnan(e) ? e : fminf(e, max_scale);
 }
 
-// The block's shared memory: the two [16][batch] strips, its 16 rows of z_s and z_t, and
-// one float per warp and statistic for the block sums.
-struct Strips {
-  float* sa;
-  float* sb;
-  float* zs_j;
-  float* zt_j;
-  float* red;
+__device__ __forceinline__ float group_max(float v, int width) {
+  for (int offset = width / 2; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+__device__ __forceinline__ float group_sum(float v, int width) {
+  for (int offset = width / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// The (max, sum of exp(l - max)) partial of a group of lanes' logits (-inf where masked):
+// (-inf, 0) for an all-masked group.
+template <int N>
+__device__ __forceinline__ void lse_partial(const float (&l)[N], int width, float& m, float& s) {
+  m = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < N; ++i) m = fmaxf(m, l[i]);
+  m = group_max(m, width);
+  const float safe = m == -INFINITY ? 0.f : m;
+  s = 0.f;
+#pragma unroll
+  for (int i = 0; i < N; ++i) s += __expf(l[i] - safe);
+  s = group_sum(s, width);
+}
+
+// dloss/dL[a, b] from L[a, b], L[b, a], the row and column log-sum-exps of a and b, and
+// KL_b (reference.py): row softmax P, column softmax Qc.
+__device__ __forceinline__ float grad_element(float l_ab, float l_ba, float r_a, float c_a, float r_b, float c_b,
+                                              float kl_b, bool diagonal, float alpha, float inv_b) {
+  const float p = __expf(l_ab - r_a);
+  const float log_q = l_ab - c_b;
+  const float q = __expf(log_q);
+  const float q_ba = __expf(l_ba - c_a);
+  const float g = log_q - (l_ba - r_b);
+  return ((1.f + alpha) * p - (diagonal ? 1.f : 0.f) - alpha * q_ba + alpha * q * (g - kl_b)) * inv_b;
+}
+
+struct Layout {  // float offsets into the scratch
+  int64_t n_tiles, ld, sim, part, lse, col, total;
 };
 
-__device__ __forceinline__ Strips carve(float* smem, int batch, int dim) {
-  Strips s;
-  s.sa = smem;
-  s.sb = s.sa + kDcdRows * batch;
-  s.zs_j = s.sb + kDcdRows * batch;
-  s.zt_j = s.zs_j + kDcdRows * dim;
-  s.red = s.zt_j + kDcdRows * dim;
+__host__ __device__ inline int64_t aligned(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// S, then S^T: [2, ld, ld] | partials [2 (rows, columns), 2 (max, sum), n_tiles, ld] | R, C: [2, ld] |
+// per column b of L: [6, ld] = KL, sum Qc S, sum Qc, CE, sum G'S, sum G'.
+__host__ __device__ inline Layout layout(int64_t batch) {
+  Layout s;
+  s.n_tiles = (batch + kTile - 1) / kTile;
+  s.ld = s.n_tiles * kTile;
+  s.sim = 0;
+  s.part = aligned(2 * s.ld * s.ld);
+  s.lse = s.part + aligned(4 * s.n_tiles * s.ld);
+  s.col = s.lse + aligned(2 * s.ld);
+  s.total = s.col + aligned(6 * s.ld);
   return s;
 }
 
-// The block's rows of z_s and z_t (zeros past the batch), then the raw strips
-// SA[y][x] = z_s[row0 + y] . z_t[x] and SB[y][x] = z_t[row0 + y] . z_s[x]: thread per
-// column x, its 16 rows of each strip in registers.
-template <typename T>
-__device__ void similarity_strips(const T* __restrict__ z_s, const T* __restrict__ z_t, int batch, int dim,
-                                  int row0, const Strips& s) {
-  for (int i = threadIdx.x; i < kDcdRows * dim; i += kThreads) {
-    const int r = row0 + i / dim, k = i % dim;
-    const bool ok = r < batch;
-    s.zs_j[i] = ok ? to_float(z_s[static_cast<int64_t>(r) * dim + k]) : 0.f;
-    s.zt_j[i] = ok ? to_float(z_t[static_cast<int64_t>(r) * dim + k]) : 0.f;
-  }
-  __syncthreads();
-  for (int x = threadIdx.x; x < batch; x += kThreads) {
-    float a[kDcdRows], b[kDcdRows];
-#pragma unroll
-    for (int y = 0; y < kDcdRows; ++y) { a[y] = 0.f; b[y] = 0.f; }
-    const T* ztx = z_t + static_cast<int64_t>(x) * dim;
-    const T* zsx = z_s + static_cast<int64_t>(x) * dim;
-    for (int k = 0; k < dim; ++k) {
-      const float vt = to_float(ztx[k]), vs = to_float(zsx[k]);
-#pragma unroll
-      for (int y = 0; y < kDcdRows; ++y) {
-        a[y] = fmaf(s.zs_j[y * dim + k], vt, a[y]);
-        b[y] = fmaf(s.zt_j[y * dim + k], vs, b[y]);
-      }
-    }
-#pragma unroll
-    for (int y = 0; y < kDcdRows; ++y) { s.sa[y * batch + x] = a[y]; s.sb[y * batch + x] = b[y]; }
-  }
-  __syncthreads();
-}
+enum Column { kKl = 0, kQcS, kQc, kCe, kGS, kG, kColumns };
 
-// Block sums of two per-lane values into stats[blockIdx.x * 4 + first + {0, 1}].
-__device__ __forceinline__ void store_block_sums(float v0, float v1, float* red, float* __restrict__ stats,
-                                                 int first) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v0 = warp_sum(v0);
-  v1 = warp_sum(v1);
-  if (lane == 0) {
-    red[warp * 2 + 0] = v0;
-    red[warp * 2 + 1] = v1;
-  }
-  __syncthreads();
-  if (threadIdx.x < 2) {
-    float v = 0.f;
-    for (int w = 0; w < kWarps; ++w) v += red[w * 2 + threadIdx.x];
-    stats[blockIdx.x * 4 + first + threadIdx.x] = v;
+// kTile rows x kStep columns of z from (row0, k0) into dst[k][row] (k-major, zeros past the
+// batch or the width), 4 values a thread. Global reads run along a row.
+template <typename T>
+__device__ __forceinline__ void load_k_major(float (*dst)[kTile + kPad], const T* __restrict__ z, int batch,
+                                             int dim, int row0, int k0) {
+#pragma unroll
+  for (int i = 0; i < kTile * kStep / kThreads; ++i) {
+    const int idx = threadIdx.x + i * kThreads;
+    const int r = idx / kStep, k = idx % kStep;
+    const bool ok = row0 + r < batch && k0 + k < dim;
+    dst[k][r] = ok ? to_float(z[static_cast<int64_t>(row0 + r) * dim + k0 + k]) : 0.f;
   }
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) dcd_stats_kernel(const T* __restrict__ z_s, const T* __restrict__ z_t,
-                                                             int batch, int dim, const float* __restrict__ tau,
-                                                             const float* __restrict__ bias_ptr, float max_scale,
-                                                             float* __restrict__ stats, float* __restrict__ rck) {
-  RDK_DYNAMIC_SHARED(float, smem);
-  const Strips s = carve(smem, batch, dim);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int row0 = blockIdx.x * kDcdRows;
+__global__ void __launch_bounds__(kThreads)
+    dcd_similarity_kernel(const T* __restrict__ z_s, const T* __restrict__ z_t, int batch, int dim,
+                          const float* __restrict__ tau, const float* __restrict__ bias_ptr, float max_scale,
+                          float* __restrict__ scratch) {
+  // the operand tiles of the product, then (reused) the result tile, for its transpose
+  __shared__ __align__(16) float smem[kTile * (kTile + 1)];
+  static_assert(2 * kStep * (kTile + kPad) <= kTile * (kTile + 1), "operand tiles fit the result tile");
+  auto as = reinterpret_cast<float(*)[kTile + kPad]>(smem);
+  auto bs = reinterpret_cast<float(*)[kTile + kPad]>(smem + kStep * (kTile + kPad));
+  auto tile = reinterpret_cast<float(*)[kTile + 1]>(smem);
+
+  const Layout lay = layout(batch);
+  const int64_t ld = lay.ld;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int row0 = blockIdx.y * kTile, col0 = blockIdx.x * kTile;
   const float scale = clamped_scale(expf(*tau), max_scale), bias = *bias_ptr;
-  similarity_strips(z_s, z_t, batch, dim, row0, s);
 
-  float ce_acc = 0.f, kl_acc = 0.f;
-  for (int y = warp; y < kDcdRows; y += kWarps) {
-    const int row = row0 + y;
-    if (row >= batch) continue;
-    const float* ra = s.sa + y * batch;
-    const float* rb = s.sb + y * batch;
-    float mr = -INFINITY, mc = -INFINITY;
-    for (int x = lane; x < batch; x += 32) {
-      mr = fmaxf(mr, ra[x] * scale + bias);
-      mc = fmaxf(mc, rb[x] * scale + bias);
-    }
-    mr = warp_max_f(mr);
-    mc = warp_max_f(mc);
-    float sr = 0.f, sc = 0.f;
-    for (int x = lane; x < batch; x += 32) {
-      sr += __expf(ra[x] * scale + bias - mr);
-      sc += __expf(rb[x] * scale + bias - mc);
-    }
-    const float lse_r = mr + __logf(warp_sum(sr));
-    const float lse_c = mc + __logf(warp_sum(sc));
-    float kl = 0.f;
-    for (int x = lane; x < batch; x += 32) {
-      const float log_q = rb[x] * scale + bias - lse_c;
-      const float log_p = ra[x] * scale + bias - lse_r;
-      kl += __expf(log_q) * (log_q - log_p);
-    }
-    kl = warp_sum(kl);
-    if (lane == 0) {
-      ce_acc += lse_r - (ra[row] * scale + bias);
-      kl_acc += kl;
-      if (rck != nullptr) {
-        rck[row] = lse_r;
-        rck[batch + row] = lse_c;
-        rck[2 * batch + row] = kl;
+  float acc[4][4] = {};
+  for (int k0 = 0; k0 < dim; k0 += kStep) {
+    load_k_major(as, z_s, batch, dim, row0, k0);
+    load_k_major(bs, z_t, batch, dim, col0, k0);
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kStep; ++k) {
+      const float4 a = *reinterpret_cast<const float4*>(&as[k][ty * 4]);
+      const float4 b = *reinterpret_cast<const float4*>(&bs[k][tx * 4]);
+      const float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
       }
     }
+    __syncthreads();  // the next step overwrites the operand tiles
   }
-  store_block_sums(ce_acc, kl_acc, s.red, stats, 0);
+
+  float* sim = scratch + lay.sim;
+  float* part = scratch + lay.part;
+  const int64_t plane = lay.n_tiles * ld;  // one [n_tiles, ld] plane of partials
+  // S (whole tiles: ld is a multiple of kTile) and the rows' partials over this tile's columns
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = row0 + ty * 4 + i;
+    *reinterpret_cast<float4*>(sim + r * ld + col0 + tx * 4) = make_float4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
+    float l[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      l[j] = (r < batch && col0 + tx * 4 + j < batch) ? acc[i][j] * scale + bias : -INFINITY;
+    }
+    float m, s;
+    lse_partial(l, 16, m, s);  // over the 16 lanes of this row (lane = 16 * (ty % 2) + tx)
+    if (tx == 0) {
+      part[blockIdx.x * ld + r] = m;
+      part[plane + blockIdx.x * ld + r] = s;
+    }
+    tile[ty * 4 + i][tx * 4 + 0] = acc[i][0];  // the operand tiles are free: the loop ended on a barrier
+    tile[ty * 4 + i][tx * 4 + 1] = acc[i][1];
+    tile[ty * 4 + i][tx * 4 + 2] = acc[i][2];
+    tile[ty * 4 + i][tx * 4 + 3] = acc[i][3];
+  }
+  __syncthreads();
+  // S^T's tile, a row of it per 64 consecutive threads (the odd stride reads a column conflict-free)
+  float* sim_t = sim + ld * ld;
+  for (int idx = threadIdx.x; idx < kTile * kTile; idx += kThreads) {
+    const int c = idx / kTile, r = idx % kTile;
+    sim_t[(col0 + c) * ld + row0 + r] = tile[r][c];
+  }
+  // the columns' partials over this tile's rows: 4 lanes a column, 16 rows each
+  const int c = threadIdx.x / 4, quarter = threadIdx.x % 4;
+  float l[kTile / 4];
+#pragma unroll
+  for (int i = 0; i < kTile / 4; ++i) {
+    const int r = quarter * (kTile / 4) + i;
+    l[i] = (row0 + r < batch && col0 + c < batch) ? tile[r][c] * scale + bias : -INFINITY;
+  }
+  float m, s;
+  lse_partial(l, 4, m, s);
+  if (quarter == 0) {
+    part[2 * plane + blockIdx.y * ld + col0 + c] = m;
+    part[3 * plane + blockIdx.y * ld + col0 + c] = s;
+  }
 }
 
-// (kThreads, 1): with no minimum of resident blocks ptxas aimed at 64 registers and spilled;
-// the strips' shared memory (up to ~140 KB at B = 1024) allows one block an SM at large B anyway.
-template <typename T>
-__global__ void __launch_bounds__(kThreads, 1)
-    dcd_grad_kernel(const T* __restrict__ z_s, const T* __restrict__ z_t, int batch, int dim,
-                    const float* __restrict__ tau, const float* __restrict__ bias_ptr, float max_scale, float alpha,
-                    const float* __restrict__ rck, float* __restrict__ stats, float* __restrict__ dzs,
-                    float* __restrict__ dzt) {
-  RDK_DYNAMIC_SHARED(float, smem);
-  const Strips s = carve(smem, batch, dim);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int row0 = blockIdx.x * kDcdRows;
+// R[b] and C[b] from the tiles' partials (0 past the batch).
+__global__ void __launch_bounds__(kThreads) dcd_lse_kernel(int batch, float* __restrict__ scratch) {
+  const Layout lay = layout(batch);
+  const int b = blockIdx.x * kThreads + threadIdx.x;
+  if (b >= lay.ld) return;
+  const int64_t plane = lay.n_tiles * lay.ld;
+  const float* part = scratch + lay.part;
+#pragma unroll
+  for (int side = 0; side < 2; ++side) {
+    const float* maxima = part + 2 * side * plane + b;
+    const float* sums = maxima + plane;
+    float m = -INFINITY;
+    for (int t = 0; t < lay.n_tiles; ++t) m = fmaxf(m, maxima[t * lay.ld]);
+    float s = 0.f;
+    for (int t = 0; t < lay.n_tiles; ++t) s += sums[t * lay.ld] * __expf(maxima[t * lay.ld] - m);
+    scratch[lay.lse + side * lay.ld + b] = b < batch ? m + __logf(s) : 0.f;
+  }
+}
+
+template <bool NEED_GRAD>
+__global__ void __launch_bounds__(kThreads)
+    dcd_stats_kernel(int batch, const float* __restrict__ tau, const float* __restrict__ bias_ptr, float max_scale,
+                     float alpha, float* __restrict__ scratch) {
+  const Layout lay = layout(batch);
+  const int64_t ld = lay.ld;
+  const int lane = threadIdx.x % 32;
+  const int b = blockIdx.x * kStatWarps + threadIdx.x / 32;
+  if (b >= batch) return;  // a whole warp: no barrier follows
   const float scale = clamped_scale(expf(*tau), max_scale), bias = *bias_ptr;
   const float inv_b = 1.f / static_cast<float>(batch);
-  const float* lse_r = rck;
-  const float* lse_c = rck + batch;
-  const float* kl = rck + 2 * batch;
-  similarity_strips(z_s, z_t, batch, dim, row0, s);
-
-  // Whole row x and whole column x of G, in place of the strips (each lane its own
-  // columns b: no lane reads another's entries).
-  float dsc_acc = 0.f, db_acc = 0.f;
-  for (int y = warp; y < kDcdRows; y += kWarps) {
-    const int x = row0 + y;
-    float* ra = s.sa + y * batch;
-    float* rb = s.sb + y * batch;
-    if (x >= batch) {  // rows past the batch hold no gradient
-      for (int b = lane; b < batch; b += 32) { ra[b] = 0.f; rb[b] = 0.f; }
-      continue;
-    }
-    const float r_x = lse_r[x], c_x = lse_c[x], kl_x = kl[x];
-    for (int b = lane; b < batch; b += 32) {
-      const float l_xb = ra[b] * scale + bias, l_bx = rb[b] * scale + bias;
-      const float r_b = lse_r[b], c_b = lse_c[b];
-      const float log_q_xb = l_xb - c_b, log_q_bx = l_bx - c_x;  // column softmaxes Qc[x, b], Qc[b, x]
-      const float p_xb = __expf(l_xb - r_x), p_bx = __expf(l_bx - r_b);
-      const float q_xb = __expf(log_q_xb), q_bx = __expf(log_q_bx);
-      const float delta = b == x ? 1.f : 0.f;
-      const float g_xb = ((1.f + alpha) * p_xb - delta - alpha * q_bx) * inv_b +
-                         alpha * inv_b * q_xb * ((log_q_xb - (l_bx - r_b)) - kl[b]);
-      const float g_bx = ((1.f + alpha) * p_bx - delta - alpha * q_xb) * inv_b +
-                         alpha * inv_b * q_bx * ((log_q_bx - (l_xb - r_x)) - kl_x);
-      dsc_acc += g_xb * ra[b];
-      db_acc += g_xb;
-      ra[b] = g_xb;
-      rb[b] = g_bx;
+  const float* lse_r = scratch + lay.lse;
+  const float* lse_c = lse_r + ld;
+  const float r_b = lse_r[b], c_b = lse_c[b];
+  const float* s_row = scratch + lay.sim + b * ld;     // S[b, a]: L[b, a]
+  const float* st_row = s_row + ld * ld;               // S^T[b, a] = S[a, b]: L[a, b]
+  float kl = 0.f, qs = 0.f, qsum = 0.f, gs = 0.f, g = 0.f;
+  for (int a = lane; a < batch; a += 32) {
+    const float s_ab = st_row[a];
+    const float l_ab = s_ab * scale + bias, l_ba = s_row[a] * scale + bias;
+    const float log_q = l_ab - c_b;
+    const float q = __expf(log_q);
+    kl += q * (log_q - (l_ba - r_b));
+    if (NEED_GRAD) {
+      qs += q * s_ab;
+      qsum += q;
+      const float gp = grad_element(l_ab, l_ba, lse_r[a], lse_c[a], r_b, c_b, 0.f, a == b, alpha, inv_b);
+      gs += gp * s_ab;
+      g += gp;
     }
   }
-  store_block_sums(dsc_acc, db_acc, s.red, stats, 2);  // its barrier also orders the strips' writes
+  kl = warp_sum(kl);
+  if (NEED_GRAD) {
+    qs = warp_sum(qs);
+    qsum = warp_sum(qsum);
+    gs = warp_sum(gs);
+    g = warp_sum(g);
+  }
+  if (lane == 0) {
+    float* col = scratch + lay.col + b;
+    col[kKl * ld] = kl;
+    col[kCe * ld] = r_b - (s_row[b] * scale + bias);
+    col[kQcS * ld] = qs;
+    col[kQc * ld] = qsum;
+    col[kGS * ld] = gs;
+    col[kG * ld] = g;
+  }
+}
 
-  // dz_s[J] = scale * G[J, :] z_t, dz_t[J] = scale * G[:, J]^T z_s: thread per (output, k).
-  for (int item = threadIdx.x; item < 2 * dim; item += kThreads) {
-    const bool is_t = item >= dim;
-    const int k = is_t ? item - dim : item;
-    const float* g = is_t ? s.sb : s.sa;
-    const T* z = is_t ? z_s : z_t;
-    float acc[kDcdRows];
+// blockIdx.z = 0: dz_s[own] = scale sum_b G[own, b] z_t[b] (G[own, b] from S[own, b], S^T[own, b]);
+//            = 1: dz_t[own] = scale sum_a G[a, own] z_s[a] (G[a, own] from S^T[own, a], S[own, a]).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    dcd_grad_kernel(const T* __restrict__ z_s, const T* __restrict__ z_t, int batch, int dim,
+                    const float* __restrict__ tau, const float* __restrict__ bias_ptr, float max_scale, float alpha,
+                    const float* __restrict__ scratch, float* __restrict__ dzs, float* __restrict__ dzt) {
+  __shared__ float gs[kGradStep][kGradRows + 1];                    // G^T of the step: [walk][own]
+  __shared__ __align__(16) float zs[kGradStep][kGradCols + kPad];   // the step's rows of z: [walk][column]
+  const Layout lay = layout(batch);
+  const int64_t ld = lay.ld;
+  const bool dz_t = blockIdx.z == 1;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int own0 = blockIdx.x * kGradRows, col0 = blockIdx.y * kGradCols;
+  const float scale = clamped_scale(expf(*tau), max_scale), bias = *bias_ptr;
+  const float inv_b = 1.f / static_cast<float>(batch);
+  const float* lse_r = scratch + lay.lse;
+  const float* lse_c = lse_r + ld;
+  const float* kl = scratch + lay.col + kKl * ld;
+  const float* first = scratch + lay.sim + (dz_t ? ld * ld : 0);   // rows give L[a, b] (a: the G row)
+  const float* second = scratch + lay.sim + (dz_t ? 0 : ld * ld);  // ... and L[b, a]
+  const T* z = dz_t ? z_s : z_t;
+
+  float acc[2][4] = {};
+  for (int x0 = 0; x0 < batch; x0 += kGradStep) {
 #pragma unroll
-    for (int y = 0; y < kDcdRows; ++y) acc[y] = 0.f;
-    for (int b = 0; b < batch; ++b) {
-      const float v = to_float(z[static_cast<int64_t>(b) * dim + k]);
-#pragma unroll
-      for (int y = 0; y < kDcdRows; ++y) acc[y] = fmaf(g[y * batch + b], v, acc[y]);
+    for (int i = 0; i < kGradRows * kGradStep / kThreads; ++i) {
+      const int idx = threadIdx.x + i * kThreads;
+      const int o = idx / kGradStep, w = idx % kGradStep;
+      const int own = own0 + o, x = x0 + w;
+      float v = 0.f;
+      if (own < batch && x < batch) {
+        const float l_ab = first[own * ld + x] * scale + bias, l_ba = second[own * ld + x] * scale + bias;
+        // (a, b) = (own, x) for dz_s, (x, own) for dz_t
+        const int a = dz_t ? x : own, b = dz_t ? own : x;
+        v = grad_element(l_ab, l_ba, lse_r[a], lse_c[a], lse_r[b], lse_c[b], kl[b], own == x, alpha, inv_b);
+      }
+      gs[w][o] = v;
     }
-    float* out = is_t ? dzt : dzs;
 #pragma unroll
-    for (int y = 0; y < kDcdRows; ++y) {
-      if (row0 + y < batch) out[static_cast<int64_t>(row0 + y) * dim + k] = acc[y] * scale;
+    for (int i = 0; i < kGradStep * kGradCols / kThreads; ++i) {
+      const int idx = threadIdx.x + i * kThreads;
+      const int w = idx / kGradCols, c = idx % kGradCols;
+      const bool ok = x0 + w < batch && col0 + c < dim;
+      zs[w][c] = ok ? to_float(z[static_cast<int64_t>(x0 + w) * dim + col0 + c]) : 0.f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int w = 0; w < kGradStep; ++w) {
+      const float a0 = gs[w][ty * 2], a1 = gs[w][ty * 2 + 1];
+      const float4 v = *reinterpret_cast<const float4*>(&zs[w][tx * 4]);
+      const float zv[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        acc[0][j] = fmaf(a0, zv[j], acc[0][j]);
+        acc[1][j] = fmaf(a1, zv[j], acc[1][j]);
+      }
+    }
+    __syncthreads();  // the next step overwrites both tiles
+  }
+  float* out = dz_t ? dzt : dzs;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int own = own0 + ty * 2 + i;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int c = col0 + tx * 4 + j;
+      if (own < batch && c < dim) out[static_cast<int64_t>(own) * dim + c] = acc[i][j] * scale;
     }
   }
 }
 
-// Sums the blocks' statistics: the loss and, with the gradient, d tau (through the
-// clamp of exp(tau)) and d bias.
-__global__ void __launch_bounds__(32) dcd_finish_kernel(const float* __restrict__ stats,
-                                                        const float* __restrict__ tau, int n_blocks, int batch,
-                                                        float max_scale, float alpha, float* __restrict__ loss,
-                                                        float* __restrict__ dtau, float* __restrict__ dbias) {
-  float v[4] = {0.f, 0.f, 0.f, 0.f};
-  for (int p = threadIdx.x; p < n_blocks; p += 32) {
-#pragma unroll
-    for (int k = 0; k < 4; ++k) v[k] += stats[p * 4 + k];
-  }
-#pragma unroll
-  for (int k = 0; k < 4; ++k) v[k] = warp_sum(v[k]);
-  if (threadIdx.x == 0) {
-    *loss = (v[0] + alpha * v[1]) / static_cast<float>(batch);
+// One warp: the loss and, with the gradient, d tau and d bias from the columns' statistics.
+__global__ void __launch_bounds__(32)
+    dcd_finish_kernel(int batch, const float* __restrict__ tau, float max_scale, float alpha,
+                      const float* __restrict__ scratch, float* __restrict__ loss, float* __restrict__ dtau,
+                      float* __restrict__ dbias) {
+  const Layout lay = layout(batch);
+  const float* col = scratch + lay.col;
+  const int64_t ld = lay.ld;
+  float ce = 0.f, kl = 0.f, gs = 0.f, g = 0.f, kl_qs = 0.f, kl_q = 0.f;
+  for (int b = threadIdx.x; b < batch; b += 32) {
+    const float kl_b = col[kKl * ld + b];
+    kl += kl_b;
+    ce += col[kCe * ld + b];
     if (dtau != nullptr) {
-      const float e = expf(*tau);
-      *dtau = v[2] * (e <= max_scale ? e : 0.f);  // torch.clamp passes the gradient inside [0, max]
-      *dbias = v[3];
+      gs += col[kGS * ld + b];
+      g += col[kG * ld + b];
+      kl_qs += kl_b * col[kQcS * ld + b];
+      kl_q += kl_b * col[kQc * ld + b];
     }
+  }
+  ce = warp_sum(ce);
+  kl = warp_sum(kl);
+  const float inv_b = 1.f / static_cast<float>(batch);
+  if (dtau == nullptr) {
+    if (threadIdx.x == 0) *loss = (ce + alpha * kl) * inv_b;
+    return;
+  }
+  gs = warp_sum(gs);
+  g = warp_sum(g);
+  kl_qs = warp_sum(kl_qs);
+  kl_q = warp_sum(kl_q);
+  if (threadIdx.x == 0) {
+    *loss = (ce + alpha * kl) * inv_b;
+    // sum G S = sum G'S - alpha / B sum_b KL_b sum_a Qc S; likewise sum G
+    const float e = expf(*tau);
+    *dtau = (gs - alpha * inv_b * kl_qs) * (e <= max_scale ? e : 0.f);  // torch.clamp passes it inside [0, max]
+    *dbias = g - alpha * inv_b * kl_q;
   }
 }
 
 template <typename T>
 void launch(const void* z_s, const void* z_t, int batch, int dim, const float* tau, const float* bias,
-            float max_scale, float alpha, float* stats, float* rck, float* dzs, float* dzt, cudaStream_t stream) {
-  const size_t smem = static_cast<size_t>(dcd_shared_memory_bytes(batch, dim));
-  const int blocks = (batch + kDcdRows - 1) / kDcdRows;
+            float max_scale, float alpha, float* scratch, float* loss, float* dzs, float* dzt, float* dtau,
+            float* dbias, cudaStream_t stream) {
+  const Layout lay = layout(batch);
   const T* zs = static_cast<const T*>(z_s);
   const T* zt = static_cast<const T*>(z_t);
-  auto stats_kernel = dcd_stats_kernel<T>;
-  reserve_shared_memory(stats_kernel, smem, "dcd_loss");
-  RDK_LAUNCH(stats_kernel, blocks, kThreads, smem, stream)(zs, zt, batch, dim, tau, bias, max_scale, stats, rck);
-  if (rck == nullptr) return;
-  auto grad_kernel = dcd_grad_kernel<T>;
-  reserve_shared_memory(grad_kernel, smem, "dcd_loss");
-  RDK_LAUNCH(grad_kernel, blocks, kThreads, smem, stream)(zs, zt, batch, dim, tau, bias, max_scale, alpha, rck,
-                                                           stats, dzs, dzt);
+  const unsigned n_tiles = static_cast<unsigned>(lay.n_tiles);
+  RDK_LAUNCH(dcd_similarity_kernel<T>, dim3(n_tiles, n_tiles), kThreads, 0, stream)(zs, zt, batch, dim, tau, bias,
+                                                                                     max_scale, scratch);
+  RDK_LAUNCH(dcd_lse_kernel, static_cast<unsigned>((lay.ld + kThreads - 1) / kThreads), kThreads, 0,
+             stream)(batch, scratch);
+  const unsigned stat_blocks = static_cast<unsigned>((batch + kStatWarps - 1) / kStatWarps);
+  if (dzs == nullptr) {
+    RDK_LAUNCH(dcd_stats_kernel<false>, stat_blocks, kThreads, 0, stream)(batch, tau, bias, max_scale, alpha,
+                                                                         scratch);
+  } else {
+    RDK_LAUNCH(dcd_stats_kernel<true>, stat_blocks, kThreads, 0, stream)(batch, tau, bias, max_scale, alpha,
+                                                                        scratch);
+    const dim3 grid(static_cast<unsigned>((batch + kGradRows - 1) / kGradRows),
+                    static_cast<unsigned>((dim + kGradCols - 1) / kGradCols), 2);
+    RDK_LAUNCH(dcd_grad_kernel<T>, grid, kThreads, 0, stream)(zs, zt, batch, dim, tau, bias, max_scale, alpha,
+                                                              scratch, dzs, dzt);
+  }
+  RDK_LAUNCH(dcd_finish_kernel, 1, 32, 0, stream)(batch, tau, max_scale, alpha, scratch, loss, dtau, dbias);
 }
 
 }  // namespace
 
-int64_t dcd_shared_memory_bytes(int64_t batch, int64_t dim) {
-  return (2 * kDcdRows * batch + 2 * kDcdRows * dim + kWarps * 2) * static_cast<int64_t>(sizeof(float));
-}
+int64_t dcd_scratch_bytes(int64_t batch) { return layout(batch).total * static_cast<int64_t>(sizeof(float)); }
 
 void dcd_loss(uintptr_t z_s, uintptr_t z_t, int z_dtype, int64_t batch, int64_t dim, uintptr_t tau, uintptr_t bias,
-              float max_scale, float alpha, uintptr_t stats, uintptr_t rck, uintptr_t loss, uintptr_t dzs,
-              uintptr_t dzt, uintptr_t dtau, uintptr_t dbias, bool need_grad, uintptr_t stream) {
+              float max_scale, float alpha, uintptr_t scratch, uintptr_t loss, uintptr_t dzs, uintptr_t dzt,
+              uintptr_t dtau, uintptr_t dbias, bool need_grad, uintptr_t stream) {
   if (batch == 0) return;
   if (batch > kDcdMaxBatch || dim > kDcdMaxDim) {
-    throw std::runtime_error("dcd_loss: the CUDA kernel supports batch <= 1024 and dim <= 256");
+    throw std::runtime_error("dcd_loss: batch and width must be at most 65535 * 64 (the launch grids' limit)");
   }
   auto f32 = [](uintptr_t p) { return reinterpret_cast<float*>(p); };
   const void* zs = reinterpret_cast<const void*>(z_s);
   const void* zt = reinterpret_cast<const void*>(z_t);
   const auto* ta = reinterpret_cast<const float*>(tau);
   const auto* bi = reinterpret_cast<const float*>(bias);
-  float* st = f32(stats);
-  float* r = need_grad ? f32(rck) : nullptr;
   float* ds = need_grad ? f32(dzs) : nullptr;
   float* dt = need_grad ? f32(dzt) : nullptr;
+  float* dta = need_grad ? f32(dtau) : nullptr;
+  float* dbi = need_grad ? f32(dbias) : nullptr;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   const int b = static_cast<int>(batch), d = static_cast<int>(dim);
+  float* sc = f32(scratch);
+  float* lo = f32(loss);
   switch (z_dtype) {
-    case kFloat32: launch<float>(zs, zt, b, d, ta, bi, max_scale, alpha, st, r, ds, dt, s); break;
-    case kBFloat16: launch<__nv_bfloat16>(zs, zt, b, d, ta, bi, max_scale, alpha, st, r, ds, dt, s); break;
-    case kFloat16: launch<__half>(zs, zt, b, d, ta, bi, max_scale, alpha, st, r, ds, dt, s); break;
+    case kFloat32: launch<float>(zs, zt, b, d, ta, bi, max_scale, alpha, sc, lo, ds, dt, dta, dbi, s); break;
+    case kBFloat16: launch<__nv_bfloat16>(zs, zt, b, d, ta, bi, max_scale, alpha, sc, lo, ds, dt, dta, dbi, s); break;
+    case kFloat16: launch<__half>(zs, zt, b, d, ta, bi, max_scale, alpha, sc, lo, ds, dt, dta, dbi, s); break;
     default: throw bad_dtype("z_s", z_dtype);
   }
   check_launch("dcd_loss");
-  const int blocks = (b + kDcdRows - 1) / kDcdRows;
-  RDK_LAUNCH(dcd_finish_kernel, 1, 32, 0, s)(st, ta, blocks, b, max_scale, alpha, f32(loss),
-                                             need_grad ? f32(dtau) : nullptr, need_grad ? f32(dbias) : nullptr);
-  check_launch("dcd_finish");
 }
 
 }  // namespace rdk

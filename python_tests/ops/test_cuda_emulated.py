@@ -107,7 +107,7 @@ def test_bank_contrast_dense(emulated, batch, cols, n_bank, dim, epilogue, bank_
 # ---------------------------------------------------------------------------- DCD
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("batch,dim", [(1, 16), (5, 16), (40, 64), (100, 256)])
+@pytest.mark.parametrize("batch,dim", [(1, 16), (5, 16), (40, 64), (100, 256), (130, 40)])  # 1 to 3 tiles
 @pytest.mark.parametrize("need_grad", [True, False], ids=["grad", "nograd"])
 def test_dcd(emulated, batch, dim, dtype, need_grad):
     from rdkernels.ops.dcd.cuda import dcd_cuda

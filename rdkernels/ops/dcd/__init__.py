@@ -5,12 +5,11 @@
 
 The fused backends compute the loss and the gradients to z_s, z_t, tau and bias
 in the forward, computing the logits once, and backward only scales them.
-The Triton kernels (three launches over tiles of the logits, triton.py) take any
-batch size, d <= 256, with 2 B^2 floats of scratch; the CUDA kernel B <= 1024,
-d <= 256 within the GPU's shared memory (all of it on an A100 or H100; on a
-99 KB GPU such as an RTX 4090 or L40S, B up to about 660 at d = 128); other
-shapes go to the next backend under ``auto``, which takes the CUDA kernel for
-eager calls and Triton's where a CUDA graph replay is priced (``_resolve``).
+Both walk tiles of the logits with 2 B^2 floats of scratch (S and S^T) and take
+any batch size: Triton's three launches (3xTF32 dots, triton.py) d <= 256, the
+CUDA kernels' five (fp32 FMA tiles, csrc/dcd.cu) any width. ``auto`` takes the
+CUDA kernels for eager calls and Triton's where a CUDA graph replay is priced
+(``_resolve``); a width Triton cannot take goes to the CUDA kernels or torch.
 """
 from __future__ import annotations
 
@@ -25,18 +24,7 @@ from rdkernels.ops.dcd.reference import dcd_fwd_reference, dcd_reference
 
 __all__ = ["dcd_loss", "dcd_reference", "validate_dcd", "check_dcd_scalars"]
 
-MAX_FUSED_BATCH = 1024  # CUDA: the [16, B] logit strips live in shared memory (2*16*B + 2*16*d floats)
-MAX_CUDA_DIM = 256
 MAX_FUSED_DIM = 256  # Triton: [BLOCK_M, d] accumulators in registers (any batch size)
-
-
-def _cuda_shortfall(z_s: torch.Tensor) -> str | None:
-    """Why the CUDA kernel cannot take this shape, or None."""
-    batch, dim = z_s.shape
-    if batch > MAX_FUSED_BATCH or dim > MAX_CUDA_DIM:
-        return f"it takes batch <= {MAX_FUSED_BATCH} and embedding width <= {MAX_CUDA_DIM}, got {batch} x {dim}"
-    from rdkernels.ops._cuda_common import kernel_shortfall
-    return kernel_shortfall(z_s.device, "dcd", batch, dim)
 
 
 def _resolve(z_s: torch.Tensor, requested: str | None) -> str:
@@ -48,18 +36,14 @@ def _resolve(z_s: torch.Tensor, requested: str | None) -> str:
     H100), and Triton's while a CUDA graph records the call or inside
     ``assume_graph_replay()``, where only device time counts: Triton's tiles take
     0.014 ms at B = 64 and 0.088 ms at B = 1024, the CUDA kernels 0.062 and 0.51 ms
-    (benchmarks/results/nvidia-h100-80gb-hbm3/overhead-dcd.json)."""
+    (benchmarks/results/nvidia-h100-80gb-hbm3/overhead-dcd.json; those CUDA times are
+    the kernels csrc/dcd.cu had before its tiles, to be measured again)."""
     name = _backend.resolve(z_s.device, "dcd_loss", requested)
     dim = z_s.shape[1]
     explicit = _backend.requested_backend(requested) != "auto"
     if name == "cuda" and not explicit and capturing(z_s) and dim <= MAX_FUSED_DIM \
             and _backend.triton_unavailable_reason(z_s.device) is None:
         return "triton"
-    reason = _cuda_shortfall(z_s) if name == "cuda" else None
-    if reason is not None:
-        if explicit:
-            raise _backend.BackendUnavailable(f"backend 'cuda' cannot run dcd_loss: {reason}")
-        name = "triton" if _backend.triton_unavailable_reason(z_s.device) is None else "torch"
     if name == "triton" and dim > MAX_FUSED_DIM:
         if explicit:
             raise _backend.BackendUnavailable(
