@@ -118,17 +118,29 @@ __host__ __device__ inline Layout layout(int64_t batch) {
 
 enum Column { kKl = 0, kQcS, kQc, kCe, kGS, kG, kColumns };
 
-// kTile rows x kStep columns of z from (row0, k0) into dst[k][row] (k-major, zeros past the
-// batch or the width), 4 values a thread. Global reads run along a row.
+constexpr int kTileLoads = kTile * kStep / kThreads;  // values of each operand a thread loads per step
+
+// A thread's share of kTile rows x kStep columns of z from (row0, k0), as fp32 (zeros past the
+// batch or the width). Global reads run along a row. Fetched a step ahead, into registers, so
+// the loads are in flight while the block multiplies the step before.
 template <typename T>
-__device__ __forceinline__ void load_k_major(float (*dst)[kTile + kPad], const T* __restrict__ z, int batch,
-                                             int dim, int row0, int k0) {
+__device__ __forceinline__ void fetch_step(float (&v)[kTileLoads], const T* __restrict__ z, int batch, int dim,
+                                           int row0, int k0) {
 #pragma unroll
-  for (int i = 0; i < kTile * kStep / kThreads; ++i) {
+  for (int i = 0; i < kTileLoads; ++i) {
     const int idx = threadIdx.x + i * kThreads;
     const int r = idx / kStep, k = idx % kStep;
     const bool ok = row0 + r < batch && k0 + k < dim;
-    dst[k][r] = ok ? to_float(z[static_cast<int64_t>(row0 + r) * dim + k0 + k]) : 0.f;
+    v[i] = ok ? to_float(z[static_cast<int64_t>(row0 + r) * dim + k0 + k]) : 0.f;
+  }
+}
+
+// ... then into shared memory k-major, dst[k][row], for the products' row vectors.
+__device__ __forceinline__ void store_k_major(float (*dst)[kTile + kPad], const float (&v)[kTileLoads]) {
+#pragma unroll
+  for (int i = 0; i < kTileLoads; ++i) {
+    const int idx = threadIdx.x + i * kThreads;
+    dst[idx % kStep][idx / kStep] = v[i];
   }
 }
 
@@ -151,10 +163,17 @@ __global__ void __launch_bounds__(kThreads)
   const float scale = clamped_scale(expf(*tau), max_scale), bias = *bias_ptr;
 
   float acc[4][4] = {};
+  float a_next[kTileLoads], b_next[kTileLoads];
+  fetch_step(a_next, z_s, batch, dim, row0, 0);
+  fetch_step(b_next, z_t, batch, dim, col0, 0);
   for (int k0 = 0; k0 < dim; k0 += kStep) {
-    load_k_major(as, z_s, batch, dim, row0, k0);
-    load_k_major(bs, z_t, batch, dim, col0, k0);
+    store_k_major(as, a_next);
+    store_k_major(bs, b_next);
     __syncthreads();
+    if (k0 + kStep < dim) {
+      fetch_step(a_next, z_s, batch, dim, row0, k0 + kStep);
+      fetch_step(b_next, z_t, batch, dim, col0, k0 + kStep);
+    }
 #pragma unroll
     for (int k = 0; k < kStep; ++k) {
       const float4 a = *reinterpret_cast<const float4*>(&as[k][ty * 4]);
@@ -252,6 +271,7 @@ __global__ void __launch_bounds__(kThreads)
   const float* s_row = scratch + lay.sim + b * ld;     // S[b, a]: L[b, a]
   const float* st_row = s_row + ld * ld;               // S^T[b, a] = S[a, b]: L[a, b]
   float kl = 0.f, qs = 0.f, qsum = 0.f, gs = 0.f, g = 0.f;
+#pragma unroll 4  // independent steps: four steps' loads in flight at once
   for (int a = lane; a < batch; a += 32) {
     const float s_ab = st_row[a];
     const float l_ab = s_ab * scale + bias, l_ba = s_row[a] * scale + bias;
@@ -284,18 +304,53 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+constexpr int kGradEntries = kGradRows * kGradStep / kThreads;  // G entries a thread builds per step
+constexpr int kGradLoads = kGradStep * kGradCols / kThreads;     // z values a thread loads per step
+
+// What a thread reads to build its G entries of one step of dcd_grad_kernel's walk, fetched a
+// step ahead into registers: the loads are in flight while the block multiplies the step
+// before. (The step's rows of z go straight to shared memory at its start: prefetching them
+// too took ptxas past the 128 registers of two blocks an SM, into spills.) The
+// entries lie in one walk column, x = x0 + lane, and rows own0 + warp + 8 i.
+struct GradStep {
+  float first[kGradEntries], second[kGradEntries];  // S or S^T at (own, x): L[a, b] and L[b, a]
+  float r, c, kl;                                   // R, C and KL of the walk's x
+};
+
+__device__ __forceinline__ void fetch_grad_step(GradStep& s, const float* __restrict__ first,
+                                                const float* __restrict__ second, const float* __restrict__ lse_r,
+                                                const float* __restrict__ lse_c, const float* __restrict__ kl,
+                                                int batch, int64_t ld, int own0, int x0) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int x = x0 + lane;
+  const bool x_ok = x < batch;
+  s.r = x_ok ? lse_r[x] : 0.f;
+  s.c = x_ok ? lse_c[x] : 0.f;
+  s.kl = x_ok ? kl[x] : 0.f;
+#pragma unroll
+  for (int i = 0; i < kGradEntries; ++i) {
+    const int own = own0 + warp + kStatWarps * i;
+    const bool ok = x_ok && own < batch;
+    s.first[i] = ok ? first[own * ld + x] : 0.f;
+    s.second[i] = ok ? second[own * ld + x] : 0.f;
+  }
+}
+
 // blockIdx.z = 0: dz_s[own] = scale sum_b G[own, b] z_t[b] (G[own, b] from S[own, b], S^T[own, b]);
 //            = 1: dz_t[own] = scale sum_a G[a, own] z_s[a] (G[a, own] from S^T[own, a], S[own, a]).
+// (kThreads, 2): two blocks an SM (128 registers a thread) hide each other's step barriers.
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
     dcd_grad_kernel(const T* __restrict__ z_s, const T* __restrict__ z_t, int batch, int dim,
                     const float* __restrict__ tau, const float* __restrict__ bias_ptr, float max_scale, float alpha,
                     const float* __restrict__ scratch, float* __restrict__ dzs, float* __restrict__ dzt) {
   __shared__ float gs[kGradStep][kGradRows + 1];                    // G^T of the step: [walk][own]
   __shared__ __align__(16) float zs[kGradStep][kGradCols + kPad];   // the step's rows of z: [walk][column]
+  static_assert(kGradRows == kStatWarps * kGradEntries && kGradStep == 32, "a warp's entries: one walk column");
   const Layout lay = layout(batch);
   const int64_t ld = lay.ld;
   const bool dz_t = blockIdx.z == 1;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int own0 = blockIdx.x * kGradRows, col0 = blockIdx.y * kGradCols;
   const float scale = clamped_scale(expf(*tau), max_scale), bias = *bias_ptr;
@@ -307,30 +362,42 @@ __global__ void __launch_bounds__(kThreads)
   const float* second = scratch + lay.sim + (dz_t ? 0 : ld * ld);  // ... and L[b, a]
   const T* z = dz_t ? z_s : z_t;
 
+  // the own rows' R, C, KL: (a) for dz_s, (b) for dz_t
+  float own_r[kGradEntries], own_c[kGradEntries], own_kl[kGradEntries];
+#pragma unroll
+  for (int i = 0; i < kGradEntries; ++i) {
+    const int own = own0 + warp + kStatWarps * i;
+    own_r[i] = own < batch ? lse_r[own] : 0.f;
+    own_c[i] = own < batch ? lse_c[own] : 0.f;
+    own_kl[i] = own < batch ? kl[own] : 0.f;
+  }
+  GradStep step;
+  fetch_grad_step(step, first, second, lse_r, lse_c, kl, batch, ld, own0, 0);
   float acc[2][4] = {};
   for (int x0 = 0; x0 < batch; x0 += kGradStep) {
+    const int x = x0 + lane;
 #pragma unroll
-    for (int i = 0; i < kGradRows * kGradStep / kThreads; ++i) {
-      const int idx = threadIdx.x + i * kThreads;
-      const int o = idx / kGradStep, w = idx % kGradStep;
-      const int own = own0 + o, x = x0 + w;
+    for (int i = 0; i < kGradEntries; ++i) {
+      const int own = own0 + warp + kStatWarps * i;
       float v = 0.f;
       if (own < batch && x < batch) {
-        const float l_ab = first[own * ld + x] * scale + bias, l_ba = second[own * ld + x] * scale + bias;
-        // (a, b) = (own, x) for dz_s, (x, own) for dz_t
-        const int a = dz_t ? x : own, b = dz_t ? own : x;
-        v = grad_element(l_ab, l_ba, lse_r[a], lse_c[a], lse_r[b], lse_c[b], kl[b], own == x, alpha, inv_b);
+        const float l_ab = step.first[i] * scale + bias, l_ba = step.second[i] * scale + bias;
+        v = dz_t ? grad_element(l_ab, l_ba, step.r, step.c, own_r[i], own_c[i], own_kl[i], own == x, alpha, inv_b)
+                 : grad_element(l_ab, l_ba, own_r[i], own_c[i], step.r, step.c, step.kl, own == x, alpha, inv_b);
       }
-      gs[w][o] = v;
+      gs[lane][warp + kStatWarps * i] = v;
     }
 #pragma unroll
-    for (int i = 0; i < kGradStep * kGradCols / kThreads; ++i) {
+    for (int i = 0; i < kGradLoads; ++i) {
       const int idx = threadIdx.x + i * kThreads;
       const int w = idx / kGradCols, c = idx % kGradCols;
       const bool ok = x0 + w < batch && col0 + c < dim;
       zs[w][c] = ok ? to_float(z[static_cast<int64_t>(x0 + w) * dim + col0 + c]) : 0.f;
     }
     __syncthreads();
+    if (x0 + kGradStep < batch) {
+      fetch_grad_step(step, first, second, lse_r, lse_c, kl, batch, ld, own0, x0 + kGradStep);
+    }
 #pragma unroll
     for (int w = 0; w < kGradStep; ++w) {
       const float a0 = gs[w][ty * 2], a1 = gs[w][ty * 2 + 1];
