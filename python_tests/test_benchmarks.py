@@ -303,6 +303,31 @@ def _fake_timer(fn, iters):
             "kernels": [{"name": "some_kernel_name", "us": 400.0, "launches": 2.0}]}
 
 
+def test_split_sweep_runs_each_count_and_marks_the_heuristics(monkeypatch, capsys):
+    """benchmarks.splits on CPU under the interpreter, its CUDA-graph timer replaced by
+    a call: each count reaches the op (a count it ignored would not change the scratch
+    it allocates), and the heuristic's own count is marked."""
+    from benchmarks import overhead, splits
+    from rdkernels.backend import triton_unavailable_reason
+    if triton_unavailable_reason(CPU) is not None:
+        pytest.skip("Triton's interpreter is unavailable")
+    seen = []
+    from rdkernels.ops.shared_bank_contrast import triton as sbc_triton
+    real = sbc_triton.split_buffers
+
+    def recording(batch, dim, n_splits, *args, **kwargs):
+        seen.append(n_splits)
+        return real(batch, dim, n_splits, *args, **kwargs)
+    monkeypatch.setattr(sbc_triton, "split_buffers", recording)
+    monkeypatch.setattr(overhead, "_graph_ms", lambda fn, iters: (fn(), 0.5)[1])
+    args = splits.parse_args(["--batch", "4", "--rows", "64", "--dim", "32", "--iters", "1"])
+    rows = splits.sweep(4, args, CPU)
+    counts = [r["splits"] for r in rows]
+    assert len(counts) >= 2 and sum(r["default"] for r in rows) == 1
+    assert set(seen) == set(counts) and all(r["graph_ms"] == 0.5 for r in rows)
+    assert "(heuristic)" in capsys.readouterr().out
+
+
 def test_overhead_rows_and_record_on_cpu(tmp_path, capsys):
     """The overhead tool's loop and JSON, with its CUDA timer replaced: every
     implementation that runs here gets a row, and the record names the device."""
@@ -414,7 +439,7 @@ def test_session_script_passes_flags_its_tools_take(tmp_path):
     from benchmarks import overhead, profile
     from rdkernels.harness.__main__ import _build_parser
 
-    from benchmarks import fit_cost_model, targets
+    from benchmarks import fit_cost_model, splits, targets
 
     done, argvs = _session(tmp_path, "overhead", "bench", "train", "targets", "costmodel")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -423,6 +448,7 @@ def test_session_script_passes_flags_its_tools_take(tmp_path):
     assert modules.count("benchmarks.overhead") == 5 and modules.count("benchmarks.profile") == 1
     assert modules.count("benchmarks") == 4 and modules.count("rdkernels.harness") == 9
     assert modules.count("benchmarks.targets") == 1 and modules.count("benchmarks.fit_cost_model") == 2
+    assert modules.count("benchmarks.splits") == 1
     suites, overheads, fits = [], [], []
     harness = _build_parser()[0]
     distillers = []
@@ -443,6 +469,8 @@ def test_session_script_passes_flags_its_tools_take(tmp_path):
             args = fit_cost_model.parse_args(rest)
             assert str(args.json).startswith(results + "/")
             fits.append(args.backend)
+        elif module == "benchmarks.splits":
+            assert str(splits.parse_args(rest).json).startswith(results + "/")
         elif module == "benchmarks.targets":
             args = targets.parse_args(rest)
             assert [str(p) for p in args.paths] == [results] and str(args.json).startswith(results + "/")
@@ -470,7 +498,8 @@ def test_session_script_fails_a_phase_when_any_command_fails(tmp_path):
     assert done.returncode == 1
     assert "=== overhead:" in done.stdout and "FAILED" in done.stdout.split("=== overhead:")[1].splitlines()[0]
     modules = [argv[1] for argv in argvs if argv[0] == "-m"]
-    assert modules == ["benchmarks.overhead"] * 5 + ["benchmarks.profile"] + ["benchmarks"] * 4
+    assert modules == ["benchmarks.overhead"] * 2 + ["benchmarks.splits"] + ["benchmarks.overhead"] * 3 \
+        + ["benchmarks.profile"] + ["benchmarks"] * 4
     # one failing compare does not hide the others
     done, argvs = _session(tmp_path, "train", fail_on="--distill dcd --cuda-graph")
     assert done.returncode == 1

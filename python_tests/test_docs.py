@@ -98,7 +98,7 @@ def test_readme_python_block_runs(block):
 def _parsers() -> dict:
     """Module run by ``python -m`` -> a function that parses its argv (SystemExit on a usage error)."""
     from benchmarks import __main__ as bench_main
-    from benchmarks import fit_cost_model, host, overhead, profile, targets
+    from benchmarks import fit_cost_model, host, overhead, profile, splits, targets
     from rdkernels import __main__ as env_report
     from rdkernels.harness import __main__ as harness_main
 
@@ -106,7 +106,8 @@ def _parsers() -> dict:
             "rdkernels.harness": lambda argv: harness_main._build_parser()[0].parse_args(argv),
             "benchmarks": bench_main.parse_args, "benchmarks.targets": targets.parse_args,
             "benchmarks.overhead": overhead.parse_args, "benchmarks.profile": profile.parse_args,
-            "benchmarks.host": host.parse_args, "benchmarks.fit_cost_model": fit_cost_model.parse_args}
+            "benchmarks.host": host.parse_args, "benchmarks.fit_cost_model": fit_cost_model.parse_args,
+            "benchmarks.splits": splits.parse_args}
 
 
 def _shell_lines(script: str) -> list[str]:
@@ -180,7 +181,8 @@ def test_the_docs_and_the_gpu_script_have_commands_to_check():
     assert {m for _, m, _ in docs} >= {"rdkernels", "rdkernels.harness", "benchmarks", "benchmarks.targets",
                                        "benchmarks.overhead"}
     assert {m for _, m, _ in script} == {"rdkernels", "rdkernels.harness", "benchmarks", "benchmarks.targets",
-                                         "benchmarks.overhead", "benchmarks.profile", "benchmarks.fit_cost_model"}
+                                         "benchmarks.overhead", "benchmarks.profile", "benchmarks.fit_cost_model",
+                                         "benchmarks.splits"}
     # each loop's command once per value: 4 distillers x (eager, graphs) + bf16 graphs; 2 presets
     assert sum(m == "rdkernels.harness" for _, m, _ in script) == 9
     assert {a[a.index("--preset") + 1] for _, m, a in script if m == "benchmarks" and "--preset" in a} \

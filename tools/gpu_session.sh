@@ -71,6 +71,8 @@ phase_overhead() {
   # and ImageNet sizes
   TRITON_PRINT_AUTOTUNING=1 python -m benchmarks.overhead --op dcd --size full --match float32 \
     --json "$dir/overhead-dcd.json" 2>&1 | tee -a "$LOGS/overhead.txt" || rc=1
+  # RRD's Triton op at a few queue split counts (its heuristic was set without a measurement)
+  python -m benchmarks.splits --json "$dir/splits-shared_bank_contrast.json" 2>&1 | tee -a "$LOGS/overhead.txt" || rc=1
   # Sinkhorn's targets time the solve alone, as the suite's fwd rows do; not the peers (POT takes
   # ~1.4 s a call at 64 x 128^2, ~3 minutes a case here): the suite times them, and no kernel-time
   # target names them
