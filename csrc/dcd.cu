@@ -20,6 +20,9 @@
 // 5. dcd_finish_kernel (one warp) sums the columns' statistics into the loss, d tau
 //    (through the clamp of exp(tau)) and d bias.
 //
+// Launches 1 and 4 fetch each step's global reads a step ahead into registers, so that they are
+// in flight while the block multiplies the step before.
+//
 // Every sum runs in a fixed order: deterministic. The scratch is S and S^T (2 B^2 floats,
 // 8 MB at B = 1024, L2-resident on an A100 or H100) and a few floats a row; shared memory
 // is static (under 48 KB), so any batch size and width runs on any GPU.
@@ -29,7 +32,7 @@
 // column reading its own rows of z, and it took 0.51 ms at B = 1024 (fwd + bwd, H100)
 // where Triton's tiles take 0.09 ms; it also held the strips in shared memory, so B was
 // capped at 1024 (about 660 on a 99 KB GPU). Here launch 1 runs (B / 64)^2 blocks, launch
-// 3 B / 8 and launch 4 4 B / 32 (d = 128).
+// 3 B / 8 and launch 4 B / 8 (d = 128: two column blocks, two sides).
 #include "common.cuh"
 #include "dcd.h"
 

@@ -4,8 +4,8 @@
 #
 #   tools/gpu_session.sh build test           # the CUDA extension for this GPU; the whole suite, Triton compiled
 #   tools/gpu_session.sh overhead bench       # wall / host / kernel / graph-replay time per op, a per-kernel
-#                                             # profile of bank contrast; the quick suite, the CIFAR and
-#                                             # ImageNet presets, DCD's batch sweep
+#                                             # profile of bank contrast, RRD's split-count sweep; the
+#                                             # quick suite, the CIFAR and ImageNet presets, DCD's batch sweep
 #   tools/gpu_session.sh train                # training compares: eager, then whole-step CUDA graphs
 #   tools/gpu_session.sh sanitizer            # compute-sanitizer memcheck and racecheck over the CUDA kernels
 #                                             # (alone: memcheck, racecheck; each up to ~9 minutes)
