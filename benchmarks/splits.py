@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-TAU_S, TAU_T = 0.02, 0.1   # RRD's documented pair, as in benchmarks/ops/shared_bank_contrast.py
+from benchmarks.ops._common import dtype_of, generator, unit_rows
+from benchmarks.ops.shared_bank_contrast import TAU_S, TAU_T
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,14 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def sweep(batch: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
     from benchmarks.overhead import _graph_ms
     from rdkernels.ops.shared_bank_contrast.triton import _num_splits, shared_bank_contrast_triton
-    gen = torch.Generator(device=device).manual_seed(batch)
-    dtype = getattr(torch, args.dtype)
-
-    def rows(n):
-        x = torch.randn(n, args.dim, device=device, generator=gen)
-        return torch.nn.functional.normalize(x, dim=1).to(dtype)
-
-    q_s, q_t, queue = rows(batch), rows(batch), rows(args.rows)
+    gen, dtype = generator(device, batch), dtype_of(args.dtype)
+    q_s, q_t, queue = (unit_rows(n, args.dim, dtype, device, gen) for n in (batch, batch, args.rows))
     default = _num_splits(batch, device)
     counts = args.splits or sorted({max(1, default // 4), max(1, default // 2), default, 2 * default})
     out = []

@@ -311,9 +311,8 @@ def test_split_sweep_runs_each_count_and_marks_the_heuristics(monkeypatch, capsy
     from rdkernels.backend import triton_unavailable_reason
     if triton_unavailable_reason(CPU) is not None:
         pytest.skip("Triton's interpreter is unavailable")
-    seen = []
     from rdkernels.ops.shared_bank_contrast import triton as sbc_triton
-    real = sbc_triton.split_buffers
+    seen, real = [], sbc_triton.split_buffers
 
     def recording(batch, dim, n_splits, *args, **kwargs):
         seen.append(n_splits)
