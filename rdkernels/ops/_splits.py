@@ -6,11 +6,15 @@ contrast). Along the query rows there are only ``row_blocks`` programs (B / 16
 or B / 64: one to four at B = 64), so that dimension is cut into splits of
 whole tiles, merged after the kernel. The split count aims at
 ``programs_per_sm`` programs on every SM: 2 for the kernels whose blocks hold
-large register or shared-memory tiles (dense, shared-bank contrast), 4 for the
-light gather kernels. Under Triton's interpreter (CPU tensors) a few splits
+large register or shared-memory tiles (dense, CUDA shared-bank contrast), 4 for
+the light gather kernels, and half a program an SM for Triton's shared-bank
+contrast, where each split's accumulators cost more than the SMs it would fill
+(measured: benchmarks/splits.py). Under Triton's interpreter (CPU tensors) a few splits
 still exercise the merge.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -21,13 +25,14 @@ __all__ = ["INTERPRETER_SPLITS", "split_tiles", "splits_wanted"]
 INTERPRETER_SPLITS = 3
 
 
-def splits_wanted(row_blocks: int, device: torch.device, programs_per_sm: int,
+def splits_wanted(row_blocks: int, device: torch.device, programs_per_sm: float,
                   interpreter: int = INTERPRETER_SPLITS) -> int:
     """Splits that give ``row_blocks`` x splits ~ ``programs_per_sm`` x SMs programs
-    on a GPU; ``interpreter`` of them for CPU tensors."""
+    on a GPU (fewer than one an SM where the merge's bytes outweigh the
+    parallelism); ``interpreter`` of them for CPU tensors."""
     if device.type != "cuda":
         return interpreter
-    return -(-programs_per_sm * multiprocessor_count(device) // max(1, row_blocks))
+    return max(1, math.ceil(programs_per_sm * multiprocessor_count(device) / max(1, row_blocks)))
 
 
 def split_tiles(n_tiles: int, want: int) -> tuple[int, int]:

@@ -25,23 +25,25 @@ smaller::
                + extra_dense_bytes / bw_stream      # the [B, N] counts (fused), scores and coefficients (torch)
                + t_launch                          # t_graph inside a CUDA graph capture
 
-The constants are coarse. By bytes alone, dense wins on CIFAR-100 (B=64,
-K=16384, N=50 000: every bank row is sampled about 21 times a step), but on an
-H100 in eager mode its fixed host-side cost (then: sorting the negatives,
-a CSR of them, more launches) outweighed that at B=64, so the model picks
-gather there and dense from B ~ 256 up; on ImageNet with small batches (N=1.28 M,
-B*K/N < ~4) gathering wins outright. ``strategy="gather" | "dense"`` in
+The constants are coarse. By bytes, dense wins on CIFAR-100 (B=64, K=16384,
+N=50 000: every bank row is sampled about 21 times a step): on an H100 its
+kernels take 0.10 ms a call against gather's 0.33 ms. An eager call is
+host-bound either way (0.5-1 ms of Python, dispatch and launches, dense's
+~0.1-0.25 ms more: t_launch), so the pick shows only where the device time
+does, and there dense's is lower: ``auto`` takes dense at CIFAR's B = 64 and
+above, gather at K <= 4096 with small batches (where its device time is as low
+and its host time lower) and on ImageNet banks with small batches (N=1.28 M,
+B*K/N < ~4), where gathering wins outright. ``strategy="gather" | "dense"`` in
 :func:`rdkernels.ops.bank_contrast` overrides the choice.
 
 Inside a CUDA graph capture the host-side cost is gone: a replay launches the
 recorded kernels with no Python, dispatcher or launch work, so a call costs its
 GPU time alone and the fixed term is the extra kernels' device time (t_graph),
-not the eager host time (t_launch). A captured training step (the harness's
-``--cuda-graph``) therefore takes dense at CIFAR's B = 64, where the bytes say
-it moves ~20x less; eager calls in the same process keep gather. The eager
-warm-up before a capture should run the path the graph will record (its first
-call compiles and tunes kernels, which a capture cannot): run it inside
-:func:`assume_graph_replay`, as the harness does.
+not the eager host time (t_launch): a captured step takes dense from smaller K
+(K = 4096 at B = 64) than an eager one. The eager warm-up before a capture
+should run the path the graph will record (its first call compiles and tunes
+kernels, which a capture cannot): run it inside :func:`assume_graph_replay`, as
+the harness does.
 """
 from __future__ import annotations
 
@@ -69,21 +71,22 @@ class DeviceRates:
 # H100/H200-class GPU. bw_gather is below HBM bandwidth: 512-byte rows scattered
 # over the bank use sectors well but defeat prefetching; the dense kernel's
 # 3xTF32 tensor-core rate, conservatively.
-# t_index and t_launch are measured on an H100 in eager mode (fwd + bwd, B=64,
-# K=16384, N=50 000) with the CSR then built by a per-row sort: the sort cost
-# ~115 us (1.1e-10 s per id), and the dense path's host-side work (CSR, launches,
-# a torch merge) ~1 ms more than gather's; end to end gather took 0.51 ms (Triton)
-# and dense 1.46 ms there. With the sample counts (a memset and one atomic kernel)
-# and the one-launch merge that replaced them (H100, 2026-11-24, benchmarks.overhead,
-# fp32): dense's host time is within 0.01-0.23 ms of gather's (0.64-1.03 ms a call)
-# at K = 1024-16384, and at K = 16384 its kernels take 0.096-0.099 ms against the
-# gather's 0.33-0.34 ms. Eager calls are host-bound, so the eager pick stays gather
-# (t_launch keeps it there at every size the suites time); a refit on kernel time
-# would lower t_launch and t_index and send eager CIFAR-size calls to dense too,
-# which pays where the GPU, not the host, bounds the step.
+# t_index is measured on an H100 in eager mode (fwd + bwd, B=64, K=16384,
+# N=50 000) with the CSR then built by a per-row sort (~115 us, 1.1e-10 s per id);
+# the sample counts that replaced it cost less, so the term is conservative.
+# t_launch, dense's host time over gather's in an eager call: 0.1-0.25 ms on an
+# H100 (benchmarks.fit_cost_model, 2026-11-24: every shape of its grid, B 16-256,
+# K <= 4096, was host-bound at 0.4-1.2 ms a call, and the fit put t_launch at
+# 0.95e-4 s on CUDA and 1.1e-4 s on Triton). It was 1e-3 while the dense path
+# sorted its negatives, which kept eager CIFAR calls on gather; at that shape
+# (2026-11-24, benchmarks.overhead, fp32) the dense kernels take 0.096-0.099 ms
+# against gather's 0.33-0.34 ms, and the whole eager CRD step (both directions,
+# the bank update) took 2.5-2.9 ms dense against 3.4-6.1 ms gather, its kernels
+# 0.23 ms against 0.72 ms. At 2e-4 eager CIFAR calls take dense; B = 256 at
+# K = 4096 does too, 1.2-1.4x slower eagerly there (host-bound), for fewer bytes.
 # t_graph: the count kernel and the merge, a few microseconds each on the device
 # once their launches cost nothing.
-_CUDA = DeviceRates(bw_gather=1.2e12, bw_stream=2.5e12, flops=2.5e14, t_index=1.1e-10, t_launch=1e-3,
+_CUDA = DeviceRates(bw_gather=1.2e12, bw_stream=2.5e12, flops=2.5e14, t_index=1.1e-10, t_launch=2e-4,
                     t_graph=2e-5)
 # A few CPU cores: gathering materialises [B, chunk, d] and runs batched
 # matrix-vector products (memory bound); the dense path is an MKL/oneDNN GEMM.

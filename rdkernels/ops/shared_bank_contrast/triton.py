@@ -160,8 +160,8 @@ def shared_bank_merge_kernel(stats_ptr, acc_ptr, qs_ptr, loss_ptr, dq_ptr, batch
         tl.store(dq_ptr + b.to(tl.int64) * dim + d, (acc_s / sum_s - mean_t) * inv_tau_s, mask=dmask)
 
 
-# The merge's steps: the maxima over up to 512 splits at once (2 x 132 SMs' worth of
-# splits on an H100 is 264), the accumulators in [32, d <= 128] fp32 tiles, 16 values
+# The merge's steps: the maxima over up to 512 splits at once (the heuristic's count is
+# 33 at B = 64 on an H100; a caller's num_splits may be more), the accumulators in [32, d <= 128] fp32 tiles, 16 values
 # a thread per tile (8 warps at d = 128, fewer for narrower tiles), no spills
 # (tools/aot_check.py). With both loops in [16, d] steps over 4 warps, the merge took
 # 18.5 us of a 52 us fwd+bwd at RRD's shape on an H100 (2026-11-24): 2 x 9 round trips.
@@ -240,13 +240,20 @@ contrast_kernel = TunedKernel(shared_bank_contrast_kernel, CANDIDATES, key=["bat
 
 
 SPLIT_ROWS = 32  # query rows per program the split count is sized for
+# Programs an SM the split count aims at. Each split writes [2, B, d] fp32
+# accumulators that the merge reads back (8.4 MB at 132 splits, B = 64, d = 128:
+# the queue's own size), so fewer, longer splits win while the SMs stay about
+# half busy. H100, fwd+bwd replayed from a CUDA graph (benchmarks/splits.py,
+# 2026-11-24): B = 64, N = 16384: 40.6 us at 33 splits, 45.9 at 66, 56.0 at 132
+# (two an SM, the count before), 76.3 at 264; B = 256: 138 us at 8, 144 at 33.
+PROGRAMS_PER_SM = 0.5
 
 
 def _num_splits(batch: int, device: torch.device) -> int:
-    """Splits of the queue wanted: about two programs per SM at SPLIT_ROWS query rows
-    per program (a 64-row candidate gets one, a 16-row one four); under the
-    interpreter two, which still exercise the split merge."""
-    return queue_splits_wanted(batch, SPLIT_ROWS, device)
+    """Splits of the queue wanted: about PROGRAMS_PER_SM programs an SM at SPLIT_ROWS
+    query rows a program (33 at B = 64 on 132 SMs); under the interpreter two,
+    which still exercise the split merge."""
+    return queue_splits_wanted(batch, SPLIT_ROWS, device, PROGRAMS_PER_SM)
 
 
 def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, need_grad: bool,
