@@ -32,12 +32,12 @@ def _resolve(z_s: torch.Tensor, requested: str | None) -> str:
     take move down to the next backend, an explicit request raises instead.
 
     ``auto`` on a GPU takes the CUDA kernels eagerly, where a call is host-bound and
-    theirs costs less host time (0.4-0.7 ms a fwd+bwd against Triton's 0.7-1.1 on an
-    H100), and Triton's while a CUDA graph records the call or inside
-    ``assume_graph_replay()``, where only device time counts: Triton's tiles take
-    0.014 ms at B = 64 and 0.088 ms at B = 1024, the CUDA kernels 0.062 and 0.51 ms
-    (benchmarks/results/nvidia-h100-80gb-hbm3/overhead-dcd.json; those CUDA times are
-    the kernels csrc/dcd.cu had before its tiles, to be measured again)."""
+    theirs costs less host time (0.25-0.65 ms a fwd+bwd against Triton's 0.45-0.87 on
+    an H100), and Triton's while a CUDA graph records the call or inside
+    ``assume_graph_replay()``, where only device time counts: Triton's 3xTF32 tiles
+    take 0.014 ms at B = 64, 0.086 ms at B = 1024 and 0.234 at 2048, the CUDA
+    kernels' fp32 FMA tiles 0.023, 0.095 and 0.286 ms
+    (benchmarks/results/nvidia-h100-80gb-hbm3/overhead-dcd.json)."""
     name = _backend.resolve(z_s.device, "dcd_loss", requested)
     dim = z_s.shape[1]
     explicit = _backend.requested_backend(requested) != "auto"
