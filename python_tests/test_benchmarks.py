@@ -434,6 +434,16 @@ def _session(tmp_path, *phases, fail_on="no such argument"):
     return done, argvs
 
 
+def test_session_test_phase_spreads_the_suite_over_workers(tmp_path):
+    """The test phase runs the whole suite on 8 xdist workers that steal queued tests
+    from one another (a worker left with the slow GPU sweeps held the run up)."""
+    done, argvs = _session(tmp_path, "test")   # the stand-in answers every version check yes
+    assert done.returncode == 0, done.stdout + done.stderr
+    (argv,) = [a for a in argvs if a[:2] == ["-m", "pytest"]]
+    assert argv[argv.index("-n") + 1] == "8" and argv[argv.index("--dist") + 1] == "worksteal"
+    assert argv[-1] == "python_tests"
+
+
 def test_session_script_passes_flags_its_tools_take(tmp_path):
     from benchmarks import overhead, profile
     from rdkernels.harness.__main__ import _build_parser

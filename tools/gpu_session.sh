@@ -53,8 +53,12 @@ print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton
 
 phase_test() {
   local workers=()
-  # pytest-xdist comes with the test extra; without it, one process rather than a usage error
+  # pytest-xdist comes with the test extra; without it, one process rather than a usage error.
+  # worksteal (xdist >= 3.2): an idle worker takes queued tests from a busy one, where the
+  # default hands out fixed batches (one worker once ran the Sinkhorn GPU sweeps alone for minutes)
   python -c "import xdist" 2> /dev/null && workers=(-n 8)
+  python -c "import sys, xdist; sys.exit(tuple(map(int, xdist.__version__.split('.')[:2])) < (3, 2))" 2> /dev/null \
+    && workers+=(--dist worksteal)
   python -m pytest -q ${workers[@]+"${workers[@]}"} -p no:cacheprovider python_tests 2>&1 \
     | tee "$LOGS/tests.txt" | tail -n 25
 }
