@@ -1,18 +1,28 @@
-"""Device time of RRD's Triton shared-bank contrast at several queue split counts (GPU only).
+"""Device time of the fused kernels that split a long dimension, at several split counts (GPU only).
 
-    python -m benchmarks.splits [--batch 64 256] [--rows 16384] [--dim 128] [--splits 8 16 33 66]
-                                [--iters 100] [--json PATH]
+    python -m benchmarks.splits [--op shared_bank_contrast bank_contrast_dense] [--batch 64 256]
+                                [--rows 16384] [--bank 50000] [--negatives 16384] [--dim 128]
+                                [--backend triton cuda] [--splits 8 16 33 66] [--iters 100] [--json PATH]
 
-The op splits the queue across programs and merges their online-softmax
-partials (rdkernels/ops/shared_bank_contrast/triton.py). The split kernel
-writes [2, splits, B, d] fp32 accumulators that the merge reads back: 8.4 MB at
-132 splits and B = 64, d = 128, as many bytes as the queue itself. Fewer splits
-move fewer of those bytes but give the GPU fewer programs. Per split count,
-the sweep records the ms of one fwd+bwd call replayed from a CUDA graph (device
-time only, as in a captured training step), the heuristic's own count marked;
-each count runs the autotuner's pick for the shape. Its first run (H100,
-2026-11-24) moved the heuristic from two programs an SM to half of one
-(PROGRAMS_PER_SM in the op's triton.py): 132 splits to 33 at B = 64, 56 us to 41.
+Both ops cut their long dimension into splits, a program each, and merge the
+splits' partials after the kernel (flash-decoding style). Fewer splits move
+fewer partial bytes and give the merge a shorter loop, but give the GPU fewer
+programs. Per split count, the sweep records the ms of one fwd+bwd call
+replayed from a CUDA graph (device time only, as in a captured training
+step), the heuristic's own count marked; each count runs the autotuner's pick
+for the shape.
+
+* ``shared_bank_contrast``: RRD's Triton op over its queue (``--rows``). The
+  split kernel writes [2, splits, B, d] fp32 accumulators that the merge reads
+  back: 8.4 MB at 132 splits and B = 64, d = 128, as many bytes as the queue
+  itself. Its first run (H100, 2026-11-24) moved the heuristic from two
+  programs an SM to half of one (PROGRAMS_PER_SM in the op's triton.py): 132
+  splits to 33 at B = 64, 56 us to 41.
+* ``bank_contrast_dense``: bank contrast's dense strategy (NCE) over the bank
+  (``--bank`` rows, ``--negatives`` K), on each ``--backend``: the kernel and
+  the merge of its [B, splits, d] partials (2.2 MB at Triton's 66 splits at
+  B = 64, 8.6 MB at CUDA's 264), counts forced by
+  ``rdkernels.ops.bank_contrast.dense.dense_split_count``.
 """
 from __future__ import annotations
 
@@ -23,16 +33,25 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.ops._common import dtype_of, generator, unit_rows
+from benchmarks.ops._common import bank_init, dtype_of, generator, sample_idx, unit_rows
+from benchmarks.ops.bank_contrast import TEMPERATURE
 from benchmarks.ops.shared_bank_contrast import TAU_S, TAU_T
+
+
+OPS = ("shared_bank_contrast", "bank_contrast_dense")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.splits", description=__doc__.split("\n\n")[0])
+    p.add_argument("--op", nargs="+", choices=OPS, default=["shared_bank_contrast"])
     p.add_argument("--batch", type=int, nargs="+", default=[64, 256])
-    p.add_argument("--rows", type=int, default=16_384, help="queue rows N")
+    p.add_argument("--rows", type=int, default=16_384, help="shared_bank_contrast: queue rows N")
+    p.add_argument("--bank", type=int, default=50_000, help="bank_contrast_dense: bank rows N")
+    p.add_argument("--negatives", type=int, default=16_384, help="bank_contrast_dense: negatives K a row")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--backend", nargs="+", choices=["triton", "cuda"], default=["triton", "cuda"],
+                   help="bank_contrast_dense: the backends swept (shared_bank_contrast: Triton's only)")
     p.add_argument("--splits", type=int, nargs="+", default=None,
                    help="split counts (default: the heuristic's count times 1/4, 1/2, 1, 2)")
     p.add_argument("--iters", type=int, default=100)
@@ -40,25 +59,64 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def sweep(batch: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
+def _counts(default: int, args: argparse.Namespace) -> list[int]:
+    return args.splits or sorted({max(1, default // 4), max(1, default // 2), default, 2 * default})
+
+
+def _time_counts(label: str, row: dict, default: int, counts: list[int], actual, call, iters: int) -> list[dict]:
+    """One row per split count the op makes (``actual(count)``: a count rounds to whole
+    tiles, and two asked for may make one): ``call(count)`` compiled and tuned eagerly,
+    then timed replayed from a CUDA graph."""
     from benchmarks.overhead import _graph_ms
-    from rdkernels.ops.shared_bank_contrast.triton import _num_splits, shared_bank_contrast_triton
+    out = []
+    for splits in dict.fromkeys(actual(c) for c in counts):
+        call(splits)   # compile and tune outside the capture
+        ms = _graph_ms(lambda splits=splits: call(splits), iters)
+        out.append({**row, "splits": splits, "default": splits == default, "graph_ms": ms})
+        mark = " (heuristic)" if splits == default else ""
+        print(f"{label} splits={splits:<5} {'-' if ms is None else f'{ms * 1e3:8.1f} us'}{mark}", flush=True)
+    return out
+
+
+def sweep(batch: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """RRD's Triton shared-bank contrast over its queue."""
+    from rdkernels.ops.shared_bank_contrast.triton import queue_splits, shared_bank_contrast_triton
     gen, dtype = generator(device, batch), dtype_of(args.dtype)
     q_s, q_t, queue = (unit_rows(n, args.dim, dtype, device, gen) for n in (batch, batch, args.rows))
-    default = _num_splits(batch, device)
-    counts = args.splits or sorted({max(1, default // 4), max(1, default // 2), default, 2 * default})
-    out = []
-    for splits in counts:
-        def call(splits=splits):
-            return shared_bank_contrast_triton(q_s, q_t, queue, TAU_S, TAU_T, True, num_splits=splits)
-        call()   # compile and tune outside the capture
-        ms = _graph_ms(call, args.iters)
-        out.append({"batch": batch, "rows": args.rows, "dim": args.dim, "dtype": args.dtype, "splits": splits,
-                    "default": splits == default, "graph_ms": ms})
-        mark = " (heuristic)" if splits == default else ""
-        print(f"B={batch:<5} N={args.rows:<7} d={args.dim:<4} splits={splits:<5} "
-              f"{'-' if ms is None else f'{ms * 1e3:8.1f} us'}{mark}", flush=True)
-    return out
+    actual = lambda n: queue_splits(batch, args.rows, device, n)[0]   # noqa: E731
+    default = actual(None)
+    row = {"op": "shared_bank_contrast", "backend": "triton", "batch": batch, "rows": args.rows, "dim": args.dim,
+           "dtype": args.dtype}
+    return _time_counts(f"shared_bank_contrast B={batch:<5} N={args.rows:<7} d={args.dim:<4}", row, default,
+                        _counts(default, args), actual,
+                        lambda n: shared_bank_contrast_triton(q_s, q_t, queue, TAU_S, TAU_T, True, num_splits=n),
+                        args.iters)
+
+
+def sweep_dense(batch: int, backend: str, args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Bank contrast's dense strategy (NCE, gradient on) over the bank, on ``backend``."""
+    from rdkernels.ops import bank_contrast
+    from rdkernels.ops.bank_contrast.dense import dense_split_count
+    gen, dtype = generator(device, batch), dtype_of(args.dtype)
+    query = unit_rows(batch, args.dim, dtype, device, gen).requires_grad_()
+    bank = bank_init(args.bank, args.dim, dtype, device, gen)
+    idx = sample_idx(torch.randint(0, args.bank, (batch,), device=device, generator=gen), args.bank,
+                     args.negatives, gen)
+    z = torch.tensor([float(args.bank)], device=device)
+    kw = dict(temperature=TEMPERATURE, epilogue="nce", z=z, n_data=args.bank, backend=backend, strategy="dense")
+
+    def call(count=None):
+        with dense_split_count(count) as used:
+            bank_contrast(query, bank, idx, **kw)   # the gradient is computed in the forward
+        return used
+    used = call()
+    if not used:   # a shape or GPU the fused kernel does not take ran the torch formulation
+        print(f"bank_contrast_dense {backend}: the fused kernel did not run at B={batch}; skipped", flush=True)
+        return []
+    row = {"op": "bank_contrast_dense", "backend": backend, "batch": batch, "rows": args.bank,
+           "negatives": args.negatives, "dim": args.dim, "dtype": args.dtype}
+    return _time_counts(f"bank_contrast_dense {backend:<6} B={batch:<5} N={args.bank:<7} K={args.negatives:<6}",
+                        row, used[0], _counts(used[0], args), lambda n: call(n)[0], call, args.iters)
 
 
 def main(argv=None) -> int:
@@ -66,7 +124,13 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.splits needs a CUDA device")
     device = torch.device("cuda", torch.cuda.current_device())
-    rows = [r for b in args.batch for r in sweep(b, args, device)]
+    rows = []
+    for op in args.op:
+        for b in args.batch:
+            if op == "shared_bank_contrast":
+                rows += sweep(b, args, device)
+            else:
+                rows += [r for backend in args.backend for r in sweep_dense(b, backend, args, device)]
     if args.json:
         from benchmarks.report import command_line, utc_now, versions
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -327,6 +327,45 @@ def test_split_sweep_runs_each_count_and_marks_the_heuristics(monkeypatch, capsy
     assert "(heuristic)" in capsys.readouterr().out
 
 
+def test_dense_split_sweep_forces_each_count_on_the_kernel(monkeypatch, capsys):
+    """benchmarks.splits' dense bank-contrast sweep on CPU under the interpreter: each
+    count reaches the Triton dense kernel's launch grid, the heuristic's own is marked,
+    and the op's loss does not depend on the count."""
+    from benchmarks import overhead, splits
+    from rdkernels.backend import triton_unavailable_reason
+    if triton_unavailable_reason(CPU) is not None:
+        pytest.skip("Triton's interpreter is unavailable")
+    from rdkernels.ops import bank_contrast
+    from rdkernels.ops.bank_contrast import dense
+    grids = []
+    real = dense.split_buffers
+
+    def recording(code, batch, n_splits, *args, **kwargs):
+        grids.append(n_splits)
+        return real(code, batch, n_splits, *args, **kwargs)
+    monkeypatch.setattr(dense, "split_buffers", recording)
+    monkeypatch.setattr(overhead, "_graph_ms", lambda fn, iters: (fn(), 0.5)[1])
+    args = splits.parse_args(["--op", "bank_contrast_dense", "--backend", "triton", "--batch", "4", "--bank", "256",
+                              "--negatives", "40", "--dim", "32", "--iters", "1", "--splits", "1", "2", "5"])
+    rows = splits.sweep_dense(4, "triton", args, CPU)
+    # 16 bank tiles under the interpreter: 5 splits of whole tiles are 4 (4 tiles each)
+    assert [r["splits"] for r in rows] == [1, 2, 4] and all(r["graph_ms"] == 0.5 for r in rows)
+    from rdkernels.ops._splits import INTERPRETER_SPLITS
+    assert set(grids) == {1, 2, 4, INTERPRETER_SPLITS}   # the swept counts and the heuristic's first call
+    assert not any(r["default"] for r in rows)            # the heuristic's 3 was not asked for
+    q = torch.randn(4, 32)
+    bank, idx = torch.randn(256, 32), torch.randint(0, 256, (4, 41))
+    losses = []
+    for count in (1, 3, None):
+        with dense.dense_split_count(count) as used:
+            losses.append(bank_contrast(q, bank, idx, temperature=0.1, epilogue="softmax", backend="triton",
+                                        strategy="dense"))
+        assert len(used) == 1 and (count is None or used[0] == count)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-6, atol=1e-6)   # 3 splits as 1
+    torch.testing.assert_close(losses[2], losses[0], rtol=1e-6, atol=1e-6)   # the heuristic's as 1
+    assert dense._split_sweep is None   # the block restores the heuristic
+
+
 def test_overhead_rows_and_record_on_cpu(tmp_path, capsys):
     """The overhead tool's loop and JSON, with its CUDA timer replaced: every
     implementation that runs here gets a row, and the record names the device."""
@@ -457,8 +496,8 @@ def test_session_script_passes_flags_its_tools_take(tmp_path):
     assert modules.count("benchmarks.overhead") == 5 and modules.count("benchmarks.profile") == 1
     assert modules.count("benchmarks") == 4 and modules.count("rdkernels.harness") == 9
     assert modules.count("benchmarks.targets") == 1 and modules.count("benchmarks.fit_cost_model") == 2
-    assert modules.count("benchmarks.splits") == 1
-    suites, overheads, fits = [], [], []
+    assert modules.count("benchmarks.splits") == 2
+    suites, overheads, fits, swept = [], [], [], []
     harness = _build_parser()[0]
     distillers = []
     for argv in argvs:
@@ -479,7 +518,9 @@ def test_session_script_passes_flags_its_tools_take(tmp_path):
             assert str(args.json).startswith(results + "/")
             fits.append(args.backend)
         elif module == "benchmarks.splits":
-            assert str(splits.parse_args(rest).json).startswith(results + "/")
+            args = splits.parse_args(rest)
+            assert str(args.json).startswith(results + "/")
+            swept.append(tuple(args.op))
         elif module == "benchmarks.targets":
             args = targets.parse_args(rest)
             assert [str(p) for p in args.paths] == [results] and str(args.json).startswith(results + "/")
@@ -491,6 +532,7 @@ def test_session_script_passes_flags_its_tools_take(tmp_path):
                                         + [("crd", True, True)])
     assert (tmp_path / "results" / "some-gpu" / "profile-bank_contrast.txt").exists()
     assert fits == ["cuda", "triton"]
+    assert swept == [("shared_bank_contrast",), ("bank_contrast_dense",)]
     # the quick sweep, and the sizes the issues' targets name that it leaves out
     assert suites == [(True, None, ()), (False, "cifar", ("crd_step", "bank_contrast")),
                       (False, "imagenet", ("crd_step", "bank_contrast")), (False, None, ("dcd",))]
@@ -507,7 +549,7 @@ def test_session_script_fails_a_phase_when_any_command_fails(tmp_path):
     assert done.returncode == 1
     assert "=== overhead:" in done.stdout and "FAILED" in done.stdout.split("=== overhead:")[1].splitlines()[0]
     modules = [argv[1] for argv in argvs if argv[0] == "-m"]
-    assert modules == ["benchmarks.overhead"] * 2 + ["benchmarks.splits"] + ["benchmarks.overhead"] * 3 \
+    assert modules == ["benchmarks.overhead"] * 2 + ["benchmarks.splits"] * 2 + ["benchmarks.overhead"] * 3 \
         + ["benchmarks.profile"] + ["benchmarks"] * 4
     # one failing compare does not hide the others
     done, argvs = _session(tmp_path, "train", fail_on="--distill dcd --cuda-graph")

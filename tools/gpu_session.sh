@@ -4,7 +4,7 @@
 #
 #   tools/gpu_session.sh build test           # the CUDA extension for this GPU; the whole suite, Triton compiled
 #   tools/gpu_session.sh overhead bench       # wall / host / kernel / graph-replay time per op, a per-kernel
-#                                             # profile of bank contrast, RRD's split-count sweep; the
+#                                             # profile of bank contrast, split-count sweeps; the
 #                                             # quick suite, the CIFAR and ImageNet presets, DCD's batch sweep
 #   tools/gpu_session.sh train                # training compares: eager, then whole-step CUDA graphs
 #   tools/gpu_session.sh sanitizer            # compute-sanitizer memcheck and racecheck over the CUDA kernels
@@ -75,8 +75,11 @@ phase_overhead() {
   # and ImageNet sizes
   TRITON_PRINT_AUTOTUNING=1 python -m benchmarks.overhead --op dcd --size full --match float32 \
     --json "$dir/overhead-dcd.json" 2>&1 | tee -a "$LOGS/overhead.txt" || rc=1
-  # RRD's Triton op at a few queue split counts (its heuristic was set without a measurement)
+  # RRD's Triton op at a few queue split counts (the sweep that set its heuristic), and bank
+  # contrast's dense kernels at a few bank split counts (theirs, two programs an SM, has none)
   python -m benchmarks.splits --json "$dir/splits-shared_bank_contrast.json" 2>&1 | tee -a "$LOGS/overhead.txt" || rc=1
+  python -m benchmarks.splits --op bank_contrast_dense --batch 64 256 --json "$dir/splits-bank_contrast_dense.json" \
+    2>&1 | tee -a "$LOGS/overhead.txt" || rc=1
   # Sinkhorn's targets time the solve alone, as the suite's fwd rows do; not the peers (POT takes
   # ~1.4 s a call at 64 x 128^2, ~3 minutes a case here): the suite times them, and no kernel-time
   # target names them

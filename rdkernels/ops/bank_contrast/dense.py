@@ -32,6 +32,8 @@ Triton and CUDA dense kernels (merged by triton_merge.py).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from rdkernels.ops._splits import split_tiles, splits_wanted
@@ -147,10 +149,36 @@ def bank_scores_backward_dense_torch(grad_scores, bank, idx, temperature):
 
 # ------------------------------------------------ shared by the fused dense kernels
 
+# set by dense_split_count (benchmarks/splits.py): a forced count and the counts used
+_split_sweep: tuple[int | None, list] | None = None
+
+
 def dense_splits(m_blocks: int, n_tiles: int, device: torch.device) -> tuple[int, int]:
     """(splits, bank tiles per split) of the fused dense kernels (Triton and CUDA):
-    about two programs per SM (ops/_splits.py)."""
-    return split_tiles(n_tiles, splits_wanted(m_blocks, device, programs_per_sm=2))
+    about two programs per SM (ops/_splits.py). At CIFAR-100's B = 64 that is 264
+    splits for the CUDA kernel (64 query rows a block) and 66 for Triton's (16), and
+    the merge reads [B, splits, d] fp32 partials back: on an H100 it took 20 us a
+    call after the CUDA kernel, 7 after Triton's (benchmarks/splits.py sweeps it)."""
+    want = splits_wanted(m_blocks, device, programs_per_sm=2)
+    if _split_sweep is not None:
+        forced, used = _split_sweep
+        want = forced or want
+        used.append(split_tiles(n_tiles, want)[0])
+    return split_tiles(n_tiles, want)
+
+
+@contextlib.contextmanager
+def dense_split_count(count: int | None = None):
+    """Within the block the fused dense kernels cut the bank into ``count`` splits
+    (whole tiles, at most one a tile; None: the heuristic's); yields the list of the
+    counts each launch used. For benchmarks/splits.py, which times several."""
+    global _split_sweep
+    saved, used = _split_sweep, []
+    _split_sweep = (count, used)
+    try:
+        yield used
+    finally:
+        _split_sweep = saved
 
 
 def fused_dense_takes(n_cols: int) -> bool:

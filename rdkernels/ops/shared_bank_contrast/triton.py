@@ -256,6 +256,14 @@ def _num_splits(batch: int, device: torch.device) -> int:
     return queue_splits_wanted(batch, SPLIT_ROWS, device, PROGRAMS_PER_SM)
 
 
+def queue_splits(batch: int, n_rows: int, device: torch.device, num_splits: int | None = None) -> tuple[int, int]:
+    """(splits, queue rows per split) a call makes: ``num_splits`` (or the heuristic's
+    count) cut to whole tiles of the launch's row alignment, none empty."""
+    on_gpu = device.type == "cuda" and not triton_interpreter_enabled()
+    align = ROW_ALIGN if on_gpu else INTERPRETER_CONFIG["BLOCK_N"]
+    return split_queue(n_rows, num_splits or _num_splits(batch, device), align)
+
+
 def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, need_grad: bool,
                                 num_splits: int | None = None, config: triton.Config | None = None):
     """(loss[B] fp32, dq_s[B, d] fp32 or empty). ``num_splits`` and ``config``
@@ -264,8 +272,7 @@ def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, nee
     n_rows = queue.shape[0]
     dev = q_s.device
     on_gpu = dev.type == "cuda" and not triton_interpreter_enabled()
-    align = ROW_ALIGN if on_gpu else INTERPRETER_CONFIG["BLOCK_N"]
-    splits, rows_per_split = split_queue(n_rows, num_splits or _num_splits(batch, dev), align)
+    splits, rows_per_split = queue_splits(batch, n_rows, dev, num_splits)
     # the accumulators are written with or without the gradient: the loss's cross term comes from them
     stats, acc_at, loss, dq = split_buffers(batch, dim, splits, need_grad, dev, accumulators=True)
     acc = stats[acc_at:]
