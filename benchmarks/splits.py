@@ -10,14 +10,15 @@ fewer partial bytes and give the merge a shorter loop, but give the GPU fewer
 programs. Per split count, the sweep records the ms of one fwd+bwd call
 replayed from a CUDA graph (device time only, as in a captured training
 step), the heuristic's own count marked; each count runs the autotuner's pick
-for the shape.
+for the shape at that count (timed afresh: the tuner's key leaves the count out,
+and the first run of this sweep reused one count's pick at every other).
 
 * ``shared_bank_contrast``: RRD's Triton op over its queue (``--rows``). The
   split kernel writes [2, splits, B, d] fp32 accumulators that the merge reads
   back: 8.4 MB at 132 splits and B = 64, d = 128, as many bytes as the queue
-  itself. Its first run (H100, 2026-11-24) moved the heuristic from two
+  itself. Its first runs (H100, 2026-11-24) moved the heuristic from two
   programs an SM to half of one (PROGRAMS_PER_SM in the op's triton.py): 132
-  splits to 33 at B = 64, 56 us to 41.
+  splits to 33 at B = 64, the op's kernel time from 50.9 us to 44.2.
 * ``bank_contrast_dense``: bank contrast's dense strategy (NCE) over the bank
   (``--bank`` rows, ``--negatives`` K), on each ``--backend``: the kernel and
   the merge of its [B, splits, d] partials (2.2 MB at Triton's 66 splits at
@@ -63,13 +64,17 @@ def _counts(default: int, args: argparse.Namespace) -> list[int]:
     return args.splits or sorted({max(1, default // 4), max(1, default // 2), default, 2 * default})
 
 
-def _time_counts(label: str, row: dict, default: int, counts: list[int], actual, call, iters: int) -> list[dict]:
+def _time_counts(label: str, row: dict, default: int, counts: list[int], actual, call, iters: int,
+                 tuned=None) -> list[dict]:
     """One row per split count the op makes (``actual(count)``: a count rounds to whole
     tiles, and two asked for may make one): ``call(count)`` compiled and tuned eagerly,
-    then timed replayed from a CUDA graph."""
+    then timed replayed from a CUDA graph. ``tuned``: the op's TunedKernel, whose
+    choice is timed again at each count (its key leaves the count out)."""
     from benchmarks.overhead import _graph_ms
     out = []
     for splits in dict.fromkeys(actual(c) for c in counts):
+        if tuned is not None:
+            tuned.forget_timings()
         call(splits)   # compile and tune outside the capture
         ms = _graph_ms(lambda splits=splits: call(splits), iters)
         out.append({**row, "splits": splits, "default": splits == default, "graph_ms": ms})
@@ -80,7 +85,7 @@ def _time_counts(label: str, row: dict, default: int, counts: list[int], actual,
 
 def sweep(batch: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
     """RRD's Triton shared-bank contrast over its queue."""
-    from rdkernels.ops.shared_bank_contrast.triton import queue_splits, shared_bank_contrast_triton
+    from rdkernels.ops.shared_bank_contrast.triton import contrast_kernel, queue_splits, shared_bank_contrast_triton
     gen, dtype = generator(device, batch), dtype_of(args.dtype)
     q_s, q_t, queue = (unit_rows(n, args.dim, dtype, device, gen) for n in (batch, batch, args.rows))
     actual = lambda n: queue_splits(batch, args.rows, device, n)[0]   # noqa: E731
@@ -90,7 +95,7 @@ def sweep(batch: int, args: argparse.Namespace, device: torch.device) -> list[di
     return _time_counts(f"shared_bank_contrast B={batch:<5} N={args.rows:<7} d={args.dim:<4}", row, default,
                         _counts(default, args), actual,
                         lambda n: shared_bank_contrast_triton(q_s, q_t, queue, TAU_S, TAU_T, True, num_splits=n),
-                        args.iters)
+                        args.iters, tuned=contrast_kernel)
 
 
 def sweep_dense(batch: int, backend: str, args: argparse.Namespace, device: torch.device) -> list[dict]:

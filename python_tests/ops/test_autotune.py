@@ -60,6 +60,17 @@ def test_eager_call_times_and_reuses(tuned, monkeypatch):
     assert [entry[0] for entry in log] == ["timed", "timed"]
 
 
+def test_forgotten_timings_are_timed_again_and_not_reused_in_a_capture(tuned, monkeypatch):
+    tk, log = tuned
+    tk.tuner.cache = {("64",): CONFIGS[1]}          # what triton's autotuner keeps per key
+    tk.launch(_grid, torch.zeros(4), 64)
+    tk.forget_timings()
+    assert tk._timed == set() and tk.tuner.cache == {}
+    monkeypatch.setattr(_autotune, "host_reads_allowed", lambda t: False)
+    tk.launch(_grid, torch.zeros(4), 64)            # a capture: no timing, so the default
+    assert log[-1][0] == "kernel"
+
+
 def test_capture_of_an_untimed_shape_runs_the_default(tuned, monkeypatch):
     tk, log = tuned
     monkeypatch.setattr(_autotune, "host_reads_allowed", lambda t: False)

@@ -81,6 +81,14 @@ class TunedKernel:
     def default(self) -> triton.Config:
         return self.configs[0]
 
+    def forget_timings(self) -> None:
+        """Drop every timed choice, so that the next eager call of each key times the
+        candidates again. The key leaves out what a call derives from it (the split
+        count, say); benchmarks/splits.py varies that and must not reuse one count's
+        choice for another's."""
+        self.tuner.cache.clear()
+        self._timed.clear()
+
     def _early_prune(self, configs, named_args, **kwargs):  # configs: self.configs
         return self.candidates(**named_args, **kwargs)
 

@@ -243,9 +243,14 @@ SPLIT_ROWS = 32  # query rows per program the split count is sized for
 # Programs an SM the split count aims at. Each split writes [2, B, d] fp32
 # accumulators that the merge reads back (8.4 MB at 132 splits, B = 64, d = 128:
 # the queue's own size), so fewer, longer splits win while the SMs stay about
-# half busy. H100, fwd+bwd replayed from a CUDA graph (benchmarks/splits.py,
-# 2026-11-24): B = 64, N = 16384: 40.6 us at 33 splits, 45.9 at 66, 56.0 at 132
-# (two an SM, the count before), 76.3 at 264; B = 256: 138 us at 8, 144 at 33.
+# half busy. H100, 2026-11-24, RRD's shape (B = 64, N = 16384, fwd+bwd): the op's
+# kernel time (benchmarks.overhead) went from 50.9 us at 132 splits (two an SM,
+# the count before) to 44.2 us at 33. Two split sweeps (benchmarks/splits.py,
+# graph replays) ranked the counts alike: 40.6 / 45.9 / 56.0 / 76.3 us at
+# 33 / 66 / 132 / 264 splits, then 139 / 74 / 41.8 / 47.2 at 8 / 16 / 33 / 66; but
+# each reused at every count the launch configuration its first count was tuned
+# at (the sweep tunes each count afresh since). B = 256 (9 splits): 138-144 us at
+# 8-33 splits in the first sweep.
 PROGRAMS_PER_SM = 0.5
 
 
