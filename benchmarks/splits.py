@@ -22,7 +22,8 @@ and the first run of this sweep reused one count's pick at every other).
 * ``bank_contrast_dense``: bank contrast's dense strategy (NCE) over the bank
   (``--bank`` rows, ``--negatives`` K), on each ``--backend``: the kernel and
   the merge of its [B, splits, d] partials (2.2 MB at Triton's 66 splits at
-  B = 64, 8.6 MB at CUDA's 264), counts forced by
+  B = 64, 8.6 MB at CUDA's 264; the merge is the Triton kernel of
+  triton_merge.py for both), counts forced by
   ``rdkernels.ops.bank_contrast.dense.dense_split_count``.
 """
 from __future__ import annotations

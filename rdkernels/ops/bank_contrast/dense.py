@@ -157,8 +157,10 @@ def dense_splits(m_blocks: int, n_tiles: int, device: torch.device) -> tuple[int
     """(splits, bank tiles per split) of the fused dense kernels (Triton and CUDA):
     about two programs per SM (ops/_splits.py). At CIFAR-100's B = 64 that is 264
     splits for the CUDA kernel (64 query rows a block) and 66 for Triton's (16), and
-    the merge reads [B, splits, d] fp32 partials back: on an H100 it took 20 us a
-    call after the CUDA kernel, 7 after Triton's (benchmarks/splits.py sweeps it)."""
+    the merge reads [B, splits, d] fp32 partials back: on an H100 the merge of one
+    program a row took 20 us a call after the CUDA kernel, 7 after Triton's. It now
+    runs a program per 32 columns of a row (triton_merge.py; not yet timed), and
+    benchmarks/splits.py sweeps the count."""
     want = splits_wanted(m_blocks, device, programs_per_sm=2)
     if _split_sweep is not None:
         forced, used = _split_sweep

@@ -1,7 +1,13 @@
 """Triton kernel that merges the bank-contrast kernels' per-split partials.
 
-One program per query row reads the row's partials (see partials.py and
-dense.py for their layout) and writes ``row_loss[b]`` and ``dq[b, :]``:
+A program per (query row, slice of D_CHUNK columns of d) reads the row's
+partials (see partials.py and dense.py for their layout) and writes its slice
+of ``dq[b, :]``; the first slice's program also writes ``row_loss[b]``. The
+row's scalars (the splits' loss terms, maxima and sums, the positive's score)
+are few, so every slice's program reads them itself. One program a row, walking
+every split's [d] partial in turn, was latency-bound: 20 us a call on an H100
+after the CUDA dense kernel's 264 splits at B = 64 (8.6 MB of partials, 64
+programs), where slices give 4x the programs, each 4x fewer steps.
 
 * NCE: sums of the splits' loss terms and dq; the dense strategy then adds the
   positive's term, softplus(log c - (s0 - log Z)), and its gradient;
@@ -48,40 +54,56 @@ def _softplus_sigmoid(x):
     return softplus, tl.where(x >= 0, 1.0, e) * r
 
 
+D_CHUNK = 32   # columns of dq a program merges
+
+
 def launch_config(dim: int) -> dict:
-    """Splits per step x BLOCK_D: at most 4K fp32 elements a tile (32 a thread at 4 warps)."""
+    """BLOCK_D (the whole row, for the positive's score) x D_CHUNK (the dq columns a
+    program merges) and the splits a step, in [BLOCK_S, D_CHUNK] tiles of 4K fp32
+    elements (32 a thread at 4 warps)."""
     block_d = block_width(dim)
-    return dict(BLOCK_S=max(2, min(16, 4096 // block_d)), BLOCK_D=block_d, num_warps=4)
+    chunk = min(D_CHUNK, block_d)
+    return dict(BLOCK_S=4096 // chunk, BLOCK_D=block_d, D_CHUNK=chunk, num_warps=4)
+
+
+def merge_grid(batch: int, dim: int) -> tuple[int, int]:
+    """(rows, column slices of dq): the merge's launch grid."""
+    return batch, -(-dim // launch_config(dim)["D_CHUNK"])
 
 
 @triton.jit
 def merge_kernel(q_ptr, bank_ptr, idx_ptr, z_ptr, loss_parts_ptr, dq_parts_ptr, max_parts_ptr, sum_parts_ptr,
                  loss_ptr, dq_ptr, n_splits, dim, stride_q, stride_bank, stride_idx, inv_t, log_c,
                  EPILOGUE: tl.constexpr, POSITIVE_IN_PARTS: tl.constexpr,
-                 BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+                 BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, D_CHUNK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
-    d = tl.arange(0, BLOCK_D)
-    d_mask = d < dim
+    chunk = tl.program_id(1)
+    c = chunk * D_CHUNK + tl.arange(0, D_CHUNK)   # this program's columns of dq
+    c_mask = c < dim
     s_off = tl.arange(0, BLOCK_S)
     parts = row * n_splits
-    # the positive bank row and its score (every case but NCE with the positive already merged)
-    w0 = tl.zeros([BLOCK_D], dtype=tl.float32)
+    # the positive bank row and its score (every case but NCE with the positive already merged):
+    # the score over the whole row, the row over this program's columns
+    w0 = tl.zeros([D_CHUNK], dtype=tl.float32)
     s0 = 0.0
     if (EPILOGUE != _NCE_C) or (not POSITIVE_IN_PARTS):
+        d = tl.arange(0, BLOCK_D)
+        d_mask = d < dim
         pos = tl.load(idx_ptr + row * stride_idx).to(tl.int64)
-        w0 = tl.load(bank_ptr + pos * stride_bank + d, mask=d_mask, other=0.0).to(tl.float32)
+        w0_row = tl.load(bank_ptr + pos * stride_bank + d, mask=d_mask, other=0.0).to(tl.float32)
         q = tl.load(q_ptr + row * stride_q + d, mask=d_mask, other=0.0).to(tl.float32)
-        s0 = tl.sum(w0 * q, axis=0) * inv_t
+        s0 = tl.sum(w0_row * q, axis=0) * inv_t
+        w0 = tl.load(bank_ptr + pos * stride_bank + c, mask=c_mask, other=0.0).to(tl.float32)
 
     if EPILOGUE == _NCE_C:
         loss = 0.0
-        dq = tl.zeros([BLOCK_D], dtype=tl.float32)
+        dq = tl.zeros([D_CHUNK], dtype=tl.float32)
         for s_start in range(0, n_splits, BLOCK_S):
             s = s_start + s_off
             s_mask = s < n_splits
             loss += tl.sum(tl.load(loss_parts_ptr + parts + s, mask=s_mask, other=0.0), axis=0)
-            dq += tl.sum(tl.load(dq_parts_ptr + (parts + s)[:, None] * dim + d[None, :],
-                                 mask=s_mask[:, None] & d_mask[None, :], other=0.0), axis=0)
+            dq += tl.sum(tl.load(dq_parts_ptr + (parts + s)[:, None] * dim + c[None, :],
+                                 mask=s_mask[:, None] & c_mask[None, :], other=0.0), axis=0)
         if not POSITIVE_IN_PARTS:  # x0 = exp(s0) / Z: loss softplus(t0), d/ds0 = -sigmoid(t0)
             t0 = log_c - (s0 - tl.log(tl.load(z_ptr).to(tl.float32)))
             term0, sig0 = _softplus_sigmoid(t0)
@@ -96,7 +118,7 @@ def merge_kernel(q_ptr, bank_ptr, idx_ptr, z_ptr, loss_parts_ptr, dq_parts_ptr, 
             top = tl.maximum(top, tl.max(tl.load(max_parts_ptr + parts + s, mask=s < n_splits,
                                                  other=-float("inf")), axis=0))
         total = 0.0
-        weighted = tl.zeros([BLOCK_D], dtype=tl.float32)
+        weighted = tl.zeros([D_CHUNK], dtype=tl.float32)
         if not POSITIVE_IN_PARTS:
             p0 = tl.exp(s0 - top)
             total = p0
@@ -107,13 +129,14 @@ def merge_kernel(q_ptr, bank_ptr, idx_ptr, z_ptr, loss_parts_ptr, dq_parts_ptr, 
             # a split that saw no column has max -inf: its scale is exp(-inf) = 0
             scale = tl.exp(tl.load(max_parts_ptr + parts + s, mask=s_mask, other=-float("inf")) - top)
             total += tl.sum(scale * tl.load(sum_parts_ptr + parts + s, mask=s_mask, other=0.0), axis=0)
-            weighted += tl.sum(scale[:, None] * tl.load(dq_parts_ptr + (parts + s)[:, None] * dim + d[None, :],
-                                                        mask=s_mask[:, None] & d_mask[None, :], other=0.0),
+            weighted += tl.sum(scale[:, None] * tl.load(dq_parts_ptr + (parts + s)[:, None] * dim + c[None, :],
+                                                        mask=s_mask[:, None] & c_mask[None, :], other=0.0),
                                axis=0)
         loss = top + tl.log(total) - s0
         dq = (weighted / total - w0) * inv_t
-    tl.store(loss_ptr + row, loss)
-    tl.store(dq_ptr + row * dim + d, dq, mask=d_mask)
+    if chunk == 0:
+        tl.store(loss_ptr + row, loss)
+    tl.store(dq_ptr + row * dim + c, dq, mask=c_mask)
 
 
 def merge_partials_triton(epilogue, query, bank, idx, z, temperature, n_data, loss_parts, dq_parts,
@@ -128,7 +151,7 @@ def merge_partials_triton(epilogue, query, bank, idx, z, temperature, n_data, lo
     nce = epilogue == "nce"
     log_c = nce_constants(idx.shape[1] - 1, n_data)[0] if nce else 0.0
     placeholder = loss  # pointers an epilogue never reads
-    merge_kernel[(batch,)](
+    merge_kernel[merge_grid(batch, dim)](
         query, bank, idx, z if z is not None else placeholder,
         loss_parts if nce else placeholder, dq_parts,
         placeholder if nce else max_parts, placeholder if nce else sum_parts,
@@ -169,6 +192,6 @@ def aot_variants() -> list[dict]:
                          f"d{cfg['BLOCK_D']},q={TRITON_TYPE[q_dt]},bank={TRITON_TYPE[bank_dt]},idx={idx_t}]",
                     kernel=merge_kernel, signature=sig,
                     constexprs=dict(EPILOGUE=code, POSITIVE_IN_PARTS=positive_in_parts,
-                                    BLOCK_S=cfg["BLOCK_S"], BLOCK_D=cfg["BLOCK_D"]),
+                                    BLOCK_S=cfg["BLOCK_S"], BLOCK_D=cfg["BLOCK_D"], D_CHUNK=cfg["D_CHUNK"]),
                     num_warps=cfg["num_warps"], num_stages=1))
     return variants
