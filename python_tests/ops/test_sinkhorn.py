@@ -595,7 +595,8 @@ FULL_SIZES = (1, 3, 64, 100, 256, 300)
 @pytest.mark.parametrize("backend", [p for p in backends("sinkhorn") if p.id != "torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("eps", [1.0, 0.1, 0.01])
-@pytest.mark.parametrize("P", [1, 7, 64])   # a test each, so that workers share the grid: one worker ran it last for minutes
+# a test per P, so that workers share the grid (one worker once ran all of it last, for minutes)
+@pytest.mark.parametrize("P", [1, 7, 64])
 def test_full_sweep_matches_reference_gpu(backend, dtype, eps, P):
     """The issue's whole grid on a GPU (the interpreter runs SWEEP's subset): every
     P in {1, 7, 64} x n != m in FULL_SIZES, non-uniform marginals, fixed iterations

@@ -161,9 +161,9 @@ def shared_bank_merge_kernel(stats_ptr, acc_ptr, qs_ptr, loss_ptr, dq_ptr, batch
 
 
 # The merge's steps: the maxima over up to 512 splits at once (the heuristic's count is
-# 33 at B = 64 on an H100; a caller's num_splits may be more), the accumulators in [32, d <= 128] fp32 tiles, 16 values
-# a thread per tile (8 warps at d = 128, fewer for narrower tiles), no spills
-# (tools/aot_check.py). With both loops in [16, d] steps over 4 warps, the merge took
+# 33 at B = 64 on an H100; a caller's num_splits may be more), the accumulators in
+# [32, d <= 128] fp32 tiles, 16 values a thread per tile (8 warps at d = 128, fewer for
+# narrower tiles), no spills (tools/aot_check.py). With both loops in [16, d] steps over 4 warps, the merge took
 # 18.5 us of a 52 us fwd+bwd at RRD's shape on an H100 (2026-11-24): 2 x 9 round trips.
 MERGE_STATS_BLOCK = 512
 MERGE_BLOCK_S = 32
