@@ -65,19 +65,23 @@ def _counts(default: int, args: argparse.Namespace) -> list[int]:
     return args.splits or sorted({max(1, default // 4), max(1, default // 2), default, 2 * default})
 
 
-def _time_counts(label: str, row: dict, default: int, counts: list[int], actual, call, iters: int,
+def _time_counts(label: str, row: dict, default: int, counts: list[int], run, iters: int,
                  tuned=None) -> list[dict]:
-    """One row per split count the op makes (``actual(count)``: a count rounds to whole
-    tiles, and two asked for may make one): ``call(count)`` compiled and tuned eagerly,
-    then timed replayed from a CUDA graph. ``tuned``: the op's TunedKernel, whose
-    choice is timed again at each count (its key leaves the count out)."""
+    """One row per split count the op makes: ``run(count)`` calls the op asking for
+    ``count`` splits and returns the count it made (whole tiles: two counts asked for
+    may make one), compiled and tuned eagerly, then timed replayed from a CUDA graph.
+    ``tuned``: the op's TunedKernel, whose choice is timed again at each count (its
+    key leaves the count out)."""
     from benchmarks.overhead import _graph_ms
-    out = []
-    for splits in dict.fromkeys(actual(c) for c in counts):
+    out, seen = [], set()
+    for count in counts:
         if tuned is not None:
             tuned.forget_timings()
-        call(splits)   # compile and tune outside the capture
-        ms = _graph_ms(lambda splits=splits: call(splits), iters)
+        splits = run(count)   # compile and tune outside the capture
+        if splits in seen:
+            continue
+        seen.add(splits)
+        ms = _graph_ms(lambda count=count: run(count), iters)
         out.append({**row, "splits": splits, "default": splits == default, "graph_ms": ms})
         mark = " (heuristic)" if splits == default else ""
         print(f"{label} splits={splits:<5} {'-' if ms is None else f'{ms * 1e3:8.1f} us'}{mark}", flush=True)
@@ -89,14 +93,15 @@ def sweep(batch: int, args: argparse.Namespace, device: torch.device) -> list[di
     from rdkernels.ops.shared_bank_contrast.triton import contrast_kernel, queue_splits, shared_bank_contrast_triton
     gen, dtype = generator(device, batch), dtype_of(args.dtype)
     q_s, q_t, queue = (unit_rows(n, args.dim, dtype, device, gen) for n in (batch, batch, args.rows))
-    actual = lambda n: queue_splits(batch, args.rows, device, n)[0]   # noqa: E731
-    default = actual(None)
+
+    def run(count=None):
+        shared_bank_contrast_triton(q_s, q_t, queue, TAU_S, TAU_T, True, num_splits=count)
+        return queue_splits(batch, args.rows, device, count)[0]
+    default = queue_splits(batch, args.rows, device)[0]
     row = {"op": "shared_bank_contrast", "backend": "triton", "batch": batch, "rows": args.rows, "dim": args.dim,
            "dtype": args.dtype}
     return _time_counts(f"shared_bank_contrast B={batch:<5} N={args.rows:<7} d={args.dim:<4}", row, default,
-                        _counts(default, args), actual,
-                        lambda n: shared_bank_contrast_triton(q_s, q_t, queue, TAU_S, TAU_T, True, num_splits=n),
-                        args.iters, tuned=contrast_kernel)
+                        _counts(default, args), run, args.iters, tuned=contrast_kernel)
 
 
 def sweep_dense(batch: int, backend: str, args: argparse.Namespace, device: torch.device) -> list[dict]:
@@ -111,18 +116,18 @@ def sweep_dense(batch: int, backend: str, args: argparse.Namespace, device: torc
     z = torch.tensor([float(args.bank)], device=device)
     kw = dict(temperature=TEMPERATURE, epilogue="nce", z=z, n_data=args.bank, backend=backend, strategy="dense")
 
-    def call(count=None):
+    def run(count=None):
         with dense_split_count(count) as used:
             bank_contrast(query, bank, idx, **kw)   # the gradient is computed in the forward
-        return used
-    used = call()
-    if not used:   # a shape or GPU the fused kernel does not take ran the torch formulation
+        return used[0] if used else None
+    default = run()
+    if default is None:   # a shape or GPU the fused kernel does not take ran the torch formulation
         print(f"bank_contrast_dense {backend}: the fused kernel did not run at B={batch}; skipped", flush=True)
         return []
     row = {"op": "bank_contrast_dense", "backend": backend, "batch": batch, "rows": args.bank,
            "negatives": args.negatives, "dim": args.dim, "dtype": args.dtype}
     return _time_counts(f"bank_contrast_dense {backend:<6} B={batch:<5} N={args.bank:<7} K={args.negatives:<6}",
-                        row, used[0], _counts(used[0], args), lambda n: call(n)[0], call, args.iters)
+                        row, default, _counts(default, args), run, args.iters)
 
 
 def main(argv=None) -> int:

@@ -303,22 +303,31 @@ def _fake_timer(fn, iters):
             "kernels": [{"name": "some_kernel_name", "us": 400.0, "launches": 2.0}]}
 
 
+def _split_counts_allocated(monkeypatch, module) -> list:
+    """For benchmarks.splits on CPU under the interpreter: the split count of every
+    call's partials (``module.split_buffers``'s third argument, recorded), with the
+    sweep's CUDA-graph timer replaced by one call; skips without the interpreter."""
+    from benchmarks import overhead
+    from rdkernels.backend import triton_unavailable_reason
+    if triton_unavailable_reason(CPU) is not None:
+        pytest.skip("Triton's interpreter is unavailable")
+    counts, real = [], module.split_buffers
+
+    def recording(*args, **kwargs):
+        counts.append(args[2])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(module, "split_buffers", recording)
+    monkeypatch.setattr(overhead, "_graph_ms", lambda fn, iters: (fn(), 0.5)[1])
+    return counts
+
+
 def test_split_sweep_runs_each_count_and_marks_the_heuristics(monkeypatch, capsys):
     """benchmarks.splits on CPU under the interpreter, its CUDA-graph timer replaced by
     a call: each count reaches the op (a count it ignored would not change the scratch
     it allocates), and the heuristic's own count is marked."""
-    from benchmarks import overhead, splits
-    from rdkernels.backend import triton_unavailable_reason
-    if triton_unavailable_reason(CPU) is not None:
-        pytest.skip("Triton's interpreter is unavailable")
+    from benchmarks import splits
     from rdkernels.ops.shared_bank_contrast import triton as sbc_triton
-    seen, real = [], sbc_triton.split_buffers
-
-    def recording(batch, dim, n_splits, *args, **kwargs):
-        seen.append(n_splits)
-        return real(batch, dim, n_splits, *args, **kwargs)
-    monkeypatch.setattr(sbc_triton, "split_buffers", recording)
-    monkeypatch.setattr(overhead, "_graph_ms", lambda fn, iters: (fn(), 0.5)[1])
+    seen = _split_counts_allocated(monkeypatch, sbc_triton)
     args = splits.parse_args(["--batch", "4", "--rows", "64", "--dim", "32", "--iters", "1"])
     rows = splits.sweep(4, args, CPU)
     counts = [r["splits"] for r in rows]
@@ -331,20 +340,10 @@ def test_dense_split_sweep_forces_each_count_on_the_kernel(monkeypatch, capsys):
     """benchmarks.splits' dense bank-contrast sweep on CPU under the interpreter: each
     count reaches the Triton dense kernel's launch grid, the heuristic's own is marked,
     and the op's loss does not depend on the count."""
-    from benchmarks import overhead, splits
-    from rdkernels.backend import triton_unavailable_reason
-    if triton_unavailable_reason(CPU) is not None:
-        pytest.skip("Triton's interpreter is unavailable")
+    from benchmarks import splits
     from rdkernels.ops import bank_contrast
     from rdkernels.ops.bank_contrast import dense
-    grids = []
-    real = dense.split_buffers
-
-    def recording(code, batch, n_splits, *args, **kwargs):
-        grids.append(n_splits)
-        return real(code, batch, n_splits, *args, **kwargs)
-    monkeypatch.setattr(dense, "split_buffers", recording)
-    monkeypatch.setattr(overhead, "_graph_ms", lambda fn, iters: (fn(), 0.5)[1])
+    grids = _split_counts_allocated(monkeypatch, dense)
     args = splits.parse_args(["--op", "bank_contrast_dense", "--backend", "triton", "--batch", "4", "--bank", "256",
                               "--negatives", "40", "--dim", "32", "--iters", "1", "--splits", "1", "2", "5"])
     rows = splits.sweep_dense(4, "triton", args, CPU)

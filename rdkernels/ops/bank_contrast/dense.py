@@ -163,10 +163,11 @@ def dense_splits(m_blocks: int, n_tiles: int, device: torch.device) -> tuple[int
     benchmarks/splits.py sweeps the count."""
     want = splits_wanted(m_blocks, device, programs_per_sm=2)
     if _split_sweep is not None:
-        forced, used = _split_sweep
-        want = forced or want
-        used.append(split_tiles(n_tiles, want)[0])
-    return split_tiles(n_tiles, want)
+        want = _split_sweep[0] or want
+    splits = split_tiles(n_tiles, want)
+    if _split_sweep is not None:
+        _split_sweep[1].append(splits[0])
+    return splits
 
 
 @contextlib.contextmanager

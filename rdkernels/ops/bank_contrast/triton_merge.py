@@ -66,11 +66,6 @@ def launch_config(dim: int) -> dict:
     return dict(BLOCK_S=4096 // chunk, BLOCK_D=block_d, D_CHUNK=chunk, num_warps=4)
 
 
-def merge_grid(batch: int, dim: int) -> tuple[int, int]:
-    """(rows, column slices of dq): the merge's launch grid."""
-    return batch, -(-dim // launch_config(dim)["D_CHUNK"])
-
-
 @triton.jit
 def merge_kernel(q_ptr, bank_ptr, idx_ptr, z_ptr, loss_parts_ptr, dq_parts_ptr, max_parts_ptr, sum_parts_ptr,
                  loss_ptr, dq_ptr, n_splits, dim, stride_q, stride_bank, stride_idx, inv_t, log_c,
@@ -151,12 +146,13 @@ def merge_partials_triton(epilogue, query, bank, idx, z, temperature, n_data, lo
     nce = epilogue == "nce"
     log_c = nce_constants(idx.shape[1] - 1, n_data)[0] if nce else 0.0
     placeholder = loss  # pointers an epilogue never reads
-    merge_kernel[merge_grid(batch, dim)](
+    cfg = launch_config(dim)
+    merge_kernel[(batch, -(-dim // cfg["D_CHUNK"]))](   # a row and a slice of dq's columns a program
         query, bank, idx, z if z is not None else placeholder,
         loss_parts if nce else placeholder, dq_parts,
         placeholder if nce else max_parts, placeholder if nce else sum_parts,
         loss, dq, n_splits, dim, query.stride(0), bank.stride(0), idx.stride(0), 1.0 / temperature, log_c,
-        EPILOGUE=NCE if nce else SOFTMAX, POSITIVE_IN_PARTS=positive_in_parts, **launch_config(dim), **COMPILE_OPTIONS)
+        EPILOGUE=NCE if nce else SOFTMAX, POSITIVE_IN_PARTS=positive_in_parts, **cfg, **COMPILE_OPTIONS)
     return loss, dq
 
 
