@@ -17,8 +17,10 @@ and the first run of this sweep reused one count's pick at every other).
   split kernel writes [2, splits, B, d] fp32 accumulators that the merge reads
   back: 8.4 MB at 132 splits and B = 64, d = 128, as many bytes as the queue
   itself. Its first runs (H100, 2026-11-24) moved the heuristic from two
-  programs an SM to half of one (PROGRAMS_PER_SM in the op's triton.py): 132
-  splits to 33 at B = 64, the op's kernel time from 50.9 us to 44.2.
+  16-row programs an SM to one: 132 splits to 33 at B = 64, the op's kernel
+  time from 50.9 us to 44.2. The count now follows the launch configuration
+  (PROGRAMS_PER_SM in the op's triton.py: 64-row candidates get four times the
+  splits), so each row also names the configuration the autotuner picked.
 * ``bank_contrast_dense``: bank contrast's dense strategy (NCE) over the bank
   (``--bank`` rows, ``--negatives`` K), on each ``--backend``: the kernel and
   the merge of its [B, splits, d] partials (2.2 MB at Triton's 66 splits at
@@ -89,19 +91,26 @@ def _time_counts(label: str, row: dict, default: int, counts: list[int], run, it
 
 
 def sweep(batch: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
-    """RRD's Triton shared-bank contrast over its queue."""
-    from rdkernels.ops.shared_bank_contrast.triton import contrast_kernel, queue_splits, shared_bank_contrast_triton
+    """RRD's Triton shared-bank contrast over its queue; each row names the launch
+    configuration the autotuner picked at that count."""
+    from rdkernels.ops.shared_bank_contrast.triton import (_candidate_tag, contrast_kernel, queue_split_count,
+                                                           shared_bank_contrast_triton)
     gen, dtype = generator(device, batch), dtype_of(args.dtype)
     q_s, q_t, queue = (unit_rows(n, args.dim, dtype, device, gen) for n in (batch, batch, args.rows))
+    picked = {}
 
     def run(count=None):
-        shared_bank_contrast_triton(q_s, q_t, queue, TAU_S, TAU_T, True, num_splits=count)
-        return queue_splits(batch, args.rows, device, count)[0]
-    default = queue_splits(batch, args.rows, device)[0]
+        with queue_split_count(count) as used:
+            shared_bank_contrast_triton(q_s, q_t, queue, TAU_S, TAU_T, True)
+        splits, launch = used[0]
+        picked[splits] = _candidate_tag(launch)
+        return splits
+    default = run()
     row = {"op": "shared_bank_contrast", "backend": "triton", "batch": batch, "rows": args.rows, "dim": args.dim,
            "dtype": args.dtype}
-    return _time_counts(f"shared_bank_contrast B={batch:<5} N={args.rows:<7} d={args.dim:<4}", row, default,
+    rows = _time_counts(f"shared_bank_contrast B={batch:<5} N={args.rows:<7} d={args.dim:<4}", row, default,
                         _counts(default, args), run, args.iters, tuned=contrast_kernel)
+    return [{**r, "config": picked.get(r["splits"])} for r in rows]
 
 
 def sweep_dense(batch: int, backend: str, args: argparse.Namespace, device: torch.device) -> list[dict]:

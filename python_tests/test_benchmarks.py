@@ -333,6 +333,7 @@ def test_split_sweep_runs_each_count_and_marks_the_heuristics(monkeypatch, capsy
     counts = [r["splits"] for r in rows]
     assert len(counts) >= 2 and sum(r["default"] for r in rows) == 1
     assert set(seen) == set(counts) and all(r["graph_ms"] == 0.5 for r in rows)
+    assert all(r["config"] == "b16n16w4" for r in rows)   # the interpreter's launch, named in each row
     assert "(heuristic)" in capsys.readouterr().out
 
 

@@ -164,3 +164,58 @@ def test_dcd_candidates_by_width():
 def test_needs_a_candidate():
     with pytest.raises(ValueError, match="configs"):
         TunedKernel(sbc_triton.shared_bank_contrast_kernel, [], key=["batch"])
+
+
+def test_after_timed_runs_inside_tritons_timed_calls_only():
+    """``after_timed`` becomes the Triton autotuner's post_hook, which its timing
+    calls after each timed launch (3.6 and newer) with the launch's arguments and
+    configuration by name; a launch that raised skips it."""
+    seen = []
+    tk = TunedKernel(sbc_triton.shared_bank_contrast_kernel, CONFIGS, key=["batch"], after_timed=seen.append)
+    tk.tuner.post_hook({"BLOCK": 16, "batch": 4}, exception=None)
+    tk.tuner.post_hook({"BLOCK": 32, "batch": 4}, exception=RuntimeError("out of resources"))
+    assert seen == [{"BLOCK": 16, "batch": 4}]
+
+
+def test_shared_bank_contrast_times_each_candidate_with_its_merge(monkeypatch):
+    """A timed launch of the RRD split kernel is followed by the merge of the splits
+    that candidate made (4x the splits for 64 query rows a program as for 16), so
+    the autotuner ranks split kernel and merge together; the call then merges for
+    the configuration it launched and returns the right loss and gradient."""
+    from rdkernels.backend import triton_unavailable_reason
+    if triton_unavailable_reason(torch.device("cpu")):
+        pytest.skip(triton_unavailable_reason(torch.device("cpu")))
+    from rdkernels.ops.shared_bank_contrast import shared_bank_contrast_reference
+    merged = []
+    real_merge = sbc_triton.shared_bank_merge_kernel
+
+    class RecordingMerge:
+        def __getitem__(self, grid):
+            def launch(stats, acc, q_s, loss, dq, batch, splits, *args, **kwargs):
+                merged.append(splits)
+                real_merge[grid](stats, acc, q_s, loss, dq, batch, splits, *args, **kwargs)
+            return launch
+    monkeypatch.setattr(sbc_triton, "shared_bank_merge_kernel", RecordingMerge())
+    monkeypatch.setattr(sbc_triton, "splits_for", lambda batch, n_rows, device, block_b, num_splits=None:
+                        {16: 2, 32: 3, 64: 5}[block_b] if num_splits is None else num_splits)
+    real_launch = sbc_triton.contrast_kernel.launch
+
+    def timed_then_real(grid, *args, **kwargs):
+        """As the autotuner does: launch and merge a 64-row candidate (timed), then the pick."""
+        wide = dict(sbc_triton.INTERPRETER_CONFIG, BLOCK_B=64)
+        real_launch(grid, *args, **{**kwargs, "config": wide})
+        tk = TunedKernel(sbc_triton.shared_bank_contrast_kernel, sbc_triton.CANDIDATES, key=["batch"],
+                         after_timed=sbc_triton._merge_after_timed_launch)
+        tk.tuner.post_hook(wide, exception=None)
+        return real_launch(grid, *args, **kwargs)
+    monkeypatch.setattr(sbc_triton.contrast_kernel, "launch", timed_then_real)
+    g = torch.Generator().manual_seed(3)
+    q_s, q_t, queue = (torch.nn.functional.normalize(torch.randn(n, 32, generator=g), dim=1) for n in (6, 6, 90))
+    loss, dq = sbc_triton.shared_bank_contrast_triton(q_s, q_t, queue, 0.05, 0.1, True)
+    assert merged == [5, 2]   # the timed candidate's merge, then the launched one's
+    q64 = q_s.double().requires_grad_()
+    expected = shared_bank_contrast_reference(q64, q_t.double(), queue.double(), 0.05, 0.1)
+    expected.sum().backward()
+    torch.testing.assert_close(loss.double(), expected.detach(), atol=5e-4, rtol=1e-4)
+    torch.testing.assert_close(dq.double(), q64.grad, atol=5e-4, rtol=1e-4)
+    assert sbc_triton._call_merge.get() is None   # the call's merge is not left for a later timing

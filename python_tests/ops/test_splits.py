@@ -25,14 +25,24 @@ def test_splits_wanted_fills_the_gpu_or_gives_the_interpreter_a_few(monkeypatch)
     assert splits.splits_wanted(4, torch.device("cpu"), programs_per_sm=2, interpreter=2) == 2
 
 
-def test_rrd_triton_split_count_is_the_measured_best(monkeypatch):
-    """The Triton shared-bank contrast sizes its splits for half a program an SM:
-    33 at B = 64 on 132 SMs (the fastest count of benchmarks/splits.py's sweep on an
-    H100), fewer at larger batches; the CUDA kernel keeps two blocks an SM."""
+def test_rrd_triton_split_count_fills_the_gpu_for_every_candidate(monkeypatch):
+    """The Triton shared-bank contrast sizes its splits for one program an SM
+    whatever a program's query rows: at B = 64 on 132 SMs, 33 wanted for 16-row
+    programs (the fastest count of benchmarks/splits.py's sweep on an H100, where
+    that candidate won), 132 for 64-row ones, made in whole 64-row tiles of the
+    16384-row queue (32 and 128); fewer at larger batches. The CUDA kernel keeps
+    two blocks an SM."""
     sbc = pytest.importorskip("rdkernels.ops.shared_bank_contrast.triton")
     from rdkernels.ops.shared_bank_contrast.splits import num_splits_cuda
     monkeypatch.setattr(splits, "multiprocessor_count", lambda device: 132)
+    monkeypatch.setattr(sbc, "triton_interpreter_enabled", lambda: False)
     gpu = torch.device("cuda", 0)
-    assert sbc._num_splits(64, gpu) == 33
-    assert sbc._num_splits(256, gpu) == 9
+    assert sbc.ROW_ALIGN == 64
+    assert sbc.splits_for(64, 16384, gpu, block_b=16) == 32
+    assert sbc.splits_for(64, 16384, gpu, block_b=64) == 128
+    assert sbc.splits_for(256, 16384, gpu, block_b=16) == 9
+    assert sbc.splits_for(256, 16384, gpu, block_b=64) == 32
+    assert sbc.splits_for(64, 16384, gpu, block_b=64, num_splits=7) == 7   # a caller's count, any candidate
+    assert sbc.splits_for(64, 100, gpu, block_b=64) == 2                   # at most one a tile
+    assert sbc.splits_for(64, 16384, torch.device("cpu"), block_b=64) == 2
     assert num_splits_cuda(64, 16384, 16, 64, gpu)[0] == 64   # 2 x 132 / 4 row blocks = 66, in whole tiles

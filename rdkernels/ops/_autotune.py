@@ -61,11 +61,17 @@ class TunedKernel:
     (optional) drops candidates that cannot matter for a call, e.g. variants
     that differ only in a gradient path the call does not run. ``reset_to_zero``
     names arguments the kernel needs zeroed on entry: the timing zeroes them
-    before every timed run and once more before the real one.
+    before every timed run and once more before the real one. ``after_timed``
+    (optional) runs after every timed launch, given the launch's arguments and
+    configuration by name, inside the timing: a kernel whose work a second kernel
+    finishes (a merge of splits whose count depends on the configuration) is
+    timed with it. It does not run after the real launch; the caller's own
+    code follows that.
     """
 
     def __init__(self, kernel, configs: Sequence[triton.Config], key: Sequence[str],
-                 prune: Callable[[list, dict], list] | None = None, reset_to_zero: Sequence[str] = ()):
+                 prune: Callable[[list, dict], list] | None = None, reset_to_zero: Sequence[str] = (),
+                 after_timed: Callable[[dict], None] | None = None):
         if not configs:
             raise ValueError("configs must name at least one candidate")
         self.kernel = kernel
@@ -73,8 +79,11 @@ class TunedKernel:
         self.key = tuple(key)
         self._prune = prune
         prune_by = {"early_config_prune": self._early_prune} if prune else None
+        # Triton calls a post_hook inside each timed call (3.6 and newer), never after the real launch
+        post_hook = None if after_timed is None else \
+            (lambda nargs, exception: after_timed(nargs) if exception is None else None)
         self.tuner = triton.autotune(configs=self.configs, key=list(key), prune_configs_by=prune_by,
-                                     reset_to_zero=list(reset_to_zero) or None)(kernel)
+                                     reset_to_zero=list(reset_to_zero) or None, post_hook=post_hook)(kernel)
         self._timed: set[tuple] = set()
 
     @property

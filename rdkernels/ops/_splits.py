@@ -7,10 +7,10 @@ or B / 64: one to four at B = 64), so that dimension is cut into splits of
 whole tiles, merged after the kernel. The split count aims at
 ``programs_per_sm`` programs on every SM: 2 for the kernels whose blocks hold
 large register or shared-memory tiles (dense, CUDA shared-bank contrast), 4 for
-the light gather kernels, and half a program an SM for Triton's shared-bank
-contrast, where each split's accumulators cost more than the SMs it would fill
-(measured: benchmarks/splits.py). Under Triton's interpreter (CPU tensors) a few splits
-still exercise the merge.
+the light gather kernels, and one for Triton's shared-bank contrast, whatever
+its launch configuration's query rows, where each split's accumulators cost
+more than a second program an SM gains (measured: benchmarks/splits.py). Under
+Triton's interpreter (CPU tensors) a few splits still exercise the merge.
 """
 from __future__ import annotations
 

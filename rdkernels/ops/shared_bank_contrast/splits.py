@@ -22,16 +22,12 @@ def split_queue(n_rows: int, want: int, tile: int) -> tuple[int, int]:
     return splits, per * tile
 
 
-def queue_splits_wanted(batch: int, rows_per_block: int, device: torch.device, programs_per_sm: float) -> int:
-    """Queue splits that keep about ``programs_per_sm`` programs (blocks) per SM busy
-    at ``rows_per_block`` query rows each (ops/_splits.py); two on a CPU."""
-    return splits_wanted(-(-batch // rows_per_block), device, programs_per_sm=programs_per_sm, interpreter=2)
-
-
 def num_splits_cuda(batch: int, n_rows: int, rows_per_block: int, tile: int, device: torch.device):
-    """(splits, queue rows per split) for the CUDA kernel: about two blocks an SM
-    (see queue_splits_wanted; not yet swept as the Triton kernel's count was)."""
-    return split_queue(n_rows, queue_splits_wanted(batch, rows_per_block, device, programs_per_sm=2), tile)
+    """(splits, queue rows per split) for the CUDA kernel: about two blocks of
+    ``rows_per_block`` query rows an SM (ops/_splits.py; not swept as the Triton
+    kernel's count was), two on a CPU."""
+    want = splits_wanted(-(-batch // rows_per_block), device, programs_per_sm=2, interpreter=2)
+    return split_queue(n_rows, want, tile)
 
 
 def split_buffers(batch: int, dim: int, splits: int, need_grad: bool, device: torch.device,

@@ -32,6 +32,10 @@ the same split (its dots are exact fp32 products of the TF32 parts).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from typing import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -42,7 +46,8 @@ from rdkernels.ops._autotune import TunedKernel
 from rdkernels.ops._blocks import block_width, cdiv
 from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops._tf32 import dot_split, split_tf32
-from rdkernels.ops.shared_bank_contrast.splits import LN2, LOG2E, queue_splits_wanted, split_buffers, split_queue
+from rdkernels.ops._splits import splits_wanted
+from rdkernels.ops.shared_bank_contrast.splits import LN2, LOG2E, split_buffers, split_queue
 
 _LN2 = tl.constexpr(LN2)  # kernel-visible (compiled code reads only constexpr globals)
 MAX_DIM = 128  # wider embeddings: the CUDA kernel (d <= 512) or torch
@@ -51,10 +56,10 @@ MAX_DIM = 128  # wider embeddings: the CUDA kernel (d <= 512) or torch
 @triton.jit
 def shared_bank_contrast_kernel(
     qs_ptr, qt_ptr, queue_ptr, stats_ptr, acc_ptr,
-    batch, n_rows, dim, rows_per_split,
+    batch, n_rows, dim,
     stride_qs, stride_qt, stride_queue,
     scale_s, scale_t,
-    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    SPLIT_ALIGN: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     split = tl.program_id(1)
@@ -80,6 +85,8 @@ def shared_bank_contrast_kernel(
     l = tl.zeros([2 * BLOCK_B], tl.float32)
     acc = tl.zeros([2 * BLOCK_B, BLOCK_D], tl.float32)
 
+    # the splits are whole SPLIT_ALIGN-row tiles, as many as the grid has (splits_for)
+    rows_per_split = tl.cdiv(tl.cdiv(n_rows, SPLIT_ALIGN), n_splits) * SPLIT_ALIGN
     start = split * rows_per_split
     stop = tl.minimum(start + rows_per_split, n_rows)
     for n0 in range(start, stop, BLOCK_N):
@@ -160,20 +167,23 @@ def shared_bank_merge_kernel(stats_ptr, acc_ptr, qs_ptr, loss_ptr, dq_ptr, batch
         tl.store(dq_ptr + b.to(tl.int64) * dim + d, (acc_s / sum_s - mean_t) * inv_tau_s, mask=dmask)
 
 
-# The merge's steps: the maxima over up to 512 splits at once (the heuristic's count is
-# 33 at B = 64 on an H100; a caller's num_splits may be more), the accumulators in
-# [32, d <= 128] fp32 tiles, 16 values a thread per tile (8 warps at d = 128, fewer for
-# narrower tiles), no spills (tools/aot_check.py). With both loops in [16, d] steps over 4 warps, the merge took
-# 18.5 us of a 52 us fwd+bwd at RRD's shape on an H100 (2026-11-24): 2 x 9 round trips.
+# The merge's steps: the maxima over up to 512 splits at once (one program an SM makes
+# 32-128 splits at B = 64 on an H100, by the candidate; a caller's num_splits may be
+# more), the accumulators in [64, d <= 128] fp32 tiles, 16 values a thread per tile
+# (16 warps at d = 128, fewer for narrower tiles; at 8 warps, 255 registers and a
+# spill): one step at 32 splits, two at 128.
+# H100, RRD's shape (2026-11-24): in [16, d] steps over 4 warps the merge took 18.5 us
+# of a 52 us fwd+bwd at 132 splits (2 x 9 round trips); in [32, d] steps over 8
+# warps, 6 us at 33 splits.
 MERGE_STATS_BLOCK = 512
-MERGE_BLOCK_S = 32
+MERGE_BLOCK_S = 64
 
 
 def merge_launch(block_d: int, need_grad: bool) -> dict:
     """The merge's constexprs and warps, as launched and as compiled ahead of time
     (read at each call: tests shrink the steps)."""
     return dict(NEED_GRAD=need_grad, STATS_BLOCK=MERGE_STATS_BLOCK, BLOCK_S=MERGE_BLOCK_S, BLOCK_D=block_d,
-                num_warps=max(1, MERGE_BLOCK_S * block_d // (16 * 32)))
+                num_warps=min(16, max(1, MERGE_BLOCK_S * block_d // (16 * 32))))
 
 
 def _candidate(block_b, block_n, num_warps):
@@ -191,9 +201,9 @@ def _candidate(block_b, block_n, num_warps):
 #   16 x 32, 8                 0 / 0                      0 / 0         12.6           0
 #   16 x 16, 4                 0 / 0                      0 / 0         12.4           0
 #   16 x 64, 8                 0 / 0                      0 / 0         9.7            0
-#   32 x 16, 4                 8 / 0 B                    0 / 8 B       5.9 (wgmma)    -
-#   64 x 16, 8                 100 / 8 B                  0 / 0         5.1 (wgmma)    -
-#   64 x 32, 8                 96 / 80 B                  12 / 20 B     3.8 (wgmma)    -
+#   32 x 16, 4                 0 / 0                      0 / 4 B       5.9 (wgmma)    -
+#   64 x 16, 8                 112 / 8 B                  0 / 0         5.1 (wgmma)    -
+#   64 x 32, 8                 48 / 84 B                  0 / 12 B      3.8 (wgmma)    -
 #
 # With Triton's own "tf32x3" split (cvt.rna, ~10 instructions a value) the same
 # loops took 15.5, 16.9, 11.7, 7.7, 6.5 and 4.7 instructions a pair and spilled up
@@ -236,37 +246,76 @@ def _prune(configs: list, args: dict) -> list:
     return [c for c in configs if 10 * major + minor >= min_arch(c)]
 
 
-contrast_kernel = TunedKernel(shared_bank_contrast_kernel, CANDIDATES, key=["batch", "n_rows", "dim"], prune=_prune)
+# The merge the call in progress runs after its split kernel, given the launched
+# row block (shared_bank_contrast_triton sets it around the launch).
+_call_merge: contextvars.ContextVar[Callable[[int], int] | None] = contextvars.ContextVar(
+    "rdkernels_shared_bank_merge", default=None)
 
 
-SPLIT_ROWS = 32  # query rows per program the split count is sized for
-# Programs an SM the split count aims at. Each split writes [2, B, d] fp32
-# accumulators that the merge reads back (8.4 MB at 132 splits, B = 64, d = 128:
-# the queue's own size), so fewer, longer splits win while the SMs stay about
-# half busy. H100, 2026-11-24, RRD's shape (B = 64, N = 16384, fwd+bwd): the op's
-# kernel time (benchmarks.overhead) went from 50.9 us at 132 splits (two an SM,
-# the count before) to 44.2 us at 33. Two split sweeps (benchmarks/splits.py,
-# graph replays) ranked the counts alike: 40.6 / 45.9 / 56.0 / 76.3 us at
-# 33 / 66 / 132 / 264 splits, then 139 / 74 / 41.8 / 47.2 at 8 / 16 / 33 / 66; but
-# each reused at every count the launch configuration its first count was tuned
-# at (the sweep tunes each count afresh since). B = 256 (9 splits): 138-144 us at
-# 8-33 splits in the first sweep.
-PROGRAMS_PER_SM = 0.5
+def _merge_after_timed_launch(nargs: dict) -> None:
+    """The autotuner runs each candidate's merge after each of its timed launches:
+    the split count follows the candidate (a 64-row one makes four times the
+    splits of a 16-row one, whose accumulators the merge reads back), so the
+    split kernel's time alone would favour the candidates with more splits."""
+    merge = _call_merge.get()
+    if merge is not None:
+        merge(nargs["BLOCK_B"])
 
 
-def _num_splits(batch: int, device: torch.device) -> int:
-    """Splits of the queue wanted: about PROGRAMS_PER_SM programs an SM at SPLIT_ROWS
-    query rows a program (33 at B = 64 on 132 SMs); under the interpreter two,
-    which still exercise the split merge."""
-    return queue_splits_wanted(batch, SPLIT_ROWS, device, PROGRAMS_PER_SM)
+contrast_kernel = TunedKernel(shared_bank_contrast_kernel, CANDIDATES, key=["batch", "n_rows", "dim"], prune=_prune,
+                              after_timed=_merge_after_timed_launch)
 
 
-def queue_splits(batch: int, n_rows: int, device: torch.device, num_splits: int | None = None) -> tuple[int, int]:
-    """(splits, queue rows per split) a call makes: ``num_splits`` (or the heuristic's
-    count) cut to whole tiles of the launch's row alignment, none empty."""
+# Programs an SM the split count aims at, for every candidate: splits = SMs x
+# PROGRAMS_PER_SM / (B / BLOCK_B), so a 64-row candidate (Hopper's warpgroup MMAs)
+# gets four times the splits of a 16-row one and both fill the GPU when the
+# autotuner times them. Each split writes [2, B, d] fp32 accumulators that the
+# merge reads back (2.1 MB at 33 splits, B = 64, d = 128; 8.4 MB at 132), so the
+# autotuner times each candidate with its merge (_merge_after_timed_launch).
+# H100, 2026-11-24, RRD's shape (B = 64, N = 16384, fwd+bwd), with the count then
+# sized for 32-row programs at half an SM each (which for the 16-row candidate
+# that won is the count made here): the op's kernel time (benchmarks.overhead) went
+# from 50.9 us at 132 splits (two 16-row programs an SM) to 44.2 us at 33 (one).
+# Two split sweeps (benchmarks/splits.py, graph replays) ranked the counts alike:
+# 40.6 / 45.9 / 56.0 / 76.3 us at 33 / 66 / 132 / 264 splits, then 139 / 74 / 41.8
+# / 47.2 at 8 / 16 / 33 / 66. At that count the 64-row candidates ran on a quarter
+# of the SMs (33 programs), so their 2.4x fewer instructions a pair never showed.
+# B = 256 (9 splits): 138-144 us at 8-33 splits in the first sweep.
+PROGRAMS_PER_SM = 1
+
+
+def splits_for(batch: int, n_rows: int, device: torch.device, block_b: int,
+               num_splits: int | None = None) -> int:
+    """Splits of the queue a launch of ``block_b``-row programs makes: ``num_splits``
+    (or about PROGRAMS_PER_SM programs an SM; under the interpreter two, which still
+    exercise the merge), at most one a tile of the launch's row alignment. The
+    kernel derives its rows per split from the grid's count, ceil(tiles / splits)
+    tiles, which for every count made here is split_queue's cut (none empty)."""
+    if num_splits is None:
+        num_splits = splits_wanted(-(-batch // block_b), device, programs_per_sm=PROGRAMS_PER_SM, interpreter=2)
+    return split_queue(n_rows, num_splits, _split_align(device))[0]
+
+
+def _split_align(device: torch.device) -> int:
     on_gpu = device.type == "cuda" and not triton_interpreter_enabled()
-    align = ROW_ALIGN if on_gpu else INTERPRETER_CONFIG["BLOCK_N"]
-    return split_queue(n_rows, num_splits or _num_splits(batch, device), align)
+    return ROW_ALIGN if on_gpu else INTERPRETER_CONFIG["BLOCK_N"]
+
+
+_split_sweep: tuple[int | None, list] | None = None
+
+
+@contextlib.contextmanager
+def queue_split_count(count: int | None = None):
+    """Within the block the op cuts the queue into ``count`` splits (whole tiles, at
+    most one a tile; None: the heuristic's for the configuration launched); yields
+    the list of (splits, launch kwargs) each call used. For benchmarks/splits.py."""
+    global _split_sweep
+    saved, used = _split_sweep, []
+    _split_sweep = (count, used)
+    try:
+        yield used
+    finally:
+        _split_sweep = saved
 
 
 def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, need_grad: bool,
@@ -277,29 +326,46 @@ def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, nee
     n_rows = queue.shape[0]
     dev = q_s.device
     on_gpu = dev.type == "cuda" and not triton_interpreter_enabled()
-    splits, rows_per_split = queue_splits(batch, n_rows, dev, num_splits)
-    # the accumulators are written with or without the gradient: the loss's cross term comes from them
-    stats, acc_at, loss, dq = split_buffers(batch, dim, splits, need_grad, dev, accumulators=True)
+    if _split_sweep is not None:
+        num_splits = _split_sweep[0] or num_splits
+    # buffers for the most splits any candidate makes (the widest row block): the
+    # autotuner runs every candidate on them. The accumulators are written with or
+    # without the gradient: the loss's cross term comes from them.
+    most = max(splits_for(batch, n_rows, dev, c.kwargs["BLOCK_B"], num_splits) for c in CANDIDATES)
+    stats, acc_at, loss, dq = split_buffers(batch, dim, most, need_grad, dev, accumulators=True)
     acc = stats[acc_at:]
     block_d = block_width(dim)
-    contrast_kernel.launch(
-        lambda m: (cdiv(batch, m["BLOCK_B"]), splits),
-        q_s, q_t, queue, stats, acc,
-        batch, n_rows, dim, rows_per_split,
-        q_s.stride(0), q_t.stride(0), queue.stride(0),
-        LOG2E / tau_s, LOG2E / tau_t,
-        config=config, fallback=None if on_gpu else INTERPRETER_CONFIG,
-        BLOCK_D=block_d,
-    )
-    shared_bank_merge_kernel[(batch,)](stats, acc, q_s, loss, dq if need_grad else loss, batch, splits, dim,
-                                       q_s.stride(0), LOG2E / tau_s, 1.0 / tau_s,
-                                       **merge_launch(block_d, need_grad), **COMPILE_OPTIONS)
+
+    def merge(block_b: int) -> int:
+        """Merge the splits a launch of ``block_b``-row programs made; return their count."""
+        splits = splits_for(batch, n_rows, dev, block_b, num_splits)
+        shared_bank_merge_kernel[(batch,)](stats, acc, q_s, loss, dq if need_grad else loss, batch, splits, dim,
+                                           q_s.stride(0), LOG2E / tau_s, 1.0 / tau_s,
+                                           **merge_launch(block_d, need_grad), **COMPILE_OPTIONS)
+        return splits
+    token = _call_merge.set(merge)   # for the autotuner's timed launches, if this call times
+    try:
+        launched = contrast_kernel.launch(
+            lambda m: (cdiv(batch, m["BLOCK_B"]), splits_for(batch, n_rows, dev, m["BLOCK_B"], num_splits)),
+            q_s, q_t, queue, stats, acc,
+            batch, n_rows, dim,
+            q_s.stride(0), q_t.stride(0), queue.stride(0),
+            LOG2E / tau_s, LOG2E / tau_t,
+            config=config, fallback=None if on_gpu else INTERPRETER_CONFIG,
+            SPLIT_ALIGN=_split_align(dev), BLOCK_D=block_d,
+        )
+    finally:
+        _call_merge.reset(token)
+    splits = merge(launched["BLOCK_B"])
+    if _split_sweep is not None:
+        _split_sweep[1].append((splits, launched))
     return loss, dq
 
 
-def _candidate_tag(c: triton.Config) -> str:
-    k = c.kwargs
-    return f"b{k['BLOCK_B']}n{k['BLOCK_N']}w{c.num_warps}"
+def _candidate_tag(c: triton.Config | dict) -> str:
+    """b16n32w8 for a candidate, or for the launch kwargs a call returned."""
+    k = c.all_kwargs() if isinstance(c, triton.Config) else c
+    return f"b{k['BLOCK_B']}n{k['BLOCK_N']}w{k['num_warps']}"
 
 
 def aot_variants() -> list[dict]:
@@ -314,14 +380,14 @@ def aot_variants() -> list[dict]:
                 signature = {
                     "qs_ptr": f"*{name}", "qt_ptr": f"*{name}", "queue_ptr": f"*{name}",
                     "stats_ptr": "*fp32", "acc_ptr": "*fp32",
-                    "batch": "i32", "n_rows": "i32", "dim": "i32", "rows_per_split": "i32",
+                    "batch": "i32", "n_rows": "i32", "dim": "i32",
                     "stride_qs": "i32", "stride_qt": "i32", "stride_queue": "i32",
                     "scale_s": "fp32", "scale_t": "fp32",
                 }
                 out.append({
                     "name": f"shared_bank_contrast_d{dim}_{name}_" + _candidate_tag(cand),
                     "kernel": shared_bank_contrast_kernel, "signature": signature,
-                    "constexprs": dict(cand.kwargs, BLOCK_D=block_d),
+                    "constexprs": dict(cand.kwargs, SPLIT_ALIGN=ROW_ALIGN, BLOCK_D=block_d),
                     "num_warps": cand.num_warps, "num_stages": cand.num_stages, "min_arch": min_arch(cand),
                 })
             for need_grad in (False, True):
