@@ -9,7 +9,8 @@ splits' partials after the kernel (flash-decoding style). Fewer splits move
 fewer partial bytes and give the merge a shorter loop, but give the GPU fewer
 programs. Per split count, the sweep records the ms of one fwd+bwd call
 replayed from a CUDA graph (device time only, as in a captured training
-step), the heuristic's own count marked; each count runs the autotuner's pick
+step) and each kernel's share of it (split kernel and merge, by
+torch.profiler), the heuristic's own count marked; each count runs the autotuner's pick
 for the shape at that count (timed afresh: the tuner's key leaves the count out,
 and the first run of this sweep reused one count's pick at every other).
 
@@ -73,8 +74,9 @@ def _time_counts(label: str, row: dict, default: int, counts: list[int], run, it
     ``count`` splits and returns the count it made (whole tiles: two counts asked for
     may make one), compiled and tuned eagerly, then timed replayed from a CUDA graph.
     ``tuned``: the op's TunedKernel, whose choice is timed again at each count (its
-    key leaves the count out)."""
-    from benchmarks.overhead import _graph_ms
+    key leaves the count out). Each row also has the costliest kernels of an eager
+    call (split kernel, merge: their device us), by torch.profiler."""
+    from benchmarks.overhead import _graph_ms, _kernels
     out, seen = [], set()
     for count in counts:
         if tuned is not None:
@@ -84,9 +86,12 @@ def _time_counts(label: str, row: dict, default: int, counts: list[int], run, it
             continue
         seen.add(splits)
         ms = _graph_ms(lambda count=count: run(count), iters)
-        out.append({**row, "splits": splits, "default": splits == default, "graph_ms": ms})
+        kernels = _kernels(lambda count=count: run(count), iters)[1]
+        out.append({**row, "splits": splits, "default": splits == default, "graph_ms": ms, "kernels": kernels})
         mark = " (heuristic)" if splits == default else ""
-        print(f"{label} splits={splits:<5} {'-' if ms is None else f'{ms * 1e3:8.1f} us'}{mark}", flush=True)
+        parts = ", ".join(f"{k['name'][:28]} {k['us']:.1f}" for k in kernels[:2])
+        print(f"{label} splits={splits:<5} {'-' if ms is None else f'{ms * 1e3:8.1f} us'}{mark}  [{parts}]",
+              flush=True)
     return out
 
 

@@ -318,6 +318,8 @@ def _split_counts_allocated(monkeypatch, module) -> list:
         return real(*args, **kwargs)
     monkeypatch.setattr(module, "split_buffers", recording)
     monkeypatch.setattr(overhead, "_graph_ms", lambda fn, iters: (fn(), 0.5)[1])
+    monkeypatch.setattr(overhead, "_kernels", lambda fn, iters: (fn(), (0.5, [{"name": "k", "us": 500.0,
+                                                                             "launches": 1.0}]))[1])
     return counts
 
 
@@ -334,6 +336,7 @@ def test_split_sweep_runs_each_count_and_marks_the_heuristics(monkeypatch, capsy
     assert len(counts) >= 2 and sum(r["default"] for r in rows) == 1
     assert set(seen) == set(counts) and all(r["graph_ms"] == 0.5 for r in rows)
     assert all(r["config"] == "b16n16w4" for r in rows)   # the interpreter's launch, named in each row
+    assert all(r["kernels"][0]["us"] == 500.0 for r in rows)
     assert "(heuristic)" in capsys.readouterr().out
 
 
