@@ -366,7 +366,7 @@ def test_dense_split_sweep_forces_each_count_on_the_kernel(monkeypatch, capsys):
         assert len(used) == 1 and (count is None or used[0] == count)
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-6, atol=1e-6)   # 3 splits as 1
     torch.testing.assert_close(losses[2], losses[0], rtol=1e-6, atol=1e-6)   # the heuristic's as 1
-    assert dense._split_sweep is None   # the block restores the heuristic
+    assert not dense._sweep.active   # the block restores the heuristic
 
 
 def test_overhead_rows_and_record_on_cpu(tmp_path, capsys):

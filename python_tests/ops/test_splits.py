@@ -46,3 +46,20 @@ def test_rrd_triton_split_count_fills_the_gpu_for_every_candidate(monkeypatch):
     assert sbc.splits_for(64, 100, gpu, block_b=64) == 2                   # at most one a tile
     assert sbc.splits_for(64, 16384, torch.device("cpu"), block_b=64) == 2
     assert num_splits_cuda(64, 16384, 16, 64, gpu)[0] == 64   # 2 x 132 / 4 row blocks = 66, in whole tiles
+
+
+def test_split_sweep_forces_records_and_restores():
+    """SplitSweep (benchmarks/splits.py's hook into an op): outside a block the op's
+    count stands and nothing is kept; inside, the forced count (or the op's, for
+    None) is asked for and each launch's record kept; nested blocks restore."""
+    sweep = splits.SplitSweep()
+    sweep.record(9)
+    assert sweep.want(7) == 7 and not sweep.active
+    with sweep.forcing(3) as outer:
+        assert sweep.want(7) == 3
+        sweep.record(3)
+        with sweep.forcing() as inner:
+            assert sweep.want(7) == 7
+            sweep.record(7)
+        assert sweep.want(7) == 3
+    assert outer == [3] and inner == [7] and not sweep.active

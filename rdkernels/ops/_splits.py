@@ -14,13 +14,14 @@ Triton's interpreter (CPU tensors) a few splits still exercise the merge.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 
 from rdkernels.backend import multiprocessor_count
 
-__all__ = ["INTERPRETER_SPLITS", "split_tiles", "splits_wanted"]
+__all__ = ["INTERPRETER_SPLITS", "SplitSweep", "split_tiles", "splits_wanted"]
 
 INTERPRETER_SPLITS = 3
 
@@ -40,3 +41,35 @@ def split_tiles(n_tiles: int, want: int) -> tuple[int, int]:
     tiles, none of them empty."""
     per = -(-n_tiles // max(1, min(n_tiles, want)))
     return -(-n_tiles // per), per
+
+
+class SplitSweep:
+    """An op's split count forced, and the counts its launches made recorded, within
+    a ``with sweep.forcing(count) as used:`` block (benchmarks/splits.py times
+    several counts). Outside any block an op's own count stands and nothing is kept."""
+
+    def __init__(self):
+        self._state: tuple[int | None, list] | None = None
+
+    @property
+    def active(self) -> bool:
+        return self._state is not None
+
+    @contextlib.contextmanager
+    def forcing(self, count: int | None = None):
+        """Within the block launches ask for ``count`` splits (None: their own count);
+        yields the list that :meth:`record` appends to."""
+        saved, used = self._state, []
+        self._state = (count, used)
+        try:
+            yield used
+        finally:
+            self._state = saved
+
+    def want(self, count):
+        """The forced count, or ``count`` (an op's heuristic or a caller's)."""
+        return (self._state[0] or count) if self._state is not None else count
+
+    def record(self, made) -> None:
+        if self._state is not None:
+            self._state[1].append(made)

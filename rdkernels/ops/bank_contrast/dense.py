@@ -32,11 +32,9 @@ Triton and CUDA dense kernels (merged by triton_merge.py).
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
-from rdkernels.ops._splits import split_tiles, splits_wanted
+from rdkernels.ops._splits import SplitSweep, split_tiles, splits_wanted
 from rdkernels.ops.bank_contrast.partials import split_buffers
 from rdkernels.ops.bank_contrast.reference import nce_constants
 from rdkernels.ops.bank_contrast.sample_counts import MAX_NEGATIVES, TILE_ROWS, count_samples, row_chunks
@@ -149,8 +147,7 @@ def bank_scores_backward_dense_torch(grad_scores, bank, idx, temperature):
 
 # ------------------------------------------------ shared by the fused dense kernels
 
-# set by dense_split_count (benchmarks/splits.py): a forced count and the counts used
-_split_sweep: tuple[int | None, list] | None = None
+_sweep = SplitSweep()   # dense_split_count's forced count and record
 
 
 def dense_splits(m_blocks: int, n_tiles: int, device: torch.device) -> tuple[int, int]:
@@ -161,27 +158,16 @@ def dense_splits(m_blocks: int, n_tiles: int, device: torch.device) -> tuple[int
     program a row took 20 us a call after the CUDA kernel, 7 after Triton's. It now
     runs a program per 32 columns of a row (triton_merge.py; not yet timed), and
     benchmarks/splits.py sweeps the count."""
-    want = splits_wanted(m_blocks, device, programs_per_sm=2)
-    if _split_sweep is not None:
-        want = _split_sweep[0] or want
-    splits = split_tiles(n_tiles, want)
-    if _split_sweep is not None:
-        _split_sweep[1].append(splits[0])
+    splits = split_tiles(n_tiles, _sweep.want(splits_wanted(m_blocks, device, programs_per_sm=2)))
+    _sweep.record(splits[0])
     return splits
 
 
-@contextlib.contextmanager
 def dense_split_count(count: int | None = None):
-    """Within the block the fused dense kernels cut the bank into ``count`` splits
-    (whole tiles, at most one a tile; None: the heuristic's); yields the list of the
-    counts each launch used. For benchmarks/splits.py, which times several."""
-    global _split_sweep
-    saved, used = _split_sweep, []
-    _split_sweep = (count, used)
-    try:
-        yield used
-    finally:
-        _split_sweep = saved
+    """Within this ``with`` block the fused dense kernels cut the bank into ``count``
+    splits (whole tiles, at most one a tile; None: the heuristic's); it yields the
+    list of the counts each launch used. For benchmarks/splits.py, which times several."""
+    return _sweep.forcing(count)
 
 
 def fused_dense_takes(n_cols: int) -> bool:

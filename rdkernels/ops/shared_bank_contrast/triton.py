@@ -32,7 +32,6 @@ the same split (its dots are exact fp32 products of the TF32 parts).
 """
 from __future__ import annotations
 
-import contextlib
 import contextvars
 from typing import Callable
 
@@ -46,7 +45,7 @@ from rdkernels.ops._autotune import TunedKernel
 from rdkernels.ops._blocks import block_width, cdiv
 from rdkernels.ops._compile_options import COMPILE_OPTIONS
 from rdkernels.ops._tf32 import dot_split, split_tf32
-from rdkernels.ops._splits import splits_wanted
+from rdkernels.ops._splits import SplitSweep, splits_wanted
 from rdkernels.ops.shared_bank_contrast.splits import LN2, LOG2E, split_buffers, split_queue
 
 _LN2 = tl.constexpr(LN2)  # kernel-visible (compiled code reads only constexpr globals)
@@ -301,21 +300,14 @@ def _split_align(device: torch.device) -> int:
     return ROW_ALIGN if on_gpu else INTERPRETER_CONFIG["BLOCK_N"]
 
 
-_split_sweep: tuple[int | None, list] | None = None
+_sweep = SplitSweep()   # queue_split_count's forced count and record
 
 
-@contextlib.contextmanager
 def queue_split_count(count: int | None = None):
-    """Within the block the op cuts the queue into ``count`` splits (whole tiles, at
-    most one a tile; None: the heuristic's for the configuration launched); yields
-    the list of (splits, launch kwargs) each call used. For benchmarks/splits.py."""
-    global _split_sweep
-    saved, used = _split_sweep, []
-    _split_sweep = (count, used)
-    try:
-        yield used
-    finally:
-        _split_sweep = saved
+    """Within this ``with`` block the op cuts the queue into ``count`` splits (whole
+    tiles, at most one a tile; None: the heuristic's for the configuration launched);
+    it yields the list of (splits, launch kwargs) each call used. For benchmarks/splits.py."""
+    return _sweep.forcing(count)
 
 
 def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, need_grad: bool,
@@ -326,8 +318,7 @@ def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, nee
     n_rows = queue.shape[0]
     dev = q_s.device
     on_gpu = dev.type == "cuda" and not triton_interpreter_enabled()
-    if _split_sweep is not None:
-        num_splits = _split_sweep[0] or num_splits
+    num_splits = _sweep.want(num_splits)
     # buffers for the most splits any candidate makes (the widest row block): the
     # autotuner runs every candidate on them. The accumulators are written with or
     # without the gradient: the loss's cross term comes from them.
@@ -357,8 +348,7 @@ def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, nee
     finally:
         _call_merge.reset(token)
     splits = merge(launched["BLOCK_B"])
-    if _split_sweep is not None:
-        _split_sweep[1].append((splits, launched))
+    _sweep.record((splits, launched))
     return loss, dq
 
 
