@@ -63,3 +63,18 @@ def test_split_sweep_forces_records_and_restores():
             sweep.record(7)
         assert sweep.want(7) == 3
     assert outer == [3] and inner == [7] and not sweep.active
+
+
+def test_rrd_widest_row_block_makes_the_most_splits(monkeypatch):
+    """The op sizes its split buffers by the widest candidate's count: the count
+    must not fall as a program's query rows grow, at any batch or queue length."""
+    sbc = pytest.importorskip("rdkernels.ops.shared_bank_contrast.triton")
+    monkeypatch.setattr(splits, "multiprocessor_count", lambda device: 132)
+    monkeypatch.setattr(sbc, "triton_interpreter_enabled", lambda: False)
+    gpu = torch.device("cuda", 0)
+    widths = sorted({c.kwargs["BLOCK_B"] for c in sbc.CANDIDATES})
+    assert widths[-1] == sbc.WIDEST_BLOCK_B
+    for batch in (1, 7, 64, 100, 256, 1000, 5000):
+        for n_rows in (1, 63, 64, 1000, 16384, 65536):
+            counts = [sbc.splits_for(batch, n_rows, gpu, b) for b in widths]
+            assert counts == sorted(counts), (batch, n_rows, counts)

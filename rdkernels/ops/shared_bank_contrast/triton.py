@@ -227,6 +227,7 @@ CANDIDATES = [
     _candidate(64, 32, 8),
 ]
 WARPGROUP_ROWS = 32   # BLOCK_B from which a candidate is Hopper-only (sm_90+)
+WIDEST_BLOCK_B = max(c.kwargs["BLOCK_B"] for c in CANDIDATES)
 ROW_ALIGN = max(c.kwargs["BLOCK_N"] for c in CANDIDATES)  # a split is whole tiles for every candidate
 INTERPRETER_CONFIG = dict(BLOCK_B=16, BLOCK_N=16, num_warps=4, num_stages=1)
 
@@ -319,10 +320,11 @@ def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, nee
     dev = q_s.device
     on_gpu = dev.type == "cuda" and not triton_interpreter_enabled()
     num_splits = _sweep.want(num_splits)
-    # buffers for the most splits any candidate makes (the widest row block): the
-    # autotuner runs every candidate on them. The accumulators are written with or
-    # without the gradient: the loss's cross term comes from them.
-    most = max(splits_for(batch, n_rows, dev, c.kwargs["BLOCK_B"], num_splits) for c in CANDIDATES)
+    # buffers for the most splits any candidate makes (the widest row block's: the
+    # count only grows with the rows a program takes), as the autotuner runs every
+    # candidate on them. The accumulators are written with or without the gradient:
+    # the loss's cross term comes from them.
+    most = splits_for(batch, n_rows, dev, WIDEST_BLOCK_B, num_splits)
     stats, acc_at, loss, dq = split_buffers(batch, dim, most, need_grad, dev, accumulators=True)
     acc = stats[acc_at:]
     block_d = block_width(dim)
