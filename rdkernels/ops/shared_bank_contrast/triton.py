@@ -58,7 +58,8 @@ def shared_bank_contrast_kernel(
     batch, n_rows, dim,
     stride_qs, stride_qt, stride_queue,
     scale_s, scale_t,
-    SPLIT_ALIGN: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    SPLIT_ALIGN: tl.constexpr, TILE_TWICE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     split = tl.program_id(1)
@@ -91,11 +92,19 @@ def shared_bank_contrast_kernel(
     for n0 in range(start, stop, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_mask = n < stop
-        bank = tl.load(queue_ptr + n.to(tl.int64)[:, None] * stride_queue + d[None, :],
-                       mask=n_mask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
-        # one split of the tile serves both dots (3xTF32, ops/_tf32.py)
-        bank_hi, bank_lo = split_tf32(bank)
-        x = dot_split(q_hi, q_lo, tl.trans(bank_hi), tl.trans(bank_lo), tl.zeros([2 * BLOCK_B, BLOCK_N], tl.float32))
+        tile_at = queue_ptr + n.to(tl.int64)[:, None] * stride_queue + d[None, :]
+        tile_mask = n_mask[:, None] & d_mask[None, :]
+        bank = tl.load(tile_at, mask=tile_mask, other=0.0).to(tl.float32)
+        bank_hi, bank_lo = split_tf32(bank)   # 3xTF32, ops/_tf32.py
+        if TILE_TWICE:
+            # the tile loaded a second time as the first dot's transposed operand: with
+            # 16-row programs Triton's pipeliner stages (async copies) a load that feeds
+            # one dot, not one feeding a dot and a transpose (see CANDIDATES)
+            bank_t = tl.load(tl.trans(tile_at), mask=tl.trans(tile_mask), other=0.0).to(tl.float32)
+            bank_t_hi, bank_t_lo = split_tf32(bank_t)
+        else:  # one split of the tile serves both dots
+            bank_t_hi, bank_t_lo = tl.trans(bank_hi), tl.trans(bank_lo)
+        x = dot_split(q_hi, q_lo, bank_t_hi, bank_t_lo, tl.zeros([2 * BLOCK_B, BLOCK_N], tl.float32))
         x = tl.where(n_mask[None, :], x, -float("inf"))
         new_m = tl.maximum(m, tl.max(x, axis=1))
         alpha = tl.exp2(m - new_m)
@@ -185,8 +194,9 @@ def merge_launch(block_d: int, need_grad: bool) -> dict:
                 num_warps=min(16, max(1, MERGE_BLOCK_S * block_d // (16 * 32))))
 
 
-def _candidate(block_b, block_n, num_warps):
-    return triton.Config(dict(BLOCK_B=block_b, BLOCK_N=block_n), num_warps=num_warps, num_stages=2)
+def _candidate(block_b, block_n, num_warps, tile_twice=False):
+    return triton.Config(dict(BLOCK_B=block_b, BLOCK_N=block_n, TILE_TWICE=tile_twice), num_warps=num_warps,
+                         num_stages=2)
 
 
 # GPU launch candidates, timed per (batch, rows, width, dtype) by the autotuner
@@ -203,6 +213,18 @@ def _candidate(block_b, block_n, num_warps):
 #   32 x 16, 4                 0 / 0                      0 / 4 B       5.9 (wgmma)    -
 #   64 x 16, 8                 112 / 8 B                  0 / 0         5.1 (wgmma)    -
 #   64 x 32, 8                 48 / 84 B                  0 / 12 B      3.8 (wgmma)    -
+#   16 x 16, 4, tile twice     76 / 0 B                   4 / 0 B       15.4 (14.3)    20 / 0 B
+#   16 x 32, 8, tile twice     64 / 0 B                   0 / 0         15.2 (14.4)    16 / 0 B
+#
+# The 16-row tile loops load each queue tile synchronously (TTGIR: a tt.load in the
+# loop, no async copy), because the one load feeds a dot and a transpose for the
+# other; the 32- and 64-row ones are staged (async copies, num_stages deep). On an
+# H100 the 16-row kernel's time went as its tile steps a program (139 / 74 / 41.8 us
+# at 8 / 16 / 33 splits, benchmarks/splits.py), as a wait on each step's load would.
+# The "tile twice" candidates load each tile a second time through transposed
+# pointers, one load per dot, and both loads are staged, for ~20% more instructions
+# (and small spills with Triton 3.9; none with 3.6, the figures in brackets): only a
+# timing tells which wins, and on sm_80 the 16-row candidates are all there is.
 #
 # With Triton's own "tf32x3" split (cvt.rna, ~10 instructions a value) the same
 # loops took 15.5, 16.9, 11.7, 7.7, 6.5 and 4.7 instructions a pair and spilled up
@@ -225,11 +247,13 @@ CANDIDATES = [
     _candidate(32, 16, 4),
     _candidate(64, 16, 8),
     _candidate(64, 32, 8),
+    _candidate(16, 16, 4, tile_twice=True),
+    _candidate(16, 32, 8, tile_twice=True),
 ]
 WARPGROUP_ROWS = 32   # BLOCK_B from which a candidate is Hopper-only (sm_90+)
 WIDEST_BLOCK_B = max(c.kwargs["BLOCK_B"] for c in CANDIDATES)
 ROW_ALIGN = max(c.kwargs["BLOCK_N"] for c in CANDIDATES)  # a split is whole tiles for every candidate
-INTERPRETER_CONFIG = dict(BLOCK_B=16, BLOCK_N=16, num_warps=4, num_stages=1)
+INTERPRETER_CONFIG = dict(BLOCK_B=16, BLOCK_N=16, TILE_TWICE=False, num_warps=4, num_stages=1)
 
 
 def min_arch(config: triton.Config) -> int:
@@ -355,9 +379,10 @@ def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, nee
 
 
 def _candidate_tag(c: triton.Config | dict) -> str:
-    """b16n32w8 for a candidate, or for the launch kwargs a call returned."""
+    """b16n32w8 for a candidate (b16n32w8x2 loading its tiles twice), or for the launch
+    kwargs a call returned."""
     k = c.all_kwargs() if isinstance(c, triton.Config) else c
-    return f"b{k['BLOCK_B']}n{k['BLOCK_N']}w{k['num_warps']}"
+    return f"b{k['BLOCK_B']}n{k['BLOCK_N']}w{k['num_warps']}" + ("x2" if k["TILE_TWICE"] else "")
 
 
 def aot_variants() -> list[dict]:
