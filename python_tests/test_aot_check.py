@@ -198,3 +198,36 @@ def test_fifo_enqueue_stores_the_pointer_behind_a_barrier(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     last_barrier, last_store = map(int, proc.stdout.splitlines()[-1].split())   # after the compile's log
     assert 0 <= last_barrier < last_store
+
+
+# A 16-row RRD tile loop's TTGIR (trimmed): the queue tile loaded in the loop
+# (synchronously), a reduction region inside the loop before it, and a staged load.
+_LOOP_LOADS_TTGIR = """
+    %q = tt.load %q_at, %q_mask : tensor<32x128x!tt.ptr<f32>, #blocked> loc(#loc1)
+    %r:3 = scf.for %n0 = %start to %stop step %c16_i32 iter_args(%m = %cst, %l = %cst_0, %acc = %cst_1) -> (tensor<32xf32, #slice>, tensor<32xf32, #slice>, tensor<32x128xf32, #mma>)  : i32 {
+      %mx = "tt.reduce"(%x) <{axis = 1 : i32}> ({
+      ^bb0(%a: f32 loc(unknown), %b: f32 loc(unknown)):
+        %mm = arith.maxnumf %a, %b : f32 loc(#loc2)
+        tt.reduce.return %mm : f32 loc(#loc2)
+      }) : (tensor<32x16xf32, #mma>) -> tensor<32xf32, #slice> loc(#loc2)
+      %bank = tt.load %tile_at, %tile_mask, %cst_6 : tensor<16x128x!tt.ptr<f32>, #blocked> loc(#loc3)
+      %words = ttg.async_copy_global_to_local %w_at, %w_buf mask %w_mask : tensor<16x32x!tt.ptr<i32>, #blocked1> -> <16x32xi32, #shared1, #smem, mutable> loc(#loc4)
+      %s = tt.load %scalar_at : !tt.ptr<f32> loc(#loc5)
+      scf.if %flag {
+        %t = tt.load %t_at : tensor<16x!tt.ptr<f32>, #blocked2> loc(#loc6)
+      } else {
+        %u = tt.load %u_at : tensor<16x!tt.ptr<f32>, #blocked2> loc(#loc7)
+      } loc(#loc8)
+      scf.yield %m, %l, %acc : tensor<32xf32, #slice>, tensor<32xf32, #slice>, tensor<32x128xf32, #mma> loc(#loc9)
+    } loc(#loc10)
+    %after = tt.load %after_at : tensor<32x!tt.ptr<f32>, #blocked2> loc(#loc11)
+"""
+
+
+def test_loop_sync_loads_counts_tensor_loads_left_in_loops(aot_check):
+    """The tile load after a reduction region, and both branches' loads, count; the
+    async copy, the scalar load and the loads before and after the loop do not."""
+    assert aot_check.loop_sync_loads(_LOOP_LOADS_TTGIR) == 3
+    staged = _LOOP_LOADS_TTGIR.replace("%bank = tt.load", "%bank = ttg.local_load")
+    assert aot_check.loop_sync_loads(staged) == 2
+    assert aot_check.loop_sync_loads("") == 0

@@ -512,12 +512,32 @@ def hoisted_loop_values(ttgir: str) -> list[str]:
     return found
 
 
+def loop_sync_loads(ttgir: str) -> int:
+    """Tensor loads left synchronous inside loops (``tt.load`` in an ``scf.for`` body
+    of the TTGIR, after Triton's pipeliner): each is a wait on memory every step,
+    where a staged load is an async copy issued steps ahead. The 16-row RRD tiles
+    load their queue tile so (it feeds a dot and a transpose), and their time on an
+    H100 went as their tile steps. A count, not a failure: a loop that is short, or
+    loads little, may not need staging."""
+    count, regions = 0, []   # regions: for each open region, whether an scf.for opened it
+    for line in ttgir.splitlines():
+        text = line.strip()
+        if text.startswith("}") and regions:   # "}", "})" (a reduction's body), "} else {"
+            regions.pop()
+        if text.endswith("{"):
+            regions.append("scf.for" in text)
+        elif any(regions) and "= tt.load" in text and ": tensor<" in text:
+            count += 1
+    return count
+
+
 def check_one(op: str, index: int, arch: int) -> dict:
     """Compile variant ``index`` of ``op`` for ``arch`` and measure it; never raises."""
     row = {"op": op, "variant": None, "kernel": None, "arch": arch, "num_warps": None,
            "num_stages": None, "regs": None, "spill_stores": None, "spill_loads": None,
            "stack": None, "static_smem": None, "triton_shared": None, "shared_total": None,
-           "ptxas": None, "loop_instrs": None, "loop_mma": None, "seconds": None, "status": "error",
+           "ptxas": None, "loop_instrs": None, "loop_mma": None, "loop_sync_loads": None, "seconds": None,
+           "status": "error",
            "message": ""}
     start = time.perf_counter()
     try:
@@ -539,6 +559,7 @@ def check_one(op: str, index: int, arch: int) -> dict:
         counts = sass_counts(compiled.asm["cubin"]) if SASS else None
         if counts is not None:
             row["loop_instrs"], row["loop_mma"] = counts
+        row["loop_sync_loads"] = loop_sync_loads(compiled.asm.get("ttgir", ""))
         row["shared_total"] = row["static_smem"] + row["triton_shared"]
         problems = []
         limit = SHARED_LIMIT.get(arch)
@@ -569,7 +590,7 @@ COLUMNS = (("variant", "kernel variant", "<"), ("arch", "arch", ">"), ("num_warp
            ("num_stages", "stages", ">"), ("regs", "regs", ">"), ("spill_stores", "spill st", ">"),
            ("spill_loads", "spill ld", ">"), ("static_smem", "smem", ">"),
            ("triton_shared", "triton shm", ">"), ("shared_total", "shm total", ">"),
-           ("loop_instrs", "loop instr", ">"), ("loop_mma", "loop mma", ">"),
+           ("loop_instrs", "loop instr", ">"), ("loop_mma", "loop mma", ">"), ("loop_sync_loads", "sync ld", ">"),
            ("seconds", "s", ">"), ("status", "status", "<"))
 
 
