@@ -139,14 +139,22 @@ def test_shared_bank_contrast_candidates():
 
 
 def test_shared_bank_contrast_prunes_by_compute_capability(monkeypatch):
-    class OnGpu:  # what the prune reads of the query tensor
+    class OnGpu:  # what the prune reads of the query and queue tensors
         is_cuda = True
         device = torch.device("cuda", 0)
+        dtype = torch.float32
+
+    class Bf16OnGpu(OnGpu):
+        dtype = torch.bfloat16
     for capability, archs in (((8, 0), {80}), ((8, 9), {80}), ((9, 0), {80, 90}), ((12, 0), {80, 90})):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
-        kept = sbc_triton.contrast_kernel.candidates(qs_ptr=OnGpu())
+        kept = sbc_triton.contrast_kernel.candidates(qs_ptr=OnGpu(), queue_ptr=OnGpu())
         assert {sbc_triton.min_arch(c) for c in kept} == archs, capability
         assert kept[0] == sbc_triton.CANDIDATES[0]
+        assert any(c.kwargs["TILE_TWICE"] for c in kept)
+        # a 16-bit queue's tile loads stay synchronous: no candidate loads them twice
+        narrow = sbc_triton.contrast_kernel.candidates(qs_ptr=OnGpu(), queue_ptr=Bf16OnGpu())
+        assert narrow == [c for c in kept if not c.kwargs["TILE_TWICE"]]
 
 
 def test_dcd_candidates_by_width():

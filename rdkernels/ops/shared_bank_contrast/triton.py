@@ -224,7 +224,9 @@ def _candidate(block_b, block_n, num_warps, tile_twice=False):
 # The "tile twice" candidates load each tile a second time through transposed
 # pointers, one load per dot, and both loads are staged, for ~20% more instructions
 # (and small spills with Triton 3.9; none with 3.6, the figures in brackets): only a
-# timing tells which wins, and on sm_80 the 16-row candidates are all there is.
+# timing tells which wins, and on sm_80 the 16-row candidates are all there is. A
+# 16-bit queue's tiles stay synchronous either way (the conversion after the load),
+# so those candidates are fp32-only.
 #
 # With Triton's own "tf32x3" split (cvt.rna, ~10 instructions a value) the same
 # loops took 15.5, 16.9, 11.7, 7.7, 6.5 and 4.7 instructions a pair and spilled up
@@ -262,12 +264,16 @@ def min_arch(config: triton.Config) -> int:
 
 
 def _prune(configs: list, args: dict) -> list:
-    """The candidates this GPU can run without large spills (see CANDIDATES)."""
+    """The candidates this GPU can run without large spills, less those loading
+    their tiles twice for a 16-bit queue, whose loads a conversion keeps
+    synchronous either way (TTGIR; see CANDIDATES)."""
     q = args["qs_ptr"]
     if not q.is_cuda:
         return configs
     major, minor = torch.cuda.get_device_capability(q.device)
-    return [c for c in configs if 10 * major + minor >= min_arch(c)]
+    queue = args.get("queue_ptr")
+    narrow = queue is not None and queue.dtype != torch.float32
+    return [c for c in configs if 10 * major + minor >= min_arch(c) and not (narrow and c.kwargs["TILE_TWICE"])]
 
 
 # The merge the call in progress runs after its split kernel, given the launched
@@ -393,7 +399,7 @@ def aot_variants() -> list[dict]:
     for dim in (16, 32, 64, 128):
         block_d = block_width(dim)
         for dt, name in FLOAT_TYPES.items():
-            for cand in CANDIDATES:
+            for cand in [c for c in CANDIDATES if name == "fp32" or not c.kwargs["TILE_TWICE"]]:
                 signature = {
                     "qs_ptr": f"*{name}", "qt_ptr": f"*{name}", "queue_ptr": f"*{name}",
                     "stats_ptr": "*fp32", "acc_ptr": "*fp32",
