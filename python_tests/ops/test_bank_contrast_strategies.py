@@ -524,3 +524,21 @@ def test_dense_tile_loop_is_pipelined(arch):
     assert ttgir.count("scf.for") == 1, "expected the tile loop alone"
     staged = set(re.findall(r"%([a-z_]+?)_\d+ = ttg\.async_copy_global_to_local", ttgir))
     assert staged == {"w", "w_t", "words"}, f"pipelined loads: {sorted(staged)}"
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_dense_tile_of_a_bf16_bank_is_loaded_once(arch):
+    """A bf16 bank's tile load stays synchronous whatever the kernel does (its
+    conversion), so the kernel loads it once and transposes it in registers: one
+    synchronous load in the loop (where loading it as each dot's operand left two),
+    the counts still staged."""
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    for name in ("bank_contrast_dense[nce,d128,q=fp32,bank=bf16]", "bank_contrast_dense[nce,d128,q=bf16,bank=bf16]"):
+        done = subprocess.run([sys.executable, "-c", _COMPILE_DENSE_TTGIR, str(root / "tools" / "aot_check.py"),
+                               name, str(arch)], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        staged = set(re.findall(r"%([a-z_]+?)_\d+ = ttg\.async_copy_global_to_local", done.stdout))
+        assert staged == {"words"}, (name, sorted(staged))
+        loop = done.stdout[done.stdout.index("scf.for"):]
+        assert len(re.findall(r"= tt\.load .*: tensor<", loop)) == 1, name   # the tile, in the loop
