@@ -537,8 +537,7 @@ def check_one(op: str, index: int, arch: int) -> dict:
            "num_stages": None, "regs": None, "spill_stores": None, "spill_loads": None,
            "stack": None, "static_smem": None, "triton_shared": None, "shared_total": None,
            "ptxas": None, "loop_instrs": None, "loop_mma": None, "loop_sync_loads": None, "seconds": None,
-           "status": "error",
-           "message": ""}
+           "status": "error", "message": ""}
     start = time.perf_counter()
     try:
         variant = load_variants(op)[index]

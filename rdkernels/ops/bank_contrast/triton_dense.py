@@ -113,7 +113,7 @@ def bank_contrast_dense_kernel(
             if BANK_EXACT:
                 w_t, w_t_lo = tl.trans(w), tl.trans(w_lo)
             else:
-                w_t, w_t_lo = split_tf32(w_t.to(tl.float32), BANK_EXACT)
+                w_t, w_t_lo = split_tf32(w_t.to(tl.float32))   # an fp32 bank
             s = dot_split(q, q_lo, w_t, w_t_lo, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32),
                           Q_EXACT, BANK_EXACT) * inv_t
         has = cnt > 0

@@ -326,9 +326,13 @@ def splits_for(batch: int, n_rows: int, device: torch.device, block_b: int,
     return split_queue(n_rows, num_splits, _split_align(device))[0]
 
 
+def _compiled(device: torch.device) -> bool:
+    """Whether the kernels run compiled on a GPU (else under the interpreter)."""
+    return device.type == "cuda" and not triton_interpreter_enabled()
+
+
 def _split_align(device: torch.device) -> int:
-    on_gpu = device.type == "cuda" and not triton_interpreter_enabled()
-    return ROW_ALIGN if on_gpu else INTERPRETER_CONFIG["BLOCK_N"]
+    return ROW_ALIGN if _compiled(device) else INTERPRETER_CONFIG["BLOCK_N"]
 
 
 _sweep = SplitSweep()   # queue_split_count's forced count and record
@@ -348,7 +352,6 @@ def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, nee
     batch, dim = q_s.shape
     n_rows = queue.shape[0]
     dev = q_s.device
-    on_gpu = dev.type == "cuda" and not triton_interpreter_enabled()
     num_splits = _sweep.want(num_splits)
     # buffers for the most splits any candidate makes (the widest row block's: the
     # count only grows with the rows a program takes), as the autotuner runs every
@@ -374,7 +377,7 @@ def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, nee
             batch, n_rows, dim,
             q_s.stride(0), q_t.stride(0), queue.stride(0),
             LOG2E / tau_s, LOG2E / tau_t,
-            config=config, fallback=None if on_gpu else INTERPRETER_CONFIG,
+            config=config, fallback=None if _compiled(dev) else INTERPRETER_CONFIG,
             SPLIT_ALIGN=_split_align(dev), BLOCK_D=block_d,
         )
     finally:
