@@ -27,7 +27,9 @@ and the first run of this sweep reused one count's pick at every other).
   the merge of its [B, splits, d] partials (2.2 MB at Triton's 66 splits at
   B = 64, 8.6 MB at CUDA's 264; the merge is the Triton kernel of
   triton_merge.py for both), counts forced by
-  ``rdkernels.ops.bank_contrast.dense.dense_split_count``.
+  ``rdkernels.ops.bank_contrast.dense.dense_split_count``. Triton rows name
+  the candidate the autotuner picked (``x2``: the bank tile loaded twice,
+  ``x1``: once; its key has the split, so each count is timed afresh).
 """
 from __future__ import annotations
 
@@ -122,6 +124,7 @@ def sweep_dense(batch: int, backend: str, args: argparse.Namespace, device: torc
     """Bank contrast's dense strategy (NCE, gradient on) over the bank, on ``backend``."""
     from rdkernels.ops import bank_contrast
     from rdkernels.ops.bank_contrast.dense import dense_split_count
+    from rdkernels.ops.bank_contrast.triton_dense import candidate_tag, dense_kernel
     gen, dtype = generator(device, batch), dtype_of(args.dtype)
     query = unit_rows(batch, args.dim, dtype, device, gen).requires_grad_()
     bank = bank_init(args.bank, args.dim, dtype, device, gen)
@@ -130,9 +133,14 @@ def sweep_dense(batch: int, backend: str, args: argparse.Namespace, device: torc
     z = torch.tensor([float(args.bank)], device=device)
     kw = dict(temperature=TEMPERATURE, epilogue="nce", z=z, n_data=args.bank, backend=backend, strategy="dense")
 
+    picked = {}
+
     def run(count=None):
+        dense_kernel.last_launch = None
         with dense_split_count(count) as used:
             bank_contrast(query, bank, idx, **kw)   # the gradient is computed in the forward
+        if used and dense_kernel.last_launch is not None:   # the Triton kernel ran: name its candidate
+            picked[used[0]] = candidate_tag(dense_kernel.last_launch)
         return used[0] if used else None
     default = run()
     if default is None:   # a shape or GPU the fused kernel does not take ran the torch formulation
@@ -140,8 +148,9 @@ def sweep_dense(batch: int, backend: str, args: argparse.Namespace, device: torc
         return []
     row = {"op": "bank_contrast_dense", "backend": backend, "batch": batch, "rows": args.bank,
            "negatives": args.negatives, "dim": args.dim, "dtype": args.dtype}
-    return _time_counts(f"bank_contrast_dense {backend:<6} B={batch:<5} N={args.bank:<7} K={args.negatives:<6}",
+    rows = _time_counts(f"bank_contrast_dense {backend:<6} B={batch:<5} N={args.bank:<7} K={args.negatives:<6}",
                         row, default, _counts(default, args), run, args.iters)
+    return [{**r, "config": picked.get(r["splits"])} for r in rows]
 
 
 def main(argv=None) -> int:

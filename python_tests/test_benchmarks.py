@@ -353,6 +353,8 @@ def test_dense_split_sweep_forces_each_count_on_the_kernel(monkeypatch, capsys):
     rows = splits.sweep_dense(4, "triton", args, CPU)
     # 16 bank tiles under the interpreter: 5 splits of whole tiles are 4 (4 tiles each)
     assert [r["splits"] for r in rows] == [1, 2, 4] and all(r["graph_ms"] == 0.5 for r in rows)
+    # the candidate launched, named in each row: an fp32 bank's shipped one (its tile loaded twice)
+    assert [r["config"] for r in rows] == ["x2", "x2", "x2"]
     from rdkernels.ops._splits import INTERPRETER_SPLITS
     assert set(grids) == {1, 2, 4, INTERPRETER_SPLITS}   # the swept counts and the heuristic's first call
     assert not any(r["default"] for r in rows)            # the heuristic's 3 was not asked for

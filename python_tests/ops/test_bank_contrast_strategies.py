@@ -305,6 +305,54 @@ def test_triton_many_splits(monkeypatch, strategy, epilogue):
     _check("triton", strategy, epilogue, *_inputs(*shape), 1e-5, 1e-4)
 
 
+def _dense_candidates():
+    from rdkernels.ops.bank_contrast.triton_dense import CANDIDATES
+    return [pytest.param(c, id="tile-twice" if c.kwargs["TILE_TWICE"] else "tile-once") for c in CANDIDATES]
+
+
+@pytest.mark.skipif(not triton_runs, reason="Triton cannot run here")
+@pytest.mark.parametrize("one_tile_a_program", [False, True], ids=["tiles-a-program", "one-tile-a-program"])
+@pytest.mark.parametrize("bank_dtype", [torch.float32, torch.bfloat16], ids=["bank-fp32", "bank-bf16"])
+@pytest.mark.parametrize("epilogue", ["nce", "softmax"])
+@pytest.mark.parametrize("candidate", _dense_candidates())
+def test_triton_dense_candidates_match_float64(candidate, epilogue, bank_dtype, one_tile_a_program, monkeypatch):
+    """Every launch candidate the autotuner may pick, forced, against the float64
+    reference: row losses and dq, several tiles a split (or one, the unstaged launch),
+    a ragged last tile, repeated ids. A 16-bit bank's tile is loaded once wherever the
+    dispatcher chooses; forced here, the twice-loaded tile must still be right."""
+    dense_mod = importlib.import_module("rdkernels.ops.bank_contrast.dense")
+    from rdkernels.ops.bank_contrast.triton_dense import bank_contrast_loss_dense_triton
+    if one_tile_a_program:
+        monkeypatch.setattr(dense_mod, "dense_splits", lambda m_blocks, n_tiles, device: (n_tiles, 1))
+    query, bank, idx = _inputs(19, 60, 300, 128, bank_dtype=bank_dtype)   # 10 tiles, the last 12 rows
+    idx[:, 5] = idx[:, 4]
+    n = bank.shape[0]
+    z = _z(query, bank, idx, n) if epilogue == "nce" else None
+    loss, dq = bank_contrast_loss_dense_triton(query, bank, idx, z, TEMPERATURE, epilogue, n, config=candidate)
+    q64 = query.detach().to(torch.float64).requires_grad_()
+    ref = bank_contrast_reference(q64, bank.to(torch.float64), idx, temperature=TEMPERATURE, epilogue=epilogue,
+                                  z=None if z is None else z.to(torch.float64), n_data=n, reduction="none")
+    ref.sum().backward()
+    assert_close(f"{epilogue} rows", loss, ref, 1e-5 * max(1.0, ref.abs().max().item()), 1e-4)
+    assert_close(f"{epilogue} dq", dq, q64.grad, 1e-5 * max(1.0, q64.grad.abs().max().item()), 1e-4)
+    if DEVICE.type == "cpu":   # the interpreter: the candidates' arithmetic is the same, so are the bits
+        other = next(c for c in _dense_candidates() if c.values[0] is not candidate).values[0]
+        loss2, dq2 = bank_contrast_loss_dense_triton(query, bank, idx, z, TEMPERATURE, epilogue, n, config=other)
+        assert torch.equal(loss, loss2) and torch.equal(dq, dq2)
+
+
+def test_dense_candidates_by_bank_dtype():
+    """An fp32 bank times both candidates, the shipped one (tile twice) first; a
+    16-bit bank only the one loading its tile once."""
+    from rdkernels.ops.bank_contrast import triton_dense as td
+    tags = lambda dt: [c.kwargs["TILE_TWICE"] for c in td.dense_kernel.candidates(  # noqa: E731
+        bank_ptr=torch.empty(0, dtype=dt))]
+    assert tags(torch.float32) == [True, False]
+    assert tags(torch.bfloat16) == tags(torch.float16) == [False]
+    assert td._shipped(torch.empty(0, dtype=torch.bfloat16))["TILE_TWICE"] is False
+    assert td._one_tile_a_program(td._shipped(torch.empty(0)))["num_stages"] == 1
+
+
 def _bincounts(idx, n_bank):
     """counts[b, j]: how many of idx[b, 1:] are j (ids outside [0, n_bank) left out)."""
     neg = idx[:, 1:].long()
@@ -510,13 +558,14 @@ print(aot.compile_variant(variant, int(sys.argv[3])).asm["ttgir"])
 
 @pytest.mark.parametrize("arch", [80, 90])
 def test_dense_tile_loop_is_pipelined(arch):
-    """The tile loop is the kernel's only loop and Triton software-pipelines its
-    three loads (the bank tile as each dot's operand, and the counts): async copies
-    issued stages ahead, so a tile's load latency overlaps earlier tiles' work.
-    Compiled here (no GPU needed) with the installed Triton, fp32 bank."""
+    """The tile loop is the kernel's only loop and, in the candidate loading an fp32
+    tile twice, Triton software-pipelines its three loads (the bank tile as each
+    dot's operand, and the counts): async copies issued stages ahead, so a tile's
+    load latency overlaps earlier tiles' work. Compiled here (no GPU needed) with
+    the installed Triton."""
     root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # a real JIT function
-    name = "bank_contrast_dense[nce,d128,q=fp32,bank=fp32]"
+    name = "bank_contrast_dense[nce,d128,q=fp32,bank=fp32,x2]"
     done = subprocess.run([sys.executable, "-c", _COMPILE_DENSE_TTGIR, str(root / "tools" / "aot_check.py"), name,
                            str(arch)], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -527,14 +576,16 @@ def test_dense_tile_loop_is_pipelined(arch):
 
 
 @pytest.mark.parametrize("arch", [80, 90])
-def test_dense_tile_of_a_bf16_bank_is_loaded_once(arch):
+def test_dense_tile_loaded_once_is_one_synchronous_load(arch):
     """A bf16 bank's tile load stays synchronous whatever the kernel does (its
     conversion), so the kernel loads it once and transposes it in registers: one
     synchronous load in the loop (where loading it as each dot's operand left two),
-    the counts still staged."""
+    the counts still staged. The fp32 candidate loading its tile once compiles to
+    the same loop loads."""
     root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    for name in ("bank_contrast_dense[nce,d128,q=fp32,bank=bf16]", "bank_contrast_dense[nce,d128,q=bf16,bank=bf16]"):
+    for name in ("bank_contrast_dense[nce,d128,q=fp32,bank=bf16]", "bank_contrast_dense[nce,d128,q=bf16,bank=bf16]",
+                 "bank_contrast_dense[nce,d128,q=fp32,bank=fp32]"):
         done = subprocess.run([sys.executable, "-c", _COMPILE_DENSE_TTGIR, str(root / "tools" / "aot_check.py"),
                                name, str(arch)], cwd=root, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]

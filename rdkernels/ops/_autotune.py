@@ -85,6 +85,7 @@ class TunedKernel:
         self.tuner = triton.autotune(configs=self.configs, key=list(key), prune_configs_by=prune_by,
                                      reset_to_zero=list(reset_to_zero) or None, post_hook=post_hook)(kernel)
         self._timed: set[tuple] = set()
+        self.last_launch: dict | None = None   # the launch kwargs of the latest call (benchmarks name them)
 
     @property
     def default(self) -> triton.Config:
@@ -132,10 +133,12 @@ class TunedKernel:
             if key in self._timed or host_reads_allowed(probe):
                 self.tuner[grid](*args, **meta, **COMPILE_OPTIONS)
                 self._timed.add(key)
-                return {**meta, **self.tuner.best_config.all_kwargs()}
+                self.last_launch = {**meta, **self.tuner.best_config.all_kwargs()}
+                return self.last_launch
         if config is None:
             chosen = dict(fallback) if fallback is not None else self.default.all_kwargs()
         else:
             chosen = config.all_kwargs() if isinstance(config, triton.Config) else dict(config)
         self.kernel[grid(chosen)](*args, **meta, **chosen, **COMPILE_OPTIONS)
-        return {**meta, **chosen}
+        self.last_launch = {**meta, **chosen}
+        return self.last_launch

@@ -27,6 +27,8 @@ native-bf16 variant as well.
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 import triton
 import triton.language as tl
@@ -34,7 +36,7 @@ import triton.language as tl
 from rdkernels.backend import triton_interpreter_enabled
 from rdkernels.ops._aot_types import TRITON_TYPE
 from rdkernels.ops._blocks import block_width
-from rdkernels.ops._compile_options import COMPILE_OPTIONS
+from rdkernels.ops._autotune import TunedKernel
 from rdkernels.ops._tf32 import dot_split, split_tf32, tf32_exact
 from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, fused_dense_takes, run_fused_dense
 from rdkernels.ops.bank_contrast.reference import nce_constants
@@ -53,7 +55,7 @@ def bank_contrast_dense_kernel(
     stride_q, stride_bank, stride_counts,
     inv_t, log_c, log_mpn_c,
     EPILOGUE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    BF16_DOT: tl.constexpr, Q_EXACT: tl.constexpr, BANK_EXACT: tl.constexpr,
+    BF16_DOT: tl.constexpr, Q_EXACT: tl.constexpr, BANK_EXACT: tl.constexpr, TILE_TWICE: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
@@ -90,14 +92,13 @@ def bank_contrast_dense_kernel(
         j_mask = j < n_bank
         tile_ptr = bank_ptr + j.to(tl.int64)[:, None] * stride_bank + d[None, :]
         tile_mask = j_mask[:, None] & d_mask[None, :]
-        # An fp32 tile is loaded twice, as each dot's operand: Triton's pipeliner stages
-        # (async copies, num_stages deep) a load feeding one dot, not one load feeding
-        # a dot and a transpose. The second read hits L2; both are staged (TTGIR). A
-        # 16-bit bank's conversion keeps its tile loads synchronous either way, so it
-        # is loaded once and transposed in registers: one wait a tile instead of two,
-        # and 10-29% fewer instructions a pair (tools/aot_check.py --sass, sm_80/90).
+        # TILE_TWICE loads the tile a second time, transposed, as the score dot's
+        # operand: Triton's pipeliner stages (async copies, num_stages deep) a load
+        # feeding one dot, not one load feeding a dot and a transpose. The second read
+        # hits L2. Otherwise the tile is loaded once and transposed in registers:
+        # fewer instructions, a synchronous load (CANDIDATES).
         w = tl.load(tile_ptr, mask=tile_mask, other=0.0)
-        if not BANK_EXACT:
+        if TILE_TWICE:
             w_t = tl.load(tl.trans(tile_ptr), mask=tl.trans(tile_mask), other=0.0)
         # count rows are padded to whole tiles (zeros past n_bank): no column mask
         words = tl.load(counts_row[:, None] + (t * (BLOCK_N // 2) + word_col)[None, :], mask=row_mask[:, None],
@@ -105,15 +106,15 @@ def bank_contrast_dense_kernel(
         cnt = (words >> shift[None, :]) & 0xFFFF
         if BF16_DOT:
             w = w.to(tl.bfloat16)
-            w_t = tl.trans(w)   # a bf16 bank (BANK_EXACT): loaded once
+            w_t = tl.trans(w)   # a bf16 bank: loaded once (_prune)
             s = tl.dot(q, w_t) * inv_t                                        # [BLOCK_M, BLOCK_N]
         else:
             # 3xTF32 (ops/_tf32.py); a bf16 or fp16 operand is exact in TF32 and not split
             w, w_lo = split_tf32(w.to(tl.float32), BANK_EXACT)
-            if BANK_EXACT:
-                w_t, w_t_lo = tl.trans(w), tl.trans(w_lo)
+            if TILE_TWICE:
+                w_t, w_t_lo = split_tf32(w_t.to(tl.float32), BANK_EXACT)
             else:
-                w_t, w_t_lo = split_tf32(w_t.to(tl.float32))   # an fp32 bank
+                w_t, w_t_lo = tl.trans(w), tl.trans(w_lo)
             s = dot_split(q, q_lo, w_t, w_t_lo, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32),
                           Q_EXACT, BANK_EXACT) * inv_t
         has = cnt > 0
@@ -157,24 +158,74 @@ MAX_DIM = 128
 
 
 def launch_config(dim: int) -> dict:
-    """BLOCK_M = 16: with 3xTF32 dots Triton keeps hi/lo copies of the query, the
-    tile and the coefficients in registers; 16 x 32 tiles at d <= 128 compile
-    without spills on sm_80 and sm_90 (ptxas -v: up to 255 registers), 32-row
-    blocks (8 warps) and d = 256 do not. Query rows share each bank tile through L2.
-
-    num_stages = 3: the staged loads (both bank tiles and the counts) take 90 KB of
-    shared memory at d = 128 (two programs an SM on sm_90; one on sm_80). Two
-    stages spill 36 B in the sm_90 softmax variant; 16-row bank tiles leave
-    [16, 16] score tiles, too narrow for four warps' MMAs."""
-    block_d = block_width(dim)
-    return dict(BLOCK_M=16, BLOCK_N=BLOCK_N, BLOCK_D=block_d, num_warps=4, num_stages=3)
+    """The tiling every candidate shares (the split layout and the count words
+    follow it). BLOCK_M = 16: with 3xTF32 dots Triton keeps hi/lo copies of the
+    query, the tile and the coefficients in registers; 16 x 32 tiles at d <= 128
+    compile without spills on sm_80 and sm_90 (ptxas -v: up to 255 registers),
+    32-row blocks (8 warps) and d = 256 do not. Query rows share each bank tile
+    through L2. 16-row bank tiles leave [16, 16] score tiles, too narrow for four
+    warps' MMAs."""
+    return dict(BLOCK_M=16, BLOCK_N=BLOCK_N, BLOCK_D=block_width(dim))
 
 
-def _stages_for(cfg: dict, tiles_per_split: int) -> dict:
+def _candidate(tile_twice: bool) -> triton.Config:
+    return triton.Config(dict(TILE_TWICE=tile_twice), num_warps=4, num_stages=3)
+
+
+# GPU launch candidates, timed per (rows, bank, width, split, epilogue, dtypes) by
+# the autotuner (ops/_autotune.py); the first is the configuration shipped before
+# any timing. They differ in how an fp32 bank tile reaches the two dots, not in the
+# arithmetic (the same split values, the same dots: bitwise equal results under the
+# interpreter, tested). What the compiler
+# says at d = 128, fp32 bank and queries, four warps, three stages (SASS
+# instructions of the tile loop per (query row, bank row) pair, all warps
+# together; Triton 3.9; no spills in any):
+#
+#   tile            nce sm_90 / sm_80   softmax sm_90 / sm_80   loop loads   shared memory   regs sm_90
+#   loaded twice    12.4 / 9.8          11.3 / 9.8              all staged   90 KB           219-223
+#   loaded once     8.7 / 8.9           8.0 / 8.1               tile sync    53 KB           196-200
+#
+# Loaded once, the tile feeds a dot and a transpose, which Triton's pipeliner does
+# not stage, so each tile step waits on its load (RRD's 16-row kernel showed such a
+# wait on an H100); loaded twice, both loads are async copies issued stages ahead,
+# for 10-43% more instructions and 90 KB of shared memory (two programs an SM on
+# sm_90, one on sm_80). Only a timing tells which wins. A 16-bit bank's tile loads
+# stay synchronous either way (the conversion after the load), so it is loaded
+# once (_prune). Eight warps: 11-13 instructions a pair; two or four stages: as
+# three. num_stages = 3: two stages spilled 36 B in the twice-loaded sm_90 softmax
+# variant.
+CANDIDATES = [_candidate(tile_twice=True), _candidate(tile_twice=False)]
+
+
+def _prune(configs: list, args: dict) -> list:
+    """A 16-bit bank's tile is loaded once (see CANDIDATES)."""
+    bank = args.get("bank_ptr")
+    exact = bank is not None and tf32_exact(bank.dtype)
+    return [c for c in configs if not (exact and c.kwargs["TILE_TWICE"])]
+
+
+# Timed apart: each chunk's rows, the bank, the width, the split, the epilogue
+# (tensor dtypes are in every key).
+dense_kernel = TunedKernel(bank_contrast_dense_kernel, CANDIDATES,
+                           key=["batch", "n_bank", "dim", "tiles_per_split", "EPILOGUE"], prune=_prune)
+
+
+def candidate_tag(launch: dict) -> str:
+    """"x2" for a launch loading its bank tiles twice, "x1" for one loading them once."""
+    return "x2" if launch["TILE_TWICE"] else "x1"
+
+
+def _shipped(bank: torch.Tensor) -> dict:
+    """The launch used where nothing is timed: the first candidate this bank takes."""
+    return dense_kernel.candidates(bank_ptr=bank)[0].all_kwargs()
+
+
+def _one_tile_a_program(launch: dict) -> dict:
     """One tile a program (banks of up to ~2 000 rows) leaves the pipeliner nothing
-    to overlap; its prologue then only adds registers, so it is off (sm_90, fp32,
-    Triton 3.9: 136 B of spills with three stages, 116 B with two, 8 B with one)."""
-    return dict(cfg, num_stages=1) if tiles_per_split == 1 else cfg
+    to overlap; its prologue then only adds registers, so it is off, and nothing is
+    timed (sm_90, fp32, Triton 3.9: 136 B of spills with three stages, 116 B with
+    two, 8 B with one)."""
+    return dict(launch, num_stages=1)
 
 
 def _use_bf16_dot(q_dtype, bank_dtype, block_d: int) -> bool:
@@ -199,8 +250,10 @@ def _dot_flags(query, bank, block_d) -> dict:
                 Q_EXACT=tf32_exact(query.dtype), BANK_EXACT=tf32_exact(bank.dtype))
 
 
-def bank_contrast_loss_dense_triton(query, bank, idx, z, temperature, epilogue, n_data):
-    """(row_loss[B], dq[B, d]) fp32, as bank_contrast_loss_torch, dense strategy."""
+def bank_contrast_loss_dense_triton(query, bank, idx, z, temperature, epilogue, n_data,
+                                    config: triton.Config | None = None):
+    """(row_loss[B], dq[B, d]) fp32, as bank_contrast_loss_torch, dense strategy.
+    ``config`` forces a launch candidate (tests sweep them)."""
     n_cols = idx.shape[1]
     n_bank, dim = bank.shape
     if dim > MAX_DIM or not fused_dense_takes(n_cols):  # cuBLAS GEMMs + gathered scalar scores (dense.py)
@@ -213,11 +266,16 @@ def bank_contrast_loss_dense_triton(query, bank, idx, z, temperature, epilogue, 
 
     def launch(rows, counts, parts, grid, n_tiles, per):
         loss_parts, dq_parts, max_parts, sum_parts = (unused if p is None else p for p in parts)
-        bank_contrast_dense_kernel[grid](
+        forced = None if config is None else config.all_kwargs()
+        if per == 1:
+            forced = _one_tile_a_program(forced or _shipped(bank))
+        dense_kernel.launch(
+            lambda meta: grid,
             query[rows], bank, counts, unused if z is None else z, loss_parts, dq_parts, max_parts, sum_parts,
             counts.shape[0], n_bank, dim, n_tiles, per, query.stride(0), bank.stride(0), counts.stride(0),
             1.0 / temperature, log_c, log_mpn_c,
-            EPILOGUE=code, **dot_flags, **_stages_for(cfg, per), **COMPILE_OPTIONS,
+            config=forced, fallback=_shipped(bank),
+            EPILOGUE=code, **dot_flags, **cfg,
         )
 
     parts = run_fused_dense(launch, query, bank, idx, code, cfg["BLOCK_M"], cfg["BLOCK_N"])
@@ -225,14 +283,16 @@ def bank_contrast_loss_dense_triton(query, bank, idx, z, temperature, epilogue, 
 
 
 def aot_variants() -> list[dict]:
-    """Every specialisation bank_contrast_loss_dense_triton can launch."""
+    """Every specialisation bank_contrast_loss_dense_triton can launch: each candidate
+    a bank dtype takes."""
     variants = []
     for dim in (64, 128):
         cfg = launch_config(dim)
         for epi_name, code in (("nce", NCE), ("softmax", SOFTMAX)):
-            for q_dt in (torch.float32, torch.bfloat16, torch.float16):
-                for bank_dt in (torch.float32, torch.bfloat16):
-                    bf16_dot = _use_bf16_dot(q_dt, bank_dt, cfg["BLOCK_D"])
+            for q_dt, bank_dt in itertools.product((torch.float32, torch.bfloat16, torch.float16),
+                                                   (torch.float32, torch.bfloat16)):
+                bf16_dot = _use_bf16_dot(q_dt, bank_dt, cfg["BLOCK_D"])
+                for cand in _prune(CANDIDATES, dict(bank_ptr=torch.empty(0, dtype=bank_dt))):
                     sig = {
                         "q_ptr": "*" + TRITON_TYPE[q_dt], "bank_ptr": "*" + TRITON_TYPE[bank_dt],
                         "counts_ptr": "*i32", "z_ptr": "*fp32",
@@ -243,18 +303,17 @@ def aot_variants() -> list[dict]:
                     }
                     variants.append(dict(
                         name=f"bank_contrast_dense[{epi_name},d{cfg['BLOCK_D']},q={TRITON_TYPE[q_dt]},"
-                             f"bank={TRITON_TYPE[bank_dt]}]",
+                             f"bank={TRITON_TYPE[bank_dt]}{',x2' if cand.kwargs['TILE_TWICE'] else ''}]",
                         kernel=bank_contrast_dense_kernel, signature=sig,
-                        constexprs=dict(EPILOGUE=code, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                                        BLOCK_D=cfg["BLOCK_D"], BF16_DOT=bf16_dot,
-                                        Q_EXACT=tf32_exact(q_dt), BANK_EXACT=tf32_exact(bank_dt)),
-                        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
+                        constexprs=dict(EPILOGUE=code, **cfg, BF16_DOT=bf16_dot, Q_EXACT=tf32_exact(q_dt),
+                                        BANK_EXACT=tf32_exact(bank_dt), **cand.kwargs),
+                        num_warps=cand.num_warps, num_stages=cand.num_stages))
     # integers the dispatcher can pass as 1 (B = 1; one tile per split) are their own specialisation
     for v in [v for v in variants if "d128,q=fp32,bank=fp32" in v["name"]]:
         for arg in ("batch", "tiles_per_split"):
             one = dict(v, name=v["name"][:-1] + f",{arg}=1]", signature=dict(v["signature"], **{arg: "constexpr"}),
                        constexprs=dict(v["constexprs"], **{arg: 1}))
             if arg == "tiles_per_split":
-                one["num_stages"] = _stages_for({"num_stages": v["num_stages"]}, 1)["num_stages"]
+                one["num_stages"] = _one_tile_a_program({"num_stages": v["num_stages"]})["num_stages"]
             variants.append(one)
     return variants
