@@ -73,6 +73,13 @@ def triton_interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def triton_runs_compiled(device: torch.device) -> bool:
+    """Whether a Triton kernel launched on this device's tensors runs compiled on a
+    GPU; else the interpreter runs it on CPU tensors (tile sizes, split counts and
+    timings are then the interpreter's)."""
+    return device.type == "cuda" and not triton_interpreter_enabled()
+
+
 # Triton reads TRITON_INTERPRET once, when it is imported, and importing rdkernels
 # imports it (torch.compile's modules do): a variable set later leaves Triton's own
 # jitted helpers compiled for a GPU, and an interpreted kernel that calls one fails

@@ -35,7 +35,7 @@ def test_rrd_triton_split_count_fills_the_gpu_for_every_candidate(monkeypatch):
     sbc = pytest.importorskip("rdkernels.ops.shared_bank_contrast.triton")
     from rdkernels.ops.shared_bank_contrast.splits import num_splits_cuda
     monkeypatch.setattr(splits, "multiprocessor_count", lambda device: 132)
-    monkeypatch.setattr(sbc, "triton_interpreter_enabled", lambda: False)
+    monkeypatch.setattr(sbc, "triton_runs_compiled", lambda device: device.type == "cuda")
     gpu = torch.device("cuda", 0)
     assert sbc.ROW_ALIGN == 64
     assert sbc.splits_for(64, 16384, gpu, block_b=16) == 32
@@ -70,7 +70,7 @@ def test_rrd_widest_row_block_makes_the_most_splits(monkeypatch):
     must not fall as a program's query rows grow, at any batch or queue length."""
     sbc = pytest.importorskip("rdkernels.ops.shared_bank_contrast.triton")
     monkeypatch.setattr(splits, "multiprocessor_count", lambda device: 132)
-    monkeypatch.setattr(sbc, "triton_interpreter_enabled", lambda: False)
+    monkeypatch.setattr(sbc, "triton_runs_compiled", lambda device: device.type == "cuda")
     gpu = torch.device("cuda", 0)
     widths = sorted({c.kwargs["BLOCK_B"] for c in sbc.CANDIDATES})
     assert widths[-1] == sbc.WIDEST_BLOCK_B

@@ -38,7 +38,7 @@ import torch
 import triton
 
 from rdkernels._validation import host_reads_allowed
-from rdkernels.backend import triton_interpreter_enabled
+from rdkernels.backend import triton_runs_compiled
 from rdkernels.ops._compile_options import COMPILE_OPTIONS
 
 
@@ -50,7 +50,7 @@ def autotune_enabled() -> bool:
 
 def timing_possible(probe: torch.Tensor) -> bool:
     """A GPU to time on, and timing allowed (not the interpreter, not switched off)."""
-    return probe.is_cuda and not triton_interpreter_enabled() and autotune_enabled()
+    return triton_runs_compiled(probe.device) and autotune_enabled()
 
 
 class TunedKernel:

@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rdkernels.backend import triton_interpreter_enabled
+from rdkernels.backend import triton_runs_compiled
 from rdkernels.ops._aot_types import TRITON_TYPE
 from rdkernels.ops._blocks import block_width
 from rdkernels.ops._autotune import TunedKernel
@@ -239,7 +239,7 @@ def _native_bf16_dots(device: torch.device) -> bool:
     """Whether bf16 dots are exact where the kernel runs: on a GPU, not under the
     interpreter, whose bf16 dot is garbage (the tests give it a correct one to
     check the variant on a CPU: python_tests/interpreter_bf16.py)."""
-    return device.type == "cuda" and not triton_interpreter_enabled()
+    return triton_runs_compiled(device)
 
 
 def _dot_flags(query, bank, block_d) -> dict:

@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rdkernels.backend import triton_interpreter_enabled
+from rdkernels.backend import triton_runs_compiled
 from rdkernels.ops._aot_types import FLOAT_TYPES
 from rdkernels.ops._autotune import TunedKernel
 from rdkernels.ops._blocks import block_width, cdiv
@@ -406,7 +406,7 @@ def dcd_triton(z_s, z_t, tau, bias, max_scale: float, alpha: float, need_grad: b
     ``config`` forces one launch candidate of the gradient kernel (tests)."""
     batch, dim = z_s.shape
     block_d = block_width(dim)
-    on_gpu = z_s.device.type == "cuda" and not triton_interpreter_enabled()
+    on_gpu = triton_runs_compiled(z_s.device)
     tile, splits = (TILE, SPLITS) if on_gpu else (INTERPRETER_TILE, INTERPRETER_SPLITS)
     lay = _Layout(batch, tile, splits)
     scratch = torch.empty(lay.total, device=z_s.device, dtype=torch.float32)

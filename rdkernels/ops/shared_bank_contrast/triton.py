@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rdkernels.backend import triton_interpreter_enabled
+from rdkernels.backend import triton_runs_compiled
 from rdkernels.ops._aot_types import FLOAT_TYPES
 from rdkernels.ops._autotune import TunedKernel
 from rdkernels.ops._blocks import block_width, cdiv
@@ -326,13 +326,8 @@ def splits_for(batch: int, n_rows: int, device: torch.device, block_b: int,
     return split_queue(n_rows, num_splits, _split_align(device))[0]
 
 
-def _compiled(device: torch.device) -> bool:
-    """Whether the kernels run compiled on a GPU (else under the interpreter)."""
-    return device.type == "cuda" and not triton_interpreter_enabled()
-
-
 def _split_align(device: torch.device) -> int:
-    return ROW_ALIGN if _compiled(device) else INTERPRETER_CONFIG["BLOCK_N"]
+    return ROW_ALIGN if triton_runs_compiled(device) else INTERPRETER_CONFIG["BLOCK_N"]
 
 
 _sweep = SplitSweep()   # queue_split_count's forced count and record
@@ -377,7 +372,7 @@ def shared_bank_contrast_triton(q_s, q_t, queue, tau_s: float, tau_t: float, nee
             batch, n_rows, dim,
             q_s.stride(0), q_t.stride(0), queue.stride(0),
             LOG2E / tau_s, LOG2E / tau_t,
-            config=config, fallback=None if _compiled(dev) else INTERPRETER_CONFIG,
+            config=config, fallback=None if triton_runs_compiled(dev) else INTERPRETER_CONFIG,
             SPLIT_ALIGN=_split_align(dev), BLOCK_D=block_d,
         )
     finally:
