@@ -174,6 +174,16 @@ def test_needs_a_candidate():
         TunedKernel(sbc_triton.shared_bank_contrast_kernel, [], key=["batch"])
 
 
+def test_key_must_name_kernel_arguments():
+    """Triton's autotuner drops a key name that is not an argument from its key, so
+    calls that differ there would share one timing (the dense kernel's epilogue, a
+    constexpr, is keyed and must stay so): TunedKernel refuses such a key."""
+    with pytest.raises(ValueError, match="not arguments"):
+        TunedKernel(sbc_triton.shared_bank_contrast_kernel, CONFIGS, key=["batch", "EPILOGUE"])
+    from rdkernels.ops.bank_contrast.triton_dense import dense_kernel
+    assert "EPILOGUE" in dense_kernel.key and "EPILOGUE" in dense_kernel.kernel.arg_names
+
+
 def test_after_timed_runs_inside_tritons_timed_calls_only():
     """``after_timed`` becomes the Triton autotuner's post_hook, which its timing
     calls after each timed launch (3.6 and newer) with the launch's arguments and

@@ -74,6 +74,9 @@ class TunedKernel:
                  after_timed: Callable[[dict], None] | None = None):
         if not configs:
             raise ValueError("configs must name at least one candidate")
+        unknown = [k for k in key if k not in kernel.arg_names]
+        if unknown:   # Triton's autotuner would leave them out of its key without a word
+            raise ValueError(f"key names {unknown}, not arguments of {kernel.__name__}")
         self.kernel = kernel
         self.configs = list(configs)
         self.key = tuple(key)
