@@ -47,7 +47,7 @@ BACKENDS = ("triton", "cuda")
 # The extension's host-side queries (sizes, limits, what it was built for) stay real;
 # every other entry point launches kernels and becomes a counted no-op.
 _EXTENSION_QUERIES = ("_bytes", "dense_block_m", "dense_block_n", "dense_max_dim", "compiled_archs",
-                      "kernel_image_error")
+                      "kernel_image_error", "_max_chunk_words")
 _H100_SHARED_MEMORY = 232_448              # bytes per block, what the emulation reports too
 
 

@@ -28,6 +28,16 @@ void bank_contrast_dense(uintptr_t query, uintptr_t bank, int bank_dtype, uintpt
                          int64_t stride_bank, int64_t stride_counts, float inv_t, float log_c, float log_mpn_c,
                          int epilogue, uintptr_t stream);
 
+// The dense strategy's packed sample counts (layout above), counts[batch, words] uint32
+// from the negatives idx[b, 1 : 1 + n_neg] (int32 or int64, columns contiguous): one
+// block per (query row, chunk of chunk_words words of its row), each chunk a
+// shared-memory histogram. Every word is written, padding included, so counts need
+// not be zeroed first. Ids outside [0, n_bank) are dropped.
+constexpr int64_t kSampleCountMaxChunkWords = 12288;  // 48 KB of shared memory: granted without opting in
+void sample_counts(uintptr_t idx, int idx_dtype, uintptr_t counts, int64_t batch, int64_t n_neg, int64_t n_bank,
+                   int64_t stride_idx, int64_t stride_counts, int64_t words, int64_t chunk_words, uintptr_t stream);
+int64_t sample_count_max_chunk_words();
+
 int dense_block_m();
 int dense_block_n();
 int dense_max_dim();

@@ -39,6 +39,13 @@ PYBIND11_MODULE(RDK_MODULE_NAME, m) {
         py::arg("n_tiles"), py::arg("tiles_per_split"), py::arg("n_splits"), py::arg("stride_bank"),
         py::arg("stride_counts"), py::arg("inv_t"), py::arg("log_c"), py::arg("log_mpn_c"), py::arg("epilogue"),
         py::arg("stream"));
+  m.def("sample_counts", &rdk::sample_counts,
+        "Packed sample counts of the dense strategy: a shared-memory histogram per (query row, chunk of words)",
+        py::arg("idx"), py::arg("idx_dtype"), py::arg("counts"), py::arg("batch"), py::arg("n_neg"),
+        py::arg("n_bank"), py::arg("stride_idx"), py::arg("stride_counts"), py::arg("words"),
+        py::arg("chunk_words"), py::arg("stream"));
+  m.def("sample_count_max_chunk_words", &rdk::sample_count_max_chunk_words,
+        "Most words of a row one block of sample_counts takes (its shared-memory histogram)");
   m.def("dense_block_m", &rdk::dense_block_m, "Query rows per block of bank_contrast_dense");
   m.def("dense_block_n", &rdk::dense_block_n, "Bank rows per tile of bank_contrast_dense");
   m.def("dense_max_dim", &rdk::dense_max_dim, "Widest embedding bank_contrast_dense supports");

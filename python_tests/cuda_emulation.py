@@ -40,7 +40,8 @@ def _sanitizer_flags() -> list[str]:
     out-of-bounds global or shared-memory access of a kernel then stops the test with
     ASan's report (run python with LD_PRELOAD=$(gcc -print-file-name=libasan.so) and
     ASAN_OPTIONS=detect_leaks=0; ASan warns that it does not fully support the fibers'
-    swapcontext)."""
+    swapcontext). A C++ exception (an argument a binding refuses) then aborts the
+    process: the preloaded ASan's __cxa_throw interceptor finds no libstdc++ to call."""
     mode = os.environ.get("RDKERNELS_EMULATION_SANITIZE", "")
     if mode not in ("", "address"):
         raise ValueError(f"RDKERNELS_EMULATION_SANITIZE must be empty or 'address', got {mode!r}")

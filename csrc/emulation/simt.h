@@ -26,8 +26,10 @@
 // types and __ldg, bf16/fp16 conversions, the runtime calls of the launchers, and
 // the TF32 tensor-core instruction the bank-contrast kernels issue
 // (mma.sync.m16n8k8 with the PTX ISA's fragment layout), which a kernel reaches
-// through `#ifdef RDK_CPU_EMULATION`. Not covered: other inline PTX,
-// atomics, concurrency between blocks, timing.
+// through `#ifdef RDK_CPU_EMULATION`; 32-bit integer atomicAdd (a plain add: a thread
+// is switched out only at a barrier, so no other thread runs between its read and
+// its write). Not covered: other inline PTX, other atomics, concurrency between
+// blocks, timing.
 #pragma once
 
 #include <ucontext.h>
@@ -359,6 +361,11 @@ inline float4 make_float4(float x, float y, float z, float w) { return float4{x,
 template <typename T>
 inline T __ldg(const T* p) {
   return *p;
+}
+inline unsigned atomicAdd(unsigned* address, unsigned value) {
+  const unsigned old = *address;
+  *address = old + value;
+  return old;
 }
 inline float __uint_as_float(unsigned u) { return rdk_emu::bit_cast<float>(u); }
 inline unsigned __float_as_uint(float f) { return rdk_emu::bit_cast<unsigned>(f); }

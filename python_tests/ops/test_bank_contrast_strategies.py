@@ -379,30 +379,42 @@ def test_sample_counts_layout():
     assert torch.equal(counts.cpu(), expected)
 
 
-@pytest.mark.skipif(not triton_runs, reason="the sample counts are a Triton kernel")
+def _count_builders():
+    """The sample-count kernels: Triton's (global atomics into a zeroed buffer) and the
+    CUDA backend's (a shared-memory histogram a chunk; on a CPU its emulated run is
+    in test_cuda_emulated.py)."""
+    def cuda_counts(idx, n_bank):
+        from rdkernels.ops.bank_contrast.cuda import count_samples_cuda
+        return count_samples_cuda(idx, n_bank)
+    cuda_runs = "cuda" in available_backends(DEVICE, "bank_contrast")
+    return [pytest.param(None, id="triton", marks=pytest.mark.skipif(not triton_runs, reason="Triton cannot run")),
+            pytest.param(cuda_counts, id="cuda", marks=pytest.mark.skipif(not cuda_runs, reason="no CUDA backend"))]
+
+
+@pytest.mark.parametrize("build", _count_builders())
 @pytest.mark.parametrize("batch,k,n_bank,idx_dtype", [
     (7, 3000, 500, torch.int32),       # ~6 a (query, bank row): atomics meet on one word
-    (3, 1500, 100_000, torch.int64),   # most counts zero
+    (3, 1500, 100_000, torch.int64),   # most counts zero (CUDA: 5 chunks of a row, past 48 KB)
     (2, 2500, 33, torch.int64),        # ragged last tile
     (4, 1, 10, torch.int64),           # one negative a row
     (2, 65_535, 3, torch.int32),       # ~21 845 a count; row 1 below: 65 535, the 16-bit maximum
 ])
-def test_sample_counts_match_bincount(batch, k, n_bank, idx_dtype):
+def test_sample_counts_match_bincount(batch, k, n_bank, idx_dtype, build):
     from rdkernels.ops.bank_contrast.sample_counts import count_samples, unpack_counts
     idx = torch.randint(0, n_bank, (batch, k + 1), device=DEVICE, dtype=idx_dtype)
     if k == 65_535:
         idx[1, 1:] = 1   # the high half of word 0 full: no carry may leave it
-    counts = count_samples(idx, n_bank)
+    counts = count_samples(idx, n_bank, build=build)
     assert torch.equal(unpack_counts(counts, n_bank), _bincounts(idx, n_bank))
     assert not unpack_counts(counts, counts.shape[1] * 2)[:, n_bank:].any(), "the tile padding stays zero"
 
 
-@pytest.mark.skipif(not triton_runs, reason="the sample counts are a Triton kernel")
-def test_sample_counts_drop_out_of_range_ids():
+@pytest.mark.parametrize("build", _count_builders())
+def test_sample_counts_drop_out_of_range_ids(build):
     """With index checks off, a bad id is left out, never written out of bounds."""
     from rdkernels.ops.bank_contrast.sample_counts import count_samples, unpack_counts
     idx = torch.tensor([[0, 3, 50, -1, 7, 3]], device=DEVICE)
-    counts = count_samples(idx, 10)
+    counts = count_samples(idx, 10, build=build)
     assert unpack_counts(counts, 64).tolist() == [[0, 0, 0, 2, 0, 0, 0, 1] + [0] * 56]
 
 

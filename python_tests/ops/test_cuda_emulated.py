@@ -6,6 +6,8 @@ shared-memory race shows as a wrong value. The same wrappers run on a GPU in
 the backend tests."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -102,6 +104,63 @@ def test_bank_contrast_dense(emulated, batch, cols, n_bank, dim, epilogue, bank_
     rows, grad = _bank_expected(query, bank, idx, epilogue, z, n_bank)
     assert_close("loss", loss, rows, 1e-5, 1e-4)
     assert_close("dq", dq, grad, 1e-5, 1e-4)
+
+
+@pytest.mark.parametrize("idx_dtype", [torch.int32, torch.int64], ids=str)
+@pytest.mark.parametrize("batch,cols,n_bank", [(3, 200, 70), (2, 3000, 500), (4, 1, 64), (5, 40, 30_000)])
+def test_sample_counts(emulated, batch, cols, n_bank, idx_dtype):
+    """The CUDA backend's packed sample counts against bincount: rows cut into chunks
+    (three on a CPU; at least two at N = 30 000, past one block's 48 KB), ids repeated
+    within a word, ids outside the bank dropped, and every word written, padding
+    included, into a buffer that was not zeroed."""
+    from rdkernels.ops._cuda_common import dtype_code
+    from rdkernels.ops.bank_contrast.cuda import _count_chunk_words, count_samples_cuda
+    from rdkernels.ops.bank_contrast.sample_counts import unpack_counts, words_per_row
+    idx = torch.randint(0, n_bank, (batch, cols), dtype=idx_dtype)
+    if cols > 4:
+        idx[:, 2], idx[:, 3], idx[:, 4] = -1, n_bank, idx[:, 5]   # two dropped ids, a repeated one
+    neg = idx[:, 1:].long()
+    expected = torch.stack([torch.bincount(r[(r >= 0) & (r < n_bank)], minlength=n_bank) for r in neg])
+    counts = count_samples_cuda(idx, n_bank)
+    assert counts.dtype == torch.int32 and counts.shape == (batch, words_per_row(n_bank))
+    words = words_per_row(n_bank)
+    every_row = unpack_counts(counts, 2 * words)   # the padding's rows too: none counted
+    assert torch.equal(every_row[:, :n_bank], expected.to(torch.int32)) and not every_row[:, n_bank:].any()
+    poisoned = torch.full((batch, words), -1, dtype=torch.int32)
+    chunk = _count_chunk_words(batch, words, idx.device)
+    assert -(-words // chunk) >= (3 if words >= 3 * 256 else 1)
+    emulated.sample_counts(idx.data_ptr(), dtype_code(idx), poisoned.data_ptr(), batch, cols - 1, n_bank,
+                           idx.stride(0), poisoned.stride(0), words, chunk, 0)
+    assert torch.equal(poisoned, counts)   # padding words (rows past n_bank) are zero too
+
+
+@needs_interpreter
+def test_sample_counts_of_a_large_bank_go_to_the_triton_kernel(emulated, monkeypatch):
+    """Past MAX_COUNT_CHUNKS histograms a row, the rows' negatives would be read once a
+    chunk: the Triton kernel (one global atomic a negative) builds those counts."""
+    from rdkernels.ops.bank_contrast import cuda as bc_cuda, triton_counts
+    from rdkernels.ops.bank_contrast.sample_counts import unpack_counts
+    built = []
+    real = triton_counts.count_samples_triton
+    monkeypatch.setattr(triton_counts, "count_samples_triton", lambda idx, n: built.append(n) or real(idx, n))
+    n_bank = 2 * bc_cuda.MAX_COUNT_CHUNKS * emulated.sample_count_max_chunk_words() + 64
+    idx = torch.randint(0, n_bank, (2, 30))
+    counts = bc_cuda.count_samples_cuda(idx, n_bank)
+    assert built == [n_bank]
+    expected = torch.stack([torch.bincount(r, minlength=n_bank) for r in idx[:, 1:]]).to(torch.int32)
+    assert torch.equal(unpack_counts(counts, n_bank), expected)
+    assert bc_cuda.count_samples_cuda(idx % 1000, 1000) is not None and built == [n_bank]   # a small bank: CUDA
+
+
+@pytest.mark.skipif(bool(os.environ.get("RDKERNELS_EMULATION_SANITIZE")),
+                    reason="a C++ exception aborts the process under the AddressSanitizer preload")
+def test_sample_counts_refuse_a_chunk_past_shared_memory(emulated):
+    most = emulated.sample_count_max_chunk_words()
+    counts = torch.zeros(1, 2 * most, dtype=torch.int32)
+    idx = torch.zeros(1, 3, dtype=torch.int64)
+    with pytest.raises(ValueError, match="chunk_words"):
+        emulated.sample_counts(idx.data_ptr(), 4, counts.data_ptr(), 1, 2, 4 * most, 3, 2 * most, 2 * most, most + 1,
+                               0)
 
 
 # ---------------------------------------------------------------------------- DCD

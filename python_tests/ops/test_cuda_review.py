@@ -55,6 +55,9 @@ class _StandIn:
         dense = (CSRC / "bank_contrast_dense.cu").read_text()
         self.consts = {f"dense_{k}": int(re.search(rf"constexpr int {c} = (\d+);", dense).group(1))
                        for k, c in (("block_m", "kBM"), ("block_n", "kBN"), ("max_dim", "kDenseMaxDim"))}
+        header = (CSRC / "bank_contrast.h").read_text()
+        self.consts["sample_count_max_chunk_words"] = int(
+            re.search(r"kSampleCountMaxChunkWords = (\d+);", header).group(1))
 
     def _owner(self, ptr: int):
         """The dtype of the tensor ``ptr`` points into, at an element boundary, or None; the
@@ -138,7 +141,8 @@ def test_bank_contrast_calls(ext, query_dtype, bank_dtype, idx_dtype):
         bc.bank_contrast_loss_dense_cuda(q, bank, idx, zz, 0.1, epilogue, 100)
     bc.bank_scores_cuda(q, bank, idx, 0.1)
     bc.bank_scores_backward_cuda(torch.randn(B, K + 1), q, bank, idx, 0.1)
-    assert [c[0] for c in ext.calls] == ["bank_contrast", "bank_contrast_dense"] * 2 + ["bank_contrast"] * 2
+    assert [c[0] for c in ext.calls] == ["bank_contrast", "sample_counts", "bank_contrast_dense"] * 2 + \
+        ["bank_contrast"] * 2
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

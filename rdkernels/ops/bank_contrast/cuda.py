@@ -3,10 +3,11 @@
 The kernels take a float32 query (converting B*d elements here costs nothing
 next to the bank traffic) and write per-(row, split) partials in the Triton
 kernels' layout, merged as the Triton backend merges them, by one launch of
-the Triton merge kernel (triton_merge.py); the dense kernel's sample counts
-are built by a Triton kernel too (sample_counts.py). Both are linear passes over [B, K] or
+the Triton merge kernel (triton_merge.py), a linear pass over [B, K] or
 [B, splits, d] that the two backends share, so this backend needs Triton as
-well (rdkernels.backend checks).
+well (rdkernels.backend checks). The dense kernel's sample counts are this
+backend's own (csrc/sample_counts.cu: a shared-memory histogram per query row
+and chunk, no zeroed buffer).
 The dense kernel covers d <= 128 (its dq accumulator lives in registers) on
 GPUs that give a block its shared memory; wider rows, and other GPUs, run the
 pure-PyTorch dense formulation instead (cuBLAS GEMMs + gathered scalar
@@ -23,6 +24,7 @@ from rdkernels.ops.bank_contrast.dense import bank_contrast_loss_dense_torch, fu
 from rdkernels.ops.bank_contrast.partials import EPILOGUE_CODES as _EPILOGUES
 from rdkernels.ops.bank_contrast.partials import NCE, SCORES, SCORES_BWD, gather_buffers
 from rdkernels.ops.bank_contrast.reference import nce_constants
+from rdkernels.ops.bank_contrast.sample_counts import words_per_row
 from rdkernels.ops.bank_contrast.triton_merge import merge_gather_partials, merge_partials_triton
 
 _GATHER_THREADS = 128
@@ -64,6 +66,42 @@ def bank_scores_backward_cuda(grad_scores, query, bank, idx, temperature):
     return _gather(SCORES_BWD, query, bank, idx, temperature=temperature, grad=grad)[1].sum(dim=1)
 
 
+def _count_chunk_words(batch: int, words: int, device: torch.device) -> int:
+    """Words of a row one block of the count kernel histograms: about two blocks an SM
+    over the batch's rows (each block reads its row's negatives whole), at least 256
+    words a block, at most the kernel's 48 KB of shared memory."""
+    chunks = min(splits_wanted(batch, device, programs_per_sm=2), -(-words // 256))
+    chunks = max(chunks, -(-words // cuda_extension().sample_count_max_chunk_words()), 1)
+    return -(-words // chunks)
+
+
+# Each block of the count kernel reads its row's negatives whole, so a row cut into c
+# chunks is read c times (from L2 after the first). Past this many chunks of the
+# kernel's largest (banks over 98 304 rows) the Triton kernel's one global atomic a
+# negative reads them once and costs less.
+MAX_COUNT_CHUNKS = 4
+
+
+def count_samples_cuda(idx: torch.Tensor, n_bank: int) -> torch.Tensor:
+    """sample_counts.count_samples of all of idx's rows, on the CUDA backend: every word
+    written by the kernel, so the buffer is not zeroed first (Triton's kernel for
+    banks too large for a few histograms a row, see MAX_COUNT_CHUNKS)."""
+    batch, n_cols = idx.shape
+    words = words_per_row(n_bank)
+    if words > MAX_COUNT_CHUNKS * cuda_extension().sample_count_max_chunk_words():
+        from rdkernels.ops.bank_contrast.triton_counts import count_samples_triton
+        return count_samples_triton(idx, n_bank)
+    counts = torch.empty(batch, words, device=idx.device, dtype=torch.int32)
+    if batch == 0:
+        return counts
+    if idx.stride(1) != 1:
+        idx = idx.contiguous()
+    cuda_extension().sample_counts(idx.data_ptr(), dtype_code(idx), counts.data_ptr(), batch, n_cols - 1, n_bank,
+                                   idx.stride(0), counts.stride(0), words, _count_chunk_words(batch, words, idx.device),
+                                   stream_of(idx))
+    return counts
+
+
 def dense_kernel_shortfall(device: torch.device, dim: int) -> str | None:
     """Why the dense CUDA kernel cannot take width ``dim`` on ``device``, or None. At
     d <= 128 it needs 84 992 B of shared memory per block (an sm_86/89/120 block may
@@ -93,5 +131,6 @@ def bank_contrast_loss_dense_cuda(query, bank, idx, z, temperature, epilogue, n_
             dq_parts.data_ptr(), ptr(max_parts), ptr(sum_parts), counts.shape[0], n_bank, dim, n_tiles, per, grid[1],
             bank.stride(0), counts.stride(0), 1.0 / temperature, log_c, log_mpn_c, code, stream_of(query))
 
-    parts = run_fused_dense(launch, query, bank, idx, code, ext.dense_block_m(), ext.dense_block_n())
+    parts = run_fused_dense(launch, query, bank, idx, code, ext.dense_block_m(), ext.dense_block_n(),
+                            build_counts=count_samples_cuda)
     return merge_partials_triton(epilogue, query, bank, idx, z, temperature, n_data, *parts, positive_in_parts=False)

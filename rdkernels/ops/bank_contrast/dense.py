@@ -175,8 +175,9 @@ def fused_dense_takes(n_cols: int) -> bool:
     return n_cols - 1 <= MAX_NEGATIVES
 
 
-def run_fused_dense(launch, query, bank, idx, code: int, block_m: int, block_n: int):
-    """Count the samples and run a fused dense kernel over every chunk of query rows.
+def run_fused_dense(launch, query, bank, idx, code: int, block_m: int, block_n: int, build_counts=None):
+    """Count the samples (with ``build_counts``, see count_samples) and run a fused
+    dense kernel over every chunk of query rows.
 
     ``launch(rows, counts, parts, grid, n_tiles, tiles_per_split)`` runs the kernel on
     query rows ``rows`` (a slice) with their counts and the same rows of the split
@@ -192,7 +193,7 @@ def run_fused_dense(launch, query, bank, idx, code: int, block_m: int, block_n: 
     n_splits, per = dense_splits(m_blocks, n_tiles, query.device)
     parts = split_buffers(code, batch, n_splits, dim, query.device)
     for b0, b1 in chunks:
-        counts = count_samples(idx, n_bank, (b0, b1))
+        counts = count_samples(idx, n_bank, (b0, b1), build_counts)
         chunk_parts = tuple(None if p is None else p[b0:b1] for p in parts)
         launch(slice(b0, b1), counts, chunk_parts, (-(-(b1 - b0) // block_m), n_splits), n_tiles, per)
     return parts

@@ -21,10 +21,12 @@ with N where the CSR grew with K, so a call whose counts would pass
 ``CHUNK_BYTES`` runs in chunks of query rows (ImageNet's N = 1.28 M at B = 256,
 where the cost model picks gather anyway).
 
-Built by one atomic add per negative into a zeroed buffer (1 << 16 for an odd
-row: the high half; the kernel is in triton_counts.py). Ids outside
-``[0, n_bank)``, possible only with index checks off, are dropped, never
-written out of bounds.
+Built by one atomic add per negative (1 << 16 for an odd row: the high half):
+on the Triton backend into a zeroed buffer in global memory (triton_counts.py),
+on the CUDA backend into a shared-memory histogram per (query row, chunk of the
+row's words) that is then written out whole (csrc/sample_counts.cu: no memset,
+no global atomics). Ids outside ``[0, n_bank)``, possible only with index checks
+off, are dropped, never written out of bounds.
 
 CRD scores one idx against two banks of one size (student and teacher
 directions): inside :func:`shared_sample_counts` the second call reuses the
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+from typing import Callable
 
 import torch
 
@@ -74,18 +77,23 @@ def row_chunks(batch: int, n_bank: int, block_m: int) -> list[tuple[int, int]]:
     return [(b0, min(batch, b0 + rows)) for b0 in range(0, batch, rows)]
 
 
-def count_samples(idx: torch.Tensor, n_bank: int, rows: tuple[int, int] | None = None) -> torch.Tensor:
+def count_samples(idx: torch.Tensor, n_bank: int, rows: tuple[int, int] | None = None,
+                  build: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> torch.Tensor:
     """counts[rows, words_per_row(n_bank)] int32, two 16-bit counts a word (see above),
     of the negatives ``idx[b0:b1, 1:]`` (all rows by default). Needs K <= MAX_NEGATIVES.
-    Runs on a GPU, or on CPU tensors under Triton's interpreter."""
-    from rdkernels.ops.bank_contrast.triton_counts import count_samples_triton as _count
+    ``build(idx_rows, n_bank)`` makes them: the Triton kernel by default (on a GPU, or
+    on CPU tensors under Triton's interpreter), the CUDA backend passes its own."""
+    if idx.shape[1] - 1 > MAX_NEGATIVES:
+        raise ValueError(f"idx has {idx.shape[1] - 1} negatives a row; 16-bit counts hold at most {MAX_NEGATIVES}")
+    if build is None:
+        from rdkernels.ops.bank_contrast.triton_counts import count_samples_triton as build
     b0, b1 = rows if rows is not None else (0, idx.shape[0])
     memo = _SHARED.get()
     if memo is None:
-        return _count(idx[b0:b1], n_bank)
+        return build(idx[b0:b1], n_bank)
     key = (id(idx), idx._version, b0, b1, n_bank)
     if key not in memo:
-        memo[key] = (idx, _count(idx[b0:b1], n_bank))
+        memo[key] = (idx, build(idx[b0:b1], n_bank))
     return memo[key][1]
 
 
