@@ -452,11 +452,12 @@ def test_shared_sample_counts_count_an_idx_once(backend, monkeypatch):
     """CRD's two directions score one idx against two banks: inside
     shared_sample_counts() the counts are built once, and both losses and
     gradients are those of separate calls; an in-place write to idx recounts."""
-    from rdkernels.ops.bank_contrast import triton_counts
+    from rdkernels.ops.bank_contrast import cuda as bc_cuda, triton_counts
     from rdkernels.ops.bank_contrast.sample_counts import shared_sample_counts
     built = []
-    real = triton_counts.count_samples_triton
-    monkeypatch.setattr(triton_counts, "count_samples_triton", lambda idx, n: built.append(idx.shape) or real(idx, n))
+    for module, name in ((triton_counts, "count_samples_triton"), (bc_cuda, "count_samples_cuda")):  # each backend's
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda idx, n, real=real: built.append(idx.shape) or real(idx, n))
     query, bank, idx = _inputs(9, 40, 300, 64)
     other = unit_rows(300, 64, device=DEVICE)
     kw = dict(temperature=TEMPERATURE, epilogue="softmax", reduction="none", backend=backend, strategy="dense")
