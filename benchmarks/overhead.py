@@ -13,6 +13,8 @@ forward alone with ``--forward-only``), prints
 * graph: ms per call when the call is recorded once as a CUDA graph and
   replayed (what the call costs inside a captured training step; "-" where
   the implementation cannot be captured, e.g. it reads values on the host);
+* in the JSON, ``tuned``: the launch configuration each autotuned kernel of
+  the call ran (rdkernels/ops/_autotune.py);
 
 An implementation whose host time is close to its wall time is bound by the
 Python, dispatcher and launch work, not by its kernels: faster kernels would
@@ -97,8 +99,11 @@ def _record(fn):
 
 
 def measure(fn, iters: int) -> dict:
+    from rdkernels.ops._autotune import forget_launches, launched_configs
+    forget_launches()
     for _ in range(3):          # JIT, autotune, allocator growth
         fn()
+    tuned = launched_configs()  # the candidates the autotuner picked (or the shipped ones)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(iters):
@@ -106,7 +111,8 @@ def measure(fn, iters: int) -> dict:
     host = (time.perf_counter() - t0) * 1e3 / iters
     wall = _event_ms(fn, iters)
     gpu, kernels = _kernels(fn, iters)
-    return {"wall_ms": wall, "host_ms": host, "gpu_ms": gpu, "graph_ms": _graph_ms(fn, iters), "kernels": kernels}
+    return {"wall_ms": wall, "host_ms": host, "gpu_ms": gpu, "graph_ms": _graph_ms(fn, iters), "kernels": kernels,
+            "tuned": tuned}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

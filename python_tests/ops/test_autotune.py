@@ -174,6 +174,24 @@ def test_needs_a_candidate():
         TunedKernel(sbc_triton.shared_bank_contrast_kernel, [], key=["batch"])
 
 
+def test_launched_configs_name_each_tuned_kernels_candidate(tuned):
+    """A benchmark record names the configuration each tuned kernel ran: its candidate's
+    arguments and launch options, not the call's other meta-arguments."""
+    tk, _ = tuned
+    _autotune._TUNED.append(tk)
+    try:
+        tk.kernel.__name__ = "stand_in_kernel"
+        _autotune.forget_launches()
+        assert "stand_in_kernel" not in _autotune.launched_configs()
+        tk.launch(_grid, torch.zeros(4), 64, EXTRA=3)
+        named = _autotune.launched_configs()["stand_in_kernel"]
+        assert named.items() >= dict(BLOCK=32, num_warps=8, num_stages=2).items() and "EXTRA" not in named
+        _autotune.forget_launches()
+        assert "stand_in_kernel" not in _autotune.launched_configs()
+    finally:
+        _autotune._TUNED.remove(tk)
+
+
 def test_key_must_name_kernel_arguments():
     """Triton's autotuner drops a key name that is not an argument from its key, so
     calls that differ there would share one timing (the dense kernel's epilogue, a

@@ -48,6 +48,21 @@ def autotune_enabled() -> bool:
     return os.environ.get("RDKERNELS_AUTOTUNE", "1") != "0" and not torch.are_deterministic_algorithms_enabled()
 
 
+_TUNED: list["TunedKernel"] = []   # every TunedKernel made (launched_configs)
+
+
+def launched_configs() -> dict[str, dict]:
+    """{kernel name: its candidate's arguments, num_warps and num_stages} of the latest
+    launch of every tuned kernel launched since forget_launches(): what a benchmark
+    record names as the configurations it timed."""
+    return {tk.kernel.__name__: tk.launched_config() for tk in _TUNED if tk.last_launch is not None}
+
+
+def forget_launches() -> None:
+    for tk in _TUNED:
+        tk.last_launch = None
+
+
 def timing_possible(probe: torch.Tensor) -> bool:
     """A GPU to time on, and timing allowed (not the interpreter, not switched off)."""
     return triton_runs_compiled(probe.device) and autotune_enabled()
@@ -89,10 +104,16 @@ class TunedKernel:
                                      reset_to_zero=list(reset_to_zero) or None, post_hook=post_hook)(kernel)
         self._timed: set[tuple] = set()
         self.last_launch: dict | None = None   # the launch kwargs of the latest call (benchmarks name them)
+        _TUNED.append(self)
 
     @property
     def default(self) -> triton.Config:
         return self.configs[0]
+
+    def launched_config(self) -> dict:
+        """The candidate-level part of the latest launch (what the candidates vary)."""
+        names = set().union(*(c.all_kwargs() for c in self.configs))
+        return {k: v for k, v in (self.last_launch or {}).items() if k in names}
 
     def forget_timings(self) -> None:
         """Drop every timed choice, so that the next eager call of each key times the
