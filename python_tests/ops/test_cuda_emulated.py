@@ -127,7 +127,7 @@ def test_sample_counts(emulated, batch, cols, n_bank, idx_dtype):
     every_row = unpack_counts(counts, 2 * words)   # the padding's rows too: none counted
     assert torch.equal(every_row[:, :n_bank], expected.to(torch.int32)) and not every_row[:, n_bank:].any()
     poisoned = torch.full((batch, words), -1, dtype=torch.int32)
-    chunk = _count_chunk_words(batch, words, idx.device)
+    chunk = _count_chunk_words(batch, words, idx.device, emulated.sample_count_max_chunk_words())
     assert -(-words // chunk) >= (3 if words >= 3 * 256 else 1)
     emulated.sample_counts(idx.data_ptr(), dtype_code(idx), poisoned.data_ptr(), batch, cols - 1, n_bank,
                            idx.stride(0), poisoned.stride(0), words, chunk, 0)

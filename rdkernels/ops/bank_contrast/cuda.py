@@ -66,12 +66,12 @@ def bank_scores_backward_cuda(grad_scores, query, bank, idx, temperature):
     return _gather(SCORES_BWD, query, bank, idx, temperature=temperature, grad=grad)[1].sum(dim=1)
 
 
-def _count_chunk_words(batch: int, words: int, device: torch.device) -> int:
+def _count_chunk_words(batch: int, words: int, device: torch.device, most: int) -> int:
     """Words of a row one block of the count kernel histograms: about two blocks an SM
     over the batch's rows (each block reads its row's negatives whole), at least 256
-    words a block, at most the kernel's 48 KB of shared memory."""
+    words a block, at most ``most`` (the kernel's 48 KB of shared memory)."""
     chunks = min(splits_wanted(batch, device, programs_per_sm=2), -(-words // 256))
-    chunks = max(chunks, -(-words // cuda_extension().sample_count_max_chunk_words()), 1)
+    chunks = max(chunks, -(-words // most), 1)
     return -(-words // chunks)
 
 
@@ -88,7 +88,8 @@ def count_samples_cuda(idx: torch.Tensor, n_bank: int) -> torch.Tensor:
     banks too large for a few histograms a row, see MAX_COUNT_CHUNKS)."""
     batch, n_cols = idx.shape
     words = words_per_row(n_bank)
-    if words > MAX_COUNT_CHUNKS * cuda_extension().sample_count_max_chunk_words():
+    most = cuda_extension().sample_count_max_chunk_words()
+    if words > MAX_COUNT_CHUNKS * most:
         from rdkernels.ops.bank_contrast.triton_counts import count_samples_triton
         return count_samples_triton(idx, n_bank)
     counts = torch.empty(batch, words, device=idx.device, dtype=torch.int32)
@@ -96,9 +97,9 @@ def count_samples_cuda(idx: torch.Tensor, n_bank: int) -> torch.Tensor:
         return counts
     if idx.stride(1) != 1:
         idx = idx.contiguous()
+    chunk_words = _count_chunk_words(batch, words, idx.device, most)
     cuda_extension().sample_counts(idx.data_ptr(), dtype_code(idx), counts.data_ptr(), batch, n_cols - 1, n_bank,
-                                   idx.stride(0), counts.stride(0), words, _count_chunk_words(batch, words, idx.device),
-                                   stream_of(idx))
+                                   idx.stride(0), counts.stride(0), words, chunk_words, stream_of(idx))
     return counts
 
 

@@ -263,18 +263,19 @@ def bank_contrast_loss_dense_triton(query, bank, idx, z, temperature, epilogue, 
     unused = torch.empty(1, device=query.device, dtype=torch.float32)
     log_c, log_mpn_c = nce_constants(n_cols - 1, n_data) if code == NCE else (0.0, 0.0)
     dot_flags = _dot_flags(query, bank, cfg["BLOCK_D"])
+    shipped = _shipped(bank)
 
     def launch(rows, counts, parts, grid, n_tiles, per):
         loss_parts, dq_parts, max_parts, sum_parts = (unused if p is None else p for p in parts)
         forced = None if config is None else config.all_kwargs()
         if per == 1:
-            forced = _one_tile_a_program(forced or _shipped(bank))
+            forced = _one_tile_a_program(forced or shipped)
         dense_kernel.launch(
             lambda meta: grid,
             query[rows], bank, counts, unused if z is None else z, loss_parts, dq_parts, max_parts, sum_parts,
             counts.shape[0], n_bank, dim, n_tiles, per, query.stride(0), bank.stride(0), counts.stride(0),
             1.0 / temperature, log_c, log_mpn_c,
-            config=forced, fallback=_shipped(bank),
+            config=forced, fallback=shipped,
             EPILOGUE=code, **dot_flags, **cfg,
         )
 
